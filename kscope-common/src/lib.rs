@@ -1,0 +1,8 @@
+//! Types shared by kscope's kernel programs (`kscope-ebpf`) and user space
+//! (`kscope`). Every type here is `#[repr(C)]` with explicit padding, so both
+//! sides agree on the layout byte for byte.
+//!
+//! The `user` feature adds `aya::Pod` impls; the kernel side never enables it.
+#![no_std]
+
+pub mod fw;

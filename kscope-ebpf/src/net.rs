@@ -1,0 +1,66 @@
+//! Packet parsing for XDP programs.
+
+use aya_ebpf::programs::XdpContext;
+use kscope_common::fw::Family;
+
+/// Length of an Ethernet header without VLAN tags.
+pub const ETH_HLEN: usize = 14;
+/// Length of one 802.1Q / 802.1ad tag.
+pub const VLAN_HLEN: usize = 4;
+/// How many stacked VLAN tags the parser walks (802.1ad outer + 802.1Q inner).
+pub const MAX_VLAN_TAGS: usize = 2;
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88A8;
+
+/// Returns a pointer to a `T` at `offset` bytes into the packet, or `None`
+/// when the packet is too short. This is the only way kscope's XDP programs
+/// read packet bytes: the explicit `data_end` comparison is what the verifier
+/// needs to see before any load.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+/// Reads a big-endian `u16` at `offset`.
+#[inline(always)]
+pub fn read_be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
+    let p = ptr_at::<[u8; 2]>(ctx, offset)?;
+    // SAFETY: `ptr_at` checked that both bytes lie inside the packet.
+    let b = unsafe { *p };
+    Some(u16::from_be_bytes(b))
+}
+
+/// The EtherType after skipping up to [`MAX_VLAN_TAGS`] VLAN tags, and the
+/// offset of the layer-3 header. `None` when the frame ends first.
+#[inline(always)]
+pub fn l3_proto(ctx: &XdpContext) -> Option<(u16, usize)> {
+    let mut offset = ETH_HLEN - 2;
+    let mut proto = read_be16(ctx, offset)?;
+    offset += 2;
+    let mut tags = 0;
+    while tags < MAX_VLAN_TAGS && (proto == ETH_P_8021Q || proto == ETH_P_8021AD) {
+        // The tag is TCI (2 bytes) then the inner EtherType (2 bytes).
+        proto = read_be16(ctx, offset + 2)?;
+        offset += VLAN_HLEN;
+        tags += 1;
+    }
+    Some((proto, offset))
+}
+
+/// Classifies a frame by IP family from its (possibly VLAN-tagged) EtherType.
+#[inline(always)]
+pub fn family(ctx: &XdpContext) -> Family {
+    match l3_proto(ctx) {
+        Some((ETH_P_IP, _)) => Family::Ipv4,
+        Some((ETH_P_IPV6, _)) => Family::Ipv6,
+        _ => Family::Other,
+    }
+}

@@ -1,0 +1,145 @@
+//! Command-line interface definitions. Parsing lives in the library so unit
+//! tests can check argument validation without running anything.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::firewall::Mode;
+
+/// kscope: an eBPF toolkit for Linux — XDP firewall and packet counters.
+#[derive(Debug, Parser)]
+#[command(name = "kscope", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// XDP packet counter and firewall.
+    #[command(subcommand)]
+    Fw(FwCommand),
+    /// Show the packet counter at work in a private pair of network
+    /// namespaces, then tear everything down.
+    Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FwCommand {
+    /// Load the XDP program, attach it to IFACE and pin it under
+    /// /sys/fs/bpf/kscope/IFACE/; it keeps running after kscope exits.
+    Attach {
+        /// Interface to attach to.
+        iface: String,
+        /// XDP mode: auto tries native (driver) mode and falls back to skb
+        /// (generic) mode.
+        #[arg(long, value_enum, default_value_t = Mode::Auto)]
+        mode: Mode,
+    },
+    /// Detach from IFACE and remove its pins.
+    Detach {
+        /// Interface to detach from.
+        iface: String,
+    },
+    /// Packet and byte counters by IP family and XDP action, summed over CPUs.
+    Stats(StatsArgs),
+    /// Interfaces kscope is attached to, with mode, program id and attach time.
+    Status {
+        /// One JSON object per interface, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Interface to show; all attached interfaces when left out.
+    pub iface: Option<String>,
+    /// Print per-second rates every SECS seconds until Ctrl-C.
+    #[arg(long, value_name = "SECS", value_parser = parse_interval, allow_hyphen_values = true)]
+    pub watch: Option<Duration>,
+    /// Show each CPU's counters instead of the sum.
+    #[arg(long)]
+    pub per_cpu: bool,
+    /// One JSON object per interface, one per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses a `--watch` interval: a positive number of seconds, at most a day.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(format!(
+            "the interval must be greater than 0 seconds, got {s}"
+        ));
+    }
+    if secs > 86_400.0 {
+        return Err(format!(
+            "the interval must be at most 86400 seconds, got {s}"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kscope").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn watch_rejects_zero_negative_and_garbage() {
+        for bad in ["0", "-1", "-0.5", "abc", "nan", "inf", "100000"] {
+            let err = parse(&["fw", "stats", "--watch", bad]).expect_err(bad);
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn watch_accepts_fractions() {
+        let cli = parse(&["fw", "stats", "eth0", "--watch", "0.5", "--json"]).expect("parses");
+        let Command::Fw(FwCommand::Stats(s)) = cli.command else {
+            panic!("wrong command: {cli:?}");
+        };
+        assert_eq!(s.watch, Some(Duration::from_millis(500)));
+        assert_eq!(s.iface.as_deref(), Some("eth0"));
+        assert!(s.json && !s.per_cpu);
+    }
+
+    #[test]
+    fn attach_mode_defaults_to_auto_and_rejects_unknown_modes() {
+        let cli = parse(&["fw", "attach", "eth0"]).expect("parses");
+        let Command::Fw(FwCommand::Attach { iface, mode }) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!((iface.as_str(), mode), ("eth0", Mode::Auto));
+        assert!(parse(&["fw", "attach", "eth0", "--mode", "skb"]).is_ok());
+        assert!(parse(&["fw", "attach", "eth0", "--mode", "native"]).is_ok());
+        let err = parse(&["fw", "attach", "eth0", "--mode", "offload"]).expect_err("bad mode");
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn attach_and_detach_need_an_interface() {
+        for verb in ["attach", "detach"] {
+            let err = parse(&["fw", verb]).expect_err(verb);
+            assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        }
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,552 @@
+//! The XDP firewall and packet counter (`fw_xdp`): attach, detach, status and
+//! counters.
+//!
+//! Everything kscope attaches lives under `/sys/fs/bpf/kscope/IFACE/`, so a
+//! later invocation (or another process) finds it there:
+//!
+//! | pin           | what                                              |
+//! |---------------|---------------------------------------------------|
+//! | `link`        | the XDP bpf_link; removing it detaches            |
+//! | `fw_xdp`      | the program                                       |
+//! | `FW_COUNTERS` | per-CPU counters by family and action             |
+//! | `FW_CONFIG`   | mode, ifindex and attach time ([`FwConfig`])      |
+//!
+//! Attaching is all or nothing: pins are made in a private staging directory
+//! and renamed into place only once everything worked. Until then the link is
+//! held only by this process, so an error or a crash detaches it.
+//!
+//! Minimum kernel: 5.9 (XDP through bpf_link, which is what makes the
+//! attachment outlive the process and be removable by unpinning).
+
+pub mod counters;
+
+use std::{
+    fs, io,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, Map, MapData, PerCpuArray},
+    programs::{Xdp, XdpMode, links::FdLink},
+};
+use kscope_common::fw::{
+    Counter, FW_CONFIG_VERSION, FwConfig, MAP_CONFIG, MAP_COUNTERS, MODE_NATIVE, MODE_SKB,
+    N_COUNTERS, PROG_FW_XDP,
+};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::sys::{self, Cap, SysError};
+use counters::PerCpuCounters;
+
+/// The compiled `fw_xdp` kernel object.
+static FW_XDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fw_xdp"));
+
+/// Pin names inside an interface's directory.
+const PIN_LINK: &str = "link";
+
+/// Errors from the firewall.
+#[derive(Debug, Error)]
+pub enum FwError {
+    /// A system-level check failed (capabilities, interface, bpffs).
+    #[error(transparent)]
+    Sys(#[from] SysError),
+    /// kscope is already attached to this interface.
+    #[error("kscope is already attached to {iface} (program id {prog_id})")]
+    AlreadyAttached { iface: String, prog_id: u32 },
+    /// kscope is not attached to this interface.
+    #[error("kscope is not attached to {0}")]
+    NotAttached(String),
+    /// Another XDP program already holds the interface.
+    #[error("{iface} already has an XDP program that kscope did not attach")]
+    Busy { iface: String },
+    /// The driver has no native XDP support.
+    #[error("{iface} does not support native XDP")]
+    NativeUnsupported {
+        iface: String,
+        source: aya::programs::ProgramError,
+    },
+    /// The kernel attached XDP without a bpf_link, so it cannot be pinned.
+    #[error("this kernel cannot attach XDP through a bpf_link (needs Linux 5.9+)")]
+    NoXdpLink,
+    /// Loading the object or its program failed (verifier log included).
+    #[error("failed to load {PROG_FW_XDP}: {0}")]
+    Load(String),
+    /// Attaching failed.
+    #[error("failed to attach {PROG_FW_XDP} to {iface}")]
+    Attach {
+        iface: String,
+        source: aya::programs::ProgramError,
+    },
+    /// A pinned object is missing or unreadable.
+    #[error("pinned state under {path} is unusable: {reason}")]
+    Pin { path: PathBuf, reason: String },
+    /// A filesystem operation on bpffs failed.
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FwError + 'a {
+    move |source| FwError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn pin_err(path: &Path, reason: impl ToString) -> FwError {
+    FwError::Pin {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Requested XDP attach mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Native (driver) mode where the driver supports it, generic otherwise.
+    #[default]
+    Auto,
+    /// Native (driver) mode; fails on drivers without XDP support.
+    Native,
+    /// Generic (skb) mode: works on every interface, slower.
+    Skb,
+}
+
+/// Directory holding kscope's pins.
+pub fn pin_root() -> PathBuf {
+    Path::new(sys::BPFFS).join("kscope")
+}
+
+/// Where `attach` builds an interface's pins before renaming them into place.
+fn staging_root() -> PathBuf {
+    Path::new(sys::BPFFS).join("kscope_staging")
+}
+
+/// Directory holding one interface's pins.
+///
+/// bpffs refuses names with a '.' (kernel/bpf/inode.c reserves them), which
+/// interface names may have (`eth0.100`), so '%' and '.' are escaped as
+/// `%25` and `%2e`: `eth0.100` pins under `kscope/eth0%2e100/`.
+pub fn pin_dir(iface: &str) -> PathBuf {
+    pin_root().join(escape_ifname(iface))
+}
+
+fn escape_ifname(iface: &str) -> String {
+    iface.replace('%', "%25").replace('.', "%2e")
+}
+
+fn unescape_ifname(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut rest = name;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let esc = &rest[i..];
+        if esc.starts_with("%2e") {
+            out.push('.');
+        } else if esc.starts_with("%25") {
+            out.push('%');
+        } else {
+            out.push_str(&esc[..1]);
+            rest = &esc[1..];
+            continue;
+        }
+        rest = &esc[3..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// What `attach` did.
+#[derive(Debug, Serialize)]
+pub struct Attached {
+    pub iface: String,
+    pub mode: &'static str,
+    pub prog_id: u32,
+    pub pin_dir: PathBuf,
+}
+
+fn mode_name(mode: u32) -> &'static str {
+    match mode {
+        MODE_NATIVE => "native",
+        MODE_SKB => "skb",
+        _ => "unknown",
+    }
+}
+
+/// Loads `fw_xdp`, attaches it to `iface` and pins program, link and maps
+/// under [`pin_dir`]. On any error nothing stays attached or pinned.
+///
+/// # Errors
+/// Missing capabilities, unknown interface, bpffs unavailable, kscope or
+/// another program already attached, native mode unsupported, verifier
+/// rejection, or a bpffs failure.
+pub fn attach(iface: &str, mode: Mode) -> Result<Attached, FwError> {
+    sys::validate_ifname(iface)?;
+    sys::require_caps("kscope fw attach", &[Cap::Bpf, Cap::NetAdmin])?;
+    let ifindex = sys::if_nametoindex(iface)?;
+    sys::ensure_bpffs()?;
+    let dir = pin_dir(iface);
+    if dir.exists() {
+        let prog_id = aya::programs::ProgramInfo::from_pin(dir.join(PROG_FW_XDP))
+            .map(|i| i.id())
+            .unwrap_or(0);
+        return Err(FwError::AlreadyAttached {
+            iface: iface.to_owned(),
+            prog_id,
+        });
+    }
+
+    let mut ebpf = EbpfLoader::new()
+        .load(FW_XDP_OBJ)
+        .map_err(|e| FwError::Load(format!("{e:#}")))?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(PROG_FW_XDP)
+        .ok_or_else(|| FwError::Load(format!("{PROG_FW_XDP} missing from the object")))?
+        .try_into()
+        .map_err(|e| FwError::Load(format!("{e}")))?;
+    prog.load().map_err(|e| FwError::Load(format!("{e:#}")))?;
+
+    let (link_id, mode_used) = match mode {
+        Mode::Skb => (xdp_attach(prog, iface, ifindex, XdpMode::Skb)?, MODE_SKB),
+        Mode::Native => (
+            xdp_attach(prog, iface, ifindex, XdpMode::Driver).map_err(|e| native_err(iface, e))?,
+            MODE_NATIVE,
+        ),
+        Mode::Auto => match xdp_attach(prog, iface, ifindex, XdpMode::Driver) {
+            Ok(id) => (id, MODE_NATIVE),
+            Err(FwError::Attach { .. }) => {
+                tracing::info!("{iface}: no native XDP, using generic (skb) mode");
+                (xdp_attach(prog, iface, ifindex, XdpMode::Skb)?, MODE_SKB)
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    let link = prog.take_link(link_id).map_err(|source| FwError::Attach {
+        iface: iface.to_owned(),
+        source,
+    })?;
+    let link: FdLink = link.try_into().map_err(|_| FwError::NoXdpLink)?;
+    let prog_id = prog.info().map(|i| i.id()).unwrap_or(0);
+
+    let config = FwConfig {
+        version: FW_CONFIG_VERSION,
+        ifindex,
+        mode: mode_used,
+        _pad: 0,
+        attached_at_unix_ns: sys::unix_now_ns(),
+    };
+    write_config(&mut ebpf, config)?;
+    pin_all(&mut ebpf, link, iface, &dir)?;
+
+    Ok(Attached {
+        iface: iface.to_owned(),
+        mode: mode_name(mode_used),
+        prog_id,
+        pin_dir: dir,
+    })
+}
+
+fn xdp_attach(
+    prog: &mut Xdp,
+    iface: &str,
+    ifindex: u32,
+    mode: XdpMode,
+) -> Result<aya::programs::xdp::XdpLinkId, FwError> {
+    prog.attach_to_if_index(ifindex, mode).map_err(|source| {
+        if io_errno(&source) == Some(libc::EBUSY) {
+            FwError::Busy {
+                iface: iface.to_owned(),
+            }
+        } else {
+            FwError::Attach {
+                iface: iface.to_owned(),
+                source,
+            }
+        }
+    })
+}
+
+fn native_err(iface: &str, e: FwError) -> FwError {
+    match e {
+        FwError::Attach { source, .. } => FwError::NativeUnsupported {
+            iface: iface.to_owned(),
+            source,
+        },
+        e => e,
+    }
+}
+
+/// The errno inside a program error, if it carries one.
+fn io_errno(e: &aya::programs::ProgramError) -> Option<i32> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return io.raw_os_error();
+        }
+        if let Some(sc) = err.downcast_ref::<aya::sys::SyscallError>() {
+            return sc.io_error.raw_os_error();
+        }
+        cur = err.source();
+    }
+    None
+}
+
+fn write_config(ebpf: &mut Ebpf, config: FwConfig) -> Result<(), FwError> {
+    let map = ebpf
+        .map_mut(MAP_CONFIG)
+        .ok_or_else(|| FwError::Load(format!("{MAP_CONFIG} missing from the object")))?;
+    let mut arr: Array<&mut MapData, FwConfig> =
+        Array::try_from(map).map_err(|e| FwError::Load(e.to_string()))?;
+    arr.set(0, config, 0)
+        .map_err(|e| FwError::Load(format!("writing {MAP_CONFIG}: {e}")))
+}
+
+/// Pins everything into a staging directory and renames it to `dir`, so a
+/// reader sees either no directory or a complete one. On error the staging
+/// directory is removed; dropping our link fd then detaches the program.
+fn pin_all(ebpf: &mut Ebpf, link: FdLink, iface: &str, dir: &Path) -> Result<(), FwError> {
+    let root = pin_root();
+    fs::create_dir_all(&root).map_err(io_err("create", &root))?;
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
+        .map_err(io_err("chmod", &root))?;
+    let staging_root = staging_root();
+    fs::create_dir_all(&staging_root).map_err(io_err("create", &staging_root))?;
+    fs::set_permissions(&staging_root, fs::Permissions::from_mode(0o700))
+        .map_err(io_err("chmod", &staging_root))?;
+    let staging = staging_root.join(format!("{}-{}", escape_ifname(iface), std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir(&staging).map_err(io_err("create", &staging))?;
+
+    let result = (|| {
+        for name in [MAP_COUNTERS, MAP_CONFIG] {
+            let map = ebpf
+                .map(name)
+                .ok_or_else(|| FwError::Load(format!("{name} missing from the object")))?;
+            map.pin(staging.join(name))
+                .map_err(|e| pin_err(&staging.join(name), e))?;
+        }
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROG_FW_XDP)
+            .ok_or_else(|| FwError::Load(format!("{PROG_FW_XDP} missing")))?
+            .try_into()
+            .map_err(|e| FwError::Load(format!("{e}")))?;
+        prog.pin(staging.join(PROG_FW_XDP))
+            .map_err(|e| pin_err(&staging.join(PROG_FW_XDP), e))?;
+        // The link pin goes last: from here on the attachment outlives us.
+        let pinned = link
+            .pin(staging.join(PIN_LINK))
+            .map_err(|e| pin_err(&staging.join(PIN_LINK), e))?;
+        fs::rename(&staging, dir).map_err(io_err("rename into place", dir))?;
+        drop(pinned);
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&staging);
+    }
+    // Leave no empty staging directory behind; another attach may be using
+    // it, in which case this fails harmlessly.
+    let _ = fs::remove_dir(&staging_root);
+    result
+}
+
+/// Detaches kscope from `iface` and removes its pins.
+///
+/// Works even when the interface is gone (its namespace deleted, say): the
+/// pins are what `attach` left, and they are removed all the same.
+///
+/// # Errors
+/// [`FwError::NotAttached`] when there is nothing to detach.
+pub fn detach(iface: &str) -> Result<(), FwError> {
+    sys::validate_ifname(iface)?;
+    sys::require_caps("kscope fw detach", &[Cap::Bpf, Cap::NetAdmin])?;
+    sys::ensure_bpffs()?;
+    let dir = pin_dir(iface);
+    if !dir.is_dir() {
+        return Err(FwError::NotAttached(iface.to_owned()));
+    }
+    // Unpinning the link detaches the program; it goes first so a failure
+    // afterwards leaves at worst some maps behind, never a running program.
+    let link = dir.join(PIN_LINK);
+    if link.exists() {
+        fs::remove_file(&link).map_err(io_err("unpin", &link))?;
+    }
+    fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
+    // The last detach leaves no empty kscope directory behind either; with
+    // other interfaces still attached this fails, as it should.
+    let _ = fs::remove_dir(pin_root());
+    Ok(())
+}
+
+/// One attachment as `fw status` reports it.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub iface: String,
+    pub ifindex: u32,
+    pub mode: &'static str,
+    pub prog_id: u32,
+    pub link_id: u32,
+    /// Attach time, RFC 3339 in UTC.
+    pub attached_at: String,
+    pub attached_at_unix: u64,
+    /// False when the interface has gone away (the kernel then drops the
+    /// attachment); `fw detach` still removes the pins.
+    pub attached: bool,
+}
+
+/// Interfaces kscope is attached to, in name order.
+pub fn attached_ifaces() -> Result<Vec<String>, FwError> {
+    let root = pin_root();
+    let entries = match fs::read_dir(&root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("read", &root)(e)),
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .map(|n| unescape_ifname(&n))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Status of every interface kscope is attached to.
+pub fn status() -> Result<Vec<Status>, FwError> {
+    sys::require_caps("kscope fw status", &[Cap::Bpf])?;
+    sys::ensure_bpffs()?;
+    attached_ifaces()?
+        .into_iter()
+        .map(|iface| status_of(&iface))
+        .collect()
+}
+
+fn status_of(iface: &str) -> Result<Status, FwError> {
+    let dir = pin_dir(iface);
+    let config = read_config(&dir)?;
+    let prog_path = dir.join(PROG_FW_XDP);
+    let prog_id = aya::programs::ProgramInfo::from_pin(&prog_path)
+        .map_err(|e| pin_err(&prog_path, e))?
+        .id();
+    let link_path = dir.join(PIN_LINK);
+    let link = sys::bpf::pinned_link_info(&link_path).map_err(|e| pin_err(&link_path, e))?;
+    let at = UNIX_EPOCH + Duration::from_nanos(config.attached_at_unix_ns);
+    Ok(Status {
+        iface: iface.to_owned(),
+        ifindex: config.ifindex,
+        mode: mode_name(config.mode),
+        prog_id,
+        link_id: link.id,
+        attached_at: rfc3339(at),
+        attached_at_unix: config.attached_at_unix_ns / 1_000_000_000,
+        // The kernel clears a link's ifindex when its device goes away.
+        attached: link.xdp_ifindex != 0,
+    })
+}
+
+fn read_config(dir: &Path) -> Result<FwConfig, FwError> {
+    let path = dir.join(MAP_CONFIG);
+    let data = MapData::from_pin(&path).map_err(|e| pin_err(&path, e))?;
+    let arr: Array<MapData, FwConfig> =
+        Array::try_from(Map::Array(data)).map_err(|e| pin_err(&path, e))?;
+    let config = arr.get(&0, 0).map_err(|e| pin_err(&path, e))?;
+    if config.version != FW_CONFIG_VERSION {
+        return Err(pin_err(
+            &path,
+            format!(
+                "config version {} (this kscope reads {FW_CONFIG_VERSION}); detach and attach again",
+                config.version
+            ),
+        ));
+    }
+    Ok(config)
+}
+
+/// Reads the per-CPU counters `iface`'s program has collected.
+///
+/// # Errors
+/// [`FwError::NotAttached`] when kscope is not attached to `iface`.
+pub fn read_counters(iface: &str) -> Result<PerCpuCounters, FwError> {
+    sys::validate_ifname(iface)?;
+    let dir = pin_dir(iface);
+    if !dir.is_dir() {
+        return Err(FwError::NotAttached(iface.to_owned()));
+    }
+    let path = dir.join(MAP_COUNTERS);
+    let data = MapData::from_pin(&path).map_err(|e| pin_err(&path, e))?;
+    let arr: PerCpuArray<MapData, Counter> =
+        PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(|e| pin_err(&path, e))?;
+    let mut slots = Vec::with_capacity(N_COUNTERS as usize);
+    for i in 0..N_COUNTERS {
+        let values = arr.get(&i, 0).map_err(|e| pin_err(&path, e))?;
+        slots.push(values.iter().copied().collect());
+    }
+    Ok(PerCpuCounters { slots })
+}
+
+/// Formats a time as RFC 3339 in UTC, to the second.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a (year, month, day) date in the proleptic
+/// Gregorian calendar (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        let at = |s| UNIX_EPOCH + Duration::from_secs(s);
+        assert_eq!(rfc3339(at(0)), "1970-01-01T00:00:00Z");
+        // 2000-02-29 (a leap day in a century leap year) 12:34:56.
+        assert_eq!(rfc3339(at(951_827_696)), "2000-02-29T12:34:56Z");
+        assert_eq!(rfc3339(at(1_795_000_000)), "2026-11-18T11:06:40Z");
+    }
+
+    #[test]
+    fn pin_dir_is_per_interface_and_escapes_dots() {
+        assert_eq!(pin_dir("veth0"), Path::new("/sys/fs/bpf/kscope/veth0"));
+        assert_eq!(
+            pin_dir("eth0.100"),
+            Path::new("/sys/fs/bpf/kscope/eth0%2e100")
+        );
+        for name in ["eth0.100", "a%2eb", "%.%", "%2.", "plain", "%"] {
+            let escaped = escape_ifname(name);
+            assert!(!escaped.contains('.'), "{escaped}");
+            assert_eq!(unescape_ifname(&escaped), name);
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! kscope: an eBPF toolkit. The `kscope` binary is a thin CLI over this
+//! library; integration tests drive both.
+
+pub mod cli;
+pub mod demo;
+pub mod firewall;
+pub mod netlab;
+pub mod sys;

@@ -1,0 +1,233 @@
+use std::{
+    io::{self, IsTerminal as _, Write},
+    process::ExitCode,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::Parser as _;
+use kscope::{
+    cli::{Cli, Command, FwCommand, StatsArgs},
+    demo,
+    firewall::{self, FwError, counters},
+    sys::SysError,
+};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_exit(&e),
+    };
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if let Some(hint) = hint(&e) {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Help and version go to stdout with exit 0; usage errors print one line
+/// (clap's first) and exit 2.
+fn clap_exit(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .next()
+                .unwrap_or("error: invalid arguments");
+            eprintln!("{first}");
+            eprintln!("hint: see `kscope help` or add --help to any verb");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KSCOPE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let color = std::env::var_os("NO_COLOR").is_none() && io::stderr().is_terminal();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_ansi(color)
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<io::Error>())
+        .any(|io| io.kind() == io::ErrorKind::BrokenPipe)
+}
+
+/// A next step for errors that have one.
+fn hint(e: &anyhow::Error) -> Option<String> {
+    let fw = e.chain().find_map(|c| c.downcast_ref::<FwError>())?;
+    Some(match fw {
+        FwError::AlreadyAttached { iface, .. } => format!("run `kscope fw detach {iface}` first"),
+        FwError::NativeUnsupported { iface, .. } => {
+            format!("retry with `kscope fw attach {iface} --mode skb`")
+        }
+        FwError::Busy { iface } => {
+            format!("see `ip link show {iface}` and `bpftool net` for the program holding it")
+        }
+        FwError::NotAttached(_) => "`kscope fw status` lists attached interfaces".into(),
+        FwError::Sys(SysError::MissingCapabilities { .. }) => "run kscope as root".into(),
+        FwError::Sys(SysError::BpffsUnavailable { .. }) => {
+            "mount it with `mount -t bpf bpf /sys/fs/bpf`".into()
+        }
+        _ => return None,
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Fw(FwCommand::Attach { iface, mode }) => {
+            let a = firewall::attach(&iface, mode)?;
+            tracing::info!(
+                "attached {} to {} ({} mode, program id {}); pinned under {}",
+                kscope_common::fw::PROG_FW_XDP,
+                a.iface,
+                a.mode,
+                a.prog_id,
+                a.pin_dir.display()
+            );
+            Ok(())
+        }
+        Command::Fw(FwCommand::Detach { iface }) => {
+            firewall::detach(&iface)?;
+            tracing::info!("detached from {iface} and removed its pins");
+            Ok(())
+        }
+        Command::Fw(FwCommand::Status { json }) => status(json),
+        Command::Fw(FwCommand::Stats(args)) => stats(&args),
+        Command::Demo => {
+            let stop = demo::stop_on_signals().context("installing signal handlers")?;
+            demo::run(&mut io::stdout().lock(), stop)
+        }
+    }
+}
+
+fn status(json: bool) -> anyhow::Result<()> {
+    let all = firewall::status()?;
+    let mut out = io::stdout().lock();
+    if json {
+        for s in &all {
+            writeln!(out, "{}", serde_json::to_string(s)?)?;
+        }
+        return Ok(());
+    }
+    if all.is_empty() {
+        tracing::info!("kscope is not attached to any interface");
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<15} {:<6} {:>8} {:>8}  {:<20}  STATE",
+        "IFACE", "MODE", "PROG ID", "LINK ID", "ATTACHED AT"
+    )?;
+    for s in &all {
+        let state = if s.attached {
+            "attached"
+        } else {
+            "interface gone (run fw detach to clean up)"
+        };
+        writeln!(
+            out,
+            "{:<15} {:<6} {:>8} {:>8}  {:<20}  {state}",
+            s.iface, s.mode, s.prog_id, s.link_id, s.attached_at
+        )?;
+    }
+    Ok(())
+}
+
+fn stats(args: &StatsArgs) -> anyhow::Result<()> {
+    kscope::sys::require_caps("kscope fw stats", &[kscope::sys::Cap::Bpf])?;
+    kscope::sys::ensure_bpffs()?;
+    let ifaces = match &args.iface {
+        Some(i) => vec![i.clone()],
+        None => {
+            let all = firewall::attached_ifaces()?;
+            if all.is_empty() {
+                bail!("kscope is not attached to any interface");
+            }
+            all
+        }
+    };
+    let read_all = || -> Result<Vec<_>, FwError> {
+        ifaces.iter().map(|i| firewall::read_counters(i)).collect()
+    };
+    let mut out = io::stdout().lock();
+    let Some(interval) = args.watch else {
+        let all = read_all()?;
+        if !args.json {
+            writeln!(out, "{}", counters::table_header(args.per_cpu))?;
+        }
+        for (iface, pc) in ifaces.iter().zip(&all) {
+            let s = counters::IfaceStats {
+                iface,
+                counters: pc,
+            };
+            if args.json {
+                writeln!(out, "{}", counters::to_json(&s, args.per_cpu))?;
+            } else {
+                write!(out, "{}", counters::table_rows(&s, args.per_cpu))?;
+            }
+        }
+        return Ok(());
+    };
+
+    let stop = demo::stop_on_signals().context("installing signal handlers")?;
+    let mut before: Vec<_> = read_all()?.iter().map(|pc| pc.sum()).collect();
+    let mut at = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        // Sleep in short steps so Ctrl-C ends the watch promptly.
+        let deadline = at + interval;
+        while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep((deadline - Instant::now()).min(Duration::from_millis(100)));
+        }
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let now: Vec<_> = read_all()?.iter().map(|pc| pc.sum()).collect();
+        let elapsed = at.elapsed();
+        at = Instant::now();
+        if !args.json {
+            writeln!(out, "{}", counters::rate_header())?;
+        }
+        for ((iface, n), b) in ifaces.iter().zip(&now).zip(&before) {
+            let rates = n.rates_since(b, elapsed);
+            if args.json {
+                writeln!(out, "{}", counters::rates_to_json(iface, elapsed, &rates))?;
+            } else {
+                write!(out, "{}", counters::rate_rows(iface, &rates))?;
+            }
+        }
+        if !args.json {
+            writeln!(out)?;
+        }
+        out.flush()?;
+        before = now;
+    }
+    Ok(())
+}

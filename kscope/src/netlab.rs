@@ -1,0 +1,651 @@
+//! Private test networks for `kscope demo` and the integration tests: two
+//! network namespaces joined by a veth pair, a traffic generator that can
+//! only send inside them, and an independent packet observer.
+//!
+//! Network safety, by construction:
+//! - traffic is sent only from a thread that has entered lab namespace `a`,
+//!   to an address that exists only in lab namespace `b`; the generator
+//!   refuses to run in the initial (root) network namespace;
+//! - neither namespace has a default route;
+//! - addresses come from the documentation ranges (192.0.2.0/24, RFC 5737;
+//!   2001:db8::/32, RFC 3849), which exist nowhere but in these namespaces.
+//!
+//! Dropping a [`Lab`] deletes both namespaces (and with them the veth pair)
+//! and any kscope pins left on its interfaces, also when a test panics.
+
+use std::{
+    ffi::OsStr,
+    fs, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use crate::{firewall, sys};
+
+/// Address of side `a` (the sender).
+pub const ADDR4_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// Address of side `b` (the receiver, where kscope attaches).
+pub const ADDR4_B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+pub const ADDR6_A: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+pub const ADDR6_B: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+/// Locally administered MACs, set explicitly so neighbours can be static.
+const MAC_A: &str = "02:6b:73:00:00:01";
+const MAC_B: &str = "02:6b:73:00:00:02";
+/// UDP port the generator sends to; nothing listens on it.
+pub const UDP_PORT: u16 = 9;
+/// Every generated packet's payload starts with this, so the observer can
+/// tell them from what the kernel sends on its own.
+pub const MARKER: &[u8] = b"kscope-netlab";
+
+/// Header sizes for the byte counts XDP sees (Ethernet, no FCS).
+const ETH: u64 = 14;
+const IPV4: u64 = 20;
+const IPV6: u64 = 40;
+const L4: u64 = 8; // UDP header, ICMP/ICMPv6 echo header
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn ip(args: &[&str]) -> io::Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+    /// Held open so a child can `setns` into it between fork and exec.
+    handle: fs::File,
+}
+
+impl Netns {
+    /// Creates namespace `name` (under /run/netns).
+    pub fn new(name: &str) -> io::Result<Self> {
+        ip(&["netns", "add", name])?;
+        match fs::File::open(Path::new("/run/netns").join(name)) {
+            Ok(handle) => Ok(Self {
+                name: name.to_owned(),
+                handle,
+            }),
+            Err(e) => {
+                let _ = ip(&["netns", "del", name]);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// Runs `f` on a thread inside this namespace and returns its result.
+    /// Sockets `f` creates stay in this namespace for their whole life.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                sys::setns_fd(self.handle.as_raw_fd())?;
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    /// A command that runs inside this namespace. Only the network namespace
+    /// changes, so the child still sees /sys/fs/bpf (unlike `ip netns exec`,
+    /// which remounts /sys).
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        let fd = self.handle.as_raw_fd();
+        // SAFETY: setns is async-signal-safe and touches no memory of the
+        // parent; `fd` stays open until exec because `self` outlives spawn().
+        unsafe {
+            cmd.pre_exec(move || sys::setns_fd(fd));
+        }
+        cmd
+    }
+
+    fn sysctl(&self, key: &str, value: &str) -> io::Result<()> {
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        self.run(|| fs::write(&path, value))?
+            .map_err(|e| io::Error::other(format!("sysctl {key}={value} in {}: {e}", self.name)))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = ip(&["netns", "del", &self.name]) {
+            eprintln!(
+                "warning: could not delete network namespace {}: {e}",
+                self.name
+            );
+        }
+    }
+}
+
+/// Two namespaces, `a` and `b`, joined by a veth pair. `a` sends, `b`
+/// receives; kscope attaches to [`Lab::iface_b`].
+#[derive(Debug)]
+pub struct Lab {
+    pub iface_a: String,
+    pub iface_b: String,
+    // Declared after the names: fields drop in order, and the pins are
+    // cleaned up in Lab::drop before the namespaces go.
+    pub a: Netns,
+    pub b: Netns,
+}
+
+impl Lab {
+    /// Creates the namespaces and the veth pair, links still down and without
+    /// addresses, so a program can be attached before the first packet.
+    /// `tag` (a few lowercase letters) makes the names recognisable.
+    pub fn new(tag: &str) -> io::Result<Self> {
+        let pid = std::process::id();
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let a = Netns::new(&format!("kscope-{tag}-{pid}-{seq}-a"))?;
+        let b = Netns::new(&format!("kscope-{tag}-{pid}-{seq}-b"))?;
+        // Interface names are at most 15 bytes: "ks" + pid + "x" + seq + side.
+        let iface_a = format!("ks{pid:x}x{seq:x}a");
+        let iface_b = format!("ks{pid:x}x{seq:x}b");
+        let lab = Self {
+            iface_a,
+            iface_b,
+            a,
+            b,
+        };
+        // Quiet interfaces: no duplicate address detection, no router
+        // solicitations, no link-local address (so fewer MLD reports).
+        for ns in [&lab.a, &lab.b] {
+            for (k, v) in [
+                ("net.ipv6.conf.default.accept_dad", "0"),
+                ("net.ipv6.conf.default.router_solicitations", "0"),
+                ("net.ipv6.conf.default.addr_gen_mode", "1"),
+            ] {
+                ns.sysctl(k, v)?;
+            }
+        }
+        ip(&[
+            "link",
+            "add",
+            &lab.iface_a,
+            "address",
+            MAC_A,
+            "netns",
+            lab.a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &lab.iface_b,
+            "address",
+            MAC_B,
+            "netns",
+            lab.b.name(),
+        ])?;
+        Ok(lab)
+    }
+
+    /// Brings both ends up with their addresses and static neighbours (so no
+    /// ARP or neighbour discovery crosses the link).
+    pub fn up(&self) -> io::Result<()> {
+        for (ns, ifc, a4, a6, peer4, peer6, peer_mac) in [
+            (
+                &self.a,
+                &self.iface_a,
+                ADDR4_A,
+                ADDR6_A,
+                ADDR4_B,
+                ADDR6_B,
+                MAC_B,
+            ),
+            (
+                &self.b,
+                &self.iface_b,
+                ADDR4_B,
+                ADDR6_B,
+                ADDR4_A,
+                ADDR6_A,
+                MAC_A,
+            ),
+        ] {
+            let n = ns.name();
+            ip(&["-n", n, "addr", "add", &format!("{a4}/24"), "dev", ifc])?;
+            ip(&[
+                "-n",
+                n,
+                "-6",
+                "addr",
+                "add",
+                &format!("{a6}/64"),
+                "dev",
+                ifc,
+                "nodad",
+            ])?;
+            for peer in [peer4.to_string(), peer6.to_string()] {
+                ip(&[
+                    "-n",
+                    n,
+                    "neigh",
+                    "replace",
+                    &peer,
+                    "lladdr",
+                    peer_mac,
+                    "dev",
+                    ifc,
+                    "nud",
+                    "permanent",
+                ])?;
+            }
+            ip(&["-n", n, "link", "set", ifc, "up"])?;
+        }
+        Ok(())
+    }
+
+    /// Sends `traffic` from `a` to `b` and returns what XDP on `b` should
+    /// count for it, computed from header sizes.
+    pub fn send(&self, traffic: &Traffic) -> io::Result<Sent> {
+        let lab_ns = self.a.path();
+        self.a.run(|| generate(traffic, &lab_ns))?
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // A test that failed half-way may have left kscope attached; the
+        // namespaces' deletion removes the link's device, but not the pins.
+        for ifc in [&self.iface_a, &self.iface_b] {
+            let dir = firewall::pin_dir(ifc);
+            if dir.exists() {
+                eprintln!("netlab: removing leftover pins {}", dir.display());
+                let _ = firewall::detach(ifc);
+                let _ = fs::remove_dir_all(&dir);
+            }
+        }
+    }
+}
+
+/// How many packets of each kind to send.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Traffic {
+    pub udp4: u64,
+    pub udp6: u64,
+    pub ping4: u64,
+    pub ping6: u64,
+    /// Payload bytes per packet, marker included (at least [`MARKER`]'s length).
+    pub payload: usize,
+}
+
+/// What the generator sent, as XDP on the receiving side counts it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub ipv4_packets: u64,
+    pub ipv4_bytes: u64,
+    pub ipv6_packets: u64,
+    pub ipv6_bytes: u64,
+}
+
+/// Refuses to go on unless the calling thread is inside the lab namespace
+/// at `lab_ns` and not in the initial one: the rule that keeps test traffic
+/// off real networks.
+pub fn check_generator_netns(lab_ns: &Path) -> io::Result<()> {
+    if sys::in_initial_netns()? {
+        return Err(io::Error::other(
+            "refusing to generate traffic in the root network namespace",
+        ));
+    }
+    if sys::ns_id(Path::new("/proc/thread-self/ns/net"))? != sys::ns_id(lab_ns)? {
+        return Err(io::Error::other(format!(
+            "refusing to generate traffic outside the lab namespace {}",
+            lab_ns.display()
+        )));
+    }
+    Ok(())
+}
+
+fn generate(t: &Traffic, lab_ns: &Path) -> io::Result<Sent> {
+    check_generator_netns(lab_ns)?;
+    let mut payload = vec![0u8; t.payload.max(MARKER.len())];
+    payload[..MARKER.len()].copy_from_slice(MARKER);
+    let len = payload.len() as u64;
+
+    let udp4 = UdpSocket::bind((ADDR4_A, 0))?;
+    let udp6 = UdpSocket::bind((ADDR6_A, 0))?;
+    let icmp4 = raw_socket(libc::AF_INET, libc::IPPROTO_ICMP)?;
+    let icmp6 = raw_socket(libc::AF_INET6, libc::IPPROTO_ICMPV6)?;
+    let dst4 = SocketAddr::new(IpAddr::V4(ADDR4_B), UDP_PORT);
+    let dst6 = SocketAddr::new(IpAddr::V6(ADDR6_B), UDP_PORT);
+
+    let mut sent = 0u64;
+    let mut pace = || {
+        // Small bursts, so a receive queue never overflows and drops a
+        // packet that the sender counted.
+        sent += 1;
+        if sent.is_multiple_of(32) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    };
+    for _ in 0..t.udp4 {
+        udp4.send_to(&payload, dst4)?;
+        pace();
+    }
+    for _ in 0..t.udp6 {
+        udp6.send_to(&payload, dst6)?;
+        pace();
+    }
+    for seq in 0..t.ping4 {
+        send_echo(&icmp4, IpAddr::V4(ADDR4_B), seq as u16, &payload)?;
+        pace();
+    }
+    for seq in 0..t.ping6 {
+        send_echo(&icmp6, IpAddr::V6(ADDR6_B), seq as u16, &payload)?;
+        pace();
+    }
+    let v4 = t.udp4 + t.ping4;
+    let v6 = t.udp6 + t.ping6;
+    Ok(Sent {
+        ipv4_packets: v4,
+        ipv4_bytes: v4 * (ETH + IPV4 + L4 + len),
+        ipv6_packets: v6,
+        ipv6_bytes: v6 * (ETH + IPV6 + L4 + len),
+    })
+}
+
+fn raw_socket(domain: i32, proto: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Internet checksum (RFC 1071).
+pub fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in data.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An ICMP (v4) or ICMPv6 echo request with `payload`. The kernel fills in
+/// the ICMPv6 checksum itself (it covers a pseudo-header only it knows).
+pub fn echo_request(v6: bool, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let kind = if v6 { 128 } else { 8 };
+    let mut pkt = vec![kind, 0, 0, 0];
+    pkt.extend_from_slice(&id.to_be_bytes());
+    pkt.extend_from_slice(&seq.to_be_bytes());
+    pkt.extend_from_slice(payload);
+    if !v6 {
+        let c = inet_checksum(&pkt);
+        pkt[2..4].copy_from_slice(&c.to_be_bytes());
+    }
+    pkt
+}
+
+fn send_echo(fd: &OwnedFd, dst: IpAddr, seq: u16, payload: &[u8]) -> io::Result<()> {
+    let pkt = echo_request(dst.is_ipv6(), std::process::id() as u16, seq, payload);
+    let (addr, len) = sockaddr(dst);
+    // SAFETY: `pkt` and `addr` are valid for the given lengths during the call.
+    let rc = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            (&raw const addr).cast(),
+            len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn sockaddr(ip: IpAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match ip {
+        IpAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&raw mut ss).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        IpAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: 0,
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&raw mut ss).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+/// Counts of what arrived on an interface, split like kscope's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub ipv4_packets: u64,
+    pub ipv4_bytes: u64,
+    pub ipv6_packets: u64,
+    pub ipv6_bytes: u64,
+    pub other_packets: u64,
+    pub other_bytes: u64,
+    /// Packets carrying [`MARKER`]: the generator's own.
+    pub marked_ipv4: u64,
+    pub marked_ipv6: u64,
+}
+
+impl Seen {
+    /// IPv6 packets the kernel sent on its own (MLD reports and the like).
+    pub fn unmarked_ipv6(&self) -> u64 {
+        self.ipv6_packets - self.marked_ipv6
+    }
+    pub fn unmarked_ipv4(&self) -> u64 {
+        self.ipv4_packets - self.marked_ipv4
+    }
+}
+
+/// An AF_PACKET socket on the receiving interface: an independent count of
+/// every frame that arrived, to check kscope's counters against.
+pub struct Observer {
+    fd: OwnedFd,
+    pub seen: Seen,
+}
+
+impl Observer {
+    /// Opens the observer on `iface` inside `ns`. Works while the link is
+    /// still down, so it can be in place before the first packet.
+    pub fn open(ns: &Netns, iface: &str) -> io::Result<Self> {
+        let iface = iface.to_owned();
+        let fd = ns.run(move || -> io::Result<OwnedFd> {
+            let ifindex = sys::if_nametoindex(&iface).map_err(io::Error::other)?;
+            let proto = (libc::ETH_P_ALL as u16).to_be();
+            // SAFETY: plain socket(2) call; the result is checked before use.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                    i32::from(proto),
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `fd` is fresh and owned by nothing else.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = proto;
+            sll.sll_ifindex = ifindex as i32;
+            // SAFETY: `sll` is a valid sockaddr_ll for the given length.
+            let rc = unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    (&raw const sll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let size: libc::c_int = 4 << 20;
+            // SAFETY: SO_RCVBUF takes a c_int, passed by pointer with its size.
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    (&raw const size).cast(),
+                    std::mem::size_of::<libc::c_int>() as u32,
+                );
+            }
+            Ok(fd)
+        })??;
+        Ok(Self {
+            fd,
+            seen: Seen::default(),
+        })
+    }
+
+    /// Reads every frame queued so far into [`Observer::seen`]; returns how
+    /// many it read.
+    pub fn drain(&mut self) -> io::Result<u64> {
+        let mut buf = vec![0u8; 65_536];
+        let mut n = 0;
+        loop {
+            // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            // SAFETY: buffers are valid for the lengths passed.
+            let rc = unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_TRUNC,
+                    (&raw mut from).cast(),
+                    &mut from_len,
+                )
+            };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => return Ok(n),
+                    // Bound while the link was down: the socket reports that
+                    // once (packet_do_bind() in net/packet/af_packet.c), then
+                    // delivers normally.
+                    Some(libc::ENETDOWN) => continue,
+                    _ => return Err(e),
+                }
+            }
+            if from.sll_pkttype == libc::PACKET_OUTGOING {
+                continue;
+            }
+            n += 1;
+            let len = rc as usize;
+            classify(&mut self.seen, &buf[..len.min(buf.len())], len as u64);
+        }
+    }
+}
+
+/// Adds one received frame (of `len` bytes on the wire) to `seen`.
+pub fn classify(seen: &mut Seen, frame: &[u8], len: u64) {
+    let ethertype = frame.get(12..14).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let marked = |l3: usize| {
+        frame
+            .get(ETH as usize + l3 + L4 as usize..)
+            .is_some_and(|p| p.starts_with(MARKER))
+    };
+    match ethertype {
+        Some(0x0800) => {
+            seen.ipv4_packets += 1;
+            seen.ipv4_bytes += len;
+            seen.marked_ipv4 += u64::from(marked(IPV4 as usize));
+        }
+        Some(0x86dd) => {
+            seen.ipv6_packets += 1;
+            seen.ipv6_bytes += len;
+            seen.marked_ipv6 += u64::from(marked(IPV6 as usize));
+        }
+        _ => {
+            seen.other_packets += 1;
+            seen.other_bytes += len;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_matches_rfc1071_example() {
+        // RFC 1071 section 3: words 0001 f203 f4f5 f6f7 sum to ddf2.
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(inet_checksum(&data), !0xddf2);
+        // A packet with its checksum filled in sums to zero.
+        let pkt = echo_request(false, 0x1234, 7, b"abc");
+        assert_eq!(inet_checksum(&pkt), 0);
+        assert_eq!(&pkt[..2], &[8, 0]);
+        assert_eq!(&pkt[4..8], &[0x12, 0x34, 0, 7]);
+    }
+
+    #[test]
+    fn classify_counts_marked_frames_by_family() {
+        let mut seen = Seen::default();
+        let mut v4 = vec![0u8; 14 + 20 + 8];
+        v4[12..14].copy_from_slice(&[0x08, 0x00]);
+        v4.extend_from_slice(MARKER);
+        classify(&mut seen, &v4, v4.len() as u64);
+        let mut v6 = vec![0u8; 14 + 40 + 8];
+        v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        classify(&mut seen, &v6, v6.len() as u64);
+        classify(&mut seen, &[0u8; 10], 10);
+        assert_eq!(seen.ipv4_packets, 1);
+        assert_eq!(seen.marked_ipv4, 1);
+        assert_eq!(seen.ipv6_packets, 1);
+        assert_eq!(seen.marked_ipv6, 0);
+        assert_eq!(seen.unmarked_ipv6(), 1);
+        assert_eq!(seen.other_packets, 1);
+        assert_eq!(seen.ipv4_bytes, 42 + MARKER.len() as u64);
+    }
+}

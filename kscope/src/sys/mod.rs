@@ -1,0 +1,312 @@
+//! The one place kscope talks to the kernel outside aya: capabilities,
+//! interface lookup, bpffs/tracefs mounts, network namespaces.
+//!
+//! Functions that only parse what the kernel reports take the text as input
+//! (see [`parse_cap_eff`]) so unit tests can feed them recorded files.
+
+use std::{
+    ffi::CString,
+    fmt, fs, io,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+use thiserror::Error;
+
+pub mod bpf;
+
+/// Where kscope expects the BPF filesystem.
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// Where kscope expects tracefs.
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// `BPF_FS_MAGIC` from include/uapi/linux/magic.h.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// `TRACEFS_MAGIC` from include/uapi/linux/magic.h.
+const TRACEFS_MAGIC: i64 = 0x7472_6163;
+
+/// Errors from the system layer.
+#[derive(Debug, Error)]
+pub enum SysError {
+    /// The process lacks capabilities an operation needs.
+    #[error("{what} needs {needed}; this process lacks {missing} (run as root)")]
+    MissingCapabilities {
+        what: String,
+        needed: String,
+        missing: String,
+    },
+    /// No network interface has this name in the current network namespace.
+    #[error("no network interface named {0:?}")]
+    NoSuchInterface(String),
+    /// The interface name can never be valid (empty, too long, has a '/' or NUL).
+    #[error("invalid interface name {0:?}: names are 1-15 bytes with no '/', whitespace or NUL")]
+    BadInterfaceName(String),
+    /// bpffs is not mounted and could not be mounted.
+    #[error("the BPF filesystem is not mounted at {path} and mounting it failed")]
+    BpffsUnavailable { path: PathBuf, source: io::Error },
+    /// tracefs is not mounted and could not be mounted.
+    #[error("tracefs is not mounted at {path} and mounting it failed")]
+    TracefsUnavailable { path: PathBuf, source: io::Error },
+    /// Reading a kernel interface file failed.
+    #[error("failed to read {path}")]
+    Read { path: PathBuf, source: io::Error },
+}
+
+/// A Linux capability, numbered as in include/uapi/linux/capability.h.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cap {
+    NetAdmin = 12,
+    SysAdmin = 21,
+    SysResource = 24,
+    Perfmon = 38,
+    Bpf = 39,
+}
+
+impl fmt::Display for Cap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Cap::NetAdmin => "CAP_NET_ADMIN",
+            Cap::SysAdmin => "CAP_SYS_ADMIN",
+            Cap::SysResource => "CAP_SYS_RESOURCE",
+            Cap::Perfmon => "CAP_PERFMON",
+            Cap::Bpf => "CAP_BPF",
+        })
+    }
+}
+
+/// Parses the `CapEff:` line of /proc/PID/status into a bit set.
+pub fn parse_cap_eff(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+}
+
+/// The capabilities in `needed` that `cap_eff` lacks. CAP_SYS_ADMIN stands in
+/// for CAP_BPF and CAP_PERFMON, as it does on kernels before 5.8.
+pub fn missing_caps(cap_eff: u64, needed: &[Cap]) -> Vec<Cap> {
+    let has = |c: Cap| cap_eff & (1u64 << c as u32) != 0;
+    needed
+        .iter()
+        .copied()
+        .filter(|&c| !(has(c) || matches!(c, Cap::Bpf | Cap::Perfmon) && has(Cap::SysAdmin)))
+        .collect()
+}
+
+/// Fails with [`SysError::MissingCapabilities`] unless this process holds
+/// every capability in `needed`. `what` names the operation for the message.
+pub fn require_caps(what: &str, needed: &[Cap]) -> Result<(), SysError> {
+    let path = Path::new("/proc/self/status");
+    let status = fs::read_to_string(path).map_err(|source| SysError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let cap_eff = parse_cap_eff(&status).unwrap_or(0);
+    let missing = missing_caps(cap_eff, needed);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let join = |caps: &[Cap]| {
+        caps.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" and ")
+    };
+    Err(SysError::MissingCapabilities {
+        what: what.to_owned(),
+        needed: join(needed),
+        missing: join(&missing),
+    })
+}
+
+/// Checks that `name` could be an interface name (see dev_valid_name() in
+/// net/core/dev.c), so it is also safe as a path component under bpffs.
+pub fn validate_ifname(name: &str) -> Result<(), SysError> {
+    let ok = !name.is_empty()
+        && name.len() < libc::IFNAMSIZ
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace());
+    if ok {
+        Ok(())
+    } else {
+        Err(SysError::BadInterfaceName(name.to_owned()))
+    }
+}
+
+/// Index of interface `name` in this thread's network namespace.
+pub fn if_nametoindex(name: &str) -> Result<u32, SysError> {
+    validate_ifname(name)?;
+    let c = CString::new(name).map_err(|_| SysError::BadInterfaceName(name.to_owned()))?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        Err(SysError::NoSuchInterface(name.to_owned()))
+    } else {
+        Ok(index)
+    }
+}
+
+/// Name of interface `index` in this thread's network namespace, if any.
+pub fn if_indextoname(index: u32) -> Option<String> {
+    let mut buf = [0u8; libc::IFNAMSIZ];
+    // SAFETY: `buf` has IFNAMSIZ bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return None;
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..len]).into_owned())
+}
+
+fn fs_magic(path: &Path) -> io::Result<i64> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statfs is plain old data; all-zero is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` is a valid out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type)
+}
+
+fn mount(fstype: &str, target: &Path) -> io::Result<()> {
+    let src = CString::new(fstype).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let tgt = CString::new(target.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: all pointers are valid NUL-terminated strings; data is null.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn ensure_fs(path: &Path, magic: i64, fstype: &str) -> io::Result<()> {
+    if fs_magic(path).ok() == Some(magic) {
+        return Ok(());
+    }
+    mount(fstype, path)?;
+    match fs_magic(path)? {
+        m if m == magic => Ok(()),
+        _ => Err(io::Error::other(format!(
+            "{} is not {fstype} after mounting",
+            path.display()
+        ))),
+    }
+}
+
+/// Makes sure bpffs is mounted at [`BPFFS`], mounting it if not.
+pub fn ensure_bpffs() -> Result<(), SysError> {
+    let path = Path::new(BPFFS);
+    ensure_fs(path, BPF_FS_MAGIC, "bpf").map_err(|source| SysError::BpffsUnavailable {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Makes sure tracefs is mounted at [`TRACEFS`], mounting it if not.
+pub fn ensure_tracefs() -> Result<(), SysError> {
+    let path = Path::new(TRACEFS);
+    ensure_fs(path, TRACEFS_MAGIC, "tracefs").map_err(|source| SysError::TracefsUnavailable {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Identity (device, inode) of a namespace file such as /proc/thread-self/ns/net.
+pub fn ns_id(path: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// True when the calling thread is in the initial network namespace, where
+/// real interfaces live: that of PID 1 where /proc/1/ns/net is readable
+/// (some VMs deny it even to root), and otherwise the namespace this
+/// process started in (/proc/self/ns/net follows the main thread, which
+/// kscope never moves).
+pub fn in_initial_netns() -> io::Result<bool> {
+    let here = ns_id(Path::new("/proc/thread-self/ns/net"))?;
+    if let Ok(init) = ns_id(Path::new("/proc/1/ns/net"))
+        && here == init
+    {
+        return Ok(true);
+    }
+    Ok(here == ns_id(Path::new("/proc/self/ns/net"))?)
+}
+
+/// Moves the calling thread into the network namespace at `path` (such as
+/// /run/netns/NAME). Only this thread moves; sockets it creates afterwards
+/// belong to that namespace for their whole life.
+pub fn enter_netns(path: &Path) -> io::Result<()> {
+    let f = fs::File::open(path)?;
+    setns_fd(std::os::fd::AsRawFd::as_raw_fd(&f))
+}
+
+/// `setns(fd, CLONE_NEWNET)`. Async-signal-safe, so usable between fork and exec.
+pub fn setns_fd(fd: std::os::fd::RawFd) -> io::Result<()> {
+    // SAFETY: setns only reads its arguments; an invalid fd yields EBADF.
+    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Nanoseconds since the Unix epoch.
+pub fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_eff_parses_from_proc_status() {
+        let status = "Name:\tkscope\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(parse_cap_eff(status), Some(0x1ff_ffff_ffff));
+        assert_eq!(parse_cap_eff("Name: x\n"), None);
+    }
+
+    #[test]
+    fn missing_caps_names_only_what_is_absent() {
+        let net_admin = 1u64 << 12;
+        assert_eq!(
+            missing_caps(net_admin, &[Cap::Bpf, Cap::NetAdmin]),
+            vec![Cap::Bpf]
+        );
+        assert_eq!(missing_caps(0, &[Cap::Bpf]), vec![Cap::Bpf]);
+        // CAP_SYS_ADMIN covers CAP_BPF (pre-5.8 kernels) but not CAP_NET_ADMIN.
+        let sys_admin = 1u64 << 21;
+        assert_eq!(
+            missing_caps(sys_admin, &[Cap::Bpf, Cap::NetAdmin]),
+            vec![Cap::NetAdmin]
+        );
+    }
+
+    #[test]
+    fn interface_names_that_could_escape_bpffs_are_rejected() {
+        for bad in ["", ".", "..", "a/b", "eth0:1", "sixteen-chars-xx", "a b"] {
+            assert!(validate_ifname(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["lo", "eth0", "veth-a.10", "fifteen-chars-x"] {
+            assert!(validate_ifname(good).is_ok(), "{good:?} rejected");
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Helpers shared by the root-only integration tests. They run the real
+//! `kscope` binary against the running kernel, inside namespaces that
+//! `kscope::netlab` creates and removes.
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::{
+    path::PathBuf,
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use kscope::netlab::Netns;
+
+/// The kscope binary under test. `KSCOPE_BIN` overrides it (the VM runner
+/// copies the binary to a different path).
+pub fn kscope_bin() -> PathBuf {
+    std::env::var_os("KSCOPE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kscope")))
+}
+
+/// Panics unless running as root: these tests load programs into the kernel.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "integration tests need root: run `cargo xtask test` as root"
+    );
+}
+
+/// `kscope ARGS`, inside `ns` when given.
+pub fn kscope_cmd(ns: Option<&Netns>, args: &[&str]) -> Command {
+    let mut cmd = match ns {
+        Some(ns) => ns.command(kscope_bin()),
+        None => Command::new(kscope_bin()),
+    };
+    cmd.args(args).env("NO_COLOR", "1");
+    cmd
+}
+
+/// Runs kscope and returns its output, whatever the exit status.
+pub fn kscope(ns: Option<&Netns>, args: &[&str]) -> Output {
+    kscope_cmd(ns, args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", kscope_bin().display()))
+}
+
+/// Runs kscope and panics with its stderr unless it succeeds; returns stdout.
+pub fn kscope_ok(ns: Option<&Netns>, args: &[&str]) -> String {
+    let out = kscope(ns, args);
+    assert!(
+        out.status.success(),
+        "kscope {args:?} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asserts kscope failed with exit status `code` and exactly one `error:`
+/// line containing every string in `needles`; returns that line.
+pub fn assert_fails(out: &Output, code: i32, needles: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "wrong exit status; stderr:\n{stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "stdout should be empty on error: {:?}",
+        out.stdout
+    );
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "want exactly one error line, got:\n{stderr}"
+    );
+    for n in needles {
+        assert!(
+            errors[0].contains(n),
+            "error line lacks {n:?}: {}",
+            errors[0]
+        );
+    }
+    errors[0].to_owned()
+}
+
+/// XDP attachment of `iface` in `ns` as iproute2 reports it: (mode, program
+/// id), where mode is the kernel's XDP_ATTACHED_* (1 driver, 2 skb).
+pub fn xdp_on(ns: &Netns, iface: &str) -> Option<(u64, u64)> {
+    let out = Command::new("ip")
+        .args(["-n", ns.name(), "-j", "link", "show", "dev", iface])
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip link show {iface}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j prints JSON");
+    let xdp = v.get(0)?.get("xdp")?;
+    Some((
+        xdp.get("mode")?.as_u64()?,
+        xdp.get("prog")?.get("id")?.as_u64()?,
+    ))
+}
+
+/// True while the kernel still knows program `id` (per bpftool).
+pub fn prog_exists(id: u64) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .output()
+        .expect("run bpftool")
+        .status
+        .success()
+}
+
+/// Waits up to `limit` for program `id` to be freed. The kernel frees a
+/// program after an RCU grace period once its last reference goes, so it can
+/// outlive the detach by a moment.
+pub fn wait_prog_gone(id: u64, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if !prog_exists(id) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    !prog_exists(id)
+}
+
+/// Parses `kscope fw stats --json` output into one value per interface.
+pub fn stats_json(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}

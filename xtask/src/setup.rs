@@ -1,0 +1,161 @@
+//! `cargo xtask setup`: installs what a fresh machine lacks, and nothing
+//! else. Each step checks first, so a second run takes seconds.
+//!
+//! - rust-src for the nightly toolchain (`-Z build-std=core` needs it);
+//! - bpf-linker 0.10.4, built against the nightly toolchain's own LLVM
+//!   (the `rust-llvm-NN` feature matching `rustc +nightly -vV`);
+//! - the Debian packages the tests use;
+//! - bpffs and tracefs, mounted if they are not.
+
+use std::{fs, process::Command, time::Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::sh;
+
+/// The bpf-linker release that builds with the toolchains here.
+const BPF_LINKER_VERSION: &str = "0.10.4";
+/// LLVM majors bpf-linker 0.10.4 has `rust-llvm-NN` features for.
+const BPF_LINKER_LLVM: &[u32] = &[20, 21, 22];
+
+/// Debian packages the tests and the demo need, with the command each
+/// provides (to check without asking dpkg about every one).
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip"),        // namespaces and veth for the network tests
+    ("bpftool", "bpftool"),    // tests check that nothing stays attached
+    ("util-linux", "setpriv"), // tests run kscope without capabilities
+];
+
+pub fn run() -> anyhow::Result<()> {
+    let start = Instant::now();
+    rust_src()?;
+    bpf_linker()?;
+    debian_packages()?;
+    mounts()?;
+    eprintln!("xtask: setup complete in {:.1?}", start.elapsed());
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("failed to run {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed: {}",
+            cmd.get_program(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context("the nightly toolchain is required to build kscope's kernel programs")?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// The LLVM major version the nightly rustc was built with.
+fn nightly_llvm_major() -> anyhow::Result<u32> {
+    let vv = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    parse_llvm_major(&vv).context("`rustc +nightly -vV` reports no LLVM version")
+}
+
+fn parse_llvm_major(vv: &str) -> Option<u32> {
+    vv.lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.trim().parse().ok())
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    let have = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    if have.as_deref() == Some(&format!("bpf-linker {BPF_LINKER_VERSION}")) {
+        return Ok(());
+    }
+    let major = nightly_llvm_major()?;
+    if !BPF_LINKER_LLVM.contains(&major) {
+        bail!(
+            "the nightly toolchain uses LLVM {major}, but bpf-linker {BPF_LINKER_VERSION} supports only LLVM {BPF_LINKER_LLVM:?}; install a nightly toolchain built with one of those"
+        );
+    }
+    sh(Command::new("cargo").args([
+        "+nightly",
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--locked",
+        "--force",
+        "--no-default-features",
+        "--features",
+        &format!("rust-llvm-{major}"),
+    ]))
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(_, cmd)| which(cmd).is_none())
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    sh(Command::new("apt-get").args(["update", "-qq"]))?;
+    sh(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn which(cmd: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
+}
+
+fn mounts() -> anyhow::Result<()> {
+    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    for (fstype, target) in [("bpf", "/sys/fs/bpf"), ("tracefs", "/sys/kernel/tracing")] {
+        let mounted = mounts.lines().any(|l| {
+            l.split_whitespace().nth(1) == Some(target)
+                && l.split_whitespace().nth(2) == Some(fstype)
+        });
+        if !mounted {
+            sh(Command::new("mount").args(["-t", fstype, fstype, target]))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llvm_major_comes_from_rustc_verbose_version() {
+        let vv =
+            "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nbinary: rustc\nLLVM version: 22.1.4\n";
+        assert_eq!(parse_llvm_major(vv), Some(22));
+        assert_eq!(parse_llvm_major("rustc 1.0\n"), None);
+    }
+}
