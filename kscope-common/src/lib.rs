@@ -6,3 +6,4 @@
 #![no_std]
 
 pub mod fw;
+pub mod probe_check;

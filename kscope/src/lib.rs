@@ -5,4 +5,5 @@ pub mod cli;
 pub mod demo;
 pub mod firewall;
 pub mod netlab;
+pub mod probe_check;
 pub mod sys;

@@ -11,7 +11,9 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod cpio;
 mod setup;
+mod vm;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "kscope developer tasks")]
@@ -24,10 +26,21 @@ struct Cli {
 enum Task {
     /// Install what building and testing kscope needs (idempotent).
     Setup,
-    /// Run every check: formatting, lints, unit tests and the root-only
-    /// integration tests against the running kernel.
+    /// Run every check: formatting, lints, unit tests, the root-only
+    /// integration tests against the running kernel, then the same
+    /// integration tests in qemu VMs running Debian's 5.10, 6.1 and 6.12
+    /// kernels.
     Test {
-        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        /// Only the VM kernel matrix.
+        #[arg(long, conflicts_with = "host")]
+        vm: bool,
+        /// Only the host: lints, unit and integration tests, no VMs.
+        #[arg(long)]
+        host: bool,
+        /// Only the VM kernels whose label contains this (e.g. 6.12).
+        #[arg(long, value_name = "LABEL")]
+        kernel: Option<String>,
+        /// Extra arguments for the host's `cargo test` (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -51,7 +64,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     setup::run()?;
     match cli.task {
         Task::Setup => Ok(()),
-        Task::Test { args } => test(&args),
+        Task::Test {
+            vm,
+            host,
+            kernel,
+            args,
+        } => test(&root, !vm, !host, kernel.as_deref(), &args),
         Task::Demo => demo(),
     }
 }
@@ -87,8 +105,58 @@ fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-fn test(extra: &[String]) -> anyhow::Result<()> {
+fn test(
+    root: &Path,
+    host: bool,
+    vms: bool,
+    kernel: Option<&str>,
+    extra: &[String],
+) -> anyhow::Result<()> {
     let start = Instant::now();
+    let mut outcomes = Vec::new();
+    if host {
+        lint()?;
+        outcomes.push(host_tests(extra)?);
+    }
+    if vms {
+        outcomes.extend(vm::run(root, kernel)?);
+    }
+    eprintln!("\nxtask: summary");
+    eprintln!(
+        "  {:<26} {:<28} {:>6} {:>6} {:>7}  {:>8} {:>8}",
+        "KERNEL", "RELEASE", "PASSED", "FAILED", "SKIPPED", "BOOT", "TOTAL"
+    );
+    for o in &outcomes {
+        eprintln!(
+            "  {:<26} {:<28} {:>6} {:>6} {:>7}  {:>8} {:>8}{}",
+            o.label,
+            o.release,
+            o.passed.len(),
+            o.failed.len(),
+            o.skipped.len(),
+            o.boot
+                .map(|b| format!("{:.1}s", b.as_secs_f64()))
+                .unwrap_or_else(|| "-".into()),
+            format!("{:.1}s", o.total.as_secs_f64()),
+            o.error
+                .as_ref()
+                .map(|e| format!("  ERROR: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| !o.ok())
+        .map(|o| o.label.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("tests failed on: {}", failed.join(", "));
+    }
+    eprintln!("xtask: all tests passed in {:.0?}", start.elapsed());
+    Ok(())
+}
+
+fn lint() -> anyhow::Result<()> {
     sh(cargo().args(["fmt", "--all", "--check"]))?;
     sh(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // The kernel crate builds only for the BPF target, with nightly.
@@ -105,12 +173,30 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         "--",
         "-D",
         "warnings",
-    ]))?;
+    ]))
+}
+
+/// Runs `cargo test` on the host, echoing its output, and tallies results
+/// the same way as in the VMs (a `KSCOPE-SKIP` line marks a skipped test).
+fn host_tests(extra: &[String]) -> anyhow::Result<vm::Outcome> {
+    let start = Instant::now();
     // Unit tests need no root; the integration tests (kscope/tests) need
     // root and a kernel that loads XDP programs, which CI machines have.
-    sh(cargo().arg("test").args(extra))?;
-    eprintln!("xtask: all tests passed in {:.0?}", start.elapsed());
-    Ok(())
+    let mut cmd = cargo();
+    cmd.arg("test").args(extra);
+    eprintln!("xtask: $ {}", show(&cmd));
+    let lines = vm::run_and_echo(&mut cmd, "host")?;
+    let mut o = vm::tally(&lines.lines, "host");
+    o.label = "host".into();
+    o.release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    o.total = start.elapsed();
+    if !lines.success && o.failed.is_empty() {
+        o.error = Some("cargo test failed".into());
+    }
+    Ok(o)
 }
 
 fn demo() -> anyhow::Result<()> {

@@ -18,12 +18,21 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 /// LLVM majors bpf-linker 0.10.4 has `rust-llvm-NN` features for.
 const BPF_LINKER_LLVM: &[u32] = &[20, 21, 22];
 
-/// Debian packages the tests and the demo need, with the command each
-/// provides (to check without asking dpkg about every one).
+/// Debian packages the tests and the demo need, each with a command it
+/// provides (or an absolute path it installs), to check for it quickly.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
-    ("iproute2", "ip"),        // namespaces and veth for the network tests
-    ("bpftool", "bpftool"),    // tests check that nothing stays attached
-    ("util-linux", "setpriv"), // tests run kscope without capabilities
+    // namespaces and veth for the network tests
+    ("iproute2", "ip"),
+    // tests check that nothing stays attached
+    ("bpftool", "bpftool"),
+    // tests run kscope without capabilities
+    ("util-linux", "setpriv"),
+    // static test binaries for the VMs
+    ("libc6-dev", "/usr/lib/x86_64-linux-gnu/libc.a"),
+    // the kernel matrix: the emulator, the guests' userland, .ko.xz modules
+    ("qemu-system-x86", "qemu-system-x86_64"),
+    ("busybox-static", "/bin/busybox"),
+    ("xz-utils", "xz"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
@@ -111,7 +120,13 @@ fn bpf_linker() -> anyhow::Result<()> {
 fn debian_packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
-        .filter(|(_, cmd)| which(cmd).is_none())
+        .filter(|(_, probe)| {
+            if probe.starts_with('/') {
+                !std::path::Path::new(probe).exists()
+            } else {
+                which(probe).is_none()
+            }
+        })
         .map(|(pkg, _)| *pkg)
         .collect();
     if missing.is_empty() {

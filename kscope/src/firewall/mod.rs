@@ -313,17 +313,21 @@ fn write_config(ebpf: &mut Ebpf, config: FwConfig) -> Result<(), FwError> {
 /// reader sees either no directory or a complete one. On error the staging
 /// directory is removed; dropping our link fd then detaches the program.
 fn pin_all(ebpf: &mut Ebpf, link: FdLink, iface: &str, dir: &Path) -> Result<(), FwError> {
+    // Another kscope may remove an empty kscope/ or kscope_staging/ as we
+    // create them (the last detach tidies up), so a missing parent is
+    // retried rather than fatal.
     let root = pin_root();
-    fs::create_dir_all(&root).map_err(io_err("create", &root))?;
-    fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
-        .map_err(io_err("chmod", &root))?;
     let staging_root = staging_root();
-    fs::create_dir_all(&staging_root).map_err(io_err("create", &staging_root))?;
-    fs::set_permissions(&staging_root, fs::Permissions::from_mode(0o700))
-        .map_err(io_err("chmod", &staging_root))?;
     let staging = staging_root.join(format!("{}-{}", escape_ifname(iface), std::process::id()));
     let _ = fs::remove_dir_all(&staging);
-    fs::create_dir(&staging).map_err(io_err("create", &staging))?;
+    retry_missing_parent(|| {
+        for d in [&root, &staging_root] {
+            fs::create_dir_all(d)?;
+            fs::set_permissions(d, fs::Permissions::from_mode(0o700))?;
+        }
+        fs::create_dir(&staging)
+    })
+    .map_err(io_err("create", &staging))?;
 
     let result = (|| {
         for name in [MAP_COUNTERS, MAP_CONFIG] {
@@ -344,7 +348,11 @@ fn pin_all(ebpf: &mut Ebpf, link: FdLink, iface: &str, dir: &Path) -> Result<(),
         let pinned = link
             .pin(staging.join(PIN_LINK))
             .map_err(|e| pin_err(&staging.join(PIN_LINK), e))?;
-        fs::rename(&staging, dir).map_err(io_err("rename into place", dir))?;
+        retry_missing_parent(|| {
+            fs::create_dir_all(&root)?;
+            fs::rename(&staging, dir)
+        })
+        .map_err(io_err("rename into place", dir))?;
         drop(pinned);
         Ok(())
     })();
@@ -355,6 +363,18 @@ fn pin_all(ebpf: &mut Ebpf, link: FdLink, iface: &str, dir: &Path) -> Result<(),
     // it, in which case this fails harmlessly.
     let _ = fs::remove_dir(&staging_root);
     result
+}
+
+/// Runs `op`, again when it fails with ENOENT (a parent directory vanished
+/// under it), a few times at most.
+fn retry_missing_parent(mut op: impl FnMut() -> io::Result<()>) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 10 => tries += 1,
+            r => return r,
+        }
+    }
 }
 
 /// Detaches kscope from `iface` and removes its pins.

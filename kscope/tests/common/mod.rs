@@ -139,3 +139,29 @@ pub fn stats_json(stdout: &str) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
         .collect()
 }
+
+/// Features the current kernel must have: a comma-separated list in
+/// `KSCOPE_REQUIRE` (the VM runner sets it per kernel, e.g. `kprobe,fentry`
+/// on 6.1 and 6.12). A test may skip a missing feature only when it is not
+/// on that list.
+pub fn required(feature: &str) -> bool {
+    std::env::var("KSCOPE_REQUIRE")
+        .map(|v| v.split(',').any(|f| f.trim() == feature))
+        .unwrap_or(false)
+}
+
+/// Skips the calling test loudly because `feature` is missing, or fails it
+/// when the feature is required on this kernel. Writes to stderr directly,
+/// past libtest's output capture, so the skip shows in every run; the
+/// `KSCOPE-SKIP` line is what the xtask summary counts.
+pub fn skip(feature: &str, reason: &str) {
+    use std::io::Write as _;
+    assert!(
+        !required(feature),
+        "{feature} is required on this kernel (KSCOPE_REQUIRE) but unavailable: {reason}"
+    );
+    let test = std::thread::current().name().unwrap_or("?").to_owned();
+    // One write, so parallel tests cannot split the two lines apart.
+    let msg = format!("skipping: {test}: {feature} unavailable: {reason}\nKSCOPE-SKIP {test}\n");
+    let _ = std::io::stderr().write_all(msg.as_bytes());
+}
