@@ -4,6 +4,7 @@
 #![no_std]
 
 pub mod net;
+pub mod trace;
 
 /// What every kernel binary needs besides its programs: a panic handler (the
 /// verifier rejects any program that could reach it; `core` needs one to link)

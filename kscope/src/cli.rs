@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::firewall::Mode;
 
-/// kscope: an eBPF toolkit for Linux — XDP firewall and packet counters.
+/// kscope: an eBPF toolkit for Linux — XDP firewall and packet counters,
+/// kernel tracing.
 #[derive(Debug, Parser)]
 #[command(name = "kscope", version, about, propagate_version = true)]
 pub struct Cli {
@@ -20,9 +21,53 @@ pub enum Command {
     /// XDP packet counter and firewall.
     #[command(subcommand)]
     Fw(FwCommand),
+    /// Kernel tracing: opens, execs and TCP connects as they happen.
+    #[command(subcommand)]
+    Trace(TraceCommand),
     /// Show the packet counter at work in a private pair of network
     /// namespaces, then tear everything down.
     Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TraceCommand {
+    /// Trace open(2), openat(2) and openat2(2) with their results.
+    Open(TraceOpenArgs),
+}
+
+/// Filters and output options every tracer takes.
+#[derive(Debug, Args)]
+pub struct TraceCommon {
+    /// Only this process (thread group) id.
+    #[arg(short = 'p', long = "pid", value_name = "PID")]
+    pub pid: Option<u32>,
+    /// Only this thread id.
+    #[arg(short = 't', long = "tid", value_name = "TID")]
+    pub tid: Option<u32>,
+    /// Only this user id.
+    #[arg(short = 'u', long = "uid", value_name = "UID")]
+    pub uid: Option<u32>,
+    /// Only processes whose name contains COMM (at most 15 bytes).
+    #[arg(short = 'n', long = "name", value_name = "COMM")]
+    pub comm: Option<String>,
+    /// Stop after SECS seconds (default: until Ctrl-C or SIGTERM).
+    #[arg(short = 'd', long = "duration", value_name = "SECS", value_parser = parse_interval, allow_hyphen_values = true)]
+    pub duration: Option<Duration>,
+    /// One JSON object per event, one per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceOpenArgs {
+    #[command(flatten)]
+    pub common: TraceCommon,
+    /// Only failed opens.
+    #[arg(short = 'x', long = "failed")]
+    pub failed: bool,
+    /// Add a TIME(s) column: seconds since the start.
+    #[arg(short = 'T', long = "timestamp")]
+    pub timestamps: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +179,27 @@ mod tests {
         for verb in ["attach", "detach"] {
             let err = parse(&["fw", verb]).expect_err(verb);
             assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        }
+    }
+
+    #[test]
+    fn trace_open_flags_parse_like_opensnoop() {
+        let cli = parse(&[
+            "trace", "open", "-p", "12", "-u", "0", "-n", "cat", "-x", "-T", "-d", "1.5", "--json",
+        ])
+        .expect("parses");
+        let Command::Trace(TraceCommand::Open(a)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!((a.common.pid, a.common.uid), (Some(12), Some(0)));
+        assert_eq!(a.common.comm.as_deref(), Some("cat"));
+        assert_eq!(a.common.duration, Some(Duration::from_millis(1500)));
+        assert!(a.failed && a.timestamps && a.common.json);
+        for bad in [
+            &["trace", "open", "-d", "0"][..],
+            &["trace", "open", "-p", "x"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -7,3 +7,4 @@ pub mod firewall;
 pub mod netlab;
 pub mod probe_check;
 pub mod sys;
+pub mod trace;

@@ -8,7 +8,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Parser as _;
 use kscope::{
-    cli::{Cli, Command, FwCommand, StatsArgs},
+    cli::{Cli, Command, FwCommand, StatsArgs, TraceCommand, TraceCommon},
     demo,
     firewall::{self, FwError, counters},
     sys::SysError,
@@ -121,11 +121,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Fw(FwCommand::Status { json }) => status(json),
         Command::Fw(FwCommand::Stats(args)) => stats(&args),
+        Command::Trace(t) => trace(t),
         Command::Demo => {
             let stop = demo::stop_on_signals().context("installing signal handlers")?;
             demo::run(&mut io::stdout().lock(), stop)
         }
     }
+}
+
+fn filters(c: &TraceCommon) -> kscope::trace::Filters {
+    kscope::trace::Filters {
+        pid: c.pid,
+        tid: c.tid,
+        uid: c.uid,
+        comm: c.comm.clone(),
+    }
+}
+
+fn trace(cmd: TraceCommand) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    let (what, (summary, _stop)) = match cmd {
+        TraceCommand::Open(a) => {
+            let opts = kscope::trace::open::OpenOpts {
+                filters: filters(&a.common),
+                failed_only: a.failed,
+                timestamps: a.timestamps,
+                json: a.common.json,
+                duration: a.common.duration,
+            };
+            (
+                "open",
+                rt.block_on(kscope::trace::open::run(&opts, &mut out))?,
+            )
+        }
+    };
+    kscope::trace::report(what, &summary);
+    Ok(())
 }
 
 fn status(json: bool) -> anyhow::Result<()> {

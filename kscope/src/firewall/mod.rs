@@ -193,6 +193,7 @@ pub fn attach(iface: &str, mode: Mode) -> Result<Attached, FwError> {
     sys::require_caps("kscope fw attach", &[Cap::Bpf, Cap::NetAdmin])?;
     let ifindex = sys::if_nametoindex(iface)?;
     sys::ensure_bpffs()?;
+    sys::raise_memlock();
     let dir = pin_dir(iface);
     if dir.exists() {
         let prog_id = aya::programs::ProgramInfo::from_pin(dir.join(PROG_FW_XDP))

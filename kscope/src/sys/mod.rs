@@ -265,6 +265,24 @@ pub fn setns_fd(fd: std::os::fd::RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Lifts RLIMIT_MEMLOCK. Kernels before 5.11 charge BPF maps to it, and its
+/// default (64 KiB on older systems) is too small for a ring buffer; later
+/// kernels use memory cgroups instead and ignore it. Best effort: a failure
+/// shows up as a clear map-creation error later.
+pub fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
 /// Nanoseconds since the Unix epoch.
 pub fn unix_now_ns() -> u64 {
     std::time::SystemTime::now()

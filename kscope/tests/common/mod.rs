@@ -165,3 +165,106 @@ pub fn skip(feature: &str, reason: &str) {
     let msg = format!("skipping: {test}: {feature} unavailable: {reason}\nKSCOPE-SKIP {test}\n");
     let _ = std::io::stderr().write_all(msg.as_bytes());
 }
+
+/// A running `kscope trace …` child, with its stderr collected.
+pub struct Tracer {
+    pub child: std::process::Child,
+    stderr: std::sync::mpsc::Receiver<String>,
+    pub stderr_lines: Vec<String>,
+}
+
+impl Tracer {
+    /// Starts `kscope ARGS` with stdout piped (or discarded) and waits until
+    /// it reports readiness on stderr ("(ready)"), at most `limit`.
+    pub fn start(args: &[&str], stdout: bool, limit: Duration) -> Tracer {
+        use std::io::BufRead as _;
+        let mut child = kscope_cmd(None, args)
+            .stdout(if stdout {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn kscope {args:?}: {e}"));
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut t = Tracer {
+            child,
+            stderr: rx,
+            stderr_lines: Vec::new(),
+        };
+        let start = Instant::now();
+        loop {
+            let left = limit.saturating_sub(start.elapsed());
+            match t.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    let ready = line.contains("(ready)");
+                    t.stderr_lines.push(line);
+                    if ready {
+                        return t;
+                    }
+                }
+                Err(_) => {
+                    let _ = t.child.kill();
+                    panic!(
+                        "kscope {args:?} not ready within {limit:?}; stderr:\n{}",
+                        t.stderr_lines.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    /// Program ids the tracer holds open, from /proc/PID/fdinfo.
+    pub fn prog_ids(&self) -> Vec<u64> {
+        prog_ids_of(self.child.id())
+    }
+
+    /// Sends `signal` and waits for the exit; returns (status, stdout, stderr).
+    pub fn stop(mut self, signal: i32) -> (std::process::ExitStatus, String, String) {
+        use std::io::Read as _;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let mut out = String::new();
+        if let Some(mut s) = self.child.stdout.take() {
+            let _ = s.read_to_string(&mut out);
+        }
+        let status = self.child.wait().expect("wait for tracer");
+        while let Ok(l) = self.stderr.recv_timeout(Duration::from_secs(2)) {
+            self.stderr_lines.push(l);
+        }
+        (status, out, self.stderr_lines.join("\n"))
+    }
+}
+
+/// Program ids a process holds file descriptors for (prog fds and links).
+pub fn prog_ids_of(pid: u32) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let dir = format!("/proc/{pid}/fdinfo");
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        for line in text.lines() {
+            if let Some(Ok(id)) = line.strip_prefix("prog_id:").map(|id| id.trim().parse()) {
+                ids.push(id);
+            }
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// The calling thread's id.
+pub fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() as u32 }
+}

@@ -1,0 +1,130 @@
+//! What every tracer shares: the ring buffer, the lost-event counter, the
+//! in-kernel filters (load-time globals) and the wakeup policy.
+//!
+//! [`tracer_common!`] defines these in each tracer binary, so every kernel
+//! object carries its own maps and globals and none carries another's.
+
+/// Returns true when `pat[..len]` occurs in `comm` (both NUL-padded).
+/// Bounded loops only: at most 16 × 16 byte comparisons.
+#[inline(always)]
+pub fn comm_contains(comm: &[u8; 16], pat: &[u8; 16], len: usize) -> bool {
+    if len == 0 {
+        return true;
+    }
+    if len > 16 {
+        return false;
+    }
+    let mut start = 0;
+    while start + len <= 16 {
+        let mut j = 0;
+        let mut ok = true;
+        while j < len && j < 16 {
+            let Some(&c) = comm.get(start + j) else {
+                return false;
+            };
+            if c != pat[j] {
+                ok = false;
+                break;
+            }
+            j += 1;
+        }
+        if ok {
+            return true;
+        }
+        start += 1;
+    }
+    false
+}
+
+/// Defines, in a tracer binary, the ring buffer `TRACE_EVENTS`, the
+/// `TRACE_LOST` counter, the filter globals, and:
+/// - `passes_filters() -> bool`: this task passes pid, tid, uid and comm;
+/// - `submit_flags() -> u64`: wakeup flag for the record about to be
+///   submitted (wake the consumer only once `WAKEUP_BYTES` are waiting);
+/// - `count_lost()`: the ring buffer was full.
+#[macro_export]
+macro_rules! tracer_common {
+    ($ring_bytes:expr) => {
+        #[aya_ebpf::macros::map(name = "TRACE_EVENTS")]
+        static TRACE_EVENTS: aya_ebpf::maps::RingBuf =
+            aya_ebpf::maps::RingBuf::with_byte_size($ring_bytes, 0);
+
+        #[aya_ebpf::macros::map(name = "TRACE_LOST")]
+        static TRACE_LOST: aya_ebpf::maps::PerCpuArray<u64> =
+            aya_ebpf::maps::PerCpuArray::with_max_entries(1, 0);
+
+        #[unsafe(no_mangle)]
+        static FILTER_PID: u32 = 0;
+        #[unsafe(no_mangle)]
+        static FILTER_TID: u32 = 0;
+        #[unsafe(no_mangle)]
+        static FILTER_UID: u32 = 0;
+        #[unsafe(no_mangle)]
+        static FILTER_UID_ON: u32 = 0;
+        #[unsafe(no_mangle)]
+        static FILTER_COMM: [u8; 16] = [0; 16];
+        #[unsafe(no_mangle)]
+        static FILTER_COMM_LEN: u32 = 0;
+        #[unsafe(no_mangle)]
+        static WAKEUP_BYTES: u64 = 0;
+
+        /// Reads a load-time global. Volatile, so the compiler cannot fold
+        /// the placeholder value in; the verifier then prunes the branches
+        /// the real value rules out.
+        macro_rules! global {
+            ($g:ident) => {
+                // SAFETY: a plain read of an initialized static.
+                unsafe { core::ptr::read_volatile(&$g) }
+            };
+        }
+
+        #[inline(always)]
+        fn passes_filters() -> bool {
+            let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+            let (pid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+            let want_pid = global!(FILTER_PID);
+            if want_pid != 0 && pid != want_pid {
+                return false;
+            }
+            let want_tid = global!(FILTER_TID);
+            if want_tid != 0 && tid != want_tid {
+                return false;
+            }
+            if global!(FILTER_UID_ON) != 0
+                && aya_ebpf::helpers::bpf_get_current_uid_gid() as u32 != global!(FILTER_UID)
+            {
+                return false;
+            }
+            let len = global!(FILTER_COMM_LEN) as usize;
+            if len != 0 {
+                let Ok(comm) = aya_ebpf::helpers::bpf_get_current_comm() else {
+                    return false;
+                };
+                let pat = global!(FILTER_COMM);
+                if !$crate::trace::comm_contains(&comm, &pat, len) {
+                    return false;
+                }
+            }
+            true
+        }
+
+        #[inline(always)]
+        fn submit_flags() -> u64 {
+            let waiting = TRACE_EVENTS.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64);
+            if waiting >= global!(WAKEUP_BYTES) {
+                aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64
+            } else {
+                aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64
+            }
+        }
+
+        #[inline(always)]
+        fn count_lost() {
+            if let Some(n) = TRACE_LOST.get_ptr_mut(0) {
+                // SAFETY: this CPU's slot; a tracepoint program is not
+                // preempted by another on the same CPU mid-update.
+                unsafe { *n += 1 };
+            }
+        }
+    };
+}

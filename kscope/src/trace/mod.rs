@@ -1,0 +1,272 @@
+//! Kernel tracers: `kscope trace open | exec | connect`.
+//!
+//! Every tracer follows one lifecycle: check it can run (naming a missing
+//! kernel feature), load with its filters as load-time globals, attach,
+//! consume events from a BPF ring buffer until the duration ends or Ctrl-C
+//! or SIGTERM arrives, then detach. The loaded object (and with it every
+//! attached link) lives in a value whose `Drop` detaches, so an early
+//! return or a panic leaves nothing attached.
+//!
+//! Transport: a BPF ring buffer (Linux 5.8+), read through tokio's
+//! `AsyncFd`. The kernel side submits without waking the consumer until
+//! [`WAKEUP_BYTES`] bytes wait, and the consumer also drains on a timer
+//! every [`POLL_INTERVAL`]: printing an event then costs close to counting
+//! it, and an event still shows within a few milliseconds. Events that find
+//! the buffer full are counted in the kernel and reported on stderr and in
+//! the summary, never dropped silently.
+
+pub mod format;
+pub mod open;
+
+use std::{
+    io::{self, Write},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+};
+use kscope_common::trace::{
+    GLOBAL_COMM, GLOBAL_COMM_LEN, GLOBAL_PID, GLOBAL_TID, GLOBAL_UID, GLOBAL_UID_ON,
+    GLOBAL_WAKEUP_BYTES, MAP_EVENTS, MAP_LOST,
+};
+use thiserror::Error;
+use tokio::io::unix::AsyncFd;
+
+use crate::sys::{self, Cap, SysError};
+
+/// How often the consumer drains the ring buffer without a wakeup.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// Bytes waiting in the ring buffer that make the kernel wake the consumer.
+/// A quarter of the 2 MiB buffer: early enough that a burst never fills it
+/// before the consumer runs, rare enough that a steady stream does not cost
+/// a wakeup per event.
+pub const WAKEUP_BYTES: u64 = 1 << 19;
+
+/// Errors from the tracers.
+#[derive(Debug, Error)]
+pub enum TraceError {
+    #[error(transparent)]
+    Sys(#[from] SysError),
+    /// The kernel lacks something this tracer needs.
+    #[error("{feature} is not available on this kernel: {reason}")]
+    Unsupported { feature: String, reason: String },
+    /// Loading the object or a program failed (verifier log included).
+    #[error("failed to load {what}")]
+    Load {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A filter value is unusable.
+    #[error("invalid filter: {0}")]
+    BadFilter(String),
+    /// Reading events or writing output failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// In-kernel filters every tracer takes.
+#[derive(Clone, Debug, Default)]
+pub struct Filters {
+    pub pid: Option<u32>,
+    pub tid: Option<u32>,
+    pub uid: Option<u32>,
+    /// Substring of the process name (at most 15 bytes, as comm is).
+    pub comm: Option<String>,
+}
+
+impl Filters {
+    /// The comm filter as the kernel compares it, and its length.
+    pub fn comm_bytes(&self) -> Result<([u8; 16], u32), TraceError> {
+        let mut out = [0u8; 16];
+        let Some(c) = &self.comm else {
+            return Ok((out, 0));
+        };
+        if c.is_empty() || c.len() > 15 {
+            return Err(TraceError::BadFilter(format!(
+                "process name {c:?} must be 1-15 bytes (the kernel keeps 15)"
+            )));
+        }
+        out[..c.len()].copy_from_slice(c.as_bytes());
+        Ok((out, c.len() as u32))
+    }
+}
+
+/// Checks the tracer can run: capabilities, tracefs, memlock.
+pub fn preflight(what: &str) -> Result<(), TraceError> {
+    sys::require_caps(what, &[Cap::Bpf, Cap::Perfmon])?;
+    sys::ensure_tracefs()?;
+    sys::raise_memlock();
+    Ok(())
+}
+
+/// Loads a tracer object with its filters, the wakeup policy and `extra`
+/// `u32` globals set.
+pub fn load(
+    obj: &[u8],
+    filters: &Filters,
+    extra: &[(&'static str, u32)],
+) -> Result<Ebpf, TraceError> {
+    let (comm, comm_len) = filters.comm_bytes()?;
+    let mut globals = vec![
+        (GLOBAL_PID, filters.pid.unwrap_or(0)),
+        (GLOBAL_TID, filters.tid.unwrap_or(0)),
+        (GLOBAL_UID, filters.uid.unwrap_or(0)),
+        (GLOBAL_UID_ON, u32::from(filters.uid.is_some())),
+        (GLOBAL_COMM_LEN, comm_len),
+    ];
+    globals.extend_from_slice(extra);
+    let wakeup = WAKEUP_BYTES;
+    let mut loader = EbpfLoader::new();
+    for (name, value) in &globals {
+        loader.override_global(name, value, true);
+    }
+    loader
+        .override_global(GLOBAL_COMM, &comm, true)
+        .override_global(GLOBAL_WAKEUP_BYTES, &wakeup, true);
+    loader.load(obj).map_err(|e| {
+        if ringbuf_missing(&e) {
+            TraceError::Unsupported {
+                feature: "BPF ring buffer".into(),
+                reason: "needs Linux 5.8 or later".into(),
+            }
+        } else {
+            TraceError::Load {
+                what: "the tracer".into(),
+                source: Box::new(e),
+            }
+        }
+    })
+}
+
+fn ringbuf_missing(e: &aya::EbpfError) -> bool {
+    // Kernels before 5.8 reject BPF_MAP_TYPE_RINGBUF with EINVAL at map
+    // creation; the error names the map.
+    let text = format!("{e:#}");
+    text.contains(MAP_EVENTS) && text.contains("Invalid argument")
+}
+
+/// Why a tracer stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Duration,
+    Interrupt,
+    Terminate,
+}
+
+/// Totals of one run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub events: u64,
+    pub lost: u64,
+}
+
+/// Test-only fault injection: with `KSCOPE_FAULT=consumer-panic`, the
+/// consumer panics on its first event, so tests can check that a crashing
+/// tracer still detaches everything (Drop runs during unwinding).
+fn fault_consumer_panic() -> bool {
+    std::env::var_os("KSCOPE_FAULT").is_some_and(|v| v == "consumer-panic")
+}
+
+/// Reads every record waiting in `ring`, calling `on` with each one's bytes.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    n: &mut u64,
+    on: &mut impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    while let Some(item) = ring.next() {
+        *n += 1;
+        assert!(!fault_consumer_panic(), "KSCOPE_FAULT=consumer-panic");
+        on(&item)?;
+    }
+    Ok(())
+}
+
+fn lost_total(lost: &PerCpuArray<MapData, u64>) -> u64 {
+    lost.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+}
+
+/// Consumes `ebpf`'s ring buffer until `duration` passes or a signal asks to
+/// stop, handing each record to `on`, and `flush`ing after every batch.
+/// Lost events are reported on stderr as they happen.
+pub async fn consume(
+    ebpf: &mut Ebpf,
+    duration: Option<Duration>,
+    mut on: impl FnMut(&[u8]) -> io::Result<()>,
+    mut flush: impl FnMut() -> io::Result<()>,
+) -> Result<(Summary, Stop), TraceError> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let ring = ebpf
+        .take_map(MAP_EVENTS)
+        .ok_or_else(|| io::Error::other(format!("{MAP_EVENTS} missing")))?;
+    let ring = RingBuf::try_from(ring).map_err(io::Error::other)?;
+    let lost = ebpf
+        .take_map(MAP_LOST)
+        .ok_or_else(|| io::Error::other(format!("{MAP_LOST} missing")))?;
+    let lost: PerCpuArray<MapData, u64> = PerCpuArray::try_from(lost).map_err(io::Error::other)?;
+    // SAFETY: the ring buffer owns its map fd, which stays open and the same
+    // for as long as the AsyncFd owns the ring buffer.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+    let mut poll = tokio::time::interval(POLL_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut summary = Summary::default();
+    let mut reported_lost = 0;
+    let mut last_lost_check = Instant::now();
+
+    let stop = loop {
+        let sleep_until = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = sigint.recv() => break Stop::Interrupt,
+            _ = sigterm.recv() => break Stop::Terminate,
+            _ = sleep_until => break Stop::Duration,
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &mut summary.events, &mut on)?;
+                guard.clear_ready();
+            }
+            _ = poll.tick() => {
+                drain(ring.get_mut(), &mut summary.events, &mut on)?;
+            }
+        }
+        flush()?;
+        if last_lost_check.elapsed() >= Duration::from_secs(1) {
+            last_lost_check = Instant::now();
+            let now = lost_total(&lost);
+            if now > reported_lost {
+                tracing::warn!(
+                    "{} events lost: the ring buffer was full",
+                    now - reported_lost
+                );
+                reported_lost = now;
+            }
+        }
+    };
+    // Whatever arrived before the stop is still delivered.
+    drain(ring.get_mut(), &mut summary.events, &mut on)?;
+    flush()?;
+    summary.lost = lost_total(&lost);
+    Ok((summary, stop))
+}
+
+/// Writes the end-of-run summary to stderr.
+pub fn report(what: &str, s: &Summary) {
+    let mut err = io::stderr().lock();
+    let _ = writeln!(
+        err,
+        "kscope trace {what}: {} events, {} lost",
+        s.events, s.lost
+    );
+}
