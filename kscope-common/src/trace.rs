@@ -74,3 +74,93 @@ mod pod {
     // SAFETY: as above, with `_pad` explicit.
     unsafe impl aya::Pod for super::OpenArgs {}
 }
+
+// ---- trace_connect ----
+
+/// kprobe on tcp_v4_connect and tcp_v6_connect (one program, two attachments).
+pub const PROG_CONNECT_KPROBE: &str = "trace_connect_kprobe";
+/// kretprobe on both, for the return value and the source address.
+pub const PROG_CONNECT_KRETPROBE: &str = "trace_connect_kretprobe";
+pub const PROG_CONNECT_FENTRY_V4: &str = "trace_connect_fentry_v4";
+pub const PROG_CONNECT_FEXIT_V4: &str = "trace_connect_fexit_v4";
+pub const PROG_CONNECT_FENTRY_V6: &str = "trace_connect_fentry_v6";
+pub const PROG_CONNECT_FEXIT_V6: &str = "trace_connect_fexit_v6";
+/// sock:inet_sock_set_state: SYN_SENT and the transition out of it.
+pub const PROG_CONNECT_STATE: &str = "trace_connect_state";
+/// Destination ports to keep (`-P`), when `PORT_FILTER_ON` is 1.
+pub const MAP_PORTS: &str = "CONNECT_PORTS";
+pub const GLOBAL_PORT_FILTER_ON: &str = "PORT_FILTER_ON";
+/// Byte offsets in struct sock_common, from the kernel's BTF.
+pub const GLOBAL_OFF_SADDR: &str = "OFF_SADDR";
+pub const GLOBAL_OFF_SADDR6: &str = "OFF_SADDR6";
+pub const GLOBAL_OFF_SPORT: &str = "OFF_SPORT";
+/// Field offsets of sock:inet_sock_set_state, from its format file.
+pub const GLOBAL_TP_OFFSETS: &str = "TP_OFFSETS";
+/// Indexes into `TP_OFFSETS`.
+pub const TP_SKADDR: usize = 0;
+pub const TP_OLDSTATE: usize = 1;
+pub const TP_NEWSTATE: usize = 2;
+pub const TP_SPORT: usize = 3;
+pub const TP_DPORT: usize = 4;
+pub const TP_FAMILY: usize = 5;
+pub const TP_PROTOCOL: usize = 6;
+pub const TP_SADDR: usize = 7;
+pub const TP_DADDR: usize = 8;
+pub const TP_SADDR6: usize = 9;
+pub const TP_DADDR6: usize = 10;
+pub const TP_N: usize = 11;
+/// Field names, in `TP_*` order, as the format file spells them.
+pub const TP_FIELDS: [&str; TP_N] = [
+    "skaddr", "oldstate", "newstate", "sport", "dport", "family", "protocol", "saddr", "daddr",
+    "saddr_v6", "daddr_v6",
+];
+
+/// One TCP connect. Addresses are in network byte order (IPv4 in the first
+/// four bytes); ports in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ConnectEvent {
+    pub ts_ns: u64,
+    /// From the call to its return (probes), or from SYN_SENT to the next
+    /// state (tracepoint).
+    pub latency_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    /// tcp_v{4,6}_connect's return value (0 or -errno).
+    pub ret: i32,
+    /// 0 when RET is unknown (the tracepoint cannot see it).
+    pub has_ret: u32,
+    /// AF_INET or AF_INET6.
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub comm: [u8; COMM_LEN],
+    pub _pad2: u32,
+}
+
+/// What the entry handler keeps for the return handler.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ConnectStart {
+    pub ts_ns: u64,
+    /// The struct sock pointer.
+    pub sk: u64,
+    pub family: u16,
+    pub dport: u16,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub daddr: [u8; 16],
+    pub comm: [u8; COMM_LEN],
+}
+
+#[cfg(feature = "user")]
+mod connect_pod {
+    // SAFETY: #[repr(C)], integers and byte arrays, padding explicit
+    // (8+8+5*4+4*2+16+16+16+4 = 96 bytes).
+    unsafe impl aya::Pod for super::ConnectEvent {}
+}

@@ -33,6 +33,24 @@ pub enum Command {
 pub enum TraceCommand {
     /// Trace open(2), openat(2) and openat2(2) with their results.
     Open(TraceOpenArgs),
+    /// Trace TCP connects (IPv4 and IPv6) with addresses, ports and result.
+    Connect(TraceConnectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TraceConnectArgs {
+    #[command(flatten)]
+    pub common: TraceCommon,
+    /// Only these destination ports (comma-separated, e.g. 80,443).
+    #[arg(short = 'P', long = "port", value_name = "PORTS", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+    /// Count connects per (pid, comm, daddr, dport) and print them at exit.
+    #[arg(short = 'c', long = "count")]
+    pub count: bool,
+    /// How to observe connects: auto picks kprobe, then fentry, then the
+    /// tracepoint, whichever the kernel has.
+    #[arg(long, value_enum, default_value_t = crate::trace::connect::Probe::Auto)]
+    pub probe: crate::trace::connect::Probe,
 }
 
 /// Filters and output options every tracer takes.
@@ -198,6 +216,27 @@ mod tests {
         for bad in [
             &["trace", "open", "-d", "0"][..],
             &["trace", "open", "-p", "x"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn trace_connect_ports_and_probe_kinds_parse() {
+        let cli = parse(&[
+            "trace", "connect", "-P", "80,443", "-c", "--probe", "fentry",
+        ])
+        .expect("parses");
+        let Command::Trace(TraceCommand::Connect(a)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(a.ports, vec![80, 443]);
+        assert!(a.count);
+        assert_eq!(a.probe, crate::trace::connect::Probe::Fentry);
+        for bad in [
+            &["trace", "connect", "-P", "0"][..],
+            &["trace", "connect", "-P", "70000"],
+            &["trace", "connect", "--probe", "uprobe"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

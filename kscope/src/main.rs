@@ -159,6 +159,20 @@ fn trace(cmd: TraceCommand) -> anyhow::Result<()> {
                 rt.block_on(kscope::trace::open::run(&opts, &mut out))?,
             )
         }
+        TraceCommand::Connect(a) => {
+            let opts = kscope::trace::connect::ConnectOpts {
+                filters: filters(&a.common),
+                ports: a.ports,
+                count: a.count,
+                json: a.common.json,
+                duration: a.common.duration,
+                probe: a.probe,
+            };
+            (
+                "connect",
+                rt.block_on(kscope::trace::connect::run(&opts, &mut out))?,
+            )
+        }
     };
     kscope::trace::report(what, &summary);
     Ok(())

@@ -252,7 +252,10 @@ fn assert_detached_after(signal: i32, env: Option<(&str, &str)>) {
         }
     };
     let ids = tracer.prog_ids();
-    assert!(ids.len() >= 2, "the tracer should hold its programs: {ids:?}");
+    assert!(
+        ids.len() >= 2,
+        "the tracer should hold its programs: {ids:?}"
+    );
     for id in &ids {
         assert!(prog_exists(*id), "program {id} not loaded while tracing");
     }
@@ -267,7 +270,10 @@ fn assert_detached_after(signal: i32, env: Option<(&str, &str)>) {
         assert!(status.success(), "{status}: {err}");
     }
     for id in ids {
-        assert!(wait_prog_gone(id, Duration::from_secs(5)), "program {id} left loaded");
+        assert!(
+            wait_prog_gone(id, Duration::from_secs(5)),
+            "program {id} left loaded"
+        );
     }
 }
 

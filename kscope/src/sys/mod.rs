@@ -14,6 +14,7 @@ use std::{
 use thiserror::Error;
 
 pub mod bpf;
+pub mod btf;
 
 /// Where kscope expects the BPF filesystem.
 pub const BPFFS: &str = "/sys/fs/bpf";

@@ -15,6 +15,7 @@
 //! the buffer full are counted in the kernel and reported on stderr and in
 //! the summary, never dropped silently.
 
+pub mod connect;
 pub mod format;
 pub mod open;
 
@@ -103,25 +104,27 @@ pub fn preflight(what: &str) -> Result<(), TraceError> {
 }
 
 /// Loads a tracer object with its filters, the wakeup policy and `extra`
-/// `u32` globals set.
+/// globals (name, raw bytes) set.
 pub fn load(
     obj: &[u8],
     filters: &Filters,
-    extra: &[(&'static str, u32)],
+    extra: &[(&'static str, &[u8])],
 ) -> Result<Ebpf, TraceError> {
     let (comm, comm_len) = filters.comm_bytes()?;
-    let mut globals = vec![
+    let globals = vec![
         (GLOBAL_PID, filters.pid.unwrap_or(0)),
         (GLOBAL_TID, filters.tid.unwrap_or(0)),
         (GLOBAL_UID, filters.uid.unwrap_or(0)),
         (GLOBAL_UID_ON, u32::from(filters.uid.is_some())),
         (GLOBAL_COMM_LEN, comm_len),
     ];
-    globals.extend_from_slice(extra);
     let wakeup = WAKEUP_BYTES;
     let mut loader = EbpfLoader::new();
     for (name, value) in &globals {
         loader.override_global(name, value, true);
+    }
+    for (name, bytes) in extra {
+        loader.override_global(name, *bytes, true);
     }
     loader
         .override_global(GLOBAL_COMM, &comm, true)
@@ -188,17 +191,35 @@ fn lost_total(lost: &PerCpuArray<MapData, u64>) -> u64 {
     lost.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
 }
 
+/// SIGINT and SIGTERM, caught from the moment this is created: a tracer
+/// makes it before it reports readiness, so a signal sent right after the
+/// ready line still stops it cleanly.
+pub struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Must run inside the tokio runtime.
+    pub fn catch() -> io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+}
+
 /// Consumes `ebpf`'s ring buffer until `duration` passes or a signal asks to
 /// stop, handing each record to `on`, and `flush`ing after every batch.
 /// Lost events are reported on stderr as they happen.
 pub async fn consume(
     ebpf: &mut Ebpf,
+    signals: &mut Signals,
     duration: Option<Duration>,
     mut on: impl FnMut(&[u8]) -> io::Result<()>,
     mut flush: impl FnMut() -> io::Result<()>,
 ) -> Result<(Summary, Stop), TraceError> {
-    use tokio::signal::unix::{SignalKind, signal};
-
     let ring = ebpf
         .take_map(MAP_EVENTS)
         .ok_or_else(|| io::Error::other(format!("{MAP_EVENTS} missing")))?;
@@ -211,8 +232,6 @@ pub async fn consume(
     // for as long as the AsyncFd owns the ring buffer.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let deadline = duration.map(|d| tokio::time::Instant::now() + d);
     let mut poll = tokio::time::interval(POLL_INTERVAL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -229,8 +248,8 @@ pub async fn consume(
         };
         tokio::select! {
             biased;
-            _ = sigint.recv() => break Stop::Interrupt,
-            _ = sigterm.recv() => break Stop::Terminate,
+            _ = signals.int.recv() => break Stop::Interrupt,
+            _ = signals.term.recv() => break Stop::Terminate,
             _ = sleep_until => break Stop::Duration,
             guard = ring.readable_mut() => {
                 let mut guard = guard?;

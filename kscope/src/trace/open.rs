@@ -60,11 +60,12 @@ fn tracepoint_exists(name: &str) -> bool {
 /// verifier rejection, or an output error.
 pub async fn run(opts: &OpenOpts, out: &mut impl Write) -> Result<(Summary, Stop), TraceError> {
     super::preflight("kscope trace open")?;
-    let failed_only = u32::from(opts.failed_only);
+    let mut signals = super::Signals::catch()?;
+    let failed_only = u32::from(opts.failed_only).to_ne_bytes();
     let mut ebpf = super::load(
         TRACE_OPEN_OBJ,
         &opts.filters,
-        &[(GLOBAL_FAILED_ONLY, failed_only)],
+        &[(GLOBAL_FAILED_ONLY, &failed_only[..])],
     )?;
     let mut attached = Vec::new();
     for (i, &(enter, exit, syscall)) in HOOKS.iter().enumerate() {
@@ -111,6 +112,7 @@ pub async fn run(opts: &OpenOpts, out: &mut impl Write) -> Result<(Summary, Stop
     let mut flags_buf = [0u8; 192];
     let result = super::consume(
         &mut ebpf,
+        &mut signals,
         opts.duration,
         |bytes| {
             let Some(ev) = decode(bytes) else {

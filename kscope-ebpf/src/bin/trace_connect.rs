@@ -1,0 +1,275 @@
+//! `trace_connect`: TCP connects, three ways (user space picks one):
+//! - kprobe + kretprobe on tcp_v4_connect and tcp_v6_connect;
+//! - fentry + fexit on the same functions;
+//! - the sock:inet_sock_set_state tracepoint: SYN_SENT is entered in the
+//!   connecting task (pid, comm, destination), and the next transition
+//!   carries the source port, which is only bound after SYN_SENT
+//!   (tcp_v4_connect() in net/ipv4/tcp_ipv4.c). No return value there.
+//!
+//! Struct offsets come from user space (kernel BTF, tracepoint format
+//! files) as load-time globals, so one object fits every kernel.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
+    },
+    macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
+    maps::HashMap,
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+};
+use kscope_common::trace::{
+    ConnectEvent, ConnectStart, TP_DADDR, TP_DADDR6, TP_DPORT, TP_FAMILY, TP_N, TP_NEWSTATE,
+    TP_OLDSTATE, TP_PROTOCOL, TP_SADDR, TP_SADDR6, TP_SKADDR, TP_SPORT,
+};
+
+kscope_ebpf::tracer_common!(1 << 20);
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+const TCP_SYN_SENT: i32 = 2;
+
+#[unsafe(no_mangle)]
+static PORT_FILTER_ON: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SADDR: u32 = 4;
+#[unsafe(no_mangle)]
+static OFF_SADDR6: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SPORT: u32 = 14;
+#[unsafe(no_mangle)]
+static TP_OFFSETS: [u32; TP_N] = [0; TP_N];
+
+/// Destination ports to keep (-P).
+#[map(name = "CONNECT_PORTS")]
+static CONNECT_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
+
+/// In-flight connects: by thread id (probes) or by struct sock (tracepoint).
+#[map(name = "CONNECT_PENDING")]
+static CONNECT_PENDING: HashMap<u64, ConnectStart> = HashMap::with_max_entries(16_384, 0);
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn port_wanted(dport: u16) -> bool {
+    // SAFETY: a plain lookup; the value is not kept.
+    global!(PORT_FILTER_ON) == 0 || unsafe { CONNECT_PORTS.get(dport) }.is_some()
+}
+
+#[inline(always)]
+fn read<T>(p: *const T) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
+    unsafe { bpf_probe_read_kernel(p) }.ok()
+}
+
+#[inline(always)]
+fn current(ts_ns: u64, sk: u64, family: u16, dport: u16, daddr: [u8; 16]) -> ConnectStart {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ConnectStart {
+        ts_ns,
+        sk,
+        family,
+        dport,
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+        daddr,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+/// Entry of tcp_v{4,6}_connect(sk, uaddr, addr_len): the destination comes
+/// from the sockaddr the caller passed (a kernel copy).
+#[inline(always)]
+fn start(sk: u64, uaddr: u64) -> u32 {
+    if !passes_filters() {
+        return 0;
+    }
+    let Some(family) = read(uaddr as *const u16) else {
+        return 0;
+    };
+    // sin_port / sin6_port: offset 2, network byte order.
+    let Some(port) = read((uaddr + 2) as *const u16) else {
+        return 0;
+    };
+    let dport = u16::from_be(port);
+    if !port_wanted(dport) {
+        return 0;
+    }
+    let mut daddr = [0u8; 16];
+    if family == AF_INET {
+        // sin_addr at offset 4.
+        let Some(a) = read((uaddr + 4) as *const [u8; 4]) else {
+            return 0;
+        };
+        daddr[..4].copy_from_slice(&a);
+    } else if family == AF_INET6 {
+        // sin6_addr at offset 8.
+        let Some(a) = read((uaddr + 8) as *const [u8; 16]) else {
+            return 0;
+        };
+        daddr = a;
+    } else {
+        return 0;
+    }
+    let tid = bpf_get_current_pid_tgid() & 0xffff_ffff;
+    let s = current(now_ns(), sk, family, dport, daddr);
+    if CONNECT_PENDING.insert(tid, s, 0).is_err() {
+        count_lost();
+    }
+    0
+}
+
+#[inline(always)]
+fn emit(s: &ConnectStart, ret: i32, has_ret: u32, sport: u16, saddr: [u8; 16]) {
+    let flags = submit_flags();
+    let Some(mut entry) = TRACE_EVENTS.reserve::<ConnectEvent>(0) else {
+        count_lost();
+        return;
+    };
+    let now = now_ns();
+    entry.write(ConnectEvent {
+        ts_ns: now,
+        latency_ns: now.saturating_sub(s.ts_ns),
+        pid: s.pid,
+        tid: s.tid,
+        uid: s.uid,
+        ret,
+        has_ret,
+        family: s.family,
+        sport,
+        dport: s.dport,
+        _pad: 0,
+        saddr,
+        daddr: s.daddr,
+        comm: s.comm,
+        _pad2: 0,
+    });
+    entry.submit(flags);
+}
+
+/// Return of tcp_v{4,6}_connect: the source address and port are bound by
+/// now (when it succeeded).
+#[inline(always)]
+fn finish(ret: i32) -> u32 {
+    let tid = bpf_get_current_pid_tgid() & 0xffff_ffff;
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(s) = (unsafe { CONNECT_PENDING.get(tid) }).copied() else {
+        return 0;
+    };
+    let _ = CONNECT_PENDING.remove(tid);
+    let sport = read((s.sk + u64::from(global!(OFF_SPORT))) as *const u16).unwrap_or(0);
+    let mut saddr = [0u8; 16];
+    if s.family == AF_INET {
+        if let Some(a) = read((s.sk + u64::from(global!(OFF_SADDR))) as *const [u8; 4]) {
+            saddr[..4].copy_from_slice(&a);
+        }
+    } else if let Some(a) = read((s.sk + u64::from(global!(OFF_SADDR6))) as *const [u8; 16]) {
+        saddr = a;
+    }
+    emit(&s, ret, 1, sport, saddr);
+    0
+}
+
+#[kprobe]
+pub fn trace_connect_kprobe(ctx: ProbeContext) -> u32 {
+    let (Some(sk), Some(uaddr)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
+        return 0;
+    };
+    start(sk, uaddr)
+}
+
+#[kretprobe]
+pub fn trace_connect_kretprobe(ctx: RetProbeContext) -> u32 {
+    finish(ctx.ret::<i64>() as i32)
+}
+
+#[fentry(function = "tcp_v4_connect")]
+pub fn trace_connect_fentry_v4(ctx: FEntryContext) -> u32 {
+    start(ctx.arg::<u64>(0), ctx.arg::<u64>(1))
+}
+
+#[fexit(function = "tcp_v4_connect")]
+pub fn trace_connect_fexit_v4(ctx: FExitContext) -> u32 {
+    // fexit sees the arguments, then the return value: (sk, uaddr, addr_len, ret).
+    finish(ctx.arg::<i64>(3) as i32)
+}
+
+#[fentry(function = "tcp_v6_connect")]
+pub fn trace_connect_fentry_v6(ctx: FEntryContext) -> u32 {
+    start(ctx.arg::<u64>(0), ctx.arg::<u64>(1))
+}
+
+#[fexit(function = "tcp_v6_connect")]
+pub fn trace_connect_fexit_v6(ctx: FExitContext) -> u32 {
+    finish(ctx.arg::<i64>(3) as i32)
+}
+
+#[inline(always)]
+fn tp<T>(ctx: &TracePointContext, field: usize) -> Option<T> {
+    let offsets = global!(TP_OFFSETS);
+    let off = *offsets.get(field)? as usize;
+    // SAFETY: the offset comes from the tracepoint's format file.
+    unsafe { ctx.read_at::<T>(off) }.ok()
+}
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn trace_connect_state(ctx: TracePointContext) -> u32 {
+    if tp::<u16>(&ctx, TP_PROTOCOL) != Some(IPPROTO_TCP) {
+        return 0;
+    }
+    let (Some(sk), Some(old), Some(new)) = (
+        tp::<u64>(&ctx, TP_SKADDR),
+        tp::<i32>(&ctx, TP_OLDSTATE),
+        tp::<i32>(&ctx, TP_NEWSTATE),
+    ) else {
+        return 0;
+    };
+    let family = tp::<u16>(&ctx, TP_FAMILY).unwrap_or(0);
+    if new == TCP_SYN_SENT {
+        // In the connecting task: who, and where to.
+        if !passes_filters() {
+            return 0;
+        }
+        let dport = tp::<u16>(&ctx, TP_DPORT).unwrap_or(0);
+        if !port_wanted(dport) {
+            return 0;
+        }
+        let mut daddr = [0u8; 16];
+        if family == AF_INET {
+            daddr[..4].copy_from_slice(&tp::<[u8; 4]>(&ctx, TP_DADDR).unwrap_or([0; 4]));
+        } else {
+            daddr = tp::<[u8; 16]>(&ctx, TP_DADDR6).unwrap_or([0; 16]);
+        }
+        let s = current(now_ns(), sk, family, dport, daddr);
+        if CONNECT_PENDING.insert(sk, s, 0).is_err() {
+            count_lost();
+        }
+    } else if old == TCP_SYN_SENT {
+        // Leaving SYN_SENT (established, refused, timed out): the source
+        // port is bound now.
+        // SAFETY: the value is copied out before the entry is removed.
+        let Some(s) = (unsafe { CONNECT_PENDING.get(sk) }).copied() else {
+            return 0;
+        };
+        let _ = CONNECT_PENDING.remove(sk);
+        let sport = tp::<u16>(&ctx, TP_SPORT).unwrap_or(0);
+        let mut saddr = [0u8; 16];
+        if family == AF_INET {
+            saddr[..4].copy_from_slice(&tp::<[u8; 4]>(&ctx, TP_SADDR).unwrap_or([0; 4]));
+        } else {
+            saddr = tp::<[u8; 16]>(&ctx, TP_SADDR6).unwrap_or([0; 16]);
+        }
+        emit(&s, 0, 0, sport, saddr);
+    }
+    0
+}
+
+kscope_ebpf::program_boilerplate!();

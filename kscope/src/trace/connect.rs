@@ -1,0 +1,633 @@
+//! `kscope trace connect`: TCP connects (IPv4 and IPv6) as they start, from
+//! `trace_connect` in kscope-ebpf.
+//!
+//! Fallback policy: kprobe/kretprobe on tcp_v4_connect and tcp_v6_connect
+//! (RET and call latency), else fentry/fexit on the same functions, else
+//! the sock:inet_sock_set_state tracepoint, which has no RET (shown as n/a)
+//! and measures latency from SYN_SENT to the next state (the handshake).
+//! The choice is made at start and reported on stderr; `--probe` forces
+//! one, and forcing one the kernel lacks fails, naming the feature.
+//! Without kernel BTF, IPv6 source addresses cannot be located in struct
+//! sock and read as `::` (warned once); everything else still works.
+//!
+//! RET is tcp_v{4,6}_connect's own return: errors found before the SYN is
+//! sent (no route, no source address). A refused connection returns 0 there;
+//! the refusal arrives later.
+//!
+//! Minimum kernel: 5.8 (ring buffer); fentry needs 5.5 and BTF.
+
+use std::{
+    collections::HashMap,
+    fs,
+    io::{self, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+    time::Duration,
+};
+
+use aya::{
+    Btf as AyaBtf, Ebpf,
+    programs::{FEntry, FExit, KProbe, TracePoint},
+};
+use kscope_common::trace::{
+    ConnectEvent, GLOBAL_OFF_SADDR, GLOBAL_OFF_SADDR6, GLOBAL_OFF_SPORT, GLOBAL_PORT_FILTER_ON,
+    GLOBAL_TP_OFFSETS, MAP_PORTS, PROG_CONNECT_FENTRY_V4, PROG_CONNECT_FENTRY_V6,
+    PROG_CONNECT_FEXIT_V4, PROG_CONNECT_FEXIT_V6, PROG_CONNECT_KPROBE, PROG_CONNECT_KRETPROBE,
+    PROG_CONNECT_STATE, TP_FIELDS, TP_N,
+};
+
+use super::{Filters, Stop, Summary, TraceError, format};
+use crate::sys::btf::Btf;
+
+static TRACE_CONNECT_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/trace_connect"));
+
+const CONNECT_FNS: [&str; 2] = ["tcp_v4_connect", "tcp_v6_connect"];
+
+/// How connects are observed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Probe {
+    /// The first that works: kprobe, fentry, tracepoint.
+    #[default]
+    Auto,
+    /// kprobe + kretprobe on tcp_v4_connect / tcp_v6_connect.
+    Kprobe,
+    /// fentry + fexit on the same functions (BTF trampolines).
+    Fentry,
+    /// The sock:inet_sock_set_state tracepoint (no RET).
+    Tracepoint,
+}
+
+impl Probe {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Probe::Auto => "auto",
+            Probe::Kprobe => "kprobe",
+            Probe::Fentry => "fentry",
+            Probe::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+/// Options of `kscope trace connect`.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectOpts {
+    pub filters: Filters,
+    /// Destination ports to keep (`-P`); empty keeps all.
+    pub ports: Vec<u16>,
+    /// Count connects per (pid, comm, daddr, dport) and print them at exit.
+    pub count: bool,
+    pub json: bool,
+    pub duration: Option<Duration>,
+    pub probe: Probe,
+}
+
+/// Offsets the kernel programs need: in struct sock_common (from BTF) and
+/// in the tracepoint record (from its format file).
+struct Offsets {
+    saddr: u32,
+    saddr6: u32,
+    sport: u32,
+    tp: [u32; TP_N],
+}
+
+fn sock_offsets() -> (u32, u32, u32) {
+    // Fallbacks: skc_rcv_saddr and skc_num have sat at 4 and 14 since
+    // Linux 2.6 (include/net/sock.h); the IPv6 address has no fixed place.
+    match Btf::from_sys_fs() {
+        Ok(btf) => {
+            let off =
+                |m: &str, default: u32| btf.member_offset("sock_common", m).unwrap_or(default);
+            (
+                off("skc_rcv_saddr", 4),
+                off("skc_v6_rcv_saddr", 0),
+                off("skc_num", 14),
+            )
+        }
+        Err(e) => {
+            tracing::warn!("{e}; IPv6 source addresses will read as ::");
+            (4, 0, 14)
+        }
+    }
+}
+
+/// Parses a tracefs format file into the offsets of `fields`.
+pub fn parse_format(text: &str, fields: &[&str]) -> Option<Vec<u32>> {
+    fields
+        .iter()
+        .map(|want| {
+            text.lines().find_map(|line| {
+                let decl = line.trim().strip_prefix("field:")?;
+                let (decl, rest) = decl.split_once(';')?;
+                // "__u8 saddr_v6[16]" → "saddr_v6"
+                let name = decl.split_whitespace().last()?.split('[').next()?;
+                if name.trim_start_matches('*') != *want {
+                    return None;
+                }
+                rest.split(';')
+                    .find_map(|kv| kv.trim().strip_prefix("offset:"))
+                    .and_then(|o| o.parse().ok())
+            })
+        })
+        .collect()
+}
+
+fn tracepoint_offsets() -> Option<[u32; TP_N]> {
+    let path = Path::new(crate::sys::TRACEFS).join("events/sock/inet_sock_set_state/format");
+    let text = fs::read_to_string(path).ok()?;
+    parse_format(&text, &TP_FIELDS)?.try_into().ok()
+}
+
+fn load_err(prog: &str, e: impl std::error::Error + Send + Sync + 'static) -> TraceError {
+    TraceError::Load {
+        what: prog.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+fn unsupported(feature: &str, reason: impl ToString) -> TraceError {
+    TraceError::Unsupported {
+        feature: feature.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+fn attach_kprobes(ebpf: &mut Ebpf) -> Result<(), TraceError> {
+    if let Some(reason) = crate::probe_check::kprobe_missing_reason() {
+        return Err(unsupported("kprobe", reason));
+    }
+    for prog in [PROG_CONNECT_KPROBE, PROG_CONNECT_KRETPROBE] {
+        let p: &mut KProbe = ebpf
+            .program_mut(prog)
+            .ok_or_else(|| io::Error::other(format!("{prog} missing")))?
+            .try_into()
+            .map_err(|e| load_err(prog, e))?;
+        p.load().map_err(|e| load_err(prog, e))?;
+        for f in CONNECT_FNS {
+            p.attach(f, 0)
+                .map_err(|e| unsupported("kprobe", format!("attaching to {f}: {e:#}")))?;
+        }
+    }
+    Ok(())
+}
+
+fn attach_fentry(ebpf: &mut Ebpf) -> Result<(), TraceError> {
+    let btf =
+        AyaBtf::from_sys_fs().map_err(|e| unsupported("fentry", format!("no kernel BTF: {e}")))?;
+    for (prog, f, exit) in [
+        (PROG_CONNECT_FENTRY_V4, CONNECT_FNS[0], false),
+        (PROG_CONNECT_FEXIT_V4, CONNECT_FNS[0], true),
+        (PROG_CONNECT_FENTRY_V6, CONNECT_FNS[1], false),
+        (PROG_CONNECT_FEXIT_V6, CONNECT_FNS[1], true),
+    ] {
+        let p = ebpf
+            .program_mut(prog)
+            .ok_or_else(|| io::Error::other(format!("{prog} missing")))?;
+        let refused = |e: aya::programs::ProgramError| {
+            unsupported(
+                "fentry",
+                format!("the kernel refused a BPF trampoline on {f}: {e:#}"),
+            )
+        };
+        if exit {
+            let p: &mut FExit = p.try_into().map_err(|e| load_err(prog, e))?;
+            p.load(f, &btf).map_err(refused)?;
+            p.attach().map_err(refused)?;
+        } else {
+            let p: &mut FEntry = p.try_into().map_err(|e| load_err(prog, e))?;
+            p.load(f, &btf).map_err(refused)?;
+            p.attach().map_err(refused)?;
+        }
+    }
+    Ok(())
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf) -> Result<(), TraceError> {
+    let p: &mut TracePoint = ebpf
+        .program_mut(PROG_CONNECT_STATE)
+        .ok_or_else(|| io::Error::other(format!("{PROG_CONNECT_STATE} missing")))?
+        .try_into()
+        .map_err(|e| load_err(PROG_CONNECT_STATE, e))?;
+    p.load().map_err(|e| load_err(PROG_CONNECT_STATE, e))?;
+    p.attach("sock", "inet_sock_set_state")
+        .map_err(|e| unsupported("tracepoint sock:inet_sock_set_state", format!("{e:#}")))?;
+    Ok(())
+}
+
+/// Loads a fresh object (so a failed attempt leaves nothing behind) and
+/// attaches `probe`'s programs.
+fn try_probe(opts: &ConnectOpts, off: &Offsets, probe: Probe) -> Result<Ebpf, TraceError> {
+    let port_on = u32::from(!opts.ports.is_empty()).to_ne_bytes();
+    let (saddr, saddr6, sport) = (
+        off.saddr.to_ne_bytes(),
+        off.saddr6.to_ne_bytes(),
+        off.sport.to_ne_bytes(),
+    );
+    let tp: Vec<u8> = off.tp.iter().flat_map(|o| o.to_ne_bytes()).collect();
+    let mut ebpf = super::load(
+        TRACE_CONNECT_OBJ,
+        &opts.filters,
+        &[
+            (GLOBAL_PORT_FILTER_ON, &port_on[..]),
+            (GLOBAL_OFF_SADDR, &saddr[..]),
+            (GLOBAL_OFF_SADDR6, &saddr6[..]),
+            (GLOBAL_OFF_SPORT, &sport[..]),
+            (GLOBAL_TP_OFFSETS, &tp[..]),
+        ],
+    )?;
+    if !opts.ports.is_empty() {
+        let map = ebpf
+            .map_mut(MAP_PORTS)
+            .ok_or_else(|| io::Error::other(format!("{MAP_PORTS} missing")))?;
+        let mut ports: aya::maps::HashMap<_, u16, u8> =
+            aya::maps::HashMap::try_from(map).map_err(io::Error::other)?;
+        for &p in &opts.ports {
+            ports.insert(p, 1, 0).map_err(io::Error::other)?;
+        }
+    }
+    match probe {
+        Probe::Kprobe => attach_kprobes(&mut ebpf)?,
+        Probe::Fentry => attach_fentry(&mut ebpf)?,
+        Probe::Tracepoint | Probe::Auto => attach_tracepoint(&mut ebpf)?,
+    }
+    Ok(ebpf)
+}
+
+/// Chooses and attaches the probe kind. Returns the object and the kind.
+fn attach(opts: &ConnectOpts) -> Result<(Ebpf, Probe), TraceError> {
+    let (saddr, saddr6, sport) = sock_offsets();
+    let tp = tracepoint_offsets();
+    let off = Offsets {
+        saddr,
+        saddr6,
+        sport,
+        tp: tp.unwrap_or([0; TP_N]),
+    };
+    let tp_missing = || {
+        unsupported(
+            "tracepoint sock:inet_sock_set_state",
+            "its format file is missing from tracefs (Linux 4.16+)",
+        )
+    };
+    match opts.probe {
+        Probe::Auto => {
+            let mut why = Vec::new();
+            for kind in [Probe::Kprobe, Probe::Fentry] {
+                match try_probe(opts, &off, kind) {
+                    Ok(e) => return Ok((e, kind)),
+                    Err(TraceError::Unsupported { feature, reason }) => {
+                        why.push(format!("{feature}: {reason}"));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            for w in &why {
+                tracing::info!("not available: {w}");
+            }
+            if tp.is_none() {
+                return Err(tp_missing());
+            }
+            Ok((try_probe(opts, &off, Probe::Tracepoint)?, Probe::Tracepoint))
+        }
+        Probe::Tracepoint if tp.is_none() => Err(tp_missing()),
+        kind => Ok((try_probe(opts, &off, kind)?, kind)),
+    }
+}
+
+/// Runs the tracer, writing events (or, with `count`, the totals at the
+/// end) to `out`, until the duration passes or Ctrl-C or SIGTERM.
+///
+/// # Errors
+/// Missing capabilities, no usable probe kind (or the forced one missing),
+/// a verifier rejection, or an output error.
+pub async fn run(opts: &ConnectOpts, out: &mut impl Write) -> Result<(Summary, Stop), TraceError> {
+    super::preflight("kscope trace connect")?;
+    let mut signals = super::Signals::catch()?;
+    let (mut ebpf, probe) = attach(opts)?;
+    let how = match probe {
+        Probe::Kprobe => "kprobe/kretprobe on tcp_v4_connect, tcp_v6_connect",
+        Probe::Fentry => "fentry/fexit on tcp_v4_connect, tcp_v6_connect",
+        _ => "the sock:inet_sock_set_state tracepoint (RET not available: shown as n/a)",
+    };
+    tracing::info!("tracing TCP connects with {how} (ready); Ctrl-C to stop");
+    let clock = format::Clock::now();
+    if !opts.json && !opts.count {
+        write_header(out)?;
+    }
+    let mut counts: HashMap<CountKey, u64> = HashMap::new();
+    let result = super::consume(
+        &mut ebpf,
+        &mut signals,
+        opts.duration,
+        |bytes| {
+            let Some(ev) = decode(bytes) else {
+                return Ok(());
+            };
+            if opts.count {
+                *counts
+                    .entry((ev.pid, ev.comm, ev.family, ev.daddr, ev.dport))
+                    .or_default() += 1;
+                Ok(())
+            } else if opts.json {
+                write_json(out, &ev, &clock, probe)
+            } else {
+                write_row(out, &ev)
+            }
+        },
+        || Ok(()),
+    )
+    .await;
+    if opts.count {
+        write_counts(out, &counts, opts.json)?;
+    }
+    out.flush()?;
+    result
+}
+
+/// Copies an event out of a ring-buffer record; `None` if it is short.
+pub fn decode(bytes: &[u8]) -> Option<ConnectEvent> {
+    if bytes.len() < std::mem::size_of::<ConnectEvent>() {
+        return None;
+    }
+    // SAFETY: the record holds a whole ConnectEvent, which is plain old data.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ConnectEvent>()) })
+}
+
+/// The address in an event's 16 bytes for its family.
+pub fn addr(family: u16, bytes: &[u8; 16]) -> IpAddr {
+    if i32::from(family) == libc::AF_INET6 {
+        IpAddr::V6(Ipv6Addr::from(*bytes))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    }
+}
+
+fn family_name(family: u16) -> &'static str {
+    if i32::from(family) == libc::AF_INET6 {
+        "ipv6"
+    } else {
+        "ipv4"
+    }
+}
+
+pub fn write_header(out: &mut impl Write) -> io::Result<()> {
+    writeln!(
+        out,
+        "{:<7} {:<16} {:<4} {:<39} {:>5} {:<39} {:>5} {:>12} {:>9}",
+        "PID", "COMM", "FAM", "SADDR", "SPORT", "DADDR", "DPORT", "RET", "LAT(ms)"
+    )
+}
+
+/// One table row; RET is `n/a` where the probe cannot see it.
+pub fn write_row(out: &mut impl Write, ev: &ConnectEvent) -> io::Result<()> {
+    let comm = format::cstr(&ev.comm);
+    write!(out, "{:<7} ", ev.pid)?;
+    format::write_text(out, comm)?;
+    write!(out, "{:w$} ", "", w = 16usize.saturating_sub(comm.len()))?;
+    write!(
+        out,
+        "{:<4} {:<39} {:>5} {:<39} {:>5} ",
+        if i32::from(ev.family) == libc::AF_INET6 {
+            "6"
+        } else {
+            "4"
+        },
+        addr(ev.family, &ev.saddr),
+        ev.sport,
+        addr(ev.family, &ev.daddr),
+        ev.dport
+    )?;
+    match (ev.has_ret != 0, ev.ret) {
+        (false, _) => write!(out, "{:>12} ", "n/a")?,
+        (true, 0) => write!(out, "{:>12} ", 0)?,
+        (true, r) => match format::errno_name(-i64::from(r)) {
+            Some(n) => write!(out, "{n:>12} ")?,
+            None => write!(out, "{r:>12} ")?,
+        },
+    }
+    writeln!(out, "{:>9.3}", ev.latency_ns as f64 / 1e6)
+}
+
+/// One JSON line. Fields: `ts_unix_ns`, `pid`, `tid`, `uid`, `comm`,
+/// `family` ("ipv4"/"ipv6"), `saddr`, `sport`, `daddr`, `dport`, `ret`
+/// (null where the probe cannot see it), `errno_name`, `latency_ns`,
+/// `probe` ("kprobe", "fentry" or "tracepoint").
+pub fn write_json(
+    out: &mut impl Write,
+    ev: &ConnectEvent,
+    clock: &format::Clock,
+    probe: Probe,
+) -> io::Result<()> {
+    write!(
+        out,
+        "{{\"ts_unix_ns\":{},\"pid\":{},\"tid\":{},\"uid\":{},\"comm\":",
+        clock.unix_ns(ev.ts_ns),
+        ev.pid,
+        ev.tid,
+        ev.uid
+    )?;
+    format::write_json_str(out, format::cstr(&ev.comm))?;
+    write!(
+        out,
+        ",\"family\":\"{}\",\"saddr\":\"{}\",\"sport\":{},\"daddr\":\"{}\",\"dport\":{}",
+        family_name(ev.family),
+        addr(ev.family, &ev.saddr),
+        ev.sport,
+        addr(ev.family, &ev.daddr),
+        ev.dport
+    )?;
+    if ev.has_ret == 0 {
+        out.write_all(b",\"ret\":null,\"errno_name\":null")?;
+    } else {
+        write!(out, ",\"ret\":{},\"errno_name\":", ev.ret)?;
+        match format::errno_name(-i64::from(ev.ret)).filter(|_| ev.ret < 0) {
+            Some(n) => write!(out, "\"{n}\"")?,
+            None => out.write_all(b"null")?,
+        }
+    }
+    writeln!(
+        out,
+        ",\"latency_ns\":{},\"probe\":\"{}\"}}",
+        ev.latency_ns,
+        probe.name()
+    )
+}
+
+type CountKey = (u32, [u8; 16], u16, [u8; 16], u16);
+
+/// `-c` output: connects per (pid, comm, daddr, dport), most first.
+fn write_counts(
+    out: &mut impl Write,
+    counts: &HashMap<CountKey, u64>,
+    json: bool,
+) -> io::Result<()> {
+    let mut rows: Vec<(&CountKey, &u64)> = counts.iter().collect();
+    rows.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    if !json {
+        writeln!(
+            out,
+            "{:<7} {:<16} {:<39} {:>5} {:>9}",
+            "PID", "COMM", "DADDR", "DPORT", "CONNECTS"
+        )?;
+    }
+    for ((pid, comm, family, daddr, dport), n) in rows {
+        let c = format::cstr(comm);
+        if json {
+            write!(out, "{{\"pid\":{pid},\"comm\":")?;
+            format::write_json_str(out, c)?;
+            writeln!(
+                out,
+                ",\"daddr\":\"{}\",\"dport\":{dport},\"connects\":{n}}}",
+                addr(*family, daddr)
+            )?;
+        } else {
+            write!(out, "{pid:<7} ")?;
+            format::write_text(out, c)?;
+            writeln!(
+                out,
+                "{:w$} {:<39} {dport:>5} {n:>9}",
+                "",
+                addr(*family, daddr).to_string(),
+                w = 16usize.saturating_sub(c.len())
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FORMAT: &str = "name: inet_sock_set_state
+ID: 1342
+format:
+	field:unsigned short common_type;	offset:0;	size:2;	signed:0;
+	field:const void * skaddr;	offset:8;	size:8;	signed:0;
+	field:int oldstate;	offset:16;	size:4;	signed:1;
+	field:int newstate;	offset:20;	size:4;	signed:1;
+	field:__u16 sport;	offset:24;	size:2;	signed:0;
+	field:__u16 dport;	offset:26;	size:2;	signed:0;
+	field:__u16 family;	offset:28;	size:2;	signed:0;
+	field:__u16 protocol;	offset:30;	size:2;	signed:0;
+	field:__u8 saddr[4];	offset:32;	size:4;	signed:0;
+	field:__u8 daddr[4];	offset:36;	size:4;	signed:0;
+	field:__u8 saddr_v6[16];	offset:40;	size:16;	signed:0;
+	field:__u8 daddr_v6[16];	offset:56;	size:16;	signed:0;
+";
+
+    #[test]
+    fn format_files_give_field_offsets() {
+        let offs = parse_format(FORMAT, &TP_FIELDS).expect("all fields");
+        assert_eq!(offs, vec![8, 16, 20, 24, 26, 28, 30, 32, 36, 40, 56]);
+        assert_eq!(parse_format(FORMAT, &["nosuch"]), None);
+    }
+
+    fn event(family: u16, ret: i32, has_ret: u32) -> ConnectEvent {
+        let mut ev = ConnectEvent {
+            ts_ns: 0,
+            latency_ns: 1_500_000,
+            pid: 7,
+            tid: 8,
+            uid: 0,
+            ret,
+            has_ret,
+            family,
+            sport: 40000,
+            dport: 443,
+            _pad: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            comm: [0; 16],
+            _pad2: 0,
+        };
+        ev.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        ev.daddr[..4].copy_from_slice(&[192, 0, 2, 9]);
+        ev.comm[..4].copy_from_slice(b"curl");
+        ev
+    }
+
+    #[test]
+    fn json_has_addresses_and_ret_or_null() {
+        let clock = format::Clock::now();
+        let mut out = Vec::new();
+        write_json(&mut out, &event(2, -101, 1), &clock, Probe::Kprobe).expect("write");
+        write_json(&mut out, &event(2, 0, 0), &clock, Probe::Tracepoint).expect("write");
+        let v: Vec<serde_json::Value> = String::from_utf8(out)
+            .expect("utf8")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .collect();
+        assert_eq!(v[0]["daddr"], "192.0.2.9");
+        assert_eq!(v[0]["saddr"], "127.0.0.1");
+        assert_eq!(v[0]["dport"], 443);
+        assert_eq!(v[0]["ret"], -101);
+        assert_eq!(v[0]["errno_name"], "ENETUNREACH");
+        assert_eq!(v[0]["family"], "ipv4");
+        assert!(v[1]["ret"].is_null());
+        assert_eq!(v[1]["probe"], "tracepoint");
+    }
+
+    #[test]
+    fn ipv6_addresses_use_all_16_bytes() {
+        let a = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+        assert_eq!(addr(10, &a.octets()), IpAddr::V6(a));
+    }
+
+    #[test]
+    fn rows_show_na_without_ret() {
+        let mut out = Vec::new();
+        write_row(&mut out, &event(2, 0, 0)).expect("row");
+        let row = String::from_utf8(out).expect("utf8");
+        let words: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            words,
+            [
+                "7",
+                "curl",
+                "4",
+                "127.0.0.1",
+                "40000",
+                "192.0.2.9",
+                "443",
+                "n/a",
+                "1.500"
+            ]
+        );
+    }
+
+    #[test]
+    fn counts_are_sorted_most_first() {
+        let mut counts = HashMap::new();
+        counts.insert(
+            (
+                1,
+                *b"a\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+                2u16,
+                [0u8; 16],
+                80u16,
+            ),
+            2u64,
+        );
+        counts.insert(
+            (
+                2,
+                *b"b\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+                2u16,
+                [0u8; 16],
+                443u16,
+            ),
+            5u64,
+        );
+        let mut out = Vec::new();
+        write_counts(&mut out, &counts, true).expect("write");
+        let lines: Vec<serde_json::Value> = String::from_utf8(out)
+            .expect("utf8")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .collect();
+        assert_eq!(lines[0]["connects"], 5);
+        assert_eq!(lines[0]["comm"], "b");
+        assert_eq!(lines[1]["dport"], 80);
+    }
+}
