@@ -4,5 +4,6 @@
 pub mod cli;
 pub mod demo;
 pub mod firewall;
+pub mod frame;
 pub mod netlab;
 pub mod sys;

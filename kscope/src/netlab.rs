@@ -376,18 +376,7 @@ fn raw_socket(domain: i32, proto: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Internet checksum (RFC 1071).
-pub fn inet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    for chunk in data.chunks(2) {
-        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
-        sum += u32::from(word);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
+pub use crate::frame::checksum as inet_checksum;
 
 /// An ICMP (v4) or ICMPv6 echo request with `payload`. The kernel fills in
 /// the ICMPv6 checksum itself (it covers a pseudo-header only it knows).
