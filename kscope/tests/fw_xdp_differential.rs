@@ -310,7 +310,7 @@ fn kernel_programs_agree_with_the_reference_classifier_on_random_frames() {
     let seed = std::env::var("KSCOPE_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| kscope::sys::unix_now_ns());
+        .unwrap_or_else(kscope::sys::unix_now_ns);
     let total: usize = std::env::var("KSCOPE_DIFF_FRAMES")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -272,7 +272,7 @@ fn default_verdict() -> Reason {
 /// Counts a hit on rule (or port counter) `id`.
 #[inline(always)]
 fn hit(id: u32) {
-    if let Some(h) = FW_HITS.get_ptr_mut(&id) {
+    if let Some(h) = FW_HITS.get_ptr_mut(id) {
         // SAFETY: this CPU's value; XDP programs on one CPU do not preempt
         // each other.
         unsafe { *h += 1 };
@@ -280,8 +280,8 @@ fn hit(id: u32) {
     }
     // First hit: create the counter. Another CPU may win the race; then
     // count on the entry it made.
-    if FW_HITS.insert(&id, &1, u64::from(BPF_NOEXIST)).is_err()
-        && let Some(h) = FW_HITS.get_ptr_mut(&id)
+    if FW_HITS.insert(id, 1, u64::from(BPF_NOEXIST)).is_err()
+        && let Some(h) = FW_HITS.get_ptr_mut(id)
     {
         // SAFETY: as above.
         unsafe { *h += 1 };

@@ -68,6 +68,9 @@ pub struct LoadReport {
     pub slot: u32,
 }
 
+/// Rule id of each source rule of a slot.
+type RuleIds = HashMap<(SrcList, Cidr), u32>;
+
 enum TrieMap {
     V4(LpmTrie<MapData, Key4, RuleValue>),
     V6(LpmTrie<MapData, Key6, RuleValue>),
@@ -379,7 +382,7 @@ impl RuleMaps {
     }
 
     /// The active rule set, with each source rule's id.
-    fn read_active(&self) -> Result<(RuleSet, HashMap<(SrcList, Cidr), u32>), FwError> {
+    fn read_active(&self) -> Result<(RuleSet, RuleIds), FwError> {
         let slot = self.active_slot()?;
         let mut set = RuleSet::default();
         let mut ids = HashMap::new();
@@ -563,7 +566,7 @@ impl RuleMaps {
 
         // Read both slots; anything already in the new slot is left over
         // from an interrupted load.
-        let mut old_ids: HashMap<(SrcList, Cidr), u32> = HashMap::new();
+        let mut old_ids = RuleIds::new();
         for t in &mut self.tries {
             let entries = t.entries()?;
             for (s, c, v) in entries {
@@ -622,7 +625,7 @@ impl RuleMaps {
         &mut self,
         slot: u32,
         set: &RuleSet,
-        old_ids: &HashMap<(SrcList, Cidr), u32>,
+        old_ids: &RuleIds,
         slot_ports: &[u32],
     ) -> Result<HashSet<u32>, FwError> {
         let mut kept = HashSet::new();
