@@ -12,6 +12,8 @@ pub const PROG_FW_XDP: &str = "fw_xdp";
 pub const PROG_FW_IPV4: &str = "fw_ipv4";
 /// The IPv6 filter, reached by tail call from [`PROG_FW_XDP`].
 pub const PROG_FW_IPV6: &str = "fw_ipv6";
+/// The benchmark's XDP_PASS-only floor program (`bench_xdp.rs`).
+pub const PROG_BENCH_XDP: &str = "bench_xdp";
 /// Per-CPU array of [`Counter`]s, indexed by [`counter_index`].
 pub const MAP_COUNTERS: &str = "FW_COUNTERS";
 /// Per-CPU array of [`Counter`]s, indexed by [`reason_index`].

@@ -563,3 +563,50 @@ fn fw_load_swaps_atomically_under_traffic() {
     let _ = std::fs::remove_dir_all(&dir);
     fw.detach();
 }
+
+/// Each family holds 1,048,576 source rules (loaded through the CLI); one
+/// more, live or from a file, fails naming the limit and changes nothing.
+#[test]
+fn a_full_family_is_refused_naming_the_limit() {
+    let fw = Fw::new("full", &[]);
+    let limit = kscope_common::fw::MAX_RULES_PER_FAMILY;
+    let dir = tempdir("full");
+    let write = |name: &str, n: u32| {
+        // Rules only: these private addresses never appear in any frame.
+        let mut t = String::with_capacity(n as usize * 20);
+        for i in 0..n {
+            let a = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+            t.push_str(&format!("block {a}\n"));
+        }
+        let p = dir.join(name);
+        std::fs::write(&p, t).expect("write rules");
+        p.to_str().expect("utf-8").to_owned()
+    };
+    let over = write("over.rules", limit + 1);
+    let out = kscope(None, &["fw", "load", "--iface", &fw.lab.iface_b, &over]);
+    assert_fails(
+        &out,
+        1,
+        &[&over, "too many IPv4 rules", &format!("limit is {limit}")],
+    );
+    assert_eq!(fw.fw("save", &[]), "");
+
+    let full = write("full.rules", limit);
+    fw.fw("load", &[&full]);
+    let out = kscope(
+        None,
+        &["fw", "block", "--iface", &fw.lab.iface_b, "198.51.100.1"],
+    );
+    assert_fails(
+        &out,
+        1,
+        &["full", &format!("limit is {limit}"), "nothing changed"],
+    );
+    // IPv6 has its own budget. (Listing a million rules takes seconds: LPM
+    // tries have no batch lookup, so this test does not.)
+    fw.fw("block", &["2001:db8:1::1"]);
+    fw.fw("unblock", &["2001:db8:1::1", "10.0.0.0"]);
+    fw.fw("block", &["198.51.100.1"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    fw.detach();
+}

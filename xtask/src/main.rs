@@ -33,6 +33,18 @@ enum Task {
     },
     /// Build kscope and run `kscope demo`.
     Demo,
+    /// Run a benchmark (not a test) and print its Markdown table.
+    Bench {
+        /// What to measure: `fw` (the XDP firewall against an XDP_PASS
+        /// floor and xdp-filter).
+        #[arg(value_enum)]
+        what: BenchTarget,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchTarget {
+    Fw,
 }
 
 fn main() -> ExitCode {
@@ -53,6 +65,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Setup => Ok(()),
         Task::Test { args } => test(&args),
         Task::Demo => demo(),
+        Task::Bench {
+            what: BenchTarget::Fw,
+        } => sh(cargo().args(["run", "--release", "--quiet", "--example", "fw_bench"])),
     }
 }
 

@@ -21,9 +21,10 @@ const BPF_LINKER_LLVM: &[u32] = &[20, 21, 22];
 /// Debian packages the tests and the demo need, with the command each
 /// provides (to check without asking dpkg about every one).
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
-    ("iproute2", "ip"),        // namespaces and veth for the network tests
-    ("bpftool", "bpftool"),    // tests check that nothing stays attached
-    ("util-linux", "setpriv"), // tests run kscope without capabilities
+    ("iproute2", "ip"),          // namespaces and veth for the network tests
+    ("bpftool", "bpftool"),      // tests check that nothing stays attached
+    ("util-linux", "setpriv"),   // tests run kscope without capabilities
+    ("xdp-tools", "xdp-filter"), // `cargo xtask bench fw` compares with xdp-filter
 ];
 
 pub fn run() -> anyhow::Result<()> {

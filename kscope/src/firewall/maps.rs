@@ -373,6 +373,47 @@ impl RuleMaps {
         Ok(out)
     }
 
+    /// Bytes the kernel accounts to each rule map (see
+    /// [`crate::sys::map_memlock`]).
+    pub fn memory(&self) -> Vec<(&'static str, u64)> {
+        let mut out: Vec<(&'static str, u64)> = self
+            .tries
+            .iter()
+            .map(|t| {
+                let fd = match &t.map {
+                    TrieMap::V4(m) => m.map().fd().as_fd(),
+                    TrieMap::V6(m) => m.map().fd().as_fd(),
+                };
+                (t.name, crate::sys::map_memlock(fd).unwrap_or(0))
+            })
+            .collect();
+        for (name, fd) in [
+            (MAP_PORTS, self.ports.map().fd().as_fd()),
+            (MAP_HITS, self.hits.map().fd().as_fd()),
+        ] {
+            out.push((name, crate::sys::map_memlock(fd).unwrap_or(0)));
+        }
+        out
+    }
+
+    /// Gives hit counters `0..n` a count of 1 on every CPU, as if that many
+    /// rules had been hit: for the benchmark of batch against key-by-key
+    /// reads.
+    pub fn fill_hits_for_benchmark(&mut self, n: u32) -> Result<(), FwError> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| FwError::Map {
+            what: what.to_owned(),
+            reason: e.to_string(),
+        })?;
+        for id in 0..n {
+            let values = aya::maps::PerCpuValues::try_from(vec![1u64; cpus])
+                .map_err(io_map_err("build per-CPU values"))?;
+            self.hits
+                .insert(id, values, 0)
+                .map_err(map_err("write FW_HITS"))?;
+        }
+        Ok(())
+    }
+
     fn forget_hits(&mut self, id: u32) -> Result<(), FwError> {
         match self.hits.remove(&id) {
             Ok(()) => Ok(()),
@@ -516,8 +557,7 @@ impl RuleMaps {
                     reason: "rule ids exhausted; detach and attach again".into(),
                 });
             }
-            // A fresh id starts its hit counter at zero.
-            self.forget_hits(id)?;
+            // Ids are never reused, so a fresh id has no counter yet.
             self.tries[Self::trie_index(*l, c.is_v4())].insert(slot, c, id)?;
             id += 1;
             self.state_set(STATE_NEXT_ID, id)?;
@@ -638,10 +678,8 @@ impl RuleMaps {
                         old
                     }
                     None => {
-                        let fresh = id;
                         id += 1;
-                        self.forget_hits(fresh)?;
-                        fresh
+                        id - 1
                     }
                 };
                 self.tries[Self::trie_index(list, c.is_v4())].insert(slot, c, rule_id)?;

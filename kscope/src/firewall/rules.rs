@@ -47,6 +47,12 @@ pub enum RuleError {
         line: usize,
         source: Box<RuleError>,
     },
+    /// An error about a rule file as a whole.
+    #[error("{file}: {source}")]
+    InFile {
+        file: String,
+        source: Box<RuleError>,
+    },
     /// The rule file could not be read.
     #[error("cannot read rule file {file}: {reason}")]
     Read { file: String, reason: String },
@@ -400,7 +406,10 @@ impl RuleSet {
                 set.add(rule);
             }
         }
-        set.check_capacity()?;
+        set.check_capacity().map_err(|e| RuleError::InFile {
+            file: name.to_owned(),
+            source: Box::new(e),
+        })?;
         Ok(set)
     }
 
