@@ -52,9 +52,14 @@ pub const MAX_RULES_PER_FAMILY: u32 = 1 << 20;
 /// the active one while `fw load` builds it. Tries allocate nodes only on
 /// insert, so the size costs nothing until used.
 pub const TRIE_MAX_ENTRIES: u32 = 2 * MAX_RULES_PER_FAMILY;
-/// Entries of [`MAP_HITS`]: every rule id of both slots plus every port of
-/// both protocols. Allocated only when a rule is hit (`BPF_F_NO_PREALLOC`).
-pub const HITS_MAX_ENTRIES: u32 = 4 * MAX_RULES_PER_FAMILY + 2 * N_PORTS;
+/// Entries of [`MAP_HITS`]: hit counters for up to this many distinct rules
+/// (and ports) that have matched a packet. Elements are allocated on a
+/// rule's first hit (`BPF_F_NO_PREALLOC`), but the kernel allocates the
+/// bucket array up front (16 bytes per bucket, a power of two at or above
+/// this), so this is a memory decision: 2^20 costs 16 MiB per interface.
+/// A rule first hit when the map is full still filters; its hits are not
+/// counted.
+pub const HITS_MAX_ENTRIES: u32 = 1 << 20;
 /// Number of ports (0 to 65535).
 pub const N_PORTS: u32 = 65_536;
 /// Entries of [`MAP_PORTS`]: one per port per slot.
