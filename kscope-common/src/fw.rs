@@ -132,10 +132,15 @@ pub enum Reason {
     /// The tail call to the family's filter failed (passed, unfiltered).
     /// Cannot happen while the pins are intact.
     Unfiltered = 7,
+    /// IPv6 Neighbor Discovery (ICMPv6 133-137 with hop limit 255, so from
+    /// the link itself) from a source no rule blocks: passed whatever the
+    /// default policy, so IPv6 keeps working under `--default drop` as ARP
+    /// does.
+    NeighborDiscovery = 8,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::Allowed,
         Reason::BlockedSrc,
         Reason::BlockedDstPort,
@@ -144,6 +149,7 @@ impl Reason {
         Reason::DroppedDefault,
         Reason::NotIp,
         Reason::Unfiltered,
+        Reason::NeighborDiscovery,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -156,6 +162,7 @@ impl Reason {
             Reason::DroppedDefault => "dropped-default",
             Reason::NotIp => "not-ip",
             Reason::Unfiltered => "unfiltered",
+            Reason::NeighborDiscovery => "neighbor-discovery",
         }
     }
 
@@ -166,15 +173,17 @@ impl Reason {
             | Reason::BlockedDstPort
             | Reason::ParseError
             | Reason::DroppedDefault => Action::Drop,
-            Reason::Allowed | Reason::PassedDefault | Reason::NotIp | Reason::Unfiltered => {
-                Action::Pass
-            }
+            Reason::Allowed
+            | Reason::PassedDefault
+            | Reason::NotIp
+            | Reason::Unfiltered
+            | Reason::NeighborDiscovery => Action::Pass,
         }
     }
 }
 
 /// Number of [`Reason`] values.
-pub const N_REASONS: u32 = 8;
+pub const N_REASONS: u32 = 9;
 
 /// Slots in [`MAP_REASONS`].
 pub const N_REASON_COUNTERS: u32 = N_FAMILIES * N_REASONS;

@@ -24,6 +24,11 @@ pub const IPPROTO_FRAGMENT: u8 = 44;
 pub const IPPROTO_ICMPV6: u8 = 58;
 pub const IPPROTO_DSTOPTS: u8 = 60;
 
+/// ICMPv6 Neighbor Discovery message types (RFC 4861): router
+/// solicitation (133) to redirect (137).
+pub const ND_FIRST: u8 = 133;
+pub const ND_LAST: u8 = 137;
+
 /// Length of an IPv4 header without options.
 pub const IPV4_HLEN: usize = 20;
 /// Length of the fixed IPv6 header.

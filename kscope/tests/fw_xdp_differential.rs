@@ -92,19 +92,19 @@ fn v6(rng: &mut Rng) -> Ipv6Addr {
 }
 
 fn cidr(rng: &mut Rng, is_v4: bool) -> Cidr {
+    // Short prefixes decide every packet of the family; keep them rare.
     let (octets, len) = if is_v4 {
-        // A /0 decides every packet of the family; keep it rare.
-        let len = if rng.chance(2) {
-            0
+        let len = if rng.chance(4) {
+            rng.pick(&[0u8, 8, 16])
         } else {
-            rng.pick(&[8u8, 16, 23, 24, 24, 28, 30, 31, 32, 32, 32])
+            rng.pick(&[23u8, 24, 24, 28, 30, 31, 32, 32, 32])
         };
         (v4(rng).octets().to_vec(), len)
     } else {
-        let len = if rng.chance(2) {
-            0
+        let len = if rng.chance(4) {
+            rng.pick(&[0u8, 16, 32])
         } else {
-            rng.pick(&[16u8, 32, 40, 48, 63, 64, 100, 127, 128, 128, 128])
+            rng.pick(&[40u8, 48, 63, 64, 100, 127, 128, 128, 128])
         };
         (v6(rng).octets().to_vec(), len)
     };
@@ -157,10 +157,14 @@ fn frame(rng: &mut Rng) -> Vec<u8> {
             PROTO_UDP,
             udp(rng.next() as u16, rng.pick(&PORTS), payload.len()),
         ),
-        7 | 8 => (
-            if is_v6 { PROTO_ICMPV6 } else { PROTO_ICMP },
-            echo(is_v6, 1, 2),
-        ),
+        7 | 8 => {
+            let mut h = echo(is_v6, 1, 2);
+            if is_v6 && rng.chance(50) {
+                // Neighbor Discovery and its neighbours in the type space.
+                h[0] = rng.pick(&[1, 129, 132, 133, 134, 135, 136, 137, 138]);
+            }
+            (if is_v6 { PROTO_ICMPV6 } else { PROTO_ICMP }, h)
+        }
         _ => (rng.pick(&[47, PROTO_NONE, 132]), Vec::new()),
     };
     if is_v6 {
@@ -199,6 +203,9 @@ fn frame(rng: &mut Rng) -> Vec<u8> {
         let first = kinds.first().copied().unwrap_or(proto);
         let (src, dst) = (v6(rng), v6(rng));
         let mut h = ipv6(src, dst, first, exts.len() + l4.len() + payload.len());
+        if rng.chance(50) {
+            h[7] = 255;
+        }
         if rng.chance(2) {
             h[0] = rng.pick(&[0x40, 0x00, 0xf0]);
         }

@@ -311,6 +311,34 @@ fn default_drop_passes_only_allow_listed_sources() {
     // The lab's own IPv6 chatter (MLD reports) is not allow-listed either:
     // at least our 15 frames were dropped by default.
     assert!(fw.reason("ipv6", "dropped-default").0 >= 15);
+
+    // Neighbor Discovery from the link still passes, as ARP does; a routed
+    // copy (hop limit 64) does not.
+    let nd_before = fw.reason("ipv6", "neighbor-discovery").0;
+    let ns = |hops: u8, seq: u32| {
+        use kscope::{frame::*, netlab::*};
+        let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&ADDR6_B.octets());
+        icmp.extend_from_slice(MARKER);
+        icmp.extend_from_slice(&seq.to_be_bytes());
+        let mut f = eth(MAC_B_BYTES, MAC_A_BYTES, &[], ETH_P_IPV6);
+        let mut h = ipv6(
+            "2001:db8:1::8".parse().expect("ip"),
+            ADDR6_B,
+            PROTO_ICMPV6,
+            icmp.len(),
+        );
+        h[7] = hops;
+        f.extend(h);
+        f.extend(icmp);
+        f
+    };
+    fw.lab
+        .inject(&[ns(255, 1_000_000), ns(255, 1_000_001), ns(64, 1_000_002)])
+        .expect("inject");
+    let d = fw.delivered();
+    assert_eq!(got(&d, "2001:db8:1::8"), 2, "{d:?}");
+    assert_eq!(fw.reason("ipv6", "neighbor-discovery").0 - nd_before, 2);
     fw.detach();
 }
 

@@ -20,7 +20,10 @@
 //!    IPv6 extension chain longer than the walk bound): **drop**,
 //!    `parse-error`;
 //! 5. TCP or UDP to a blocked destination port: drop, `blocked-dst-port`;
-//! 6. otherwise the default policy: `passed-default` or `dropped-default`.
+//! 6. IPv6 Neighbor Discovery (ICMPv6 types 133-137 with hop limit 255,
+//!    which only the link itself can send): pass, `neighbor-discovery`, so
+//!    IPv6 keeps working under a drop default as ARP does;
+//! 7. otherwise the default policy: `passed-default` or `dropped-default`.
 //!
 //! Parse errors drop (fail closed): a packet kscope cannot read could hide a
 //! blocked port behind an over-long IPv6 extension chain, and the kernel's
@@ -203,7 +206,12 @@ fn filter_ipv6(ctx: &XdpContext) -> Option<Reason> {
         net::IPPROTO_TCP => port_verdict(ctx, off, slot, false),
         net::IPPROTO_UDP => port_verdict(ctx, off, slot, true),
         net::IPPROTO_ICMPV6 => {
-            ptr_at::<[u8; net::ICMP_MIN_HLEN]>(ctx, off)?;
+            let icmp = ptr_at::<[u8; net::ICMP_MIN_HLEN]>(ctx, off)?;
+            // SAFETY: `ptr_at` checked the ICMPv6 type, code and checksum.
+            let kind = unsafe { (*icmp)[0] };
+            if (net::ND_FIRST..=net::ND_LAST).contains(&kind) && ip[7] == 255 {
+                return Some(Reason::NeighborDiscovery);
+            }
             Some(default_verdict())
         }
         // A chain longer than the walk bound: the transport is unknown.

@@ -139,7 +139,15 @@ impl Judge<'_> {
         match next {
             PROTO_TCP => self.ports(off, false),
             PROTO_UDP => self.ports(off, true),
-            PROTO_ICMPV6 => self.has(off + 4).map(|()| self.default()),
+            PROTO_ICMPV6 => {
+                self.has(off + 4)?;
+                let nd = (133..=137).contains(&self.frame[off]) && h[7] == 255;
+                Some(if nd {
+                    Reason::NeighborDiscovery
+                } else {
+                    self.default()
+                })
+            }
             PROTO_HOPOPTS | PROTO_ROUTING | PROTO_DSTOPTS | PROTO_FRAGMENT => None,
             _ => Some(self.default()),
         }
@@ -273,6 +281,40 @@ mod tests {
         assert_eq!(classify(&fr, &s, false), (Family::Other, Reason::NotIp));
         let arp = eth(M, M, &[], ETH_P_ARP);
         assert_eq!(classify(&arp, &s, true), (Family::Other, Reason::NotIp));
+    }
+
+    #[test]
+    fn neighbor_discovery_from_the_link_passes_under_default_drop_unless_blocked() {
+        let s = set(&["block 2001:db8:bad::/48"]);
+        let nd = |src: &str, kind: u8, hops: u8| {
+            let mut f = eth(M, M, &[], ETH_P_IPV6);
+            let mut icmp = echo(true, 0, 0);
+            icmp[0] = kind;
+            let mut h = ipv6(
+                src.parse().expect("ip"),
+                "2001:db8::2".parse().expect("ip"),
+                PROTO_ICMPV6,
+                icmp.len(),
+            );
+            h[7] = hops;
+            f.extend(h);
+            f.extend(icmp);
+            f
+        };
+        let v = |f: Vec<u8>| classify(&f, &s, true).1;
+        for kind in 133..=137 {
+            assert_eq!(
+                v(nd("2001:db8::1", kind, 255)),
+                Reason::NeighborDiscovery,
+                "type {kind}"
+            );
+        }
+        // Routed (hop limit below 255), or not ND: the default policy.
+        assert_eq!(v(nd("2001:db8::1", 135, 64)), Reason::DroppedDefault);
+        assert_eq!(v(nd("2001:db8::1", 128, 255)), Reason::DroppedDefault);
+        assert_eq!(v(nd("2001:db8::1", 138, 255)), Reason::DroppedDefault);
+        // A blocked source stays blocked.
+        assert_eq!(v(nd("2001:db8:bad::1", 135, 255)), Reason::BlockedSrc);
     }
 
     #[test]
