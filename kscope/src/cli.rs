@@ -150,12 +150,12 @@ impl CidrArgs {
 
 fn parse_cidr(s: &str) -> Result<Cidr, String> {
     s.parse()
-        .map_err(|e: crate::firewall::rules::RuleError| e.to_string())
+        .map_err(|e: crate::firewall::rules::RuleError| e.reason())
 }
 
 fn parse_port(s: &str) -> Result<PortSpec, String> {
     s.parse()
-        .map_err(|e: crate::firewall::rules::RuleError| e.to_string())
+        .map_err(|e: crate::firewall::rules::RuleError| e.reason())
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,9 @@
 //!
 //! Hit counters live in a per-CPU hash keyed by rule id; a rule keeps its
 //! id (and so its count) across `fw load` when it is in both sets.
+//!
+//! Minimum kernel: 4.11 (LPM tries); batch reads from 5.6, key by key
+//! before (see [`crate::sys::bpf::dump_map`]).
 
 use std::{
     collections::{HashMap, HashSet},

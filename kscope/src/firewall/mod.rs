@@ -26,7 +26,10 @@
 //! held only by this process, so an error or a crash detaches it.
 //!
 //! Minimum kernel: 5.9 (XDP through bpf_link, which is what makes the
-//! attachment outlive the process and be removable by unpinning).
+//! attachment outlive the process and be removable by unpinning). The
+//! programs themselves need LPM tries (4.11), bounded loops for the IPv6
+//! extension-header walk (5.3) and map batch reads are used from 5.6 with a
+//! key-by-key fallback; all are older than 5.9.
 
 pub mod counters;
 pub mod maps;
@@ -204,7 +207,8 @@ impl Policy {
 }
 
 /// Loads the whole pipeline (entry program, both filters, the tail-call
-/// array filled in) without attaching it. `attach` uses it, and so do tests
+/// array filled in) without attaching it. Minimum kernel: 5.3 (bounded
+/// loops in `fw_ipv6`). `attach` uses it, and so do tests
 /// and benchmarks that run the programs with BPF_PROG_TEST_RUN.
 ///
 /// # Errors

@@ -32,7 +32,9 @@ pub enum RuleError {
     #[error("invalid CIDR {input:?}: {reason}")]
     BadCidr { input: String, reason: String },
     /// The address has bits set beyond the prefix length.
-    #[error("{input} has host bits set; the network is {network} (kscope rejects host bits)")]
+    #[error(
+        "{input} has host bits set; the network is {network} (kscope rejects it rather than guess)"
+    )]
     HostBits { input: String, network: String },
     /// Not a port spec.
     #[error("invalid port {input:?}: {reason}")]
@@ -40,19 +42,17 @@ pub enum RuleError {
     /// A rule-file line that is not a rule.
     #[error("{0}")]
     BadLine(String),
-    /// An error on a line of a rule file.
-    #[error("{file}:{line}: {source}")]
+    /// An error on a line of a rule file. (The inner error is part of the
+    /// message, not a `source`, so a cause chain prints it once.)
+    #[error("{file}:{line}: {error}")]
     AtLine {
         file: String,
         line: usize,
-        source: Box<RuleError>,
+        error: Box<RuleError>,
     },
     /// An error about a rule file as a whole.
-    #[error("{file}: {source}")]
-    InFile {
-        file: String,
-        source: Box<RuleError>,
-    },
+    #[error("{file}: {error}")]
+    InFile { file: String, error: Box<RuleError> },
     /// The rule file could not be read.
     #[error("cannot read rule file {file}: {reason}")]
     Read { file: String, reason: String },
@@ -63,6 +63,22 @@ pub enum RuleError {
         count: usize,
         limit: u32,
     },
+}
+
+impl RuleError {
+    /// The message without the input it is about, for callers that show the
+    /// input themselves (clap's "invalid value 'X' for ...").
+    pub fn reason(&self) -> String {
+        match self {
+            RuleError::BadCidr { reason, .. } | RuleError::BadPort { reason, .. } => reason.clone(),
+            RuleError::HostBits { network, .. } => {
+                format!(
+                    "host bits are set; the network is {network} (kscope rejects it rather than guess)"
+                )
+            }
+            e => e.to_string(),
+        }
+    }
 }
 
 /// A source prefix: IPv4 or IPv6 address with a prefix length, host bits
@@ -381,7 +397,7 @@ impl RuleSet {
             let at = |e: RuleError| RuleError::AtLine {
                 file: name.to_owned(),
                 line: i + 1,
-                source: Box::new(e),
+                error: Box::new(e),
             };
             let line = line.split('#').next().unwrap_or("");
             let words: Vec<&str> = line.split_whitespace().collect();
@@ -408,7 +424,7 @@ impl RuleSet {
         }
         set.check_capacity().map_err(|e| RuleError::InFile {
             file: name.to_owned(),
-            source: Box::new(e),
+            error: Box::new(e),
         })?;
         Ok(set)
     }
@@ -426,7 +442,7 @@ impl RuleSet {
                 .iter()
                 .filter(|&&b| b == b'\n')
                 .count(),
-            source: Box::new(RuleError::BadLine("not UTF-8 text".into())),
+            error: Box::new(RuleError::BadLine("not UTF-8 text".into())),
         })?;
         RuleSet::parse(&name, &text)
     }
