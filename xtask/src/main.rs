@@ -67,7 +67,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Demo => demo(),
         Task::Bench {
             what: BenchTarget::Fw,
-        } => sh(cargo().args(["run", "--release", "--quiet", "--example", "fw_bench"])),
+        } => {
+            // The benchmark also times the kscope binary itself.
+            sh(cargo().args(["build", "--release", "--quiet", "--bin", "kscope"]))?;
+            sh(cargo().args(["run", "--release", "--quiet", "--example", "fw_bench"]))
+        }
     }
 }
 
