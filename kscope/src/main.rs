@@ -130,7 +130,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fw(FwCommand::Load { iface, file }) => {
             // The whole file is validated before any map is touched.
             let set = RuleSet::read(&file)?;
-            let (iface, mut maps, _lock) = firewall::open_rules(iface.iface.as_deref(), true)?;
+            let (iface, mut maps, _lock) =
+                firewall::open_rules("kscope fw load", iface.iface.as_deref(), true)?;
             let start = Instant::now();
             let r = maps.load(&set)?;
             tracing::info!(
@@ -143,7 +144,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Fw(FwCommand::Save { iface }) => {
-            let (_, maps, _) = firewall::open_rules(iface.iface.as_deref(), false)?;
+            let (_, maps, _) =
+                firewall::open_rules("kscope fw save", iface.iface.as_deref(), false)?;
             let text = maps.rule_set()?.to_text();
             io::stdout().lock().write_all(text.as_bytes())?;
             Ok(())
@@ -163,7 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn edit(iface: Option<&str>, edits: &[Edit]) -> anyhow::Result<()> {
-    let (iface, mut maps, _lock) = firewall::open_rules(iface, true)?;
+    let (iface, mut maps, _lock) = firewall::open_rules("kscope fw rule changes", iface, true)?;
     let r = maps.apply(edits)?;
     let mut msg = format!("{iface}: {} added, {} removed", r.added, r.removed);
     if r.unchanged > 0 {
@@ -174,7 +176,7 @@ fn edit(iface: Option<&str>, edits: &[Edit]) -> anyhow::Result<()> {
 }
 
 fn rules(iface: Option<&str>, json: bool) -> anyhow::Result<()> {
-    let (iface, maps, _) = firewall::open_rules(iface, false)?;
+    let (iface, maps, _) = firewall::open_rules("kscope fw rules", iface, false)?;
     let all = maps.rules_with_hits()?;
     let mut out = io::stdout().lock();
     if json {

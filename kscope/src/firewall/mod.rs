@@ -704,12 +704,18 @@ pub fn lock_iface(iface: &str) -> Result<IfaceLock, FwError> {
 }
 
 /// Opens `iface`'s rule maps (the interface resolved as by
-/// [`resolve_iface`]); with `write`, also takes the writer lock.
+/// [`resolve_iface`]) for the verb `what` (named in errors); with `write`,
+/// also takes the writer lock.
+///
+/// # Errors
+/// Missing CAP_BPF, bpffs unavailable, the errors of [`resolve_iface`], or
+/// unusable pins.
 pub fn open_rules(
+    what: &str,
     iface: Option<&str>,
     write: bool,
 ) -> Result<(String, maps::RuleMaps, Option<IfaceLock>), FwError> {
-    sys::require_caps("kscope fw rules", &[Cap::Bpf])?;
+    sys::require_caps(what, &[Cap::Bpf])?;
     sys::ensure_bpffs()?;
     let iface = resolve_iface(iface)?;
     let lock = if write {
