@@ -554,10 +554,17 @@ pub fn attached_ifaces() -> Result<Vec<String>, FwError> {
 pub fn status() -> Result<Vec<Status>, FwError> {
     sys::require_caps("kscope fw status", &[Cap::Bpf])?;
     sys::ensure_bpffs()?;
-    attached_ifaces()?
-        .into_iter()
-        .map(|iface| status_of(&iface))
-        .collect()
+    let mut out = Vec::new();
+    for iface in attached_ifaces()? {
+        match status_of(&iface) {
+            Ok(s) => out.push(s),
+            // Detached while we read it: `detach` unpins the link first,
+            // then removes the rest of the directory.
+            Err(_) if !pin_dir(&iface).join(PIN_LINK).exists() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 fn status_of(iface: &str) -> Result<Status, FwError> {
