@@ -1,11 +1,203 @@
-//! The XDP firewall and packet counter (`fw_xdp`).
+//! The XDP firewall and packet counter (`fw_xdp`, `fw_ipv4`, `fw_ipv6`).
+//!
+//! Rule maps hold two complete rule sets, slot 0 and slot 1. The first byte
+//! of every trie key and the high half of every port index is the slot; each
+//! packet reads the active slot once ([`STATE_ACTIVE_SLOT`] in
+//! [`MAP_STATE`]) and looks up only keys of that slot, so `fw load` can build
+//! a new set in the other slot and switch with one 4-byte write.
 
 /// Name of the XDP entry program, in the object file and in the kernel.
 pub const PROG_FW_XDP: &str = "fw_xdp";
+/// The IPv4 filter, reached by tail call from [`PROG_FW_XDP`].
+pub const PROG_FW_IPV4: &str = "fw_ipv4";
+/// The IPv6 filter, reached by tail call from [`PROG_FW_XDP`].
+pub const PROG_FW_IPV6: &str = "fw_ipv6";
+/// The benchmark's XDP_PASS-only floor program (`bench_xdp.rs`).
+pub const PROG_BENCH_XDP: &str = "bench_xdp";
 /// Per-CPU array of [`Counter`]s, indexed by [`counter_index`].
 pub const MAP_COUNTERS: &str = "FW_COUNTERS";
+/// Per-CPU array of [`Counter`]s, indexed by [`reason_index`].
+pub const MAP_REASONS: &str = "FW_REASONS";
 /// Array of one [`FwConfig`], written by user space at attach.
 pub const MAP_CONFIG: &str = "FW_CONFIG";
+/// Program array for the tail calls: [`PROG_INDEX_IPV4`], [`PROG_INDEX_IPV6`].
+pub const MAP_PROGS: &str = "FW_PROGS";
+/// Array of `u32` rule-set state, indexed by the `STATE_*` constants.
+pub const MAP_STATE: &str = "FW_STATE";
+/// LPM tries of source rules: key [`Key4`]/[`Key6`], value [`RuleValue`].
+pub const MAP_ALLOW4: &str = "FW_ALLOW4";
+pub const MAP_BLOCK4: &str = "FW_BLOCK4";
+pub const MAP_ALLOW6: &str = "FW_ALLOW6";
+pub const MAP_BLOCK6: &str = "FW_BLOCK6";
+/// Array of `u32` port bits ([`PORT_TCP`], [`PORT_UDP`]) indexed by
+/// [`port_index`].
+pub const MAP_PORTS: &str = "FW_PORTS";
+/// Per-CPU hash of rule hit counts (`u64` packets) keyed by rule id
+/// ([`RuleValue::id`]) or [`port_hit_id`].
+pub const MAP_HITS: &str = "FW_HITS";
+
+/// How many IPv6 extension headers the filter walks before it gives up on a
+/// packet (and counts it as a parse error). Real traffic rarely carries more
+/// than two; each step costs verifier work, not packet time.
+pub const MAX_IPV6_EXT_HDRS: usize = 6;
+
+/// Slot of `fw_ipv4` in [`MAP_PROGS`].
+pub const PROG_INDEX_IPV4: u32 = 0;
+/// Slot of `fw_ipv6` in [`MAP_PROGS`].
+pub const PROG_INDEX_IPV6: u32 = 1;
+
+/// Source rules per family (allow and block together) that kscope accepts.
+pub const MAX_RULES_PER_FAMILY: u32 = 1 << 20;
+/// Entries of each LPM trie: two full slots, so a whole new set fits next to
+/// the active one while `fw load` builds it. Tries allocate nodes only on
+/// insert, so the size costs nothing until used.
+pub const TRIE_MAX_ENTRIES: u32 = 2 * MAX_RULES_PER_FAMILY;
+/// Entries of [`MAP_HITS`]: hit counters for up to this many distinct rules
+/// (and ports) that have matched a packet. Elements are allocated on a
+/// rule's first hit (`BPF_F_NO_PREALLOC`), but the kernel allocates the
+/// bucket array up front (16 bytes per bucket, a power of two at or above
+/// this), so this is a memory decision: 2^20 costs 16 MiB per interface.
+/// A rule first hit when the map is full still filters; its hits are not
+/// counted.
+pub const HITS_MAX_ENTRIES: u32 = 1 << 20;
+/// Number of ports (0 to 65535).
+pub const N_PORTS: u32 = 65_536;
+/// Entries of [`MAP_PORTS`]: one per port per slot.
+pub const PORTS_MAX_ENTRIES: u32 = 2 * N_PORTS;
+/// Port bits in [`MAP_PORTS`].
+pub const PORT_TCP: u32 = 1;
+pub const PORT_UDP: u32 = 2;
+
+/// Index of `port` of rule-set `slot` in [`MAP_PORTS`].
+#[inline(always)]
+pub const fn port_index(slot: u32, port: u16) -> u32 {
+    (slot & 1) * N_PORTS + port as u32
+}
+
+/// Rule ids at or above this are per-port hit counters, not source rules.
+pub const PORT_HIT_BASE: u32 = 0xFFFE_0000;
+
+/// Key in [`MAP_HITS`] of the hits on destination `port` for TCP
+/// (`udp == false`) or UDP.
+#[inline(always)]
+pub const fn port_hit_id(udp: bool, port: u16) -> u32 {
+    PORT_HIT_BASE + if udp { N_PORTS } else { 0 } + port as u32
+}
+
+/// Entries of [`MAP_STATE`].
+pub const STATE_ACTIVE_SLOT: u32 = 0;
+/// Next unused rule id (user space only).
+pub const STATE_NEXT_ID: u32 = 1;
+/// Rules in the active slot: IPv4 then IPv6 (user space only).
+pub const STATE_COUNT_V4: u32 = 2;
+pub const STATE_COUNT_V6: u32 = 3;
+pub const STATE_MAX_ENTRIES: u32 = 4;
+
+/// Trie key data of an IPv4 rule: the slot byte, then the address. The LPM
+/// prefix length counts the slot's 8 bits plus the CIDR's.
+pub type Key4 = [u8; 5];
+/// Trie key data of an IPv6 rule: the slot byte, then the address.
+pub type Key6 = [u8; 17];
+
+/// Value of every source-rule trie entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleValue {
+    /// Key of this rule's hit counter in [`MAP_HITS`].
+    pub id: u32,
+    /// The entry's own LPM prefix length (slot bits included): a lookup
+    /// returns the longest match, and this tells user space whether the match
+    /// is the exact prefix it asked about.
+    pub prefix_len: u32,
+}
+
+/// Why a packet got its verdict. Counted per family in [`MAP_REASONS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    /// The source matched an allow rule (passed).
+    Allowed = 0,
+    /// The source matched a block rule (dropped).
+    BlockedSrc = 1,
+    /// The TCP/UDP destination port is blocked (dropped).
+    BlockedDstPort = 2,
+    /// The IP headers could not be parsed (dropped, see `fw_xdp.rs`).
+    ParseError = 3,
+    /// No rule matched and the default policy is pass.
+    PassedDefault = 4,
+    /// No rule matched and the default policy is drop.
+    DroppedDefault = 5,
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...): always passed.
+    NotIp = 6,
+    /// The tail call to the family's filter failed (passed, unfiltered).
+    /// Cannot happen while the pins are intact.
+    Unfiltered = 7,
+    /// IPv6 Neighbor Discovery (ICMPv6 133-137 with hop limit 255, so from
+    /// the link itself) from a source no rule blocks: passed whatever the
+    /// default policy, so IPv6 keeps working under `--default drop` as ARP
+    /// does.
+    NeighborDiscovery = 8,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 9] = [
+        Reason::Allowed,
+        Reason::BlockedSrc,
+        Reason::BlockedDstPort,
+        Reason::ParseError,
+        Reason::PassedDefault,
+        Reason::DroppedDefault,
+        Reason::NotIp,
+        Reason::Unfiltered,
+        Reason::NeighborDiscovery,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Allowed => "allowed",
+            Reason::BlockedSrc => "blocked-src",
+            Reason::BlockedDstPort => "blocked-dst-port",
+            Reason::ParseError => "parse-error",
+            Reason::PassedDefault => "passed-default",
+            Reason::DroppedDefault => "dropped-default",
+            Reason::NotIp => "not-ip",
+            Reason::Unfiltered => "unfiltered",
+            Reason::NeighborDiscovery => "neighbor-discovery",
+        }
+    }
+
+    /// The verdict every packet with this reason gets.
+    pub const fn action(self) -> Action {
+        match self {
+            Reason::BlockedSrc
+            | Reason::BlockedDstPort
+            | Reason::ParseError
+            | Reason::DroppedDefault => Action::Drop,
+            Reason::Allowed
+            | Reason::PassedDefault
+            | Reason::NotIp
+            | Reason::Unfiltered
+            | Reason::NeighborDiscovery => Action::Pass,
+        }
+    }
+}
+
+/// Number of [`Reason`] values.
+pub const N_REASONS: u32 = 9;
+
+/// Slots in [`MAP_REASONS`].
+pub const N_REASON_COUNTERS: u32 = N_FAMILIES * N_REASONS;
+
+/// Slot of (`family`, `reason`) in [`MAP_REASONS`].
+#[inline(always)]
+pub const fn reason_index(family: Family, reason: Reason) -> u32 {
+    family as u32 * N_REASONS + reason as u32
+}
+
+/// Default policy values ([`FwConfig::default_policy`] and the programs'
+/// `DEFAULT_DROP` global).
+pub const POLICY_PASS: u32 = 0;
+pub const POLICY_DROP: u32 = 1;
 
 /// IP family a frame was classified as (after up to two VLAN tags).
 #[repr(u32)]
@@ -100,18 +292,22 @@ pub struct FwConfig {
     pub ifindex: u32,
     /// [`MODE_SKB`] or [`MODE_NATIVE`].
     pub mode: u32,
-    pub _pad: u32,
+    /// [`POLICY_PASS`] or [`POLICY_DROP`]: the verdict for IP packets no
+    /// rule matches. Fixed at attach.
+    pub default_policy: u32,
     /// Wall-clock attach time, nanoseconds since the Unix epoch.
     pub attached_at_unix_ns: u64,
 }
 
 /// Current value of [`FwConfig::version`].
-pub const FW_CONFIG_VERSION: u32 = 1;
+pub const FW_CONFIG_VERSION: u32 = 2;
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: both are #[repr(C)], made of integers only, with no implicit padding.
     unsafe impl aya::Pod for super::Counter {}
-    // SAFETY: as above; `_pad` makes the padding explicit.
+    // SAFETY: as above; four u32 then a u64, so no implicit padding.
     unsafe impl aya::Pod for super::FwConfig {}
+    // SAFETY: two u32, no padding.
+    unsafe impl aya::Pod for super::RuleValue {}
 }

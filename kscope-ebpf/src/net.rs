@@ -15,6 +15,32 @@ pub const ETH_P_IPV6: u16 = 0x86DD;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88A8;
 
+pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ROUTING: u8 = 43;
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_DSTOPTS: u8 = 60;
+
+/// ICMPv6 Neighbor Discovery message types (RFC 4861): router
+/// solicitation (133) to redirect (137).
+pub const ND_FIRST: u8 = 133;
+pub const ND_LAST: u8 = 137;
+
+/// Length of an IPv4 header without options.
+pub const IPV4_HLEN: usize = 20;
+/// Length of the fixed IPv6 header.
+pub const IPV6_HLEN: usize = 40;
+pub use kscope_common::fw::MAX_IPV6_EXT_HDRS;
+/// Bytes of layer-4 header the filter requires before it reads ports or
+/// accepts an ICMP message: the fixed TCP header, the UDP header, and an
+/// ICMP type/code/checksum.
+pub const TCP_MIN_HLEN: usize = 20;
+pub const UDP_HLEN: usize = 8;
+pub const ICMP_MIN_HLEN: usize = 4;
+
 /// Returns a pointer to a `T` at `offset` bytes into the packet, or `None`
 /// when the packet is too short. This is the only way kscope's XDP programs
 /// read packet bytes: the explicit `data_end` comparison is what the verifier
@@ -27,6 +53,14 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
         return None;
     }
     Some((start + offset) as *const T)
+}
+
+/// Reads the byte at `offset`.
+#[inline(always)]
+pub fn read_u8(ctx: &XdpContext, offset: usize) -> Option<u8> {
+    let p = ptr_at::<u8>(ctx, offset)?;
+    // SAFETY: `ptr_at` checked that the byte lies inside the packet.
+    Some(unsafe { *p })
 }
 
 /// Reads a big-endian `u16` at `offset`.

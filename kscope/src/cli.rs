@@ -1,11 +1,15 @@
 //! Command-line interface definitions. Parsing lives in the library so unit
 //! tests can check argument validation without running anything.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
-use crate::firewall::Mode;
+use crate::firewall::{
+    Mode, Policy,
+    maps::Edit,
+    rules::{Cidr, PortSpec, Rule, SrcList},
+};
 
 /// kscope: an eBPF toolkit for Linux — XDP firewall and packet counters,
 /// kernel tracing.
@@ -99,6 +103,40 @@ pub enum FwCommand {
         /// (generic) mode.
         #[arg(long, value_enum, default_value_t = Mode::Auto)]
         mode: Mode,
+        /// Verdict for IP packets no rule matches; with drop, only
+        /// allow-listed sources pass.
+        #[arg(long = "default", value_enum, default_value_t = Policy::Pass)]
+        default_policy: Policy,
+    },
+    /// Block source prefixes (IPv4 or IPv6 CIDRs; a bare address is one
+    /// host) and/or destination ports.
+    Block(PortCidrArgs),
+    /// Remove block rules (source prefixes and/or ports).
+    Unblock(PortCidrArgs),
+    /// Allow source prefixes: allow wins over every block.
+    Allow(CidrArgs),
+    /// Remove allow rules.
+    Disallow(CidrArgs),
+    /// List every rule with its hit count (summed over CPUs).
+    Rules {
+        #[command(flatten)]
+        iface: IfaceArg,
+        /// One JSON object per rule, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the whole rule set from FILE, atomically.
+    Load {
+        #[command(flatten)]
+        iface: IfaceArg,
+        /// Rule file: one rule per line (`block 10.0.0.0/8`, `allow
+        /// 2001:db8::/32`, `block --port 53/udp`), `#` comments.
+        file: PathBuf,
+    },
+    /// Print the current rule set in rule-file format.
+    Save {
+        #[command(flatten)]
+        iface: IfaceArg,
     },
     /// Detach from IFACE and remove its pins.
     Detach {
@@ -113,6 +151,74 @@ pub enum FwCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `--iface`, optional when kscope is attached to exactly one interface.
+#[derive(Debug, Args)]
+pub struct IfaceArg {
+    /// Interface whose rules to use; may be left out when kscope is attached
+    /// to exactly one.
+    #[arg(long, value_name = "IFACE")]
+    pub iface: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("rules").required(true).multiple(true).args(["cidrs", "ports"])))]
+pub struct PortCidrArgs {
+    #[command(flatten)]
+    pub iface: IfaceArg,
+    /// Destination ports: N, N-M, optionally /tcp or /udp (both without).
+    #[arg(long = "port", value_name = "N[-M][/tcp|/udp]", value_parser = parse_port)]
+    pub ports: Vec<PortSpec>,
+    /// Source prefixes (host bits must be clear: 10.0.0.0/8, not 10.0.0.1/8).
+    #[arg(value_name = "CIDR", value_parser = parse_cidr)]
+    pub cidrs: Vec<Cidr>,
+}
+
+impl PortCidrArgs {
+    /// The edits this command line asks for.
+    pub fn edits(&self, add: bool) -> Vec<Edit> {
+        let rules = self
+            .cidrs
+            .iter()
+            .map(|&c| Rule::Src(SrcList::Block, c))
+            .chain(self.ports.iter().map(|&p| Rule::Port(p)));
+        rules
+            .map(|r| if add { Edit::Add(r) } else { Edit::Remove(r) })
+            .collect()
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CidrArgs {
+    #[command(flatten)]
+    pub iface: IfaceArg,
+    /// Source prefixes (host bits must be clear).
+    #[arg(value_name = "CIDR", required = true, value_parser = parse_cidr)]
+    pub cidrs: Vec<Cidr>,
+}
+
+impl CidrArgs {
+    /// The edits this command line asks for.
+    pub fn edits(&self, add: bool) -> Vec<Edit> {
+        self.cidrs
+            .iter()
+            .map(|&c| {
+                let r = Rule::Src(SrcList::Allow, c);
+                if add { Edit::Add(r) } else { Edit::Remove(r) }
+            })
+            .collect()
+    }
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    s.parse()
+        .map_err(|e: crate::firewall::rules::RuleError| e.reason())
+}
+
+fn parse_port(s: &str) -> Result<PortSpec, String> {
+    s.parse()
+        .map_err(|e: crate::firewall::rules::RuleError| e.reason())
 }
 
 #[derive(Debug, Args)]
@@ -182,10 +288,21 @@ mod tests {
     #[test]
     fn attach_mode_defaults_to_auto_and_rejects_unknown_modes() {
         let cli = parse(&["fw", "attach", "eth0"]).expect("parses");
-        let Command::Fw(FwCommand::Attach { iface, mode }) = cli.command else {
+        let Command::Fw(FwCommand::Attach {
+            iface,
+            mode,
+            default_policy,
+        }) = cli.command
+        else {
             panic!("wrong command");
         };
-        assert_eq!((iface.as_str(), mode), ("eth0", Mode::Auto));
+        assert_eq!(
+            (iface.as_str(), mode, default_policy),
+            ("eth0", Mode::Auto, Policy::Pass)
+        );
+        assert!(parse(&["fw", "attach", "eth0", "--default", "drop"]).is_ok());
+        let err = parse(&["fw", "attach", "eth0", "--default", "reject"]).expect_err("bad policy");
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
         assert!(parse(&["fw", "attach", "eth0", "--mode", "skb"]).is_ok());
         assert!(parse(&["fw", "attach", "eth0", "--mode", "native"]).is_ok());
         let err = parse(&["fw", "attach", "eth0", "--mode", "offload"]).expect_err("bad mode");
@@ -240,6 +357,57 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn rule_verbs_validate_the_whole_command_line() {
+        let cli = parse(&[
+            "fw",
+            "block",
+            "--iface",
+            "eth0",
+            "10.0.0.0/8",
+            "--port",
+            "53/udp",
+            "2001:db8::1",
+        ])
+        .expect("parses");
+        let Command::Fw(FwCommand::Block(b)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(b.iface.iface.as_deref(), Some("eth0"));
+        assert_eq!(b.edits(true).len(), 3);
+        assert!(matches!(
+            b.edits(false)[0],
+            Edit::Remove(Rule::Src(SrcList::Block, _))
+        ));
+        for bad in [
+            &["fw", "block", "10.0.0.0/8", "10.0.0.0/33"][..],
+            &["fw", "block", "::1/129"],
+            &["fw", "block", "1.2.3"],
+            &["fw", "block", "10.0.0.1/8"],
+            &["fw", "block", "--port", "65536"],
+            &["fw", "block", "--port", "53/sctp"],
+            &["fw", "unblock", "--port", "9-1"],
+            &["fw", "allow", "192.0.2.0/33"],
+        ] {
+            let err = parse(bad).expect_err(&bad.join(" "));
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{bad:?}"
+            );
+        }
+        for empty in [
+            &["fw", "block"][..],
+            &["fw", "allow"],
+            &["fw", "disallow", "--iface", "x"],
+        ] {
+            let err = parse(empty).expect_err(&empty.join(" "));
+            assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        }
+        // Allow has no --port.
+        assert!(parse(&["fw", "allow", "--port", "22", "10.0.0.0/8"]).is_err());
     }
 
     #[test]

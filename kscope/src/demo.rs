@@ -20,7 +20,7 @@ use anyhow::{Context as _, bail};
 use kscope_common::fw::Family;
 
 use crate::{
-    firewall::{self, Mode, counters},
+    firewall::{self, Mode, Policy, counters},
     netlab::{Lab, Observer, Seen, Sent, Traffic},
 };
 
@@ -84,7 +84,7 @@ pub fn run(out: &mut impl Write, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let iface = lab.iface_b.clone();
     let attached = lab
         .b
-        .run(move || firewall::attach(&iface, Mode::Auto))
+        .run(move || firewall::attach(&iface, Mode::Auto, Policy::Pass))
         .context("entering the demo namespace")??;
     let _attachment = Attachment { lab: &lab };
     let mut obs = Observer::open(&lab.b, &lab.iface_b).context("opening the packet observer")?;

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod demo;
 pub mod firewall;
+pub mod frame;
 pub mod netlab;
 pub mod probe_check;
 pub mod sys;

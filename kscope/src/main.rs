@@ -10,7 +10,7 @@ use clap::Parser as _;
 use kscope::{
     cli::{Cli, Command, FwCommand, StatsArgs, TraceCommand, TraceCommon},
     demo,
-    firewall::{self, FwError, counters},
+    firewall::{self, FwError, counters, maps::Edit, rules::RuleSet},
     sys::SysError,
 };
 
@@ -91,7 +91,10 @@ fn hint(e: &anyhow::Error) -> Option<String> {
         FwError::Busy { iface } => {
             format!("see `ip link show {iface}` and `bpftool net` for the program holding it")
         }
-        FwError::NotAttached(_) => "`kscope fw status` lists attached interfaces".into(),
+        FwError::NotAttached(_) | FwError::NothingAttached => {
+            "`kscope fw status` lists attached interfaces".into()
+        }
+        FwError::NoRule(_) => "`kscope fw rules` lists the rules in place".into(),
         FwError::Sys(SysError::MissingCapabilities { .. }) => "run kscope as root".into(),
         FwError::Sys(SysError::BpffsUnavailable { .. }) => {
             "mount it with `mount -t bpf bpf /sys/fs/bpf`".into()
@@ -102,16 +105,49 @@ fn hint(e: &anyhow::Error) -> Option<String> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Fw(FwCommand::Attach { iface, mode }) => {
-            let a = firewall::attach(&iface, mode)?;
+        Command::Fw(FwCommand::Attach {
+            iface,
+            mode,
+            default_policy,
+        }) => {
+            let a = firewall::attach(&iface, mode, default_policy)?;
             tracing::info!(
-                "attached {} to {} ({} mode, program id {}); pinned under {}",
+                "attached {} to {} ({} mode, default {}, program id {}); pinned under {}",
                 kscope_common::fw::PROG_FW_XDP,
                 a.iface,
                 a.mode,
+                a.default_policy,
                 a.prog_id,
                 a.pin_dir.display()
             );
+            Ok(())
+        }
+        Command::Fw(FwCommand::Block(a)) => edit(a.iface.iface.as_deref(), &a.edits(true)),
+        Command::Fw(FwCommand::Unblock(a)) => edit(a.iface.iface.as_deref(), &a.edits(false)),
+        Command::Fw(FwCommand::Allow(a)) => edit(a.iface.iface.as_deref(), &a.edits(true)),
+        Command::Fw(FwCommand::Disallow(a)) => edit(a.iface.iface.as_deref(), &a.edits(false)),
+        Command::Fw(FwCommand::Rules { iface, json }) => rules(iface.iface.as_deref(), json),
+        Command::Fw(FwCommand::Load { iface, file }) => {
+            // The whole file is validated before any map is touched.
+            let set = RuleSet::read(&file)?;
+            let (iface, mut maps, _lock) =
+                firewall::open_rules("kscope fw load", iface.iface.as_deref(), true)?;
+            let start = Instant::now();
+            let r = maps.load(&set)?;
+            tracing::info!(
+                "{iface}: loaded {} rules from {} in {:.0?} (slot {})",
+                r.rules,
+                file.display(),
+                start.elapsed(),
+                r.slot
+            );
+            Ok(())
+        }
+        Command::Fw(FwCommand::Save { iface }) => {
+            let (_, maps, _) =
+                firewall::open_rules("kscope fw save", iface.iface.as_deref(), false)?;
+            let text = maps.rule_set()?.to_text();
+            io::stdout().lock().write_all(text.as_bytes())?;
             Ok(())
         }
         Command::Fw(FwCommand::Detach { iface }) => {
@@ -178,6 +214,34 @@ fn trace(cmd: TraceCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn edit(iface: Option<&str>, edits: &[Edit]) -> anyhow::Result<()> {
+    let (iface, mut maps, _lock) = firewall::open_rules("kscope fw rule changes", iface, true)?;
+    let r = maps.apply(edits)?;
+    let mut msg = format!("{iface}: {} added, {} removed", r.added, r.removed);
+    if r.unchanged > 0 {
+        msg.push_str(&format!(", {} already in place", r.unchanged));
+    }
+    tracing::info!("{msg}");
+    Ok(())
+}
+
+fn rules(iface: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let (iface, maps, _) = firewall::open_rules("kscope fw rules", iface, false)?;
+    let all = maps.rules_with_hits()?;
+    let mut out = io::stdout().lock();
+    if json {
+        for r in &all {
+            writeln!(out, "{}", counters::rule_json(&iface, r))?;
+        }
+        return Ok(());
+    }
+    writeln!(out, "{:<15} {:<44} {:>14}", "IFACE", "RULE", "HITS")?;
+    for r in &all {
+        writeln!(out, "{iface:<15} {:<44} {:>14}", r.rule.to_string(), r.hits)?;
+    }
+    Ok(())
+}
+
 fn status(json: bool) -> anyhow::Result<()> {
     let all = firewall::status()?;
     let mut out = io::stdout().lock();
@@ -193,8 +257,8 @@ fn status(json: bool) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "{:<15} {:<6} {:>8} {:>8}  {:<20}  STATE",
-        "IFACE", "MODE", "PROG ID", "LINK ID", "ATTACHED AT"
+        "{:<15} {:<6} {:<7} {:>8} {:>8}  {:<20}  STATE",
+        "IFACE", "MODE", "DEFAULT", "PROG ID", "LINK ID", "ATTACHED AT"
     )?;
     for s in &all {
         let state = if s.attached {
@@ -204,8 +268,8 @@ fn status(json: bool) -> anyhow::Result<()> {
         };
         writeln!(
             out,
-            "{:<15} {:<6} {:>8} {:>8}  {:<20}  {state}",
-            s.iface, s.mode, s.prog_id, s.link_id, s.attached_at
+            "{:<15} {:<6} {:<7} {:>8} {:>8}  {:<20}  {state}",
+            s.iface, s.mode, s.default_policy, s.prog_id, s.link_id, s.attached_at
         )?;
     }
     Ok(())
@@ -230,18 +294,32 @@ fn stats(args: &StatsArgs) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();
     let Some(interval) = args.watch else {
         let all = read_all()?;
+        let reasons: Vec<_> = ifaces
+            .iter()
+            .map(|i| firewall::read_reasons(i).map(|r| r.sum_reasons()))
+            .collect::<Result<_, _>>()?;
         if !args.json {
             writeln!(out, "{}", counters::table_header(args.per_cpu))?;
         }
-        for (iface, pc) in ifaces.iter().zip(&all) {
+        for ((iface, pc), rs) in ifaces.iter().zip(&all).zip(&reasons) {
             let s = counters::IfaceStats {
                 iface,
                 counters: pc,
             };
             if args.json {
-                writeln!(out, "{}", counters::to_json(&s, args.per_cpu))?;
+                writeln!(
+                    out,
+                    "{}",
+                    counters::to_json_with_reasons(&s, args.per_cpu, rs)
+                )?;
             } else {
                 write!(out, "{}", counters::table_rows(&s, args.per_cpu))?;
+            }
+        }
+        if !args.json {
+            writeln!(out, "\n{}", counters::reason_header())?;
+            for (iface, rs) in ifaces.iter().zip(&reasons) {
+                write!(out, "{}", counters::reason_rows(iface, rs))?;
             }
         }
         return Ok(());

@@ -10,6 +10,10 @@
 //! - addresses come from the documentation ranges (192.0.2.0/24, RFC 5737;
 //!   2001:db8::/32, RFC 3849), which exist nowhere but in these namespaces.
 //!
+//! [`Lab::inject`] sends hand-built Ethernet frames (any TCP/UDP/ICMP, from
+//! any documentation source address) out of `a`'s veth end; it refuses
+//! frames whose addresses are not documentation addresses.
+//!
 //! Dropping a [`Lab`] deletes both namespaces (and with them the veth pair)
 //! and any kscope pins left on its interfaces, also when a test panics.
 
@@ -35,6 +39,8 @@ pub const ADDR6_B: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 /// Locally administered MACs, set explicitly so neighbours can be static.
 const MAC_A: &str = "02:6b:73:00:00:01";
 const MAC_B: &str = "02:6b:73:00:00:02";
+pub const MAC_A_BYTES: [u8; 6] = [0x02, 0x6b, 0x73, 0, 0, 1];
+pub const MAC_B_BYTES: [u8; 6] = [0x02, 0x6b, 0x73, 0, 0, 2];
 /// UDP port the generator sends to; nothing listens on it.
 pub const UDP_PORT: u16 = 9;
 /// Every generated packet's payload starts with this, so the observer can
@@ -257,6 +263,29 @@ impl Lab {
         Ok(())
     }
 
+    /// Sends hand-built Ethernet frames out of `a`'s end of the veth pair
+    /// (so they arrive at `b`, through kscope's XDP program). Every frame
+    /// must be IPv4 or IPv6 between documentation addresses; the call fails
+    /// before sending anything otherwise.
+    pub fn inject(&self, frames: &[Vec<u8>]) -> io::Result<()> {
+        for f in frames {
+            check_documentation_frame(f)?;
+        }
+        let lab_ns = self.a.path();
+        let iface = self.iface_a.clone();
+        self.a.run(move || -> io::Result<()> {
+            check_generator_netns(&lab_ns)?;
+            let sock = PacketSocket::open(&iface, false)?;
+            for (i, f) in frames.iter().enumerate() {
+                sock.send(f)?;
+                if i % 32 == 31 {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+            Ok(())
+        })?
+    }
+
     /// Sends `traffic` from `a` to `b` and returns what XDP on `b` should
     /// count for it, computed from header sizes.
     pub fn send(&self, traffic: &Traffic) -> io::Result<Sent> {
@@ -277,6 +306,109 @@ impl Drop for Lab {
                 let _ = fs::remove_dir_all(&dir);
             }
         }
+    }
+}
+
+/// True for the documentation ranges (RFC 5737, RFC 3849).
+pub fn is_documentation(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            matches!(o[..3], [192, 0, 2] | [198, 51, 100] | [203, 0, 113])
+        }
+        IpAddr::V6(a) => a.segments()[..2] == [0x2001, 0xdb8],
+    }
+}
+
+/// Fails unless `frame` is IPv4 or IPv6 with documentation addresses only.
+pub fn check_documentation_frame(frame: &[u8]) -> io::Result<()> {
+    match crate::frame::ip_addrs(frame) {
+        Some((s, d)) if is_documentation(s) && is_documentation(d) => Ok(()),
+        _ => Err(io::Error::other(
+            "refusing to inject a frame that is not IP between documentation addresses",
+        )),
+    }
+}
+
+/// A lab frame to `b` from `src` (a documentation address of either
+/// family), carrying [`MARKER`] and `seq` so the [`Observer`] can tell which
+/// frames arrived.
+pub fn lab_frame(src: IpAddr, l4: crate::frame::L4, seq: u32) -> Vec<u8> {
+    let dst = if src.is_ipv4() {
+        IpAddr::V4(ADDR4_B)
+    } else {
+        IpAddr::V6(ADDR6_B)
+    };
+    let mut payload = MARKER.to_vec();
+    payload.extend_from_slice(&seq.to_be_bytes());
+    crate::frame::simple(MAC_B_BYTES, MAC_A_BYTES, src, dst, l4, &payload)
+}
+
+/// An AF_PACKET socket on one interface of the calling thread's namespace.
+struct PacketSocket {
+    fd: OwnedFd,
+    ifindex: i32,
+}
+
+impl PacketSocket {
+    fn open(iface: &str, nonblock: bool) -> io::Result<Self> {
+        let ifindex = sys::if_nametoindex(iface).map_err(io::Error::other)? as i32;
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        let flags = if nonblock { libc::SOCK_NONBLOCK } else { 0 };
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | flags,
+                i32::from(proto),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is fresh and owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let sll = Self::addr(ifindex, proto);
+        // SAFETY: `sll` is a valid sockaddr_ll for the given length.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const sll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { fd, ifindex })
+    }
+
+    fn addr(ifindex: i32, proto: u16) -> libc::sockaddr_ll {
+        // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = ifindex;
+        sll
+    }
+
+    fn send(&self, frame: &[u8]) -> io::Result<()> {
+        let sll = Self::addr(self.ifindex, (libc::ETH_P_ALL as u16).to_be());
+        // SAFETY: `frame` and `sll` are valid for the lengths passed.
+        let rc = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const sll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 
@@ -376,18 +508,7 @@ fn raw_socket(domain: i32, proto: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Internet checksum (RFC 1071).
-pub fn inet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    for chunk in data.chunks(2) {
-        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
-        sum += u32::from(word);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
+pub use crate::frame::checksum as inet_checksum;
 
 /// An ICMP (v4) or ICMPv6 echo request with `payload`. The kernel fills in
 /// the ICMPv6 checksum itself (it covers a pseudo-header only it knows).
@@ -488,6 +609,9 @@ impl Seen {
 pub struct Observer {
     fd: OwnedFd,
     pub seen: Seen,
+    /// (source address, sequence number) of every [`lab_frame`] that
+    /// arrived, in arrival order.
+    pub marks: Vec<(IpAddr, u32)>,
 }
 
 impl Observer {
@@ -496,53 +620,24 @@ impl Observer {
     pub fn open(ns: &Netns, iface: &str) -> io::Result<Self> {
         let iface = iface.to_owned();
         let fd = ns.run(move || -> io::Result<OwnedFd> {
-            let ifindex = sys::if_nametoindex(&iface).map_err(io::Error::other)?;
-            let proto = (libc::ETH_P_ALL as u16).to_be();
-            // SAFETY: plain socket(2) call; the result is checked before use.
-            let fd = unsafe {
-                libc::socket(
-                    libc::AF_PACKET,
-                    libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                    i32::from(proto),
-                )
-            };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: `fd` is fresh and owned by nothing else.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
-            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_protocol = proto;
-            sll.sll_ifindex = ifindex as i32;
-            // SAFETY: `sll` is a valid sockaddr_ll for the given length.
-            let rc = unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&raw const sll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let size: libc::c_int = 4 << 20;
+            let sock = PacketSocket::open(&iface, true)?;
+            let size: libc::c_int = 16 << 20;
             // SAFETY: SO_RCVBUF takes a c_int, passed by pointer with its size.
             unsafe {
                 libc::setsockopt(
-                    fd.as_raw_fd(),
+                    sock.fd.as_raw_fd(),
                     libc::SOL_SOCKET,
                     libc::SO_RCVBUFFORCE,
                     (&raw const size).cast(),
                     std::mem::size_of::<libc::c_int>() as u32,
                 );
             }
-            Ok(fd)
+            Ok(sock.fd)
         })??;
         Ok(Self {
             fd,
             seen: Seen::default(),
+            marks: Vec::new(),
         })
     }
 
@@ -582,9 +677,21 @@ impl Observer {
             }
             n += 1;
             let len = rc as usize;
-            classify(&mut self.seen, &buf[..len.min(buf.len())], len as u64);
+            let frame = &buf[..len.min(buf.len())];
+            classify(&mut self.seen, frame, len as u64);
+            if let Some(m) = lab_mark(frame) {
+                self.marks.push(m);
+            }
         }
     }
+}
+
+/// The (source, sequence number) of a [`lab_frame`].
+pub fn lab_mark(frame: &[u8]) -> Option<(IpAddr, u32)> {
+    let (src, _) = crate::frame::ip_addrs(frame)?;
+    let at = frame.windows(MARKER.len()).position(|w| w == MARKER)? + MARKER.len();
+    let seq = frame.get(at..at + 4)?;
+    Some((src, u32::from_be_bytes([seq[0], seq[1], seq[2], seq[3]])))
 }
 
 /// Adds one received frame (of `len` bytes on the wire) to `seen`.
@@ -627,6 +734,29 @@ mod tests {
         assert_eq!(inet_checksum(&pkt), 0);
         assert_eq!(&pkt[..2], &[8, 0]);
         assert_eq!(&pkt[4..8], &[0x12, 0x34, 0, 7]);
+    }
+
+    #[test]
+    fn lab_frames_carry_their_mark_and_only_documentation_frames_are_injectable() {
+        let src: IpAddr = "198.51.100.7".parse().expect("ip");
+        let f = lab_frame(src, crate::frame::L4::Tcp(22), 77);
+        assert_eq!(lab_mark(&f), Some((src, 77)));
+        assert!(check_documentation_frame(&f).is_ok());
+        let f6 = lab_frame(
+            "2001:db8:1::7".parse().expect("ip"),
+            crate::frame::L4::Udp(53),
+            1,
+        );
+        assert!(check_documentation_frame(&f6).is_ok());
+        let bad = lab_frame("10.0.0.1".parse().expect("ip"), crate::frame::L4::Echo, 1);
+        assert!(check_documentation_frame(&bad).is_err());
+        let bad6 = lab_frame(
+            "2001:db9::1".parse().expect("ip"),
+            crate::frame::L4::Echo,
+            1,
+        );
+        assert!(check_documentation_frame(&bad6).is_err());
+        assert!(check_documentation_frame(&[0u8; 60]).is_err());
     }
 
     #[test]

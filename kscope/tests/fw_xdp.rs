@@ -395,6 +395,13 @@ fn version_and_help_on_every_verb() {
         &["fw", "detach", "--help"],
         &["fw", "stats", "--help"],
         &["fw", "status", "--help"],
+        &["fw", "block", "--help"],
+        &["fw", "unblock", "--help"],
+        &["fw", "allow", "--help"],
+        &["fw", "disallow", "--help"],
+        &["fw", "rules", "--help"],
+        &["fw", "load", "--help"],
+        &["fw", "save", "--help"],
         &["demo", "--help"],
     ] {
         let out = kscope_ok(None, verb);

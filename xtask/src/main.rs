@@ -46,6 +46,18 @@ enum Task {
     },
     /// Build kscope and run `kscope demo`.
     Demo,
+    /// Run a benchmark (not a test) and print its Markdown table.
+    Bench {
+        /// What to measure: `fw` (the XDP firewall against an XDP_PASS
+        /// floor and xdp-filter).
+        #[arg(value_enum)]
+        what: BenchTarget,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchTarget {
+    Fw,
 }
 
 fn main() -> ExitCode {
@@ -71,6 +83,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             args,
         } => test(&root, !vm, !host, kernel.as_deref(), &args),
         Task::Demo => demo(),
+        Task::Bench {
+            what: BenchTarget::Fw,
+        } => {
+            // The benchmark also times the kscope binary itself.
+            sh(cargo().args(["build", "--release", "--quiet", "--bin", "kscope"]))?;
+            sh(cargo().args(["run", "--release", "--quiet", "--example", "fw_bench"]))
+        }
     }
 }
 

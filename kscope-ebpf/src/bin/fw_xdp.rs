@@ -1,38 +1,315 @@
-//! `fw_xdp`: the XDP packet counter.
+//! The XDP firewall: a tail-call pipeline of three programs.
 //!
-//! Counts every frame in per-CPU counters keyed by IP family and XDP action,
-//! then passes it. Counting never changes a packet's fate: a frame too short
-//! to carry an EtherType is counted as `other` and passed.
+//! - `fw_xdp` (the attached entry point) parses Ethernet and up to two VLAN
+//!   tags (802.1ad, 802.1Q) and tail-calls `fw_ipv4` or `fw_ipv6` through
+//!   `FW_PROGS`. Every other frame (ARP, LLDP, a third VLAN tag, a frame too
+//!   short for an EtherType) is counted as `other`/`not-ip` and passed: the
+//!   firewall filters IP only, and ARP must keep working.
+//! - `fw_ipv4` and `fw_ipv6` parse their layer 3 (IPv4 with its options;
+//!   IPv6 with a walk of at most `MAX_IPV6_EXT_HDRS` hop-by-hop, routing,
+//!   fragment and destination-options headers) and layer 4 (TCP and UDP
+//!   ports, ICMP and ICMPv6), decide, and count.
+//!
+//! The decision, first match wins:
+//! 1. the layer-3 header does not parse (truncated, wrong version, IHL < 5,
+//!    options cut off): **drop**, `parse-error`;
+//! 2. the source matches an allow rule: pass, `allowed` (allow wins over
+//!    every block, source or port);
+//! 3. the source matches a block rule: drop, `blocked-src`;
+//! 4. the layer-4 header does not parse (truncated TCP/UDP/ICMP header, an
+//!    IPv6 extension chain longer than the walk bound): **drop**,
+//!    `parse-error`;
+//! 5. TCP or UDP to a blocked destination port: drop, `blocked-dst-port`;
+//! 6. IPv6 Neighbor Discovery (ICMPv6 types 133-137 with hop limit 255,
+//!    which only the link itself can send): pass, `neighbor-discovery`, so
+//!    IPv6 keeps working under a drop default as ARP does;
+//! 7. otherwise the default policy: `passed-default` or `dropped-default`.
+//!
+//! Parse errors drop (fail closed): a packet kscope cannot read could hide a
+//! blocked port behind an over-long IPv6 extension chain, and the kernel's
+//! own stack discards truncated IP packets anyway. Non-first fragments carry
+//! no layer-4 header; they get the default policy.
+//!
+//! The rule set lives in two slots (see `kscope_common::fw`): each packet
+//! reads the active slot once, so it is judged against one whole set.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{BPF_NOEXIST, xdp_action},
     macros::{map, xdp},
-    maps::{Array, PerCpuArray},
+    maps::{Array, LpmTrie, PerCpuArray, PerCpuHashMap, ProgramArray, lpm_trie::Key},
     programs::XdpContext,
 };
-use kscope_common::fw::{Action, Counter, FwConfig, N_COUNTERS, counter_index};
-use kscope_ebpf::net;
+use kscope_common::fw::{
+    Counter, Family, FwConfig, HITS_MAX_ENTRIES, Key4, Key6, N_COUNTERS, N_REASON_COUNTERS,
+    PORT_TCP, PORT_UDP, PORTS_MAX_ENTRIES, PROG_INDEX_IPV4, PROG_INDEX_IPV6, Reason, RuleValue,
+    STATE_ACTIVE_SLOT, STATE_MAX_ENTRIES, TRIE_MAX_ENTRIES, counter_index, port_hit_id, port_index,
+    reason_index,
+};
+use kscope_ebpf::net::{self, ptr_at};
 
 #[map(name = "FW_COUNTERS")]
 static FW_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(N_COUNTERS, 0);
+
+#[map(name = "FW_REASONS")]
+static FW_REASONS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(N_REASON_COUNTERS, 0);
 
 /// Written by user space at attach; pinned so `kscope fw status` can read it.
 #[map(name = "FW_CONFIG")]
 static FW_CONFIG: Array<FwConfig> = Array::with_max_entries(1, 0);
 
+#[map(name = "FW_PROGS")]
+static FW_PROGS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+
+#[map(name = "FW_STATE")]
+static FW_STATE: Array<u32> = Array::with_max_entries(STATE_MAX_ENTRIES, 0);
+
+#[map(name = "FW_ALLOW4")]
+static FW_ALLOW4: LpmTrie<Key4, RuleValue> = LpmTrie::with_max_entries(TRIE_MAX_ENTRIES, 0);
+#[map(name = "FW_BLOCK4")]
+static FW_BLOCK4: LpmTrie<Key4, RuleValue> = LpmTrie::with_max_entries(TRIE_MAX_ENTRIES, 0);
+#[map(name = "FW_ALLOW6")]
+static FW_ALLOW6: LpmTrie<Key6, RuleValue> = LpmTrie::with_max_entries(TRIE_MAX_ENTRIES, 0);
+#[map(name = "FW_BLOCK6")]
+static FW_BLOCK6: LpmTrie<Key6, RuleValue> = LpmTrie::with_max_entries(TRIE_MAX_ENTRIES, 0);
+
+#[map(name = "FW_PORTS")]
+static FW_PORTS: Array<u32> = Array::with_max_entries(PORTS_MAX_ENTRIES, 0);
+
+/// Hit counters, allocated on a rule's first hit.
+#[map(name = "FW_HITS")]
+static FW_HITS: PerCpuHashMap<u32, u64> =
+    PerCpuHashMap::with_max_entries(HITS_MAX_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Non-zero when the default policy is drop. Fixed at load time by the
+/// loader (`override_global`), so the verifier prunes the other branch.
+#[unsafe(no_mangle)]
+static DEFAULT_DROP: u32 = 0;
+
 #[xdp]
 pub fn fw_xdp(ctx: XdpContext) -> u32 {
-    let family = net::family(&ctx);
-    let len = (ctx.data_end() - ctx.data()) as u64;
-    count(counter_index(family, Action::Pass), len);
-    xdp_action::XDP_PASS
+    // Frames that are not IP, or whose filter cannot be reached, pass.
+    try_fw_xdp(&ctx).unwrap_or(xdp_action::XDP_PASS)
 }
 
 #[inline(always)]
-fn count(index: u32, bytes: u64) {
-    let Some(c) = FW_COUNTERS.get_ptr_mut(index) else {
+fn try_fw_xdp(ctx: &XdpContext) -> Option<u32> {
+    let (family, index) = match net::l3_proto(ctx) {
+        Some((net::ETH_P_IP, _)) => (Family::Ipv4, PROG_INDEX_IPV4),
+        Some((net::ETH_P_IPV6, _)) => (Family::Ipv6, PROG_INDEX_IPV6),
+        _ => return Some(finish(ctx, Family::Other, Reason::NotIp)),
+    };
+    // SAFETY: a successful tail call never returns; on failure (an empty
+    // slot) control comes back here and nothing has been changed.
+    unsafe { FW_PROGS.tail_call(ctx, index) };
+    Some(finish(ctx, family, Reason::Unfiltered))
+}
+
+#[xdp]
+pub fn fw_ipv4(ctx: XdpContext) -> u32 {
+    // A packet whose headers do not parse is dropped (fail closed).
+    let reason = filter_ipv4(&ctx).unwrap_or(Reason::ParseError);
+    finish(&ctx, Family::Ipv4, reason)
+}
+
+#[xdp]
+pub fn fw_ipv6(ctx: XdpContext) -> u32 {
+    // A packet whose headers do not parse is dropped (fail closed).
+    let reason = filter_ipv6(&ctx).unwrap_or(Reason::ParseError);
+    finish(&ctx, Family::Ipv6, reason)
+}
+
+/// `None` means a parse error.
+#[inline(always)]
+fn filter_ipv4(ctx: &XdpContext) -> Option<Reason> {
+    let (_, l3) = net::l3_proto(ctx)?;
+    let ip = ptr_at::<[u8; net::IPV4_HLEN]>(ctx, l3)?;
+    // SAFETY: `ptr_at` checked that the whole fixed header is in the packet.
+    let ip = unsafe { &*ip };
+    if ip[0] >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ihl < net::IPV4_HLEN {
+        return None;
+    }
+    // The options must be there too: check the header's last byte.
+    let l4 = l3 + ihl;
+    ptr_at::<u8>(ctx, l4 - 1)?;
+
+    let slot = active_slot();
+    let key = Key::new(8 + 32, [slot as u8, ip[12], ip[13], ip[14], ip[15]]);
+    if let Some(r) = source_verdict(&FW_ALLOW4, &FW_BLOCK4, &key) {
+        return Some(r);
+    }
+    // Only the first fragment has a layer-4 header.
+    if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+        return Some(default_verdict());
+    }
+    match ip[9] {
+        net::IPPROTO_TCP => port_verdict(ctx, l4, slot, false),
+        net::IPPROTO_UDP => port_verdict(ctx, l4, slot, true),
+        net::IPPROTO_ICMP => {
+            ptr_at::<[u8; net::ICMP_MIN_HLEN]>(ctx, l4)?;
+            Some(default_verdict())
+        }
+        _ => Some(default_verdict()),
+    }
+}
+
+/// `None` means a parse error.
+#[inline(always)]
+fn filter_ipv6(ctx: &XdpContext) -> Option<Reason> {
+    let (_, l3) = net::l3_proto(ctx)?;
+    let ip = ptr_at::<[u8; net::IPV6_HLEN]>(ctx, l3)?;
+    // SAFETY: `ptr_at` checked that the whole fixed header is in the packet.
+    let ip = unsafe { &*ip };
+    if ip[0] >> 4 != 6 {
+        return None;
+    }
+    let slot = active_slot();
+    let mut data = [0u8; 17];
+    data[0] = slot as u8;
+    data[1..].copy_from_slice(&ip[8..24]);
+    let key = Key::new(8 + 128, data);
+    if let Some(r) = source_verdict(&FW_ALLOW6, &FW_BLOCK6, &key) {
+        return Some(r);
+    }
+
+    let mut next = ip[6];
+    let mut off = l3 + net::IPV6_HLEN;
+    for _ in 0..net::MAX_IPV6_EXT_HDRS {
+        match next {
+            net::IPPROTO_HOPOPTS | net::IPPROTO_ROUTING | net::IPPROTO_DSTOPTS => {
+                let h = ptr_at::<[u8; 2]>(ctx, off)?;
+                // SAFETY: `ptr_at` checked both bytes.
+                let h = unsafe { *h };
+                next = h[0];
+                off += (usize::from(h[1]) + 1) * 8;
+            }
+            net::IPPROTO_FRAGMENT => {
+                let h = ptr_at::<[u8; 8]>(ctx, off)?;
+                // SAFETY: `ptr_at` checked the whole fragment header.
+                let h = unsafe { &*h };
+                // Only the first fragment has a layer-4 header.
+                if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                    return Some(default_verdict());
+                }
+                next = h[0];
+                off += 8;
+            }
+            _ => break,
+        }
+    }
+    match next {
+        net::IPPROTO_TCP => port_verdict(ctx, off, slot, false),
+        net::IPPROTO_UDP => port_verdict(ctx, off, slot, true),
+        net::IPPROTO_ICMPV6 => {
+            let icmp = ptr_at::<[u8; net::ICMP_MIN_HLEN]>(ctx, off)?;
+            // SAFETY: `ptr_at` checked the ICMPv6 type, code and checksum.
+            let kind = unsafe { (*icmp)[0] };
+            if (net::ND_FIRST..=net::ND_LAST).contains(&kind) && ip[7] == 255 {
+                return Some(Reason::NeighborDiscovery);
+            }
+            Some(default_verdict())
+        }
+        // A chain longer than the walk bound: the transport is unknown.
+        net::IPPROTO_HOPOPTS
+        | net::IPPROTO_ROUTING
+        | net::IPPROTO_DSTOPTS
+        | net::IPPROTO_FRAGMENT => None,
+        _ => Some(default_verdict()),
+    }
+}
+
+#[inline(always)]
+fn active_slot() -> u32 {
+    FW_STATE.get(STATE_ACTIVE_SLOT).map_or(0, |s| *s & 1)
+}
+
+#[inline(always)]
+fn source_verdict<K>(
+    allow: &LpmTrie<K, RuleValue>,
+    block: &LpmTrie<K, RuleValue>,
+    key: &Key<K>,
+) -> Option<Reason> {
+    if let Some(v) = allow.get(key) {
+        hit(v.id);
+        return Some(Reason::Allowed);
+    }
+    if let Some(v) = block.get(key) {
+        hit(v.id);
+        return Some(Reason::BlockedSrc);
+    }
+    None
+}
+
+/// Checks the TCP (`udp == false`) or UDP header at `l4` and its
+/// destination port. `None` when the header is truncated.
+#[inline(always)]
+fn port_verdict(ctx: &XdpContext, l4: usize, slot: u32, udp: bool) -> Option<Reason> {
+    let (min_len, bit) = if udp {
+        (net::UDP_HLEN, PORT_UDP)
+    } else {
+        (net::TCP_MIN_HLEN, PORT_TCP)
+    };
+    ptr_at::<u8>(ctx, l4 + min_len - 1)?;
+    let port = net::read_be16(ctx, l4 + 2)?;
+    let blocked = FW_PORTS
+        .get(port_index(slot, port))
+        .is_some_and(|bits| bits & bit != 0);
+    if blocked {
+        hit(port_hit_id(udp, port));
+        return Some(Reason::BlockedDstPort);
+    }
+    Some(default_verdict())
+}
+
+#[inline(always)]
+fn default_verdict() -> Reason {
+    // SAFETY: a plain read of a global the loader may have rewritten;
+    // volatile so the compiler does not fold in the compiled-in zero.
+    if unsafe { core::ptr::read_volatile(&DEFAULT_DROP) } != 0 {
+        Reason::DroppedDefault
+    } else {
+        Reason::PassedDefault
+    }
+}
+
+/// Counts a hit on rule (or port counter) `id`.
+#[inline(always)]
+fn hit(id: u32) {
+    if let Some(h) = FW_HITS.get_ptr_mut(id) {
+        // SAFETY: this CPU's value; XDP programs on one CPU do not preempt
+        // each other.
+        unsafe { *h += 1 };
+        return;
+    }
+    // First hit: create the counter. Another CPU may win the race; then
+    // count on the entry it made.
+    if FW_HITS.insert(id, 1, u64::from(BPF_NOEXIST)).is_err()
+        && let Some(h) = FW_HITS.get_ptr_mut(id)
+    {
+        // SAFETY: as above.
+        unsafe { *h += 1 };
+    }
+}
+
+/// Counts the packet under its family, action and reason, and returns the
+/// verdict.
+#[inline(always)]
+fn finish(ctx: &XdpContext, family: Family, reason: Reason) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let action = reason.action();
+    add(&FW_COUNTERS, counter_index(family, action), len);
+    add(&FW_REASONS, reason_index(family, reason), len);
+    action as u32
+}
+
+#[inline(always)]
+fn add(map: &PerCpuArray<Counter>, index: u32, bytes: u64) {
+    let Some(c) = map.get_ptr_mut(index) else {
         return;
     };
     // SAFETY: the slot belongs to this CPU, and XDP programs on one CPU do not

@@ -3,7 +3,12 @@
 
 use std::{fmt::Write as _, time::Duration};
 
-use kscope_common::fw::{Action, Counter, Family, N_ACTIONS, N_COUNTERS, counter_index};
+use kscope_common::fw::{
+    Action, Counter, Family, N_ACTIONS, N_COUNTERS, N_REASON_COUNTERS, Reason, counter_index,
+    reason_index,
+};
+
+use super::maps::RuleHits;
 use serde::Serialize;
 
 /// Raw per-CPU contents of the counter map: `slots[index][cpu]`.
@@ -46,6 +51,15 @@ impl PerCpuCounters {
             *slot = per_cpu.iter().copied().fold(Counter::default(), add);
         }
         t
+    }
+
+    /// Sums a reason map ([`kscope_common::fw::MAP_REASONS`]) over CPUs.
+    pub fn sum_reasons(&self) -> ReasonTotals {
+        let mut slots = vec![Counter::default(); N_REASON_COUNTERS as usize];
+        for (slot, per_cpu) in slots.iter_mut().zip(&self.slots) {
+            *slot = per_cpu.iter().copied().fold(Counter::default(), add);
+        }
+        ReasonTotals { slots }
     }
 
     /// The counters of one CPU.
@@ -94,6 +108,108 @@ impl Totals {
         }
         Rates { slots }
     }
+}
+
+/// Counters by family and reason, summed over CPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReasonTotals {
+    pub slots: Vec<Counter>,
+}
+
+impl ReasonTotals {
+    pub fn get(&self, family: Family, reason: Reason) -> Counter {
+        self.slots
+            .get(reason_index(family, reason) as usize)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// One reason, all families added up.
+    pub fn reason(&self, reason: Reason) -> Counter {
+        Family::ALL
+            .iter()
+            .map(|&f| self.get(f, reason))
+            .fold(Counter::default(), add)
+    }
+}
+
+/// Header of the by-reason table.
+pub fn reason_header() -> String {
+    format!(
+        "{:<15} {:<6} {:<16} {:<6} {:>14} {:>16}",
+        "IFACE", "FAMILY", "REASON", "ACTION", "PACKETS", "BYTES"
+    )
+}
+
+/// By-reason rows for one interface: every non-zero (family, reason).
+pub fn reason_rows(iface: &str, t: &ReasonTotals) -> String {
+    let mut out = String::new();
+    for f in Family::ALL {
+        for r in Reason::ALL {
+            let c = t.get(f, r);
+            if c.packets != 0 {
+                let _ = writeln!(
+                    out,
+                    "{iface:<15} {:<6} {:<16} {:<6} {:>14} {:>16}",
+                    f.name(),
+                    r.name(),
+                    r.action().name(),
+                    c.packets,
+                    c.bytes
+                );
+            }
+        }
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct JsonReason {
+    family: &'static str,
+    reason: &'static str,
+    action: &'static str,
+    packets: u64,
+    bytes: u64,
+}
+
+fn json_reasons(t: &ReasonTotals) -> Vec<JsonReason> {
+    let mut rows = Vec::new();
+    for f in Family::ALL {
+        for r in Reason::ALL {
+            let c = t.get(f, r);
+            if c.packets != 0 || c.bytes != 0 {
+                rows.push(JsonReason {
+                    family: f.name(),
+                    reason: r.name(),
+                    action: r.action().name(),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                });
+            }
+        }
+    }
+    rows
+}
+
+/// `fw rules --json`: one rule as a single JSON line: `iface`, `rule` (in
+/// rule-file words), `action` (`allow`/`block`), `kind` (`src`/`port`),
+/// `hits`.
+pub fn rule_json(iface: &str, r: &RuleHits) -> String {
+    use super::rules::{Rule, SrcList};
+    let (action, kind, target) = match &r.rule {
+        Rule::Src(SrcList::Allow, c) => ("allow", "src", c.to_string()),
+        Rule::Src(SrcList::Block, c) => ("block", "src", c.to_string()),
+        Rule::Port(p) => ("block", "port", p.to_string()),
+    };
+    serde_json::json!({
+        "iface": iface,
+        "rule": r.rule.to_string(),
+        "action": action,
+        "kind": kind,
+        "target": target,
+        "hits": r.hits,
+    })
+    .to_string()
 }
 
 /// Packets and bytes per second for each slot.
@@ -237,6 +353,8 @@ struct JsonStats<'a> {
     counters: Vec<JsonRow>,
     #[serde(skip_serializing_if = "Option::is_none")]
     per_cpu: Option<Vec<JsonCpu>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasons: Option<Vec<JsonReason>>,
 }
 
 fn json_rows(t: &Totals) -> Vec<JsonRow> {
@@ -259,6 +377,16 @@ fn json_rows(t: &Totals) -> Vec<JsonRow> {
 
 /// Serializes one interface's stats as a single JSON line.
 pub fn to_json(s: &IfaceStats<'_>, per_cpu: bool) -> String {
+    to_json_inner(s, per_cpu, None)
+}
+
+/// [`to_json`] plus `reasons`: every non-zero (family, reason) as
+/// `{"family", "reason", "action", "packets", "bytes"}`.
+pub fn to_json_with_reasons(s: &IfaceStats<'_>, per_cpu: bool, reasons: &ReasonTotals) -> String {
+    to_json_inner(s, per_cpu, Some(json_reasons(reasons)))
+}
+
+fn to_json_inner(s: &IfaceStats<'_>, per_cpu: bool, reasons: Option<Vec<JsonReason>>) -> String {
     let t = s.counters.sum();
     let per_cpu = per_cpu.then(|| {
         (0..s.counters.cpus())
@@ -277,6 +405,7 @@ pub fn to_json(s: &IfaceStats<'_>, per_cpu: bool) -> String {
         },
         counters: json_rows(&t),
         per_cpu,
+        reasons,
     };
     serde_json::to_string(&v).unwrap_or_default()
 }
@@ -314,6 +443,7 @@ pub fn rates_to_json(iface: &str, interval: Duration, rates: &Rates) -> String {
 }
 
 const _: () = assert!(N_ACTIONS == Action::ALL.len() as u32);
+const _: () = assert!(N_REASON_COUNTERS as usize == Reason::ALL.len() * Family::ALL.len());
 
 #[cfg(test)]
 mod tests {
@@ -437,6 +567,41 @@ mod tests {
                 vec!["e", "1", "ipv4", "pass", "2", "196"],
             ]
         );
+    }
+
+    #[test]
+    fn reasons_sum_over_cpus_and_show_only_nonzero_rows() {
+        let mut slots = vec![vec![Counter::default(); 2]; N_REASON_COUNTERS as usize];
+        slots[reason_index(Family::Ipv4, Reason::BlockedSrc) as usize] = vec![c(2, 120), c(3, 180)];
+        slots[reason_index(Family::Ipv6, Reason::BlockedSrc) as usize] = vec![c(1, 80), c(0, 0)];
+        let t = PerCpuCounters { slots }.sum_reasons();
+        assert_eq!(t.get(Family::Ipv4, Reason::BlockedSrc), c(5, 300));
+        assert_eq!(t.reason(Reason::BlockedSrc), c(6, 380));
+        let rows = reason_rows("e", &t);
+        let lines: Vec<Vec<&str>> = rows
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                vec!["e", "ipv4", "blocked-src", "drop", "5", "300"],
+                vec!["e", "ipv6", "blocked-src", "drop", "1", "80"],
+            ]
+        );
+        let pc = counters_with(&[]);
+        let line = to_json_with_reasons(
+            &IfaceStats {
+                iface: "e",
+                counters: &pc,
+            },
+            false,
+            &t,
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(v["reasons"][0]["reason"], "blocked-src");
+        assert_eq!(v["reasons"][0]["packets"], 5);
+        assert_eq!(v["reasons"].as_array().map(Vec::len), Some(2));
     }
 
     #[test]

@@ -1,24 +1,40 @@
-//! The XDP firewall and packet counter (`fw_xdp`): attach, detach, status and
-//! counters.
+//! The XDP firewall (`fw_xdp` → `fw_ipv4` | `fw_ipv6`): attach, detach,
+//! status, counters and rules.
 //!
 //! Everything kscope attaches lives under `/sys/fs/bpf/kscope/IFACE/`, so a
 //! later invocation (or another process) finds it there:
 //!
-//! | pin           | what                                              |
-//! |---------------|---------------------------------------------------|
-//! | `link`        | the XDP bpf_link; removing it detaches            |
-//! | `fw_xdp`      | the program                                       |
-//! | `FW_COUNTERS` | per-CPU counters by family and action             |
-//! | `FW_CONFIG`   | mode, ifindex and attach time ([`FwConfig`])      |
+//! | pin           | what                                                  |
+//! |---------------|-------------------------------------------------------|
+//! | `link`        | the XDP bpf_link; removing it detaches                |
+//! | `fw_xdp`, `fw_ipv4`, `fw_ipv6` | the entry program and the two filters |
+//! | `FW_PROGS`    | the tail-call program array                           |
+//! | `FW_COUNTERS` | per-CPU counters by family and action                 |
+//! | `FW_REASONS`  | per-CPU counters by family and reason                 |
+//! | `FW_CONFIG`   | mode, ifindex, default policy, attach time ([`FwConfig`]) |
+//! | `FW_STATE`    | active rule slot, next rule id, rule counts           |
+//! | `FW_ALLOW4`, `FW_BLOCK4`, `FW_ALLOW6`, `FW_BLOCK6` | source-rule LPM tries |
+//! | `FW_PORTS`    | destination-port bits, every port 0-65535             |
+//! | `FW_HITS`     | per-CPU rule hit counters                             |
+//!
+//! Rules are edited by any later invocation through these pins, with no
+//! reload; writers take an exclusive `flock` on the interface's pin
+//! directory, so two kscope processes cannot interleave their changes.
 //!
 //! Attaching is all or nothing: pins are made in a private staging directory
 //! and renamed into place only once everything worked. Until then the link is
 //! held only by this process, so an error or a crash detaches it.
 //!
 //! Minimum kernel: 5.9 (XDP through bpf_link, which is what makes the
-//! attachment outlive the process and be removable by unpinning).
+//! attachment outlive the process and be removable by unpinning). The
+//! programs themselves need LPM tries (4.11), bounded loops for the IPv6
+//! extension-header walk (5.3) and map batch reads are used from 5.6 with a
+//! key-by-key fallback; all are older than 5.9.
 
 pub mod counters;
+pub mod maps;
+pub mod reference;
+pub mod rules;
 
 use std::{
     fs, io,
@@ -29,12 +45,14 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, Map, MapData, PerCpuArray},
+    maps::{Array, Map, MapData, PerCpuArray, ProgramArray},
     programs::{Xdp, XdpMode, links::FdLink},
 };
 use kscope_common::fw::{
-    Counter, FW_CONFIG_VERSION, FwConfig, MAP_CONFIG, MAP_COUNTERS, MODE_NATIVE, MODE_SKB,
-    N_COUNTERS, PROG_FW_XDP,
+    Counter, FW_CONFIG_VERSION, FwConfig, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6,
+    MAP_CONFIG, MAP_COUNTERS, MAP_HITS, MAP_PORTS, MAP_PROGS, MAP_REASONS, MAP_STATE, MODE_NATIVE,
+    MODE_SKB, N_COUNTERS, N_REASON_COUNTERS, POLICY_DROP, POLICY_PASS, PROG_FW_IPV4, PROG_FW_IPV6,
+    PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -45,8 +63,31 @@ use counters::PerCpuCounters;
 /// The compiled `fw_xdp` kernel object.
 static FW_XDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fw_xdp"));
 
+/// The compiled `bench_xdp` object: an XDP_PASS-only program, the floor
+/// `cargo xtask bench fw` measures against.
+pub static BENCH_XDP_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_xdp"));
+
 /// Pin names inside an interface's directory.
 const PIN_LINK: &str = "link";
+
+/// Every map `attach` pins.
+const PINNED_MAPS: [&str; 11] = [
+    MAP_COUNTERS,
+    MAP_REASONS,
+    MAP_CONFIG,
+    MAP_PROGS,
+    MAP_STATE,
+    MAP_ALLOW4,
+    MAP_BLOCK4,
+    MAP_ALLOW6,
+    MAP_BLOCK6,
+    MAP_PORTS,
+    MAP_HITS,
+];
+
+/// The pipeline's programs, entry first.
+const PROGRAMS: [&str; 3] = [PROG_FW_XDP, PROG_FW_IPV4, PROG_FW_IPV6];
 
 /// Errors from the firewall.
 #[derive(Debug, Error)]
@@ -91,6 +132,24 @@ pub enum FwError {
         path: PathBuf,
         source: io::Error,
     },
+    /// A rule, port spec or rule file is malformed.
+    #[error(transparent)]
+    Rule(#[from] rules::RuleError),
+    /// No `--iface` given while kscope is attached to several interfaces.
+    #[error("kscope is attached to {} interfaces ({}); choose one with --iface", .0.len(), .0.join(", "))]
+    WhichIface(Vec<String>),
+    /// No `--iface` given and kscope is attached nowhere.
+    #[error("kscope is not attached to any interface")]
+    NothingAttached,
+    /// Removing a rule that is not there.
+    #[error("no such rule: {0}; nothing changed")]
+    NoRule(String),
+    /// A rule map is full.
+    #[error("the {map} rules are full: the limit is {limit} rules per family; nothing changed")]
+    Full { map: &'static str, limit: u32 },
+    /// A map operation failed.
+    #[error("cannot {what}: {reason}")]
+    Map { what: String, reason: String },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FwError + 'a {
@@ -118,6 +177,83 @@ pub enum Mode {
     Native,
     /// Generic (skb) mode: works on every interface, slower.
     Skb,
+}
+
+/// Verdict for IP packets no rule matches, fixed at attach.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Policy {
+    /// Pass what no rule blocks.
+    #[default]
+    Pass,
+    /// Drop what no rule allows: only allow-listed sources pass.
+    Drop,
+}
+
+impl Policy {
+    fn raw(self) -> u32 {
+        match self {
+            Policy::Pass => POLICY_PASS,
+            Policy::Drop => POLICY_DROP,
+        }
+    }
+
+    fn name(raw: u32) -> &'static str {
+        match raw {
+            POLICY_PASS => "pass",
+            POLICY_DROP => "drop",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Loads the whole pipeline (entry program, both filters, the tail-call
+/// array filled in) without attaching it. Minimum kernel: 5.3 (bounded
+/// loops in `fw_ipv6`). `attach` uses it, and so do tests
+/// and benchmarks that run the programs with BPF_PROG_TEST_RUN.
+///
+/// # Errors
+/// [`FwError::Load`] with the verifier log when a program is rejected.
+pub fn load_pipeline(policy: Policy) -> Result<Ebpf, FwError> {
+    let drop = policy.raw();
+    let mut ebpf = EbpfLoader::new()
+        .override_global("DEFAULT_DROP", &drop, true)
+        .load(FW_XDP_OBJ)
+        .map_err(|e| FwError::Load(format!("{e:#}")))?;
+    for name in PROGRAMS {
+        xdp_program(&mut ebpf, name)?
+            .load()
+            .map_err(|e| FwError::Load(format!("{name}: {e:#}")))?;
+    }
+    let mut fds = Vec::new();
+    for (index, name) in [
+        (PROG_INDEX_IPV4, PROG_FW_IPV4),
+        (PROG_INDEX_IPV6, PROG_FW_IPV6),
+    ] {
+        let fd = xdp_program(&mut ebpf, name)?
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(Into::into))
+            .map_err(|e| FwError::Load(format!("{name}: {e}")))?;
+        fds.push((index, name, fd));
+    }
+    let map = ebpf
+        .map_mut(MAP_PROGS)
+        .ok_or_else(|| FwError::Load(format!("{MAP_PROGS} missing from the object")))?;
+    let mut progs: ProgramArray<&mut MapData> =
+        ProgramArray::try_from(map).map_err(|e| FwError::Load(e.to_string()))?;
+    for (index, name, fd) in &fds {
+        progs
+            .set(*index, fd, 0)
+            .map_err(|e| FwError::Load(format!("{MAP_PROGS}[{index}] = {name}: {e}")))?;
+    }
+    Ok(ebpf)
+}
+
+/// The XDP program `name` of a loaded object.
+pub fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, FwError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| FwError::Load(format!("{name} missing from the object")))?
+        .try_into()
+        .map_err(|e| FwError::Load(format!("{name}: {e}")))
 }
 
 /// Directory holding kscope's pins.
@@ -169,6 +305,7 @@ fn unescape_ifname(name: &str) -> String {
 pub struct Attached {
     pub iface: String,
     pub mode: &'static str,
+    pub default_policy: &'static str,
     pub prog_id: u32,
     pub pin_dir: PathBuf,
 }
@@ -188,7 +325,7 @@ fn mode_name(mode: u32) -> &'static str {
 /// Missing capabilities, unknown interface, bpffs unavailable, kscope or
 /// another program already attached, native mode unsupported, verifier
 /// rejection, or a bpffs failure.
-pub fn attach(iface: &str, mode: Mode) -> Result<Attached, FwError> {
+pub fn attach(iface: &str, mode: Mode, policy: Policy) -> Result<Attached, FwError> {
     sys::validate_ifname(iface)?;
     sys::require_caps("kscope fw attach", &[Cap::Bpf, Cap::NetAdmin])?;
     let ifindex = sys::if_nametoindex(iface)?;
@@ -205,15 +342,8 @@ pub fn attach(iface: &str, mode: Mode) -> Result<Attached, FwError> {
         });
     }
 
-    let mut ebpf = EbpfLoader::new()
-        .load(FW_XDP_OBJ)
-        .map_err(|e| FwError::Load(format!("{e:#}")))?;
-    let prog: &mut Xdp = ebpf
-        .program_mut(PROG_FW_XDP)
-        .ok_or_else(|| FwError::Load(format!("{PROG_FW_XDP} missing from the object")))?
-        .try_into()
-        .map_err(|e| FwError::Load(format!("{e}")))?;
-    prog.load().map_err(|e| FwError::Load(format!("{e:#}")))?;
+    let mut ebpf = load_pipeline(policy)?;
+    let prog = xdp_program(&mut ebpf, PROG_FW_XDP)?;
 
     let (link_id, mode_used) = match mode {
         Mode::Skb => (xdp_attach(prog, iface, ifindex, XdpMode::Skb)?, MODE_SKB),
@@ -241,7 +371,7 @@ pub fn attach(iface: &str, mode: Mode) -> Result<Attached, FwError> {
         version: FW_CONFIG_VERSION,
         ifindex,
         mode: mode_used,
-        _pad: 0,
+        default_policy: policy.raw(),
         attached_at_unix_ns: sys::unix_now_ns(),
     };
     write_config(&mut ebpf, config)?;
@@ -250,6 +380,7 @@ pub fn attach(iface: &str, mode: Mode) -> Result<Attached, FwError> {
     Ok(Attached {
         iface: iface.to_owned(),
         mode: mode_name(mode_used),
+        default_policy: Policy::name(policy.raw()),
         prog_id,
         pin_dir: dir,
     })
@@ -331,20 +462,18 @@ fn pin_all(ebpf: &mut Ebpf, link: FdLink, iface: &str, dir: &Path) -> Result<(),
     .map_err(io_err("create", &staging))?;
 
     let result = (|| {
-        for name in [MAP_COUNTERS, MAP_CONFIG] {
+        for name in PINNED_MAPS {
             let map = ebpf
                 .map(name)
                 .ok_or_else(|| FwError::Load(format!("{name} missing from the object")))?;
             map.pin(staging.join(name))
                 .map_err(|e| pin_err(&staging.join(name), e))?;
         }
-        let prog: &mut Xdp = ebpf
-            .program_mut(PROG_FW_XDP)
-            .ok_or_else(|| FwError::Load(format!("{PROG_FW_XDP} missing")))?
-            .try_into()
-            .map_err(|e| FwError::Load(format!("{e}")))?;
-        prog.pin(staging.join(PROG_FW_XDP))
-            .map_err(|e| pin_err(&staging.join(PROG_FW_XDP), e))?;
+        for name in PROGRAMS {
+            xdp_program(ebpf, name)?
+                .pin(staging.join(name))
+                .map_err(|e| pin_err(&staging.join(name), e))?;
+        }
         // The link pin goes last: from here on the attachment outlives us.
         let pinned = link
             .pin(staging.join(PIN_LINK))
@@ -412,6 +541,8 @@ pub struct Status {
     pub iface: String,
     pub ifindex: u32,
     pub mode: &'static str,
+    /// `pass` or `drop`: the verdict for IP packets no rule matches.
+    pub default_policy: &'static str,
     pub prog_id: u32,
     pub link_id: u32,
     /// Attach time, RFC 3339 in UTC.
@@ -444,10 +575,17 @@ pub fn attached_ifaces() -> Result<Vec<String>, FwError> {
 pub fn status() -> Result<Vec<Status>, FwError> {
     sys::require_caps("kscope fw status", &[Cap::Bpf])?;
     sys::ensure_bpffs()?;
-    attached_ifaces()?
-        .into_iter()
-        .map(|iface| status_of(&iface))
-        .collect()
+    let mut out = Vec::new();
+    for iface in attached_ifaces()? {
+        match status_of(&iface) {
+            Ok(s) => out.push(s),
+            // Detached while we read it: `detach` unpins the link first,
+            // then removes the rest of the directory.
+            Err(_) if !pin_dir(&iface).join(PIN_LINK).exists() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 fn status_of(iface: &str) -> Result<Status, FwError> {
@@ -464,6 +602,7 @@ fn status_of(iface: &str) -> Result<Status, FwError> {
         iface: iface.to_owned(),
         ifindex: config.ifindex,
         mode: mode_name(config.mode),
+        default_policy: Policy::name(config.default_policy),
         prog_id,
         link_id: link.id,
         attached_at: rfc3339(at),
@@ -501,16 +640,119 @@ pub fn read_counters(iface: &str) -> Result<PerCpuCounters, FwError> {
     if !dir.is_dir() {
         return Err(FwError::NotAttached(iface.to_owned()));
     }
-    let path = dir.join(MAP_COUNTERS);
-    let data = MapData::from_pin(&path).map_err(|e| pin_err(&path, e))?;
+    read_per_cpu(&dir.join(MAP_COUNTERS), N_COUNTERS)
+}
+
+/// Reads the per-CPU counters by reason of `iface`: one slot per
+/// [`kscope_common::fw::reason_index`].
+///
+/// # Errors
+/// [`FwError::NotAttached`] when kscope is not attached to `iface`.
+pub fn read_reasons(iface: &str) -> Result<PerCpuCounters, FwError> {
+    sys::validate_ifname(iface)?;
+    let dir = pin_dir(iface);
+    if !dir.is_dir() {
+        return Err(FwError::NotAttached(iface.to_owned()));
+    }
+    read_per_cpu(&dir.join(MAP_REASONS), N_REASON_COUNTERS)
+}
+
+/// Reads a pinned per-CPU array of [`Counter`]s with one batch lookup where
+/// the kernel has it (see [`sys::bpf::dump_map`]).
+fn read_per_cpu(path: &Path, n: u32) -> Result<PerCpuCounters, FwError> {
+    use std::os::fd::AsFd as _;
+    let data = MapData::from_pin(path).map_err(|e| pin_err(path, e))?;
     let arr: PerCpuArray<MapData, Counter> =
-        PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(|e| pin_err(&path, e))?;
-    let mut slots = Vec::with_capacity(N_COUNTERS as usize);
-    for i in 0..N_COUNTERS {
-        let values = arr.get(&i, 0).map_err(|e| pin_err(&path, e))?;
-        slots.push(values.iter().copied().collect());
+        PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(|e| pin_err(path, e))?;
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| pin_err(path, format!("{what}: {e}")))?;
+    let size = std::mem::size_of::<Counter>();
+    let ops = sys::bpf::MapFdOps::new(
+        aya::maps::IterableMap::map(&arr).fd().as_fd(),
+        4,
+        size,
+        cpus,
+    );
+    let (dump, _) = sys::bpf::dump_map(&ops, None).map_err(|e| pin_err(path, e))?;
+    let mut slots = vec![vec![Counter::default(); cpus]; n as usize];
+    for i in 0..dump.len {
+        let (k, v) = dump.entry(&ops, i);
+        let index = u32::from_ne_bytes([k[0], k[1], k[2], k[3]]) as usize;
+        let Some(slot) = slots.get_mut(index) else {
+            continue;
+        };
+        for (cpu, c) in v.chunks_exact(size).enumerate().take(cpus) {
+            let word = |o: usize| u64::from_ne_bytes(c[o..o + 8].try_into().unwrap_or([0; 8]));
+            slot[cpu] = Counter {
+                packets: word(0),
+                bytes: word(8),
+            };
+        }
     }
     Ok(PerCpuCounters { slots })
+}
+
+/// The interface a rule verb works on: `iface` if given (and attached),
+/// else the only attached interface.
+///
+/// # Errors
+/// [`FwError::NotAttached`], [`FwError::NothingAttached`], or
+/// [`FwError::WhichIface`] listing the candidates.
+pub fn resolve_iface(iface: Option<&str>) -> Result<String, FwError> {
+    if let Some(i) = iface {
+        sys::validate_ifname(i)?;
+        if !pin_dir(i).is_dir() {
+            return Err(FwError::NotAttached(i.to_owned()));
+        }
+        return Ok(i.to_owned());
+    }
+    let mut all = attached_ifaces()?;
+    match all.len() {
+        0 => Err(FwError::NothingAttached),
+        1 => Ok(all.remove(0)),
+        _ => Err(FwError::WhichIface(all)),
+    }
+}
+
+/// An exclusive lock on an interface's pin directory, held by rule writers
+/// so two kscope processes cannot interleave their changes. Released on drop.
+pub struct IfaceLock {
+    _dir: fs::File,
+}
+
+/// Takes [`IfaceLock`] for `iface`, waiting for another writer to finish.
+pub fn lock_iface(iface: &str) -> Result<IfaceLock, FwError> {
+    use std::os::fd::AsRawFd as _;
+    let dir = pin_dir(iface);
+    let f = fs::File::open(&dir).map_err(io_err("open", &dir))?;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io_err("lock", &dir)(io::Error::last_os_error()));
+    }
+    Ok(IfaceLock { _dir: f })
+}
+
+/// Opens `iface`'s rule maps (the interface resolved as by
+/// [`resolve_iface`]) for the verb `what` (named in errors); with `write`,
+/// also takes the writer lock.
+///
+/// # Errors
+/// Missing CAP_BPF, bpffs unavailable, the errors of [`resolve_iface`], or
+/// unusable pins.
+pub fn open_rules(
+    what: &str,
+    iface: Option<&str>,
+    write: bool,
+) -> Result<(String, maps::RuleMaps, Option<IfaceLock>), FwError> {
+    sys::require_caps(what, &[Cap::Bpf])?;
+    sys::ensure_bpffs()?;
+    let iface = resolve_iface(iface)?;
+    let lock = if write {
+        Some(lock_iface(&iface)?)
+    } else {
+        None
+    };
+    let maps = maps::RuleMaps::from_pins(&pin_dir(&iface))?;
+    Ok((iface, maps, lock))
 }
 
 /// Formats a time as RFC 3339 in UTC, to the second.

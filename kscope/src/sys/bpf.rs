@@ -1,4 +1,12 @@
-//! `bpf()` calls aya does not wrap.
+//! `bpf()` calls aya does not wrap: object pins, link info, and the batch
+//! map reads behind [`dump_map`].
+//!
+//! Fallback policy for [`dump_map`]: BPF_MAP_LOOKUP_BATCH (Linux 5.6+, and
+//! only for map types that implement it) is tried first; if the kernel or
+//! the map type does not support it, the map is read key by key with
+//! BPF_MAP_GET_NEXT_KEY and BPF_MAP_LOOKUP_ELEM. Both give the same entries,
+//! so the fallback is silent; the [`ReadMethod`] used is returned for
+//! callers that want to report it.
 
 use std::{
     ffi::CString,
@@ -13,6 +21,12 @@ use std::{
 /// Commands from include/uapi/linux/bpf.h.
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// The kernel's internal "operation not supported" (include/linux/errno.h),
+/// which leaks to user space from some map types.
+const ENOTSUPP: i32 = 524;
 
 /// The `BPF_OBJ_*` part of `union bpf_attr`.
 #[repr(C, align(8))]
@@ -105,4 +119,394 @@ pub fn pinned_link_info(path: &Path) -> io::Result<LinkInfo> {
         prog_id: info.prog_id,
         xdp_ifindex: info.union_head,
     })
+}
+
+/// The `BPF_MAP_*_ELEM` part of `union bpf_attr`.
+#[repr(C, align(8))]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value_or_next_key: u64,
+    flags: u64,
+}
+
+/// The `batch` part of `union bpf_attr`.
+#[repr(C, align(8))]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// The map operations [`dump_map`] needs. [`MapFdOps`] does them with
+/// bpf(); unit tests substitute fakes.
+pub trait MapOps {
+    /// Size of a key in bytes.
+    fn key_size(&self) -> usize;
+    /// Size of a value as user space sees it (for per-CPU maps, one 8-byte
+    /// aligned value per possible CPU).
+    fn value_size(&self) -> usize;
+    /// One BPF_MAP_LOOKUP_BATCH call. On success or on `ENOENT` (the map
+    /// is exhausted), `*count` holds how many entries were written.
+    fn lookup_batch(
+        &self,
+        in_batch: Option<&[u8]>,
+        out_batch: &mut [u8],
+        keys: &mut [u8],
+        values: &mut [u8],
+        count: &mut u32,
+    ) -> io::Result<()>;
+    /// BPF_MAP_GET_NEXT_KEY: the key after `key`, or the first one.
+    fn next_key(&self, key: Option<&[u8]>, next: &mut [u8]) -> io::Result<()>;
+    /// BPF_MAP_LOOKUP_ELEM.
+    fn lookup(&self, key: &[u8], value: &mut [u8]) -> io::Result<()>;
+}
+
+/// [`MapOps`] on a real map file descriptor.
+pub struct MapFdOps {
+    fd: u32,
+    key_size: usize,
+    value_size: usize,
+}
+
+impl MapFdOps {
+    /// Wraps `fd` (which must stay open while this is used), for a map with
+    /// `key_size`-byte keys and `value_size`-byte values, of which there are
+    /// `per_cpu` copies (1 for ordinary maps, the possible CPUs for per-CPU
+    /// maps).
+    pub fn new(
+        fd: std::os::fd::BorrowedFd<'_>,
+        key_size: usize,
+        value_size: usize,
+        per_cpu: usize,
+    ) -> Self {
+        let value_size = if per_cpu > 1 {
+            value_size.next_multiple_of(8) * per_cpu
+        } else {
+            value_size
+        };
+        Self {
+            fd: fd.as_raw_fd() as u32,
+            key_size,
+            value_size,
+        }
+    }
+}
+
+impl MapOps for MapFdOps {
+    fn key_size(&self) -> usize {
+        self.key_size
+    }
+
+    fn value_size(&self) -> usize {
+        self.value_size
+    }
+
+    fn lookup_batch(
+        &self,
+        in_batch: Option<&[u8]>,
+        out_batch: &mut [u8],
+        keys: &mut [u8],
+        values: &mut [u8],
+        count: &mut u32,
+    ) -> io::Result<()> {
+        let mut attr = BatchAttr {
+            in_batch: in_batch.map_or(0, |b| b.as_ptr() as u64),
+            out_batch: out_batch.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: *count,
+            map_fd: self.fd,
+            ..Default::default()
+        };
+        let r = sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        *count = attr.count;
+        r.map(|_| ())
+    }
+
+    fn next_key(&self, key: Option<&[u8]>, next: &mut [u8]) -> io::Result<()> {
+        let mut attr = ElemAttr {
+            map_fd: self.fd,
+            key: key.map_or(0, |k| k.as_ptr() as u64),
+            value_or_next_key: next.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        sys_bpf(BPF_MAP_GET_NEXT_KEY, &mut attr).map(|_| ())
+    }
+
+    fn lookup(&self, key: &[u8], value: &mut [u8]) -> io::Result<()> {
+        let mut attr = ElemAttr {
+            map_fd: self.fd,
+            key: key.as_ptr() as u64,
+            value_or_next_key: value.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map(|_| ())
+    }
+}
+
+/// How [`dump_map`] read a map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadMethod {
+    /// BPF_MAP_LOOKUP_BATCH.
+    Batch,
+    /// BPF_MAP_GET_NEXT_KEY + BPF_MAP_LOOKUP_ELEM per key.
+    KeyByKey,
+}
+
+/// Every entry of a map, as (key bytes, value bytes).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dump {
+    pub keys: Vec<u8>,
+    pub values: Vec<u8>,
+    pub len: usize,
+}
+
+impl Dump {
+    /// Entry `i` as (key, value) byte slices.
+    pub fn entry<'a>(&'a self, ops: &impl MapOps, i: usize) -> (&'a [u8], &'a [u8]) {
+        let (k, v) = (ops.key_size(), ops.value_size());
+        (
+            &self.keys[i * k..(i + 1) * k],
+            &self.values[i * v..(i + 1) * v],
+        )
+    }
+}
+
+/// True for the errors a kernel gives when it has no batch lookup for this
+/// map type (or none at all).
+fn batch_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP | libc::ENOSYS)
+    )
+}
+
+/// Reads every entry of a map: in batches where the kernel supports
+/// BPF_MAP_LOOKUP_BATCH for this map, key by key otherwise (see the module
+/// doc). `method` forces one way (for benchmarks); `None` chooses.
+///
+/// Minimum kernel: 5.6 for batches; any kernel with BPF for key by key.
+///
+/// # Errors
+/// Any bpf() failure other than "batch unsupported".
+pub fn dump_map(ops: &impl MapOps, method: Option<ReadMethod>) -> io::Result<(Dump, ReadMethod)> {
+    if method != Some(ReadMethod::KeyByKey) {
+        match dump_batch(ops) {
+            Ok(d) => return Ok((d, ReadMethod::Batch)),
+            Err(e) if method.is_none() && batch_unsupported(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((dump_key_by_key(ops)?, ReadMethod::KeyByKey))
+}
+
+fn dump_batch(ops: &impl MapOps) -> io::Result<Dump> {
+    let (ks, vs) = (ops.key_size(), ops.value_size());
+    // Hash maps use a 4-byte bucket cursor, arrays a key: room for either.
+    let token = ks.max(8);
+    let mut chunk: usize = 4096;
+    let mut dump = Dump::default();
+    let mut in_batch: Option<Vec<u8>> = None;
+    let mut out_batch = vec![0u8; token];
+    loop {
+        let mut keys = vec![0u8; chunk * ks];
+        let mut values = vec![0u8; chunk * vs];
+        let mut count = chunk as u32;
+        let r = ops.lookup_batch(
+            in_batch.as_deref(),
+            &mut out_batch,
+            &mut keys,
+            &mut values,
+            &mut count,
+        );
+        let done = match r {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            // A hash bucket holds more entries than `chunk`: grow and retry.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && chunk < (1 << 24) => {
+                chunk *= 4;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let n = (count as usize).min(chunk);
+        dump.keys.extend_from_slice(&keys[..n * ks]);
+        dump.values.extend_from_slice(&values[..n * vs]);
+        dump.len += n;
+        if done {
+            return Ok(dump);
+        }
+        in_batch = Some(out_batch.clone());
+    }
+}
+
+fn dump_key_by_key(ops: &impl MapOps) -> io::Result<Dump> {
+    let (ks, vs) = (ops.key_size(), ops.value_size());
+    let mut dump = Dump::default();
+    let mut key: Option<Vec<u8>> = None;
+    let mut next = vec![0u8; ks];
+    let mut value = vec![0u8; vs];
+    loop {
+        match ops.next_key(key.as_deref(), &mut next) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(dump),
+            Err(e) => return Err(e),
+        }
+        match ops.lookup(&next, &mut value) {
+            Ok(()) => {
+                dump.keys.extend_from_slice(&next);
+                dump.values.extend_from_slice(&value);
+                dump.len += 1;
+            }
+            // Deleted between the two calls: skip it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        key = Some(next.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// A fake map of `u32 -> u32` with keys 0..n; `batch` says what its
+    /// batch lookup does.
+    struct Fake {
+        n: u32,
+        batch: Option<i32>,
+        batch_calls: Cell<u32>,
+    }
+
+    impl MapOps for Fake {
+        fn key_size(&self) -> usize {
+            4
+        }
+        fn value_size(&self) -> usize {
+            4
+        }
+        fn lookup_batch(
+            &self,
+            in_batch: Option<&[u8]>,
+            out_batch: &mut [u8],
+            keys: &mut [u8],
+            values: &mut [u8],
+            count: &mut u32,
+        ) -> io::Result<()> {
+            self.batch_calls.set(self.batch_calls.get() + 1);
+            if let Some(errno) = self.batch {
+                *count = 0;
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+            let start = in_batch.map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+            // Hand out at most 3 per call, to exercise the cursor.
+            let n = (*count).min(3).min(self.n - start);
+            for i in 0..n {
+                let k = start + i;
+                keys[i as usize * 4..][..4].copy_from_slice(&k.to_ne_bytes());
+                values[i as usize * 4..][..4].copy_from_slice(&(k * 10).to_ne_bytes());
+            }
+            *count = n;
+            out_batch[..4].copy_from_slice(&(start + n).to_ne_bytes());
+            if start + n >= self.n {
+                Err(io::Error::from_raw_os_error(libc::ENOENT))
+            } else {
+                Ok(())
+            }
+        }
+        fn next_key(&self, key: Option<&[u8]>, next: &mut [u8]) -> io::Result<()> {
+            let k = key.map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) + 1);
+            if k >= self.n {
+                return Err(io::Error::from_raw_os_error(libc::ENOENT));
+            }
+            next.copy_from_slice(&k.to_ne_bytes());
+            Ok(())
+        }
+        fn lookup(&self, key: &[u8], value: &mut [u8]) -> io::Result<()> {
+            let k = u32::from_ne_bytes([key[0], key[1], key[2], key[3]]);
+            value.copy_from_slice(&(k * 10).to_ne_bytes());
+            Ok(())
+        }
+    }
+
+    fn fake(n: u32, batch: Option<i32>) -> Fake {
+        Fake {
+            n,
+            batch,
+            batch_calls: Cell::new(0),
+        }
+    }
+
+    fn pairs(ops: &Fake, d: &Dump) -> Vec<(u32, u32)> {
+        (0..d.len)
+            .map(|i| {
+                let (k, v) = d.entry(ops, i);
+                (
+                    u32::from_ne_bytes([k[0], k[1], k[2], k[3]]),
+                    u32::from_ne_bytes([v[0], v[1], v[2], v[3]]),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batch_is_used_when_the_kernel_has_it() {
+        let f = fake(7, None);
+        let (d, how) = dump_map(&f, None).expect("dump");
+        assert_eq!(how, ReadMethod::Batch);
+        let want: Vec<(u32, u32)> = (0..7).map(|k| (k, k * 10)).collect();
+        assert_eq!(pairs(&f, &d), want);
+        // 7 entries, 3 per call: 3 calls, the last one ending with ENOENT.
+        assert_eq!(f.batch_calls.get(), 3);
+    }
+
+    #[test]
+    fn unsupported_batch_falls_back_to_key_by_key_with_the_same_entries() {
+        for errno in [libc::EINVAL, libc::EOPNOTSUPP, ENOTSUPP, libc::ENOSYS] {
+            let f = fake(5, Some(errno));
+            let (d, how) = dump_map(&f, None).expect("dump");
+            assert_eq!(how, ReadMethod::KeyByKey, "errno {errno}");
+            assert_eq!(
+                pairs(&f, &d),
+                (0..5).map(|k| (k, k * 10)).collect::<Vec<_>>()
+            );
+            assert_eq!(f.batch_calls.get(), 1);
+        }
+    }
+
+    #[test]
+    fn other_batch_errors_are_reported_not_hidden_by_the_fallback() {
+        let f = fake(5, Some(libc::EPERM));
+        let e = dump_map(&f, None).expect_err("EPERM must surface");
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+    }
+
+    #[test]
+    fn a_forced_method_is_obeyed() {
+        let f = fake(4, None);
+        let (d, how) = dump_map(&f, Some(ReadMethod::KeyByKey)).expect("dump");
+        assert_eq!((how, d.len), (ReadMethod::KeyByKey, 4));
+        assert_eq!(f.batch_calls.get(), 0);
+        let f = fake(4, Some(libc::EINVAL));
+        assert!(dump_map(&f, Some(ReadMethod::Batch)).is_err());
+    }
+
+    #[test]
+    fn an_empty_map_dumps_empty_either_way() {
+        for batch in [None, Some(libc::EINVAL)] {
+            let f = fake(0, batch);
+            let (d, _) = dump_map(&f, None).expect("dump");
+            assert_eq!(d.len, 0);
+        }
+    }
 }

@@ -1,0 +1,406 @@
+//! `cargo xtask bench fw`: the firewall's cost per packet, next to an
+//! XDP_PASS-only floor and to xdp-filter (Debian's xdp-tools) holding the
+//! same exact rules, all measured in one run with BPF_PROG_TEST_RUN; plus
+//! the insertion rate of `fw load` and batch against key-by-key stats reads.
+//! Prints a Markdown table. Needs root. Not a test.
+//!
+//! The frames' sources match no rule, so every lookup runs and the packet
+//! passes: the common case for a filter, and the most work per packet.
+//! Rule addresses are private (10.0.0.0/8, fd00::/8) and never leave the
+//! kernel: BPF_PROG_TEST_RUN sends nothing anywhere.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuHashMap, PerCpuValues},
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use kscope::{
+    firewall::{
+        BENCH_XDP_OBJ, Policy, load_pipeline,
+        maps::RuleMaps,
+        rules::{Cidr, RuleSet},
+        xdp_program,
+    },
+    frame::{self, L4},
+    sys::bpf::ReadMethod,
+};
+use kscope_common::fw::{PROG_BENCH_XDP, PROG_FW_XDP};
+
+const COUNTS: [u32; 5] = [0, 1, 1_000, 100_000, 1_000_000];
+const XDP_FILTER_OBJ: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_all.o";
+/// xdp-filter's map value flag for "match the source address"
+/// (common_kern_user.h: MAP_FLAG_SRC).
+const XDP_FILTER_FLAG_SRC: u64 = 1;
+
+fn v4_rule(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(0x0a00_0000 + i)
+}
+
+fn v6_rule(i: u32) -> Ipv6Addr {
+    Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(i))
+}
+
+/// The benchmark frames: from a documentation source far from every rule
+/// (the tries end their walk at once), and from a source next to the rules
+/// that matches none (the tries walk as deep as they go).
+fn frames() -> [(&'static str, Vec<u8>); 4] {
+    let m = [2, 0, 0, 0, 0, 1];
+    let near4 = frame::simple(
+        m,
+        m,
+        v4_rule(0xf_ffff).into(),
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)),
+        L4::Udp(9),
+        &[0u8; 22],
+    );
+    let near6 = frame::simple(
+        m,
+        m,
+        v6_rule(0xf_ffff).into(),
+        "2001:db8::2".parse().expect("ip"),
+        L4::Tcp(80),
+        &[],
+    );
+    let v4 = frame::simple(
+        m,
+        m,
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)),
+        L4::Udp(9),
+        &[0u8; 22],
+    );
+    assert_eq!(v4.len(), 64);
+    assert_eq!(near4.len(), 64);
+    let v6 = frame::simple(
+        m,
+        m,
+        "2001:db8::1".parse().expect("ip"),
+        "2001:db8::2".parse().expect("ip"),
+        L4::Tcp(80),
+        &[],
+    );
+    [
+        ("IPv4/UDP 64 B", v4),
+        ("IPv6/TCP 74 B", v6),
+        ("IPv4/UDP 64 B, near", near4),
+        ("IPv6/TCP 74 B, near", near6),
+    ]
+}
+
+/// Nanoseconds per run of `prog` on `data`, as the kernel measures it over
+/// `repeat` runs; also checks the verdict.
+fn ns_per_packet(prog: &Xdp, data: &[u8], repeat: u32, want: u32) -> anyhow::Result<f64> {
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(data),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    ensure!(
+        r.return_value == want,
+        "verdict {} instead of {want}",
+        r.return_value
+    );
+    Ok(r.duration.as_nanos() as f64)
+}
+
+fn rule_set(n: u32) -> RuleSet {
+    let mut set = RuleSet::default();
+    for i in 0..n {
+        set.block.insert(Cidr {
+            addr: v4_rule(i).into(),
+            len: 32,
+        });
+        set.block.insert(Cidr {
+            addr: v6_rule(i).into(),
+            len: 128,
+        });
+    }
+    set
+}
+
+struct XdpFilter {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    rules: u32,
+}
+
+impl XdpFilter {
+    fn load(max: u32) -> anyhow::Result<Self> {
+        let pin_dir = Path::new("/sys/fs/bpf").join(format!("kscope_bench_{}", std::process::id()));
+        std::fs::create_dir_all(&pin_dir)?;
+        let obj = std::fs::read(XDP_FILTER_OBJ)
+            .with_context(|| format!("{XDP_FILTER_OBJ} (install xdp-tools: cargo xtask setup)"))?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pin_dir)
+            .map_max_entries("filter_ipv4", max)
+            .map_max_entries("filter_ipv6", max)
+            .load(&obj)
+            .context("loading xdp-filter's object with aya")?;
+        let prog: &mut Xdp = ebpf
+            .program_mut("xdpfilt_alw_all")
+            .context("xdpfilt_alw_all missing")?
+            .try_into()?;
+        prog.load().context("loading xdpfilt_alw_all")?;
+        Ok(Self {
+            ebpf,
+            pin_dir,
+            rules: 0,
+        })
+    }
+
+    fn prog(&self) -> anyhow::Result<&Xdp> {
+        Ok(self
+            .ebpf
+            .program("xdpfilt_alw_all")
+            .context("program")?
+            .try_into()?)
+    }
+
+    /// Grows the rule set to `n` exact source rules per family.
+    fn grow(&mut self, n: u32) -> anyhow::Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(w, e)| anyhow::anyhow!("{w}: {e}"))?;
+        let flag = || PerCpuValues::try_from(vec![XDP_FILTER_FLAG_SRC; cpus]);
+        {
+            let mut m4: PerCpuHashMap<&mut MapData, u32, u64> =
+                PerCpuHashMap::try_from(self.ebpf.map_mut("filter_ipv4").context("filter_ipv4")?)?;
+            for i in self.rules..n {
+                m4.insert(u32::from_ne_bytes(v4_rule(i).octets()), flag()?, 0)?;
+            }
+        }
+        let mut m6: PerCpuHashMap<&mut MapData, [u8; 16], u64> =
+            PerCpuHashMap::try_from(self.ebpf.map_mut("filter_ipv6").context("filter_ipv6")?)?;
+        for i in self.rules..n {
+            m6.insert(v6_rule(i).octets(), flag()?, 0)?;
+        }
+        self.rules = n;
+        Ok(())
+    }
+}
+
+impl Drop for XdpFilter {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// A frame from rule 0's source: both filters must drop it.
+fn hit_frame(v6: bool) -> Vec<u8> {
+    let m = [2, 0, 0, 0, 0, 1];
+    if v6 {
+        frame::simple(
+            m,
+            m,
+            v6_rule(0).into(),
+            "2001:db8::2".parse().expect("ip"),
+            L4::Tcp(80),
+            &[],
+        )
+    } else {
+        frame::simple(
+            m,
+            m,
+            v4_rule(0).into(),
+            "192.0.2.2".parse().expect("ip"),
+            L4::Udp(9),
+            &[0; 22],
+        )
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark loads BPF programs: run it as root");
+    }
+    let repeat: u32 = std::env::var("KSCOPE_BENCH_REPEAT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let (pass, drop) = (2, 1);
+    let frames = frames();
+
+    let mut floor_obj = EbpfLoader::new().load(BENCH_XDP_OBJ)?;
+    xdp_program(&mut floor_obj, PROG_BENCH_XDP)?.load()?;
+    let floor = xdp_program(&mut floor_obj, PROG_BENCH_XDP)?;
+    let floor_ns: Vec<f64> = frames
+        .iter()
+        .map(|(_, f)| ns_per_packet(floor, f, repeat, pass))
+        .collect::<Result<_, _>>()?;
+
+    let mut ks = load_pipeline(Policy::Pass)?;
+    let mut maps = RuleMaps::from_ebpf(&mut ks)?;
+    let mut xf = XdpFilter::load(*COUNTS.last().unwrap_or(&1))?;
+
+    println!(
+        "Per packet, BPF_PROG_TEST_RUN, repeat {repeat}; rules are exact source addresses (/32, /128) \
+         in both families; the frames match no rule (every lookup runs, verdict pass). \
+         \"near\" frames come from an address next to the rules.\n"
+    );
+    println!(
+        "| rules per family | frame | floor ns | kscope ns | kscope / floor | xdp-filter ns | xdp-filter / floor |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|");
+    let mut insert_rate = None;
+    for n in COUNTS {
+        let set = rule_set(n);
+        let start = Instant::now();
+        maps.load(&set)?;
+        let took = start.elapsed();
+        if n == 100_000 {
+            insert_rate = Some((2 * n, took));
+        }
+        xf.grow(n)?;
+        if n == 1 {
+            // Both really filter: rule 0's source is dropped.
+            for v6 in [false, true] {
+                let f = hit_frame(v6);
+                ns_per_packet(xdp_program(&mut ks, PROG_FW_XDP)?, &f, 1, drop)
+                    .context("kscope did not drop a blocked source")?;
+                ns_per_packet(xf.prog()?, &f, 1, drop)
+                    .context("xdp-filter did not drop a blocked source")?;
+            }
+        }
+        for ((name, f), fl) in frames.iter().zip(&floor_ns) {
+            if name.ends_with("near") && n < 1000 {
+                continue;
+            }
+            let k = ns_per_packet(xdp_program(&mut ks, PROG_FW_XDP)?, f, repeat, pass)?;
+            let x = ns_per_packet(xf.prog()?, f, repeat, pass)?;
+            println!(
+                "| {n} | {name} | {fl:.0} | {k:.0} | {:.2} | {x:.0} | {:.2} |",
+                k / fl,
+                x / fl
+            );
+        }
+    }
+    // Memory with 1M rules per family, as the kernel accounts it.
+    let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+    let ks_mem: Vec<String> = maps
+        .memory()
+        .iter()
+        .map(|(n, b)| format!("{n} {:.1} MiB", mib(*b)))
+        .collect();
+    let mut xf_mem = Vec::new();
+    for name in ["filter_ipv4", "filter_ipv6"] {
+        let m = xf.ebpf.map(name).context("xdp-filter map")?;
+        let fd = match m {
+            aya::maps::Map::PerCpuHashMap(d) => d.fd().as_fd(),
+            _ => bail!("{name} is not a per-CPU hash"),
+        };
+        xf_mem.push(format!(
+            "{name} {:.1} MiB",
+            mib(kscope::sys::map_memlock(fd)?)
+        ));
+    }
+    println!(
+        "\nMemory at 1M rules per family ({} CPUs): kscope {}; xdp-filter {}.",
+        aya::util::nr_cpus().map_or(0, |n| n),
+        ks_mem.join(", "),
+        xf_mem.join(", ")
+    );
+    if let Some((rules, took)) = insert_rate {
+        println!(
+            "\n`fw load` of {rules} rules (100k per family, into a set of 1k): {:.0?}, {:.0} rules/s (map writes only; the CLI adds parsing and process start).",
+            took,
+            f64::from(rules) / took.as_secs_f64()
+        );
+    }
+    // Stats read: batch against key by key, on a hit-counter map holding
+    // 100k entries.
+    maps.load(&RuleSet::default())?;
+    maps.fill_hits_for_benchmark(100_000)?;
+    let time = |m: ReadMethod| -> anyhow::Result<(Duration, usize)> {
+        let start = Instant::now();
+        let h = maps.read_hits(Some(m))?;
+        Ok((start.elapsed(), h.len()))
+    };
+    let (batch, nb) = time(ReadMethod::Batch)?;
+    let (kbk, nk) = time(ReadMethod::KeyByKey)?;
+    ensure!(nb == nk && nb == 100_000, "reads disagree: {nb} vs {nk}");
+    println!(
+        "\nReading 100k per-CPU hit counters: BPF_MAP_LOOKUP_BATCH {batch:.1?}, key by key {kbk:.1?} ({:.0}x).",
+        kbk.as_secs_f64() / batch.as_secs_f64()
+    );
+    cli_figures()?;
+    Ok(())
+}
+
+/// End to end through the CLI, as a user runs it: `kscope fw load` of a
+/// 100k-rule file and single-rule `kscope fw block`, on an interface in a
+/// private lab namespace (no traffic is sent).
+fn cli_figures() -> anyhow::Result<()> {
+    use std::process::Command;
+    let exe = std::env::current_exe()?;
+    let kscope = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("kscope"))
+        .context("locating the kscope binary")?;
+    ensure!(
+        kscope.exists(),
+        "{} missing: cargo build --release --bin kscope",
+        kscope.display()
+    );
+    let lab = kscope::netlab::Lab::new("bench")?;
+    let iface = lab.iface_b.clone();
+    lab.b
+        .run(|| kscope::firewall::attach(&iface, kscope::firewall::Mode::Skb, Policy::Pass))??;
+    let run = |args: &[&str]| -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let out = Command::new(&kscope)
+            .args(args)
+            .env("KSCOPE_LOG", "warn")
+            .output()?;
+        let took = start.elapsed();
+        ensure!(
+            out.status.success(),
+            "kscope {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(took)
+    };
+    let file = std::env::temp_dir().join(format!("kscope-bench-{}.rules", std::process::id()));
+    let mut text = String::new();
+    for i in 0..50_000 {
+        text.push_str(&format!("block {}\nblock {}\n", v4_rule(i), v6_rule(i)));
+    }
+    std::fs::write(&file, text)?;
+    let path = file.to_str().context("utf-8 path")?;
+    let result = (|| -> anyhow::Result<()> {
+        let load = run(&["fw", "load", "--iface", &iface, path])?;
+        let reload = run(&["fw", "load", "--iface", &iface, path])?;
+        let n = 20u32;
+        let mut block = Duration::ZERO;
+        for i in 0..n {
+            block += run(&[
+                "fw",
+                "block",
+                "--iface",
+                &iface,
+                &v4_rule(200_000 + i).to_string(),
+            ])?;
+        }
+        let list = run(&["fw", "rules", "--iface", &iface])?;
+        println!(
+            "\nThrough the CLI: `kscope fw load` of 100k rules (50k per family) {load:.0?} into an empty set \
+             ({:.0} rules/s), {reload:.0?} replacing the same 100k; one `kscope fw block` process per rule \
+             {:.1?} each; `kscope fw rules` listing 100k rules {list:.0?}.",
+            100_000.0 / load.as_secs_f64(),
+            block / n
+        );
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&file);
+    let _ = lab.b.run(|| kscope::firewall::detach(&lab.iface_b));
+    result
+}

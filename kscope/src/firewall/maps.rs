@@ -1,0 +1,737 @@
+//! The pinned rule maps of one interface: reading, editing and atomically
+//! replacing the rule set.
+//!
+//! Every map holds two slots (see `kscope_common::fw`). Live edits (`fw
+//! block`, `fw unblock`, ...) change the active slot one entry at a time;
+//! each entry change is atomic, and a command's rules are all validated
+//! before the first is applied. `fw load` builds the new set in the
+//! inactive slot, then flips `FW_STATE[STATE_ACTIVE_SLOT]` (one 4-byte
+//! write, which each packet reads once), then clears the old slot: a packet
+//! sees the old set or the new one, never a mix. Callers serialize writers
+//! with [`super::lock_iface`].
+//!
+//! Hit counters live in a per-CPU hash keyed by rule id; a rule keeps its
+//! id (and so its count) across `fw load` when it is in both sets.
+//!
+//! Minimum kernel: 4.11 (LPM tries); batch reads from 5.6, key by key
+//! before (see [`crate::sys::bpf::dump_map`]).
+
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    os::fd::AsFd as _,
+    path::Path,
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, lpm_trie::Key},
+};
+use kscope_common::fw::{
+    Key4, Key6, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_HITS, MAP_PORTS, MAP_STATE,
+    MAX_RULES_PER_FAMILY, N_PORTS, PORT_HIT_BASE, PORT_TCP, PORT_UDP, RuleValue, STATE_ACTIVE_SLOT,
+    STATE_COUNT_V4, STATE_COUNT_V6, STATE_NEXT_ID, port_hit_id,
+};
+
+use super::{
+    FwError,
+    rules::{Cidr, PortSpec, Rule, RuleSet, SrcList},
+};
+use crate::sys::bpf::{MapFdOps, ReadMethod, dump_map};
+
+/// One change to the live rule set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Edit {
+    Add(Rule),
+    Remove(Rule),
+}
+
+/// A rule and how many packets it has matched (summed over CPUs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleHits {
+    pub rule: Rule,
+    pub hits: u64,
+}
+
+/// What [`RuleMaps::apply`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub added: usize,
+    pub removed: usize,
+    /// Rules that were already in place (adding is idempotent).
+    pub unchanged: usize,
+}
+
+/// What [`RuleMaps::load`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Source rules and port ranges now active.
+    pub rules: usize,
+    /// The slot now active.
+    pub slot: u32,
+}
+
+/// Rule id of each source rule of a slot.
+type RuleIds = HashMap<(SrcList, Cidr), u32>;
+
+enum TrieMap {
+    V4(LpmTrie<MapData, Key4, RuleValue>),
+    V6(LpmTrie<MapData, Key6, RuleValue>),
+}
+
+/// One source-rule trie.
+struct Trie {
+    name: &'static str,
+    list: SrcList,
+    map: TrieMap,
+}
+
+fn map_err(what: impl Into<String>) -> impl FnOnce(MapError) -> FwError {
+    let what = what.into();
+    move |e| FwError::Map {
+        what,
+        reason: error_chain(&e),
+    }
+}
+
+/// An error and its sources, joined with ": ".
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+/// The errno inside a map error, if it carries one.
+fn errno(e: &MapError) -> Option<i32> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(sc) = err.downcast_ref::<aya::sys::SyscallError>() {
+            return sc.io_error.raw_os_error();
+        }
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return io.raw_os_error();
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// True when a lookup or delete found no such key.
+fn not_found(e: &MapError) -> bool {
+    matches!(e, MapError::KeyNotFound) || errno(e) == Some(libc::ENOENT)
+}
+
+fn io_map_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> FwError {
+    let what = what.into();
+    move |e| FwError::Map {
+        what,
+        reason: e.to_string(),
+    }
+}
+
+/// True when a map error says the map is full.
+fn is_full(e: &MapError) -> bool {
+    matches!(errno(e), Some(libc::ENOSPC | libc::E2BIG))
+}
+
+impl Trie {
+    fn key_bytes(slot: u32, cidr: &Cidr) -> Vec<u8> {
+        let mut data = vec![slot as u8];
+        data.extend_from_slice(&cidr.octets());
+        data
+    }
+
+    /// The entry for exactly `cidr` in `slot`, if there is one.
+    fn get_exact(&self, slot: u32, cidr: &Cidr) -> Result<Option<RuleValue>, FwError> {
+        let plen = 8 + u32::from(cidr.len);
+        let data = Self::key_bytes(slot, cidr);
+        let r = match &self.map {
+            TrieMap::V4(t) => t.get(&Key::new(plen, to_array(&data)), 0),
+            TrieMap::V6(t) => t.get(&Key::new(plen, to_array(&data)), 0),
+        };
+        match r {
+            // The lookup returns the longest match no longer than `plen`;
+            // only a match of exactly `plen` bits is this rule.
+            Ok(v) if v.prefix_len == plen => Ok(Some(v)),
+            Ok(_) => Ok(None),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(map_err(format!("lookup in {}", self.name))(e)),
+        }
+    }
+
+    fn insert(&mut self, slot: u32, cidr: &Cidr, id: u32) -> Result<(), FwError> {
+        let plen = 8 + u32::from(cidr.len);
+        let data = Self::key_bytes(slot, cidr);
+        let value = RuleValue {
+            id,
+            prefix_len: plen,
+        };
+        let r = match &mut self.map {
+            TrieMap::V4(t) => t.insert(&Key::new(plen, to_array(&data)), value, 0),
+            TrieMap::V6(t) => t.insert(&Key::new(plen, to_array(&data)), value, 0),
+        };
+        r.map_err(|e| {
+            if is_full(&e) {
+                FwError::Full {
+                    map: self.name,
+                    limit: MAX_RULES_PER_FAMILY,
+                }
+            } else {
+                map_err(format!("insert into {}", self.name))(e)
+            }
+        })
+    }
+
+    fn remove(&mut self, slot: u32, cidr: &Cidr) -> Result<(), FwError> {
+        let plen = 8 + u32::from(cidr.len);
+        let data = Self::key_bytes(slot, cidr);
+        let r = match &mut self.map {
+            TrieMap::V4(t) => t.remove(&Key::new(plen, to_array(&data))),
+            TrieMap::V6(t) => t.remove(&Key::new(plen, to_array(&data))),
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            Err(e) => Err(map_err(format!("delete from {}", self.name))(e)),
+        }
+    }
+
+    /// Every entry of both slots: (slot, prefix, value).
+    fn entries(&self) -> Result<Vec<(u32, Cidr, RuleValue)>, FwError> {
+        let what = || format!("read {}", self.name);
+        let mut out = Vec::new();
+        let mut push = |plen: u32, data: &[u8], v: RuleValue| {
+            let len = plen.saturating_sub(8) as u8;
+            if let Some(c) = Cidr::from_octets(&data[1..], len) {
+                out.push((u32::from(data[0]), c, v));
+            }
+        };
+        match &self.map {
+            TrieMap::V4(t) => {
+                for e in t.iter() {
+                    let (k, v) = e.map_err(map_err(what()))?;
+                    push(k.prefix_len(), &k.data(), v);
+                }
+            }
+            TrieMap::V6(t) => {
+                for e in t.iter() {
+                    let (k, v) = e.map_err(map_err(what()))?;
+                    push(k.prefix_len(), &k.data(), v);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn to_array<const N: usize>(v: &[u8]) -> [u8; N] {
+    let mut a = [0u8; N];
+    a.copy_from_slice(&v[..N]);
+    a
+}
+
+/// Handles on one interface's rule maps.
+pub struct RuleMaps {
+    state: Array<MapData, u32>,
+    tries: [Trie; 4],
+    ports: Array<MapData, u32>,
+    hits: PerCpuHashMap<MapData, u32, u64>,
+}
+
+/// Where a map comes from.
+trait Source {
+    fn map(&mut self, name: &'static str) -> Result<Map, FwError>;
+}
+
+struct Pins<'a>(&'a Path);
+
+impl Source for Pins<'_> {
+    fn map(&mut self, name: &'static str) -> Result<Map, FwError> {
+        let path = self.0.join(name);
+        let data = MapData::from_pin(&path).map_err(|e| super::pin_err(&path, e))?;
+        Map::from_map_data(data).map_err(|e| super::pin_err(&path, e))
+    }
+}
+
+impl Source for &mut Ebpf {
+    fn map(&mut self, name: &'static str) -> Result<Map, FwError> {
+        self.take_map(name)
+            .ok_or_else(|| FwError::Load(format!("{name} missing from the object")))
+    }
+}
+
+impl RuleMaps {
+    /// Opens the maps pinned in `dir`.
+    pub fn from_pins(dir: &Path) -> Result<Self, FwError> {
+        Self::open(Pins(dir))
+    }
+
+    /// Takes the maps out of a loaded (not necessarily attached) object,
+    /// for tests and benchmarks that drive the programs with
+    /// BPF_PROG_TEST_RUN.
+    pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self, FwError> {
+        Self::open(ebpf)
+    }
+
+    fn open(mut src: impl Source) -> Result<Self, FwError> {
+        fn typed<T: TryFrom<Map, Error = MapError>>(
+            src: &mut impl Source,
+            name: &'static str,
+        ) -> Result<T, FwError> {
+            T::try_from(src.map(name)?).map_err(map_err(format!("open {name}")))
+        }
+        let mut trie = |name: &'static str, list: SrcList, v4: bool| -> Result<Trie, FwError> {
+            let map = if v4 {
+                TrieMap::V4(typed(&mut src, name)?)
+            } else {
+                TrieMap::V6(typed(&mut src, name)?)
+            };
+            Ok(Trie { name, list, map })
+        };
+        let tries = [
+            trie(MAP_ALLOW4, SrcList::Allow, true)?,
+            trie(MAP_BLOCK4, SrcList::Block, true)?,
+            trie(MAP_ALLOW6, SrcList::Allow, false)?,
+            trie(MAP_BLOCK6, SrcList::Block, false)?,
+        ];
+        Ok(Self {
+            state: typed(&mut src, MAP_STATE)?,
+            tries,
+            ports: typed(&mut src, MAP_PORTS)?,
+            hits: typed(&mut src, MAP_HITS)?,
+        })
+    }
+
+    fn state_get(&self, index: u32) -> Result<u32, FwError> {
+        self.state.get(&index, 0).map_err(map_err("read FW_STATE"))
+    }
+
+    fn state_set(&mut self, index: u32, value: u32) -> Result<(), FwError> {
+        self.state
+            .set(index, value, 0)
+            .map_err(map_err("write FW_STATE"))
+    }
+
+    /// The slot packets are judged against.
+    pub fn active_slot(&self) -> Result<u32, FwError> {
+        Ok(self.state_get(STATE_ACTIVE_SLOT)? & 1)
+    }
+
+    fn trie_index(list: SrcList, v4: bool) -> usize {
+        match (list, v4) {
+            (SrcList::Allow, true) => 0,
+            (SrcList::Block, true) => 1,
+            (SrcList::Allow, false) => 2,
+            (SrcList::Block, false) => 3,
+        }
+    }
+
+    fn ports_ops(&self) -> MapFdOps {
+        MapFdOps::new(self.ports.map().fd().as_fd(), 4, 4, 1)
+    }
+
+    /// The port table of both slots: `PORTS_MAX_ENTRIES` entries.
+    fn read_ports(&self) -> Result<Vec<u32>, FwError> {
+        let ops = self.ports_ops();
+        let (d, _) = dump_map(&ops, None).map_err(io_map_err("read FW_PORTS"))?;
+        let mut out = vec![0u32; 2 * N_PORTS as usize];
+        for i in 0..d.len {
+            let (k, v) = d.entry(&ops, i);
+            let k = u32::from_ne_bytes(to_array(k)) as usize;
+            if let Some(slot) = out.get_mut(k) {
+                *slot = u32::from_ne_bytes(to_array(v));
+            }
+        }
+        Ok(out)
+    }
+
+    fn set_port(&mut self, index: u32, bits: u32) -> Result<(), FwError> {
+        self.ports
+            .set(index, bits, 0)
+            .map_err(map_err("write FW_PORTS"))
+    }
+
+    /// Hit counts summed over CPUs, by key; `method` forces batch or
+    /// key-by-key reads (for the benchmark).
+    pub fn read_hits(&self, method: Option<ReadMethod>) -> Result<HashMap<u32, u64>, FwError> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| FwError::Map {
+            what: what.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let ops = MapFdOps::new(self.hits.map().fd().as_fd(), 4, 8, cpus);
+        let (d, _) = dump_map(&ops, method).map_err(io_map_err("read FW_HITS"))?;
+        let mut out = HashMap::with_capacity(d.len);
+        for i in 0..d.len {
+            let (k, v) = d.entry(&ops, i);
+            let sum = v
+                .chunks_exact(8)
+                .map(|c| u64::from_ne_bytes(to_array(c)))
+                .fold(0u64, u64::wrapping_add);
+            out.insert(u32::from_ne_bytes(to_array(k)), sum);
+        }
+        Ok(out)
+    }
+
+    /// Bytes the kernel accounts to each rule map (see
+    /// [`crate::sys::map_memlock`]).
+    pub fn memory(&self) -> Vec<(&'static str, u64)> {
+        let mut out: Vec<(&'static str, u64)> = self
+            .tries
+            .iter()
+            .map(|t| {
+                let fd = match &t.map {
+                    TrieMap::V4(m) => m.map().fd().as_fd(),
+                    TrieMap::V6(m) => m.map().fd().as_fd(),
+                };
+                (t.name, crate::sys::map_memlock(fd).unwrap_or(0))
+            })
+            .collect();
+        for (name, fd) in [
+            (MAP_PORTS, self.ports.map().fd().as_fd()),
+            (MAP_HITS, self.hits.map().fd().as_fd()),
+        ] {
+            out.push((name, crate::sys::map_memlock(fd).unwrap_or(0)));
+        }
+        out
+    }
+
+    /// Gives hit counters `0..n` a count of 1 on every CPU, as if that many
+    /// rules had been hit: for the benchmark of batch against key-by-key
+    /// reads.
+    pub fn fill_hits_for_benchmark(&mut self, n: u32) -> Result<(), FwError> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| FwError::Map {
+            what: what.to_owned(),
+            reason: e.to_string(),
+        })?;
+        for id in 0..n {
+            let values = aya::maps::PerCpuValues::try_from(vec![1u64; cpus])
+                .map_err(io_map_err("build per-CPU values"))?;
+            self.hits
+                .insert(id, values, 0)
+                .map_err(map_err("write FW_HITS"))?;
+        }
+        Ok(())
+    }
+
+    fn forget_hits(&mut self, id: u32) -> Result<(), FwError> {
+        match self.hits.remove(&id) {
+            Ok(()) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            Err(e) => Err(map_err("delete from FW_HITS")(e)),
+        }
+    }
+
+    /// The active rule set, with each source rule's id.
+    fn read_active(&self) -> Result<(RuleSet, RuleIds), FwError> {
+        let slot = self.active_slot()?;
+        let mut set = RuleSet::default();
+        let mut ids = HashMap::new();
+        for t in &self.tries {
+            for (s, cidr, v) in t.entries()? {
+                if s == slot {
+                    set.add(Rule::Src(t.list, cidr));
+                    ids.insert((t.list, cidr), v.id);
+                }
+            }
+        }
+        let ports = self.read_ports()?;
+        let base = (slot * N_PORTS) as usize;
+        set.ports
+            .copy_from_slice(&ports[base..base + N_PORTS as usize]);
+        Ok((set, ids))
+    }
+
+    /// The active rule set (what `fw save` prints).
+    pub fn rule_set(&self) -> Result<RuleSet, FwError> {
+        Ok(self.read_active()?.0)
+    }
+
+    /// Every active rule with its hit count, in `fw save` order.
+    pub fn rules_with_hits(&self) -> Result<Vec<RuleHits>, FwError> {
+        let (set, ids) = self.read_active()?;
+        let hits = self.read_hits(None)?;
+        Ok(set
+            .rules()
+            .into_iter()
+            .map(|rule| {
+                let hits = match rule {
+                    Rule::Src(l, c) => ids
+                        .get(&(l, c))
+                        .and_then(|id| hits.get(id))
+                        .copied()
+                        .unwrap_or(0),
+                    Rule::Port(p) => port_hits(&p, &hits),
+                };
+                RuleHits { rule, hits }
+            })
+            .collect())
+    }
+
+    fn next_id(&self) -> Result<u32, FwError> {
+        Ok(self.state_get(STATE_NEXT_ID)?.max(1))
+    }
+
+    /// Applies live edits to the active slot. Every edit is checked first
+    /// (removing a rule that is not there, going over the capacity); on any
+    /// such error nothing changes.
+    ///
+    /// # Errors
+    /// [`FwError::NoRule`], [`FwError::Full`], or a map operation failure.
+    pub fn apply(&mut self, edits: &[Edit]) -> Result<ApplyReport, FwError> {
+        let slot = self.active_slot()?;
+        let mut report = ApplyReport::default();
+        // Validate everything before the first change.
+        let mut adds: Vec<(SrcList, Cidr)> = Vec::new();
+        let mut removes: Vec<(SrcList, Cidr, u32)> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut ports: Option<Vec<u32>> = None;
+        let mut new_ports: Vec<u32> = Vec::new();
+        let (mut port_adds, mut port_removes) = (0, 0);
+        for e in edits {
+            if !seen.insert(*e) {
+                continue;
+            }
+            match *e {
+                Edit::Add(Rule::Src(l, c)) => {
+                    let t = &self.tries[Self::trie_index(l, c.is_v4())];
+                    if t.get_exact(slot, &c)?.is_some() {
+                        report.unchanged += 1;
+                    } else {
+                        adds.push((l, c));
+                    }
+                }
+                Edit::Remove(Rule::Src(l, c)) => {
+                    let t = &self.tries[Self::trie_index(l, c.is_v4())];
+                    let Some(v) = t.get_exact(slot, &c)? else {
+                        return Err(FwError::NoRule(Rule::Src(l, c).to_string()));
+                    };
+                    removes.push((l, c, v.id));
+                }
+                Edit::Add(Rule::Port(p)) | Edit::Remove(Rule::Port(p)) => {
+                    if ports.is_none() {
+                        let all = self.read_ports()?;
+                        let base = (slot * N_PORTS) as usize;
+                        let mine = all[base..base + N_PORTS as usize].to_vec();
+                        new_ports = mine.clone();
+                        ports = Some(mine);
+                    }
+                    let range = usize::from(p.lo)..=usize::from(p.hi);
+                    if matches!(e, Edit::Add(_)) {
+                        new_ports[range].iter_mut().for_each(|b| *b |= p.bits);
+                        port_adds += 1;
+                    } else {
+                        port_removes += 1;
+                        if new_ports[range.clone()].iter().all(|b| b & p.bits == 0) {
+                            return Err(FwError::NoRule(Rule::Port(p).to_string()));
+                        }
+                        new_ports[range].iter_mut().for_each(|b| *b &= !p.bits);
+                    }
+                }
+            }
+        }
+        for (v4, index) in [(true, STATE_COUNT_V4), (false, STATE_COUNT_V6)] {
+            let now = self.state_get(index)? as usize;
+            let after = (now + adds.iter().filter(|(_, c)| c.is_v4() == v4).count())
+                .saturating_sub(removes.iter().filter(|(_, c, _)| c.is_v4() == v4).count());
+            if after > MAX_RULES_PER_FAMILY as usize {
+                return Err(FwError::Full {
+                    map: if v4 { "IPv4" } else { "IPv6" },
+                    limit: MAX_RULES_PER_FAMILY,
+                });
+            }
+        }
+
+        // Apply: removals first (freeing room), then additions, then ports.
+        for (l, c, id) in &removes {
+            self.tries[Self::trie_index(*l, c.is_v4())].remove(slot, c)?;
+            self.forget_hits(*id)?;
+            self.bump_count(c.is_v4(), -1)?;
+            report.removed += 1;
+        }
+        let mut id = self.next_id()?;
+        for (l, c) in &adds {
+            if id >= PORT_HIT_BASE {
+                return Err(FwError::Map {
+                    what: "allocate a rule id".into(),
+                    reason: "rule ids exhausted; detach and attach again".into(),
+                });
+            }
+            // Ids are never reused, so a fresh id has no counter yet.
+            self.tries[Self::trie_index(*l, c.is_v4())].insert(slot, c, id)?;
+            id += 1;
+            self.state_set(STATE_NEXT_ID, id)?;
+            self.bump_count(c.is_v4(), 1)?;
+            report.added += 1;
+        }
+        if let Some(old) = ports {
+            for (port, (&was, &now)) in old.iter().zip(&new_ports).enumerate() {
+                if was != now {
+                    self.set_port(slot * N_PORTS + port as u32, now)?;
+                    self.forget_port_hits(port as u16, was & !now)?;
+                }
+            }
+            report.added += port_adds;
+            report.removed += port_removes;
+        }
+        Ok(report)
+    }
+
+    fn bump_count(&mut self, v4: bool, delta: i64) -> Result<(), FwError> {
+        let index = if v4 { STATE_COUNT_V4 } else { STATE_COUNT_V6 };
+        let now = i64::from(self.state_get(index)?);
+        self.state_set(index, (now + delta).max(0) as u32)
+    }
+
+    fn forget_port_hits(&mut self, port: u16, cleared_bits: u32) -> Result<(), FwError> {
+        if cleared_bits & PORT_TCP != 0 {
+            self.forget_hits(port_hit_id(false, port))?;
+        }
+        if cleared_bits & PORT_UDP != 0 {
+            self.forget_hits(port_hit_id(true, port))?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the whole rule set atomically (see the module doc). On an
+    /// error before the switch, the active set is untouched and the
+    /// half-built slot is cleared again.
+    ///
+    /// # Errors
+    /// [`FwError::Full`] or a map operation failure.
+    pub fn load(&mut self, set: &RuleSet) -> Result<LoadReport, FwError> {
+        set.check_capacity()?;
+        let old = self.active_slot()?;
+        let new = 1 - old;
+
+        // Read both slots; anything already in the new slot is left over
+        // from an interrupted load.
+        let mut old_ids = RuleIds::new();
+        for t in &mut self.tries {
+            let entries = t.entries()?;
+            for (s, c, v) in entries {
+                if s == new {
+                    t.remove(new, &c)?;
+                } else {
+                    old_ids.insert((t.list, c), v.id);
+                }
+            }
+        }
+        let ports = self.read_ports()?;
+        let (old_base, new_base) = ((old * N_PORTS) as usize, (new * N_PORTS) as usize);
+
+        let built = self.build_slot(
+            new,
+            set,
+            &old_ids,
+            &ports[new_base..new_base + N_PORTS as usize],
+        );
+        let kept = match built {
+            Ok(kept) => kept,
+            Err(e) => {
+                // Clear what was built; the active slot was never touched.
+                let _ = self.clear_slot(new);
+                return Err(e);
+            }
+        };
+
+        // The switch: one 4-byte write, read once per packet.
+        self.state_set(STATE_ACTIVE_SLOT, new)?;
+        self.state_set(STATE_COUNT_V4, set.count(true) as u32)?;
+        self.state_set(STATE_COUNT_V6, set.count(false) as u32)?;
+
+        // Clear the old slot and the counters of rules that are gone.
+        self.clear_slot(old)?;
+        for id in old_ids.values() {
+            if !kept.contains(id) {
+                self.forget_hits(*id)?;
+            }
+        }
+        for port in 0..N_PORTS as usize {
+            let gone = ports[old_base + port] & !set.ports[port];
+            if gone != 0 {
+                self.forget_port_hits(port as u16, gone)?;
+            }
+        }
+        Ok(LoadReport {
+            rules: set.rules().len(),
+            slot: new,
+        })
+    }
+
+    /// Writes `set` into `slot`, reusing the ids of rules already active;
+    /// returns the reused ids.
+    fn build_slot(
+        &mut self,
+        slot: u32,
+        set: &RuleSet,
+        old_ids: &RuleIds,
+        slot_ports: &[u32],
+    ) -> Result<HashSet<u32>, FwError> {
+        let mut kept = HashSet::new();
+        let mut id = self.next_id()?;
+        for (list, cidrs) in [(SrcList::Allow, &set.allow), (SrcList::Block, &set.block)] {
+            for c in cidrs {
+                let rule_id = match old_ids.get(&(list, *c)) {
+                    Some(&old) => {
+                        kept.insert(old);
+                        old
+                    }
+                    None => {
+                        id += 1;
+                        id - 1
+                    }
+                };
+                self.tries[Self::trie_index(list, c.is_v4())].insert(slot, c, rule_id)?;
+            }
+        }
+        if id >= PORT_HIT_BASE {
+            return Err(FwError::Map {
+                what: "allocate rule ids".into(),
+                reason: "rule ids exhausted; detach and attach again".into(),
+            });
+        }
+        self.state_set(STATE_NEXT_ID, id)?;
+        for (port, (&was, &now)) in slot_ports.iter().zip(&set.ports).enumerate() {
+            if was != now {
+                self.set_port(slot * N_PORTS + port as u32, now)?;
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Removes every entry of `slot`.
+    fn clear_slot(&mut self, slot: u32) -> Result<(), FwError> {
+        for t in &mut self.tries {
+            for (s, c, _) in t.entries()? {
+                if s == slot {
+                    t.remove(slot, &c)?;
+                }
+            }
+        }
+        let ports = self.read_ports()?;
+        let base = (slot * N_PORTS) as usize;
+        for port in 0..N_PORTS as usize {
+            if ports[base + port] != 0 {
+                self.set_port(slot * N_PORTS + port as u32, 0)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Hits of a port rule: the per-port counters of its range and protocols.
+fn port_hits(p: &PortSpec, hits: &HashMap<u32, u64>) -> u64 {
+    let mut sum = 0u64;
+    for port in p.lo..=p.hi {
+        for (bit, udp) in [(PORT_TCP, false), (PORT_UDP, true)] {
+            if p.bits & bit != 0 {
+                sum += hits.get(&port_hit_id(udp, port)).copied().unwrap_or(0);
+            }
+        }
+    }
+    sum
+}

@@ -1,0 +1,706 @@
+//! Firewall rules as text: parsing and validating CIDRs, port specs and
+//! rule files, and printing a rule set back in the same words. Pure
+//! functions, unit-tested without a kernel.
+//!
+//! Policies:
+//! - A bare address is a single host: `/32` for IPv4, `/128` for IPv6.
+//! - A CIDR with host bits set (`10.0.0.1/8`) is **rejected**, naming the
+//!   network it would have meant: a typo should not silently block (or
+//!   allow) more than was written.
+//! - A port spec is `N`, `N-M` (N <= M), optionally followed by `/tcp` or
+//!   `/udp`; without a protocol it means both.
+//! - A rule file has one rule per line, in the words of the CLI (`block
+//!   CIDR...`, `allow CIDR...`, `block --port SPEC`), `#` starts a comment,
+//!   blank lines are ignored. The first error names the file and line, and
+//!   nothing is applied.
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+    str::FromStr,
+};
+
+use kscope_common::fw::{MAX_RULES_PER_FAMILY, N_PORTS, PORT_TCP, PORT_UDP};
+use thiserror::Error;
+
+/// Errors in rule text.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RuleError {
+    /// Not an address, or a prefix length out of range.
+    #[error("invalid CIDR {input:?}: {reason}")]
+    BadCidr { input: String, reason: String },
+    /// The address has bits set beyond the prefix length.
+    #[error(
+        "{input} has host bits set; the network is {network} (kscope rejects it rather than guess)"
+    )]
+    HostBits { input: String, network: String },
+    /// Not a port spec.
+    #[error("invalid port {input:?}: {reason}")]
+    BadPort { input: String, reason: String },
+    /// A rule-file line that is not a rule.
+    #[error("{0}")]
+    BadLine(String),
+    /// An error on a line of a rule file. (The inner error is part of the
+    /// message, not a `source`, so a cause chain prints it once.)
+    #[error("{file}:{line}: {error}")]
+    AtLine {
+        file: String,
+        line: usize,
+        error: Box<RuleError>,
+    },
+    /// An error about a rule file as a whole.
+    #[error("{file}: {error}")]
+    InFile { file: String, error: Box<RuleError> },
+    /// The rule file could not be read.
+    #[error("cannot read rule file {file}: {reason}")]
+    Read { file: String, reason: String },
+    /// More rules of one family than kscope holds.
+    #[error("too many IPv{family} rules: {count}, the limit is {limit} per family")]
+    TooMany {
+        family: u8,
+        count: usize,
+        limit: u32,
+    },
+}
+
+impl RuleError {
+    /// The message without the input it is about, for callers that show the
+    /// input themselves (clap's "invalid value 'X' for ...").
+    pub fn reason(&self) -> String {
+        match self {
+            RuleError::BadCidr { reason, .. } | RuleError::BadPort { reason, .. } => reason.clone(),
+            RuleError::HostBits { network, .. } => {
+                format!(
+                    "host bits are set; the network is {network} (kscope rejects it rather than guess)"
+                )
+            }
+            e => e.to_string(),
+        }
+    }
+}
+
+/// A source prefix: IPv4 or IPv6 address with a prefix length, host bits
+/// clear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    /// Maximum prefix length of the address family.
+    pub fn max_len(addr: IpAddr) -> u8 {
+        if addr.is_ipv4() { 32 } else { 128 }
+    }
+
+    pub fn is_v4(&self) -> bool {
+        self.addr.is_ipv4()
+    }
+
+    /// The address bytes (4 or 16).
+    pub fn octets(&self) -> Vec<u8> {
+        match self.addr {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        }
+    }
+
+    /// True when `ip` (of the same family) lies inside this prefix.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => mask_v4(a, self.len) == n,
+            (IpAddr::V6(n), IpAddr::V6(a)) => mask_v6(a, self.len) == n,
+            _ => false,
+        }
+    }
+
+    /// Builds a prefix from raw parts, clearing host bits (for keys read
+    /// back from the kernel, which stores them clear anyway).
+    pub fn from_octets(octets: &[u8], len: u8) -> Option<Cidr> {
+        let addr = match octets.len() {
+            4 => IpAddr::V4(mask_v4(
+                Ipv4Addr::new(octets[0], octets[1], octets[2], octets[3]),
+                len,
+            )),
+            16 => {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(octets);
+                IpAddr::V6(mask_v6(Ipv6Addr::from(b), len))
+            }
+            _ => return None,
+        };
+        (len <= Cidr::max_len(addr)).then_some(Cidr { addr, len })
+    }
+}
+
+fn mask_v4(a: Ipv4Addr, len: u8) -> Ipv4Addr {
+    let bits = u32::from(a);
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    };
+    Ipv4Addr::from(bits & mask)
+}
+
+fn mask_v6(a: Ipv6Addr, len: u8) -> Ipv6Addr {
+    let bits = u128::from(a);
+    let mask = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len))
+    };
+    Ipv6Addr::from(bits & mask)
+}
+
+impl FromStr for Cidr {
+    type Err = RuleError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |reason: &str| RuleError::BadCidr {
+            input: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| bad("not an IPv4 or IPv6 address"))?;
+        let max = Cidr::max_len(addr);
+        let len = match len {
+            None => max,
+            Some(l) => {
+                let ok = !l.is_empty() && l.len() <= 3 && l.bytes().all(|b| b.is_ascii_digit());
+                let n: u16 = if ok {
+                    l.parse().unwrap_or(u16::MAX)
+                } else {
+                    u16::MAX
+                };
+                if n > u16::from(max) {
+                    return Err(bad(&format!("the prefix length must be 0 to {max}")));
+                }
+                n as u8
+            }
+        };
+        let network = match addr {
+            IpAddr::V4(a) => IpAddr::V4(mask_v4(a, len)),
+            IpAddr::V6(a) => IpAddr::V6(mask_v6(a, len)),
+        };
+        if network != addr {
+            return Err(RuleError::HostBits {
+                input: s.to_owned(),
+                network: format!("{network}/{len}"),
+            });
+        }
+        Ok(Cidr { addr, len })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// Destination ports `lo..=hi` for TCP and/or UDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortSpec {
+    pub lo: u16,
+    pub hi: u16,
+    /// [`PORT_TCP`] and/or [`PORT_UDP`].
+    pub bits: u32,
+}
+
+impl FromStr for PortSpec {
+    type Err = RuleError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |reason: String| RuleError::BadPort {
+            input: s.to_owned(),
+            reason,
+        };
+        let (range, bits) = match s.split_once('/') {
+            None => (s, PORT_TCP | PORT_UDP),
+            Some((r, "tcp")) => (r, PORT_TCP),
+            Some((r, "udp")) => (r, PORT_UDP),
+            Some((_, p)) => {
+                return Err(bad(format!("unknown protocol {p:?}; use tcp or udp")));
+            }
+        };
+        let port = |p: &str| -> Result<u16, RuleError> {
+            if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad("ports are numbers from 0 to 65535".into()));
+            }
+            p.parse::<u32>()
+                .ok()
+                .and_then(|n| u16::try_from(n).ok())
+                .ok_or_else(|| bad("ports are numbers from 0 to 65535".into()))
+        };
+        let (lo, hi) = match range.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => {
+                let p = port(range)?;
+                (p, p)
+            }
+        };
+        if lo > hi {
+            return Err(bad(format!("the range {lo}-{hi} is empty")));
+        }
+        Ok(PortSpec { lo, hi, bits })
+    }
+}
+
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)?;
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)?;
+        }
+        match self.bits {
+            PORT_TCP => f.write_str("/tcp"),
+            PORT_UDP => f.write_str("/udp"),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Which list a source rule is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SrcList {
+    Allow,
+    Block,
+}
+
+impl SrcList {
+    pub fn verb(self) -> &'static str {
+        match self {
+            SrcList::Allow => "allow",
+            SrcList::Block => "block",
+        }
+    }
+}
+
+/// One rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rule {
+    Src(SrcList, Cidr),
+    Port(PortSpec),
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rule::Src(l, c) => write!(f, "{} {c}", l.verb()),
+            Rule::Port(p) => write!(f, "block --port {p}"),
+        }
+    }
+}
+
+/// A whole rule set, as `fw load` takes it and `fw save` prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RuleSet {
+    pub allow: BTreeSet<Cidr>,
+    pub block: BTreeSet<Cidr>,
+    /// Port bits ([`PORT_TCP`], [`PORT_UDP`]) for every port 0-65535.
+    pub ports: Vec<u32>,
+}
+
+impl Default for RuleSet {
+    fn default() -> Self {
+        Self {
+            allow: BTreeSet::new(),
+            block: BTreeSet::new(),
+            ports: vec![0; N_PORTS as usize],
+        }
+    }
+}
+
+impl fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_text())
+    }
+}
+
+impl RuleSet {
+    /// Adds a rule (idempotent).
+    pub fn add(&mut self, rule: Rule) {
+        match rule {
+            Rule::Src(SrcList::Allow, c) => {
+                self.allow.insert(c);
+            }
+            Rule::Src(SrcList::Block, c) => {
+                self.block.insert(c);
+            }
+            Rule::Port(p) => {
+                for port in p.lo..=p.hi {
+                    self.ports[usize::from(port)] |= p.bits;
+                }
+            }
+        }
+    }
+
+    /// Source rules of one family (IPv4 when `v4`), allow and block.
+    pub fn count(&self, v4: bool) -> usize {
+        self.allow
+            .iter()
+            .chain(&self.block)
+            .filter(|c| c.is_v4() == v4)
+            .count()
+    }
+
+    /// Fails if either family holds more than kscope's limit.
+    pub fn check_capacity(&self) -> Result<(), RuleError> {
+        for (v4, family) in [(true, 4), (false, 6)] {
+            let count = self.count(v4);
+            if count > MAX_RULES_PER_FAMILY as usize {
+                return Err(RuleError::TooMany {
+                    family,
+                    count,
+                    limit: MAX_RULES_PER_FAMILY,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The port bits as maximal ranges of equal bits.
+    pub fn port_ranges(&self) -> Vec<PortSpec> {
+        port_ranges(&self.ports)
+    }
+
+    /// Every rule, allow first, then block, then ports; each sorted.
+    pub fn rules(&self) -> Vec<Rule> {
+        let mut v: Vec<Rule> = self
+            .allow
+            .iter()
+            .map(|&c| Rule::Src(SrcList::Allow, c))
+            .collect();
+        v.extend(self.block.iter().map(|&c| Rule::Src(SrcList::Block, c)));
+        v.extend(self.port_ranges().into_iter().map(Rule::Port));
+        v
+    }
+
+    /// The set in rule-file format, one rule per line.
+    pub fn to_text(&self) -> String {
+        self.rules().iter().map(|r| format!("{r}\n")).collect()
+    }
+
+    /// Parses a rule file's text. `name` is used in error messages.
+    pub fn parse(name: &str, text: &str) -> Result<RuleSet, RuleError> {
+        let mut set = RuleSet::default();
+        for (i, line) in text.lines().enumerate() {
+            let at = |e: RuleError| RuleError::AtLine {
+                file: name.to_owned(),
+                line: i + 1,
+                error: Box::new(e),
+            };
+            let line = line.split('#').next().unwrap_or("");
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let Some((&verb, args)) = words.split_first() else {
+                continue;
+            };
+            let list = match verb {
+                "block" => SrcList::Block,
+                "allow" => SrcList::Allow,
+                "unblock" | "disallow" => {
+                    return Err(at(RuleError::BadLine(format!(
+                        "{verb:?} does not belong in a rule file, which lists the rules to keep"
+                    ))));
+                }
+                _ => {
+                    return Err(at(RuleError::BadLine(format!(
+                        "unknown verb {verb:?}; expected block or allow"
+                    ))));
+                }
+            };
+            for rule in parse_args(list, args).map_err(at)? {
+                set.add(rule);
+            }
+        }
+        set.check_capacity().map_err(|e| RuleError::InFile {
+            file: name.to_owned(),
+            error: Box::new(e),
+        })?;
+        Ok(set)
+    }
+
+    /// Reads and parses a rule file.
+    pub fn read(path: &Path) -> Result<RuleSet, RuleError> {
+        let name = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| RuleError::Read {
+            file: name.clone(),
+            reason: e.to_string(),
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| RuleError::AtLine {
+            file: name.clone(),
+            line: 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count(),
+            error: Box::new(RuleError::BadLine("not UTF-8 text".into())),
+        })?;
+        RuleSet::parse(&name, &text)
+    }
+}
+
+/// Maximal ranges of equal non-zero bits in a 65536-entry port table.
+pub fn port_ranges(ports: &[u32]) -> Vec<PortSpec> {
+    let mut out = Vec::new();
+    let mut i = 0usize;
+    while i < ports.len() {
+        let bits = ports[i] & (PORT_TCP | PORT_UDP);
+        if bits == 0 {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i + 1 < ports.len() && ports[i + 1] & (PORT_TCP | PORT_UDP) == bits {
+            i += 1;
+        }
+        out.push(PortSpec {
+            lo: start as u16,
+            hi: i as u16,
+            bits,
+        });
+        i += 1;
+    }
+    out
+}
+
+/// Parses the arguments of one `block`/`allow` rule (CLI words or a file
+/// line): CIDRs, and for block also `--port SPEC` / `--port=SPEC`.
+pub fn parse_args(list: SrcList, args: &[&str]) -> Result<Vec<Rule>, RuleError> {
+    let mut rules = Vec::new();
+    let mut it = args.iter();
+    while let Some(&a) = it.next() {
+        let spec =
+            if a == "--port" {
+                Some(*it.next().ok_or_else(|| {
+                    RuleError::BadLine("--port needs a value such as 53/udp".into())
+                })?)
+            } else {
+                a.strip_prefix("--port=")
+            };
+        match spec {
+            Some(s) if list == SrcList::Block => rules.push(Rule::Port(s.parse()?)),
+            Some(_) => {
+                return Err(RuleError::BadLine(
+                    "port rules block; there is no allow --port".into(),
+                ));
+            }
+            None if a.starts_with('-') => {
+                return Err(RuleError::BadLine(format!("unknown option {a:?}")));
+            }
+            None => rules.push(Rule::Src(list, a.parse()?)),
+        }
+    }
+    if rules.is_empty() {
+        return Err(RuleError::BadLine(format!(
+            "{} needs at least one CIDR{}",
+            list.verb(),
+            if list == SrcList::Block {
+                " or --port"
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok(rules)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidr(s: &str) -> Cidr {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn bare_addresses_are_single_hosts() {
+        assert_eq!(cidr("192.0.2.7").len, 32);
+        assert_eq!(cidr("2001:db8::1").len, 128);
+        assert_eq!(cidr("192.0.2.7").to_string(), "192.0.2.7/32");
+        assert_eq!(cidr("2001:db8::/32").to_string(), "2001:db8::/32");
+        assert_eq!(cidr("0.0.0.0/0").len, 0);
+        assert_eq!(cidr("::/0").len, 0);
+    }
+
+    #[test]
+    fn malformed_cidrs_are_rejected() {
+        for bad in [
+            "10.0.0.0/33",
+            "::1/129",
+            "1.2.3",
+            "1.2.3.4/",
+            "1.2.3.4/-1",
+            "1.2.3.4/+8",
+            "1.2.3.4/8/8",
+            "",
+            "/8",
+            "10.0.0.256",
+            "2001:db8::g",
+            "10.0.0.0/0x8",
+            "10.0.0.0 /8",
+            "1.2.3.4/0008",
+        ] {
+            let e = bad.parse::<Cidr>().expect_err(bad);
+            assert!(matches!(e, RuleError::BadCidr { .. }), "{bad}: {e}");
+        }
+        assert_eq!(
+            "10.0.0.0/33".parse::<Cidr>().expect_err("33").to_string(),
+            "invalid CIDR \"10.0.0.0/33\": the prefix length must be 0 to 32"
+        );
+        assert_eq!(
+            "::1/129".parse::<Cidr>().expect_err("129").to_string(),
+            "invalid CIDR \"::1/129\": the prefix length must be 0 to 128"
+        );
+    }
+
+    #[test]
+    fn host_bits_are_rejected_naming_the_network() {
+        let e = "10.0.0.1/8".parse::<Cidr>().expect_err("host bits");
+        assert_eq!(
+            e,
+            RuleError::HostBits {
+                input: "10.0.0.1/8".into(),
+                network: "10.0.0.0/8".into()
+            }
+        );
+        let e = "2001:db8::1/32".parse::<Cidr>().expect_err("host bits");
+        assert!(
+            e.to_string().contains("the network is 2001:db8::/32"),
+            "{e}"
+        );
+        assert!("198.51.100.128/25".parse::<Cidr>().is_ok());
+        assert!("198.51.100.128/24".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn contains_follows_the_prefix() {
+        let n = cidr("198.51.100.0/24");
+        assert!(n.contains("198.51.100.255".parse().expect("ip")));
+        assert!(!n.contains("198.51.101.0".parse().expect("ip")));
+        assert!(!n.contains("2001:db8::1".parse().expect("ip")));
+        let n = cidr("2001:db8:8000::/33");
+        assert!(n.contains("2001:db8:ffff::1".parse().expect("ip")));
+        assert!(!n.contains("2001:db8:7fff::1".parse().expect("ip")));
+        assert!(cidr("::/0").contains("2001:db8::1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn port_specs_parse_ranges_and_protocols() {
+        let p = |s: &str| s.parse::<PortSpec>().unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(
+            p("53/udp"),
+            PortSpec {
+                lo: 53,
+                hi: 53,
+                bits: PORT_UDP
+            }
+        );
+        assert_eq!(
+            p("0-65535"),
+            PortSpec {
+                lo: 0,
+                hi: 65535,
+                bits: PORT_TCP | PORT_UDP
+            }
+        );
+        assert_eq!(
+            p("80-90/tcp"),
+            PortSpec {
+                lo: 80,
+                hi: 90,
+                bits: PORT_TCP
+            }
+        );
+        for bad in [
+            "65536", "-1", "1-", "90-80", "53/sctp", "53/", "x", "", "1-2-3", "99999999",
+        ] {
+            assert!(bad.parse::<PortSpec>().is_err(), "{bad} accepted");
+        }
+        let e = "53/sctp".parse::<PortSpec>().expect_err("sctp").to_string();
+        assert!(e.contains("unknown protocol \"sctp\""), "{e}");
+        assert_eq!(p("22/tcp").to_string(), "22/tcp");
+        assert_eq!(p("1000-2000").to_string(), "1000-2000");
+    }
+
+    #[test]
+    fn rule_files_parse_with_comments_and_save_round_trips() {
+        let text = "# office\nallow 2001:db8::/32  # trusted\n\nblock 10.0.0.0/8 192.0.2.1\nblock --port 53/udp\nblock --port=22/tcp --port 23\n";
+        let set = RuleSet::parse("r.rules", text).expect("parses");
+        assert_eq!(set.allow.len(), 1);
+        assert_eq!(set.block.len(), 2);
+        assert_eq!(set.ports[53], PORT_UDP);
+        assert_eq!(set.ports[22], PORT_TCP);
+        assert_eq!(set.ports[23], PORT_TCP | PORT_UDP);
+        assert_eq!(set.ports[24], 0);
+        let saved = set.to_text();
+        assert_eq!(
+            saved,
+            "allow 2001:db8::/32\nblock 10.0.0.0/8\nblock 192.0.2.1/32\nblock --port 22/tcp\nblock --port 23\nblock --port 53/udp\n"
+        );
+        assert_eq!(RuleSet::parse("again", &saved).expect("reparses"), set);
+    }
+
+    #[test]
+    fn rule_file_errors_name_file_and_line() {
+        let cases = [
+            ("block 10.0.0.0/8\nblock 10.0.0.0/33\n", 2, "prefix length"),
+            ("\n\nallow --port 22\n", 3, "no allow --port"),
+            ("drop 10.0.0.0/8\n", 1, "unknown verb"),
+            ("unblock 10.0.0.0/8\n", 1, "does not belong"),
+            ("block\n", 1, "at least one"),
+            ("block --port 70000\n", 1, "0 to 65535"),
+            ("block --port 53/icmp\n", 1, "unknown protocol"),
+            ("block 10.0.0.1/8\n", 1, "host bits"),
+            ("block --bogus 1\n", 1, "unknown option"),
+        ];
+        for (text, line, needle) in cases {
+            let e = RuleSet::parse("set.rules", text).expect_err(text);
+            let RuleError::AtLine { file, line: l, .. } = &e else {
+                panic!("{text:?}: {e}");
+            };
+            assert_eq!((file.as_str(), *l), ("set.rules", line), "{e}");
+            let msg = e.to_string();
+            assert!(msg.starts_with(&format!("set.rules:{line}: ")), "{msg}");
+            assert!(msg.contains(needle), "{text:?}: {msg}");
+        }
+    }
+
+    #[test]
+    fn port_ranges_merge_equal_neighbours_only() {
+        let mut set = RuleSet::default();
+        set.add(Rule::Port("10-20/tcp".parse().expect("spec")));
+        set.add(Rule::Port("15-25/udp".parse().expect("spec")));
+        set.add(Rule::Port("65535".parse().expect("spec")));
+        let r: Vec<String> = set.port_ranges().iter().map(ToString::to_string).collect();
+        assert_eq!(r, ["10-14/tcp", "15-20", "21-25/udp", "65535"]);
+    }
+
+    #[test]
+    fn capacity_is_checked_per_family() {
+        let mut set = RuleSet::default();
+        for i in 0..=MAX_RULES_PER_FAMILY {
+            set.block.insert(Cidr {
+                addr: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
+                len: 32,
+            });
+        }
+        let e = set.check_capacity().expect_err("over the limit");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "too many IPv4 rules: {}, the limit is {} per family",
+                MAX_RULES_PER_FAMILY + 1,
+                MAX_RULES_PER_FAMILY
+            )
+        );
+    }
+}
