@@ -164,3 +164,50 @@ mod connect_pod {
     // (8+8+5*4+4*2+16+16+16+4 = 96 bytes).
     unsafe impl aya::Pod for super::ConnectEvent {}
 }
+
+// ---- trace_exec ----
+
+pub const PROG_EXEC_ENTER_EXECVE: &str = "trace_exec_enter_execve";
+pub const PROG_EXEC_EXIT_EXECVE: &str = "trace_exec_exit_execve";
+pub const PROG_EXEC_ENTER_EXECVEAT: &str = "trace_exec_enter_execveat";
+pub const PROG_EXEC_EXIT_EXECVEAT: &str = "trace_exec_exit_execveat";
+/// Load-time global: how many arguments to keep (`--max-args`).
+pub const GLOBAL_MAX_ARGS: &str = "MAX_ARGS";
+/// Byte offsets in struct task_struct (real_parent, tgid), from BTF.
+pub const GLOBAL_OFF_REAL_PARENT: &str = "OFF_REAL_PARENT";
+pub const GLOBAL_OFF_TGID: &str = "OFF_TGID";
+/// Upper bound of `--max-args`.
+pub const MAX_ARGS_LIMIT: u32 = 64;
+/// Bytes of arguments kept per exec (NUL-separated).
+pub const ARGS_SIZE: usize = 4096;
+/// Longest single argument kept, NUL included.
+pub const ARG_LEN: usize = 256;
+
+/// One execve(2)/execveat(2), reported at syscall exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecEvent {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    /// 0, or -errno when the exec failed.
+    pub ret: i32,
+    /// Arguments kept, and bytes of `args` they use.
+    pub argc: u32,
+    pub args_len: u32,
+    /// 1 when arguments were left out (`--max-args`, or `ARGS_SIZE` full).
+    pub truncated: u32,
+    pub _pad: u32,
+    /// The task's name at exit: the new program's on success.
+    pub comm: [u8; COMM_LEN],
+    /// `argc` NUL-terminated arguments; `ARG_LEN` of slack at the end keeps
+    /// every write in bounds for the verifier.
+    pub args: [u8; ARGS_SIZE + ARG_LEN],
+}
+
+#[cfg(feature = "user")]
+mod exec_pod {
+    // SAFETY: #[repr(C)], integers and byte arrays, padding explicit.
+    unsafe impl aya::Pod for super::ExecEvent {}
+}

@@ -39,6 +39,20 @@ pub enum TraceCommand {
     Open(TraceOpenArgs),
     /// Trace TCP connects (IPv4 and IPv6) with addresses, ports and result.
     Connect(TraceConnectArgs),
+    /// Trace execve(2) and execveat(2) with arguments, parent and result.
+    Exec(TraceExecArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TraceExecArgs {
+    #[command(flatten)]
+    pub common: TraceCommon,
+    /// Arguments kept per exec (1-64).
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub max_args: u32,
+    /// Add a TIME(s) column: seconds since the start.
+    #[arg(short = 'T', long = "timestamp")]
+    pub timestamps: bool,
 }
 
 #[derive(Debug, Args)]

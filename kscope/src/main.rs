@@ -195,6 +195,19 @@ fn trace(cmd: TraceCommand) -> anyhow::Result<()> {
                 rt.block_on(kscope::trace::open::run(&opts, &mut out))?,
             )
         }
+        TraceCommand::Exec(a) => {
+            let opts = kscope::trace::exec::ExecOpts {
+                filters: filters(&a.common),
+                max_args: a.max_args,
+                timestamps: a.timestamps,
+                json: a.common.json,
+                duration: a.common.duration,
+            };
+            (
+                "exec",
+                rt.block_on(kscope::trace::exec::run(&opts, &mut out))?,
+            )
+        }
         TraceCommand::Connect(a) => {
             let opts = kscope::trace::connect::ConnectOpts {
                 filters: filters(&a.common),

@@ -16,6 +16,7 @@
 //! the summary, never dropped silently.
 
 pub mod connect;
+pub mod exec;
 pub mod format;
 pub mod open;
 

@@ -1,0 +1,174 @@
+//! `trace_exec`: execve(2) and execveat(2) through the syscalls
+//! tracepoints. The enter handler captures the arguments (bounded by
+//! `MAX_ARGS` and `ARGS_SIZE`) and the parent's pid into a per-thread entry;
+//! the exit handler adds the result and the (new) task name and emits it.
+#![no_std]
+#![no_main]
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{bpf_probe_read_kernel as read_kernel_raw, bpf_probe_read_user_str},
+    },
+    macros::{map, tracepoint},
+    maps::{HashMap, PerCpuArray},
+    programs::TracePointContext,
+};
+use kscope_common::trace::{ARG_LEN, ARGS_SIZE, ExecEvent, MAX_ARGS_LIMIT};
+
+kscope_ebpf::tracer_common!(1 << 22);
+
+#[unsafe(no_mangle)]
+static MAX_ARGS: u32 = 20;
+#[unsafe(no_mangle)]
+static OFF_REAL_PARENT: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_TGID: u32 = 0;
+
+/// Where an event is built: too big for the 512-byte stack.
+#[map(name = "EXEC_SCRATCH")]
+static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// In-flight execs by thread id; allocated on insert (BPF_F_NO_PREALLOC),
+/// as each entry is over 4 KiB.
+#[map(name = "EXEC_PENDING")]
+static EXEC_PENDING: HashMap<u32, ExecEvent> = HashMap::with_max_entries(1024, 1);
+
+#[inline(always)]
+fn ppid() -> u32 {
+    let (parent_off, tgid_off) = (global!(OFF_REAL_PARENT), global!(OFF_TGID));
+    if parent_off == 0 || tgid_off == 0 {
+        return 0;
+    }
+    // SAFETY: bpf_get_current_task has no preconditions; the reads below are
+    // checked by bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() };
+    // SAFETY: as above.
+    let Ok(parent) =
+        (unsafe { bpf_probe_read_kernel((task + u64::from(parent_off)) as *const u64) })
+    else {
+        return 0;
+    };
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_kernel((parent + u64::from(tgid_off)) as *const u32) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn enter(argv: u64) -> u32 {
+    if !passes_filters() {
+        return 0;
+    }
+    let Some(e) = EXEC_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let max_args = global!(MAX_ARGS);
+    // SAFETY: `e` is this CPU's scratch slot, used by nothing else until
+    // this program returns.
+    unsafe {
+        (*e).ts_ns = bpf_ktime_get_ns();
+        (*e).pid = (pid_tgid >> 32) as u32;
+        (*e).ppid = ppid();
+        (*e).uid = bpf_get_current_uid_gid() as u32;
+        (*e).ret = 0;
+        (*e).argc = 0;
+        (*e).args_len = 0;
+        (*e).truncated = 0;
+        let mut off: usize = 0;
+        let mut i: u32 = 0;
+        while i < MAX_ARGS_LIMIT {
+            let Ok(arg) = bpf_probe_read_user((argv + 8 * u64::from(i)) as *const u64) else {
+                break;
+            };
+            if arg == 0 {
+                break;
+            }
+            if i >= max_args || off >= ARGS_SIZE {
+                (*e).truncated = 1;
+                break;
+            }
+            // Masking keeps the offset provably inside args[..ARGS_SIZE],
+            // and args has ARG_LEN bytes of slack past that.
+            let dst = (*e).args.as_mut_ptr().add(off & (ARGS_SIZE - 1));
+            let n =
+                bpf_probe_read_user_str(dst as *mut c_void, ARG_LEN as u32, arg as *const c_void);
+            if n <= 0 {
+                break;
+            }
+            off += n as usize;
+            i += 1;
+        }
+        (*e).argc = i;
+        (*e).args_len = off.min(ARGS_SIZE) as u32;
+    }
+    let tid = pid_tgid as u32;
+    // By reference: the value is over 4 KiB, far more than the BPF stack.
+    // SAFETY: `e` points at an initialized map value.
+    let value: &ExecEvent = unsafe { &*e };
+    if EXEC_PENDING.insert(tid, value, 0).is_err() {
+        count_lost();
+    }
+    0
+}
+
+#[inline(always)]
+fn exit(ret: i64) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(pending) = EXEC_PENDING.get_ptr(tid) else {
+        return 0;
+    };
+    let flags = submit_flags();
+    let Some(mut entry) = TRACE_EVENTS.reserve::<ExecEvent>(0) else {
+        let _ = EXEC_PENDING.remove(tid);
+        count_lost();
+        return 0;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is a reserved record of size_of::<ExecEvent>() bytes and
+    // `pending` a live map value of the same type; the helper checks both.
+    unsafe {
+        read_kernel_raw(
+            ev as *mut c_void,
+            core::mem::size_of::<ExecEvent>() as u32,
+            pending as *const c_void,
+        );
+        (*ev).ret = ret as i32;
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    }
+    entry.submit(flags);
+    let _ = EXEC_PENDING.remove(tid);
+    0
+}
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, offset: usize) -> u64 {
+    // SAFETY: offsets from the syscalls tracepoints' format files.
+    unsafe { ctx.read_at::<u64>(offset) }.unwrap_or(0)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_execve")]
+pub fn trace_exec_enter_execve(ctx: TracePointContext) -> u32 {
+    // execve(filename, argv, envp): argv at 24.
+    enter(arg(&ctx, 24))
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_execve")]
+pub fn trace_exec_exit_execve(ctx: TracePointContext) -> u32 {
+    exit(arg(&ctx, 16) as i64)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_execveat")]
+pub fn trace_exec_enter_execveat(ctx: TracePointContext) -> u32 {
+    // execveat(fd, filename, argv, envp, flags): argv at 32.
+    enter(arg(&ctx, 32))
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_execveat")]
+pub fn trace_exec_exit_execveat(ctx: TracePointContext) -> u32 {
+    exit(arg(&ctx, 16) as i64)
+}
+
+kscope_ebpf::program_boilerplate!();

@@ -1,0 +1,309 @@
+//! `kscope trace exec`: every execve(2) and execveat(2) with its arguments,
+//! parent and result, from `trace_exec` in kscope-ebpf.
+//!
+//! Fallback policy: execveat is traced where its tracepoints exist, else
+//! skipped with a warning; execve is required. Without kernel BTF the
+//! parent pid cannot be located in task_struct and reads as 0 (warned once).
+//! The `-n` filter matches the name the task had when it called exec.
+//!
+//! Minimum kernel: 5.8 (ring buffer).
+
+use std::{
+    io::{self, Write},
+    path::Path,
+    time::Duration,
+};
+
+use aya::programs::TracePoint;
+use kscope_common::trace::{
+    ARGS_SIZE, ExecEvent, GLOBAL_MAX_ARGS, GLOBAL_OFF_REAL_PARENT, GLOBAL_OFF_TGID,
+    PROG_EXEC_ENTER_EXECVE, PROG_EXEC_ENTER_EXECVEAT, PROG_EXEC_EXIT_EXECVE,
+    PROG_EXEC_EXIT_EXECVEAT,
+};
+
+use super::{Filters, Stop, Summary, TraceError, format};
+use crate::sys::btf::Btf;
+
+static TRACE_EXEC_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/trace_exec"));
+
+const HOOKS: &[(&str, &str, &str)] = &[
+    (PROG_EXEC_ENTER_EXECVE, PROG_EXEC_EXIT_EXECVE, "execve"),
+    (
+        PROG_EXEC_ENTER_EXECVEAT,
+        PROG_EXEC_EXIT_EXECVEAT,
+        "execveat",
+    ),
+];
+
+/// Options of `kscope trace exec`.
+#[derive(Clone, Debug)]
+pub struct ExecOpts {
+    pub filters: Filters,
+    /// Arguments kept per exec (1 to 64).
+    pub max_args: u32,
+    pub timestamps: bool,
+    pub json: bool,
+    pub duration: Option<Duration>,
+}
+
+fn task_offsets() -> (u32, u32) {
+    match Btf::from_sys_fs().and_then(|b| {
+        Ok((
+            b.member_offset("task_struct", "real_parent")?,
+            b.member_offset("task_struct", "tgid")?,
+        ))
+    }) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!("{e}; PPID will read as 0");
+            (0, 0)
+        }
+    }
+}
+
+fn load_err(prog: &str, e: impl std::error::Error + Send + Sync + 'static) -> TraceError {
+    TraceError::Load {
+        what: prog.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+/// Runs the tracer, writing events to `out`, until the duration passes or
+/// Ctrl-C or SIGTERM.
+///
+/// # Errors
+/// Missing capabilities or tracefs, the execve tracepoints missing, a
+/// verifier rejection, or an output error.
+pub async fn run(opts: &ExecOpts, out: &mut impl Write) -> Result<(Summary, Stop), TraceError> {
+    super::preflight("kscope trace exec")?;
+    let mut signals = super::Signals::catch()?;
+    let (parent, tgid) = task_offsets();
+    let (max, parent, tgid) = (
+        opts.max_args.to_ne_bytes(),
+        parent.to_ne_bytes(),
+        tgid.to_ne_bytes(),
+    );
+    let mut ebpf = super::load(
+        TRACE_EXEC_OBJ,
+        &opts.filters,
+        &[
+            (GLOBAL_MAX_ARGS, &max[..]),
+            (GLOBAL_OFF_REAL_PARENT, &parent[..]),
+            (GLOBAL_OFF_TGID, &tgid[..]),
+        ],
+    )?;
+    let mut attached = Vec::new();
+    for (i, &(enter, exit, syscall)) in HOOKS.iter().enumerate() {
+        let (tp_enter, tp_exit) = (
+            format!("sys_enter_{syscall}"),
+            format!("sys_exit_{syscall}"),
+        );
+        let events = Path::new(crate::sys::TRACEFS).join("events/syscalls");
+        if !events.join(&tp_enter).exists() || !events.join(&tp_exit).exists() {
+            if i == 0 {
+                return Err(TraceError::Unsupported {
+                    feature: format!("tracepoint syscalls:{tp_enter}"),
+                    reason: "not in tracefs (kernel built without CONFIG_FTRACE_SYSCALLS?)".into(),
+                });
+            }
+            tracing::warn!(
+                "tracepoints syscalls:{tp_enter}/{tp_exit} not found; not tracing {syscall}(2)"
+            );
+            continue;
+        }
+        for (prog, tp) in [(enter, &tp_enter), (exit, &tp_exit)] {
+            let p: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| io::Error::other(format!("{prog} missing")))?
+                .try_into()
+                .map_err(|e| load_err(prog, e))?;
+            p.load().map_err(|e| load_err(prog, e))?;
+            p.attach("syscalls", tp).map_err(|e| load_err(prog, e))?;
+        }
+        attached.push(syscall);
+    }
+    tracing::info!(
+        "tracing {} (ready); Ctrl-C to stop",
+        attached
+            .iter()
+            .map(|s| format!("{s}(2)"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let clock = format::Clock::now();
+    if !opts.json {
+        write_header(out, opts.timestamps)?;
+    }
+    let result = super::consume(
+        &mut ebpf,
+        &mut signals,
+        opts.duration,
+        |bytes| {
+            let Some(ev) = event(bytes) else {
+                return Ok(());
+            };
+            if opts.json {
+                write_json(out, ev, &clock)
+            } else {
+                write_row(out, ev, &clock, opts.timestamps)
+            }
+        },
+        || Ok(()),
+    )
+    .await;
+    out.flush()?;
+    result
+}
+
+/// Borrows an event in place (it is over 4 KiB; no copy per event).
+pub fn event(bytes: &[u8]) -> Option<&ExecEvent> {
+    if bytes.len() < std::mem::size_of::<ExecEvent>()
+        || !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<ExecEvent>())
+    {
+        return None;
+    }
+    // SAFETY: long enough and aligned (ring-buffer records are 8-aligned),
+    // and ExecEvent is plain old data valid for any bit pattern.
+    Some(unsafe { &*bytes.as_ptr().cast::<ExecEvent>() })
+}
+
+/// The event's arguments, each without its NUL.
+pub fn args(ev: &ExecEvent) -> impl Iterator<Item = &[u8]> {
+    let used = (ev.args_len as usize).min(ARGS_SIZE);
+    ev.args[..used].split(|&b| b == 0).take(ev.argc as usize)
+}
+
+pub fn write_header(out: &mut impl Write, timestamps: bool) -> io::Result<()> {
+    if timestamps {
+        write!(out, "{:<14} ", "TIME(s)")?;
+    }
+    writeln!(
+        out,
+        "{:<16} {:<7} {:<7} {:>12} ARGS",
+        "PCOMM", "PID", "PPID", "RET"
+    )
+}
+
+fn write_ret(out: &mut impl Write, ret: i32) -> io::Result<()> {
+    match format::errno_name(-i64::from(ret)).filter(|_| ret < 0) {
+        Some(n) => write!(out, "{n:>12} "),
+        None => write!(out, "{ret:>12} "),
+    }
+}
+
+/// One row: arguments joined by spaces, `...` when some were left out.
+pub fn write_row(
+    out: &mut impl Write,
+    ev: &ExecEvent,
+    clock: &format::Clock,
+    timestamps: bool,
+) -> io::Result<()> {
+    if timestamps {
+        write!(out, "{:<14.6} ", clock.since_start(ev.ts_ns))?;
+    }
+    let comm = format::cstr(&ev.comm);
+    format::write_text(out, comm)?;
+    write!(
+        out,
+        "{:w$} {:<7} {:<7} ",
+        "",
+        ev.pid,
+        ev.ppid,
+        w = 16usize.saturating_sub(comm.len())
+    )?;
+    write_ret(out, ev.ret)?;
+    for (i, a) in args(ev).enumerate() {
+        if i > 0 {
+            out.write_all(b" ")?;
+        }
+        format::write_text(out, a)?;
+    }
+    if ev.truncated != 0 {
+        out.write_all(b" ...")?;
+    }
+    out.write_all(b"\n")
+}
+
+/// One JSON line. Fields: `ts_unix_ns`, `pid`, `ppid`, `uid`, `comm`, `ret`
+/// (0 or -errno), `errno_name`, `args` (array of strings),
+/// `args_truncated`.
+pub fn write_json(out: &mut impl Write, ev: &ExecEvent, clock: &format::Clock) -> io::Result<()> {
+    write!(
+        out,
+        "{{\"ts_unix_ns\":{},\"pid\":{},\"ppid\":{},\"uid\":{},\"comm\":",
+        clock.unix_ns(ev.ts_ns),
+        ev.pid,
+        ev.ppid,
+        ev.uid
+    )?;
+    format::write_json_str(out, format::cstr(&ev.comm))?;
+    write!(out, ",\"ret\":{},\"errno_name\":", ev.ret)?;
+    match format::errno_name(-i64::from(ev.ret)).filter(|_| ev.ret < 0) {
+        Some(n) => write!(out, "\"{n}\"")?,
+        None => out.write_all(b"null")?,
+    }
+    out.write_all(b",\"args\":[")?;
+    for (i, a) in args(ev).enumerate() {
+        if i > 0 {
+            out.write_all(b",")?;
+        }
+        format::write_json_str(out, a)?;
+    }
+    writeln!(out, "],\"args_truncated\":{}}}", ev.truncated != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kscope_common::trace::ARG_LEN;
+
+    fn event_with(argv: &[&str], truncated: bool) -> Box<ExecEvent> {
+        // SAFETY: ExecEvent is plain old data; all-zero is valid.
+        let mut ev: Box<ExecEvent> = Box::new(unsafe { std::mem::zeroed() });
+        ev.pid = 10;
+        ev.ppid = 1;
+        ev.ret = -2;
+        ev.comm[..2].copy_from_slice(b"sh");
+        let mut off = 0;
+        for a in argv {
+            ev.args[off..off + a.len()].copy_from_slice(a.as_bytes());
+            off += a.len() + 1;
+        }
+        ev.argc = argv.len() as u32;
+        ev.args_len = off as u32;
+        ev.truncated = u32::from(truncated);
+        assert!(off <= ARGS_SIZE + ARG_LEN);
+        ev
+    }
+
+    #[test]
+    fn args_split_on_nul_and_keep_empty_ones() {
+        let ev = event_with(&["sh", "", "-c", "echo hi"], false);
+        let got: Vec<&[u8]> = args(&ev).collect();
+        assert_eq!(got, vec![&b"sh"[..], b"", b"-c", b"echo hi"]);
+    }
+
+    #[test]
+    fn json_lists_args_and_names_errno() {
+        let clock = format::Clock::now();
+        let ev = event_with(&["/bin/x", "a \"b\""], true);
+        let mut out = Vec::new();
+        write_json(&mut out, &ev, &clock).expect("write");
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+        assert_eq!(v["args"], serde_json::json!(["/bin/x", "a \"b\""]));
+        assert_eq!(v["args_truncated"], true);
+        assert_eq!(v["errno_name"], "ENOENT");
+        assert_eq!((v["pid"].as_u64(), v["ppid"].as_u64()), (Some(10), Some(1)));
+    }
+
+    #[test]
+    fn rows_mark_truncation() {
+        let clock = format::Clock::now();
+        let ev = event_with(&["ls", "-l"], true);
+        let mut out = Vec::new();
+        write_row(&mut out, &ev, &clock, false).expect("write");
+        let row = String::from_utf8(out).expect("utf8");
+        let words: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(words, ["sh", "10", "1", "ENOENT", "ls", "-l", "..."]);
+    }
+}
