@@ -36,7 +36,7 @@ use kscope_common::trace::{
     PROG_CONNECT_STATE, TP_FIELDS, TP_N,
 };
 
-use super::{Filters, Stop, Summary, TraceError, format};
+use super::{Filters, Stop, Summary, TraceError, format, load_err};
 use crate::sys::btf::Btf;
 
 static TRACE_CONNECT_OBJ: &[u8] =
@@ -136,13 +136,6 @@ fn tracepoint_offsets() -> Option<[u32; TP_N]> {
     let path = Path::new(crate::sys::TRACEFS).join("events/sock/inet_sock_set_state/format");
     let text = fs::read_to_string(path).ok()?;
     parse_format(&text, &TP_FIELDS)?.try_into().ok()
-}
-
-fn load_err(prog: &str, e: impl std::error::Error + Send + Sync + 'static) -> TraceError {
-    TraceError::Load {
-        what: prog.to_owned(),
-        source: Box::new(e),
-    }
 }
 
 fn unsupported(feature: &str, reason: impl ToString) -> TraceError {

@@ -10,11 +10,9 @@
 
 use std::{
     io::{self, Write},
-    path::Path,
     time::Duration,
 };
 
-use aya::programs::TracePoint;
 use kscope_common::trace::{
     ARGS_SIZE, ExecEvent, GLOBAL_MAX_ARGS, GLOBAL_OFF_REAL_PARENT, GLOBAL_OFF_TGID,
     PROG_EXEC_ENTER_EXECVE, PROG_EXEC_ENTER_EXECVEAT, PROG_EXEC_EXIT_EXECVE,
@@ -61,13 +59,6 @@ fn task_offsets() -> (u32, u32) {
     }
 }
 
-fn load_err(prog: &str, e: impl std::error::Error + Send + Sync + 'static) -> TraceError {
-    TraceError::Load {
-        what: prog.to_owned(),
-        source: Box::new(e),
-    }
-}
-
 /// Runs the tracer, writing events to `out`, until the duration passes or
 /// Ctrl-C or SIGTERM.
 ///
@@ -92,44 +83,7 @@ pub async fn run(opts: &ExecOpts, out: &mut impl Write) -> Result<(Summary, Stop
             (GLOBAL_OFF_TGID, &tgid[..]),
         ],
     )?;
-    let mut attached = Vec::new();
-    for (i, &(enter, exit, syscall)) in HOOKS.iter().enumerate() {
-        let (tp_enter, tp_exit) = (
-            format!("sys_enter_{syscall}"),
-            format!("sys_exit_{syscall}"),
-        );
-        let events = Path::new(crate::sys::TRACEFS).join("events/syscalls");
-        if !events.join(&tp_enter).exists() || !events.join(&tp_exit).exists() {
-            if i == 0 {
-                return Err(TraceError::Unsupported {
-                    feature: format!("tracepoint syscalls:{tp_enter}"),
-                    reason: "not in tracefs (kernel built without CONFIG_FTRACE_SYSCALLS?)".into(),
-                });
-            }
-            tracing::warn!(
-                "tracepoints syscalls:{tp_enter}/{tp_exit} not found; not tracing {syscall}(2)"
-            );
-            continue;
-        }
-        for (prog, tp) in [(enter, &tp_enter), (exit, &tp_exit)] {
-            let p: &mut TracePoint = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| io::Error::other(format!("{prog} missing")))?
-                .try_into()
-                .map_err(|e| load_err(prog, e))?;
-            p.load().map_err(|e| load_err(prog, e))?;
-            p.attach("syscalls", tp).map_err(|e| load_err(prog, e))?;
-        }
-        attached.push(syscall);
-    }
-    tracing::info!(
-        "tracing {} (ready); Ctrl-C to stop",
-        attached
-            .iter()
-            .map(|s| format!("{s}(2)"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    super::attach_syscall_pairs(&mut ebpf, HOOKS)?;
     let clock = format::Clock::now();
     if !opts.json {
         write_header(out, opts.timestamps)?;

@@ -145,6 +145,58 @@ pub fn load(
     })
 }
 
+/// A load or attach failure of program `prog`.
+pub(crate) fn load_err(
+    prog: &str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> TraceError {
+    TraceError::Load {
+        what: prog.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+/// Attaches (enter program, exit program, syscall) pairs to the syscalls
+/// tracepoints and reports readiness on stderr. The first pair is required;
+/// a later one whose tracepoints the kernel lacks is skipped with a warning.
+pub(crate) fn attach_syscall_pairs(
+    ebpf: &mut Ebpf,
+    hooks: &[(&str, &str, &str)],
+) -> Result<(), TraceError> {
+    let events = std::path::Path::new(sys::TRACEFS).join("events/syscalls");
+    let mut attached = Vec::new();
+    for (i, &(enter, exit, syscall)) in hooks.iter().enumerate() {
+        let (tp_enter, tp_exit) = (
+            format!("sys_enter_{syscall}"),
+            format!("sys_exit_{syscall}"),
+        );
+        if !events.join(&tp_enter).exists() || !events.join(&tp_exit).exists() {
+            if i == 0 {
+                return Err(TraceError::Unsupported {
+                    feature: format!("tracepoint syscalls:{tp_enter}"),
+                    reason: "not in tracefs (kernel built without CONFIG_FTRACE_SYSCALLS?)".into(),
+                });
+            }
+            tracing::warn!(
+                "tracepoints syscalls:{tp_enter}/{tp_exit} not found; not tracing {syscall}(2)"
+            );
+            continue;
+        }
+        for (prog, tp) in [(enter, &tp_enter), (exit, &tp_exit)] {
+            let p: &mut aya::programs::TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| io::Error::other(format!("{prog} missing")))?
+                .try_into()
+                .map_err(|e| load_err(prog, e))?;
+            p.load().map_err(|e| load_err(prog, e))?;
+            p.attach("syscalls", tp).map_err(|e| load_err(prog, e))?;
+        }
+        attached.push(format!("{syscall}(2)"));
+    }
+    tracing::info!("tracing {} (ready); Ctrl-C to stop", attached.join(", "));
+    Ok(())
+}
+
 fn ringbuf_missing(e: &aya::EbpfError) -> bool {
     // Kernels before 5.8 reject BPF_MAP_TYPE_RINGBUF with EINVAL at map
     // creation; the error names the map.

@@ -8,11 +8,9 @@
 
 use std::{
     io::{self, Cursor, Write},
-    path::Path,
     time::Duration,
 };
 
-use aya::programs::TracePoint;
 use kscope_common::trace::{
     GLOBAL_FAILED_ONLY, OpenEvent, PROG_OPEN_ENTER_OPEN, PROG_OPEN_ENTER_OPENAT,
     PROG_OPEN_ENTER_OPENAT2, PROG_OPEN_EXIT_OPEN, PROG_OPEN_EXIT_OPENAT, PROG_OPEN_EXIT_OPENAT2,
@@ -45,13 +43,6 @@ pub struct OpenOpts {
     pub duration: Option<Duration>,
 }
 
-fn tracepoint_exists(name: &str) -> bool {
-    Path::new(crate::sys::TRACEFS)
-        .join("events/syscalls")
-        .join(name)
-        .exists()
-}
-
 /// Runs the tracer, writing events to `out`, until the duration passes or
 /// Ctrl-C or SIGTERM. Reports readiness on stderr once attached.
 ///
@@ -67,44 +58,7 @@ pub async fn run(opts: &OpenOpts, out: &mut impl Write) -> Result<(Summary, Stop
         &opts.filters,
         &[(GLOBAL_FAILED_ONLY, &failed_only[..])],
     )?;
-    let mut attached = Vec::new();
-    for (i, &(enter, exit, syscall)) in HOOKS.iter().enumerate() {
-        let (tp_enter, tp_exit) = (
-            format!("sys_enter_{syscall}"),
-            format!("sys_exit_{syscall}"),
-        );
-        if !tracepoint_exists(&tp_enter) || !tracepoint_exists(&tp_exit) {
-            if i == 0 {
-                return Err(TraceError::Unsupported {
-                    feature: format!("tracepoint syscalls:{tp_enter}"),
-                    reason: "not in tracefs (kernel built without CONFIG_FTRACE_SYSCALLS?)".into(),
-                });
-            }
-            tracing::warn!(
-                "tracepoints syscalls:{tp_enter}/{tp_exit} not found; not tracing {syscall}(2)"
-            );
-            continue;
-        }
-        for (prog, tp) in [(enter, &tp_enter), (exit, &tp_exit)] {
-            let p: &mut TracePoint = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| io::Error::other(format!("{prog} missing")))?
-                .try_into()
-                .map_err(|e| load_err(prog, e))?;
-            p.load().map_err(|e| load_err(prog, e))?;
-            p.attach("syscalls", tp).map_err(|e| load_err(prog, e))?;
-        }
-        attached.push(syscall);
-    }
-    tracing::info!(
-        "tracing {} (ready); Ctrl-C to stop",
-        attached
-            .iter()
-            .map(|s| format!("{s}(2)"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-
+    super::attach_syscall_pairs(&mut ebpf, HOOKS)?;
     let clock = Clock::now();
     if !opts.json {
         write_header(out, opts.timestamps)?;
@@ -129,13 +83,6 @@ pub async fn run(opts: &OpenOpts, out: &mut impl Write) -> Result<(Summary, Stop
     .await;
     out.flush()?;
     result
-}
-
-fn load_err(prog: &str, e: impl std::error::Error + Send + Sync + 'static) -> TraceError {
-    TraceError::Load {
-        what: prog.to_owned(),
-        source: Box::new(e),
-    }
 }
 
 /// Copies an event out of a ring-buffer record; `None` if it is short.
