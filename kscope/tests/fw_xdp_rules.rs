@@ -505,7 +505,10 @@ fn tempdir(tag: &str) -> std::path::PathBuf {
 /// extra back-and-forth changes.
 #[test]
 fn fw_load_swaps_atomically_under_traffic() {
+    /// At least this many frames, and frames until this many loads ran.
     const N_FRAMES: u32 = 30_000;
+    const MIN_LOADS: u32 = 6;
+    const CHUNK: u32 = 1_500;
     let mut fw = Fw::new("atomic", &[]);
     let dir = tempdir("atomic");
     let (s1, s2, s3) = ("198.51.100.1", "198.51.100.2", "198.51.100.3");
@@ -530,18 +533,18 @@ fn fw_load_swaps_atomically_under_traffic() {
     );
     fw.fw("load", &[&a]);
 
-    let frames: Vec<Vec<u8>> = (0..N_FRAMES)
-        .map(|i| lab_frame(ip([s1, s2, s3][(i % 3) as usize]), L4::Udp(9), i))
-        .collect();
+    // Frames flow in chunks until at least MIN_LOADS swaps have happened
+    // under them, however slow a load is (seconds under emulation).
+    let frame = |i: u32| lab_frame(ip([s1, s2, s3][(i % 3) as usize]), L4::Udp(9), i);
     let done = AtomicBool::new(false);
+    let enough = AtomicBool::new(false);
     let sent_all = AtomicBool::new(false);
     // The observer drains on its own thread, so its socket buffer never
-    // overflows while a slow `fw load` runs (under emulation a load takes
-    // seconds).
-    let (loads, marks) = {
+    // overflows while a slow `fw load` runs.
+    let (loads, marks, n_frames) = {
         let lab = &fw.lab;
         let obs = &mut fw.obs;
-        let (done, sent_all) = (&done, &sent_all);
+        let (done, enough, sent_all) = (&done, &enough, &sent_all);
         std::thread::scope(|sc| {
             let drainer = sc.spawn(move || {
                 let mut marks = Vec::new();
@@ -555,27 +558,35 @@ fn fw_load_swaps_atomically_under_traffic() {
                     std::thread::sleep(Duration::from_millis(2));
                 }
             });
-            let h = sc.spawn(move || {
-                let r = lab.inject(&frames);
+            let h = sc.spawn(move || -> std::io::Result<u32> {
+                let mut next = 0u32;
+                while !enough.load(Ordering::SeqCst) || next < N_FRAMES {
+                    let chunk: Vec<Vec<u8>> = (next..next + CHUNK).map(frame).collect();
+                    lab.inject(&chunk)?;
+                    next += CHUNK;
+                }
                 done.store(true, Ordering::SeqCst);
-                r
+                Ok(next)
             });
             let mut loads = 0u32;
             while !done.load(Ordering::SeqCst) {
                 let file = if loads.is_multiple_of(2) { &b } else { &a };
                 kscope_ok(None, &["fw", "load", "--iface", &lab.iface_b, file]);
                 loads += 1;
+                if loads >= MIN_LOADS {
+                    enough.store(true, Ordering::SeqCst);
+                }
             }
-            h.join().expect("sender thread").expect("inject");
+            let n_frames = h.join().expect("sender thread").expect("inject");
             // Let the last frames arrive, then drain once more.
             std::thread::sleep(Duration::from_millis(300));
             sent_all.store(true, Ordering::SeqCst);
-            (loads, drainer.join().expect("drainer"))
+            (loads, drainer.join().expect("drainer"), n_frames)
         })
     };
 
     let arrived: std::collections::HashSet<u32> = marks.iter().map(|&(_, s)| s).collect();
-    let lost: Vec<u32> = (0..N_FRAMES)
+    let lost: Vec<u32> = (0..n_frames)
         .filter(|i| i % 3 == 2 && !arrived.contains(i))
         .collect();
     assert!(
@@ -583,7 +594,7 @@ fn fw_load_swaps_atomically_under_traffic() {
         "control frames lost on the way, the test cannot judge: {lost:?}"
     );
     // 'A' or 'B' per S1/S2 frame, in send order.
-    let labels: Vec<char> = (0..N_FRAMES)
+    let labels: Vec<char> = (0..n_frames)
         .filter(|i| i % 3 != 2)
         .map(|i| {
             let delivered = arrived.contains(&i);
@@ -594,7 +605,7 @@ fn fw_load_swaps_atomically_under_traffic() {
         })
         .collect();
     let changes = labels.windows(2).filter(|w| w[0] != w[1]).count();
-    eprintln!("atomic swap: {loads} loads during {N_FRAMES} frames, {changes} set changes seen");
+    eprintln!("atomic swap: {loads} loads during {n_frames} frames, {changes} set changes seen");
     assert_eq!(labels[0], 'A', "the first frames were judged by set A");
     assert!(
         changes >= 2,
