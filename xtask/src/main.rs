@@ -49,7 +49,7 @@ enum Task {
     /// Run a benchmark (not a test) and print its Markdown table.
     Bench {
         /// What to measure: `fw` (the XDP firewall against an XDP_PASS
-        /// floor and xdp-filter).
+        /// floor and xdp-filter), `trace` (trace open against bpftrace).
         #[arg(value_enum)]
         what: BenchTarget,
     },
@@ -58,6 +58,7 @@ enum Task {
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum BenchTarget {
     Fw,
+    Trace,
 }
 
 fn main() -> ExitCode {
@@ -89,6 +90,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // The benchmark also times the kscope binary itself.
             sh(cargo().args(["build", "--release", "--quiet", "--bin", "kscope"]))?;
             sh(cargo().args(["run", "--release", "--quiet", "--example", "fw_bench"]))
+        }
+        Task::Bench {
+            what: BenchTarget::Trace,
+        } => {
+            sh(cargo().args(["build", "--release", "--quiet", "--bin", "kscope"]))?;
+            sh(cargo().args(["run", "--release", "--quiet", "--example", "trace_bench"]))
         }
     }
 }

@@ -33,6 +33,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "qemu-system-x86_64"),
     ("busybox-static", "/bin/busybox"),
     ("xz-utils", "xz"),
+    // `cargo xtask bench trace` compares with bpftrace
+    ("bpftrace", "bpftrace"),
     // `cargo xtask bench fw` compares with xdp-filter
     ("xdp-tools", "xdp-filter"),
 ];

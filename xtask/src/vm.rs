@@ -81,8 +81,10 @@ const HOST_TOOLS: &[&str] = &["ip", "bpftool", "setpriv", "unshare"];
 /// A crash once init has started is a test failure, never retried.
 const BOOT_TRIES: u32 = 3;
 
-/// Longest a single VM may run before it counts as hung.
-const VM_TIMEOUT: Duration = Duration::from_secs(900);
+/// Longest a VM may print nothing before it counts as hung.
+const VM_SILENCE: Duration = Duration::from_secs(300);
+/// Longest a single VM may run at all.
+const VM_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// What one kernel's run produced.
 #[derive(Default)]
@@ -675,7 +677,7 @@ fn boot_once(k: &Kernel, img: &Image, initrd: &Path, log: &Path) -> anyhow::Resu
     let mut hung = false;
     let mut logf = fs::File::create(log)?;
     loop {
-        let left = VM_TIMEOUT.saturating_sub(start.elapsed());
+        let left = VM_TIMEOUT.saturating_sub(start.elapsed()).min(VM_SILENCE);
         match rx.recv_timeout(left) {
             Ok(line) => {
                 writeln!(logf, "{line}")?;
@@ -703,7 +705,9 @@ fn boot_once(k: &Kernel, img: &Image, initrd: &Path, log: &Path) -> anyhow::Resu
     o.boot = boot_time;
     o.total = start.elapsed();
     if hung {
-        o.error = Some(format!("no progress within {VM_TIMEOUT:?} (hang?)"));
+        o.error = Some(format!(
+            "hung: no output for {VM_SILENCE:?}, or over {VM_TIMEOUT:?} in all"
+        ));
     } else if let Some(p) = console.iter().find(|l| l.contains("Kernel panic")) {
         o.error = Some(format!("kernel panic: {p}"));
     } else if result.is_none() {

@@ -1,0 +1,300 @@
+//! `cargo xtask bench trace`: `kscope trace open` next to bpftrace (and BCC's
+//! opensnoop where it runs), measured in one run. Needs root. Not a test.
+//!
+//! - startup: from spawning the tool to its readiness line (kscope: the
+//!   "(ready)" line on stderr; bpftrace: a `BEGIN` printf, which runs once
+//!   every probe is attached);
+//! - peak RSS: VmHWM of the tool's process after the overhead runs;
+//! - overhead: extra ns per openat(2) of a missing path, against the same
+//!   loop with no tracer, with the tool printing each event into a pipe that
+//!   is read and discarded, and (bpftrace) only counting;
+//! - throughput: the highest offered rate (opens/s, from one paced
+//!   generator thread) that kscope delivered with zero loss.
+
+use std::{
+    ffi::CString,
+    io::{BufRead as _, BufReader, Read as _},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+const OPENS: u64 = 400_000;
+const MISSING: &str = "/nonexistent/kscope-trace-bench";
+
+/// A running tracer whose stdout is read and thrown away on a thread.
+struct Tool {
+    child: Child,
+    startup: Duration,
+}
+
+fn spawn(cmd: &mut Command, ready_on_stderr: bool) -> anyhow::Result<Tool> {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().context("stdout")?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let (watch, discard): (Box<dyn std::io::Read + Send>, Box<dyn std::io::Read + Send>) =
+        if ready_on_stderr {
+            (Box::new(stderr), Box::new(stdout))
+        } else {
+            (Box::new(stdout), Box::new(stderr))
+        };
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(watch);
+        let mut line = String::new();
+        let mut sent = false;
+        while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            if !sent && (line.contains("(ready)") || line.trim() == "kscope-bench-ready") {
+                let _ = tx.send(());
+                sent = true;
+            }
+            line.clear();
+        }
+    });
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut d = discard;
+        while d.read(&mut buf).map(|n| n > 0).unwrap_or(false) {}
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .context("the tool did not report readiness within 30 s")?;
+    Ok(Tool {
+        child,
+        startup: start.elapsed(),
+    })
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Time per openat(2) of a missing path over `n` calls.
+fn open_loop(n: u64) -> Duration {
+    let path = CString::new(MISSING).expect("path");
+    let start = Instant::now();
+    for _ in 0..n {
+        // SAFETY: a valid NUL-terminated path; a (never expected) success is closed.
+        let fd = unsafe { libc::openat(libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY) };
+        if fd >= 0 {
+            // SAFETY: fd was just returned by openat.
+            unsafe { libc::close(fd) };
+        }
+    }
+    start.elapsed() / u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn stop(t: Tool) -> anyhow::Result<String> {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(t.child.id() as i32, libc::SIGINT) };
+    let out = t.child.wait_with_output()?;
+    Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+struct Row {
+    tool: String,
+    startup_ms: Option<f64>,
+    rss_mib: Option<f64>,
+    overhead_ns: Option<f64>,
+}
+
+fn measure(tool: &str, cmd: &mut Command, on_stderr: bool, base: Duration) -> anyhow::Result<Row> {
+    let t = spawn(cmd, on_stderr)?;
+    let startup = t.startup;
+    // Warm up, then measure.
+    open_loop(OPENS / 10);
+    let per = open_loop(OPENS);
+    let rss = peak_rss_kib(t.child.id());
+    stop(t)?;
+    Ok(Row {
+        tool: tool.into(),
+        startup_ms: Some(startup.as_secs_f64() * 1e3),
+        rss_mib: Some(rss as f64 / 1024.0),
+        overhead_ns: Some(per.as_nanos() as f64 - base.as_nanos() as f64),
+    })
+}
+
+/// Offers `rate` opens/s for 2 s from a paced thread traced by kscope (only
+/// that thread, `-t`); returns (generated, delivered, lost).
+fn throughput(kscope: &str, rate: u64) -> anyhow::Result<(u64, u64, u64)> {
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let gen_thread = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tid_tx.send(unsafe { libc::gettid() } as u32).ok();
+        if go_rx.recv().is_err() {
+            return 0;
+        }
+        let path = CString::new(MISSING).expect("path");
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < Duration::from_secs(2) {
+            let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+            while n < due {
+                // SAFETY: as in open_loop.
+                let fd = unsafe { libc::openat(libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY) };
+                if fd >= 0 {
+                    // SAFETY: fd was just returned by openat.
+                    unsafe { libc::close(fd) };
+                }
+                n += 1;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        n
+    });
+    let tid = tid_rx.recv()?.to_string();
+    let t = spawn(
+        Command::new(kscope).args(["trace", "open", "-t", &tid]),
+        true,
+    )?;
+    go_tx.send(())?;
+    let generated = gen_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("generator panicked"))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let err = stop(t)?;
+    let summary = err
+        .lines()
+        .find_map(|l| l.strip_prefix("kscope trace open: "))
+        .context("no summary line")?;
+    let nums: Vec<u64> = summary
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    if nums.len() < 2 {
+        bail!("bad summary {summary:?}");
+    }
+    Ok((generated, nums[0], nums[1]))
+}
+
+fn opt(v: Option<f64>, prec: usize) -> String {
+    v.map_or_else(|| "n/a".into(), |v| format!("{v:.prec$}"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let kscope = std::env::var("KSCOPE_BIN").unwrap_or_else(|_| "target/release/kscope".into());
+    open_loop(OPENS / 10);
+    let base = open_loop(OPENS);
+    eprintln!("baseline: {} ns per openat", base.as_nanos());
+    let mut rows = vec![measure(
+        "kscope trace open (printing)",
+        Command::new(&kscope).args(["trace", "open"]),
+        true,
+        base,
+    )?];
+    rows.push(measure(
+        "kscope trace open --json (printing)",
+        Command::new(&kscope).args(["trace", "open", "--json"]),
+        true,
+        base,
+    )?);
+    let bt = |prog: &str| {
+        let mut c = Command::new("bpftrace");
+        c.args([
+            "-e",
+            &format!("BEGIN {{ printf(\"kscope-bench-ready\\n\"); }} {prog}"),
+        ]);
+        c
+    };
+    for (name, prog) in [
+        (
+            "bpftrace printf (printing)",
+            "tracepoint:syscalls:sys_exit_openat { printf(\"%d %d %s %d\\n\", pid, tid, comm, args.ret); }",
+        ),
+        (
+            "bpftrace count() (counting)",
+            "tracepoint:syscalls:sys_exit_openat { @c = count(); }",
+        ),
+    ] {
+        match measure(name, &mut bt(prog), false, base) {
+            Ok(r) => rows.push(r),
+            Err(e) => rows.push(Row {
+                tool: format!("{name}: failed: {e:#}"),
+                startup_ms: None,
+                rss_mib: None,
+                overhead_ns: None,
+            }),
+        }
+    }
+    match Command::new("opensnoop-bpfcc").arg("-d").arg("1").output() {
+        Ok(o) if o.status.success() => rows.push(Row {
+            tool: "opensnoop-bpfcc: runs here, not yet measured".into(),
+            startup_ms: None,
+            rss_mib: None,
+            overhead_ns: None,
+        }),
+        Ok(o) => rows.push(Row {
+            tool: format!(
+                "opensnoop-bpfcc: fails here: {}",
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("?")
+            ),
+            startup_ms: None,
+            rss_mib: None,
+            overhead_ns: None,
+        }),
+        Err(_) => rows.push(Row {
+            tool: "opensnoop-bpfcc: not installed (bpfcc-tools)".into(),
+            startup_ms: None,
+            rss_mib: None,
+            overhead_ns: None,
+        }),
+    }
+
+    println!(
+        "Baseline: {} ns per openat(2) of a missing path with no tracer.\n",
+        base.as_nanos()
+    );
+    println!(
+        "| tool | start to attached (ms) | peak RSS (MiB) | overhead per openat (ns) | ratio to baseline |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for r in &rows {
+        let ratio = r
+            .overhead_ns
+            .map(|o| (o + base.as_nanos() as f64) / base.as_nanos() as f64);
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            r.tool,
+            opt(r.startup_ms, 1),
+            opt(r.rss_mib, 1),
+            opt(r.overhead_ns, 0),
+            opt(ratio, 2)
+        );
+    }
+
+    println!("\n| offered opens/s (one thread) | generated | delivered | lost |");
+    println!("|---:|---:|---:|---:|");
+    let mut best = None;
+    for rate in [50_000u64, 100_000, 200_000, 400_000, 800_000] {
+        let (g, d, l) = throughput(&kscope, rate)?;
+        println!("| {rate} | {g} | {d} | {l} |");
+        if l == 0 && d == g {
+            best = Some(g as f64 / 2.0);
+        }
+    }
+    println!(
+        "\nHighest rate delivered with zero loss: {}",
+        best.map_or_else(
+            || "none of the offered rates".into(),
+            |b| format!("{b:.0} events/s")
+        )
+    );
+    Ok(())
+}
