@@ -24,10 +24,12 @@ use anyhow::{Context as _, bail};
 const OPENS: u64 = 400_000;
 const MISSING: &str = "/nonexistent/kscope-trace-bench";
 
-/// A running tracer whose stdout is read and thrown away on a thread.
+/// A running tracer whose output is read on threads: the readiness stream
+/// is kept (for kscope's summary line), the other thrown away.
 struct Tool {
     child: Child,
     startup: Duration,
+    watched: std::thread::JoinHandle<String>,
 }
 
 fn spawn(cmd: &mut Command, ready_on_stderr: bool) -> anyhow::Result<Tool> {
@@ -46,8 +48,9 @@ fn spawn(cmd: &mut Command, ready_on_stderr: bool) -> anyhow::Result<Tool> {
         } else {
             (Box::new(stdout), Box::new(stderr))
         };
-    std::thread::spawn(move || {
+    let watched = std::thread::spawn(move || {
         let mut r = BufReader::new(watch);
+        let mut all = String::new();
         let mut line = String::new();
         let mut sent = false;
         while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
@@ -55,8 +58,12 @@ fn spawn(cmd: &mut Command, ready_on_stderr: bool) -> anyhow::Result<Tool> {
                 let _ = tx.send(());
                 sent = true;
             }
+            if all.len() < 1 << 16 {
+                all.push_str(&line);
+            }
             line.clear();
         }
+        all
     });
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 1 << 16];
@@ -68,6 +75,7 @@ fn spawn(cmd: &mut Command, ready_on_stderr: bool) -> anyhow::Result<Tool> {
     Ok(Tool {
         child,
         startup: start.elapsed(),
+        watched,
     })
 }
 
@@ -97,11 +105,12 @@ fn open_loop(n: u64) -> Duration {
     start.elapsed() / u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-fn stop(t: Tool) -> anyhow::Result<String> {
+/// Stops the tool with SIGINT; returns what its watched stream printed.
+fn stop(mut t: Tool) -> anyhow::Result<String> {
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(t.child.id() as i32, libc::SIGINT) };
-    let out = t.child.wait_with_output()?;
-    Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    t.child.wait()?;
+    t.watched.join().map_err(|_| anyhow::anyhow!("reader panicked"))
 }
 
 struct Row {
@@ -111,12 +120,19 @@ struct Row {
     overhead_ns: Option<f64>,
 }
 
+/// Median per-call time of `runs` loops of `n` openat(2).
+fn open_median(runs: usize, n: u64) -> Duration {
+    let mut v: Vec<Duration> = (0..runs).map(|_| open_loop(n)).collect();
+    v.sort();
+    v[runs / 2]
+}
+
 fn measure(tool: &str, cmd: &mut Command, on_stderr: bool, base: Duration) -> anyhow::Result<Row> {
     let t = spawn(cmd, on_stderr)?;
     let startup = t.startup;
     // Warm up, then measure.
     open_loop(OPENS / 10);
-    let per = open_loop(OPENS);
+    let per = open_median(5, OPENS / 4);
     let rss = peak_rss_kib(t.child.id());
     stop(t)?;
     Ok(Row {
@@ -188,7 +204,7 @@ fn opt(v: Option<f64>, prec: usize) -> String {
 fn main() -> anyhow::Result<()> {
     let kscope = std::env::var("KSCOPE_BIN").unwrap_or_else(|_| "target/release/kscope".into());
     open_loop(OPENS / 10);
-    let base = open_loop(OPENS);
+    let base = open_median(5, OPENS / 4);
     eprintln!("baseline: {} ns per openat", base.as_nanos());
     let mut rows = vec![measure(
         "kscope trace open (printing)",
@@ -213,7 +229,7 @@ fn main() -> anyhow::Result<()> {
     for (name, prog) in [
         (
             "bpftrace printf (printing)",
-            "tracepoint:syscalls:sys_exit_openat { printf(\"%d %d %s %d\\n\", pid, tid, comm, args.ret); }",
+            "tracepoint:syscalls:sys_exit_openat { printf(\"%d %d %s %d\\n\", pid, tid, comm, args->ret); }",
         ),
         (
             "bpftrace count() (counting)",
