@@ -110,7 +110,9 @@ fn stop(mut t: Tool) -> anyhow::Result<String> {
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(t.child.id() as i32, libc::SIGINT) };
     t.child.wait()?;
-    t.watched.join().map_err(|_| anyhow::anyhow!("reader panicked"))
+    t.watched
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))
 }
 
 struct Row {
