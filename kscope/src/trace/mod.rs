@@ -121,6 +121,11 @@ pub fn load(
     ];
     let wakeup = WAKEUP_BYTES;
     let mut loader = EbpfLoader::new();
+    // The tracers read kernel structs through offsets they look up
+    // themselves, not CO-RE relocations, so aya need not load and parse the
+    // kernel's BTF (several MiB): that alone was most of the start time and
+    // the peak memory.
+    loader.btf(None);
     for (name, value) in &globals {
         loader.override_global(name, value, true);
     }
