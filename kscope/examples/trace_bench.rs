@@ -199,6 +199,61 @@ fn throughput(kscope: &str, rate: u64) -> anyhow::Result<(u64, u64, u64)> {
     Ok((generated, nums[0], nums[1]))
 }
 
+/// Two threads open as fast as they can for 2 s, traced by kscope on its
+/// default buffer (only those threads, by name); returns (generated,
+/// delivered, lost).
+fn two_producers(kscope: &str) -> anyhow::Result<(u64, u64, u64)> {
+    let t = spawn(
+        Command::new(kscope).args(["trace", "open", "-n", "kscope-bgen"]),
+        true,
+    )?;
+    let gens: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::Builder::new()
+                .name("kscope-bgen".into())
+                .spawn(|| {
+                    let path = CString::new(MISSING).expect("path");
+                    let start = Instant::now();
+                    let mut n = 0u64;
+                    while start.elapsed() < Duration::from_secs(2) {
+                        for _ in 0..1000 {
+                            // SAFETY: as in open_loop.
+                            let fd = unsafe {
+                                libc::openat(libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY)
+                            };
+                            if fd >= 0 {
+                                // SAFETY: fd was just returned by openat.
+                                unsafe { libc::close(fd) };
+                            }
+                        }
+                        n += 1000;
+                    }
+                    n
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let mut generated = 0;
+    for g in gens {
+        generated += g
+            .join()
+            .map_err(|_| anyhow::anyhow!("generator panicked"))?;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let err = stop(t)?;
+    let summary = err
+        .lines()
+        .find_map(|l| l.strip_prefix("kscope trace open: "))
+        .context("no summary line")?;
+    let nums: Vec<u64> = summary
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    if nums.len() < 2 {
+        bail!("bad summary {summary:?}");
+    }
+    Ok((generated, nums[0], nums[1]))
+}
+
 fn opt(v: Option<f64>, prec: usize) -> String {
     v.map_or_else(|| "n/a".into(), |v| format!("{v:.prec$}"))
 }
