@@ -369,5 +369,10 @@ fn main() -> anyhow::Result<()> {
             |b| format!("{b:.0} events/s")
         )
     );
+    let (g, d, l) = two_producers(&kscope)?;
+    println!(
+        "\nTwo producers at full rate for 2 s (default 2 MiB buffer): {g} opens ({:.0}/s), {d} delivered, {l} lost.",
+        g as f64 / 2.0
+    );
     Ok(())
 }
