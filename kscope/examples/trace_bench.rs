@@ -311,13 +311,20 @@ fn main() -> anyhow::Result<()> {
             overhead_ns: None,
         }),
         Ok(o) => rows.push(Row {
-            tool: format!(
-                "opensnoop-bpfcc: fails here: {}",
-                String::from_utf8_lossy(&o.stderr)
-                    .lines()
-                    .last()
+            tool: format!("opensnoop-bpfcc: fails here: {}", {
+                let err = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                // BCC's own diagnosis, where it gives one, beats the last
+                // line of a Python traceback.
+                err.lines()
+                    .find(|l| l.contains("kernel headers"))
+                    .or_else(|| err.lines().last())
                     .unwrap_or("?")
-            ),
+                    .to_owned()
+            }),
             startup_ms: None,
             rss_mib: None,
             overhead_ns: None,

@@ -33,8 +33,9 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "qemu-system-x86_64"),
     ("busybox-static", "/bin/busybox"),
     ("xz-utils", "xz"),
-    // `cargo xtask bench trace` compares with bpftrace
+    // `cargo xtask bench trace` compares with bpftrace and BCC
     ("bpftrace", "bpftrace"),
+    ("bpfcc-tools", "opensnoop-bpfcc"),
     // `cargo xtask bench fw` compares with xdp-filter
     ("xdp-tools", "xdp-filter"),
 ];
