@@ -7,3 +7,4 @@
 
 pub mod fw;
 pub mod probe_check;
+pub mod profile;

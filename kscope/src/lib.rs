@@ -6,4 +6,5 @@ pub mod demo;
 pub mod firewall;
 pub mod netlab;
 pub mod probe_check;
+pub mod profile;
 pub mod sys;
