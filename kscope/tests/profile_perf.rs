@@ -190,6 +190,13 @@ impl Drop for Workload {
     }
 }
 
+/// Writes a line to stderr past libtest's capture, so measured values show
+/// in every run's log (the VM console included), passing or not.
+fn note(line: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+}
+
 /// A unique scratch path for output files.
 fn scratch(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("kscope-profile-{}-{name}", std::process::id()))
@@ -334,10 +341,10 @@ fn measured_ratio_is_three_to_one_within_tolerance() {
     );
     let p = alpha / n;
     let tolerance = 0.03 + 4.0 * (0.75 * 0.25 / n).sqrt();
-    eprintln!(
+    note(&format!(
         "ratio: alpha {alpha}, beta {beta}, fraction {p:.3} (want 0.75 ± {tolerance:.3}), ratio {:.2}",
         alpha / beta.max(1.0)
-    );
+    ));
     assert!(
         (p - 0.75).abs() <= tolerance,
         "alpha/(alpha+beta) = {p:.3} over {n} samples, want 0.75 ± {tolerance:.3} (alpha {alpha}, beta {beta})"
@@ -451,7 +458,9 @@ fn kernel_frames_appear_for_a_syscall_heavy_workload() {
         );
         in_write += count(s);
     }
-    eprintln!("write path: {in_write} of {total} samples in vfs_write");
+    note(&format!(
+        "write path: {in_write} of {total} samples in vfs_write"
+    ));
     assert!(
         total >= 50 && in_write * 10 >= total,
         "want vfs_write in at least 10% of {total} samples (>= 50), got {in_write}; stderr:\n{stderr}\nstacks: {:#}",
@@ -501,18 +510,36 @@ fn sigterm_stops_sampling_and_leaves_nothing_attached() {
     require_root();
     let w = Workload::start("decoy");
     let pid = w.pid().to_string();
-    let child = kscope_cmd(None, &["profile", "--json", "-p", &pid, "-F", FREQ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start kscope");
-    std::thread::sleep(Duration::from_secs(2));
+    let mut child = kscope_cmd(
+        None,
+        &["profile", "--json", "--progress", "-p", &pid, "-F", FREQ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("start kscope");
+    // Wait until it samples (it reports progress then): under emulation,
+    // loading alone can take seconds.
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut early = String::new();
+    while !early.lines().any(|l| l.starts_with("sampling:")) {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).expect("read stderr") == 0 {
+            panic!("kscope exited before sampling:\n{early}");
+        }
+        early.push_str(&line);
+    }
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let rest = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
     let start = Instant::now();
     let out = child.wait_with_output().expect("wait for kscope");
     drop(w);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = early + &rest.join().expect("stderr reader");
     assert!(out.status.success(), "{}: {stderr}", out.status);
     assert!(start.elapsed() < Duration::from_secs(60));
     let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
