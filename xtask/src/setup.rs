@@ -33,6 +33,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "qemu-system-x86_64"),
     ("busybox-static", "/bin/busybox"),
     ("xz-utils", "xz"),
+    // `cargo xtask bench profile` compares kscope with it
+    ("bpftrace", "bpftrace"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
@@ -140,7 +142,7 @@ fn debian_packages() -> anyhow::Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-fn which(cmd: &str) -> Option<std::path::PathBuf> {
+pub fn which(cmd: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/sbin".into()])
