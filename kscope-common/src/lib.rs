@@ -7,4 +7,5 @@
 
 pub mod fw;
 pub mod probe_check;
+pub mod profile;
 pub mod trace;

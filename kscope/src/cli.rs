@@ -12,7 +12,7 @@ use crate::firewall::{
 };
 
 /// kscope: an eBPF toolkit for Linux — XDP firewall and packet counters,
-/// kernel tracing.
+/// kernel tracing, CPU profiler.
 #[derive(Debug, Parser)]
 #[command(name = "kscope", version, about, propagate_version = true)]
 pub struct Cli {
@@ -28,6 +28,9 @@ pub enum Command {
     /// Kernel tracing: opens, execs and TCP connects as they happen.
     #[command(subcommand)]
     Trace(TraceCommand),
+    /// Sample on-CPU stacks (kernel and user) with a perf_event program and
+    /// show the hottest functions, folded stacks or a flame graph.
+    Profile(ProfileArgs),
     /// Show the packet counter at work in a private pair of network
     /// namespaces, then tear everything down.
     Demo,
@@ -250,20 +253,75 @@ pub struct StatsArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    /// Samples per second on each CPU.
+    #[arg(short = 'F', long, value_name = "HZ", default_value_t = 49,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub frequency: u64,
+    /// Sample only this CPU (default: every online CPU).
+    #[arg(short = 'C', long, value_name = "CPU")]
+    pub cpu: Option<u32>,
+    /// Sample only these processes (repeat, or separate with commas).
+    #[arg(short = 'p', long = "pid", value_name = "PID", value_delimiter = ',',
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub pids: Vec<u32>,
+    /// Stop after SECS seconds (default: at Ctrl-C or SIGTERM).
+    #[arg(short = 'd', long, value_name = "SECS", value_parser = parse_duration,
+          allow_hyphen_values = true)]
+    pub duration: Option<Duration>,
+    /// Write folded stacks (flamegraph.pl's input) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<PathBuf>,
+    /// Write an SVG flame graph to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    /// Print the aggregated stacks as one JSON document instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// How many functions the table shows.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+    /// User stacks only.
+    #[arg(short = 'U', long, conflicts_with = "kernel_only")]
+    pub user_only: bool,
+    /// Kernel stacks only.
+    #[arg(short = 'K', long)]
+    pub kernel_only: bool,
+    /// Keep samples of the idle task (pid 0), shown as [idle].
+    #[arg(short = 'I', long)]
+    pub include_idle: bool,
+    /// Show progress on stderr even when it is not a terminal.
+    #[arg(long)]
+    pub progress: bool,
+    /// Distinct stacks the kernel can store; raise it when stacks are lost
+    /// with "stack map full" or "eexist".
+    #[arg(long, value_name = "N", default_value_t = kscope_common::profile::DEFAULT_STACK_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
+    pub stack_storage: u32,
+}
+
+/// Parses `-d`: a positive number of seconds, at most a day.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    parse_seconds(s, "duration")
+}
+
 /// Parses a `--watch` interval: a positive number of seconds, at most a day.
 pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    parse_seconds(s, "interval")
+}
+
+fn parse_seconds(s: &str, what: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;
     if !secs.is_finite() || secs <= 0.0 {
         return Err(format!(
-            "the interval must be greater than 0 seconds, got {s}"
+            "the {what} must be greater than 0 seconds, got {s}"
         ));
     }
     if secs > 86_400.0 {
-        return Err(format!(
-            "the interval must be at most 86400 seconds, got {s}"
-        ));
+        return Err(format!("the {what} must be at most 86400 seconds, got {s}"));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -328,6 +386,54 @@ mod tests {
         for verb in ["attach", "detach"] {
             let err = parse(&["fw", verb]).expect_err(verb);
             assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        }
+    }
+
+    fn profile(args: &[&str]) -> Result<ProfileArgs, clap::Error> {
+        let mut all = vec!["profile"];
+        all.extend_from_slice(args);
+        match parse(&all)?.command {
+            Command::Profile(p) => Ok(p),
+            c => panic!("wrong command: {c:?}"),
+        }
+    }
+
+    #[test]
+    fn profile_defaults_to_49_hz_everywhere_until_stopped() {
+        let p = profile(&[]).expect("parses");
+        assert_eq!(p.frequency, 49);
+        assert_eq!((p.cpu, p.duration), (None, None));
+        assert!(p.pids.is_empty());
+        assert_eq!(p.top, 20);
+        assert!(!(p.user_only || p.kernel_only || p.include_idle || p.json));
+    }
+
+    #[test]
+    fn profile_pids_repeat_or_take_comma_lists() {
+        let p = profile(&[
+            "-p", "10,20", "-p", "30", "-F", "99", "-C", "1", "-d", "2.5",
+        ])
+        .expect("parses");
+        assert_eq!(p.pids, [10, 20, 30]);
+        assert_eq!((p.frequency, p.cpu), (99, Some(1)));
+        assert_eq!(p.duration, Some(Duration::from_millis(2500)));
+    }
+
+    #[test]
+    fn profile_rejects_bad_values() {
+        use clap::error::ErrorKind;
+        for (args, kind) in [
+            (&["-F", "0"][..], ErrorKind::ValueValidation),
+            (&["-F", "100001"], ErrorKind::ValueValidation),
+            (&["-p", "0"], ErrorKind::ValueValidation),
+            (&["-p", "abc"], ErrorKind::ValueValidation),
+            (&["-d", "0"], ErrorKind::ValueValidation),
+            (&["-d", "-3"], ErrorKind::ValueValidation),
+            (&["-C", "-1"], ErrorKind::UnknownArgument),
+            (&["-U", "-K"], ErrorKind::ArgumentConflict),
+        ] {
+            let err = profile(args).expect_err(&format!("{args:?}"));
+            assert_eq!(err.kind(), kind, "{args:?}: {err}");
         }
     }
 

@@ -7,5 +7,6 @@ pub mod firewall;
 pub mod frame;
 pub mod netlab;
 pub mod probe_check;
+pub mod profile;
 pub mod sys;
 pub mod trace;

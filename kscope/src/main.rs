@@ -8,9 +8,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Parser as _;
 use kscope::{
-    cli::{Cli, Command, FwCommand, StatsArgs, TraceCommand, TraceCommon},
+    cli::{Cli, Command, FwCommand, ProfileArgs, StatsArgs, TraceCommand, TraceCommon},
     demo,
     firewall::{self, FwError, counters, maps::Edit, rules::RuleSet},
+    profile::{self, ProfileError, report},
     sys::SysError,
 };
 
@@ -82,6 +83,17 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 /// A next step for errors that have one.
 fn hint(e: &anyhow::Error) -> Option<String> {
+    if let Some(p) = e.chain().find_map(|c| c.downcast_ref::<ProfileError>()) {
+        return Some(match p {
+            ProfileError::Sys(SysError::MissingCapabilities { .. }) => "run kscope as root".into(),
+            ProfileError::FrequencyTooHigh { .. } => {
+                "lower -F, or raise the limit with `sysctl kernel.perf_event_max_sample_rate=N`"
+                    .into()
+            }
+            ProfileError::NoSuchCpu { .. } => "leave out -C to sample every CPU".into(),
+            _ => return None,
+        });
+    }
     let fw = e.chain().find_map(|c| c.downcast_ref::<FwError>())?;
     Some(match fw {
         FwError::AlreadyAttached { iface, .. } => format!("run `kscope fw detach {iface}` first"),
@@ -158,6 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fw(FwCommand::Status { json }) => status(json),
         Command::Fw(FwCommand::Stats(args)) => stats(&args),
         Command::Trace(t) => trace(t),
+        Command::Profile(args) => profile(&args),
         Command::Demo => {
             let stop = demo::stop_on_signals().context("installing signal handlers")?;
             demo::run(&mut io::stdout().lock(), stop)
@@ -370,5 +383,69 @@ fn stats(args: &StatsArgs) -> anyhow::Result<()> {
         out.flush()?;
         before = now;
     }
+    Ok(())
+}
+
+fn profile(args: &ProfileArgs) -> anyhow::Result<()> {
+    let opts = profile::Options {
+        frequency: args.frequency,
+        cpu: args.cpu,
+        pids: args.pids.clone(),
+        include_idle: args.include_idle,
+        sides: profile::symbolize::Sides {
+            kernel: !args.user_only,
+            user: !args.kernel_only,
+        },
+        stack_storage: args.stack_storage,
+    };
+    let stop = demo::stop_on_signals().context("installing signal handlers")?;
+    let tty = io::stderr().is_terminal();
+    let mut show = |elapsed: Duration, samples: u64| {
+        let line = format!(
+            "sampling: {:.1}s elapsed, {samples} samples",
+            elapsed.as_secs_f64()
+        );
+        // On a terminal the line is redrawn in place; elsewhere (--progress
+        // into a log) each update is a line of its own.
+        if tty {
+            eprint!("\r{line}\x1b[K");
+        } else {
+            eprintln!("{line}");
+        }
+    };
+    let progress: Option<profile::Progress<'_>> = (tty || args.progress).then_some(&mut show);
+    let report = profile::run(&opts, args.duration, &stop, progress)?;
+    if tty {
+        eprint!("\r\x1b[K");
+    }
+    tracing::info!("{}", report::summary(&report));
+
+    let write_file = |path: &std::path::Path,
+                      write: &dyn Fn(&mut io::BufWriter<std::fs::File>) -> io::Result<()>|
+     -> anyhow::Result<()> {
+        let mut w = io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        write(&mut w)
+            .and_then(|()| w.flush())
+            .with_context(|| format!("writing {}", path.display()))
+    };
+    if let Some(path) = &args.folded {
+        write_file(path, &|w| report::write_folded(w, &report.stacks))?;
+    }
+    if let Some(path) = &args.svg {
+        write_file(path, &|w| {
+            report::write_svg(w, &report.stacks, "kscope profile")
+        })?;
+    }
+    let mut out = io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        let top = report::top_functions(&report.stacks, args.top);
+        report::write_table(&mut out, &top, report.samples)?;
+    }
+    out.flush()?;
     Ok(())
 }

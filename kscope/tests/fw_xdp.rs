@@ -297,53 +297,67 @@ fn watch_interval_must_be_positive() {
 
 #[test]
 fn watch_prints_rates_until_interrupted() {
+    use std::io::BufRead as _;
     require_root();
     let lab = Lab::new("watch").expect("create lab");
     attach(&lab, &[]);
     lab.up().expect("bring lab up");
-    let child = kscope_cmd(
+    let mut child = kscope_cmd(
         None,
         &["fw", "stats", &lab.iface_b, "--watch", "0.2", "--json"],
     )
     .stdout(std::process::Stdio::piped())
     .spawn()
     .expect("spawn watch");
-    std::thread::sleep(Duration::from_millis(300));
+    let ipv4_packets = |l: &serde_json::Value| -> f64 {
+        let secs = l["interval_secs"].as_f64().expect("interval");
+        l["rates"]
+            .as_array()
+            .expect("rates")
+            .iter()
+            .filter(|r| r["family"] == "ipv4")
+            .map(|r| r["packets_per_sec"].as_f64().expect("pps") * secs)
+            .sum()
+    };
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut next = || -> serde_json::Value {
+        let line = lines
+            .next()
+            .expect("watch ended early")
+            .expect("read watch");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"))
+    };
+    // The first interval's line proves the watch has read its starting
+    // counters: only then is every packet sent inside the watch (a fixed
+    // wait was too short under emulation on a loaded host).
+    let mut seen = vec![next()];
     lab.send(&Traffic {
         udp4: 200,
         payload: 20,
         ..Default::default()
     })
     .expect("send traffic");
-    std::thread::sleep(Duration::from_millis(700));
+    // Read intervals until all packets are accounted for, then one more.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while seen.iter().map(ipv4_packets).sum::<f64>() < 199.5 && std::time::Instant::now() < deadline
+    {
+        seen.push(next());
+    }
+    seen.push(next());
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().expect("wait for watch");
+    let status = child.wait().expect("wait for watch");
     assert!(
-        out.status.success(),
-        "Ctrl-C should end --watch cleanly: {}",
-        out.status
+        status.success(),
+        "Ctrl-C should end --watch cleanly: {status}"
     );
-    let lines = stats_json(&String::from_utf8_lossy(&out.stdout));
     assert!(
-        lines.len() >= 3,
+        seen.len() >= 3,
         "expected several intervals, got {}",
-        lines.len()
+        seen.len()
     );
     // Rates times intervals add up to the packets sent (all within the watch).
-    let total: f64 = lines
-        .iter()
-        .flat_map(|l| {
-            let secs = l["interval_secs"].as_f64().expect("interval");
-            l["rates"]
-                .as_array()
-                .expect("rates")
-                .iter()
-                .filter(|r| r["family"] == "ipv4")
-                .map(move |r| r["packets_per_sec"].as_f64().expect("pps") * secs)
-                .collect::<Vec<_>>()
-        })
-        .sum();
+    let total: f64 = seen.iter().map(ipv4_packets).sum();
     assert!(
         (total - 200.0).abs() < 0.5,
         "rates integrate to {total}, sent 200"

@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod cpio;
 mod setup;
 mod vm;
@@ -46,19 +47,12 @@ enum Task {
     },
     /// Build kscope and run `kscope demo`.
     Demo,
-    /// Run a benchmark (not a test) and print its Markdown table.
-    Bench {
-        /// What to measure: `fw` (the XDP firewall against an XDP_PASS
-        /// floor and xdp-filter), `trace` (trace open against bpftrace).
-        #[arg(value_enum)]
-        what: BenchTarget,
-    },
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum BenchTarget {
-    Fw,
-    Trace,
+    /// Benchmarks against kscope's peers; prints a table for the README.
+    #[command(subcommand)]
+    Bench(bench::Target),
+    /// The CPU-bound workload `bench profile` measures (internal).
+    #[command(hide = true)]
+    BenchWorkload { iters: u64, threads: usize },
 }
 
 fn main() -> ExitCode {
@@ -72,6 +66,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Task::BenchWorkload { iters, threads } = cli.task {
+        // Measured, so it runs nothing else first.
+        bench::profile::workload(iters, threads);
+        return Ok(());
+    }
     let root = workspace_root();
     std::env::set_current_dir(&root).context("entering the workspace root")?;
     setup::run()?;
@@ -84,19 +83,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             args,
         } => test(&root, !vm, !host, kernel.as_deref(), &args),
         Task::Demo => demo(),
-        Task::Bench {
-            what: BenchTarget::Fw,
-        } => {
-            // The benchmark also times the kscope binary itself.
-            sh(cargo().args(["build", "--release", "--quiet", "--bin", "kscope"]))?;
-            sh(cargo().args(["run", "--release", "--quiet", "--example", "fw_bench"]))
-        }
-        Task::Bench {
-            what: BenchTarget::Trace,
-        } => {
-            sh(cargo().args(["build", "--release", "--quiet", "--bin", "kscope"]))?;
-            sh(cargo().args(["run", "--release", "--quiet", "--example", "trace_bench"]))
-        }
+        Task::Bench(target) => bench::run(target),
+        Task::BenchWorkload { .. } => Ok(()),
     }
 }
 

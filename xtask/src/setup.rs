@@ -33,7 +33,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "qemu-system-x86_64"),
     ("busybox-static", "/bin/busybox"),
     ("xz-utils", "xz"),
-    // `cargo xtask bench trace` compares with bpftrace and BCC
+    // `cargo xtask bench trace` and `bench profile` compare with bpftrace,
+    // `bench trace` also with BCC
     ("bpftrace", "bpftrace"),
     ("bpfcc-tools", "opensnoop-bpfcc"),
     // `cargo xtask bench fw` compares with xdp-filter
@@ -145,7 +146,7 @@ fn debian_packages() -> anyhow::Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-fn which(cmd: &str) -> Option<std::path::PathBuf> {
+pub fn which(cmd: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/sbin".into()])

@@ -1,5 +1,6 @@
 //! The one place kscope talks to the kernel outside aya: capabilities,
-//! interface lookup, bpffs/tracefs mounts, network namespaces.
+//! interface lookup, bpffs/tracefs mounts, network namespaces, procfs and
+//! sysfs reads, resource limits.
 //!
 //! Functions that only parse what the kernel reports take the text as input
 //! (see [`parse_cap_eff`]) so unit tests can feed them recorded files.
@@ -266,21 +267,94 @@ pub fn setns_fd(fd: std::os::fd::RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Lifts RLIMIT_MEMLOCK. Kernels before 5.11 charge BPF maps to it, and its
-/// default (64 KiB on older systems) is too small for a ring buffer; later
-/// kernels use memory cgroups instead and ignore it. Best effort: a failure
-/// shows up as a clear map-creation error later.
-pub fn raise_memlock() {
+/// Reads a procfs or sysfs file whole.
+pub fn read_kernel_file(path: &Path) -> Result<String, SysError> {
+    fs::read_to_string(path).map_err(|source| SysError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Parses a CPU list as sysfs writes it ("0-3,8,10-11") into CPU numbers.
+pub fn parse_cpu_list(text: &str) -> Option<Vec<u32>> {
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
+                if a > b {
+                    return None;
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    Some(cpus)
+}
+
+/// The CPUs that are online, from /sys/devices/system/cpu/online.
+pub fn online_cpus() -> Result<Vec<u32>, SysError> {
+    let path = Path::new("/sys/devices/system/cpu/online");
+    let text = read_kernel_file(path)?;
+    parse_cpu_list(&text).ok_or_else(|| SysError::Read {
+        path: path.into(),
+        source: io::Error::new(io::ErrorKind::InvalidData, format!("bad CPU list {text:?}")),
+    })
+}
+
+/// The highest perf sampling frequency the kernel accepts, from
+/// /proc/sys/kernel/perf_event_max_sample_rate (the kernel lowers it by
+/// itself when sampling takes too long).
+pub fn perf_max_sample_rate() -> Result<u64, SysError> {
+    let path = Path::new("/proc/sys/kernel/perf_event_max_sample_rate");
+    let text = read_kernel_file(path)?;
+    text.trim().parse().map_err(|_| SysError::Read {
+        path: path.into(),
+        source: io::Error::new(io::ErrorKind::InvalidData, format!("bad rate {text:?}")),
+    })
+}
+
+/// True while a process with this id exists.
+pub fn process_exists(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// The memory maps of process `pid` (/proc/PID/maps).
+pub fn read_proc_maps(pid: u32) -> Result<String, SysError> {
+    read_kernel_file(&Path::new("/proc").join(pid.to_string()).join("maps"))
+}
+
+/// Opens the file process `pid` has mapped at `start`-`end`, through
+/// /proc/PID/map_files: that is the very file mapped, also when it has
+/// been deleted or lives in another mount namespace. Needs CAP_SYS_ADMIN
+/// (or CAP_CHECKPOINT_RESTORE on 5.9+).
+pub fn open_mapped_file(pid: u32, start: u64, end: u64) -> io::Result<fs::File> {
+    fs::File::open(format!("/proc/{pid}/map_files/{start:x}-{end:x}"))
+}
+
+/// Lifts RLIMIT_MEMLOCK: kernels before 5.11 charge BPF maps against it,
+/// and the profiler's stack map alone is larger than the old 64 KiB
+/// default. Failure is harmless on newer kernels, which charge memory
+/// cgroups instead, so the caller may ignore it.
+pub fn raise_memlock_rlimit() -> io::Result<()> {
     let unlimited = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
     };
-    // SAFETY: setrlimit reads a valid rlimit struct.
+    // SAFETY: setrlimit only reads the struct it is given.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        tracing::debug!(
-            "could not raise RLIMIT_MEMLOCK: {}",
-            io::Error::last_os_error()
-        );
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// [`raise_memlock_rlimit`], logging rather than failing: later kernels
+/// charge memory cgroups instead and ignore the limit, and a real shortage
+/// shows up as a clear map-creation error anyway.
+pub fn raise_memlock() {
+    if let Err(e) = raise_memlock_rlimit() {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK: {e}");
     }
 }
 
@@ -304,6 +378,22 @@ pub fn map_memlock(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u64> {
     let text = fs::read_to_string(&path)?;
     parse_fdinfo_memlock(&text)
         .ok_or_else(|| io::Error::other(format!("no memlock line in {path}")))
+}
+
+/// The errno somewhere in an error's cause chain (an `io::Error` or aya's
+/// `SyscallError`), if any.
+pub fn errno_in(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(sc) = err.downcast_ref::<aya::sys::SyscallError>() {
+            return sc.io_error.raw_os_error();
+        }
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return io.raw_os_error();
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// Nanoseconds since the Unix epoch.
@@ -346,6 +436,19 @@ mod tests {
             missing_caps(sys_admin, &[Cap::Bpf, Cap::NetAdmin]),
             vec![Cap::NetAdmin]
         );
+    }
+
+    #[test]
+    fn cpu_lists_parse_as_sysfs_writes_them() {
+        assert_eq!(parse_cpu_list("0\n"), Some(vec![0]));
+        assert_eq!(
+            parse_cpu_list("0-3,8,10-11\n"),
+            Some(vec![0, 1, 2, 3, 8, 10, 11])
+        );
+        assert_eq!(parse_cpu_list(""), Some(vec![]));
+        for bad in ["a", "3-1", "1-", "-2"] {
+            assert_eq!(parse_cpu_list(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,0 +1,461 @@
+//! `kscope profile`: a sampling CPU profiler on perf events (`profile_perf`).
+//!
+//! Lifecycle: check capabilities and options, load `profile_perf`, open one
+//! perf event per CPU and attach the program to each, sample until the
+//! duration ends or a signal arrives, detach, read the aggregated counts and
+//! stacks, symbolize, report. The program, its maps and every perf event
+//! belong to a [`Sampler`]; dropping it (an early return, a panic) closes
+//! them all, so nothing is left in the kernel.
+//!
+//! Fallback policies:
+//! - No hardware cycle counter (VMs, some clouds): sample on the
+//!   cpu-clock software event instead, with a one-line notice.
+//! - Stacks that cannot be taken or resolved keep their samples (see
+//!   [`symbolize`]); losses are counted and reported.
+//!
+//! Minimum kernel: 4.9 (perf_event programs). Kernels before 5.11 charge
+//! BPF maps to RLIMIT_MEMLOCK, which kscope lifts.
+
+pub mod kallsyms;
+pub mod procmaps;
+pub mod report;
+pub mod symbolize;
+
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, StackTraceMap},
+    programs::{
+        PerfEvent,
+        perf_event::{
+            HardwareEvent, PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy,
+            SoftwareEvent,
+        },
+    },
+};
+use kscope_common::profile::{
+    GLOBAL_FILTER_PIDS, GLOBAL_INCLUDE_IDLE, GLOBAL_STACKS, LostReason, MAP_COUNTS, MAP_NEW_PIDS,
+    MAP_PIDS, MAP_STACKS, MAP_STATS, N_STATS, PIDS_ENTRIES, PROG_PROFILE_PERF, SLOT_COUNTS_FULL,
+    SLOT_IDLE, SLOT_SAMPLES, STACKS_KERNEL, STACKS_USER, Side, StackKey, lost_slot,
+};
+use thiserror::Error;
+
+use crate::sys::{self, Cap, SysError};
+pub use report::{Lost, Report, Stack};
+use symbolize::{RawProfile, Sides};
+
+/// The compiled `profile_perf` kernel object.
+static PROFILE_PERF_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profile_perf"));
+
+/// Errors from the profiler.
+#[derive(Debug, Error)]
+pub enum ProfileError {
+    /// A system-level check failed (capabilities, procfs, sysfs).
+    #[error(transparent)]
+    Sys(#[from] SysError),
+    /// `-C` named a CPU that is not online.
+    #[error("CPU {cpu} is not online (online CPUs: {online})")]
+    NoSuchCpu { cpu: u32, online: String },
+    /// `-p` named a process that does not exist.
+    #[error("no process with pid {0}")]
+    NoSuchProcess(u32),
+    /// More `-p` processes than the kernel-side filter holds.
+    #[error("at most {max} processes can be profiled at once, got {got}")]
+    TooManyPids { max: u32, got: usize },
+    /// `-F` exceeds what the kernel allows.
+    #[error("-F {freq} exceeds the kernel's limit of {max} Hz (kernel.perf_event_max_sample_rate)")]
+    FrequencyTooHigh { freq: u64, max: u64 },
+    /// Loading the object or its program failed (verifier log included).
+    #[error("failed to load {PROG_PROFILE_PERF}: {0}")]
+    Load(String),
+    /// Opening a perf event or attaching the program to it failed.
+    #[error("failed to sample on {event} on CPU {cpu}")]
+    Attach {
+        event: &'static str,
+        cpu: u32,
+        source: aya::programs::ProgramError,
+    },
+    /// Reading a map failed.
+    #[error("reading {map}: {reason}")]
+    Map { map: &'static str, reason: String },
+}
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> ProfileError {
+    move |e| ProfileError::Map {
+        map,
+        reason: e.to_string(),
+    }
+}
+
+/// What to profile and how.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Samples per second per CPU.
+    pub frequency: u64,
+    /// Only this CPU; all online CPUs when `None`.
+    pub cpu: Option<u32>,
+    /// Only these processes; system-wide when empty.
+    pub pids: Vec<u32>,
+    /// Keep idle-task samples.
+    pub include_idle: bool,
+    pub sides: Sides,
+    /// Distinct stacks the stack map can hold.
+    pub stack_storage: u32,
+}
+
+/// The event samples are taken on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// PERF_COUNT_HW_CPU_CYCLES.
+    Cycles,
+    /// PERF_COUNT_SW_CPU_CLOCK.
+    CpuClock,
+}
+
+impl Event {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Event::Cycles => "cycles",
+            Event::CpuClock => "cpu-clock",
+        }
+    }
+
+    fn config(self) -> PerfEventConfig {
+        match self {
+            Event::Cycles => PerfEventConfig::Hardware(HardwareEvent::CpuCycles),
+            Event::CpuClock => PerfEventConfig::Software(SoftwareEvent::CpuClock),
+        }
+    }
+}
+
+/// `profile_perf` loaded and attached to one perf event per CPU. Dropping
+/// it detaches every event and unloads the program and its maps.
+pub struct Sampler {
+    ebpf: Ebpf,
+    links: Vec<PerfEventLinkId>,
+    pub event: Event,
+    pub cpus: Vec<u32>,
+    pub prog_id: u32,
+}
+
+fn render_cpus(cpus: &[u32]) -> String {
+    cpus.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl Sampler {
+    /// Checks `opts` against the system, loads `profile_perf` and starts
+    /// sampling.
+    ///
+    /// # Errors
+    /// Missing capabilities, a CPU that is not online, a process that does
+    /// not exist, a frequency above the kernel's limit, a verifier
+    /// rejection, or a perf event that cannot be opened.
+    pub fn start(opts: &Options) -> Result<Self, ProfileError> {
+        sys::require_caps("kscope profile", &[Cap::Bpf, Cap::Perfmon])?;
+        let online = sys::online_cpus()?;
+        let cpus = match opts.cpu {
+            Some(cpu) if !online.contains(&cpu) => {
+                return Err(ProfileError::NoSuchCpu {
+                    cpu,
+                    online: render_cpus(&online),
+                });
+            }
+            Some(cpu) => vec![cpu],
+            None => online,
+        };
+        if let Some(&pid) = opts.pids.iter().find(|&&p| !sys::process_exists(p)) {
+            return Err(ProfileError::NoSuchProcess(pid));
+        }
+        if opts.pids.len() > PIDS_ENTRIES as usize {
+            return Err(ProfileError::TooManyPids {
+                max: PIDS_ENTRIES,
+                got: opts.pids.len(),
+            });
+        }
+        if let Ok(max) = sys::perf_max_sample_rate()
+            && opts.frequency > max
+        {
+            return Err(ProfileError::FrequencyTooHigh {
+                freq: opts.frequency,
+                max,
+            });
+        }
+        if let Err(e) = sys::raise_memlock_rlimit() {
+            tracing::debug!("raising RLIMIT_MEMLOCK: {e}");
+        }
+
+        let filter = u32::from(!opts.pids.is_empty());
+        let idle = u32::from(opts.include_idle);
+        let stacks = if opts.sides.kernel { STACKS_KERNEL } else { 0 }
+            | if opts.sides.user { STACKS_USER } else { 0 };
+        let mut ebpf = EbpfLoader::new()
+            .override_global(GLOBAL_FILTER_PIDS, &filter, true)
+            .override_global(GLOBAL_INCLUDE_IDLE, &idle, true)
+            .override_global(GLOBAL_STACKS, &stacks, true)
+            .map_max_entries(MAP_STACKS, opts.stack_storage)
+            .load(PROFILE_PERF_OBJ)
+            .map_err(|e| ProfileError::Load(format!("{e:#}")))?;
+        if !opts.pids.is_empty() {
+            let mut pids: BpfHashMap<&mut MapData, u32, u8> = BpfHashMap::try_from(
+                ebpf.map_mut(MAP_PIDS)
+                    .ok_or_else(|| ProfileError::Load(format!("{MAP_PIDS} missing")))?,
+            )
+            .map_err(map_err(MAP_PIDS))?;
+            for &pid in &opts.pids {
+                pids.insert(pid, 1, 0).map_err(map_err(MAP_PIDS))?;
+            }
+        }
+        let prog: &mut PerfEvent = ebpf
+            .program_mut(PROG_PROFILE_PERF)
+            .ok_or_else(|| ProfileError::Load(format!("{PROG_PROFILE_PERF} missing")))?
+            .try_into()
+            .map_err(|e| ProfileError::Load(format!("{e}")))?;
+        prog.load()
+            .map_err(|e| ProfileError::Load(format!("{e:#}")))?;
+        let prog_id = prog.info().map(|i| i.id()).unwrap_or(0);
+
+        let (event, links) = match attach_all(prog, Event::Cycles, &cpus, opts.frequency) {
+            Ok(links) => (Event::Cycles, links),
+            Err(ProfileError::Attach { source, .. }) if no_such_event(&source) => {
+                tracing::warn!(
+                    "no hardware CPU cycle counter here ({}); sampling on the cpu-clock software event",
+                    errno_text(&source)
+                );
+                let links = attach_all(prog, Event::CpuClock, &cpus, opts.frequency)?;
+                (Event::CpuClock, links)
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Self {
+            ebpf,
+            links,
+            event,
+            cpus,
+            prog_id,
+        })
+    }
+
+    fn stats(&self) -> Result<Vec<u64>, ProfileError> {
+        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map(MAP_STATS)
+                .ok_or_else(|| ProfileError::Load(format!("{MAP_STATS} missing")))?,
+        )
+        .map_err(map_err(MAP_STATS))?;
+        (0..N_STATS)
+            .map(|i| {
+                arr.get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .map_err(map_err(MAP_STATS))
+            })
+            .collect()
+    }
+
+    /// Samples counted so far, over all CPUs.
+    pub fn samples(&self) -> Result<u64, ProfileError> {
+        Ok(self.stats()?[SLOT_SAMPLES as usize])
+    }
+
+    /// Processes that got new stacks since the last call.
+    pub fn take_new_pids(&mut self) -> Result<Vec<u32>, ProfileError> {
+        let mut map: BpfHashMap<&mut MapData, u32, u8> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(MAP_NEW_PIDS)
+                .ok_or_else(|| ProfileError::Load(format!("{MAP_NEW_PIDS} missing")))?,
+        )
+        .map_err(map_err(MAP_NEW_PIDS))?;
+        let pids: Vec<u32> = map.keys().filter_map(Result::ok).collect();
+        for pid in &pids {
+            // The kernel adds it again when the process gets another new stack.
+            let _ = map.remove(pid);
+        }
+        Ok(pids)
+    }
+
+    /// Stops sampling: detaches every perf event, so the counts read next
+    /// are final.
+    pub fn stop(&mut self) {
+        let Some(prog) = self.ebpf.program_mut(PROG_PROFILE_PERF) else {
+            return;
+        };
+        let Ok(prog) = <&mut PerfEvent>::try_from(prog) else {
+            return;
+        };
+        for link in self.links.drain(..) {
+            if let Err(e) = prog.detach(link) {
+                tracing::warn!("detaching a perf event: {e}");
+            }
+        }
+    }
+
+    /// Reads the aggregated counts, the stacks they name, and the loss
+    /// counters.
+    pub fn collect(&self) -> Result<(RawProfile, Vec<u64>), ProfileError> {
+        let counts_map: BpfHashMap<&MapData, StackKey, u64> = BpfHashMap::try_from(
+            self.ebpf
+                .map(MAP_COUNTS)
+                .ok_or_else(|| ProfileError::Load(format!("{MAP_COUNTS} missing")))?,
+        )
+        .map_err(map_err(MAP_COUNTS))?;
+        let counts: Vec<(StackKey, u64)> = counts_map
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(MAP_COUNTS))?;
+        let stack_map: StackTraceMap<&MapData> = StackTraceMap::try_from(
+            self.ebpf
+                .map(MAP_STACKS)
+                .ok_or_else(|| ProfileError::Load(format!("{MAP_STACKS} missing")))?,
+        )
+        .map_err(map_err(MAP_STACKS))?;
+        let mut stacks = HashMap::new();
+        for (key, _) in &counts {
+            for id in [key.kernel_stack_id, key.user_stack_id] {
+                let Ok(id) = u32::try_from(id) else { continue };
+                if stacks.contains_key(&id) {
+                    continue;
+                }
+                match stack_map.get(&id, 0) {
+                    Ok(st) => {
+                        stacks.insert(id, st.frames().iter().map(|f| f.ip).collect());
+                    }
+                    Err(e) => tracing::debug!("stack {id}: {e}"),
+                }
+            }
+        }
+        Ok((RawProfile { counts, stacks }, self.stats()?))
+    }
+}
+
+fn attach_all(
+    prog: &mut PerfEvent,
+    event: Event,
+    cpus: &[u32],
+    frequency: u64,
+) -> Result<Vec<PerfEventLinkId>, ProfileError> {
+    let mut links = Vec::with_capacity(cpus.len());
+    for &cpu in cpus {
+        match prog.attach(
+            event.config(),
+            PerfEventScope::AllProcessesOneCpu { cpu },
+            SamplePolicy::Frequency(frequency),
+            false,
+        ) {
+            Ok(link) => links.push(link),
+            Err(source) => {
+                for link in links {
+                    let _ = prog.detach(link);
+                }
+                return Err(ProfileError::Attach {
+                    event: event.name(),
+                    cpu,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(links)
+}
+
+fn errno_text(e: &aya::programs::ProgramError) -> String {
+    match sys::errno_in(e) {
+        Some(n) => format!("perf_event_open: {}", std::io::Error::from_raw_os_error(n)),
+        None => e.to_string(),
+    }
+}
+
+/// True when perf_event_open failed because the event does not exist here
+/// (no PMU, or no such counter), as opposed to a permission or resource
+/// problem.
+fn no_such_event(e: &aya::programs::ProgramError) -> bool {
+    matches!(
+        sys::errno_in(e),
+        Some(libc::ENOENT | libc::ENODEV | libc::EOPNOTSUPP | libc::EINVAL)
+    )
+}
+
+/// Progress while sampling: time elapsed and samples so far.
+pub type Progress<'a> = &'a mut dyn FnMut(Duration, u64);
+
+/// How often the sampling loop wakes: to notice new processes (their maps
+/// are recorded then), the duration's end, a signal, and to report progress.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Profiles per `opts` until `duration` passes or `stop` is set, then
+/// symbolizes and returns the report.
+///
+/// # Errors
+/// As [`Sampler::start`], and map read failures.
+pub fn run(
+    opts: &Options,
+    duration: Option<Duration>,
+    stop: &AtomicBool,
+    mut progress: Option<Progress<'_>>,
+) -> Result<Report, ProfileError> {
+    let mut sampler = Sampler::start(opts)?;
+    let mut procs = procmaps::ProcCache::new();
+    let start = Instant::now();
+    let mut last_progress = start;
+    loop {
+        let elapsed = start.elapsed();
+        if stop.load(Ordering::Relaxed) || duration.is_some_and(|d| elapsed >= d) {
+            break;
+        }
+        let nap = duration.map_or(TICK, |d| d.saturating_sub(elapsed).min(TICK));
+        std::thread::sleep(nap);
+        for pid in sampler.take_new_pids()? {
+            procs.record(pid);
+        }
+        if let Some(p) = progress.as_mut()
+            && last_progress.elapsed() >= Duration::from_millis(500)
+        {
+            last_progress = Instant::now();
+            p(start.elapsed(), sampler.samples()?);
+        }
+    }
+    let duration = start.elapsed();
+    sampler.stop();
+    // Processes that appeared in the last tick.
+    for pid in sampler.take_new_pids()? {
+        procs.record(pid);
+    }
+    let (raw, stats) = sampler.collect()?;
+
+    let t = Instant::now();
+    let mut stacks = symbolize::symbolize(&raw, &mut procs, opts.sides);
+    let symbolize_secs = t.elapsed().as_secs_f64();
+    stacks.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.comm.cmp(&b.comm)));
+
+    let lost = |side| {
+        let n = |r| stats[lost_slot(side, r) as usize];
+        Lost {
+            eexist: n(LostReason::Collision),
+            efault: n(LostReason::Fault),
+            stack_map_full: n(LostReason::MapFull),
+            other: n(LostReason::Other),
+        }
+    };
+    Ok(Report {
+        event: sampler.event.name(),
+        frequency_hz: opts.frequency,
+        cpus: sampler.cpus.clone(),
+        pids: opts.pids.clone(),
+        duration_secs: duration.as_secs_f64(),
+        samples: stacks.iter().map(|s| s.count).sum(),
+        idle_samples: stats[SLOT_IDLE as usize],
+        counts_map_full: stats[SLOT_COUNTS_FULL as usize],
+        lost_kernel_stacks: lost(Side::Kernel),
+        lost_user_stacks: lost(Side::User),
+        symbolize_secs,
+        prog_id: sampler.prog_id,
+        stacks,
+    })
+}

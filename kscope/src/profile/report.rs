@@ -1,0 +1,409 @@
+//! Turning symbolized stacks into output: folded stacks (flamegraph.pl's
+//! input), an SVG flame graph (inferno), the top-functions table, JSON.
+//! Everything here is pure, so it is unit-tested on made-up stacks.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    io::{self, Write},
+};
+
+use serde::Serialize;
+
+/// One aggregated stack: how many samples hit it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Stack {
+    /// Process id; 0 for the idle task.
+    pub pid: u32,
+    /// Thread name (`[idle]` for the idle task).
+    pub comm: String,
+    /// User frames, from the outermost caller to the leaf.
+    pub user: Vec<String>,
+    /// Kernel frames, from the outermost caller (the syscall or interrupt
+    /// entry) to the leaf.
+    pub kernel: Vec<String>,
+    pub count: u64,
+}
+
+impl Stack {
+    /// The innermost frame: the kernel leaf if the sample was in the
+    /// kernel, else the user leaf.
+    pub fn leaf(&self) -> Option<&str> {
+        self.kernel.last().or(self.user.last()).map(String::as_str)
+    }
+}
+
+/// A frame or comm made safe for the folded format, where `;` separates
+/// frames and a line ends with ` COUNT`. Rust and C++ names can hold `;`
+/// (`[u8; 16]`); it becomes `:`. Line breaks become spaces.
+fn folded_frame(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.contains([';', '\n', '\r']) {
+        name.replace(';', ":").replace(['\n', '\r'], " ").into()
+    } else {
+        name.into()
+    }
+}
+
+/// Folded stacks, one per distinct frame sequence, in flamegraph.pl's
+/// format: `comm;user frames;kernel frames count`, frames from root to
+/// leaf. Stacks that fold to the same line are merged, so the counts sum
+/// to the samples given. Sorted by line.
+pub fn folded(stacks: &[Stack]) -> BTreeMap<String, u64> {
+    let mut lines = BTreeMap::new();
+    for s in stacks {
+        let mut line = folded_frame(&s.comm).into_owned();
+        for f in s.user.iter().chain(&s.kernel) {
+            line.push(';');
+            line.push_str(&folded_frame(f));
+        }
+        *lines.entry(line).or_insert(0) += s.count;
+    }
+    lines
+}
+
+/// Writes [`folded`] lines.
+pub fn write_folded(w: &mut impl Write, stacks: &[Stack]) -> io::Result<()> {
+    for (line, count) in folded(stacks) {
+        writeln!(w, "{line} {count}")?;
+    }
+    Ok(())
+}
+
+/// Renders an SVG flame graph of `stacks` with inferno.
+pub fn write_svg(w: &mut impl Write, stacks: &[Stack], title: &str) -> io::Result<()> {
+    let lines: Vec<String> = folded(stacks)
+        .into_iter()
+        .map(|(l, c)| format!("{l} {c}"))
+        .collect();
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = title.to_owned();
+    opts.count_name = "samples".to_owned();
+    inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), w)
+        .map_err(io::Error::other)
+}
+
+/// A function's share of the samples.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FunctionStat {
+    pub name: String,
+    /// Samples with this function as the leaf.
+    pub self_samples: u64,
+    /// Samples with this function anywhere on the stack (once per sample,
+    /// however often it recurses).
+    pub total_samples: u64,
+}
+
+/// The `n` functions with the most self samples (ties: more total samples,
+/// then name), over all stacks.
+pub fn top_functions(stacks: &[Stack], n: usize) -> Vec<FunctionStat> {
+    let mut by_name: HashMap<&str, (u64, u64)> = HashMap::new();
+    let mut on_stack = HashSet::new();
+    for s in stacks {
+        if let Some(leaf) = s.leaf() {
+            by_name.entry(leaf).or_default().0 += s.count;
+        }
+        on_stack.clear();
+        for f in s.user.iter().chain(&s.kernel) {
+            if on_stack.insert(f.as_str()) {
+                by_name.entry(f).or_default().1 += s.count;
+            }
+        }
+    }
+    let mut stats: Vec<FunctionStat> = by_name
+        .into_iter()
+        .map(|(name, (self_samples, total_samples))| FunctionStat {
+            name: name.to_owned(),
+            self_samples,
+            total_samples,
+        })
+        .collect();
+    stats.sort_by(|a, b| {
+        b.self_samples
+            .cmp(&a.self_samples)
+            .then(b.total_samples.cmp(&a.total_samples))
+            .then(a.name.cmp(&b.name))
+    });
+    stats.truncate(n);
+    stats
+}
+
+fn percent(part: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / total as f64
+    }
+}
+
+/// The top-functions table: self and total samples, as counts and as
+/// percentages of `total`.
+pub fn write_table(w: &mut impl Write, stats: &[FunctionStat], total: u64) -> io::Result<()> {
+    writeln!(
+        w,
+        "{:>7} {:>7} {:>9} {:>9}  FUNCTION",
+        "SELF%", "TOTAL%", "SELF", "TOTAL"
+    )?;
+    for s in stats {
+        writeln!(
+            w,
+            "{:>6.2}% {:>6.2}% {:>9} {:>9}  {}",
+            percent(s.self_samples, total),
+            percent(s.total_samples, total),
+            s.self_samples,
+            s.total_samples,
+            s.name
+        )?;
+    }
+    Ok(())
+}
+
+/// Stacks lost per reason, for one side.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Lost {
+    pub eexist: u64,
+    pub efault: u64,
+    pub stack_map_full: u64,
+    pub other: u64,
+}
+
+impl Lost {
+    pub fn total(&self) -> u64 {
+        self.eexist + self.efault + self.stack_map_full + self.other
+    }
+}
+
+/// Everything `--json` prints: one JSON document.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// `cycles` or `cpu-clock`.
+    pub event: &'static str,
+    pub frequency_hz: u64,
+    pub cpus: Vec<u32>,
+    /// The `-p` processes; empty when system-wide.
+    pub pids: Vec<u32>,
+    pub duration_secs: f64,
+    /// Samples in `stacks` (their counts' sum).
+    pub samples: u64,
+    /// Idle-task samples left out (without `-I`).
+    pub idle_samples: u64,
+    /// Samples dropped because the counts map was full.
+    pub counts_map_full: u64,
+    pub lost_kernel_stacks: Lost,
+    pub lost_user_stacks: Lost,
+    pub symbolize_secs: f64,
+    /// The kernel's id of the sampling program while it ran.
+    pub prog_id: u32,
+    pub stacks: Vec<Stack>,
+}
+
+/// The one-line summary printed on stderr when sampling ends.
+pub fn summary(r: &Report) -> String {
+    let lost = r.lost_kernel_stacks.total() + r.lost_user_stacks.total();
+    let mut s = format!(
+        "{} samples in {:.1}s ({} at {} Hz on {} CPU{})",
+        r.samples,
+        r.duration_secs,
+        r.event,
+        r.frequency_hz,
+        r.cpus.len(),
+        if r.cpus.len() == 1 { "" } else { "s" }
+    );
+    if r.idle_samples > 0 {
+        s += &format!(
+            ", {} idle samples not shown (-I shows them)",
+            r.idle_samples
+        );
+    }
+    if lost > 0 {
+        let side = |name: &str, l: &Lost| {
+            format!(
+                "{name}: {} eexist, {} efault, {} map full, {} other",
+                l.eexist, l.efault, l.stack_map_full, l.other
+            )
+        };
+        s += &format!(
+            "; {lost} stacks lost ({}; {})",
+            side("kernel", &r.lost_kernel_stacks),
+            side("user", &r.lost_user_stacks)
+        );
+    }
+    if r.counts_map_full > 0 {
+        s += &format!(
+            "; {} samples dropped: the counts map was full",
+            r.counts_map_full
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack(comm: &str, user: &[&str], kernel: &[&str], count: u64) -> Stack {
+        Stack {
+            pid: 42,
+            comm: comm.into(),
+            user: user.iter().map(|s| s.to_string()).collect(),
+            kernel: kernel.iter().map(|s| s.to_string()).collect(),
+            count,
+        }
+    }
+
+    fn sample_stacks() -> Vec<Stack> {
+        vec![
+            stack("app", &["main", "work", "hot"], &[], 60),
+            stack("app", &["main", "work"], &[], 10),
+            stack(
+                "app",
+                &["main", "write"],
+                &["entry_SYSCALL_64", "ksys_write", "vfs_write"],
+                25,
+            ),
+            // Recursion: `rec` counts once per sample in its total.
+            stack("app", &["main", "rec", "rec", "rec"], &[], 5),
+        ]
+    }
+
+    #[test]
+    fn folded_lines_go_comm_user_kernel_root_to_leaf() {
+        let f = folded(&sample_stacks());
+        assert_eq!(f["app;main;work;hot"], 60);
+        assert_eq!(
+            f["app;main;write;entry_SYSCALL_64;ksys_write;vfs_write"],
+            25
+        );
+        assert_eq!(f.values().sum::<u64>(), 100);
+        let mut out = Vec::new();
+        write_folded(&mut out, &sample_stacks()).expect("write");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text.contains("app;main;work;hot 60\n"), "{text}");
+    }
+
+    #[test]
+    fn folded_merges_identical_lines_and_escapes_separators() {
+        let stacks = vec![
+            stack("app", &["<[u8; 16] as Foo>::bar"], &[], 2),
+            stack("app", &["<[u8; 16] as Foo>::bar"], &[], 3),
+            stack("we;ird\ncomm", &["f"], &[], 1),
+        ];
+        let f = folded(&stacks);
+        assert_eq!(f.len(), 2);
+        assert_eq!(f["app;<[u8: 16] as Foo>::bar"], 5);
+        assert_eq!(f["we:ird comm;f"], 1);
+    }
+
+    #[test]
+    fn top_functions_count_self_at_the_leaf_and_total_once_per_sample() {
+        let top = top_functions(&sample_stacks(), 10);
+        let get = |n: &str| {
+            top.iter()
+                .find(|s| s.name == n)
+                .map(|s| (s.self_samples, s.total_samples))
+        };
+        assert_eq!(get("hot"), Some((60, 60)));
+        assert_eq!(get("work"), Some((10, 70)));
+        // The leaf of a syscall sample is the kernel leaf, not the user one.
+        assert_eq!(get("vfs_write"), Some((25, 25)));
+        assert_eq!(get("write"), Some((0, 25)));
+        assert_eq!(get("rec"), Some((5, 5)));
+        assert_eq!(get("main"), Some((0, 100)));
+        assert_eq!(top[0].name, "hot");
+        assert_eq!(top[1].name, "vfs_write");
+        assert_eq!(top_functions(&sample_stacks(), 2).len(), 2);
+    }
+
+    #[test]
+    fn table_shows_percentages_of_the_total() {
+        let stacks = sample_stacks();
+        let mut out = Vec::new();
+        write_table(&mut out, &top_functions(&stacks, 3), 100).expect("write");
+        let text = String::from_utf8(out).expect("utf8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].contains("SELF%") && lines[0].contains("TOTAL%"));
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            ["60.00%", "60.00%", "60", "60", "hot"]
+        );
+        assert_eq!(
+            lines[3].split_whitespace().collect::<Vec<_>>(),
+            ["10.00%", "70.00%", "10", "70", "work"]
+        );
+        // No division by zero on an empty profile.
+        let mut out = Vec::new();
+        write_table(&mut out, &top_functions(&stacks, 1), 0).expect("write");
+        assert!(String::from_utf8_lossy(&out).contains("0.00%"));
+    }
+
+    #[test]
+    fn json_report_round_trips_with_stacks_and_losses() {
+        let r = Report {
+            event: "cpu-clock",
+            frequency_hz: 49,
+            cpus: vec![0, 1],
+            pids: vec![],
+            duration_secs: 1.5,
+            samples: 100,
+            idle_samples: 7,
+            counts_map_full: 0,
+            lost_kernel_stacks: Lost {
+                eexist: 1,
+                ..Default::default()
+            },
+            lost_user_stacks: Lost::default(),
+            symbolize_secs: 0.01,
+            prog_id: 9,
+            stacks: sample_stacks(),
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&r).expect("serializes")).expect("parses");
+        assert_eq!(v["samples"], 100);
+        assert_eq!(v["lost_kernel_stacks"]["eexist"], 1);
+        assert_eq!(v["stacks"][2]["kernel"][2], "vfs_write");
+        assert_eq!(v["stacks"][0]["user"][0], "main");
+        let sum: u64 = v["stacks"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|s| s["count"].as_u64().expect("count"))
+            .sum();
+        assert_eq!(sum, 100);
+        let s = summary(&r);
+        assert!(
+            s.starts_with("100 samples in 1.5s (cpu-clock at 49 Hz on 2 CPUs)"),
+            "{s}"
+        );
+        assert!(
+            s.contains("7 idle samples") && s.contains("1 stacks lost"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn svg_is_rendered_from_the_folded_stacks() {
+        let mut out = Vec::new();
+        write_svg(&mut out, &sample_stacks(), "test").expect("render");
+        let svg = String::from_utf8(out).expect("utf8");
+        let opts = roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..Default::default()
+        };
+        let doc = roxmltree::Document::parse_with_options(&svg, opts).expect("well-formed XML");
+        assert_eq!(doc.root_element().tag_name().name(), "svg");
+        let titles: Vec<&str> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("title"))
+            .filter_map(|n| n.text())
+            .collect();
+        assert!(
+            titles.iter().any(|t| t.starts_with("hot (60 samples")),
+            "{titles:?}"
+        );
+        assert!(
+            titles
+                .iter()
+                .any(|t| t.starts_with("vfs_write (25 samples")),
+            "{titles:?}"
+        );
+    }
+}

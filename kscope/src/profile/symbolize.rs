@@ -1,0 +1,286 @@
+//! From stack ids to function names: kernel addresses through
+//! /proc/kallsyms, user addresses through the recorded process maps and
+//! blazesym (ELF symbols, and DWARF where present, including inlined
+//! functions).
+//!
+//! Fallback policy: losing a name is better than losing a sample. An
+//! address that cannot be resolved becomes `[unknown]`, a lost stack
+//! becomes one `[lost … stack: REASON]` frame, and the sample keeps its
+//! place in every total.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::Path,
+    sync::Arc,
+};
+
+use blazesym::symbolize::{Input, Symbolized, Symbolizer, source};
+use kscope_common::profile::{LostReason, STACK_ABSENT, StackKey};
+
+use super::{
+    kallsyms::Kallsyms,
+    procmaps::{MappedFile, ProcCache, Region},
+    report::Stack,
+};
+use crate::sys;
+
+/// Frame name for an address nothing could resolve.
+pub const UNKNOWN: &str = "[unknown]";
+
+/// What sampling collected, before symbolization.
+#[derive(Debug, Default)]
+pub struct RawProfile {
+    pub counts: Vec<(StackKey, u64)>,
+    /// Instruction pointers by stack id, leaf first (as the kernel stores
+    /// them).
+    pub stacks: HashMap<u32, Vec<u64>>,
+}
+
+/// Which stacks were asked for (`-U`, `-K`, or both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sides {
+    pub kernel: bool,
+    pub user: bool,
+}
+
+/// The thread name in a [`StackKey`]; `[idle]` for the idle task.
+pub fn comm(key: &StackKey) -> String {
+    if key.pid == 0 {
+        return "[idle]".into();
+    }
+    let len = key.comm.iter().position(|&b| b == 0).unwrap_or(16);
+    String::from_utf8_lossy(&key.comm[..len]).into_owned()
+}
+
+fn lost_frame(side: &str, id: i32) -> String {
+    format!("[lost {side} stack: {}]", LostReason::from_errno(id).name())
+}
+
+/// Identity of a mapped file for grouping addresses (its allocation).
+fn file_key(f: &Arc<MappedFile>) -> usize {
+    Arc::as_ptr(f) as usize
+}
+
+/// Resolves every stack of `raw`. `procs` holds the maps recorded while
+/// sampling; processes still alive that were not recorded are read now.
+pub fn symbolize(raw: &RawProfile, procs: &mut ProcCache, sides: Sides) -> Vec<Stack> {
+    let kallsyms = if sides.kernel && raw.counts.iter().any(|(k, _)| k.kernel_stack_id >= 0) {
+        load_kallsyms()
+    } else {
+        None
+    };
+
+    // Pass 1: where each user address lives, grouped by file, so blazesym
+    // opens and parses each file once.
+    let mut refreshed = BTreeSet::new();
+    let mut regions: HashMap<(u32, u64), Region> = HashMap::new();
+    let mut by_file: HashMap<usize, (Arc<MappedFile>, BTreeSet<u64>)> = HashMap::new();
+    for (key, _) in &raw.counts {
+        let Some(ips) = stack_ips(raw, key.user_stack_id) else {
+            continue;
+        };
+        if !procs.knows(key.pid) {
+            procs.record(key.pid);
+        }
+        for (i, &ip) in ips.iter().enumerate() {
+            let addr = call_site(ip, i);
+            if regions.contains_key(&(key.pid, addr)) {
+                continue;
+            }
+            let mut region = procs.lookup(key.pid, addr);
+            // A library loaded after the maps were recorded.
+            if matches!(region, Region::Unknown) && refreshed.insert(key.pid) {
+                procs.refresh(key.pid);
+                region = procs.lookup(key.pid, addr);
+            }
+            if let Region::File { file, offset } = &region {
+                by_file
+                    .entry(file_key(file))
+                    .or_insert_with(|| (Arc::clone(file), BTreeSet::new()))
+                    .1
+                    .insert(*offset);
+            }
+            regions.insert((key.pid, addr), region);
+        }
+    }
+
+    // Pass 2: symbolize each file's offsets in one batch.
+    let symbolizer = Symbolizer::builder()
+        .enable_code_info(false)
+        .enable_inlined_fns(true)
+        .enable_demangling(true)
+        .build();
+    let mut names: HashMap<(usize, u64), Vec<String>> = HashMap::new();
+    for (fk, (file, offsets)) in &by_file {
+        let offsets: Vec<u64> = offsets.iter().copied().collect();
+        let src = source::Source::Elf(source::Elf::new(&file.path));
+        match symbolizer.symbolize(&src, Input::FileOffset(&offsets)) {
+            Ok(syms) => {
+                for (off, sym) in offsets.iter().zip(syms) {
+                    if let Symbolized::Sym(sym) = sym {
+                        let mut frames = vec![sym.name.into_owned()];
+                        frames.extend(sym.inlined.iter().map(|f| f.name.to_string()));
+                        names.insert((*fk, *off), frames);
+                    }
+                }
+            }
+            Err(e) => tracing::debug!("symbolizing {}: {e}", file.mapped_path),
+        }
+    }
+
+    // Pass 3: assemble the stacks, root to leaf.
+    raw.counts
+        .iter()
+        .map(|(key, count)| {
+            let mut user = Vec::new();
+            match stack_ips(raw, key.user_stack_id) {
+                Some(ips) => {
+                    for (i, &ip) in ips.iter().enumerate().rev() {
+                        let addr = call_site(ip, i);
+                        match regions.get(&(key.pid, addr)) {
+                            Some(Region::File { file, offset }) => {
+                                match names.get(&(file_key(file), *offset)) {
+                                    Some(frames) => user.extend(frames.iter().cloned()),
+                                    None => user.push(UNKNOWN.to_owned()),
+                                }
+                            }
+                            Some(Region::Vdso) => user.push("[vdso]".to_owned()),
+                            _ => user.push(UNKNOWN.to_owned()),
+                        }
+                    }
+                }
+                None if key.user_stack_id != STACK_ABSENT && key.user_stack_id < 0 => {
+                    user.push(lost_frame("user", key.user_stack_id));
+                }
+                None => {}
+            }
+            let mut kernel = Vec::new();
+            match stack_ips(raw, key.kernel_stack_id) {
+                Some(ips) => {
+                    for (i, &ip) in ips.iter().enumerate().rev() {
+                        let addr = call_site(ip, i);
+                        kernel.push(
+                            kallsyms
+                                .as_ref()
+                                .and_then(|k| k.resolve(addr))
+                                .map_or_else(|| UNKNOWN.to_owned(), |s| s.name.to_string()),
+                        );
+                    }
+                }
+                None if key.kernel_stack_id != STACK_ABSENT && key.kernel_stack_id < 0 => {
+                    kernel.push(lost_frame("kernel", key.kernel_stack_id));
+                }
+                None => {}
+            }
+            if user.is_empty() && kernel.is_empty() {
+                // Only one side was asked for and the sample was in the other.
+                kernel.push(
+                    match (sides.kernel, sides.user) {
+                        (true, false) => "[user mode]",
+                        (false, true) => "[kernel thread]",
+                        _ => "[no stack]",
+                    }
+                    .to_owned(),
+                );
+            }
+            Stack {
+                pid: key.pid,
+                comm: comm(key),
+                user,
+                kernel,
+                count: *count,
+            }
+        })
+        .collect()
+}
+
+fn stack_ips(raw: &RawProfile, id: i32) -> Option<&[u64]> {
+    let id = u32::try_from(id).ok()?;
+    raw.stacks.get(&id).map(Vec::as_slice)
+}
+
+/// The address to resolve for frame `i` (0 = leaf): a caller's frame holds
+/// a return address, which can be past the end of the calling function
+/// (a call as its last instruction), so one byte earlier is looked up.
+fn call_site(ip: u64, i: usize) -> u64 {
+    if i == 0 { ip } else { ip.saturating_sub(1) }
+}
+
+fn load_kallsyms() -> Option<Kallsyms> {
+    let path = Path::new("/proc/kallsyms");
+    match sys::read_kernel_file(path) {
+        Ok(text) => {
+            let k = Kallsyms::parse(&text);
+            if k.is_none() {
+                tracing::warn!(
+                    "/proc/kallsyms hides kernel addresses (kernel.kptr_restrict); kernel frames will show as {UNKNOWN}"
+                );
+            }
+            k
+        }
+        Err(e) => {
+            tracing::warn!("{e}; kernel frames will show as {UNKNOWN}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(pid: u32, kernel_stack_id: i32, user_stack_id: i32) -> StackKey {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"app1");
+        StackKey {
+            pid,
+            kernel_stack_id,
+            user_stack_id,
+            comm,
+        }
+    }
+
+    #[test]
+    fn lost_and_absent_stacks_keep_their_samples() {
+        let raw = RawProfile {
+            counts: vec![
+                (key(0, STACK_ABSENT, STACK_ABSENT), 3),
+                (key(7, -17, -14), 2),
+                (key(7, -12, STACK_ABSENT), 1),
+            ],
+            stacks: HashMap::new(),
+        };
+        let mut procs = ProcCache::new();
+        let both = Sides {
+            kernel: true,
+            user: true,
+        };
+        let stacks = symbolize(&raw, &mut procs, both);
+        assert_eq!(stacks.len(), 3);
+        assert_eq!(stacks[0].comm, "[idle]");
+        assert_eq!(stacks[0].kernel, ["[no stack]"]);
+        assert_eq!(stacks[1].comm, "app1");
+        assert_eq!(stacks[1].user, ["[lost user stack: efault]"]);
+        assert_eq!(stacks[1].kernel, ["[lost kernel stack: eexist]"]);
+        assert_eq!(stacks[2].kernel, ["[lost kernel stack: stack_map_full]"]);
+        assert_eq!(stacks.iter().map(|s| s.count).sum::<u64>(), 6);
+
+        let kernel_only = Sides {
+            kernel: true,
+            user: false,
+        };
+        let raw = RawProfile {
+            counts: vec![(key(7, STACK_ABSENT, STACK_ABSENT), 4)],
+            stacks: HashMap::new(),
+        };
+        let stacks = symbolize(&raw, &mut procs, kernel_only);
+        assert_eq!(stacks[0].kernel, ["[user mode]"]);
+    }
+
+    #[test]
+    fn call_sites_step_back_into_the_calling_instruction() {
+        assert_eq!(call_site(0x1000, 0), 0x1000);
+        assert_eq!(call_site(0x1000, 1), 0xfff);
+        assert_eq!(call_site(0, 3), 0);
+    }
+}

@@ -1,0 +1,565 @@
+//! Integration tests of the CPU profiler (`profile_perf`) on the running
+//! kernel. Needs root.
+//!
+//! The workloads are this test binary itself, started again in a special
+//! mode (the ignored `workload_child` test with `KSCOPE_PROFILE_WORKLOAD`
+//! set), so the VMs need nothing but the test binary and kscope:
+//! - `ratio` burns CPU in `kscope_burn_alpha` and `kscope_burn_beta` in
+//!   the ratio 3:1 (their loops are inline assembly, so the same cycles per
+//!   iteration at any optimization level, and no call leaves either
+//!   function);
+//! - `decoy` burns CPU in `kscope_burn_decoy`, for `-p` to leave out;
+//! - `write` rewrites 64 KiB of a memfd with pwrite(2), a syscall-heavy
+//!   load whose kernel stacks go through vfs_write.
+
+mod common;
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use serde_json::Value;
+
+const WORKLOAD_ENV: &str = "KSCOPE_PROFILE_WORKLOAD";
+const READY: &str = "KSCOPE-WORKLOAD-READY";
+
+/// Not a test: the workload process the tests start (see the module doc).
+#[test]
+#[ignore = "the workload process that the other tests start"]
+fn workload_child() {
+    if let Ok(mode) = std::env::var(WORKLOAD_ENV) {
+        workload::run(&mode);
+    }
+}
+
+mod workload {
+    use std::time::{Duration, Instant};
+
+    /// Iterations of the busy loop per unit of work: about 1 ms on real
+    /// hardware, some milliseconds under TCG emulation.
+    const UNIT: u64 = 250_000;
+    /// A workload outlives a failed test by at most this long.
+    const LIFETIME: Duration = Duration::from_secs(120);
+
+    /// `iters` rounds of a loop of four dependent multiplications, in the
+    /// calling function. The dependency chain, not instruction fetch, sets
+    /// the pace, and the loop starts on a 64-byte boundary, so it costs
+    /// the same per iteration wherever the compiler puts it (a bare
+    /// `dec; jnz` loop ran twice as fast in one function as in the other,
+    /// by where it fell relative to the CPU's fetch blocks).
+    #[inline(always)]
+    fn spin(iters: u64) {
+        let n = iters.max(1);
+        // SAFETY: a register-only loop; touches no memory and no stack.
+        unsafe {
+            std::arch::asm!(
+                "mov {x}, 3",
+                ".p2align 6",
+                "2:",
+                "imul {x}, {x}",
+                "imul {x}, {x}",
+                "imul {x}, {x}",
+                "imul {x}, {x}",
+                "dec {n}",
+                "jnz 2b",
+                n = inout(reg) n => _,
+                x = out(reg) _,
+                options(nomem, nostack),
+            );
+        }
+    }
+
+    #[inline(never)]
+    pub fn kscope_burn_alpha(units: u64) {
+        spin(3 * units);
+    }
+
+    #[inline(never)]
+    pub fn kscope_burn_beta(units: u64) {
+        spin(units);
+    }
+
+    #[inline(never)]
+    pub fn kscope_burn_decoy(units: u64) {
+        spin(units + 1);
+    }
+
+    pub fn run(mode: &str) {
+        println!("{}", super::READY);
+        let start = Instant::now();
+        // Round lengths vary at random (0.5 to 1.5 units), so the workload
+        // has no period for the sampling frequency to alias with.
+        let mut rng: u64 = 0x2545_f491_4f6c_dd1d ^ u64::from(std::process::id());
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            UNIT / 2 + rng % UNIT
+        };
+        match mode {
+            "ratio" => {
+                while start.elapsed() < LIFETIME {
+                    let units = next();
+                    kscope_burn_alpha(units);
+                    kscope_burn_beta(units);
+                }
+            }
+            "decoy" => {
+                while start.elapsed() < LIFETIME {
+                    kscope_burn_decoy(next());
+                }
+            }
+            "write" => write_loop(start),
+            m => panic!("unknown workload {m}"),
+        }
+    }
+
+    fn write_loop(start: Instant) {
+        // SAFETY: a NUL-terminated name and no flags.
+        let fd = unsafe { libc::memfd_create(c"kscope-profile".as_ptr(), 0) };
+        assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+        let buf = vec![0x5au8; 64 * 1024];
+        while start.elapsed() < LIFETIME {
+            // SAFETY: `buf` is valid for its length; `fd` is ours.
+            let n = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), 0) };
+            assert_eq!(n, buf.len() as isize, "pwrite");
+        }
+    }
+}
+
+/// A running workload; killed and reaped on drop.
+struct Workload {
+    child: Child,
+}
+
+impl Workload {
+    fn start(mode: &str) -> Self {
+        let exe = std::env::current_exe().expect("test binary path");
+        let mut child = Command::new(exe)
+            .args(["workload_child", "--exact", "--ignored", "--nocapture"])
+            .args(["--test-threads", "1"])
+            .env(WORKLOAD_ENV, mode)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the workload");
+        let stdout = child.stdout.take().expect("workload stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            match lines.next() {
+                // libtest may print "test workload_child ... " on the same line.
+                Some(Ok(l)) if l.trim_end().ends_with(READY) => break,
+                Some(Ok(_)) => {}
+                other => panic!("workload {mode} did not start: {other:?}"),
+            }
+        }
+        Self { child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time (user + system) the workload has used so far.
+    fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("stat");
+        // Fields after the parenthesized comm; utime and stime are the
+        // 14th and 15th fields overall, in clock ticks.
+        let after = stat.rsplit_once(')').expect("comm").1;
+        let f: Vec<u64> = after
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|x| x.parse().expect("tick count"))
+            .collect();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis((f[0] + f[1]) * 1000 / hz.max(1))
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes a line to stderr past libtest's capture, so measured values show
+/// in every run's log (the VM console included), passing or not.
+fn note(line: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+}
+
+/// A unique scratch path for output files.
+fn scratch(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("kscope-profile-{}-{name}", std::process::id()))
+}
+
+/// Runs `kscope profile ARGS --json` and returns the report and stderr.
+fn profile_json(args: &[&str]) -> (Value, String) {
+    let mut all = vec!["profile", "--json"];
+    all.extend_from_slice(args);
+    let out = kscope(None, &all);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "kscope {all:?} failed ({}):\n{stderr}",
+        out.status
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    (report, stderr)
+}
+
+fn stacks(report: &Value) -> &Vec<Value> {
+    report["stacks"].as_array().expect("stacks array")
+}
+
+fn frames(stack: &Value, side: &str) -> Vec<String> {
+    stack[side]
+        .as_array()
+        .expect("frames")
+        .iter()
+        .map(|f| f.as_str().expect("frame name").to_owned())
+        .collect()
+}
+
+fn count(stack: &Value) -> u64 {
+    stack["count"].as_u64().expect("count")
+}
+
+/// Samples of `report` whose stack has a function named `…::name`.
+fn samples_in(report: &Value, name: &str) -> u64 {
+    let suffix = format!("::{name}");
+    stacks(report)
+        .iter()
+        .filter(|s| {
+            frames(s, "user")
+                .iter()
+                .any(|f| f.ends_with(&suffix) || f == name)
+        })
+        .map(count)
+        .sum()
+}
+
+/// The sampling frequency and duration of the shared accuracy run. 499 Hz
+/// for 4 s gives about 2000 samples of a workload that has a whole CPU,
+/// and still several hundred where it shares an emulated one (the VMs).
+const FREQ: &str = "499";
+const SECS: &str = "4";
+
+/// One profile of the `ratio` workload with `-p`, while a `decoy` burns
+/// CPU too, shared by the tests that check its parts.
+struct RatioRun {
+    report: Value,
+    stderr: String,
+    folded: String,
+    svg: String,
+    target: u32,
+    decoy_cpu: Duration,
+}
+
+fn ratio_run() -> &'static RatioRun {
+    static RUN: OnceLock<RatioRun> = OnceLock::new();
+    RUN.get_or_init(|| {
+        require_root();
+        let target = Workload::start("ratio");
+        let decoy = Workload::start("decoy");
+        let (folded_path, svg_path) = (scratch("ratio.folded"), scratch("ratio.svg"));
+        let pid = target.pid().to_string();
+        let decoy_before = decoy.cpu_time();
+        let (report, stderr) = profile_json(&[
+            "-p",
+            &pid,
+            "-F",
+            FREQ,
+            "-d",
+            SECS,
+            "--folded",
+            folded_path.to_str().expect("utf8 path"),
+            "--svg",
+            svg_path.to_str().expect("utf8 path"),
+        ]);
+        let decoy_cpu = decoy.cpu_time().saturating_sub(decoy_before);
+        let read = |p: &Path| {
+            let s = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let _ = std::fs::remove_file(p);
+            s
+        };
+        RatioRun {
+            folded: read(&folded_path),
+            svg: read(&svg_path),
+            report,
+            stderr,
+            target: target.pid(),
+            decoy_cpu,
+        }
+    })
+}
+
+#[test]
+fn both_burn_functions_appear_symbolized() {
+    let run = ratio_run();
+    let alpha = samples_in(&run.report, "kscope_burn_alpha");
+    let beta = samples_in(&run.report, "kscope_burn_beta");
+    assert!(
+        alpha > 0 && beta > 0,
+        "alpha {alpha}, beta {beta} samples; stacks: {:#}",
+        run.report["stacks"]
+    );
+}
+
+/// The ratio of samples in the two functions must match the 3:1 ratio of
+/// their work. Tolerance: which function a sample lands in is a binomial
+/// draw with p = 0.75, so over n samples the measured fraction has a
+/// standard error of sqrt(p(1-p)/n); we allow 4 standard errors (a false
+/// failure about once in 15,000 runs) plus 0.03 for what is not random:
+/// the few instructions outside the loops, and the loops' iteration cost
+/// shifting slightly between the two call sites. A profiler that misplaces
+/// samples (1:1, or names swapped) is far outside this band.
+#[test]
+fn measured_ratio_is_three_to_one_within_tolerance() {
+    let run = ratio_run();
+    let alpha = samples_in(&run.report, "kscope_burn_alpha") as f64;
+    let beta = samples_in(&run.report, "kscope_burn_beta") as f64;
+    let n = alpha + beta;
+    assert!(
+        n >= 200.0,
+        "too few samples in the burn functions ({n}) for a meaningful ratio; stderr:\n{}",
+        run.stderr
+    );
+    let p = alpha / n;
+    let tolerance = 0.03 + 4.0 * (0.75 * 0.25 / n).sqrt();
+    note(&format!(
+        "ratio: alpha {alpha}, beta {beta}, fraction {p:.3} (want 0.75 ± {tolerance:.3}), ratio {:.2}",
+        alpha / beta.max(1.0)
+    ));
+    assert!(
+        (p - 0.75).abs() <= tolerance,
+        "alpha/(alpha+beta) = {p:.3} over {n} samples, want 0.75 ± {tolerance:.3} (alpha {alpha}, beta {beta})"
+    );
+}
+
+#[test]
+fn p_excludes_other_processes() {
+    let run = ratio_run();
+    // The decoy was on a CPU while the profiler ran, so without the filter
+    // its samples would be in the profile.
+    assert!(
+        run.decoy_cpu >= Duration::from_millis(500),
+        "the decoy barely ran ({:?}); the check proves nothing",
+        run.decoy_cpu
+    );
+    assert_eq!(run.report["pids"], serde_json::json!([run.target]));
+    for s in stacks(&run.report) {
+        assert_eq!(s["pid"], run.target, "a sample of another process: {s}");
+    }
+    assert_eq!(samples_in(&run.report, "kscope_burn_decoy"), 0);
+    assert!(!run.folded.contains("kscope_burn_decoy"));
+}
+
+#[test]
+fn folded_file_parses_and_sums_to_the_reported_total() {
+    let run = ratio_run();
+    let mut sum = 0u64;
+    for line in run.folded.lines() {
+        let (stack, n) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no count: {line:?}"));
+        let n: u64 = n.parse().unwrap_or_else(|_| panic!("bad count: {line:?}"));
+        assert!(n > 0, "{line:?}");
+        let frames: Vec<&str> = stack.split(';').collect();
+        assert!(frames.len() >= 2, "comm and at least one frame: {line:?}");
+        assert!(
+            frames.iter().all(|f| !f.is_empty()),
+            "empty frame: {line:?}"
+        );
+        sum += n;
+    }
+    let total = run.report["samples"].as_u64().expect("samples");
+    assert!(total > 0);
+    assert_eq!(sum, total, "folded counts vs the JSON total");
+    // The total stderr reports, computed by kscope separately.
+    let summary = run
+        .stderr
+        .lines()
+        .find(|l| l.contains(" samples in "))
+        .unwrap_or_else(|| panic!("no summary line in stderr:\n{}", run.stderr));
+    let reported: u64 = summary
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .expect("a number in the summary");
+    assert_eq!(sum, reported, "folded counts vs stderr: {summary}");
+    // Root to leaf: the comm first, then the burn function as the leaf.
+    assert!(
+        run.folded.lines().any(|l| l
+            .rsplit_once(' ')
+            .is_some_and(|(s, _)| s.ends_with("::kscope_burn_alpha"))),
+        "no stack ends in kscope_burn_alpha:\n{}",
+        run.folded
+    );
+}
+
+#[test]
+fn svg_is_well_formed_and_names_the_functions() {
+    let run = ratio_run();
+    // inferno writes a DOCTYPE, which roxmltree refuses unless allowed.
+    let opts = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(&run.svg, opts)
+        .expect("the SVG is well-formed XML");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    let titles: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("title"))
+        .filter_map(|n| n.text())
+        .collect();
+    for f in ["kscope_burn_alpha", "kscope_burn_beta"] {
+        assert!(
+            titles.iter().any(|t| t.contains(f)),
+            "{f} is not in the flame graph; titles: {titles:?}"
+        );
+    }
+}
+
+/// A write(2)-path frame must show up, called from the syscall entry:
+/// kernel frames go root (entry) to leaf.
+#[test]
+fn kernel_frames_appear_for_a_syscall_heavy_workload() {
+    require_root();
+    let w = Workload::start("write");
+    let pid = w.pid().to_string();
+    let (report, stderr) = profile_json(&["-p", &pid, "-F", FREQ, "-d", "3"]);
+    drop(w);
+    let total = report["samples"].as_u64().expect("samples");
+    let mut in_write = 0;
+    for s in stacks(&report) {
+        let k = frames(s, "kernel");
+        let Some(at) = k.iter().position(|f| f == "vfs_write") else {
+            continue;
+        };
+        let entry = k.iter().position(|f| f == "do_syscall_64");
+        assert!(
+            entry.is_some_and(|e| e < at),
+            "vfs_write should be below do_syscall_64: {k:?}"
+        );
+        in_write += count(s);
+    }
+    note(&format!(
+        "write path: {in_write} of {total} samples in vfs_write"
+    ));
+    assert!(
+        total >= 50 && in_write * 10 >= total,
+        "want vfs_write in at least 10% of {total} samples (>= 50), got {in_write}; stderr:\n{stderr}\nstacks: {:#}",
+        report["stacks"]
+    );
+}
+
+/// The default output: a table on stdout, the hottest function on top.
+#[test]
+fn default_table_lists_the_hottest_function_first() {
+    require_root();
+    let w = Workload::start("decoy");
+    let pid = w.pid().to_string();
+    let out = kscope(
+        None,
+        &["profile", "-p", &pid, "-F", FREQ, "-d", "2", "-n", "3"],
+    );
+    drop(w);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].contains("SELF%") && lines[0].contains("TOTAL%"),
+        "{stdout}"
+    );
+    assert!(
+        (2..=4).contains(&lines.len()),
+        "header and at most 3 rows: {stdout}"
+    );
+    assert!(lines[1].ends_with("::kscope_burn_decoy"), "{stdout}");
+    let self_pct: f64 = lines[1]
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.trim_end_matches('%').parse().ok())
+        .expect("self%");
+    assert!(self_pct > 80.0, "the decoy does nothing else: {stdout}");
+}
+
+/// Ctrl-C or SIGTERM ends sampling; the report is still printed and the
+/// program and every perf event are gone afterwards.
+#[test]
+fn sigterm_stops_sampling_and_leaves_nothing_attached() {
+    require_root();
+    let w = Workload::start("decoy");
+    let pid = w.pid().to_string();
+    let mut child = kscope_cmd(
+        None,
+        &["profile", "--json", "--progress", "-p", &pid, "-F", FREQ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("start kscope");
+    // Wait until it samples (it reports progress then): under emulation,
+    // loading alone can take seconds.
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut early = String::new();
+    while !early.lines().any(|l| l.starts_with("sampling:")) {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).expect("read stderr") == 0 {
+            panic!("kscope exited before sampling:\n{early}");
+        }
+        early.push_str(&line);
+    }
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let rest = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let start = Instant::now();
+    let out = child.wait_with_output().expect("wait for kscope");
+    drop(w);
+    let stderr = early + &rest.join().expect("stderr reader");
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    assert!(start.elapsed() < Duration::from_secs(60));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert!(report["samples"].as_u64().expect("samples") > 0, "{stderr}");
+    let prog_id = report["prog_id"].as_u64().expect("prog_id");
+    assert!(prog_id > 0);
+    assert!(
+        wait_prog_gone(prog_id, Duration::from_secs(5)),
+        "program {prog_id} is still loaded after kscope exited"
+    );
+}
+
+#[test]
+fn bad_input_fails_with_one_error_line() {
+    require_root();
+    // pid_max is at most 2^22, so this pid cannot exist.
+    let out = kscope(None, &["profile", "-p", "4194305", "-d", "1"]);
+    assert_fails(&out, 1, &["no process with pid 4194305"]);
+    let out = kscope(None, &["profile", "-C", "100000", "-d", "1"]);
+    assert_fails(&out, 1, &["CPU 100000 is not online"]);
+    let out = kscope(None, &["profile", "-F", "0"]);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+}
