@@ -107,17 +107,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// The errno inside a map error, if it carries one.
 fn errno(e: &MapError) -> Option<i32> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(sc) = err.downcast_ref::<aya::sys::SyscallError>() {
-            return sc.io_error.raw_os_error();
-        }
-        if let Some(io) = err.downcast_ref::<io::Error>() {
-            return io.raw_os_error();
-        }
-        cur = err.source();
-    }
-    None
+    crate::sys::errno_in(e)
 }
 
 /// True when a lookup or delete found no such key.

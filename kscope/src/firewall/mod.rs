@@ -418,17 +418,7 @@ fn native_err(iface: &str, e: FwError) -> FwError {
 
 /// The errno inside a program error, if it carries one.
 fn io_errno(e: &aya::programs::ProgramError) -> Option<i32> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<io::Error>() {
-            return io.raw_os_error();
-        }
-        if let Some(sc) = err.downcast_ref::<aya::sys::SyscallError>() {
-            return sc.io_error.raw_os_error();
-        }
-        cur = err.source();
-    }
-    None
+    sys::errno_in(e)
 }
 
 fn write_config(ebpf: &mut Ebpf, config: FwConfig) -> Result<(), FwError> {
