@@ -26,6 +26,7 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
 };
 
 use crate::{firewall, sys};
@@ -56,9 +57,14 @@ const L4: u64 = 8; // UDP header, ICMP/ICMPv6 echo header
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 fn ip(args: &[&str]) -> io::Result<()> {
+    ip_output(args).map(drop)
+}
+
+/// Runs `ip ARGS` and returns its stdout.
+fn ip_output(args: &[&str]) -> io::Result<String> {
     let out = Command::new("ip").args(args).output()?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(io::Error::other(format!(
             "ip {}: {}",
@@ -67,6 +73,31 @@ fn ip(args: &[&str]) -> io::Result<()> {
         )))
     }
 }
+
+/// Waits until `ifc` in namespace `ns` can transmit. Setting a link up is
+/// not enough: until the kernel's link watcher sees the carrier and
+/// activates the device, its qdisc is `noop`, which drops every frame sent.
+/// Under emulation that takes long enough to lose the first packets of a
+/// test, so this polls for operational state UP with a real qdisc.
+fn wait_transmitting(ns: &str, ifc: &str) -> io::Result<()> {
+    let deadline = Instant::now() + LINK_UP_TIMEOUT;
+    loop {
+        let line = ip_output(&["-n", ns, "-o", "link", "show", "dev", ifc])?;
+        if line.contains(" state UP ") && !line.contains(" qdisc noop ") {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::other(format!(
+                "{ifc} in {ns} did not come up within {LINK_UP_TIMEOUT:?}: {}",
+                line.trim()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// How long [`wait_transmitting`] waits; generous for emulated kernels.
+const LINK_UP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A named network namespace (`ip netns add`), deleted on drop.
 #[derive(Debug)]
@@ -260,6 +291,9 @@ impl Lab {
             }
             ip(&["-n", n, "link", "set", ifc, "up"])?;
         }
+        for (ns, ifc) in [(&self.a, &self.iface_a), (&self.b, &self.iface_b)] {
+            wait_transmitting(ns.name(), ifc)?;
+        }
         Ok(())
     }
 
@@ -279,7 +313,7 @@ impl Lab {
             for (i, f) in frames.iter().enumerate() {
                 sock.send(f)?;
                 if i % 32 == 31 {
-                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    std::thread::sleep(Duration::from_millis(1));
                 }
             }
             Ok(())
@@ -469,7 +503,7 @@ fn generate(t: &Traffic, lab_ns: &Path) -> io::Result<Sent> {
         // packet that the sender counted.
         sent += 1;
         if sent.is_multiple_of(32) {
-            std::thread::sleep(std::time::Duration::from_millis(1));
+            std::thread::sleep(Duration::from_millis(1));
         }
     };
     for _ in 0..t.udp4 {
