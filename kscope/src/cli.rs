@@ -31,9 +31,19 @@ pub enum Command {
     /// Sample on-CPU stacks (kernel and user) with a perf_event program and
     /// show the hottest functions, folded stacks or a flame graph.
     Profile(ProfileArgs),
+    /// Keep the firewall and aggregate tracers running and serve their
+    /// counters as Prometheus metrics (see packaging/kscope.toml).
+    Daemon(DaemonArgs),
     /// Show the packet counter at work in a private pair of network
     /// namespaces, then tear everything down.
     Demo,
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// The TOML config file.
+    #[arg(long, value_name = "FILE", default_value = crate::daemon::config::DEFAULT_PATH)]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

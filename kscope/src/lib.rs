@@ -2,6 +2,7 @@
 //! library; integration tests drive both.
 
 pub mod cli;
+pub mod daemon;
 pub mod demo;
 pub mod firewall;
 pub mod frame;

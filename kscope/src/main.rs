@@ -171,6 +171,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fw(FwCommand::Stats(args)) => stats(&args),
         Command::Trace(t) => trace(t),
         Command::Profile(args) => profile(&args),
+        Command::Daemon(a) => kscope::daemon::run(&a.config),
         Command::Demo => {
             let stop = demo::stop_on_signals().context("installing signal handlers")?;
             demo::run(&mut io::stdout().lock(), stop)

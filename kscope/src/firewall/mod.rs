@@ -168,7 +168,8 @@ fn pin_err(path: &Path, reason: impl ToString) -> FwError {
 }
 
 /// Requested XDP attach mode.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Native (driver) mode where the driver supports it, generic otherwise.
     #[default]
@@ -180,7 +181,8 @@ pub enum Mode {
 }
 
 /// Verdict for IP packets no rule matches, fixed at attach.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Policy {
     /// Pass what no rule blocks.
     #[default]
@@ -578,7 +580,11 @@ pub fn status() -> Result<Vec<Status>, FwError> {
     Ok(out)
 }
 
-fn status_of(iface: &str) -> Result<Status, FwError> {
+/// Status of kscope's attachment to `iface`.
+///
+/// # Errors
+/// [`FwError::Pin`] when its pins are missing or unreadable.
+pub fn status_of(iface: &str) -> Result<Status, FwError> {
     let dir = pin_dir(iface);
     let config = read_config(&dir)?;
     let prog_path = dir.join(PROG_FW_XDP);

@@ -246,8 +246,14 @@ fn try_probe(opts: &ConnectOpts, off: &Offsets, probe: Probe) -> Result<Ebpf, Tr
     Ok(ebpf)
 }
 
-/// Chooses and attaches the probe kind. Returns the object and the kind.
-fn attach(opts: &ConnectOpts) -> Result<(Ebpf, Probe), TraceError> {
+/// Chooses and attaches the probe kind (`opts.probe`, or the first that
+/// works when it is `Auto`). Returns the object and the kind; dropping the
+/// object detaches it.
+///
+/// # Errors
+/// No usable probe kind (or the forced one missing), or a verifier
+/// rejection.
+pub fn attach(opts: &ConnectOpts) -> Result<(Ebpf, Probe), TraceError> {
     let (saddr, saddr6, sport) = sock_offsets();
     let tp = tracepoint_offsets();
     let off = Offsets {
@@ -296,6 +302,7 @@ fn attach(opts: &ConnectOpts) -> Result<(Ebpf, Probe), TraceError> {
 pub async fn run(opts: &ConnectOpts, out: &mut impl Write) -> Result<(Summary, Stop), TraceError> {
     super::preflight("kscope trace connect")?;
     let mut signals = super::Signals::catch()?;
+    let mut lost = super::LostWarner::default();
     let (mut ebpf, probe) = attach(opts)?;
     let how = match probe {
         Probe::Kprobe => "kprobe/kretprobe on tcp_v4_connect, tcp_v6_connect",
@@ -310,7 +317,7 @@ pub async fn run(opts: &ConnectOpts, out: &mut impl Write) -> Result<(Summary, S
     let mut counts: HashMap<CountKey, u64> = HashMap::new();
     let result = super::consume(
         &mut ebpf,
-        &mut signals,
+        signals.recv(),
         opts.duration,
         |bytes| {
             let Some(ev) = decode(bytes) else {
@@ -327,7 +334,7 @@ pub async fn run(opts: &ConnectOpts, out: &mut impl Write) -> Result<(Summary, S
                 write_row(out, &ev)
             }
         },
-        || Ok(()),
+        |s| lost.tick(s),
     )
     .await;
     if opts.count {

@@ -19,6 +19,8 @@ use kscope_common::trace::{
     PROG_EXEC_EXIT_EXECVEAT,
 };
 
+use aya::Ebpf;
+
 use super::{Filters, Stop, Summary, TraceError, format};
 use crate::sys::btf::Btf;
 
@@ -59,6 +61,31 @@ fn task_offsets() -> (u32, u32) {
     }
 }
 
+/// Loads `trace_exec` with `filters`, keeping up to `max_args` arguments per
+/// exec, and attaches it. Dropping the object detaches it.
+///
+/// # Errors
+/// The execve tracepoints missing, or a verifier rejection.
+pub fn attach(filters: &Filters, max_args: u32) -> Result<Ebpf, TraceError> {
+    let (parent, tgid) = task_offsets();
+    let (max, parent, tgid) = (
+        max_args.to_ne_bytes(),
+        parent.to_ne_bytes(),
+        tgid.to_ne_bytes(),
+    );
+    let mut ebpf = super::load(
+        TRACE_EXEC_OBJ,
+        filters,
+        &[
+            (GLOBAL_MAX_ARGS, &max[..]),
+            (GLOBAL_OFF_REAL_PARENT, &parent[..]),
+            (GLOBAL_OFF_TGID, &tgid[..]),
+        ],
+    )?;
+    super::attach_syscall_pairs(&mut ebpf, HOOKS)?;
+    Ok(ebpf)
+}
+
 /// Runs the tracer, writing events to `out`, until the duration passes or
 /// Ctrl-C or SIGTERM.
 ///
@@ -68,29 +95,15 @@ fn task_offsets() -> (u32, u32) {
 pub async fn run(opts: &ExecOpts, out: &mut impl Write) -> Result<(Summary, Stop), TraceError> {
     super::preflight("kscope trace exec")?;
     let mut signals = super::Signals::catch()?;
-    let (parent, tgid) = task_offsets();
-    let (max, parent, tgid) = (
-        opts.max_args.to_ne_bytes(),
-        parent.to_ne_bytes(),
-        tgid.to_ne_bytes(),
-    );
-    let mut ebpf = super::load(
-        TRACE_EXEC_OBJ,
-        &opts.filters,
-        &[
-            (GLOBAL_MAX_ARGS, &max[..]),
-            (GLOBAL_OFF_REAL_PARENT, &parent[..]),
-            (GLOBAL_OFF_TGID, &tgid[..]),
-        ],
-    )?;
-    super::attach_syscall_pairs(&mut ebpf, HOOKS)?;
+    let mut lost = super::LostWarner::default();
+    let mut ebpf = attach(&opts.filters, opts.max_args)?;
     let clock = format::Clock::now();
     if !opts.json {
         write_header(out, opts.timestamps)?;
     }
     let result = super::consume(
         &mut ebpf,
-        &mut signals,
+        signals.recv(),
         opts.duration,
         |bytes| {
             let Some(ev) = event(bytes) else {
@@ -102,7 +115,7 @@ pub async fn run(opts: &ExecOpts, out: &mut impl Write) -> Result<(Summary, Stop
                 write_row(out, ev, &clock, opts.timestamps)
             }
         },
-        || Ok(()),
+        |s| lost.tick(s),
     )
     .await;
     out.flush()?;

@@ -266,17 +266,26 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
         })
     }
+
+    /// Waits for the next SIGINT or SIGTERM.
+    pub async fn recv(&mut self) -> Stop {
+        tokio::select! {
+            _ = self.int.recv() => Stop::Interrupt,
+            _ = self.term.recv() => Stop::Terminate,
+        }
+    }
 }
 
-/// Consumes `ebpf`'s ring buffer until `duration` passes or a signal asks to
-/// stop, handing each record to `on`, and `flush`ing after every batch.
-/// Lost events are reported on stderr as they happen.
+/// Consumes `ebpf`'s ring buffer until `duration` passes or `stop`
+/// completes, handing each record to `on`. About once a second, and once at
+/// the end, `tick` gets the totals so far (lost events included, as the
+/// kernel counted them).
 pub async fn consume(
     ebpf: &mut Ebpf,
-    signals: &mut Signals,
+    stop: impl std::future::Future<Output = Stop>,
     duration: Option<Duration>,
     mut on: impl FnMut(&[u8]) -> io::Result<()>,
-    mut flush: impl FnMut() -> io::Result<()>,
+    mut tick: impl FnMut(&Summary),
 ) -> Result<(Summary, Stop), TraceError> {
     let ring = ebpf
         .take_map(MAP_EVENTS)
@@ -294,8 +303,8 @@ pub async fn consume(
     let mut poll = tokio::time::interval(POLL_INTERVAL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut summary = Summary::default();
-    let mut reported_lost = 0;
-    let mut last_lost_check = Instant::now();
+    let mut last_tick = Instant::now();
+    let mut stop = std::pin::pin!(stop);
 
     let stop = loop {
         let sleep_until = async {
@@ -306,8 +315,7 @@ pub async fn consume(
         };
         tokio::select! {
             biased;
-            _ = signals.int.recv() => break Stop::Interrupt,
-            _ = signals.term.recv() => break Stop::Terminate,
+            why = &mut stop => break why,
             _ = sleep_until => break Stop::Duration,
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
@@ -318,24 +326,36 @@ pub async fn consume(
                 drain(ring.get_mut(), &mut summary.events, &mut on)?;
             }
         }
-        flush()?;
-        if last_lost_check.elapsed() >= Duration::from_secs(1) {
-            last_lost_check = Instant::now();
-            let now = lost_total(&lost);
-            if now > reported_lost {
-                tracing::warn!(
-                    "{} events lost: the ring buffer was full",
-                    now - reported_lost
-                );
-                reported_lost = now;
-            }
+        if last_tick.elapsed() >= Duration::from_secs(1) {
+            last_tick = Instant::now();
+            summary.lost = lost_total(&lost);
+            tick(&summary);
         }
     };
     // Whatever arrived before the stop is still delivered.
     drain(ring.get_mut(), &mut summary.events, &mut on)?;
-    flush()?;
     summary.lost = lost_total(&lost);
+    tick(&summary);
     Ok((summary, stop))
+}
+
+/// Warns on stderr each time the kernel's count of lost events grows: a
+/// `tick` for [`consume`].
+#[derive(Debug, Default)]
+pub struct LostWarner {
+    reported: u64,
+}
+
+impl LostWarner {
+    pub fn tick(&mut self, s: &Summary) {
+        if s.lost > self.reported {
+            tracing::warn!(
+                "{} events lost: the ring buffer was full",
+                s.lost - self.reported
+            );
+            self.reported = s.lost;
+        }
+    }
 }
 
 /// Writes the end-of-run summary to stderr.

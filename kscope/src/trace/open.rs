@@ -52,6 +52,7 @@ pub struct OpenOpts {
 pub async fn run(opts: &OpenOpts, out: &mut impl Write) -> Result<(Summary, Stop), TraceError> {
     super::preflight("kscope trace open")?;
     let mut signals = super::Signals::catch()?;
+    let mut lost = super::LostWarner::default();
     let failed_only = u32::from(opts.failed_only).to_ne_bytes();
     let mut ebpf = super::load(
         TRACE_OPEN_OBJ,
@@ -66,7 +67,7 @@ pub async fn run(opts: &OpenOpts, out: &mut impl Write) -> Result<(Summary, Stop
     let mut flags_buf = [0u8; 192];
     let result = super::consume(
         &mut ebpf,
-        &mut signals,
+        signals.recv(),
         opts.duration,
         |bytes| {
             let Some(ev) = decode(bytes) else {
@@ -78,7 +79,7 @@ pub async fn run(opts: &OpenOpts, out: &mut impl Write) -> Result<(Summary, Stop
                 write_row(out, &ev, &clock, opts.timestamps, &mut flags_buf)
             }
         },
-        || Ok(()),
+        |s| lost.tick(s),
     )
     .await;
     out.flush()?;

@@ -1,0 +1,408 @@
+//! The daemon's TOML configuration: parsing and validation.
+//!
+//! [`Config::load`] reads the file and every rule file it names, and checks
+//! all of it, before the daemon changes anything: a config that fails here
+//! is never half applied. `packaging/kscope.toml` is the documented example.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::{
+    firewall::{
+        Mode, Policy,
+        rules::{RuleError, RuleSet},
+    },
+    sys,
+};
+
+/// Where `kscope daemon` looks without `--config`.
+pub const DEFAULT_PATH: &str = "/etc/kscope/kscope.toml";
+/// The metrics address without a `[metrics] listen`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9435";
+
+/// Why a config was refused.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, or a value of the wrong type. The text
+    /// is toml's message, reduced to one line.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("{path}: interface {iface}: {source}")]
+    Rules {
+        path: PathBuf,
+        iface: String,
+        #[source]
+        source: RuleError,
+    },
+}
+
+/// The file as written.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub firewall: FirewallConfig,
+    #[serde(default)]
+    pub trace: TraceConfig,
+    #[serde(default)]
+    pub profile: ProfileConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of /metrics, /healthz and /profile.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Per-program run time and run count (BPF_ENABLE_STATS, held while
+    /// the daemon runs).
+    #[serde(default = "yes")]
+    pub bpf_stats: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            bpf_stats: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallConfig {
+    /// Detach the firewall when the daemon stops. By default it stays, so
+    /// traffic keeps being filtered across restarts and upgrades.
+    #[serde(default)]
+    pub detach_on_exit: bool,
+    #[serde(default, rename = "interface")]
+    pub interfaces: Vec<IfaceConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IfaceConfig {
+    pub name: String,
+    #[serde(default)]
+    pub mode: Mode,
+    /// Verdict for IP packets no rule matches; fixed while attached.
+    #[serde(default)]
+    pub default: Policy,
+    /// Rule file (the `kscope fw load` format). Relative paths are taken
+    /// from the config file's directory. Without one, the daemon leaves
+    /// the interface's rules alone (edit them with `kscope fw block`, ...).
+    pub rules: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TraceConfig {
+    /// Opens counted per process name, in the kernel.
+    #[serde(default)]
+    pub open: bool,
+    /// Execs counted per process name.
+    #[serde(default)]
+    pub exec: bool,
+    /// TCP connects counted per destination address, port and result.
+    #[serde(default)]
+    pub connect: bool,
+    /// Most label sets one tracer metric keeps; the rest are summed under
+    /// the label value `[other]`, so an unusual workload cannot blow up
+    /// Prometheus.
+    #[serde(default = "default_max_series")]
+    pub max_series: usize,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        Self {
+            open: false,
+            exec: false,
+            connect: false,
+            max_series: default_max_series(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// Serve GET /profile.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Longest profile one request may ask for.
+    #[serde(default = "default_max_seconds")]
+    pub max_seconds: u64,
+    /// Samples per second per CPU unless the request says otherwise.
+    #[serde(default = "default_frequency")]
+    pub frequency: u64,
+}
+
+impl Default for ProfileConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_seconds: default_max_seconds(),
+            frequency: default_frequency(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    DEFAULT_LISTEN
+        .parse()
+        .unwrap_or_else(|_| unreachable!("DEFAULT_LISTEN is an address"))
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_max_series() -> usize {
+    1000
+}
+
+fn default_max_seconds() -> u64 {
+    60
+}
+
+fn default_frequency() -> u64 {
+    49
+}
+
+/// Highest `[profile] frequency` accepted; the kernel's own limit
+/// (kernel.perf_event_max_sample_rate) may be lower and is checked when a
+/// profile starts.
+pub const MAX_FREQUENCY: u64 = 10_000;
+
+/// A validated config with every rule file read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loaded {
+    pub path: PathBuf,
+    pub config: Config,
+    /// The rule set of each interface that names a rule file.
+    pub rules: BTreeMap<String, RuleSet>,
+}
+
+impl Config {
+    /// Parses config text; `path` only names the file in errors.
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] or [`ConfigError::Invalid`].
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: one_line(&e),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for i in &self.firewall.interfaces {
+            sys::validate_ifname(&i.name).map_err(|e| invalid(e.to_string()))?;
+            if !seen.insert(i.name.as_str()) {
+                return Err(invalid(format!(
+                    "interface {} is listed twice under [[firewall.interface]]",
+                    i.name
+                )));
+            }
+        }
+        if self.trace.max_series == 0 {
+            return Err(invalid("[trace] max_series must be at least 1".into()));
+        }
+        let p = &self.profile;
+        if p.max_seconds == 0 {
+            return Err(invalid("[profile] max_seconds must be at least 1".into()));
+        }
+        if p.frequency == 0 || p.frequency > MAX_FREQUENCY {
+            return Err(invalid(format!(
+                "[profile] frequency must be 1-{MAX_FREQUENCY} Hz, not {}",
+                p.frequency
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads and validates the config at `path` and every rule file it
+    /// names.
+    ///
+    /// # Errors
+    /// Any [`ConfigError`]; nothing has been changed when one is returned.
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Config::parse(path, &text)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut rules = BTreeMap::new();
+        for i in &config.firewall.interfaces {
+            let Some(file) = &i.rules else { continue };
+            let set = RuleSet::read(&base.join(file)).map_err(|source| ConfigError::Rules {
+                path: path.to_owned(),
+                iface: i.name.clone(),
+                source,
+            })?;
+            rules.insert(i.name.clone(), set);
+        }
+        Ok(Loaded {
+            path: path.to_owned(),
+            config,
+            rules,
+        })
+    }
+}
+
+/// toml's errors span several lines (a snippet with a caret); the first
+/// line names the place and the rest restates it, so they are joined into
+/// one.
+fn one_line(e: &toml::de::Error) -> String {
+    let msg = e.message().trim();
+    match e.span() {
+        Some(span) => format!("{msg} (at byte {})", span.start),
+        None => msg.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.toml"), text)
+    }
+
+    #[test]
+    fn empty_config_takes_the_documented_defaults() {
+        let c = parse("").expect("empty config");
+        assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:9435");
+        assert!(c.metrics.bpf_stats);
+        assert!(!c.firewall.detach_on_exit);
+        assert!(c.firewall.interfaces.is_empty());
+        assert!(!c.trace.open && !c.trace.exec && !c.trace.connect);
+        assert_eq!(c.trace.max_series, 1000);
+        assert!(!c.profile.enabled);
+        assert_eq!((c.profile.max_seconds, c.profile.frequency), (60, 49));
+    }
+
+    #[test]
+    fn interfaces_parse_with_mode_policy_and_rules() {
+        let c = parse(
+            r#"
+            [[firewall.interface]]
+            name = "eth0"
+            mode = "skb"
+            default = "drop"
+            rules = "eth0.rules"
+            [[firewall.interface]]
+            name = "eth1"
+            "#,
+        )
+        .expect("config");
+        let i = &c.firewall.interfaces;
+        assert_eq!(i.len(), 2);
+        assert_eq!(
+            (i[0].name.as_str(), i[0].mode, i[0].default),
+            ("eth0", Mode::Skb, Policy::Drop)
+        );
+        assert_eq!(i[0].rules.as_deref(), Some(Path::new("eth0.rules")));
+        assert_eq!(
+            (i[1].mode, i[1].default, &i[1].rules),
+            (Mode::Auto, Policy::Pass, &None)
+        );
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_one_line_naming_the_problem() {
+        for (text, needle) in [
+            ("[metrics]\nlisten = \"nowhere\"", "invalid socket address"),
+            (
+                "[metrics]\nlisen = \"127.0.0.1:1\"",
+                "unknown field `lisen`",
+            ),
+            ("[trace]\nopen = \"yes\"", "invalid type"),
+            ("[trace\nopen = true", "at byte"),
+            (
+                "[[firewall.interface]]\nname = \"a\"\n[[firewall.interface]]\nname = \"a\"",
+                "listed twice",
+            ),
+            ("[[firewall.interface]]\nname = \"bad name\"", "bad name"),
+            (
+                "[[firewall.interface]]\nname = \"x\"\ndefault = \"reject\"",
+                "unknown variant `reject`",
+            ),
+            ("[profile]\nfrequency = 0", "frequency must be"),
+            ("[profile]\nmax_seconds = 0", "max_seconds"),
+            ("[trace]\nmax_series = 0", "max_series"),
+        ] {
+            let e = parse(text).expect_err(text).to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+            assert!(!e.contains('\n'), "{text:?}: {e}");
+            assert!(e.starts_with("test.toml: "), "{e}");
+        }
+    }
+
+    #[test]
+    fn load_reads_rule_files_relative_to_the_config() {
+        let dir = std::env::temp_dir().join(format!("kscope-config-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::write(dir.join("a.rules"), "block 10.0.0.0/8\n").expect("write rules");
+        fs::write(dir.join("bad.rules"), "block 10.0.0.0/40\n").expect("write rules");
+        let cfg = dir.join("kscope.toml");
+        fs::write(
+            &cfg,
+            "[[firewall.interface]]\nname = \"x0\"\nrules = \"a.rules\"\n",
+        )
+        .expect("write config");
+        let loaded = Config::load(&cfg).expect("load");
+        assert_eq!(
+            loaded.rules["x0"].to_text(),
+            RuleSet::parse("t", "block 10.0.0.0/8")
+                .expect("rules")
+                .to_text()
+        );
+
+        fs::write(
+            &cfg,
+            "[[firewall.interface]]\nname = \"x0\"\nrules = \"bad.rules\"\n",
+        )
+        .expect("write config");
+        let e = Config::load(&cfg).expect_err("bad rule file").to_string();
+        assert!(e.contains("interface x0"), "{e}");
+        fs::write(
+            &cfg,
+            "[[firewall.interface]]\nname = \"x0\"\nrules = \"missing.rules\"\n",
+        )
+        .expect("write config");
+        assert!(Config::load(&cfg).is_err());
+        let e = Config::load(&dir.join("nope.toml"))
+            .expect_err("missing")
+            .to_string();
+        assert!(e.contains("cannot read"), "{e}");
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

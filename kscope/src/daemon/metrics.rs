@@ -1,0 +1,567 @@
+//! What `/metrics` serves, read at scrape time.
+//!
+//! Firewall counters, rule hits and per-program BPF stats live in the
+//! kernel, so the collector reads them on every scrape instead of copying
+//! them on a timer: a scrape always sees the kernel's current totals, and
+//! nothing is lost between scrapes. Tracer aggregates are kept by the
+//! daemon's consumers in [`State`].
+//!
+//! Metric names and labels (documented in the README; counters get
+//! `_total` appended by the OpenMetrics encoder):
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `kscope_fw_packets_total` | counter | iface, family, action, reason |
+//! | `kscope_fw_bytes_total` | counter | iface, family, action, reason |
+//! | `kscope_fw_rule_hits_total` | counter | iface, rule |
+//! | `kscope_fw_rules` | gauge | iface |
+//! | `kscope_trace_events_total` | counter | tracer |
+//! | `kscope_trace_lost_events_total` | counter | tracer |
+//! | `kscope_trace_opens_total` | counter | comm |
+//! | `kscope_trace_open_errors_total` | counter | comm |
+//! | `kscope_trace_execs_total` | counter | comm, result |
+//! | `kscope_trace_connects_total` | counter | daddr, dport, result |
+//! | `kscope_bpf_program_run_time_seconds_total` | counter | id, name, type |
+//! | `kscope_bpf_program_run_count_total` | counter | id, name, type |
+//! | `kscope_daemon_reloads_total` | counter | result |
+//! | `kscope_daemon_config_last_reload_successful` | gauge | |
+//! | `kscope_daemon_scrape_errors_total` | counter | |
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    hash::Hash,
+    net::IpAddr,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use kscope_common::fw::{Family, Reason};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _, MetricEncoder},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+};
+
+use crate::{
+    firewall::{self, maps::RuleMaps},
+    trace::format,
+};
+
+/// Label value that sums the series over [`Bounded`]'s limit.
+pub const OTHER: &str = "[other]";
+
+/// Counts per key, at most `max` keys; the rest go to `other`.
+#[derive(Debug)]
+pub struct Bounded<K> {
+    counts: HashMap<K, u64>,
+    other: u64,
+    max: usize,
+}
+
+impl<K: Hash + Eq> Bounded<K> {
+    pub fn new(max: usize) -> Self {
+        Self {
+            counts: HashMap::new(),
+            other: 0,
+            max,
+        }
+    }
+
+    /// Adds `n` to `key`'s count, or to `other` when `key` is new and the
+    /// limit is reached. Allocates only for a new key.
+    pub fn add(&mut self, key: K, n: u64) {
+        if let Some(c) = self.counts.get_mut(&key) {
+            *c += n;
+        } else if self.counts.len() < self.max {
+            self.counts.insert(key, n);
+        } else {
+            self.other += n;
+        }
+    }
+
+    /// Replaces every count (for sources that keep totals themselves).
+    pub fn set_all(&mut self, totals: impl IntoIterator<Item = (K, u64)>) {
+        self.counts.clear();
+        self.other = 0;
+        for (k, n) in totals {
+            self.add(k, n);
+        }
+    }
+
+    /// Changes the limit for keys seen from now on; keys already counted
+    /// stay.
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, u64)> {
+        self.counts.iter().map(|(k, v)| (k, *v))
+    }
+
+    pub fn other(&self) -> u64 {
+        self.other
+    }
+}
+
+/// An exec, by new program name and result (0 or -errno).
+pub type ExecKey = ([u8; 16], i32);
+
+/// A connect, by destination and result (`None` where the probe cannot see
+/// it).
+pub type ConnectKey = (IpAddr, u16, Option<i32>);
+
+/// One tracer's totals.
+#[derive(Debug)]
+pub struct TracerStats<K> {
+    pub events: u64,
+    pub lost: u64,
+    pub series: Bounded<K>,
+}
+
+impl<K: Hash + Eq> TracerStats<K> {
+    pub fn new(max_series: usize) -> Self {
+        Self {
+            events: 0,
+            lost: 0,
+            series: Bounded::new(max_series),
+        }
+    }
+}
+
+/// Opens per comm: (opens, failed opens).
+pub type OpenKey = String;
+
+/// What the daemon's tasks update and the collector reads.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Interfaces the daemon manages the firewall on.
+    pub fw_ifaces: Vec<String>,
+    pub open: Option<TracerStats<OpenKey>>,
+    pub open_errors: Option<Bounded<OpenKey>>,
+    pub exec: Option<TracerStats<ExecKey>>,
+    pub connect: Option<TracerStats<ConnectKey>>,
+    pub bpf_stats: bool,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub last_reload_ok: bool,
+    /// Why the daemon is unhealthy, by component; empty when healthy.
+    pub problems: BTreeMap<String, String>,
+}
+
+/// [`State`] behind a lock, shared by the daemon's tasks and the HTTP
+/// server.
+#[derive(Debug, Default)]
+pub struct Shared {
+    state: Mutex<State>,
+    scrape_errors: AtomicU64,
+}
+
+impl Shared {
+    pub fn new() -> Arc<Self> {
+        let s = Self::default();
+        s.lock().last_reload_ok = true;
+        Arc::new(s)
+    }
+
+    /// The state. A panic in another task while holding the lock does not
+    /// make the metrics unreadable: the data is counters, always usable.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn scrape_error(&self, what: &str, e: &dyn fmt::Display) {
+        self.scrape_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("metrics: {what}: {e}");
+    }
+}
+
+/// The `/metrics` collector.
+#[derive(Debug)]
+pub struct KscopeCollector(pub Arc<Shared>);
+
+/// Writes counter or gauge families.
+struct Out<'a> {
+    enc: DescriptorEncoder<'a>,
+}
+
+impl<'a> Out<'a> {
+    fn family<'s>(
+        &'s mut self,
+        name: &'s str,
+        help: &str,
+        kind: MetricType,
+    ) -> Result<MetricEncoder<'s>, fmt::Error> {
+        self.enc.encode_descriptor(name, help, None, kind)
+    }
+}
+
+fn counter(m: &mut MetricEncoder<'_>, labels: &[(&str, &str)], v: u64) -> fmt::Result {
+    ConstCounter::new(v).encode(m.encode_family(&labels)?)
+}
+
+fn counter_f64(m: &mut MetricEncoder<'_>, labels: &[(&str, &str)], v: f64) -> fmt::Result {
+    ConstCounter::new(v).encode(m.encode_family(&labels)?)
+}
+
+fn gauge(m: &mut MetricEncoder<'_>, labels: &[(&str, &str)], v: i64) -> fmt::Result {
+    ConstGauge::new(v).encode(m.encode_family(&labels)?)
+}
+
+/// A program type as bpftool names it: `BPF_PROG_TYPE_XDP` → `xdp`.
+fn prog_type_name(t: impl fmt::Debug) -> String {
+    let raw = format!("{t:?}");
+    raw.strip_prefix("BPF_PROG_TYPE_")
+        .unwrap_or(&raw)
+        .to_ascii_lowercase()
+}
+
+/// An exec or connect result as a label: `ok`, an errno name, or the
+/// number when it has no name.
+pub fn result_label(ret: Option<i32>) -> String {
+    match ret {
+        None => "unknown".into(),
+        Some(0) => "ok".into(),
+        Some(r) => format::errno_name(-i64::from(r)).map_or_else(|| r.to_string(), str::to_owned),
+    }
+}
+
+impl Collector for KscopeCollector {
+    fn encode(&self, enc: DescriptorEncoder) -> fmt::Result {
+        let mut out = Out { enc };
+        let shared = &self.0;
+        // Copy what is needed out of the lock so kernel reads below do not
+        // hold it.
+        let (ifaces, bpf_stats) = {
+            let s = shared.lock();
+            (s.fw_ifaces.clone(), s.bpf_stats)
+        };
+        self.firewall(&mut out, &ifaces)?;
+        self.tracers(&mut out)?;
+        if bpf_stats {
+            self.programs(&mut out)?;
+        }
+        self.daemon(&mut out)
+    }
+}
+
+impl KscopeCollector {
+    fn firewall(&self, out: &mut Out<'_>, ifaces: &[String]) -> fmt::Result {
+        let mut reasons = Vec::new();
+        let mut rules = Vec::new();
+        for iface in ifaces {
+            match firewall::read_reasons(iface) {
+                Ok(r) => reasons.push((iface, r.sum_reasons())),
+                Err(e) => self.0.scrape_error(&format!("{iface} counters"), &e),
+            }
+            match RuleMaps::from_pins(&firewall::pin_dir(iface)).and_then(|m| m.rules_with_hits()) {
+                Ok(r) => rules.push((iface, r)),
+                Err(e) => self.0.scrape_error(&format!("{iface} rules"), &e),
+            }
+        }
+        for (name, help, bytes) in [
+            (
+                "kscope_fw_packets",
+                "Packets the XDP firewall saw, by verdict and the reason for it.",
+                false,
+            ),
+            (
+                "kscope_fw_bytes",
+                "Bytes the XDP firewall saw, by verdict and the reason for it.",
+                true,
+            ),
+        ] {
+            let mut m = out.family(name, help, MetricType::Counter)?;
+            for (iface, totals) in &reasons {
+                for family in Family::ALL {
+                    for reason in Reason::ALL {
+                        let c = totals.get(family, reason);
+                        let labels = [
+                            ("iface", iface.as_str()),
+                            ("family", family.name()),
+                            ("action", reason.action().name()),
+                            ("reason", reason.name()),
+                        ];
+                        counter(&mut m, &labels, if bytes { c.bytes } else { c.packets })?;
+                    }
+                }
+            }
+        }
+        let mut m = out.family(
+            "kscope_fw_rule_hits",
+            "Packets each firewall rule matched since it was loaded.",
+            MetricType::Counter,
+        )?;
+        for (iface, hits) in &rules {
+            for h in hits {
+                let rule = h.rule.to_string();
+                counter(&mut m, &[("iface", iface), ("rule", &rule)], h.hits)?;
+            }
+        }
+        let mut m = out.family(
+            "kscope_fw_rules",
+            "Firewall rules in place.",
+            MetricType::Gauge,
+        )?;
+        for (iface, hits) in &rules {
+            gauge(&mut m, &[("iface", iface)], hits.len() as i64)?;
+        }
+        Ok(())
+    }
+
+    fn tracers(&self, out: &mut Out<'_>) -> fmt::Result {
+        let s = self.0.lock();
+        let totals = [
+            ("open", s.open.as_ref().map(|t| (t.events, t.lost))),
+            ("exec", s.exec.as_ref().map(|t| (t.events, t.lost))),
+            ("connect", s.connect.as_ref().map(|t| (t.events, t.lost))),
+        ];
+        for (name, help, lost) in [
+            (
+                "kscope_trace_events",
+                "Events each running tracer counted.",
+                false,
+            ),
+            (
+                "kscope_trace_lost_events",
+                "Events each running tracer lost (ring buffer or count map full).",
+                true,
+            ),
+        ] {
+            let mut m = out.family(name, help, MetricType::Counter)?;
+            for (tracer, t) in totals {
+                if let Some((events, l)) = t {
+                    counter(&mut m, &[("tracer", tracer)], if lost { l } else { events })?;
+                }
+            }
+        }
+
+        let mut m = out.family(
+            "kscope_trace_opens",
+            "open(2), openat(2) and openat2(2) calls, by process name.",
+            MetricType::Counter,
+        )?;
+        if let Some(t) = &s.open {
+            for (comm, n) in t.series.iter() {
+                counter(&mut m, &[("comm", comm)], n)?;
+            }
+            counter(&mut m, &[("comm", OTHER)], t.series.other())?;
+        }
+        let mut m = out.family(
+            "kscope_trace_open_errors",
+            "Failed opens, by process name.",
+            MetricType::Counter,
+        )?;
+        if let Some(t) = &s.open_errors {
+            for (comm, n) in t.iter() {
+                counter(&mut m, &[("comm", comm)], n)?;
+            }
+            counter(&mut m, &[("comm", OTHER)], t.other())?;
+        }
+
+        let mut m = out.family(
+            "kscope_trace_execs",
+            "execve(2) and execveat(2) calls, by new program name and result.",
+            MetricType::Counter,
+        )?;
+        if let Some(t) = &s.exec {
+            for ((comm, ret), n) in t.series.iter() {
+                let comm = String::from_utf8_lossy(format::cstr(comm));
+                let result = result_label(Some(*ret));
+                counter(&mut m, &[("comm", &comm), ("result", &result)], n)?;
+            }
+            counter(
+                &mut m,
+                &[("comm", OTHER), ("result", OTHER)],
+                t.series.other(),
+            )?;
+        }
+
+        let mut m = out.family(
+            "kscope_trace_connects",
+            "TCP connects, by destination and result (unknown where the probe cannot see it).",
+            MetricType::Counter,
+        )?;
+        if let Some(t) = &s.connect {
+            for ((daddr, dport, ret), n) in t.series.iter() {
+                let (daddr, dport) = (daddr.to_string(), dport.to_string());
+                let result = result_label(*ret);
+                counter(
+                    &mut m,
+                    &[("daddr", &daddr), ("dport", &dport), ("result", &result)],
+                    n,
+                )?;
+            }
+            counter(
+                &mut m,
+                &[("daddr", OTHER), ("dport", OTHER), ("result", OTHER)],
+                t.series.other(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Every BPF program on the system, as bpftop lists them.
+    fn programs(&self, out: &mut Out<'_>) -> fmt::Result {
+        let mut progs = Vec::new();
+        for p in aya::programs::loaded_programs() {
+            match p {
+                Ok(info) => progs.push((
+                    info.id().to_string(),
+                    info.name_as_str().unwrap_or("").to_owned(),
+                    prog_type_name(info.program_type()),
+                    info.run_time().as_secs_f64(),
+                    info.run_count(),
+                )),
+                // A program unloaded between listing and reading it.
+                Err(_) => continue,
+            }
+        }
+        let labels = |p: &(String, String, String, f64, u64)| {
+            [
+                ("id", p.0.clone()),
+                ("name", p.1.clone()),
+                ("type", p.2.clone()),
+            ]
+        };
+        let mut m = out.family(
+            "kscope_bpf_program_run_time_seconds",
+            "Time each BPF program ran since stats were enabled (BPF_ENABLE_STATS).",
+            MetricType::Counter,
+        )?;
+        for p in &progs {
+            let l = labels(p);
+            let l = l.each_ref().map(|(k, v)| (*k, v.as_str()));
+            counter_f64(&mut m, &l, p.3)?;
+        }
+        let mut m = out.family(
+            "kscope_bpf_program_run_count",
+            "Runs of each BPF program since stats were enabled (BPF_ENABLE_STATS).",
+            MetricType::Counter,
+        )?;
+        for p in &progs {
+            let l = labels(p);
+            let l = l.each_ref().map(|(k, v)| (*k, v.as_str()));
+            counter(&mut m, &l, p.4)?;
+        }
+        Ok(())
+    }
+
+    fn daemon(&self, out: &mut Out<'_>) -> fmt::Result {
+        let (ok, failed, last_ok) = {
+            let s = self.0.lock();
+            (s.reloads_ok, s.reloads_failed, s.last_reload_ok)
+        };
+        let mut m = out.family(
+            "kscope_daemon_reloads",
+            "Config reloads (SIGHUP), by result.",
+            MetricType::Counter,
+        )?;
+        counter(&mut m, &[("result", "success")], ok)?;
+        counter(&mut m, &[("result", "failure")], failed)?;
+        let m = out.family(
+            "kscope_daemon_config_last_reload_successful",
+            "1 when the last config reload succeeded (or there was none).",
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(last_ok)).encode(m)?;
+        let m = out.family(
+            "kscope_daemon_scrape_errors",
+            "Kernel reads that failed while serving /metrics (logged).",
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.0.scrape_errors.load(Ordering::Relaxed)).encode(m)
+    }
+}
+
+/// The OpenMetrics text for one scrape.
+pub fn render(registry: &prometheus_client::registry::Registry) -> Result<String, fmt::Error> {
+    let mut text = String::with_capacity(16 * 1024);
+    prometheus_client::encoding::text::encode(&mut text, registry)?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_sums_keys_over_the_limit_into_other() {
+        let mut b = Bounded::new(2);
+        b.add("a", 1);
+        b.add("b", 2);
+        b.add("c", 4);
+        b.add("a", 8);
+        b.add("d", 16);
+        let mut seen: Vec<_> = b.iter().map(|(k, v)| (*k, v)).collect();
+        seen.sort();
+        assert_eq!(seen, [("a", 9), ("b", 2)]);
+        assert_eq!(b.other(), 20);
+        b.set_all([("x", 1), ("y", 2), ("z", 3)]);
+        assert_eq!(b.iter().count(), 2);
+        assert_eq!(b.iter().map(|(_, v)| v).sum::<u64>() + b.other(), 6);
+    }
+
+    #[test]
+    fn results_are_labelled_by_errno_name() {
+        assert_eq!(result_label(Some(0)), "ok");
+        assert_eq!(result_label(Some(-libc::ECONNREFUSED)), "ECONNREFUSED");
+        assert_eq!(result_label(Some(-4000)), "-4000");
+        assert_eq!(result_label(None), "unknown");
+    }
+
+    #[test]
+    fn program_types_are_named_as_bpftool_does() {
+        #[derive(Debug)]
+        #[expect(non_camel_case_types, reason = "mimics the kernel's enum")]
+        enum T {
+            BPF_PROG_TYPE_XDP,
+            Odd,
+        }
+        assert_eq!(prog_type_name(T::BPF_PROG_TYPE_XDP), "xdp");
+        assert_eq!(prog_type_name(T::Odd), "odd");
+    }
+
+    #[test]
+    fn tracer_series_render_with_their_labels() {
+        let shared = Shared::new();
+        {
+            let mut s = shared.lock();
+            let mut exec = TracerStats::new(1);
+            let mut comm = [0u8; 16];
+            comm[..4].copy_from_slice(b"true");
+            exec.series.add((comm, 0), 3);
+            exec.series.add((comm, -libc::ENOENT), 2);
+            exec.events = 5;
+            s.exec = Some(exec);
+            let mut conn = TracerStats::new(8);
+            conn.series.add(
+                (IpAddr::from([127, 0, 0, 1]), 80, Some(-libc::ECONNREFUSED)),
+                1,
+            );
+            conn.lost = 7;
+            s.connect = Some(conn);
+        }
+        let mut reg = prometheus_client::registry::Registry::default();
+        reg.register_collector(Box::new(KscopeCollector(shared)));
+        let text = render(&reg).expect("render");
+        for line in [
+            "kscope_trace_execs_total{comm=\"true\",result=\"ok\"} 3",
+            "kscope_trace_execs_total{comm=\"[other]\",result=\"[other]\"} 2",
+            "kscope_trace_events_total{tracer=\"exec\"} 5",
+            "kscope_trace_connects_total{daddr=\"127.0.0.1\",dport=\"80\",result=\"ECONNREFUSED\"} 1",
+            "kscope_trace_lost_events_total{tracer=\"connect\"} 7",
+            "kscope_daemon_reloads_total{result=\"failure\"} 0",
+            "kscope_daemon_config_last_reload_successful 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
+        assert!(!text.contains("tracer=\"open\""), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
