@@ -39,6 +39,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("bpfcc-tools", "opensnoop-bpfcc"),
     // `cargo xtask bench fw` compares with xdp-filter
     ("xdp-tools", "xdp-filter"),
+    // the daemon's end-to-end test has a real Prometheus scrape it
+    ("prometheus", "prometheus"),
 ];
 
 pub fn run() -> anyhow::Result<()> {

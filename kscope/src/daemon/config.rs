@@ -366,6 +366,45 @@ mod tests {
         }
     }
 
+    /// packaging/kscope.toml documents every key with its default,
+    /// commented out. It must parse as it is, and again with every key
+    /// uncommented, to the same defaults.
+    #[test]
+    fn the_example_config_documents_the_real_defaults() {
+        let text = include_str!("../../../packaging/kscope.toml");
+        assert_eq!(parse(text).expect("example as shipped"), Config::default());
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                let rest = l.strip_prefix("# ").unwrap_or(l);
+                let key = rest.split(" = ").next().unwrap_or("");
+                let is_key =
+                    !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+                if rest.starts_with("[[") || (rest.contains(" = ") && is_key) {
+                    rest.to_owned()
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = parse(&uncommented).expect("example with every key uncommented");
+        let iface = IfaceConfig {
+            name: "eth0".into(),
+            mode: Mode::Auto,
+            default: Policy::Pass,
+            rules: Some("eth0.rules".into()),
+        };
+        let want = Config {
+            firewall: FirewallConfig {
+                detach_on_exit: false,
+                interfaces: vec![iface],
+            },
+            ..Config::default()
+        };
+        assert_eq!(c, want, "{uncommented}");
+    }
+
     #[test]
     fn load_reads_rule_files_relative_to_the_config() {
         let dir = std::env::temp_dir().join(format!("kscope-config-{}", std::process::id()));

@@ -98,7 +98,7 @@ async fn serve(loaded: Loaded) -> anyhow::Result<()> {
         daemon.loaded.config.profile.clone(),
     ));
     let server = tokio::spawn(http::serve(listener, ctx.clone()));
-    tracing::info!("kscope daemon: serving http://{}/metrics (ready)", listen);
+    tracing::info!("kscope daemon ready: serving http://{listen}/metrics");
 
     loop {
         tokio::select! {
@@ -218,6 +218,7 @@ impl Daemon {
         }
         self.tracers.max_series(c.trace.max_series, &self.shared);
         self.loaded = new;
+        release_freed_memory();
         Ok(())
     }
 
@@ -321,6 +322,15 @@ impl Daemon {
             );
         }
     }
+}
+
+/// Hands memory freed after loading programs back to the kernel. aya
+/// parses the kernel's BTF (several MiB) for each object it loads; glibc
+/// keeps the freed pages, which would stay in the daemon's RSS for good.
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only releases free heap memory; no pointers are
+    // involved.
+    unsafe { libc::malloc_trim(0) };
 }
 
 fn policy_name(i: &IfaceConfig) -> &'static str {

@@ -177,8 +177,20 @@ impl Tracer {
     /// Starts `kscope ARGS` with stdout piped (or discarded) and waits until
     /// it reports readiness on stderr ("(ready)"), at most `limit`.
     pub fn start(args: &[&str], stdout: bool, limit: Duration) -> Tracer {
+        Self::start_until(None, args, stdout, limit, "(ready)")
+    }
+
+    /// As [`Tracer::start`], inside `ns` when given, waiting for a stderr
+    /// line containing `marker`.
+    pub fn start_until(
+        ns: Option<&Netns>,
+        args: &[&str],
+        stdout: bool,
+        limit: Duration,
+        marker: &str,
+    ) -> Tracer {
         use std::io::BufRead as _;
-        let mut child = kscope_cmd(None, args)
+        let mut child = kscope_cmd(ns, args)
             .stdout(if stdout {
                 std::process::Stdio::piped()
             } else {
@@ -207,7 +219,7 @@ impl Tracer {
             let left = limit.saturating_sub(start.elapsed());
             match t.stderr.recv_timeout(left) {
                 Ok(line) => {
-                    let ready = line.contains("(ready)");
+                    let ready = line.contains(marker);
                     t.stderr_lines.push(line);
                     if ready {
                         return t;
@@ -227,6 +239,20 @@ impl Tracer {
     /// Program ids the tracer holds open, from /proc/PID/fdinfo.
     pub fn prog_ids(&self) -> Vec<u64> {
         prog_ids_of(self.child.id())
+    }
+
+    /// Stderr lines that arrived since the last call, waiting up to `limit`
+    /// for one containing `marker` (all lines are kept in `stderr_lines`).
+    pub fn wait_line(&mut self, marker: &str, limit: Duration) -> Option<String> {
+        let start = Instant::now();
+        loop {
+            let left = limit.checked_sub(start.elapsed())?;
+            let line = self.stderr.recv_timeout(left).ok()?;
+            self.stderr_lines.push(line.clone());
+            if line.contains(marker) {
+                return Some(line);
+            }
+        }
     }
 
     /// Sends `signal` and waits for the exit; returns (status, stdout, stderr).
