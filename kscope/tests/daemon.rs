@@ -838,6 +838,42 @@ fn a_bad_config_at_start_fails_with_one_line_and_changes_nothing() {
     }
 }
 
+/// Without capabilities the daemon names the ones it lacks, in one line,
+/// before touching anything.
+#[test]
+fn without_capabilities_the_daemon_names_the_missing_ones() {
+    require_root();
+    let (lab, dir) = lab_and_dir("nocapd");
+    dir.write("b.rules", "");
+    let cfg = dir.write(
+        "kscope.toml",
+        &config(&lab.iface_b, "\n[trace]\nexec = true\n"),
+    );
+    // Readable by nobody, as a config in /etc would be.
+    fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let out = lab
+        .b
+        .command("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(common::kscope_bin())
+        .args(["daemon", "--config", cfg.to_str().expect("utf-8")])
+        .output()
+        .expect("run setpriv");
+    let line = common::assert_fails(
+        &out,
+        1,
+        &["kscope daemon", "CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"],
+    );
+    assert!(line.contains("lacks"), "{line}");
+    assert!(!kscope::firewall::pin_dir(&lab.iface_b).exists());
+}
+
 /// /healthz says ok while everything runs, and 503 with the reason once the
 /// firewall is detached behind the daemon's back.
 #[test]

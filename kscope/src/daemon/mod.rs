@@ -44,11 +44,27 @@ use crate::firewall::{self, FwError, Mode, maps::RuleMaps};
 /// tracer that fails to start; whatever this run had started is undone.
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let loaded = Config::load(path)?;
+    crate::sys::require_caps("kscope daemon", &needed_caps(&loaded.config))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
     rt.block_on(serve(loaded))
+}
+
+/// Capabilities `config` needs: CAP_BPF always (BPF stats, pinned maps),
+/// CAP_NET_ADMIN for the firewall, CAP_PERFMON for tracers and profiles.
+fn needed_caps(config: &Config) -> Vec<crate::sys::Cap> {
+    use crate::sys::Cap;
+    let mut caps = vec![Cap::Bpf];
+    if !config.firewall.interfaces.is_empty() {
+        caps.push(Cap::NetAdmin);
+    }
+    let t = &config.trace;
+    if t.open || t.exec || t.connect || config.profile.enabled {
+        caps.push(Cap::Perfmon);
+    }
+    caps
 }
 
 /// What the daemon has running.
