@@ -373,12 +373,44 @@ fn prometheus_scrapes_exactly_the_packets_sent() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    // BPF stats are on while the daemon runs: the fw_xdp program's run
+    // count covers at least every IPv4 packet sent (the kernel's own IPv6
+    // packets add to it).
+    assert!(
+        holds_bpf_stats(daemon.child.id()),
+        "no BPF_ENABLE_STATS fd held"
+    );
+    let (prog, _) = prog_and_link(b);
+    let runs = prom_query(
+        &lab.b,
+        prom_addr,
+        &format!("kscope_bpf_program_run_count_total{{id=\"{prog}\"}}"),
+    );
+    assert!(
+        runs.is_some_and(|r| r >= sent.ipv4_packets as f64),
+        "fw_xdp ran {runs:?} times for {} packets",
+        sent.ipv4_packets
+    );
     let (status, _, stderr) = daemon.stop(libc::SIGTERM);
     assert!(status.success(), "daemon exit {status}:\n{stderr}");
     // SIGTERM leaves the firewall attached by default.
     let st = kscope_ok(None, &["fw", "status", "--json"]);
     assert!(st.contains(&format!("\"iface\":\"{b}\"")), "{st}");
     kscope_ok(None, &["fw", "detach", b]);
+}
+
+/// Whether `pid` holds a BPF_ENABLE_STATS descriptor (an anonymous inode
+/// named bpf-stats or bpf_stats, depending on the kernel).
+fn holds_bpf_stats(pid: u32) -> bool {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| fs::read_link(e.path()).ok())
+        .any(|l| {
+            let l = l.to_string_lossy();
+            l.contains("bpf-stats") || l.contains("bpf_stats")
+        })
 }
 
 /// Counters of the lab's IPv4 traffic by reason, from the daemon.
@@ -899,8 +931,15 @@ fn healthz_reports_a_firewall_detached_behind_its_back() {
 #[test]
 fn detach_on_exit_removes_the_firewall_on_sigterm() {
     require_root();
-    let (lab, _dir, daemon) =
-        lab_with_daemon("detexit", "", "\n[firewall]\ndetach_on_exit = true\n");
+    let (lab, dir) = lab_and_dir("detexit");
+    dir.write("b.rules", "");
+    let text = config(&lab.iface_b, "\n[firewall]\ndetach_on_exit = true\n")
+        .replace("[metrics]\n", "[metrics]\nbpf_stats = false\n");
+    let daemon = start_daemon(&lab, &dir.write("kscope.toml", &text));
+    assert!(
+        !holds_bpf_stats(daemon.child.id()),
+        "bpf_stats = false, yet stats enabled"
+    );
     let (prog, _) = prog_and_link(&lab.iface_b);
     let (status, _, stderr) = daemon.stop(libc::SIGTERM);
     assert!(status.success(), "daemon exit {status}:\n{stderr}");
