@@ -72,7 +72,9 @@ fn lo_up(ns: &Netns) {
 fn http_get(ns: &Netns, addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     ns.run(|| {
         let mut s = TcpStream::connect(addr)?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        // Generous: a /profile under emulation symbolizes slowly. This
+        // only keeps a broken daemon from hanging the test.
+        s.set_read_timeout(Some(Duration::from_secs(240)))?;
         write!(
             s,
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
