@@ -634,7 +634,7 @@ fn soak_with_traffic_and_rule_churn_keeps_memory_bounded_and_loses_no_metrics() 
     dir.write("b.rules", &rules[0]);
     let cfg = dir.write(
         "kscope.toml",
-        &config(&b, "\n[trace]\nexec = true\nconnect = true\n"),
+        &config(&b, "\n[trace]\nopen = true\nexec = true\nconnect = true\n"),
     );
     // A uniquely named program, so its execs can be counted exactly: a
     // copy of this test binary, which lists no tests and exits (in the VMs
@@ -655,6 +655,11 @@ fn soak_with_traffic_and_rule_churn_keeps_memory_bounded_and_loses_no_metrics() 
     let sent4 = AtomicU64::new(0);
     let execs = AtomicU64::new(0);
     let connects = AtomicU64::new(0);
+    // Opens from a thread with a name of its own (the comm the kernel
+    // counts under): (all, failed).
+    let opener = "kscope-soak-op";
+    let opens = (AtomicU64::new(0), AtomicU64::new(0));
+    let missing = dir.0.join("no-such-file");
     // Anonymous RSS after each scrape past the warm-up.
     let mut rss = Vec::new();
     let mut scrapes = 0u64;
@@ -670,6 +675,20 @@ fn soak_with_traffic_and_rule_churn_keeps_memory_bounded_and_loses_no_metrics() 
     };
     std::thread::scope(|s| {
         s.spawn(|| sender(&lab, &mixed, &stop, &sent4));
+        std::thread::Builder::new()
+            .name(opener.into())
+            .spawn_scoped(s, || {
+                while !stop.load(Ordering::Relaxed) {
+                    for path in [&cfg, &missing, &missing] {
+                        if fs::File::open(path).is_err() {
+                            opens.1.fetch_add(1, Ordering::Relaxed);
+                        }
+                        opens.0.fetch_add(1, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+            .expect("spawn the opener");
         // Execs and refused connects for the tracers.
         s.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
@@ -721,10 +740,11 @@ fn soak_with_traffic_and_rule_churn_keeps_memory_bounded_and_loses_no_metrics() 
     let peak = |h: &[u64]| h.iter().copied().max().unwrap_or(0);
     let (rss_first, rss_second) = (peak(first), peak(second));
     eprintln!(
-        "soak: {secs} s, {scrapes} scrapes, {reloads} reloads, {} IPv4 packets, {} execs, {} connects; peak anonymous RSS {rss_first} KiB in the first half, {rss_second} KiB in the second",
+        "soak: {secs} s, {scrapes} scrapes, {reloads} reloads, {} IPv4 packets, {} execs, {} connects, {} opens; peak anonymous RSS {rss_first} KiB in the first half, {rss_second} KiB in the second",
         sent4.load(Ordering::Relaxed),
         execs.load(Ordering::Relaxed),
-        connects.load(Ordering::Relaxed)
+        connects.load(Ordering::Relaxed),
+        opens.0.load(Ordering::Relaxed),
     );
     assert!(
         rss_second <= rss_first + SOAK_RSS_GROWTH_KIB,
@@ -732,10 +752,12 @@ fn soak_with_traffic_and_rule_churn_keeps_memory_bounded_and_loses_no_metrics() 
     );
 
     // Nothing lost: the final counts equal what was generated.
-    let (want4, want_exec, want_conn) = (
+    let want = (
         sent4.load(Ordering::Relaxed),
         execs.load(Ordering::Relaxed),
         connects.load(Ordering::Relaxed),
+        opens.0.load(Ordering::Relaxed),
+        opens.1.load(Ordering::Relaxed),
     );
     let start = Instant::now();
     loop {
@@ -756,6 +778,8 @@ fn soak_with_traffic_and_rule_churn_keeps_memory_bounded_and_loses_no_metrics() 
                 "kscope_trace_connects_total",
                 &[("daddr", "127.0.0.1"), ("dport", "9")],
             ),
+            sum(&s, "kscope_trace_opens_total", &[("comm", opener)]),
+            sum(&s, "kscope_trace_open_errors_total", &[("comm", opener)]),
         );
         let lost = sum(&s, "kscope_trace_lost_events_total", &[]);
         let errors = sum(&s, "kscope_daemon_scrape_errors_total", &[]);
@@ -765,13 +789,12 @@ fn soak_with_traffic_and_rule_churn_keeps_memory_bounded_and_loses_no_metrics() 
             (0, 0, 0),
             "lost events, scrape errors, failed reloads"
         );
-        if got == (want4, want_exec, want_conn) {
+        if got == want {
             break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(30),
-            "counted (IPv4 packets, execs, connects) {got:?}, generated {:?}",
-            (want4, want_exec, want_conn)
+            "counted (IPv4 packets, execs, connects, opens, failed opens) {got:?}, generated {want:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -28,7 +28,7 @@
 //! | `kscope_daemon_scrape_errors_total` | counter | |
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt,
     hash::Hash,
     net::IpAddr,
@@ -47,7 +47,10 @@ use prometheus_client::{
 
 use crate::{
     firewall::{self, maps::RuleMaps},
-    trace::format,
+    trace::{
+        format,
+        open::{OpenCount, OpenCounter},
+    },
 };
 
 /// Label value that sums the series over [`Bounded`]'s limit.
@@ -131,16 +134,88 @@ impl<K: Hash + Eq> TracerStats<K> {
     }
 }
 
-/// Opens per comm: (opens, failed opens).
-pub type OpenKey = String;
+/// The open tracer: counts per comm live in the kernel and are read at
+/// scrape time. Label sets are kept first come, first kept (largest first
+/// within one scrape), up to `max`; the rest are summed under [`OTHER`], so
+/// every series only grows.
+pub struct OpenTracer {
+    pub counter: OpenCounter,
+    kept: Kept,
+}
+
+impl fmt::Debug for OpenTracer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenTracer")
+            .field("kept", &self.kept)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The process names the open metrics have a series for.
+#[derive(Debug, Default)]
+struct Kept {
+    names: HashSet<String>,
+    max: usize,
+}
+
+/// One scrape of the open tracer: per kept comm (opens, failed), the rest
+/// summed, and the opens the kernel could not count.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct OpenScrape {
+    pub by_comm: Vec<(String, u64, u64)>,
+    pub other: (u64, u64),
+    pub uncounted: u64,
+}
+
+impl OpenTracer {
+    pub fn new(counter: OpenCounter, max: usize) -> Self {
+        Self {
+            counter,
+            kept: Kept {
+                names: HashSet::new(),
+                max,
+            },
+        }
+    }
+
+    pub fn set_max(&mut self, max: usize) {
+        self.kept.max = max;
+    }
+
+    /// Reads the kernel's counts.
+    pub fn scrape(&mut self) -> Result<OpenScrape, crate::trace::TraceError> {
+        let mut counts = self.counter.counts()?;
+        let uncounted = self.counter.uncounted()?;
+        Ok(self.kept.fold(&mut counts, uncounted))
+    }
+}
+
+impl Kept {
+    fn fold(&mut self, counts: &mut [OpenCount], uncounted: u64) -> OpenScrape {
+        counts.sort_by(|a, b| b.opens.cmp(&a.opens).then_with(|| a.comm.cmp(&b.comm)));
+        let mut out = OpenScrape {
+            uncounted,
+            ..OpenScrape::default()
+        };
+        for c in counts.iter() {
+            if self.names.contains(&c.comm) || self.names.len() < self.max {
+                self.names.insert(c.comm.clone());
+                out.by_comm.push((c.comm.clone(), c.opens, c.failed));
+            } else {
+                out.other.0 += c.opens;
+                out.other.1 += c.failed;
+            }
+        }
+        out
+    }
+}
 
 /// What the daemon's tasks update and the collector reads.
 #[derive(Debug, Default)]
 pub struct State {
     /// Interfaces the daemon manages the firewall on.
     pub fw_ifaces: Vec<String>,
-    pub open: Option<TracerStats<OpenKey>>,
-    pub open_errors: Option<Bounded<OpenKey>>,
+    pub open: Option<OpenTracer>,
     pub exec: Option<TracerStats<ExecKey>>,
     pub connect: Option<TracerStats<ConnectKey>>,
     pub bpf_stats: bool,
@@ -312,9 +387,21 @@ impl KscopeCollector {
     }
 
     fn tracers(&self, out: &mut Out<'_>) -> fmt::Result {
-        let s = self.0.lock();
+        let mut s = self.0.lock();
+        let open = match s.open.as_mut().map(OpenTracer::scrape) {
+            Some(Ok(o)) => Some(o),
+            Some(Err(e)) => {
+                self.0.scrape_error("open counts", &e);
+                None
+            }
+            None => None,
+        };
+        let open_total = open.as_ref().map(|o| {
+            let opens = o.by_comm.iter().map(|c| c.1).sum::<u64>() + o.other.0;
+            (opens, o.uncounted)
+        });
         let totals = [
-            ("open", s.open.as_ref().map(|t| (t.events, t.lost))),
+            ("open", open_total),
             ("exec", s.exec.as_ref().map(|t| (t.events, t.lost))),
             ("connect", s.connect.as_ref().map(|t| (t.events, t.lost))),
         ];
@@ -338,27 +425,25 @@ impl KscopeCollector {
             }
         }
 
-        let mut m = out.family(
-            "kscope_trace_opens",
-            "open(2), openat(2) and openat2(2) calls, by process name.",
-            MetricType::Counter,
-        )?;
-        if let Some(t) = &s.open {
-            for (comm, n) in t.series.iter() {
-                counter(&mut m, &[("comm", comm)], n)?;
+        for (name, help, failed) in [
+            (
+                "kscope_trace_opens",
+                "open(2), openat(2) and openat2(2) calls, by process name.",
+                false,
+            ),
+            (
+                "kscope_trace_open_errors",
+                "Failed opens, by process name.",
+                true,
+            ),
+        ] {
+            let mut m = out.family(name, help, MetricType::Counter)?;
+            let Some(o) = &open else { continue };
+            let pick = |c: (u64, u64)| if failed { c.1 } else { c.0 };
+            for (comm, opens, errors) in &o.by_comm {
+                counter(&mut m, &[("comm", comm)], pick((*opens, *errors)))?;
             }
-            counter(&mut m, &[("comm", OTHER)], t.series.other())?;
-        }
-        let mut m = out.family(
-            "kscope_trace_open_errors",
-            "Failed opens, by process name.",
-            MetricType::Counter,
-        )?;
-        if let Some(t) = &s.open_errors {
-            for (comm, n) in t.iter() {
-                counter(&mut m, &[("comm", comm)], n)?;
-            }
-            counter(&mut m, &[("comm", OTHER)], t.other())?;
+            counter(&mut m, &[("comm", OTHER)], pick(o.other))?;
         }
 
         let mut m = out.family(
@@ -502,6 +587,30 @@ mod tests {
         b.set_all([("x", 1), ("y", 2), ("z", 3)]);
         assert_eq!(b.iter().count(), 2);
         assert_eq!(b.iter().map(|(_, v)| v).sum::<u64>() + b.other(), 6);
+    }
+
+    #[test]
+    fn open_series_are_kept_first_come_and_the_rest_summed() {
+        let c = |comm: &str, opens, failed| OpenCount {
+            comm: comm.into(),
+            opens,
+            failed,
+        };
+        let mut kept = Kept {
+            names: HashSet::new(),
+            max: 2,
+        };
+        let first = kept.fold(&mut [c("small", 1, 0), c("big", 9, 2), c("mid", 5, 1)], 3);
+        assert_eq!(first.by_comm, [("big".into(), 9, 2), ("mid".into(), 5, 1)]);
+        assert_eq!((first.other, first.uncounted), ((1, 0), 3));
+        // "small" overtakes both, but the kept series stay: none moves to
+        // [other], so no series ever goes down.
+        let second = kept.fold(&mut [c("small", 50, 0), c("big", 10, 2), c("mid", 6, 1)], 3);
+        assert_eq!(
+            second.by_comm,
+            [("big".into(), 10, 2), ("mid".into(), 6, 1)]
+        );
+        assert_eq!(second.other, (50, 0));
     }
 
     #[test]

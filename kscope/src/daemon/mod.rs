@@ -207,7 +207,7 @@ impl Daemon {
                     tracing::error!("undoing the attach to {iface}: {d}");
                 }
             }
-            self.tracers.stop(&started).await;
+            self.tracers.stop(&started, &self.shared).await;
             return Err(e);
         }
         self.attached_here.extend(attached);

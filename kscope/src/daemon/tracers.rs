@@ -6,14 +6,17 @@ use std::{collections::BTreeMap, sync::Arc};
 use aya::Ebpf;
 use tokio::{sync::oneshot, task::JoinHandle};
 
+use kscope_common::trace::ConnectEvent;
+
 use super::{
     config::TraceConfig,
-    metrics::{Shared, State, TracerStats},
+    metrics::{OpenTracer, Shared, State, TracerStats},
 };
 use crate::trace::{
     self, Filters, Stop,
     connect::{self, ConnectOpts},
     exec,
+    open::OpenCounter,
 };
 
 /// One running tracer.
@@ -22,10 +25,12 @@ struct Task {
     join: JoinHandle<()>,
 }
 
-/// The tracers the daemon runs, by name (`exec`, `connect`, `open`).
+/// The tracers the daemon runs, by name (`exec`, `connect`, `open`). The
+/// open tracer counts in the kernel and has no task: it lives in the shared
+/// state, where the collector reads it.
 #[derive(Default)]
 pub struct Tracers {
-    tasks: BTreeMap<&'static str, Task>,
+    tasks: BTreeMap<&'static str, Option<Task>>,
 }
 
 /// Whether `cfg` asks for tracer `name`.
@@ -61,7 +66,7 @@ impl Tracers {
             match self.start(name, cfg.max_series, shared) {
                 Ok(()) => started.push(name),
                 Err(e) => {
-                    self.stop(&started).await;
+                    self.stop(&started, shared).await;
                     return Err(e.context(format!("starting the {name} tracer")));
                 }
             }
@@ -75,6 +80,12 @@ impl Tracers {
         max_series: usize,
         shared: &Arc<Shared>,
     ) -> anyhow::Result<()> {
+        if name == "open" {
+            let counter = OpenCounter::start(&Filters::default())?;
+            shared.lock().open = Some(OpenTracer::new(counter, max_series));
+            self.tasks.insert(name, None);
+            return Ok(());
+        }
         let (stop, stopped) = oneshot::channel();
         let join = match name {
             "exec" => {
@@ -95,7 +106,9 @@ impl Tracers {
                 tracing::info!("connect tracer: {probe:?} probes");
                 shared.lock().connect = Some(TracerStats::new(max_series));
                 spawn(name, ebpf, stopped, shared.clone(), |s, bytes| {
-                    let (Some(ev), Some(t)) = (connect::decode(bytes), s.connect.as_mut()) else {
+                    let (Some(ev), Some(t)) =
+                        (trace::decode::<ConnectEvent>(bytes), s.connect.as_mut())
+                    else {
                         return;
                     };
                     t.events += 1;
@@ -106,19 +119,22 @@ impl Tracers {
             }
             _ => anyhow::bail!("the {name} tracer is not available in the daemon"),
         };
-        self.tasks.insert(name, Task { stop, join });
+        self.tasks.insert(name, Some(Task { stop, join }));
         Ok(())
     }
 
-    /// Stops the named tracers and waits until they have detached.
-    pub async fn stop(&mut self, names: &[&'static str]) {
+    /// Stops the named tracers, waits until they have detached, and drops
+    /// their metrics.
+    pub async fn stop(&mut self, names: &[&'static str], shared: &Shared) {
         for name in names {
-            if let Some(t) = self.tasks.remove(name) {
+            if let Some(Some(t)) = self.tasks.remove(name) {
                 let _ = t.stop.send(());
                 if let Err(e) = t.join.await {
                     tracing::error!("the {name} tracer task failed: {e}");
                 }
             }
+            // The open tracer's counter is dropped (detached) here.
+            clear(&mut shared.lock(), name);
         }
     }
 
@@ -130,20 +146,12 @@ impl Tracers {
             .copied()
             .filter(|n| !wanted(cfg, n))
             .collect();
-        self.stop(&names).await;
-        let mut s = shared.lock();
-        for n in names {
-            clear(&mut s, n);
-        }
+        self.stop(&names, shared).await;
     }
 
     pub async fn stop_all(&mut self, shared: &Arc<Shared>) {
         let names: Vec<&'static str> = self.tasks.keys().copied().collect();
-        self.stop(&names).await;
-        let mut s = shared.lock();
-        for n in ALL {
-            clear(&mut s, n);
-        }
+        self.stop(&names, shared).await;
     }
 
     /// Applies a new series limit to what is counted from now on.
@@ -156,9 +164,6 @@ impl Tracers {
             t.series.set_max(max);
         }
         if let Some(t) = s.open.as_mut() {
-            t.series.set_max(max);
-        }
-        if let Some(t) = s.open_errors.as_mut() {
             t.set_max(max);
         }
     }
@@ -168,10 +173,7 @@ fn clear(s: &mut State, name: &str) {
     match name {
         "exec" => s.exec = None,
         "connect" => s.connect = None,
-        "open" => {
-            s.open = None;
-            s.open_errors = None;
-        }
+        "open" => s.open = None,
         _ => {}
     }
     s.problems.remove(&format!("{name} tracer"));

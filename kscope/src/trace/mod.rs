@@ -111,6 +111,17 @@ pub fn load(
     filters: &Filters,
     extra: &[(&'static str, &[u8])],
 ) -> Result<Ebpf, TraceError> {
+    load_sized(obj, filters, extra, &[])
+}
+
+/// [`load`], with the maps in `sizes` (name, max_entries) resized first:
+/// a map a mode does not use shrinks to its minimum.
+pub fn load_sized(
+    obj: &[u8],
+    filters: &Filters,
+    extra: &[(&'static str, &[u8])],
+    sizes: &[(&'static str, u32)],
+) -> Result<Ebpf, TraceError> {
     let (comm, comm_len) = filters.comm_bytes()?;
     let globals = vec![
         (GLOBAL_PID, filters.pid.unwrap_or(0)),
@@ -131,6 +142,9 @@ pub fn load(
     }
     for (name, bytes) in extra {
         loader.override_global(name, *bytes, true);
+    }
+    for &(name, size) in sizes {
+        loader.map_max_entries(name, size);
     }
     loader
         .override_global(GLOBAL_COMM, &comm, true)
@@ -168,6 +182,19 @@ pub(crate) fn attach_syscall_pairs(
     ebpf: &mut Ebpf,
     hooks: &[(&str, &str, &str)],
 ) -> Result<(), TraceError> {
+    let attached = attach_syscalls(ebpf, hooks, false)?;
+    tracing::info!("tracing {} (ready); Ctrl-C to stop", attached.join(", "));
+    Ok(())
+}
+
+/// Attaches `hooks` as [`attach_syscall_pairs`] does, only the exit
+/// programs when `exits_only`, and returns the syscalls attached, as
+/// `name(2)`. Reports nothing: the caller says what it is ready for.
+pub(crate) fn attach_syscalls(
+    ebpf: &mut Ebpf,
+    hooks: &[(&str, &str, &str)],
+    exits_only: bool,
+) -> Result<Vec<String>, TraceError> {
     let events = std::path::Path::new(sys::TRACEFS).join("events/syscalls");
     let mut attached = Vec::new();
     for (i, &(enter, exit, syscall)) in hooks.iter().enumerate() {
@@ -175,19 +202,21 @@ pub(crate) fn attach_syscall_pairs(
             format!("sys_enter_{syscall}"),
             format!("sys_exit_{syscall}"),
         );
-        if !events.join(&tp_enter).exists() || !events.join(&tp_exit).exists() {
+        let mut progs = vec![(exit, &tp_exit)];
+        if !exits_only {
+            progs.insert(0, (enter, &tp_enter));
+        }
+        if let Some((_, tp)) = progs.iter().find(|(_, tp)| !events.join(tp).exists()) {
             if i == 0 {
                 return Err(TraceError::Unsupported {
-                    feature: format!("tracepoint syscalls:{tp_enter}"),
+                    feature: format!("tracepoint syscalls:{tp}"),
                     reason: "not in tracefs (kernel built without CONFIG_FTRACE_SYSCALLS?)".into(),
                 });
             }
-            tracing::warn!(
-                "tracepoints syscalls:{tp_enter}/{tp_exit} not found; not tracing {syscall}(2)"
-            );
+            tracing::warn!("tracepoint syscalls:{tp} not found; not tracing {syscall}(2)");
             continue;
         }
-        for (prog, tp) in [(enter, &tp_enter), (exit, &tp_exit)] {
+        for (prog, tp) in progs {
             let p: &mut aya::programs::TracePoint = ebpf
                 .program_mut(prog)
                 .ok_or_else(|| io::Error::other(format!("{prog} missing")))?
@@ -198,8 +227,7 @@ pub(crate) fn attach_syscall_pairs(
         }
         attached.push(format!("{syscall}(2)"));
     }
-    tracing::info!("tracing {} (ready); Ctrl-C to stop", attached.join(", "));
-    Ok(())
+    Ok(attached)
 }
 
 fn ringbuf_missing(e: &aya::EbpfError) -> bool {
@@ -358,12 +386,106 @@ impl LostWarner {
     }
 }
 
-/// Writes the end-of-run summary to stderr.
+/// Writes the end-of-run summary to stderr: [`summary_line`].
 pub fn report(what: &str, s: &Summary) {
     let mut err = io::stderr().lock();
-    let _ = writeln!(
-        err,
-        "kscope trace {what}: {} events, {} lost",
-        s.events, s.lost
-    );
+    let _ = writeln!(err, "{}", summary_line(what, s));
+}
+
+/// The end-of-run summary, `kscope trace WHAT: N events, M lost`: the one
+/// line scripts (and kscope's own tests and benchmarks) read the totals
+/// from. [`parse_summary`] reads it back.
+pub fn summary_line(what: &str, s: &Summary) -> String {
+    format!("kscope trace {what}: {} events, {} lost", s.events, s.lost)
+}
+
+/// Reads a [`summary_line`] of any tracer back; `None` for any other line.
+pub fn parse_summary(line: &str) -> Option<Summary> {
+    let rest = line.trim_end().strip_prefix("kscope trace ")?;
+    let (what, rest) = rest.split_once(": ")?;
+    if what.is_empty() || what.contains(char::is_whitespace) {
+        return None;
+    }
+    let (events, lost) = rest.strip_suffix(" lost")?.split_once(" events, ")?;
+    Some(Summary {
+        events: events.parse().ok()?,
+        lost: lost.parse().ok()?,
+    })
+}
+
+/// Copies a `T` out of a ring-buffer record; `None` if the record is
+/// shorter than a `T`.
+pub fn decode<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the record holds at least size_of::<T>() bytes, read_unaligned
+    // makes no alignment demand, and a Pod type is plain old data valid for
+    // any bit pattern.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use kscope_common::trace::{ConnectEvent, OpenEvent};
+
+    use super::*;
+
+    #[test]
+    fn short_records_are_ignored() {
+        fn check<T: aya::Pod>() {
+            let n = std::mem::size_of::<T>();
+            assert!(decode::<T>(&vec![0u8; n - 1]).is_none());
+            assert!(decode::<T>(&vec![0u8; n]).is_some());
+            // Records are padded to 8 bytes in the ring buffer: longer is fine.
+            assert!(decode::<T>(&vec![0u8; n + 8]).is_some());
+        }
+        check::<OpenEvent>();
+        check::<ConnectEvent>();
+    }
+
+    #[test]
+    fn decode_reads_unaligned_records() {
+        let mut buf = vec![0u8; std::mem::size_of::<OpenEvent>() + 1];
+        buf[1..9].copy_from_slice(&7u64.to_ne_bytes());
+        let ev: OpenEvent = decode(&buf[1..]).expect("long enough");
+        assert_eq!(ev.ts_ns, 7);
+    }
+
+    #[test]
+    fn summary_lines_read_back() {
+        for s in [
+            Summary { events: 0, lost: 0 },
+            Summary {
+                events: 1_070_600,
+                lost: 42,
+            },
+            Summary {
+                events: u64::MAX,
+                lost: u64::MAX,
+            },
+        ] {
+            for what in ["open", "exec", "connect"] {
+                assert_eq!(parse_summary(&summary_line(what, &s)), Some(s));
+            }
+        }
+        assert_eq!(
+            parse_summary("kscope trace open: 12 events, 3 lost\n"),
+            Some(Summary {
+                events: 12,
+                lost: 3
+            })
+        );
+        for other in [
+            "",
+            "tracing openat(2) (ready); Ctrl-C to stop",
+            "kscope trace open: 12 events",
+            "kscope trace open: x events, 0 lost",
+            "kscope trace open: -1 events, 0 lost",
+            "kscope trace : 1 events, 0 lost",
+            "WARN kscope trace open: 1 events, 0 lost",
+        ] {
+            assert_eq!(parse_summary(other), None, "{other:?}");
+        }
+    }
 }
