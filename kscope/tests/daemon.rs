@@ -222,6 +222,7 @@ fn start_daemon(lab: &Lab, cfg: &Path) -> Tracer {
     Tracer::start_until(
         Some(&lab.b),
         &["daemon", "--config", cfg],
+        &[],
         false,
         Duration::from_secs(120),
         READY,

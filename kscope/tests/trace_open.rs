@@ -236,18 +236,10 @@ fn assert_detached_after(signal: i32, env: Option<(&str, &str)>) {
     });
     let tid = tid.to_string();
     let args = ["trace", "open", "--json", "-t", &tid];
-    let tracer = match env {
-        None => Tracer::start(&args, true, READY),
-        Some((k, v)) => {
-            // SAFETY: no test in this binary reads this variable; the child
-            // inherits it at spawn.
-            unsafe { std::env::set_var(k, v) };
-            let t = Tracer::start(&args, true, READY);
-            // SAFETY: as above.
-            unsafe { std::env::remove_var(k) };
-            t
-        }
-    };
+    // The fault switch goes to this child alone: set in the test process,
+    // it would reach tracers that other tests start meanwhile.
+    let envs: Vec<(&str, &str)> = env.into_iter().collect();
+    let tracer = Tracer::start_until(None, &args, &envs, true, READY, "(ready)");
     let ids = tracer.prog_ids();
     assert!(
         ids.len() >= 2,

@@ -188,20 +188,23 @@ impl Tracer {
     /// Starts `kscope ARGS` with stdout piped (or discarded) and waits until
     /// it reports readiness on stderr ("(ready)"), at most `limit`.
     pub fn start(args: &[&str], stdout: bool, limit: Duration) -> Tracer {
-        Self::start_until(None, args, stdout, limit, "(ready)")
+        Self::start_until(None, args, &[], stdout, limit, "(ready)")
     }
 
-    /// As [`Tracer::start`], inside `ns` when given, waiting for a stderr
-    /// line containing `marker`.
+    /// As [`Tracer::start`], inside `ns` when given, with `envs` added to
+    /// the child's environment (never to the test process's, which parallel
+    /// tests share), waiting for a stderr line containing `marker`.
     pub fn start_until(
         ns: Option<&Netns>,
         args: &[&str],
+        envs: &[(&str, &str)],
         stdout: bool,
         limit: Duration,
         marker: &str,
     ) -> Tracer {
         use std::io::BufRead as _;
         let mut child = kscope_cmd(ns, args)
+            .envs(envs.iter().copied())
             .stdout(if stdout {
                 std::process::Stdio::piped()
             } else {
