@@ -19,7 +19,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
+use kscope::trace::{Summary, parse_summary};
 
 const OPENS: u64 = 400_000;
 const MISSING: &str = "/nonexistent/kscope-trace-bench";
@@ -115,6 +116,14 @@ fn stop(mut t: Tool) -> anyhow::Result<String> {
         .map_err(|_| anyhow::anyhow!("reader panicked"))
 }
 
+/// The summary line among a tracer's stderr lines.
+fn summary(stderr: &str) -> anyhow::Result<Summary> {
+    stderr
+        .lines()
+        .find_map(parse_summary)
+        .with_context(|| format!("no summary line in:\n{stderr}"))
+}
+
 struct Row {
     tool: String,
     startup_ms: Option<f64>,
@@ -184,19 +193,8 @@ fn throughput(kscope: &str, rate: u64) -> anyhow::Result<(u64, u64, u64)> {
         .join()
         .map_err(|_| anyhow::anyhow!("generator panicked"))?;
     std::thread::sleep(Duration::from_millis(300));
-    let err = stop(t)?;
-    let summary = err
-        .lines()
-        .find_map(|l| l.strip_prefix("kscope trace open: "))
-        .context("no summary line")?;
-    let nums: Vec<u64> = summary
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    if nums.len() < 2 {
-        bail!("bad summary {summary:?}");
-    }
-    Ok((generated, nums[0], nums[1]))
+    let s = summary(&stop(t)?)?;
+    Ok((generated, s.events, s.lost))
 }
 
 /// Two threads open as fast as they can for 2 s, traced by kscope on its
@@ -239,19 +237,8 @@ fn two_producers(kscope: &str) -> anyhow::Result<(u64, u64, u64)> {
             .map_err(|_| anyhow::anyhow!("generator panicked"))?;
     }
     std::thread::sleep(Duration::from_millis(300));
-    let err = stop(t)?;
-    let summary = err
-        .lines()
-        .find_map(|l| l.strip_prefix("kscope trace open: "))
-        .context("no summary line")?;
-    let nums: Vec<u64> = summary
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    if nums.len() < 2 {
-        bail!("bad summary {summary:?}");
-    }
-    Ok((generated, nums[0], nums[1]))
+    let s = summary(&stop(t)?)?;
+    Ok((generated, s.events, s.lost))
 }
 
 fn opt(v: Option<f64>, prec: usize) -> String {

@@ -202,17 +202,13 @@ fn under_load_every_event_is_delivered_or_counted_lost() {
     assert!(status.success(), "{status}: {err}");
     let summary = err
         .lines()
-        .find_map(|l| l.strip_prefix("kscope trace open: "))
+        .find_map(kscope::trace::parse_summary)
         .unwrap_or_else(|| panic!("no summary in:\n{err}"));
-    let nums: Vec<u64> = summary
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    let (delivered, lost) = (nums[0], nums[1]);
+    let (delivered, lost) = (summary.events, summary.lost);
     eprintln!(
         "load: generated {generated} opens at {rate:.0}/s; delivered {delivered}, lost {lost}"
     );
-    assert_eq!(delivered + lost, generated, "{summary}");
+    assert_eq!(delivered + lost, generated, "{summary:?}");
     if lost > 0 {
         assert!(
             err.contains("events lost"),

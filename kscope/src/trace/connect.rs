@@ -313,7 +313,7 @@ pub async fn run(opts: &ConnectOpts, out: &mut impl Write) -> Result<(Summary, S
         &mut signals,
         opts.duration,
         |bytes| {
-            let Some(ev) = decode(bytes) else {
+            let Some(ev) = super::decode::<ConnectEvent>(bytes) else {
                 return Ok(());
             };
             if opts.count {
@@ -335,15 +335,6 @@ pub async fn run(opts: &ConnectOpts, out: &mut impl Write) -> Result<(Summary, S
     }
     out.flush()?;
     result
-}
-
-/// Copies an event out of a ring-buffer record; `None` if it is short.
-pub fn decode(bytes: &[u8]) -> Option<ConnectEvent> {
-    if bytes.len() < std::mem::size_of::<ConnectEvent>() {
-        return None;
-    }
-    // SAFETY: the record holds a whole ConnectEvent, which is plain old data.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ConnectEvent>()) })
 }
 
 /// The address in an event's 16 bytes for its family.

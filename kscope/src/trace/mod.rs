@@ -341,9 +341,103 @@ pub async fn consume(
 /// Writes the end-of-run summary to stderr.
 pub fn report(what: &str, s: &Summary) {
     let mut err = io::stderr().lock();
-    let _ = writeln!(
-        err,
-        "kscope trace {what}: {} events, {} lost",
-        s.events, s.lost
-    );
+    let _ = writeln!(err, "{}", summary_line(what, s));
+}
+
+/// The end-of-run summary, `kscope trace WHAT: N events, M lost`: the one
+/// line scripts (and kscope's own tests and benchmarks) read the totals
+/// from. [`parse_summary`] reads it back.
+pub fn summary_line(what: &str, s: &Summary) -> String {
+    format!("kscope trace {what}: {} events, {} lost", s.events, s.lost)
+}
+
+/// Reads a [`summary_line`] of any tracer back; `None` for any other line.
+pub fn parse_summary(line: &str) -> Option<Summary> {
+    let rest = line.trim_end().strip_prefix("kscope trace ")?;
+    let (what, rest) = rest.split_once(": ")?;
+    if what.is_empty() || what.contains(char::is_whitespace) {
+        return None;
+    }
+    let (events, lost) = rest.strip_suffix(" lost")?.split_once(" events, ")?;
+    Some(Summary {
+        events: events.parse().ok()?,
+        lost: lost.parse().ok()?,
+    })
+}
+
+/// Copies a `T` out of a ring-buffer record; `None` if the record is
+/// shorter than a `T`.
+pub fn decode<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the record holds at least size_of::<T>() bytes, read_unaligned
+    // makes no alignment demand, and a Pod type is plain old data valid for
+    // any bit pattern.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use kscope_common::trace::{ConnectEvent, OpenEvent};
+
+    use super::*;
+
+    #[test]
+    fn short_records_are_ignored() {
+        fn check<T: aya::Pod>() {
+            let n = std::mem::size_of::<T>();
+            assert!(decode::<T>(&vec![0u8; n - 1]).is_none());
+            assert!(decode::<T>(&vec![0u8; n]).is_some());
+            // Records are padded to 8 bytes in the ring buffer: longer is fine.
+            assert!(decode::<T>(&vec![0u8; n + 8]).is_some());
+        }
+        check::<OpenEvent>();
+        check::<ConnectEvent>();
+    }
+
+    #[test]
+    fn decode_reads_unaligned_records() {
+        let mut buf = vec![0u8; std::mem::size_of::<OpenEvent>() + 1];
+        buf[1..9].copy_from_slice(&7u64.to_ne_bytes());
+        let ev: OpenEvent = decode(&buf[1..]).expect("long enough");
+        assert_eq!(ev.ts_ns, 7);
+    }
+
+    #[test]
+    fn summary_lines_read_back() {
+        for s in [
+            Summary { events: 0, lost: 0 },
+            Summary {
+                events: 1_070_600,
+                lost: 42,
+            },
+            Summary {
+                events: u64::MAX,
+                lost: u64::MAX,
+            },
+        ] {
+            for what in ["open", "exec", "connect"] {
+                assert_eq!(parse_summary(&summary_line(what, &s)), Some(s));
+            }
+        }
+        assert_eq!(
+            parse_summary("kscope trace open: 12 events, 3 lost\n"),
+            Some(Summary {
+                events: 12,
+                lost: 3
+            })
+        );
+        for other in [
+            "",
+            "tracing openat(2) (ready); Ctrl-C to stop",
+            "kscope trace open: 12 events",
+            "kscope trace open: x events, 0 lost",
+            "kscope trace open: -1 events, 0 lost",
+            "kscope trace : 1 events, 0 lost",
+            "WARN kscope trace open: 1 events, 0 lost",
+        ] {
+            assert_eq!(parse_summary(other), None, "{other:?}");
+        }
+    }
 }

@@ -17,7 +17,7 @@ use kscope_common::trace::{
 };
 
 use super::{
-    Filters, Stop, Summary, TraceError,
+    Filters, Stop, Summary, TraceError, decode,
     format::{self, Clock},
 };
 
@@ -83,16 +83,6 @@ pub async fn run(opts: &OpenOpts, out: &mut impl Write) -> Result<(Summary, Stop
     .await;
     out.flush()?;
     result
-}
-
-/// Copies an event out of a ring-buffer record; `None` if it is short.
-pub fn decode(bytes: &[u8]) -> Option<OpenEvent> {
-    if bytes.len() < std::mem::size_of::<OpenEvent>() {
-        return None;
-    }
-    // SAFETY: the record holds at least size_of::<OpenEvent>() bytes, and
-    // OpenEvent is plain old data valid for any bit pattern.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<OpenEvent>()) })
 }
 
 pub fn write_header(out: &mut impl Write, timestamps: bool) -> io::Result<()> {
@@ -254,11 +244,5 @@ mod tests {
             col(lines[1], "COMM").is_some_and(|s| s.starts_with("cat ")),
             "{text}"
         );
-    }
-
-    #[test]
-    fn short_records_are_ignored() {
-        assert!(decode(&[0u8; 10]).is_none());
-        assert!(decode(&[0u8; std::mem::size_of::<OpenEvent>()]).is_some());
     }
 }
