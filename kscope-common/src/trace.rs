@@ -35,8 +35,33 @@ pub const PROG_OPEN_EXIT_OPENAT2: &str = "trace_open_exit_openat2";
 /// Only failed opens (`-x`).
 pub const GLOBAL_FAILED_ONLY: &str = "FAILED_ONLY";
 
+/// Count mode (`-c`, [`OpenCounts`]): the exit programs count each open
+/// under its task's comm and submit no events; the enter programs are not
+/// attached.
+pub const GLOBAL_COUNT_MODE: &str = "COUNT_MODE";
+/// Per-CPU hash, comm (`[u8; COMM_LEN]`, NUL-padded) to [`OpenCounts`]:
+/// count mode's totals.
+pub const MAP_OPEN_COUNTS: &str = "OPEN_COUNTS";
+/// Per-CPU `u64`: opens count mode could not count because
+/// `OPEN_COUNTS` was full.
+pub const MAP_OPEN_UNCOUNTED: &str = "OPEN_UNCOUNTED";
+/// Process names `OPEN_COUNTS` holds.
+pub const OPEN_COUNTS_MAX: u32 = 10_240;
+/// Arguments of in-flight opens by thread id (printing mode).
+pub const MAP_OPEN_PENDING: &str = "OPEN_PENDING";
+
 /// Bytes of path kept per open event, NUL included.
 pub const PATH_LEN: usize = 256;
+
+/// Count mode's value per comm (on each CPU, in `OPEN_COUNTS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenCounts {
+    /// Opens that returned, failed ones included.
+    pub opens: u64,
+    /// Of those, the ones that returned an error.
+    pub failed: u64,
+}
 
 /// One open(2)/openat(2)/openat2(2), reported at syscall exit.
 #[repr(C)]
@@ -73,6 +98,8 @@ mod pod {
     unsafe impl aya::Pod for super::OpenEvent {}
     // SAFETY: as above, with `_pad` explicit.
     unsafe impl aya::Pod for super::OpenArgs {}
+    // SAFETY: #[repr(C)], two u64s.
+    unsafe impl aya::Pod for super::OpenCounts {}
 }
 
 // ---- trace_connect ----

@@ -6,6 +6,25 @@
 pub mod net;
 pub mod trace;
 
+/// True when `a` and `b` are the same string, at compile time: binaries
+/// assert that the names in their `#[map(name = "…")]` attributes (which
+/// must be literals) match kscope-common's constants, so a typo fails the
+/// build instead of the load.
+pub const fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// What every kernel binary needs besides its programs: a panic handler (the
 /// verifier rejects any program that could reach it; `core` needs one to link)
 /// and the license section (GPL-compatible, so GPL-only helpers are usable).

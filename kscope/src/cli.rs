@@ -107,6 +107,10 @@ pub struct TraceOpenArgs {
     /// Add a TIME(s) column: seconds since the start.
     #[arg(short = 'T', long = "timestamp")]
     pub timestamps: bool,
+    /// Count opens and failed opens per process name in the kernel and
+    /// print the totals at exit, most first, instead of every open.
+    #[arg(short = 'c', long = "count", conflicts_with = "timestamps")]
+    pub count: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -450,12 +454,29 @@ mod tests {
         assert_eq!(a.common.comm.as_deref(), Some("cat"));
         assert_eq!(a.common.duration, Some(Duration::from_millis(1500)));
         assert!(a.failed && a.timestamps && a.common.json);
+        assert!(!a.count);
         for bad in [
             &["trace", "open", "-d", "0"][..],
             &["trace", "open", "-p", "x"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn trace_open_count_takes_filters_but_not_timestamps() {
+        for args in [
+            &["trace", "open", "-c"][..],
+            &["trace", "open", "--count", "-x", "-n", "cat", "--json"],
+        ] {
+            let cli = parse(args).expect("parses");
+            let Command::Trace(TraceCommand::Open(a)) = cli.command else {
+                panic!("wrong command");
+            };
+            assert!(a.count, "{args:?}");
+        }
+        let err = parse(&["trace", "open", "-c", "-T"]).expect_err("-c with -T");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     #[test]

@@ -203,10 +203,12 @@ fn trace(cmd: TraceCommand) -> anyhow::Result<()> {
                 json: a.common.json,
                 duration: a.common.duration,
             };
-            (
-                "open",
-                rt.block_on(kscope::trace::open::run(&opts, &mut out))?,
-            )
+            let run = if a.count {
+                rt.block_on(kscope::trace::open::run_count(&opts, &mut out))?
+            } else {
+                rt.block_on(kscope::trace::open::run(&opts, &mut out))?
+            };
+            ("open", run)
         }
         TraceCommand::Exec(a) => {
             let opts = kscope::trace::exec::ExecOpts {

@@ -5,6 +5,7 @@
 mod common;
 
 use std::{
+    collections::HashMap,
     sync::{Arc, Barrier, mpsc},
     time::{Duration, Instant},
 };
@@ -265,12 +266,7 @@ fn assert_detached_after(signal: i32, env: Option<(&str, &str)>) {
     } else {
         assert!(status.success(), "{status}: {err}");
     }
-    for id in ids {
-        assert!(
-            wait_prog_gone(id, Duration::from_secs(5)),
-            "program {id} left loaded"
-        );
-    }
+    assert_progs_gone(&ids);
 }
 
 #[test]
@@ -296,4 +292,280 @@ fn bad_filters_fail_with_one_line() {
     assert_fails(&out, 1, &["1-15 bytes"]);
     let out = kscope(None, &["trace", "open", "-d", "-2"]);
     assert_fails(&out, 2, &["--duration"]);
+}
+
+// ---- count mode (-c, OpenCounter) ----
+
+/// A process name no other test uses: `tag` plus this process's pid,
+/// within the 15 bytes a comm keeps.
+fn unique_comm(tag: &str) -> String {
+    let name = format!("kq{tag}{}", std::process::id());
+    assert!(name.len() <= 15, "{name} is longer than a comm");
+    name
+}
+
+/// Forks a child that names itself `comm`, opens `existing` `n` times and
+/// `missing` `m` times, and exits; waits for it.
+fn child_opens(comm: &str, existing: &std::path::Path, missing: &str, n: usize, m: usize) {
+    use std::{ffi::CString, os::unix::ffi::OsStrExt as _};
+    // Everything the child touches is prepared before the fork: it may only
+    // make async-signal-safe calls (the test harness has other threads).
+    let comm = CString::new(comm).expect("comm");
+    let existing = CString::new(existing.as_os_str().as_bytes()).expect("path");
+    let missing = CString::new(missing).expect("path");
+    // SAFETY: the child only calls prctl, openat, close and _exit, all
+    // async-signal-safe, on memory allocated before the fork.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: see above; PR_SET_NAME copies at most 16 bytes of a
+        // NUL-terminated string.
+        unsafe {
+            if libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) != 0 {
+                libc::_exit(2);
+            }
+            let mut status = 0;
+            for _ in 0..n {
+                let fd = libc::openat(libc::AT_FDCWD, existing.as_ptr(), libc::O_RDONLY);
+                if fd < 0 {
+                    status = 3;
+                } else {
+                    libc::close(fd);
+                }
+            }
+            for _ in 0..m {
+                if libc::openat(libc::AT_FDCWD, missing.as_ptr(), libc::O_RDONLY) >= 0 {
+                    status = 4;
+                }
+            }
+            libc::_exit(status);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(r, pid, "waitpid: {}", std::io::Error::last_os_error());
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the opener child failed (status {status:#x}: 2 prctl, 3 open of the existing file, 4 open of the missing path)"
+    );
+}
+
+/// A file that exists, in a directory of its own (removed by the caller).
+fn existing_file(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("kscope-count-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let file = dir.join("exists");
+    std::fs::write(&file, b"x").expect("write");
+    (dir, file)
+}
+
+/// `-c --json` rows by comm, checking each line has exactly the documented
+/// fields.
+fn count_rows(stdout: &str) -> HashMap<String, (u64, u64)> {
+    let mut rows = HashMap::new();
+    for e in events(stdout) {
+        let obj = e
+            .as_object()
+            .unwrap_or_else(|| panic!("not an object: {e}"));
+        let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["comm", "failed", "opens"], "{e}");
+        let comm = e["comm"].as_str().expect("comm").to_owned();
+        let (opens, failed) = (
+            e["opens"].as_u64().expect("opens"),
+            e["failed"].as_u64().expect("failed"),
+        );
+        assert!(failed <= opens, "{e}");
+        assert!(rows.insert(comm, (opens, failed)).is_none(), "{e} twice");
+    }
+    rows
+}
+
+/// Runs `kscope trace open ARGS` (count mode), forks one child per
+/// (comm, n, m) that opens an existing file `n` times and a missing path
+/// `m` times, then stops kscope with `signal`. Returns its stdout, its
+/// stderr, and the program ids it held while running.
+fn count_children(
+    args: &[&str],
+    children: &[(&str, usize, usize)],
+    signal: i32,
+) -> (String, String, Vec<u64>) {
+    let (dir, existing) = existing_file(&args.join("").replace(['-', ' '], ""));
+    let missing = unique_missing_path("count");
+    let tracer = Tracer::start(args, true, READY);
+    let ids = tracer.prog_ids();
+    for &(comm, n, m) in children {
+        child_opens(comm, &existing, &missing, n, m);
+    }
+    let (status, out, err) = tracer.stop(signal);
+    assert!(status.success(), "kscope {args:?}: {status}: {err}");
+    let _ = std::fs::remove_dir_all(dir);
+    (out, err, ids)
+}
+
+#[test]
+fn count_mode_counts_a_childs_opens_and_failures_exactly() {
+    require_root();
+    const N: usize = 7;
+    const M: usize = 5;
+    let comm = unique_comm("c");
+    let (out, err, _) = count_children(
+        &["trace", "open", "-c", "--json"],
+        &[(&comm, N, M)],
+        libc::SIGINT,
+    );
+    let rows = count_rows(&out);
+    assert_eq!(
+        rows.get(&comm),
+        Some(&(N as u64 + M as u64, M as u64)),
+        "{comm}: want {} opens, {M} failed:\n{out}",
+        N + M
+    );
+    // Most opens first.
+    let opens: Vec<u64> = events(&out)
+        .iter()
+        .map(|e| e["opens"].as_u64().expect("opens"))
+        .collect();
+    assert!(opens.is_sorted_by(|a, b| a >= b), "not sorted: {opens:?}");
+    let summary = err
+        .lines()
+        .find_map(kscope::trace::parse_summary)
+        .unwrap_or_else(|| panic!("no summary in:\n{err}"));
+    assert_eq!(
+        summary.events,
+        rows.values().map(|r| r.0).sum::<u64>(),
+        "the summary counts every counted open:\n{err}"
+    );
+    if rows.len() < kscope_common::trace::OPEN_COUNTS_MAX as usize {
+        assert_eq!(summary.lost, 0, "uncounted with room to spare:\n{err}");
+    }
+}
+
+#[test]
+fn count_mode_filters_by_name_in_the_kernel_and_detaches() {
+    require_root();
+    const N: usize = 3;
+    const M: usize = 4;
+    // `pattern` is a substring of `matching` only.
+    let pattern = unique_comm("n");
+    let matching = format!("{pattern}a");
+    let other = unique_comm("o");
+    let (out, _, ids) = count_children(
+        &["trace", "open", "-c", "--json", "-n", &pattern],
+        &[(&matching, N, M), (&other, N, M)],
+        libc::SIGTERM,
+    );
+    let want = HashMap::from([(matching, (N as u64 + M as u64, M as u64))]);
+    assert_eq!(count_rows(&out), want, "only the matching child:\n{out}");
+    assert!(!ids.is_empty(), "the counter should have held its programs");
+    assert_progs_gone(&ids);
+}
+
+#[test]
+fn count_mode_with_failed_only_counts_failures_only() {
+    require_root();
+    let comm = unique_comm("x");
+    let (out, _, _) = count_children(
+        &["trace", "open", "--count", "-x", "--json", "-n", &comm],
+        &[(&comm, 6, 2)],
+        libc::SIGINT,
+    );
+    assert_eq!(count_rows(&out), HashMap::from([(comm, (2, 2))]), "{out}");
+}
+
+#[test]
+fn count_mode_table_has_a_header_and_one_row_per_name() {
+    require_root();
+    let comm = unique_comm("t");
+    let (out, _, _) = count_children(
+        &["trace", "open", "-c", "-n", &comm],
+        &[(&comm, 2, 1)],
+        libc::SIGINT,
+    );
+    let mut lines = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>());
+    assert_eq!(lines.next(), Some(vec!["COMM", "OPENS", "FAILED"]), "{out}");
+    assert_eq!(lines.next(), Some(vec![comm.as_str(), "3", "1"]), "{out}");
+    assert_eq!(lines.next(), None, "{out}");
+}
+
+/// Tests that hold programs in this process (OpenCounter) run one at a
+/// time, so each can tell its own programs from the others'.
+static IN_PROCESS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn in_process() -> std::sync::MutexGuard<'static, ()> {
+    IN_PROCESS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[test]
+fn open_counter_counts_past_a_full_table_as_uncounted() {
+    use kscope::trace::{Filters, open::OpenCounter};
+    use kscope_common::trace::OPEN_COUNTS_MAX;
+    require_root();
+    let _one = in_process();
+    const EXTRA: u32 = 100;
+    let prefix = format!("kqu{}", std::process::id() % 1000);
+    let missing = unique_missing_path("full");
+    let names: Vec<std::ffi::CString> = (0..OPEN_COUNTS_MAX + EXTRA)
+        .map(|i| std::ffi::CString::new(format!("{prefix}-{i}")).expect("name"))
+        .collect();
+    assert!(names.iter().all(|n| n.as_bytes().len() <= 15));
+    // One thread takes each name in turn and opens once under it.
+    let (tid, go, h) = named_thread("kscope-full", move || {
+        let path = std::ffi::CString::new(missing).expect("path");
+        for n in &names {
+            // SAFETY: PR_SET_NAME reads a NUL-terminated string; openat a
+            // valid path.
+            unsafe {
+                assert_eq!(libc::prctl(libc::PR_SET_NAME, n.as_ptr()), 0);
+                assert!(libc::openat(libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY) < 0);
+            }
+        }
+    });
+    let counter = OpenCounter::start(&Filters {
+        tid: Some(tid),
+        ..Filters::default()
+    })
+    .expect("start the counter");
+    go.wait();
+    h.join().expect("opener");
+    let counts = counter.counts().expect("counts");
+    let uncounted = counter.uncounted().expect("uncounted");
+    drop(counter);
+    // The first OPEN_COUNTS_MAX names fill the table, one open each; every
+    // later name's open is counted as uncounted.
+    assert_eq!(counts.len(), OPEN_COUNTS_MAX as usize);
+    for c in &counts {
+        assert!(c.comm.starts_with(&prefix), "{c:?}");
+        assert_eq!((c.opens, c.failed), (1, 1), "{c:?}");
+    }
+    assert_eq!(uncounted, u64::from(EXTRA));
+}
+
+#[test]
+fn open_counter_drop_detaches_everything() {
+    use kscope::trace::{Filters, open::OpenCounter};
+    require_root();
+    let _one = in_process();
+    let me = std::process::id();
+    let before = prog_ids_of(me);
+    let counter = OpenCounter::start(&Filters {
+        comm: Some(unique_comm("d")),
+        ..Filters::default()
+    })
+    .expect("start the counter");
+    let ours: Vec<u64> = prog_ids_of(me)
+        .into_iter()
+        .filter(|id| !before.contains(id))
+        .collect();
+    assert!(!ours.is_empty(), "the counter should hold its programs");
+    for id in &ours {
+        assert!(prog_exists(*id), "program {id} not loaded while counting");
+    }
+    drop(counter);
+    assert_progs_gone(&ours);
 }

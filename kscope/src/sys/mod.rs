@@ -358,6 +358,13 @@ pub fn raise_memlock() {
     }
 }
 
+/// The size of a memory page (the smallest BPF ring buffer).
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).unwrap_or(4096)
+}
+
 /// The `memlock:` figure (bytes the kernel accounts to a BPF map) from the
 /// text of /proc/self/fdinfo/FD.
 pub fn parse_fdinfo_memlock(fdinfo: &str) -> Option<u64> {

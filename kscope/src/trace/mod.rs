@@ -111,6 +111,17 @@ pub fn load(
     filters: &Filters,
     extra: &[(&'static str, &[u8])],
 ) -> Result<Ebpf, TraceError> {
+    load_sized(obj, filters, extra, &[])
+}
+
+/// [`load`], with the maps in `sizes` (name, max_entries) resized first:
+/// a map a mode does not use shrinks to its minimum.
+pub fn load_sized(
+    obj: &[u8],
+    filters: &Filters,
+    extra: &[(&'static str, &[u8])],
+    sizes: &[(&'static str, u32)],
+) -> Result<Ebpf, TraceError> {
     let (comm, comm_len) = filters.comm_bytes()?;
     let globals = vec![
         (GLOBAL_PID, filters.pid.unwrap_or(0)),
@@ -131,6 +142,9 @@ pub fn load(
     }
     for (name, bytes) in extra {
         loader.override_global(name, *bytes, true);
+    }
+    for &(name, size) in sizes {
+        loader.map_max_entries(name, size);
     }
     loader
         .override_global(GLOBAL_COMM, &comm, true)
@@ -168,6 +182,19 @@ pub(crate) fn attach_syscall_pairs(
     ebpf: &mut Ebpf,
     hooks: &[(&str, &str, &str)],
 ) -> Result<(), TraceError> {
+    let attached = attach_syscalls(ebpf, hooks, false)?;
+    tracing::info!("tracing {} (ready); Ctrl-C to stop", attached.join(", "));
+    Ok(())
+}
+
+/// Attaches `hooks` as [`attach_syscall_pairs`] does, only the exit
+/// programs when `exits_only`, and returns the syscalls attached, as
+/// `name(2)`. Reports nothing: the caller says what it is ready for.
+pub(crate) fn attach_syscalls(
+    ebpf: &mut Ebpf,
+    hooks: &[(&str, &str, &str)],
+    exits_only: bool,
+) -> Result<Vec<String>, TraceError> {
     let events = std::path::Path::new(sys::TRACEFS).join("events/syscalls");
     let mut attached = Vec::new();
     for (i, &(enter, exit, syscall)) in hooks.iter().enumerate() {
@@ -175,19 +202,21 @@ pub(crate) fn attach_syscall_pairs(
             format!("sys_enter_{syscall}"),
             format!("sys_exit_{syscall}"),
         );
-        if !events.join(&tp_enter).exists() || !events.join(&tp_exit).exists() {
+        let mut progs = vec![(exit, &tp_exit)];
+        if !exits_only {
+            progs.insert(0, (enter, &tp_enter));
+        }
+        if let Some((_, tp)) = progs.iter().find(|(_, tp)| !events.join(tp).exists()) {
             if i == 0 {
                 return Err(TraceError::Unsupported {
-                    feature: format!("tracepoint syscalls:{tp_enter}"),
+                    feature: format!("tracepoint syscalls:{tp}"),
                     reason: "not in tracefs (kernel built without CONFIG_FTRACE_SYSCALLS?)".into(),
                 });
             }
-            tracing::warn!(
-                "tracepoints syscalls:{tp_enter}/{tp_exit} not found; not tracing {syscall}(2)"
-            );
+            tracing::warn!("tracepoint syscalls:{tp} not found; not tracing {syscall}(2)");
             continue;
         }
-        for (prog, tp) in [(enter, &tp_enter), (exit, &tp_exit)] {
+        for (prog, tp) in progs {
             let p: &mut aya::programs::TracePoint = ebpf
                 .program_mut(prog)
                 .ok_or_else(|| io::Error::other(format!("{prog} missing")))?
@@ -198,8 +227,7 @@ pub(crate) fn attach_syscall_pairs(
         }
         attached.push(format!("{syscall}(2)"));
     }
-    tracing::info!("tracing {} (ready); Ctrl-C to stop", attached.join(", "));
-    Ok(())
+    Ok(attached)
 }
 
 fn ringbuf_missing(e: &aya::EbpfError) -> bool {

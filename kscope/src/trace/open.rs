@@ -4,22 +4,38 @@
 //! Fallback policy: open and openat2 are traced where their tracepoints
 //! exist; a missing one is skipped with a warning. openat is required.
 //!
-//! Minimum kernel: 5.8 (ring buffer).
+//! Count mode ([`OpenCounter`], `-c`) counts opens and failed opens per
+//! process name in the kernel and sends nothing through the ring buffer.
+//! Its table holds [`OPEN_COUNTS_MAX`] names; opens of a name that finds it
+//! full are counted as uncounted ([`OpenCounter::uncounted`]), never
+//! dropped silently.
+//!
+//! Minimum kernel: 5.8 (ring buffer; count mode creates one too, of a
+//! single page).
 
 use std::{
+    collections::HashMap,
     io::{self, Cursor, Write},
+    os::fd::AsFd as _,
     time::Duration,
 };
 
+use aya::{
+    Ebpf,
+    maps::{IterableMap as _, MapData, PerCpuArray, PerCpuHashMap},
+};
 use kscope_common::trace::{
-    GLOBAL_FAILED_ONLY, OpenEvent, PROG_OPEN_ENTER_OPEN, PROG_OPEN_ENTER_OPENAT,
-    PROG_OPEN_ENTER_OPENAT2, PROG_OPEN_EXIT_OPEN, PROG_OPEN_EXIT_OPENAT, PROG_OPEN_EXIT_OPENAT2,
+    COMM_LEN, GLOBAL_COUNT_MODE, GLOBAL_FAILED_ONLY, MAP_EVENTS, MAP_OPEN_COUNTS, MAP_OPEN_PENDING,
+    MAP_OPEN_UNCOUNTED, OPEN_COUNTS_MAX, OpenCounts, OpenEvent, PROG_OPEN_ENTER_OPEN,
+    PROG_OPEN_ENTER_OPENAT, PROG_OPEN_ENTER_OPENAT2, PROG_OPEN_EXIT_OPEN, PROG_OPEN_EXIT_OPENAT,
+    PROG_OPEN_EXIT_OPENAT2,
 };
 
 use super::{
     Filters, Stop, Summary, TraceError, decode,
     format::{self, Clock},
 };
+use crate::sys::bpf::{MapFdOps, dump_map};
 
 static TRACE_OPEN_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/trace_open"));
 
@@ -53,10 +69,12 @@ pub async fn run(opts: &OpenOpts, out: &mut impl Write) -> Result<(Summary, Stop
     super::preflight("kscope trace open")?;
     let mut signals = super::Signals::catch()?;
     let failed_only = u32::from(opts.failed_only).to_ne_bytes();
-    let mut ebpf = super::load(
+    let mut ebpf = super::load_sized(
         TRACE_OPEN_OBJ,
         &opts.filters,
         &[(GLOBAL_FAILED_ONLY, &failed_only[..])],
+        // Count mode's table is not used here.
+        &[(MAP_OPEN_COUNTS, 1)],
     )?;
     super::attach_syscall_pairs(&mut ebpf, HOOKS)?;
     let clock = Clock::now();
@@ -83,6 +101,219 @@ pub async fn run(opts: &OpenOpts, out: &mut impl Write) -> Result<(Summary, Stop
     .await;
     out.flush()?;
     result
+}
+
+/// Opens counted per comm in the kernel, no events through the ring buffer.
+///
+/// Owns the loaded object: dropping it detaches every program and frees
+/// the maps. Only the syscalls' exit tracepoints are attached; each open
+/// that passes the filters is counted under its task's comm (the thread's
+/// name, 15 bytes at most) when it returns.
+///
+/// Minimum kernel: 5.8.
+pub struct OpenCounter {
+    // Declared first, so it is dropped (and detached) first.
+    _ebpf: Ebpf,
+    counts: PerCpuHashMap<MapData, [u8; COMM_LEN], OpenCounts>,
+    uncounted: PerCpuArray<MapData, u64>,
+    cpus: usize,
+}
+
+/// One process name's totals.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenCount {
+    /// The comm, invalid UTF-8 replaced by U+FFFD.
+    pub comm: String,
+    /// Opens that returned while counting, failed ones included.
+    pub opens: u64,
+    /// Of those, the ones that returned an error.
+    pub failed: u64,
+}
+
+// The daemon keeps a counter in a tokio task or behind a Mutex.
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<OpenCounter>();
+};
+
+fn map_err(what: &str, e: impl std::fmt::Display) -> TraceError {
+    TraceError::Io(io::Error::other(format!("{what}: {e}")))
+}
+
+impl OpenCounter {
+    /// Preflight, load with `filters` in count mode, attach; logs readiness
+    /// like the tracers.
+    ///
+    /// # Errors
+    /// As [`run`]: missing capabilities or tracefs, the openat tracepoints
+    /// missing, a verifier rejection; also a bad filter.
+    pub fn start(filters: &Filters) -> Result<Self, TraceError> {
+        Self::start_with(filters, false)
+    }
+
+    /// [`start`](Self::start), counting only failed opens when
+    /// `failed_only` (`-x`): then `opens` and `failed` are equal.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn start_with(filters: &Filters, failed_only: bool) -> Result<Self, TraceError> {
+        super::preflight("kscope trace open")?;
+        // Before attaching, so its read is not counted.
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| map_err(what, e))?;
+        let failed_only = u32::from(failed_only).to_ne_bytes();
+        let count_mode = 1u32.to_ne_bytes();
+        // The ring buffer stays empty and the enter programs' table unused:
+        // both shrink to their minimum.
+        let page = u32::try_from(crate::sys::page_size()).unwrap_or(4096);
+        let mut ebpf = super::load_sized(
+            TRACE_OPEN_OBJ,
+            filters,
+            &[
+                (GLOBAL_FAILED_ONLY, &failed_only[..]),
+                (GLOBAL_COUNT_MODE, &count_mode[..]),
+            ],
+            &[(MAP_EVENTS, page), (MAP_OPEN_PENDING, 1)],
+        )?;
+        let attached = super::attach_syscalls(&mut ebpf, HOOKS, true)?;
+        let counts = ebpf
+            .take_map(MAP_OPEN_COUNTS)
+            .ok_or_else(|| map_err(MAP_OPEN_COUNTS, "missing"))?;
+        let counts = PerCpuHashMap::try_from(counts).map_err(|e| map_err(MAP_OPEN_COUNTS, e))?;
+        let uncounted = ebpf
+            .take_map(MAP_OPEN_UNCOUNTED)
+            .ok_or_else(|| map_err(MAP_OPEN_UNCOUNTED, "missing"))?;
+        let uncounted =
+            PerCpuArray::try_from(uncounted).map_err(|e| map_err(MAP_OPEN_UNCOUNTED, e))?;
+        tracing::info!("counting {} per process name (ready)", attached.join(", "));
+        Ok(Self {
+            _ebpf: ebpf,
+            counts,
+            uncounted,
+            cpus,
+        })
+    }
+
+    /// Current totals per comm, summed over CPUs (any order).
+    ///
+    /// # Errors
+    /// A failed map read.
+    pub fn counts(&self) -> Result<Vec<OpenCount>, TraceError> {
+        let size = std::mem::size_of::<OpenCounts>();
+        let ops = MapFdOps::new(self.counts.map().fd().as_fd(), COMM_LEN, size, self.cpus);
+        let (dump, _) = dump_map(&ops, None).map_err(|e| map_err(MAP_OPEN_COUNTS, e))?;
+        // Keyed by comm: a key read twice (the kernel adding names during
+        // the read) must not count twice.
+        let mut by_comm: HashMap<&[u8], OpenCounts> = HashMap::with_capacity(dump.len);
+        for i in 0..dump.len {
+            let (comm, per_cpu) = dump.entry(&ops, i);
+            let mut sum = OpenCounts::default();
+            for slot in per_cpu.chunks_exact(size.next_multiple_of(8)) {
+                let c: OpenCounts = super::decode(slot).unwrap_or_default();
+                sum.opens = sum.opens.wrapping_add(c.opens);
+                sum.failed = sum.failed.wrapping_add(c.failed);
+            }
+            by_comm.insert(comm, sum);
+        }
+        Ok(by_comm
+            .into_iter()
+            .map(|(comm, c)| OpenCount {
+                comm: String::from_utf8_lossy(format::cstr(comm)).into_owned(),
+                opens: c.opens,
+                failed: c.failed,
+            })
+            .collect())
+    }
+
+    /// Opens not counted because the map was full (summed over CPUs).
+    ///
+    /// # Errors
+    /// A failed map read.
+    pub fn uncounted(&self) -> Result<u64, TraceError> {
+        let v = self
+            .uncounted
+            .get(&0, 0)
+            .map_err(|e| map_err(MAP_OPEN_UNCOUNTED, e))?;
+        Ok(v.iter().fold(0u64, |a, &b| a.wrapping_add(b)))
+    }
+}
+
+/// `kscope trace open -c`: counts until the duration passes or Ctrl-C or
+/// SIGTERM, then writes the totals to `out`, most opens first. The summary
+/// counts the opens counted as events and the uncounted ones as lost.
+///
+/// # Errors
+/// As [`OpenCounter::start`], or an output error.
+pub async fn run_count(
+    opts: &OpenOpts,
+    out: &mut impl Write,
+) -> Result<(Summary, Stop), TraceError> {
+    let mut signals = super::Signals::catch()?;
+    let counter = OpenCounter::start_with(&opts.filters, opts.failed_only)?;
+    let stop = wait_for_stop(&mut signals, opts.duration).await;
+    let mut counts = counter.counts()?;
+    let lost = counter.uncounted()?;
+    drop(counter);
+    if lost > 0 {
+        tracing::warn!(
+            "{lost} opens not counted: the table of {OPEN_COUNTS_MAX} process names was full"
+        );
+    }
+    sort_counts(&mut counts);
+    write_counts(out, &counts, opts.json)?;
+    out.flush()?;
+    let events = counts.iter().fold(0u64, |a, c| a.wrapping_add(c.opens));
+    Ok((Summary { events, lost }, stop))
+}
+
+/// Waits until `duration` passes or SIGINT or SIGTERM arrives.
+async fn wait_for_stop(signals: &mut super::Signals, duration: Option<Duration>) -> Stop {
+    let sleep = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = signals.int.recv() => Stop::Interrupt,
+        _ = signals.term.recv() => Stop::Terminate,
+        () = sleep => Stop::Duration,
+    }
+}
+
+/// Most opens first; ties by failures, then by name, so the order is stable.
+pub fn sort_counts(counts: &mut [OpenCount]) {
+    counts.sort_by(|a, b| {
+        b.opens
+            .cmp(&a.opens)
+            .then(b.failed.cmp(&a.failed))
+            .then_with(|| a.comm.cmp(&b.comm))
+    });
+}
+
+/// `-c` output, in the order given: a table (`COMM OPENS FAILED`), or with
+/// `json` one object per line with the fields `comm`, `opens`, `failed`.
+pub fn write_counts(out: &mut impl Write, counts: &[OpenCount], json: bool) -> io::Result<()> {
+    if !json {
+        writeln!(out, "{:<16} {:>12} {:>12}", "COMM", "OPENS", "FAILED")?;
+    }
+    for c in counts {
+        if json {
+            out.write_all(b"{\"comm\":")?;
+            format::write_json_str(out, c.comm.as_bytes())?;
+            writeln!(out, ",\"opens\":{},\"failed\":{}}}", c.opens, c.failed)?;
+        } else {
+            format::write_text(out, c.comm.as_bytes())?;
+            writeln!(
+                out,
+                "{:w$} {:>12} {:>12}",
+                "",
+                c.opens,
+                c.failed,
+                w = 16usize.saturating_sub(c.comm.chars().count())
+            )?;
+        }
+    }
+    Ok(())
 }
 
 pub fn write_header(out: &mut impl Write, timestamps: bool) -> io::Result<()> {
@@ -219,6 +450,71 @@ mod tests {
         assert_eq!(
             (lines[1]["pid"].as_u64(), lines[1]["tid"].as_u64()),
             (Some(42), Some(43))
+        );
+    }
+
+    fn count(comm: &str, opens: u64, failed: u64) -> OpenCount {
+        OpenCount {
+            comm: comm.into(),
+            opens,
+            failed,
+        }
+    }
+
+    #[test]
+    fn counts_sort_most_opens_first_then_stably() {
+        let mut c = vec![
+            count("b", 2, 0),
+            count("a", 9, 1),
+            count("d", 2, 1),
+            count("c", 2, 0),
+        ];
+        sort_counts(&mut c);
+        let order: Vec<&str> = c.iter().map(|c| c.comm.as_str()).collect();
+        assert_eq!(order, ["a", "d", "b", "c"]);
+    }
+
+    #[test]
+    fn count_json_has_the_documented_fields() {
+        let mut out = Vec::new();
+        let rows = [count("cat", 12, 3), count("we\"ird\n", 1, 0)];
+        write_counts(&mut out, &rows, true).expect("write");
+        let lines: Vec<serde_json::Value> = String::from_utf8(out)
+            .expect("utf8")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                serde_json::json!({"comm": "cat", "opens": 12, "failed": 3}),
+                serde_json::json!({"comm": "we\"ird\n", "opens": 1, "failed": 0}),
+            ]
+        );
+    }
+
+    #[test]
+    fn count_table_columns_line_up_with_the_header() {
+        let mut out = Vec::new();
+        let rows = [count("systemd-journal", 123_456, 7), count("é\tx", 5, 5)];
+        write_counts(&mut out, &rows, false).expect("write");
+        let text = String::from_utf8(out).expect("utf8");
+        let lines: Vec<Vec<char>> = text.lines().map(|l| l.chars().collect()).collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let header: String = lines[0].iter().collect();
+        // Right-aligned numbers end where their header does.
+        let opens_end = header.find("OPENS").expect("OPENS") + "OPENS".len();
+        for (row, opens, failed) in [(&lines[1], "123456", "7"), (&lines[2], "5", "5")] {
+            assert_eq!(row.len(), lines[0].len(), "{text}");
+            let cut: String = row[..opens_end].iter().collect();
+            let whole: String = row.iter().collect();
+            assert!(cut.ends_with(&format!(" {opens}")), "{text}");
+            assert!(whole.ends_with(&format!(" {failed}")), "{text}");
+        }
+        // A control character cannot break the row.
+        assert!(
+            text.lines().nth(2).is_some_and(|l| l.starts_with("é?x ")),
+            "{text}"
         );
     }
 

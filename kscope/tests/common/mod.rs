@@ -132,6 +132,17 @@ pub fn wait_prog_gone(id: u64, limit: Duration) -> bool {
     !prog_exists(id)
 }
 
+/// Asserts every program in `ids` is freed within 5 s (see
+/// [`wait_prog_gone`]).
+pub fn assert_progs_gone(ids: &[u64]) {
+    for &id in ids {
+        assert!(
+            wait_prog_gone(id, Duration::from_secs(5)),
+            "program {id} left loaded"
+        );
+    }
+}
+
 /// Parses `kscope fw stats --json` output into one value per interface.
 pub fn stats_json(stdout: &str) -> Vec<serde_json::Value> {
     stdout
