@@ -7,7 +7,8 @@
 //! - peak RSS: VmHWM of the tool's process after the overhead runs;
 //! - overhead: extra ns per openat(2) of a missing path, against the same
 //!   loop with no tracer, with the tool printing each event into a pipe that
-//!   is read and discarded, and (bpftrace) only counting;
+//!   is read and discarded, or only counting in the kernel (kscope's `-c`,
+//!   bpftrace's `count()`);
 //! - throughput: the highest offered rate (opens/s, from one paced
 //!   generator thread) that kscope delivered with zero loss.
 
@@ -259,6 +260,12 @@ fn main() -> anyhow::Result<()> {
     rows.push(measure(
         "kscope trace open --json (printing)",
         Command::new(&kscope).args(["trace", "open", "--json"]),
+        true,
+        base,
+    )?);
+    rows.push(measure(
+        "kscope trace open -c (counting)",
+        Command::new(&kscope).args(["trace", "open", "-c"]),
         true,
         base,
     )?);
