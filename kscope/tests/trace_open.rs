@@ -236,18 +236,7 @@ fn assert_detached_after(signal: i32, env: Option<(&str, &str)>) {
     });
     let tid = tid.to_string();
     let args = ["trace", "open", "--json", "-t", &tid];
-    let tracer = match env {
-        None => Tracer::start(&args, true, READY),
-        Some((k, v)) => {
-            // SAFETY: no test in this binary reads this variable; the child
-            // inherits it at spawn.
-            unsafe { std::env::set_var(k, v) };
-            let t = Tracer::start(&args, true, READY);
-            // SAFETY: as above.
-            unsafe { std::env::remove_var(k) };
-            t
-        }
-    };
+    let tracer = Tracer::start_env(&args, env.as_slice(), true, READY);
     let ids = tracer.prog_ids();
     assert!(
         ids.len() >= 2,

@@ -188,8 +188,16 @@ impl Tracer {
     /// Starts `kscope ARGS` with stdout piped (or discarded) and waits until
     /// it reports readiness on stderr ("(ready)"), at most `limit`.
     pub fn start(args: &[&str], stdout: bool, limit: Duration) -> Tracer {
+        Self::start_env(args, &[], stdout, limit)
+    }
+
+    /// [`Tracer::start`] with `env` (name, value) set for kscope alone: the
+    /// test process's environment, which other tests' children inherit,
+    /// stays as it is.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)], stdout: bool, limit: Duration) -> Tracer {
         use std::io::BufRead as _;
         let mut child = kscope_cmd(None, args)
+            .envs(env.iter().copied())
             .stdout(if stdout {
                 std::process::Stdio::piped()
             } else {
