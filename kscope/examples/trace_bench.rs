@@ -242,12 +242,21 @@ fn two_producers(kscope: &str) -> anyhow::Result<(u64, u64, u64)> {
     Ok((generated, s.events, s.lost))
 }
 
+/// The 1-minute load average.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn opt(v: Option<f64>, prec: usize) -> String {
     v.map_or_else(|| "n/a".into(), |v| format!("{v:.prec$}"))
 }
 
 fn main() -> anyhow::Result<()> {
     let kscope = std::env::var("KSCOPE_BIN").unwrap_or_else(|_| "target/release/kscope".into());
+    let load_start = loadavg();
     open_loop(OPENS / 10);
     let base = open_median(5, OPENS / 4);
     eprintln!("baseline: {} ns per openat", base.as_nanos());
@@ -331,9 +340,14 @@ fn main() -> anyhow::Result<()> {
         }),
     }
 
+    // Noise: the same baseline again after every tool has run, and the
+    // machine's load, as the kernel reports it, at both ends.
+    let base_end = open_median(5, OPENS / 4);
     println!(
-        "Baseline: {} ns per openat(2) of a missing path with no tracer.\n",
-        base.as_nanos()
+        "Baseline: {} ns per openat(2) of a missing path with no tracer ({} ns after the tools ran; load average {load_start} at the start, {} at the end).\n",
+        base.as_nanos(),
+        base_end.as_nanos(),
+        loadavg()
     );
     println!(
         "| tool | start to attached (ms) | peak RSS (MiB) | overhead per openat (ns) | ratio to baseline |"
