@@ -3,7 +3,7 @@
 //!
 //! - startup: from spawning the tool to its readiness line (kscope: the
 //!   "(ready)" line on stderr; bpftrace: a `BEGIN` printf, which runs once
-//!   every probe is attached);
+//!   every probe is attached), the median of 5 starts;
 //! - peak RSS: VmHWM of the tool's process after the overhead runs;
 //! - overhead: extra ns per openat(2) of a missing path, against the same
 //!   loop with no tracer, with the tool printing each event into a pipe that
@@ -139,9 +139,20 @@ fn open_median(runs: usize, n: u64) -> Duration {
     v[runs / 2]
 }
 
+/// Times a tool is started: the row shows the median (odd, so it is one of
+/// them; a single start moves by tens of ms when the machine is busy).
+const STARTS: usize = 5;
+
 fn measure(tool: &str, cmd: &mut Command, on_stderr: bool, base: Duration) -> anyhow::Result<Row> {
+    let mut starts = Vec::with_capacity(STARTS);
+    for _ in 1..STARTS {
+        let t = spawn(cmd, on_stderr)?;
+        starts.push(t.startup);
+        stop(t)?;
+    }
     let t = spawn(cmd, on_stderr)?;
-    let startup = t.startup;
+    starts.push(t.startup);
+    starts.sort();
     // Warm up, then measure.
     open_loop(OPENS / 10);
     let per = open_median(5, OPENS / 4);
@@ -149,10 +160,20 @@ fn measure(tool: &str, cmd: &mut Command, on_stderr: bool, base: Duration) -> an
     stop(t)?;
     Ok(Row {
         tool: tool.into(),
-        startup_ms: Some(startup.as_secs_f64() * 1e3),
+        startup_ms: Some(starts[STARTS / 2].as_secs_f64() * 1e3),
         rss_mib: Some(rss as f64 / 1024.0),
         overhead_ns: Some(per.as_nanos() as f64 - base.as_nanos() as f64),
     })
+}
+
+/// A row for a tool that could not be measured, saying why.
+fn failed_row(tool: &str, e: &anyhow::Error) -> Row {
+    Row {
+        tool: format!("{tool}: failed: {e:#}"),
+        startup_ms: None,
+        rss_mib: None,
+        overhead_ns: None,
+    }
 }
 
 /// Offers `rate` opens/s for 2 s from a paced thread traced by kscope (only
@@ -242,33 +263,38 @@ fn two_producers(kscope: &str) -> anyhow::Result<(u64, u64, u64)> {
     Ok((generated, s.events, s.lost))
 }
 
+/// The 1-minute load average.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn opt(v: Option<f64>, prec: usize) -> String {
     v.map_or_else(|| "n/a".into(), |v| format!("{v:.prec$}"))
 }
 
 fn main() -> anyhow::Result<()> {
     let kscope = std::env::var("KSCOPE_BIN").unwrap_or_else(|_| "target/release/kscope".into());
+    let load_start = loadavg();
     open_loop(OPENS / 10);
     let base = open_median(5, OPENS / 4);
     eprintln!("baseline: {} ns per openat", base.as_nanos());
-    let mut rows = vec![measure(
-        "kscope trace open (printing)",
-        Command::new(&kscope).args(["trace", "open"]),
-        true,
-        base,
-    )?];
-    rows.push(measure(
-        "kscope trace open --json (printing)",
-        Command::new(&kscope).args(["trace", "open", "--json"]),
-        true,
-        base,
-    )?);
-    rows.push(measure(
-        "kscope trace open -c (counting)",
-        Command::new(&kscope).args(["trace", "open", "-c"]),
-        true,
-        base,
-    )?);
+    let mut rows = Vec::new();
+    for (name, args) in [
+        ("kscope trace open (printing)", &["trace", "open"][..]),
+        (
+            "kscope trace open --json (printing)",
+            &["trace", "open", "--json"],
+        ),
+        ("kscope trace open -c (counting)", &["trace", "open", "-c"]),
+    ] {
+        match measure(name, Command::new(&kscope).args(args), true, base) {
+            Ok(r) => rows.push(r),
+            Err(e) => rows.push(failed_row(name, &e)),
+        }
+    }
     let bt = |prog: &str| {
         let mut c = Command::new("bpftrace");
         c.args([
@@ -286,15 +312,14 @@ fn main() -> anyhow::Result<()> {
             "bpftrace count() (counting)",
             "tracepoint:syscalls:sys_exit_openat { @c = count(); }",
         ),
+        (
+            "bpftrace count() by comm (counting)",
+            "tracepoint:syscalls:sys_exit_openat { @c[comm] = count(); }",
+        ),
     ] {
         match measure(name, &mut bt(prog), false, base) {
             Ok(r) => rows.push(r),
-            Err(e) => rows.push(Row {
-                tool: format!("{name}: failed: {e:#}"),
-                startup_ms: None,
-                rss_mib: None,
-                overhead_ns: None,
-            }),
+            Err(e) => rows.push(failed_row(name, &e)),
         }
     }
     match Command::new("opensnoop-bpfcc").arg("-d").arg("1").output() {
@@ -331,9 +356,14 @@ fn main() -> anyhow::Result<()> {
         }),
     }
 
+    // Noise: the same baseline again after every tool has run, and the
+    // machine's load, as the kernel reports it, at both ends.
+    let base_end = open_median(5, OPENS / 4);
     println!(
-        "Baseline: {} ns per openat(2) of a missing path with no tracer.\n",
-        base.as_nanos()
+        "Baseline: {} ns per openat(2) of a missing path with no tracer ({} ns after the tools ran; load average {load_start} at the start, {} at the end).\n",
+        base.as_nanos(),
+        base_end.as_nanos(),
+        loadavg()
     );
     println!(
         "| tool | start to attached (ms) | peak RSS (MiB) | overhead per openat (ns) | ratio to baseline |"

@@ -561,3 +561,146 @@ fn open_counter_drop_detaches_everything() {
     drop(counter);
     assert_progs_gone(&ours);
 }
+
+// ---- the loader's view without kernel BTF (sys::without_kernel_btf) ----
+
+fn ns_of(path: &std::path::Path) -> Option<(u64, u64)> {
+    kscope::sys::ns_id(path).ok()
+}
+
+/// Mount namespaces of every thread of process `pid` (a thread that is
+/// exiting may have none left to show).
+fn thread_mnt_ns(pid: &str) -> Vec<(u64, u64)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .flatten()
+        .filter_map(|t| ns_of(&t.path().join("ns/mnt")))
+        .collect()
+}
+
+/// Every tracer builds aya's loader on a helper thread that sees an empty
+/// /sys/kernel/btf. The helper sees exactly that; the process, and a
+/// kscope started from the CLI, keep their mount namespace and mounts.
+#[test]
+fn hiding_kernel_btf_leaves_no_mount_and_no_namespace_behind() {
+    use kscope::trace::{Filters, open::OpenCounter};
+    require_root();
+    let _one = in_process();
+    let vmlinux = std::path::Path::new(kscope::sys::KERNEL_BTF_DIR).join("vmlinux");
+    if !vmlinux.exists() {
+        skip("kernel BTF", "no /sys/kernel/btf/vmlinux: nothing to hide");
+        return;
+    }
+    // Mounted first, so starting a tracer mounts nothing of its own.
+    kscope::sys::ensure_tracefs().expect("tracefs");
+    let mounts = || std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let own = std::path::Path::new("/proc/self/ns/mnt");
+    let (mounts_before, ns_before) = (mounts(), ns_of(own).expect("own mount ns"));
+
+    let (helper_ns, helper_sees_vmlinux, helper_mounts) = kscope::sys::without_kernel_btf(|| {
+        (
+            ns_of(std::path::Path::new("/proc/thread-self/ns/mnt")),
+            vmlinux.exists(),
+            std::fs::read_to_string("/proc/thread-self/mountinfo").expect("mountinfo"),
+        )
+    })
+    .expect("root can hide the kernel's BTF");
+    assert_ne!(
+        helper_ns,
+        Some(ns_before),
+        "the helper has a namespace of its own"
+    );
+    assert!(!helper_sees_vmlinux, "the helper must not see {vmlinux:?}");
+    assert!(
+        helper_mounts
+            .lines()
+            .any(|l| l.contains(" /sys/kernel/btf ") && l.contains(" - tmpfs ")),
+        "no tmpfs on /sys/kernel/btf in the helper's mounts:\n{helper_mounts}"
+    );
+
+    // A tracer start in this process, through the same path.
+    let counter = OpenCounter::start(&Filters {
+        comm: Some(unique_comm("m")),
+        ..Filters::default()
+    })
+    .expect("start the counter");
+    drop(counter);
+    // And one from the CLI, checked while it runs.
+    let tracer = Tracer::start(&["trace", "open", "-n", &unique_comm("k")], false, READY);
+    let child_ns = thread_mnt_ns(&tracer.child.id().to_string());
+    let (status, _, err) = tracer.stop(libc::SIGINT);
+    assert!(status.success(), "{status}: {err}");
+    assert!(
+        child_ns.iter().all(|&n| n == ns_before),
+        "kscope's threads left our mount namespace: {child_ns:?} vs {ns_before:?}"
+    );
+
+    assert_eq!(mounts(), mounts_before, "the mounts changed");
+    assert_eq!(ns_of(own), Some(ns_before));
+    // Helper threads end asynchronously: within 5 s, every thread left
+    // is in the original namespace.
+    let start = Instant::now();
+    loop {
+        let all = thread_mnt_ns("self");
+        if all.iter().all(|&n| n == ns_before) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "threads still in another mount namespace: {all:?} vs {ns_before:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Where / is shared (systemd's default), a mount in a copied namespace
+/// propagates back unless the copy is made private first. Checked from a
+/// thread in a namespace of its own whose mounts are shared (and private
+/// from the rest of the system, so a regression cannot leak further).
+#[test]
+fn hiding_kernel_btf_does_not_propagate_to_shared_mounts() {
+    require_root();
+    let vmlinux = std::path::Path::new(kscope::sys::KERNEL_BTF_DIR).join("vmlinux");
+    if !vmlinux.exists() {
+        skip("kernel BTF", "no /sys/kernel/btf/vmlinux: nothing to hide");
+        return;
+    }
+    let t = std::thread::spawn(move || {
+        let mount = |flags: libc::c_ulong| {
+            // SAFETY: a NUL-terminated target; the other pointers are null
+            // (a propagation change).
+            let rc = unsafe {
+                libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    flags,
+                    std::ptr::null(),
+                )
+            };
+            assert_eq!(rc, 0, "mount: {}", std::io::Error::last_os_error());
+        };
+        // SAFETY: unshare takes no pointers; only this thread moves.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNS) };
+        assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
+        mount(libc::MS_REC | libc::MS_PRIVATE);
+        mount(libc::MS_REC | libc::MS_SHARED);
+        let mounts = || std::fs::read_to_string("/proc/thread-self/mountinfo").expect("mountinfo");
+        let before = mounts();
+        assert!(before.contains(" shared:"), "not shared:\n{before}");
+        let hidden = kscope::sys::without_kernel_btf(|| !vmlinux.exists())
+            .expect("root can hide the kernel's BTF");
+        assert!(hidden, "the helper must not see {vmlinux:?}");
+        let after = mounts();
+        let added: Vec<&str> = after.lines().filter(|l| !before.contains(l)).collect();
+        assert!(
+            added.is_empty(),
+            "the helper's mounts propagated back: {added:?}"
+        );
+        assert_eq!(after, before);
+        assert!(vmlinux.exists());
+    });
+    if let Err(panic) = t.join() {
+        std::panic::resume_unwind(panic);
+    }
+}

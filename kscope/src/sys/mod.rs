@@ -6,7 +6,7 @@
 //! (see [`parse_cap_eff`]) so unit tests can feed them recorded files.
 
 use std::{
-    ffi::CString,
+    ffi::{CStr, CString},
     fmt, fs, io,
     os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
@@ -179,14 +179,27 @@ fn mount(fstype: &str, target: &Path) -> io::Result<()> {
     let src = CString::new(fstype).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let tgt = CString::new(target.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: all pointers are valid NUL-terminated strings; data is null.
+    mount_raw(Some(&src), &tgt, Some(&src), 0, None)
+}
+
+/// mount(2) with C strings (`None` for a null pointer).
+fn mount_raw(
+    source: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+    data: Option<&CStr>,
+) -> io::Result<()> {
+    let ptr = |s: Option<&CStr>| s.map_or(std::ptr::null(), CStr::as_ptr);
+    // SAFETY: every pointer is null or a valid NUL-terminated string, which
+    // mount(2) only reads.
     let rc = unsafe {
         libc::mount(
-            src.as_ptr(),
-            tgt.as_ptr(),
-            src.as_ptr(),
-            0,
-            std::ptr::null(),
+            ptr(source),
+            target.as_ptr(),
+            ptr(fstype),
+            flags,
+            ptr(data).cast(),
         )
     };
     if rc == 0 {
@@ -194,6 +207,65 @@ fn mount(fstype: &str, target: &Path) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Where the running kernel publishes its BTF (`vmlinux`, and modules').
+pub const KERNEL_BTF_DIR: &str = "/sys/kernel/btf";
+
+/// Runs `f` on a short-lived helper thread that sees [`KERNEL_BTF_DIR`]
+/// empty, and returns what `f` returned.
+///
+/// What for: aya's `EbpfLoader::new()` reads and parses the kernel's whole
+/// BTF (5 MiB on 6.18, some 19 MiB of heap at its peak) even for objects
+/// with no CO-RE relocations, such as kscope's tracers (aya-rs/aya#1172);
+/// built here, it finds no BTF and skips that work.
+///
+/// How: the helper unshares its mount namespace (CLONE_NEWNS), makes every
+/// mount in the copy private (otherwise a new mount under a shared one, as
+/// systemd sets up /, would propagate back to the original namespace), and
+/// mounts an empty read-only tmpfs on [`KERNEL_BTF_DIR`]. The caller and
+/// every other thread stay in the original namespace throughout; the
+/// helper's namespace, and the tmpfs with it, is freed when the thread
+/// exits. A helper rather than the calling thread because unsharing the
+/// mount namespace also gives a thread its own copy of the process's
+/// working directory, root and umask (CLONE_FS), which a thread that went
+/// back with setns(2) would keep for good.
+///
+/// Minimum kernel: any (unshare(2) is 2.6.16).
+///
+/// # Errors
+/// The process cannot (no CAP_SYS_ADMIN, as in most containers; a seccomp
+/// filter or an LSM refusing unshare or mount), there is no BTF directory
+/// to hide, or the thread could not be started. `f` has then not run: the
+/// caller falls back to running it the ordinary way.
+pub fn without_kernel_btf<T: Send>(f: impl FnOnce() -> T + Send) -> io::Result<T> {
+    let dir = CString::new(KERNEL_BTF_DIR).map_err(io::Error::other)?;
+    if !Path::new(KERNEL_BTF_DIR).is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{KERNEL_BTF_DIR} is not a directory"),
+        ));
+    }
+    std::thread::scope(|s| {
+        let helper = std::thread::Builder::new()
+            .name("kscope-nobtf".into())
+            .spawn_scoped(s, move || {
+                // SAFETY: unshare takes no pointers; CLONE_NEWNS (with the
+                // CLONE_FS it implies) changes only this thread.
+                if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let private = libc::MS_REC | libc::MS_PRIVATE;
+                mount_raw(None, c"/", None, private, None)?;
+                let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+                let data = c"mode=0555,size=4k";
+                mount_raw(Some(c"none"), &dir, Some(c"tmpfs"), flags, Some(data))?;
+                Ok(f())
+            })?;
+        helper
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 fn ensure_fs(path: &Path, magic: i64, fstype: &str) -> io::Result<()> {

@@ -94,7 +94,7 @@ struct Offsets {
 fn sock_offsets() -> (u32, u32, u32) {
     // Fallbacks: skc_rcv_saddr and skc_num have sat at 4 and 14 since
     // Linux 2.6 (include/net/sock.h); the IPv6 address has no fixed place.
-    match Btf::from_sys_fs() {
+    match Btf::from_sys_fs(&["sock_common"]) {
         Ok(btf) => {
             let off =
                 |m: &str, default: u32| btf.member_offset("sock_common", m).unwrap_or(default);

@@ -47,7 +47,7 @@ pub struct ExecOpts {
 }
 
 fn task_offsets() -> (u32, u32) {
-    match Btf::from_sys_fs().and_then(|b| {
+    match Btf::from_sys_fs(&["task_struct"]).and_then(|b| {
         Ok((
             b.member_offset("task_struct", "real_parent")?,
             b.member_offset("task_struct", "tgid")?,
