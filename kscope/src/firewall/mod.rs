@@ -44,7 +44,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Array, Map, MapData, PerCpuArray, ProgramArray},
     programs::{Xdp, XdpMode, links::FdLink},
 };
@@ -217,7 +217,8 @@ impl Policy {
 /// [`FwError::Load`] with the verifier log when a program is rejected.
 pub fn load_pipeline(policy: Policy) -> Result<Ebpf, FwError> {
     let drop = policy.raw();
-    let mut ebpf = EbpfLoader::new()
+    // No CO-RE relocations: no need for aya to parse the kernel's BTF.
+    let mut ebpf = sys::loader_without_kernel_btf()
         .override_global("DEFAULT_DROP", &drop, true)
         .load(FW_XDP_OBJ)
         .map_err(|e| FwError::Load(format!("{e:#}")))?;

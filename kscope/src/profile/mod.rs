@@ -28,7 +28,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, StackTraceMap},
     programs::{
         PerfEvent,
@@ -197,7 +197,8 @@ impl Sampler {
         let idle = u32::from(opts.include_idle);
         let stacks = if opts.sides.kernel { STACKS_KERNEL } else { 0 }
             | if opts.sides.user { STACKS_USER } else { 0 };
-        let mut ebpf = EbpfLoader::new()
+        // No CO-RE relocations: no need for aya to parse the kernel's BTF.
+        let mut ebpf = crate::sys::loader_without_kernel_btf()
             .override_global(GLOBAL_FILTER_PIDS, &filter, true)
             .override_global(GLOBAL_INCLUDE_IDLE, &idle, true)
             .override_global(GLOBAL_STACKS, &stacks, true)

@@ -268,6 +268,20 @@ pub fn without_kernel_btf<T: Send>(f: impl FnOnce() -> T + Send) -> io::Result<T
     })
 }
 
+/// An aya loader with no kernel BTF, for objects without CO-RE relocations
+/// (all of kscope's: they take kernel offsets from [`btf`] and tracefs).
+/// Built through [`without_kernel_btf`], so it does not parse the kernel's
+/// BTF at all; where that cannot be done, it parses it and drops the result
+/// at once.
+pub fn loader_without_kernel_btf<'a>() -> aya::EbpfLoader<'a> {
+    let mut loader = without_kernel_btf(aya::EbpfLoader::new).unwrap_or_else(|e| {
+        tracing::debug!("kernel BTF not hidden from the loader ({e}); it will parse it");
+        aya::EbpfLoader::new()
+    });
+    loader.btf(None);
+    loader
+}
+
 fn ensure_fs(path: &Path, magic: i64, fstype: &str) -> io::Result<()> {
     if fs_magic(path).ok() == Some(magic) {
         return Ok(());

@@ -26,7 +26,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{MapData, PerCpuArray, RingBuf},
 };
 use kscope_common::trace::{
@@ -134,14 +134,8 @@ pub fn load_sized(
     // The tracers read kernel structs through offsets they look up
     // themselves, not CO-RE relocations, so aya need not load and parse the
     // kernel's BTF (several MiB), which EbpfLoader::new() does regardless:
-    // that alone was most of the start time and the peak memory. Built
-    // where the BTF is hidden, it skips the parse; where it cannot be
-    // hidden, it parses and the result is dropped at once.
-    let mut loader = sys::without_kernel_btf(EbpfLoader::new).unwrap_or_else(|e| {
-        tracing::debug!("kernel BTF not hidden from the loader ({e}); it will parse it");
-        EbpfLoader::new()
-    });
-    loader.btf(None);
+    // that alone was most of the start time and the peak memory.
+    let mut loader = sys::loader_without_kernel_btf();
     for (name, value) in &globals {
         loader.override_global(name, value, true);
     }
