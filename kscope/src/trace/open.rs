@@ -275,8 +275,7 @@ async fn wait_for_stop(signals: &mut super::Signals, duration: Option<Duration>)
         }
     };
     tokio::select! {
-        _ = signals.int.recv() => Stop::Interrupt,
-        _ = signals.term.recv() => Stop::Terminate,
+        stop = signals.recv() => stop,
         () = sleep => Stop::Duration,
     }
 }
