@@ -286,6 +286,17 @@ impl Tracer {
     }
 }
 
+/// A test that panics before [`Tracer::stop`] must not leave its kscope
+/// running (and its programs attached): the child is killed and reaped.
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Program ids a process holds file descriptors for (prog fds and links).
 pub fn prog_ids_of(pid: u32) -> Vec<u64> {
     let mut ids = Vec::new();
