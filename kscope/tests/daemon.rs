@@ -603,13 +603,21 @@ fn rss_anon_kib(pid: u32) -> u64 {
         .expect("RssAnon in status")
 }
 
-/// How long the soak runs: 60 s, or `KSCOPE_SOAK_SECS`.
-fn soak_secs() -> u64 {
-    std::env::var("KSCOPE_SOAK_SECS")
+/// How many scrapes the soak makes: 240 (about a minute at one scrape
+/// every 250 ms on an idle machine), or `KSCOPE_SOAK_SCRAPES`. The soak's
+/// phases are counted in scrapes, not seconds, so a slow or busy machine
+/// makes it longer, never thinner: the first fifth is warm-up, every later
+/// scrape is followed by one RSS sample, and the rules churn every eighth.
+fn soak_scrapes() -> u64 {
+    std::env::var("KSCOPE_SOAK_SCRAPES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(60)
+        .filter(|&n| n >= 20)
+        .unwrap_or(240)
 }
+
+/// Rules change (a reload and a live edit) once every this many scrapes.
+const SOAK_CHURN_EVERY: u64 = 8;
 
 /// The most the peak of the daemon's anonymous resident memory may grow
 /// from the first to the second half of the soak (after a warm-up of a
@@ -618,8 +626,8 @@ fn soak_secs() -> u64 {
 /// the peaks must match; 2 MiB allows for allocator noise and no more.
 const SOAK_RSS_GROWTH_KIB: u64 = 2048;
 
-/// About a minute of mixed traffic, rule churn (reloads and live edits from
-/// a second kscope), execs and connects, scraped every 250 ms: resident
+/// [`soak_scrapes`] scrapes (about a minute) of mixed traffic, rule churn
+/// (reloads and live edits from a second kscope), execs and connects: resident
 /// memory stays within [`SOAK_RSS_GROWTH_KIB`] after warm-up, every scrape
 /// succeeds, no counter ever goes backwards or disappears, and the final
 /// counts equal what was generated.
@@ -648,9 +656,8 @@ fn soak_with_traffic_and_rule_churn_keeps_memory_bounded_and_loses_no_metrics() 
 
     let daemon = start_daemon(&lab, &cfg);
     let pid = daemon.child.id();
-    let secs = soak_secs();
-    let warm = Duration::from_secs(secs / 5);
-    let end = Duration::from_secs(secs);
+    let total = soak_scrapes();
+    let warm = total / 5;
 
     let stop = AtomicBool::new(false);
     let sent4 = AtomicU64::new(0);
@@ -708,16 +715,14 @@ fn soak_with_traffic_and_rule_churn_keeps_memory_bounded_and_loses_no_metrics() 
         });
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut last: Option<Vec<Sample>> = None;
-            let mut next_churn = Instant::now() + Duration::from_secs(2);
-            while start.elapsed() < end {
+            while scrapes < total {
                 let now = scrape(&lab.b);
                 scrapes += 1;
                 if let Some(prev) = &last {
                     check_monotonic(prev, &now);
                 }
                 last = Some(now);
-                if Instant::now() >= next_churn {
-                    next_churn += Duration::from_secs(2);
+                if scrapes.is_multiple_of(SOAK_CHURN_EVERY) {
                     reloads += 1;
                     dir.write("b.rules", &rules[reloads as usize % 2]);
                     hup(pid);
@@ -725,9 +730,10 @@ fn soak_with_traffic_and_rule_churn_keeps_memory_bounded_and_loses_no_metrics() 
                     let verb = if reloads % 4 < 2 { "block" } else { "unblock" };
                     let _ = common::kscope(None, &["fw", verb, "--iface", &b, "203.0.113.7"]);
                 }
-                if start.elapsed() >= warm {
+                if scrapes > warm {
                     rss.push(rss_anon_kib(pid));
                 }
+                // Pacing only: how long this takes decides nothing.
                 std::thread::sleep(Duration::from_millis(250));
             }
         }));
@@ -736,12 +742,14 @@ fn soak_with_traffic_and_rule_churn_keeps_memory_bounded_and_loses_no_metrics() 
             std::panic::resume_unwind(p);
         }
     });
-    assert!(rss.len() >= 8, "only {} RSS samples", rss.len());
+    // Every phase is counted, so the samples are exactly these.
+    assert_eq!(rss.len() as u64, total - warm, "RSS samples");
     let (first, second) = rss.split_at(rss.len() / 2);
     let peak = |h: &[u64]| h.iter().copied().max().unwrap_or(0);
     let (rss_first, rss_second) = (peak(first), peak(second));
     eprintln!(
-        "soak: {secs} s, {scrapes} scrapes, {reloads} reloads, {} IPv4 packets, {} execs, {} connects, {} opens; peak anonymous RSS {rss_first} KiB in the first half, {rss_second} KiB in the second",
+        "soak: {:.0?}, {scrapes} scrapes, {reloads} reloads, {} IPv4 packets, {} execs, {} connects, {} opens; peak anonymous RSS {rss_first} KiB in the first half, {rss_second} KiB in the second",
+        start.elapsed(),
         sent4.load(Ordering::Relaxed),
         execs.load(Ordering::Relaxed),
         connects.load(Ordering::Relaxed),
