@@ -24,6 +24,30 @@ pub const GLOBAL_WAKEUP_BYTES: &str = "WAKEUP_BYTES";
 /// Length of a task's comm, NUL included (TASK_COMM_LEN).
 pub const COMM_LEN: usize = 16;
 
+// ---- count mode, every tracer (`-c`) ----
+
+/// Load-time global: 1 = count mode. The programs that would submit an
+/// event count it instead under the tracer's key (`OpenKey`, `ExecKey`,
+/// `ConnectKey`) in `TRACE_COUNTS`, and submit nothing.
+pub const GLOBAL_COUNT_MODE: &str = "COUNT_MODE";
+/// Per-CPU hash, the tracer's key to [`Counts`]: count mode's totals.
+pub const MAP_COUNTS: &str = "TRACE_COUNTS";
+/// Per-CPU `u64`: events count mode could not count because `TRACE_COUNTS`
+/// was full.
+pub const MAP_UNCOUNTED: &str = "TRACE_UNCOUNTED";
+/// Keys `TRACE_COUNTS` holds.
+pub const COUNTS_MAX: u32 = 10_240;
+
+/// Count mode's value per key (on each CPU, in `TRACE_COUNTS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Events counted, failed ones included.
+    pub events: u64,
+    /// Of those, the ones whose call returned an error.
+    pub failed: u64,
+}
+
 // ---- trace_open ----
 
 pub const PROG_OPEN_ENTER_OPENAT: &str = "trace_open_enter_openat";
@@ -35,32 +59,18 @@ pub const PROG_OPEN_EXIT_OPENAT2: &str = "trace_open_exit_openat2";
 /// Only failed opens (`-x`).
 pub const GLOBAL_FAILED_ONLY: &str = "FAILED_ONLY";
 
-/// Count mode (`-c`, [`OpenCounts`]): the exit programs count each open
-/// under its task's comm and submit no events; the enter programs are not
-/// attached.
-pub const GLOBAL_COUNT_MODE: &str = "COUNT_MODE";
-/// Per-CPU hash, comm (`[u8; COMM_LEN]`, NUL-padded) to [`OpenCounts`]:
-/// count mode's totals.
-pub const MAP_OPEN_COUNTS: &str = "OPEN_COUNTS";
-/// Per-CPU `u64`: opens count mode could not count because
-/// `OPEN_COUNTS` was full.
-pub const MAP_OPEN_UNCOUNTED: &str = "OPEN_UNCOUNTED";
-/// Process names `OPEN_COUNTS` holds.
-pub const OPEN_COUNTS_MAX: u32 = 10_240;
-/// Arguments of in-flight opens by thread id (printing mode).
-pub const MAP_OPEN_PENDING: &str = "OPEN_PENDING";
-
 /// Bytes of path kept per open event, NUL included.
 pub const PATH_LEN: usize = 256;
 
-/// Count mode's value per comm (on each CPU, in `OPEN_COUNTS`).
+/// Arguments of in-flight opens by thread id.
+pub const MAP_OPEN_PENDING: &str = "OPEN_PENDING";
+
+/// An open's key in count mode: the task's comm (the thread's name),
+/// NUL-padded.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OpenCounts {
-    /// Opens that returned, failed ones included.
-    pub opens: u64,
-    /// Of those, the ones that returned an error.
-    pub failed: u64,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OpenKey {
+    pub comm: [u8; COMM_LEN],
 }
 
 /// One open(2)/openat(2)/openat2(2), reported at syscall exit.
@@ -99,7 +109,15 @@ mod pod {
     // SAFETY: as above, with `_pad` explicit.
     unsafe impl aya::Pod for super::OpenArgs {}
     // SAFETY: #[repr(C)], two u64s.
-    unsafe impl aya::Pod for super::OpenCounts {}
+    unsafe impl aya::Pod for super::Counts {}
+    // SAFETY: #[repr(C)], a byte array.
+    unsafe impl aya::Pod for super::OpenKey {}
+    // SAFETY: #[repr(C)], integers and byte arrays, padding explicit
+    // (16 + 4 + 4 = 24 bytes, 4-aligned).
+    unsafe impl aya::Pod for super::ExecKey {}
+    // SAFETY: #[repr(C)], integers and byte arrays, no implicit padding
+    // (16 + 16 + 4 * 3 + 2 * 2 = 48 bytes, 4-aligned).
+    unsafe impl aya::Pod for super::ConnectKey {}
 }
 
 // ---- trace_connect ----
@@ -185,6 +203,26 @@ pub struct ConnectStart {
     pub comm: [u8; COMM_LEN],
 }
 
+/// Load-time global: 1 = count connects per task too (`ConnectKey`'s pid
+/// and comm); 0 = by destination and result only, as the daemon does.
+pub const GLOBAL_COUNT_BY_TASK: &str = "COUNT_BY_TASK";
+
+/// A connect's key in count mode. `pid` and `comm` are zero unless
+/// `COUNT_BY_TASK` is set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnectKey {
+    pub comm: [u8; COMM_LEN],
+    /// Network byte order; IPv4 in the first four bytes.
+    pub daddr: [u8; 16],
+    pub pid: u32,
+    /// As `ConnectEvent::ret`, 0 when `has_ret` is 0.
+    pub ret: i32,
+    pub has_ret: u32,
+    pub family: u16,
+    pub dport: u16,
+}
+
 #[cfg(feature = "user")]
 mod connect_pod {
     // SAFETY: #[repr(C)], integers and byte arrays, padding explicit
@@ -231,6 +269,17 @@ pub struct ExecEvent {
     /// `argc` NUL-terminated arguments; `ARG_LEN` of slack at the end keeps
     /// every write in bounds for the verifier.
     pub args: [u8; ARGS_SIZE + ARG_LEN],
+}
+
+/// An exec's key in count mode: the task's name at exit (the new
+/// program's on success) and the result.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExecKey {
+    pub comm: [u8; COMM_LEN],
+    /// 0, or -errno.
+    pub ret: i32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]

@@ -1,5 +1,6 @@
 //! What every tracer shares: the ring buffer, the lost-event counter, the
-//! in-kernel filters (load-time globals) and the wakeup policy.
+//! in-kernel filters (load-time globals), the wakeup policy, and count mode
+//! (`-c`): totals per key in a per-CPU hash instead of events.
 //!
 //! [`tracer_common!`] defines these in each tracer binary, so every kernel
 //! object carries its own maps and globals and none carries another's.
@@ -37,14 +38,17 @@ pub fn comm_contains(comm: &[u8; 16], pat: &[u8; 16], len: usize) -> bool {
 }
 
 /// Defines, in a tracer binary, the ring buffer `TRACE_EVENTS`, the
-/// `TRACE_LOST` counter, the filter globals, and:
+/// `TRACE_LOST` counter, the filter globals, count mode's `TRACE_COUNTS`
+/// (keyed by `$key`), `TRACE_UNCOUNTED` and `COUNT_MODE`, and:
 /// - `passes_filters() -> bool`: this task passes pid, tid, uid and comm;
 /// - `submit_flags() -> u64`: wakeup flag for the record about to be
 ///   submitted (wake the consumer only once `WAKEUP_BYTES` are waiting);
-/// - `count_lost()`: the ring buffer was full.
+/// - `count_lost()`: the ring buffer was full;
+/// - `count_mode() -> bool`: count instead of submitting events;
+/// - `count_event(&key, failed)`: count one event in count mode.
 #[macro_export]
 macro_rules! tracer_common {
-    ($ring_bytes:expr) => {
+    ($ring_bytes:expr, $key:ty) => {
         #[aya_ebpf::macros::map(name = "TRACE_EVENTS")]
         static TRACE_EVENTS: aya_ebpf::maps::RingBuf =
             aya_ebpf::maps::RingBuf::with_byte_size($ring_bytes, 0);
@@ -67,6 +71,75 @@ macro_rules! tracer_common {
         static FILTER_COMM_LEN: u32 = 0;
         #[unsafe(no_mangle)]
         static WAKEUP_BYTES: u64 = 0;
+        #[unsafe(no_mangle)]
+        static COUNT_MODE: u32 = 0;
+
+        /// Count mode's totals per key.
+        ///
+        /// Per-CPU rather than one shared value: a process generating
+        /// events on every CPU at once does not bounce one cache line
+        /// between them. The price is memory, bounded and paid at load:
+        /// `COUNTS_MAX` x possible CPUs x 16 bytes; user space shrinks the
+        /// map to one entry outside count mode, and sums the CPUs when it
+        /// reads.
+        #[aya_ebpf::macros::map(name = "TRACE_COUNTS")]
+        static TRACE_COUNTS: aya_ebpf::maps::PerCpuHashMap<$key, kscope_common::trace::Counts> =
+            aya_ebpf::maps::PerCpuHashMap::with_max_entries(kscope_common::trace::COUNTS_MAX, 0);
+
+        /// Events count mode found no room for in `TRACE_COUNTS`.
+        #[aya_ebpf::macros::map(name = "TRACE_UNCOUNTED")]
+        static TRACE_UNCOUNTED: aya_ebpf::maps::PerCpuArray<u64> =
+            aya_ebpf::maps::PerCpuArray::with_max_entries(1, 0);
+
+        // The names above are the ones user space looks up.
+        const _: () = assert!($crate::same_name(
+            kscope_common::trace::MAP_EVENTS,
+            "TRACE_EVENTS"
+        ));
+        const _: () = assert!($crate::same_name(
+            kscope_common::trace::MAP_LOST,
+            "TRACE_LOST"
+        ));
+        const _: () = assert!($crate::same_name(
+            kscope_common::trace::MAP_COUNTS,
+            "TRACE_COUNTS"
+        ));
+        const _: () = assert!($crate::same_name(
+            kscope_common::trace::MAP_UNCOUNTED,
+            "TRACE_UNCOUNTED"
+        ));
+        const _: () = assert!($crate::same_name(
+            kscope_common::trace::GLOBAL_COUNT_MODE,
+            "COUNT_MODE"
+        ));
+        const _: () = assert!($crate::same_name(
+            kscope_common::trace::GLOBAL_PID,
+            "FILTER_PID"
+        ));
+        const _: () = assert!($crate::same_name(
+            kscope_common::trace::GLOBAL_TID,
+            "FILTER_TID"
+        ));
+        const _: () = assert!($crate::same_name(
+            kscope_common::trace::GLOBAL_UID,
+            "FILTER_UID"
+        ));
+        const _: () = assert!($crate::same_name(
+            kscope_common::trace::GLOBAL_UID_ON,
+            "FILTER_UID_ON"
+        ));
+        const _: () = assert!($crate::same_name(
+            kscope_common::trace::GLOBAL_COMM,
+            "FILTER_COMM"
+        ));
+        const _: () = assert!($crate::same_name(
+            kscope_common::trace::GLOBAL_COMM_LEN,
+            "FILTER_COMM_LEN"
+        ));
+        const _: () = assert!($crate::same_name(
+            kscope_common::trace::GLOBAL_WAKEUP_BYTES,
+            "WAKEUP_BYTES"
+        ));
 
         /// Reads a load-time global. Volatile, so the compiler cannot fold
         /// the placeholder value in; the verifier then prunes the branches
@@ -116,6 +189,53 @@ macro_rules! tracer_common {
             } else {
                 aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64
             }
+        }
+
+        #[inline(always)]
+        fn count_mode() -> bool {
+            global!(COUNT_MODE) != 0
+        }
+
+        /// Count mode: one event under `key`; `failed` when its call
+        /// returned an error.
+        #[inline(always)]
+        fn count_event(key: &$key, failed: bool) {
+            /// `EEXIST` from include/uapi/asm-generic/errno-base.h.
+            const EEXIST: i32 = 17;
+            let failed = u64::from(failed);
+            if count_add(key, failed) {
+                return;
+            }
+            let first = kscope_common::trace::Counts { events: 1, failed };
+            match TRACE_COUNTS.insert(key, &first, u64::from(aya_ebpf::bindings::BPF_NOEXIST)) {
+                Ok(()) => {}
+                // Another CPU added this key since the lookup; its insert
+                // zeroed this CPU's slot, which `count_add` now finds.
+                Err(e) if e == -EEXIST && count_add(key, failed) => {}
+                // The map is full (E2BIG): counted, not dropped.
+                Err(_) => {
+                    if let Some(n) = TRACE_UNCOUNTED.get_ptr_mut(0) {
+                        // SAFETY: this CPU's slot; see count_lost.
+                        unsafe { *n += 1 };
+                    }
+                }
+            }
+        }
+
+        /// Adds one event to `key`'s slot on this CPU; false if `key` has
+        /// none.
+        #[inline(always)]
+        fn count_add(key: &$key, failed: u64) -> bool {
+            let Some(c) = TRACE_COUNTS.get_ptr_mut(key) else {
+                return false;
+            };
+            // SAFETY: this CPU's slot of a live element (nothing deletes
+            // from the map while programs run); see count_lost.
+            unsafe {
+                (*c).events += 1;
+                (*c).failed += failed;
+            }
+            true
         }
 
         #[inline(always)]

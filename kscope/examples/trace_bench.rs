@@ -31,7 +31,45 @@ const MISSING: &str = "/nonexistent/kscope-trace-bench";
 struct Tool {
     child: Child,
     startup: Duration,
-    watched: std::thread::JoinHandle<String>,
+    watched: mpsc::Receiver<String>,
+}
+
+/// How long a tool may take to exit once asked to (bpftrace prints its maps
+/// first), and to hand over its output: past that, the bench kills it and
+/// says so in its row, instead of waiting for ever on a busy machine.
+const EXIT_LIMIT: Duration = Duration::from_secs(60);
+
+/// Waits for `child` at most `limit`; past it, SIGTERM, then SIGKILL five
+/// seconds later, and an error that says so.
+fn wait_bounded(child: &mut Child, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if start.elapsed() > limit {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (signal, grace) in [
+        (libc::SIGTERM, Duration::from_secs(5)),
+        (libc::SIGKILL, Duration::from_secs(5)),
+    ] {
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let sent = Instant::now();
+        while sent.elapsed() < grace {
+            if child.try_wait()?.is_some() {
+                anyhow::bail!(
+                    "did not exit within {} s (stopped with signal {signal})",
+                    limit.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    anyhow::bail!("did not exit within {} s, nor on SIGKILL", limit.as_secs())
 }
 
 fn spawn(cmd: &mut Command, ready_on_stderr: bool) -> anyhow::Result<Tool> {
@@ -50,7 +88,8 @@ fn spawn(cmd: &mut Command, ready_on_stderr: bool) -> anyhow::Result<Tool> {
         } else {
             (Box::new(stdout), Box::new(stderr))
         };
-    let watched = std::thread::spawn(move || {
+    let (done, watched) = mpsc::channel();
+    std::thread::spawn(move || {
         let mut r = BufReader::new(watch);
         let mut all = String::new();
         let mut line = String::new();
@@ -65,15 +104,17 @@ fn spawn(cmd: &mut Command, ready_on_stderr: bool) -> anyhow::Result<Tool> {
             }
             line.clear();
         }
-        all
+        let _ = done.send(all);
     });
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 1 << 16];
         let mut d = discard;
         while d.read(&mut buf).map(|n| n > 0).unwrap_or(false) {}
     });
-    rx.recv_timeout(Duration::from_secs(30))
-        .context("the tool did not report readiness within 30 s")?;
+    if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        let _ = wait_bounded(&mut child, Duration::ZERO);
+        anyhow::bail!("the tool did not report readiness within 30 s (stopped)");
+    }
     Ok(Tool {
         child,
         startup: start.elapsed(),
@@ -111,10 +152,36 @@ fn open_loop(n: u64) -> Duration {
 fn stop(mut t: Tool) -> anyhow::Result<String> {
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(t.child.id() as i32, libc::SIGINT) };
-    t.child.wait()?;
+    wait_bounded(&mut t.child, EXIT_LIMIT).context("after SIGINT")?;
     t.watched
-        .join()
-        .map_err(|_| anyhow::anyhow!("reader panicked"))
+        .recv_timeout(EXIT_LIMIT)
+        .context("its output did not end (a child still holds it?)")
+}
+
+/// `cmd`'s output, the command stopped if it runs past [`EXIT_LIMIT`].
+fn bounded_output(cmd: &mut Command) -> std::io::Result<std::process::Output> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        if let Some(s) = out.as_mut() {
+            let _ = std::io::Read::read_to_end(s, &mut v);
+        }
+        v
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        if let Some(s) = err.as_mut() {
+            let _ = std::io::Read::read_to_end(s, &mut v);
+        }
+        v
+    });
+    let status = wait_bounded(&mut child, EXIT_LIMIT).map_err(std::io::Error::other)?;
+    Ok(std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
 }
 
 /// The summary line among a tracer's stderr lines.
@@ -322,7 +389,7 @@ fn main() -> anyhow::Result<()> {
             Err(e) => rows.push(failed_row(name, &e)),
         }
     }
-    match Command::new("opensnoop-bpfcc").arg("-d").arg("1").output() {
+    match bounded_output(Command::new("opensnoop-bpfcc").arg("-d").arg("1")) {
         Ok(o) if o.status.success() => rows.push(Row {
             tool: "opensnoop-bpfcc: runs here, not yet measured".into(),
             startup_ms: None,
@@ -344,6 +411,12 @@ fn main() -> anyhow::Result<()> {
                     .unwrap_or("?")
                     .to_owned()
             }),
+            startup_ms: None,
+            rss_mib: None,
+            overhead_ns: None,
+        }),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => rows.push(Row {
+            tool: format!("opensnoop-bpfcc: {e}"),
             startup_ms: None,
             rss_mib: None,
             overhead_ns: None,

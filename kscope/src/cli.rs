@@ -64,7 +64,7 @@ pub struct TraceExecArgs {
     #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub max_args: u32,
     /// Add a TIME(s) column: seconds since the start.
-    #[arg(short = 'T', long = "timestamp")]
+    #[arg(short = 'T', long = "timestamp", conflicts_with = "count")]
     pub timestamps: bool,
 }
 
@@ -75,9 +75,6 @@ pub struct TraceConnectArgs {
     /// Only these destination ports (comma-separated, e.g. 80,443).
     #[arg(short = 'P', long = "port", value_name = "PORTS", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
-    /// Count connects per (pid, comm, daddr, dport) and print them at exit.
-    #[arg(short = 'c', long = "count")]
-    pub count: bool,
     /// How to observe connects: auto picks kprobe, then fentry, then the
     /// tracepoint, whichever the kernel has.
     #[arg(long, value_enum, default_value_t = crate::trace::connect::Probe::Auto)]
@@ -102,9 +99,18 @@ pub struct TraceCommon {
     /// Stop after SECS seconds (default: until Ctrl-C or SIGTERM).
     #[arg(short = 'd', long = "duration", value_name = "SECS", value_parser = parse_interval, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
-    /// One JSON object per event, one per line.
+    /// One JSON object per event (or per count), one per line.
     #[arg(long)]
     pub json: bool,
+    /// Count events per key in the kernel and print the totals at exit,
+    /// most first, instead of every event.
+    #[arg(short = 'c', long = "count")]
+    pub count: bool,
+    /// Ring buffer size in bytes: a power of two, at least a page (default
+    /// per tracer: 2 MiB for open, 4 MiB for exec, 1 MiB for connect).
+    /// Events that find it full are counted as lost.
+    #[arg(long, value_name = "BYTES", conflicts_with = "count")]
+    pub buffer_size: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -115,12 +121,8 @@ pub struct TraceOpenArgs {
     #[arg(short = 'x', long = "failed")]
     pub failed: bool,
     /// Add a TIME(s) column: seconds since the start.
-    #[arg(short = 'T', long = "timestamp")]
+    #[arg(short = 'T', long = "timestamp", conflicts_with = "count")]
     pub timestamps: bool,
-    /// Count opens and failed opens per process name in the kernel and
-    /// print the totals at exit, most first, instead of every open.
-    #[arg(short = 'c', long = "count", conflicts_with = "timestamps")]
-    pub count: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -464,7 +466,7 @@ mod tests {
         assert_eq!(a.common.comm.as_deref(), Some("cat"));
         assert_eq!(a.common.duration, Some(Duration::from_millis(1500)));
         assert!(a.failed && a.timestamps && a.common.json);
-        assert!(!a.count);
+        assert!(!a.common.count);
         for bad in [
             &["trace", "open", "-d", "0"][..],
             &["trace", "open", "-p", "x"],
@@ -483,10 +485,31 @@ mod tests {
             let Command::Trace(TraceCommand::Open(a)) = cli.command else {
                 panic!("wrong command");
             };
-            assert!(a.count, "{args:?}");
+            assert!(a.common.count, "{args:?}");
         }
         let err = parse(&["trace", "open", "-c", "-T"]).expect_err("-c with -T");
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn every_tracer_counts_with_c_and_takes_a_buffer_size_only_when_printing() {
+        for verb in ["open", "exec", "connect"] {
+            let cli = parse(&["trace", verb, "-c"]).expect("parses");
+            let Command::Trace(t) = cli.command else {
+                panic!("wrong command");
+            };
+            let common = match t {
+                TraceCommand::Open(a) => a.common,
+                TraceCommand::Exec(a) => a.common,
+                TraceCommand::Connect(a) => a.common,
+            };
+            assert!(common.count, "{verb}");
+            let e = parse(&["trace", verb, "-c", "--buffer-size", "4096"]).expect_err(verb);
+            assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+            assert!(parse(&["trace", verb, "--buffer-size", "4096"]).is_ok());
+        }
+        let e = parse(&["trace", "exec", "-c", "-T"]).expect_err("-c with -T");
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     #[test]
@@ -499,7 +522,7 @@ mod tests {
             panic!("wrong command");
         };
         assert_eq!(a.ports, vec![80, 443]);
-        assert!(a.count);
+        assert!(a.common.count);
         assert_eq!(a.probe, crate::trace::connect::Probe::Fentry);
         for bad in [
             &["trace", "connect", "-P", "0"][..],

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod firewall;
 pub mod frame;
 pub mod netlab;
+pub mod output;
 pub mod probe_check;
 pub mod profile;
 pub mod sys;

@@ -13,6 +13,7 @@ use kscope::{
     firewall::{self, FwError, counters, maps::Edit, rules::RuleSet},
     profile::{self, ProfileError, report},
     sys::SysError,
+    trace::TraceError,
 };
 
 fn main() -> ExitCode {
@@ -75,9 +76,18 @@ fn init_logging() {
         .init();
 }
 
+/// A write to a stdout nobody reads: `kscope ... | head -1` is done, which
+/// is success. The io::Error may sit inside a module's error (a
+/// transparent variant hides it from the source chain).
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain()
-        .filter_map(|c| c.downcast_ref::<io::Error>())
+        .filter_map(|c| {
+            c.downcast_ref::<io::Error>()
+                .or_else(|| match c.downcast_ref() {
+                    Some(TraceError::Io(io)) => Some(io),
+                    _ => None,
+                })
+        })
         .any(|io| io.kind() == io::ErrorKind::BrokenPipe)
 }
 
@@ -179,68 +189,72 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn filters(c: &TraceCommon) -> kscope::trace::Filters {
-    kscope::trace::Filters {
-        pid: c.pid,
-        tid: c.tid,
-        uid: c.uid,
-        comm: c.comm.clone(),
-    }
-}
-
 fn trace(cmd: TraceCommand) -> anyhow::Result<()> {
+    use kscope::trace::{connect, exec, open};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    let stdout = io::stdout();
-    let mut out = io::BufWriter::with_capacity(64 * 1024, stdout.lock());
-    let (what, (summary, _stop)) = match cmd {
+    let out = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
+    let (what, summary) = match cmd {
         TraceCommand::Open(a) => {
-            let opts = kscope::trace::open::OpenOpts {
-                filters: filters(&a.common),
+            let opts = open::OpenOpts {
                 failed_only: a.failed,
-                timestamps: a.timestamps,
-                json: a.common.json,
-                duration: a.common.duration,
             };
-            let run = if a.count {
-                rt.block_on(kscope::trace::open::run_count(&opts, &mut out))?
-            } else {
-                rt.block_on(kscope::trace::open::run(&opts, &mut out))?
-            };
-            ("open", run)
+            let run = trace_run(&a.common, a.timestamps)?;
+            (
+                "open",
+                rt.block_on(kscope::trace::run::<open::Open, _>(&opts, &run, out)),
+            )
         }
         TraceCommand::Exec(a) => {
-            let opts = kscope::trace::exec::ExecOpts {
-                filters: filters(&a.common),
+            let opts = exec::ExecOpts {
                 max_args: a.max_args,
-                timestamps: a.timestamps,
-                json: a.common.json,
-                duration: a.common.duration,
             };
+            let run = trace_run(&a.common, a.timestamps)?;
             (
                 "exec",
-                rt.block_on(kscope::trace::exec::run(&opts, &mut out))?,
+                rt.block_on(kscope::trace::run::<exec::Exec, _>(&opts, &run, out)),
             )
         }
         TraceCommand::Connect(a) => {
-            let opts = kscope::trace::connect::ConnectOpts {
-                filters: filters(&a.common),
+            let opts = connect::ConnectOpts {
                 ports: a.ports,
-                count: a.count,
-                json: a.common.json,
-                duration: a.common.duration,
                 probe: a.probe,
             };
+            let run = trace_run(&a.common, false)?;
             (
                 "connect",
-                rt.block_on(kscope::trace::connect::run(&opts, &mut out))?,
+                rt.block_on(kscope::trace::run::<connect::Connect, _>(&opts, &run, out)),
             )
         }
     };
+    let (summary, stop) = summary?;
     kscope::trace::report(what, &summary);
+    if stop == kscope::trace::Stop::OutputClosed {
+        // As a write to it would have: exit 0 (see is_broken_pipe).
+        return Err(io::Error::from(io::ErrorKind::BrokenPipe).into());
+    }
     Ok(())
+}
+
+fn trace_run(c: &TraceCommon, timestamps: bool) -> anyhow::Result<kscope::trace::Run> {
+    Ok(kscope::trace::Run {
+        filters: kscope::trace::Filters {
+            pid: c.pid,
+            tid: c.tid,
+            uid: c.uid,
+            comm: c.comm.clone(),
+        },
+        duration: c.duration,
+        count: c.count,
+        timestamps,
+        format: kscope::output::Format::json(c.json),
+        ring_bytes: c
+            .buffer_size
+            .map(kscope::trace::check_ring_bytes)
+            .transpose()?,
+    })
 }
 
 fn edit(iface: Option<&str>, edits: &[Edit]) -> anyhow::Result<()> {

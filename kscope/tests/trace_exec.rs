@@ -158,3 +158,128 @@ fn max_args_out_of_range_is_rejected() {
         assert_fails(&out, 2, &["--max-args"]);
     }
 }
+
+/// Lines read from a terminal's master side as they arrive.
+fn pty_lines(master: std::fs::File) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead as _;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(master).lines() {
+            // EIO once the last writer is gone.
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits up to `limit` for a line containing `needle`.
+fn wait_for(rx: &std::sync::mpsc::Receiver<String>, needle: &str, limit: Duration) -> bool {
+    let start = std::time::Instant::now();
+    while let Some(left) = limit.checked_sub(start.elapsed()) {
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains(needle) => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// `kscope trace exec` on a terminal shows the header at once and each
+/// exec as it happens, while it runs: rows are flushed after every drain
+/// of the ring buffer, not held in a buffer until exit.
+#[test]
+fn rows_reach_a_terminal_while_the_tracer_runs() {
+    use std::os::fd::FromRawFd as _;
+    require_root();
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty fills two new descriptors, owned by the Files below;
+    // the name, termios and winsize arguments may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: fresh descriptors nothing else owns.
+    let (master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    };
+    let name = format!("kscope-tty{}", std::process::id() % 100_000);
+    let tracer = Tracer::start_io(
+        None,
+        &["trace", "exec", "-n", &name],
+        &[],
+        slave.into(),
+        READY,
+        "(ready)",
+    );
+    let rows = pty_lines(master);
+    assert!(
+        wait_for(&rows, "PCOMM", Duration::from_secs(30)),
+        "no header on the terminal while kscope runs"
+    );
+    for _ in 0..5 {
+        on_named_thread(&name, || {
+            let st = Command::new("/bin/sh")
+                .args(["-c", "exit 0"])
+                .status()
+                .expect("run sh");
+            assert!(st.success());
+        });
+    }
+    // The hang guard of a row that never comes, not a speed requirement.
+    assert!(
+        wait_for(&rows, "exit 0", Duration::from_secs(60)),
+        "no exec row on the terminal while kscope runs"
+    );
+    let (status, _, err) = tracer.stop(libc::SIGINT);
+    assert!(status.success(), "{status}: {err}");
+    assert!(err.contains("5 events"), "{err}");
+}
+
+/// `-c` counts execs in the kernel, per program name and result, exactly.
+#[test]
+fn count_mode_counts_execs_per_name_and_result_in_the_kernel() {
+    require_root();
+    let name = format!("kscope-cnt{}", std::process::id() % 100_000);
+    let tracer = Tracer::start(&["trace", "exec", "-c", "--json", "-n", &name], true, READY);
+    on_named_thread(&name, || {
+        for _ in 0..3 {
+            let st = Command::new("/bin/sh")
+                .args(["-c", "exit 0"])
+                .status()
+                .expect("run sh");
+            assert!(st.success());
+        }
+        for _ in 0..2 {
+            let e = Command::new("/nonexistent-kscope-exec").status();
+            assert!(e.is_err());
+        }
+    });
+    let (status, out, err) = tracer.stop(libc::SIGINT);
+    assert!(status.success(), "{status}: {err}");
+    let rows = events(&out);
+    let find = |comm: &str, result: &str| {
+        rows.iter()
+            .find(|r| r["comm"] == comm && r["result"] == result)
+            .and_then(|r| r["execs"].as_u64())
+    };
+    // A successful exec is counted under the new program's name (the
+    // kernel takes it from the path: "sh"); a failed one under the name
+    // that tried.
+    assert_eq!(find("sh", "ok"), Some(3), "{out}");
+    assert_eq!(find(&name, "ENOENT"), Some(2), "{out}");
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(err.contains("5 events, 0 lost"), "{err}");
+}

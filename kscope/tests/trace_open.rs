@@ -168,61 +168,138 @@ fn pid_filter_excludes_other_processes() {
 }
 
 /// Every open is delivered or counted as lost: delivered + lost equals what
-/// the generator counted.
+/// the generator counted. Loss is made certain, whatever the machine's
+/// speed: the ring buffer is one page (a dozen events), and the tracer is
+/// stopped (SIGSTOP) while the generator runs, so it cannot drain.
 #[test]
-fn under_load_every_event_is_delivered_or_counted_lost() {
+fn every_event_is_delivered_or_counted_lost() {
     require_root();
-    const SECS: f64 = 3.0;
+    const OPENS: u64 = 2000;
     let missing = unique_missing_path("load");
-    let (tx, rx) = mpsc::channel();
     let (tid, go, h) = named_thread("kscope-loadgen", move || {
-        let start = Instant::now();
-        let mut n = 0u64;
         let path = std::ffi::CString::new(missing).expect("path");
-        while start.elapsed().as_secs_f64() < SECS {
-            for _ in 0..1000 {
-                // SAFETY: a valid NUL-terminated path; the fd is closed if
-                // the open unexpectedly succeeds.
-                let fd = unsafe { libc::openat(libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY) };
-                if fd >= 0 {
-                    // SAFETY: fd was just returned by openat.
-                    unsafe { libc::close(fd) };
-                }
+        for _ in 0..OPENS {
+            // SAFETY: a valid NUL-terminated path; the fd is closed if the
+            // open unexpectedly succeeds.
+            let fd = unsafe { libc::openat(libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY) };
+            if fd >= 0 {
+                // SAFETY: fd was just returned by openat.
+                unsafe { libc::close(fd) };
             }
-            n += 1000;
         }
-        tx.send((n, start.elapsed())).expect("send count");
     });
-    let tracer = Tracer::start(&["trace", "open", "-t", &tid.to_string()], false, READY);
+    let page = 4096.to_string();
+    let mut tracer = Tracer::start(
+        &[
+            "trace",
+            "open",
+            "--json",
+            "--buffer-size",
+            &page,
+            "-t",
+            &tid.to_string(),
+        ],
+        true,
+        READY,
+    );
+    let pid = tracer.child.id() as i32;
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
     go.wait();
     h.join().expect("generator");
-    let (generated, took) = rx.recv().expect("count");
-    let rate = generated as f64 / took.as_secs_f64();
-    std::thread::sleep(Duration::from_millis(300));
-    let (status, _, err) = tracer.stop(libc::SIGINT);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    // Losses are reported as they are found (at the tracer's next tick),
+    // not only at the end.
+    let warned = tracer.wait_line("events lost", Duration::from_secs(60));
+    let (status, out, err) = tracer.stop(libc::SIGINT);
     assert!(status.success(), "{status}: {err}");
+    assert!(
+        warned.is_some(),
+        "losses must be reported as they happen:\n{err}"
+    );
     let summary = err
         .lines()
         .find_map(kscope::trace::parse_summary)
         .unwrap_or_else(|| panic!("no summary in:\n{err}"));
-    let (delivered, lost) = (summary.events, summary.lost);
-    eprintln!(
-        "load: generated {generated} opens at {rate:.0}/s; delivered {delivered}, lost {lost}"
-    );
-    assert_eq!(delivered + lost, generated, "{summary:?}");
-    if lost > 0 {
-        assert!(
-            err.contains("events lost"),
-            "losses must be reported as they happen:\n{err}"
-        );
+    let delivered = events(&out).len() as u64;
+    eprintln!("generated {OPENS} opens; printed {delivered}, {summary:?}");
+    assert_eq!(summary.events, delivered, "summary against stdout");
+    assert_eq!(summary.events + summary.lost, OPENS, "{summary:?}");
+    // A page holds some events, and far fewer than were made.
+    assert!(summary.events > 0 && summary.lost > 0, "{summary:?}");
+}
+
+/// A pipe as stdout: returns (read end, write end).
+fn pipe() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd as _;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two new descriptors, owned by the Files below.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: fresh descriptors nothing else owns.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
     }
-    // The rate is a property of the machine, not of kscope: under emulation
-    // (the VM matrix) it cannot be reached, and that alone is skipped.
-    if rate < 500_000.0 {
-        skip(
-            "500k-opens-per-second",
-            &format!("the generator reached only {rate:.0} opens/s on this machine"),
-        );
+}
+
+/// `kscope trace open | true`: the reader is gone before the header is
+/// written. That is the reader's choice, not an error: exit 0, no
+/// `error:` line.
+#[test]
+fn a_stdout_closed_from_the_start_is_success() {
+    require_root();
+    let (r, w) = pipe();
+    drop(r);
+    let tracer = Tracer::start_io(
+        None,
+        &["trace", "open", "-n", &unique_comm("p")],
+        &[],
+        w.into(),
+        READY,
+        "",
+    );
+    let (status, err) = tracer.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{status}: {err}");
+    assert!(!err.contains("error:"), "{err}");
+}
+
+/// `kscope trace open | head -1`: once the reader has its line and exits,
+/// the tracer ends (exit 0) without waiting for an event to write, which
+/// with this filter would never come.
+#[test]
+fn a_reader_that_goes_away_ends_the_tracer_with_success() {
+    use std::io::BufRead as _;
+    require_root();
+    let (r, w) = pipe();
+    let tracer = Tracer::start_io(
+        None,
+        &["trace", "open", "-n", &unique_comm("h")],
+        &[],
+        w.into(),
+        READY,
+        "(ready)",
+    );
+    let mut first = String::new();
+    std::io::BufReader::new(&r)
+        .read_line(&mut first)
+        .expect("read the header");
+    assert!(first.starts_with("PID "), "{first:?}");
+    drop(r);
+    let (status, err) = tracer.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{status}: {err}");
+    assert!(!err.contains("error:"), "{err}");
+}
+
+/// A buffer size the kernel cannot use is refused before anything loads.
+#[test]
+fn bad_buffer_sizes_fail_with_one_line() {
+    require_root();
+    for bad in ["0", "1000", "4095", "3000000", "2147483648"] {
+        let out = kscope(None, &["trace", "open", "--buffer-size", bad, "-d", "1"]);
+        assert_fails(&out, 1, &["buffer size", bad]);
     }
 }
 
@@ -286,7 +363,7 @@ fn bad_filters_fail_with_one_line() {
     assert_fails(&out, 2, &["--duration"]);
 }
 
-// ---- count mode (-c, OpenCounter) ----
+// ---- count mode (-c, Counter<Open>) ----
 
 /// A process name no other test uses: `tag` plus this process's pid,
 /// within the 15 bytes a comm keeps.
@@ -429,7 +506,7 @@ fn count_mode_counts_a_childs_opens_and_failures_exactly() {
         rows.values().map(|r| r.0).sum::<u64>(),
         "the summary counts every counted open:\n{err}"
     );
-    if rows.len() < kscope_common::trace::OPEN_COUNTS_MAX as usize {
+    if rows.len() < kscope_common::trace::COUNTS_MAX as usize {
         assert_eq!(summary.lost, 0, "uncounted with room to spare:\n{err}");
     }
 }
@@ -483,7 +560,7 @@ fn count_mode_table_has_a_header_and_one_row_per_name() {
     assert_eq!(lines.next(), None, "{out}");
 }
 
-/// Tests that hold programs in this process (OpenCounter) run one at a
+/// Tests that hold programs in this process (Counter) run one at a
 /// time, so each can tell its own programs from the others'.
 static IN_PROCESS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -495,8 +572,8 @@ fn in_process() -> std::sync::MutexGuard<'static, ()> {
 
 #[test]
 fn open_counter_counts_past_a_full_table_as_uncounted() {
-    use kscope::trace::{Filters, open::OpenCounter};
-    use kscope_common::trace::OPEN_COUNTS_MAX;
+    use kscope::trace::{Counter, Filters, open::Open};
+    use kscope_common::trace::COUNTS_MAX as OPEN_COUNTS_MAX;
     require_root();
     let _one = in_process();
     const EXTRA: u32 = 100;
@@ -518,10 +595,13 @@ fn open_counter_counts_past_a_full_table_as_uncounted() {
             }
         }
     });
-    let counter = OpenCounter::start(&Filters {
-        tid: Some(tid),
-        ..Filters::default()
-    })
+    let counter = Counter::<Open>::start(
+        &Default::default(),
+        &Filters {
+            tid: Some(tid),
+            ..Filters::default()
+        },
+    )
     .expect("start the counter");
     go.wait();
     h.join().expect("opener");
@@ -531,24 +611,27 @@ fn open_counter_counts_past_a_full_table_as_uncounted() {
     // The first OPEN_COUNTS_MAX names fill the table, one open each; every
     // later name's open is counted as uncounted.
     assert_eq!(counts.len(), OPEN_COUNTS_MAX as usize);
-    for c in &counts {
-        assert!(c.comm.starts_with(&prefix), "{c:?}");
-        assert_eq!((c.opens, c.failed), (1, 1), "{c:?}");
+    for (key, c) in &counts {
+        assert!(key.comm.starts_with(prefix.as_bytes()), "{key:?}");
+        assert_eq!((c.events, c.failed), (1, 1), "{key:?}");
     }
     assert_eq!(uncounted, u64::from(EXTRA));
 }
 
 #[test]
 fn open_counter_drop_detaches_everything() {
-    use kscope::trace::{Filters, open::OpenCounter};
+    use kscope::trace::{Counter, Filters, open::Open};
     require_root();
     let _one = in_process();
     let me = std::process::id();
     let before = prog_ids_of(me);
-    let counter = OpenCounter::start(&Filters {
-        comm: Some(unique_comm("d")),
-        ..Filters::default()
-    })
+    let counter = Counter::<Open>::start(
+        &Default::default(),
+        &Filters {
+            comm: Some(unique_comm("d")),
+            ..Filters::default()
+        },
+    )
     .expect("start the counter");
     let ours: Vec<u64> = prog_ids_of(me)
         .into_iter()
@@ -583,7 +666,7 @@ fn thread_mnt_ns(pid: &str) -> Vec<(u64, u64)> {
 /// kscope started from the CLI, keep their mount namespace and mounts.
 #[test]
 fn hiding_kernel_btf_leaves_no_mount_and_no_namespace_behind() {
-    use kscope::trace::{Filters, open::OpenCounter};
+    use kscope::trace::{Counter, Filters, open::Open};
     require_root();
     let _one = in_process();
     let vmlinux = std::path::Path::new(kscope::sys::KERNEL_BTF_DIR).join("vmlinux");
@@ -619,10 +702,13 @@ fn hiding_kernel_btf_leaves_no_mount_and_no_namespace_behind() {
     );
 
     // A tracer start in this process, through the same path.
-    let counter = OpenCounter::start(&Filters {
-        comm: Some(unique_comm("m")),
-        ..Filters::default()
-    })
+    let counter = Counter::<Open>::start(
+        &Default::default(),
+        &Filters {
+            comm: Some(unique_comm("m")),
+            ..Filters::default()
+        },
+    )
     .expect("start the counter");
     drop(counter);
     // And one from the CLI, checked while it runs.

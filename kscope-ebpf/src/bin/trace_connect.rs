@@ -21,11 +21,11 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use kscope_common::trace::{
-    ConnectEvent, ConnectStart, TP_DADDR, TP_DADDR6, TP_DPORT, TP_FAMILY, TP_N, TP_NEWSTATE,
-    TP_OLDSTATE, TP_PROTOCOL, TP_SADDR, TP_SADDR6, TP_SKADDR, TP_SPORT,
+    ConnectEvent, ConnectKey, ConnectStart, TP_DADDR, TP_DADDR6, TP_DPORT, TP_FAMILY, TP_N,
+    TP_NEWSTATE, TP_OLDSTATE, TP_PROTOCOL, TP_SADDR, TP_SADDR6, TP_SKADDR, TP_SPORT,
 };
 
-kscope_ebpf::tracer_common!(1 << 20);
+kscope_ebpf::tracer_common!(1 << 20, ConnectKey);
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -42,6 +42,9 @@ static OFF_SADDR6: u32 = 0;
 static OFF_SPORT: u32 = 14;
 #[unsafe(no_mangle)]
 static TP_OFFSETS: [u32; TP_N] = [0; TP_N];
+/// Count mode: key by pid and comm too.
+#[unsafe(no_mangle)]
+static COUNT_BY_TASK: u32 = 0;
 
 /// Destination ports to keep (-P).
 #[map(name = "CONNECT_PORTS")]
@@ -129,6 +132,20 @@ fn start(sk: u64, uaddr: u64) -> u32 {
 
 #[inline(always)]
 fn emit(s: &ConnectStart, ret: i32, has_ret: u32, sport: u16, saddr: [u8; 16]) {
+    if count_mode() {
+        let by_task = global!(COUNT_BY_TASK) != 0;
+        let key = ConnectKey {
+            comm: if by_task { s.comm } else { [0; 16] },
+            daddr: s.daddr,
+            pid: if by_task { s.pid } else { 0 },
+            ret,
+            has_ret,
+            family: s.family,
+            dport: s.dport,
+        };
+        count_event(&key, ret < 0);
+        return;
+    }
     let flags = submit_flags();
     let Some(mut entry) = TRACE_EVENTS.reserve::<ConnectEvent>(0) else {
         count_lost();

@@ -17,9 +17,9 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
     programs::TracePointContext,
 };
-use kscope_common::trace::{ARG_LEN, ARGS_SIZE, ExecEvent, MAX_ARGS_LIMIT};
+use kscope_common::trace::{ARG_LEN, ARGS_SIZE, ExecEvent, ExecKey, MAX_ARGS_LIMIT};
 
-kscope_ebpf::tracer_common!(1 << 22);
+kscope_ebpf::tracer_common!(1 << 22, ExecKey);
 
 #[unsafe(no_mangle)]
 static MAX_ARGS: u32 = 20;
@@ -79,7 +79,8 @@ fn enter(argv: u64) -> u32 {
         (*e).truncated = 0;
         let mut off: usize = 0;
         let mut i: u32 = 0;
-        while i < MAX_ARGS_LIMIT {
+        // Count mode keeps no arguments.
+        while i < MAX_ARGS_LIMIT && !count_mode() {
             let Ok(arg) = bpf_probe_read_user((argv + 8 * u64::from(i)) as *const u64) else {
                 break;
             };
@@ -120,6 +121,16 @@ fn exit(ret: i64) -> u32 {
     let Some(pending) = EXEC_PENDING.get_ptr(tid) else {
         return 0;
     };
+    if count_mode() {
+        let key = ExecKey {
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+            ret: ret as i32,
+            _pad: 0,
+        };
+        count_event(&key, ret < 0);
+        let _ = EXEC_PENDING.remove(tid);
+        return 0;
+    }
     let flags = submit_flags();
     let Some(mut entry) = TRACE_EVENTS.reserve::<ExecEvent>(0) else {
         let _ = EXEC_PENDING.remove(tid);

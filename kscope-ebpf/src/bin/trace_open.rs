@@ -12,64 +12,32 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
         bpf_probe_read_user, bpf_probe_read_user_str_bytes,
     },
     macros::{map, tracepoint},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::HashMap,
     programs::TracePointContext,
 };
 use kscope_common::trace::{
-    COMM_LEN, GLOBAL_COUNT_MODE, GLOBAL_FAILED_ONLY, MAP_OPEN_COUNTS, MAP_OPEN_PENDING,
-    MAP_OPEN_UNCOUNTED, OPEN_COUNTS_MAX, OpenArgs, OpenCounts, OpenEvent,
+    COMM_LEN, GLOBAL_FAILED_ONLY, MAP_OPEN_PENDING, OpenArgs, OpenEvent, OpenKey,
 };
 use kscope_ebpf::same_name;
 
-kscope_ebpf::tracer_common!(1 << 21);
+kscope_ebpf::tracer_common!(1 << 21, OpenKey);
 
 /// Only failed opens (-x).
 #[unsafe(no_mangle)]
 static FAILED_ONLY: u32 = 0;
 
-/// Count per comm instead of emitting events (-c).
-#[unsafe(no_mangle)]
-static COUNT_MODE: u32 = 0;
-
 /// Arguments of in-flight opens, by thread id.
 #[map(name = "OPEN_PENDING")]
 static OPEN_PENDING: HashMap<u32, OpenArgs> = HashMap::with_max_entries(16_384, 0);
 
-/// Count mode's totals per comm.
-///
-/// Per-CPU rather than one shared value updated with atomic adds: the
-/// exit handler then increments plain memory that no other CPU writes, so
-/// a process opening files on every CPU at once (a build, a web server)
-/// does not bounce one cache line between them, and the hot path has no
-/// locked instruction. Plain increments are safe because a tracepoint
-/// program runs with preemption disabled and never nests with another on
-/// the same CPU (trace_call_bpf()'s bpf_prog_active guard,
-/// kernel/trace/bpf_trace.c). The price is memory, bounded and paid at
-/// load: `OPEN_COUNTS_MAX` × possible CPUs × 16 bytes (160 KiB per CPU),
-/// and user space sums the CPUs when it reads.
-#[map(name = "OPEN_COUNTS")]
-static OPEN_COUNTS: PerCpuHashMap<[u8; COMM_LEN], OpenCounts> =
-    PerCpuHashMap::with_max_entries(OPEN_COUNTS_MAX, 0);
-
-/// Opens count mode found no room for in `OPEN_COUNTS`.
-#[map(name = "OPEN_UNCOUNTED")]
-static OPEN_UNCOUNTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
 // The names above are the ones user space looks up.
 const _: () = assert!(same_name(MAP_OPEN_PENDING, "OPEN_PENDING"));
-const _: () = assert!(same_name(MAP_OPEN_COUNTS, "OPEN_COUNTS"));
-const _: () = assert!(same_name(MAP_OPEN_UNCOUNTED, "OPEN_UNCOUNTED"));
-const _: () = assert!(same_name(GLOBAL_COUNT_MODE, "COUNT_MODE"));
 const _: () = assert!(same_name(GLOBAL_FAILED_ONLY, "FAILED_ONLY"));
-
-/// `EEXIST` from include/uapi/asm-generic/errno-base.h.
-const EEXIST: i32 = 17;
 
 #[inline(always)]
 fn enter(path: u64, flags: u64) -> u32 {
@@ -92,7 +60,7 @@ fn enter(path: u64, flags: u64) -> u32 {
 
 #[inline(always)]
 fn exit(ret: i64) -> u32 {
-    if global!(COUNT_MODE) != 0 {
+    if count_mode() {
         count(ret);
         return 0;
     }
@@ -137,44 +105,13 @@ fn count(ret: i64) {
     if !passes_filters() {
         return;
     }
-    let failed = u64::from(ret < 0);
-    if global!(FAILED_ONLY) != 0 && failed == 0 {
+    if global!(FAILED_ONLY) != 0 && ret >= 0 {
         return;
     }
-    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-    if add(&comm, failed) {
-        return;
-    }
-    let first = OpenCounts { opens: 1, failed };
-    match OPEN_COUNTS.insert(comm, first, u64::from(BPF_NOEXIST)) {
-        Ok(()) => {}
-        // Another CPU added this comm since the lookup; its insert zeroed
-        // this CPU's slot, which `add` now finds.
-        Err(e) if e == -EEXIST && add(&comm, failed) => {}
-        // The map is full (E2BIG): counted, not dropped.
-        Err(_) => {
-            if let Some(n) = OPEN_UNCOUNTED.get_ptr_mut(0) {
-                // SAFETY: this CPU's slot, see OPEN_COUNTS.
-                unsafe { *n += 1 };
-            }
-        }
-    }
-}
-
-/// Adds one open to `comm`'s slot on this CPU; false if `comm` has none.
-#[inline(always)]
-fn add(comm: &[u8; COMM_LEN], failed: u64) -> bool {
-    let Some(c) = OPEN_COUNTS.get_ptr_mut(comm) else {
-        return false;
+    let key = OpenKey {
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     };
-    // SAFETY: this CPU's slot of a live element (nothing deletes from the
-    // map while programs run); see OPEN_COUNTS for why plain increments are
-    // safe.
-    unsafe {
-        (*c).opens += 1;
-        (*c).failed += failed;
-    }
-    true
+    count_event(&key, ret < 0);
 }
 
 /// Reads the u64 argument at `offset` of a syscalls tracepoint record.

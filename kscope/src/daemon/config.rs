@@ -112,33 +112,35 @@ pub struct IfaceConfig {
     pub rules: Option<PathBuf>,
 }
 
+/// `[trace]`: which tracers count (each tracer's name is a key: `open`,
+/// `exec`, `connect`; see `trace::runner::TRACERS`), and the label limit.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct TraceConfig {
-    /// Opens counted per process name, in the kernel.
-    #[serde(default)]
-    pub open: bool,
-    /// Execs counted per process name.
-    #[serde(default)]
-    pub exec: bool,
-    /// TCP connects counted per destination address, port and result.
-    #[serde(default)]
-    pub connect: bool,
     /// Most label sets one tracer metric keeps; the rest are summed under
     /// the label value `[other]`, so an unusual workload cannot blow up
     /// Prometheus.
     #[serde(default = "default_max_series")]
     pub max_series: usize,
+    /// Tracer name to on/off. Names the daemon does not know are rejected
+    /// by validation (serde's deny_unknown_fields cannot see past a
+    /// flattened map).
+    #[serde(flatten)]
+    pub tracers: BTreeMap<String, bool>,
 }
 
 impl Default for TraceConfig {
     fn default() -> Self {
         Self {
-            open: false,
-            exec: false,
-            connect: false,
             max_series: default_max_series(),
+            tracers: BTreeMap::new(),
         }
+    }
+}
+
+impl TraceConfig {
+    /// Whether the config turns tracer `name` on.
+    pub fn wants(&self, name: &str) -> bool {
+        self.tracers.get(name).copied().unwrap_or(false)
     }
 }
 
@@ -231,6 +233,19 @@ impl Config {
                 )));
             }
         }
+        let known = crate::trace::runner::TRACERS;
+        if let Some(unknown) = self
+            .trace
+            .tracers
+            .keys()
+            .find(|k| !known.iter().any(|t| t.name == k.as_str()))
+        {
+            let names: Vec<&str> = known.iter().map(|t| t.name).collect();
+            return Err(invalid(format!(
+                "unknown key `{unknown}` in [trace] (tracers: {}; or max_series)",
+                names.join(", ")
+            )));
+        }
         if self.trace.max_series == 0 {
             return Err(invalid("[trace] max_series must be at least 1".into()));
         }
@@ -303,7 +318,7 @@ mod tests {
         assert!(c.metrics.bpf_stats);
         assert!(!c.firewall.detach_on_exit);
         assert!(c.firewall.interfaces.is_empty());
-        assert!(!c.trace.open && !c.trace.exec && !c.trace.connect);
+        assert!(!c.trace.wants("open") && !c.trace.wants("exec") && !c.trace.wants("connect"));
         assert_eq!(c.trace.max_series, 1000);
         assert!(!c.profile.enabled);
         assert_eq!((c.profile.max_seconds, c.profile.frequency), (60, 49));
@@ -358,6 +373,7 @@ mod tests {
             ("[profile]\nfrequency = 0", "frequency must be"),
             ("[profile]\nmax_seconds = 0", "max_seconds"),
             ("[trace]\nmax_series = 0", "max_series"),
+            ("[trace]\nopne = true", "unknown key `opne` in [trace]"),
         ] {
             let e = parse(text).expect_err(text).to_string();
             assert!(e.contains(needle), "{text:?}: {e}");
@@ -395,13 +411,18 @@ mod tests {
             default: Policy::Pass,
             rules: Some("eth0.rules".into()),
         };
-        let want = Config {
+        let mut want = Config {
             firewall: FirewallConfig {
                 detach_on_exit: false,
                 interfaces: vec![iface],
             },
             ..Config::default()
         };
+        // Every tracer is documented, off as by default.
+        for t in crate::trace::runner::TRACERS {
+            assert!(!Config::default().trace.wants(t.name));
+            want.trace.tracers.insert(t.name.into(), false);
+        }
         assert_eq!(c, want, "{uncommented}");
     }
 

@@ -28,10 +28,8 @@
 //! | `kscope_daemon_scrape_errors_total` | counter | |
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashSet},
     fmt,
-    hash::Hash,
-    net::IpAddr,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
@@ -45,134 +43,65 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
 
+use kscope_common::trace::Counts;
+
 use crate::{
     firewall::{self, maps::RuleMaps},
-    trace::{
-        format,
-        open::{OpenCount, OpenCounter},
-    },
+    trace::runner::Counting,
 };
 
-/// Label value that sums the series over [`Bounded`]'s limit.
+/// Label value that sums the series over a tracer's `max_series`.
 pub const OTHER: &str = "[other]";
 
-/// Counts per key, at most `max` keys; the rest go to `other`.
-#[derive(Debug)]
-pub struct Bounded<K> {
-    counts: HashMap<K, u64>,
-    other: u64,
-    max: usize,
-}
-
-impl<K: Hash + Eq> Bounded<K> {
-    pub fn new(max: usize) -> Self {
-        Self {
-            counts: HashMap::new(),
-            other: 0,
-            max,
-        }
-    }
-
-    /// Adds `n` to `key`'s count, or to `other` when `key` is new and the
-    /// limit is reached. Allocates only for a new key.
-    pub fn add(&mut self, key: K, n: u64) {
-        if let Some(c) = self.counts.get_mut(&key) {
-            *c += n;
-        } else if self.counts.len() < self.max {
-            self.counts.insert(key, n);
-        } else {
-            self.other += n;
-        }
-    }
-
-    /// Replaces every count (for sources that keep totals themselves).
-    pub fn set_all(&mut self, totals: impl IntoIterator<Item = (K, u64)>) {
-        self.counts.clear();
-        self.other = 0;
-        for (k, n) in totals {
-            self.add(k, n);
-        }
-    }
-
-    /// Changes the limit for keys seen from now on; keys already counted
-    /// stay.
-    pub fn set_max(&mut self, max: usize) {
-        self.max = max;
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&K, u64)> {
-        self.counts.iter().map(|(k, v)| (k, *v))
-    }
-
-    pub fn other(&self) -> u64 {
-        self.other
-    }
-}
-
-/// An exec, by new program name and result (0 or -errno).
-pub type ExecKey = ([u8; 16], i32);
-
-/// A connect, by destination and result (`None` where the probe cannot see
-/// it).
-pub type ConnectKey = (IpAddr, u16, Option<i32>);
-
-/// One tracer's totals.
-#[derive(Debug)]
-pub struct TracerStats<K> {
-    pub events: u64,
-    pub lost: u64,
-    pub series: Bounded<K>,
-}
-
-impl<K: Hash + Eq> TracerStats<K> {
-    pub fn new(max_series: usize) -> Self {
-        Self {
-            events: 0,
-            lost: 0,
-            series: Bounded::new(max_series),
-        }
-    }
-}
-
-/// The open tracer: counts per comm live in the kernel and are read at
-/// scrape time. Label sets are kept first come, first kept (largest first
-/// within one scrape), up to `max`; the rest are summed under [`OTHER`], so
-/// every series only grows.
-pub struct OpenTracer {
-    pub counter: OpenCounter,
+/// A running tracer: its kernel counter, and which label sets it exports.
+pub struct TracerSlot {
+    pub counter: Box<dyn Counting>,
     kept: Kept,
 }
 
-impl fmt::Debug for OpenTracer {
+impl fmt::Debug for TracerSlot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OpenTracer")
+        f.debug_struct("TracerSlot")
+            .field("metric", &self.counter.metric().name)
             .field("kept", &self.kept)
             .finish_non_exhaustive()
     }
 }
 
-/// The process names the open metrics have a series for.
+/// The label sets a tracer's metrics have a series for: first come, first
+/// kept (largest first within one scrape), up to `max`; the rest are summed
+/// under [`OTHER`], so every series only grows.
 #[derive(Debug, Default)]
 struct Kept {
-    names: HashSet<String>,
+    sets: HashSet<Vec<String>>,
     max: usize,
 }
 
-/// One scrape of the open tracer: per kept comm (opens, failed), the rest
-/// summed, and the opens the kernel could not count.
+/// One scrape of a tracer: per kept label set its counts, the rest summed,
+/// and the events lost.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct OpenScrape {
-    pub by_comm: Vec<(String, u64, u64)>,
-    pub other: (u64, u64),
-    pub uncounted: u64,
+pub struct TracerScrape {
+    pub rows: Vec<(Vec<String>, Counts)>,
+    pub other: Counts,
+    pub lost: u64,
 }
 
-impl OpenTracer {
-    pub fn new(counter: OpenCounter, max: usize) -> Self {
+impl TracerScrape {
+    /// Every event counted, kept or not.
+    pub fn events(&self) -> u64 {
+        self.rows
+            .iter()
+            .map(|(_, c)| c.events)
+            .fold(self.other.events, u64::wrapping_add)
+    }
+}
+
+impl TracerSlot {
+    pub fn new(counter: Box<dyn Counting>, max: usize) -> Self {
         Self {
             counter,
             kept: Kept {
-                names: HashSet::new(),
+                sets: HashSet::new(),
                 max,
             },
         }
@@ -183,27 +112,41 @@ impl OpenTracer {
     }
 
     /// Reads the kernel's counts.
-    pub fn scrape(&mut self) -> Result<OpenScrape, crate::trace::TraceError> {
-        let mut counts = self.counter.counts()?;
-        let uncounted = self.counter.uncounted()?;
-        Ok(self.kept.fold(&mut counts, uncounted))
+    ///
+    /// # Errors
+    /// A failed map read.
+    pub fn scrape(&mut self) -> Result<TracerScrape, crate::trace::TraceError> {
+        let (mut rows, lost) = self.counter.scrape()?;
+        Ok(self.kept.fold(&mut rows, lost))
     }
 }
 
 impl Kept {
-    fn fold(&mut self, counts: &mut [OpenCount], uncounted: u64) -> OpenScrape {
-        counts.sort_by(|a, b| b.opens.cmp(&a.opens).then_with(|| a.comm.cmp(&b.comm)));
-        let mut out = OpenScrape {
-            uncounted,
-            ..OpenScrape::default()
-        };
-        for c in counts.iter() {
-            if self.names.contains(&c.comm) || self.names.len() < self.max {
-                self.names.insert(c.comm.clone());
-                out.by_comm.push((c.comm.clone(), c.opens, c.failed));
+    fn fold(&mut self, rows: &mut Vec<(Vec<String>, Counts)>, lost: u64) -> TracerScrape {
+        // Keys the daemon leaves out of the label set (the task) can make
+        // two kernel keys one label set: merge them first.
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows.dedup_by(|later, first| {
+            if later.0 == first.0 {
+                first.1.events = first.1.events.wrapping_add(later.1.events);
+                first.1.failed = first.1.failed.wrapping_add(later.1.failed);
+                true
             } else {
-                out.other.0 += c.opens;
-                out.other.1 += c.failed;
+                false
+            }
+        });
+        rows.sort_by(|a, b| b.1.events.cmp(&a.1.events).then_with(|| a.0.cmp(&b.0)));
+        let mut out = TracerScrape {
+            lost,
+            ..TracerScrape::default()
+        };
+        for (labels, c) in rows.drain(..) {
+            if self.sets.contains(&labels) || self.sets.len() < self.max {
+                self.sets.insert(labels.clone());
+                out.rows.push((labels, c));
+            } else {
+                out.other.events = out.other.events.wrapping_add(c.events);
+                out.other.failed = out.other.failed.wrapping_add(c.failed);
             }
         }
         out
@@ -215,9 +158,9 @@ impl Kept {
 pub struct State {
     /// Interfaces the daemon manages the firewall on.
     pub fw_ifaces: Vec<String>,
-    pub open: Option<OpenTracer>,
-    pub exec: Option<TracerStats<ExecKey>>,
-    pub connect: Option<TracerStats<ConnectKey>>,
+    /// Running tracers by name, each behind a lock of its own so that
+    /// reading one's kernel maps does not hold this state's lock.
+    pub tracers: BTreeMap<&'static str, Arc<Mutex<TracerSlot>>>,
     pub bpf_stats: bool,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
@@ -291,16 +234,6 @@ fn prog_type_name(t: impl fmt::Debug) -> String {
     raw.strip_prefix("BPF_PROG_TYPE_")
         .unwrap_or(&raw)
         .to_ascii_lowercase()
-}
-
-/// An exec or connect result as a label: `ok`, an errno name, or the
-/// number when it has no name.
-pub fn result_label(ret: Option<i32>) -> String {
-    match ret {
-        None => "unknown".into(),
-        Some(0) => "ok".into(),
-        Some(r) => format::errno_name(-i64::from(r)).map_or_else(|| r.to_string(), str::to_owned),
-    }
 }
 
 impl Collector for KscopeCollector {
@@ -387,24 +320,21 @@ impl KscopeCollector {
     }
 
     fn tracers(&self, out: &mut Out<'_>) -> fmt::Result {
-        let mut s = self.0.lock();
-        let open = match s.open.as_mut().map(OpenTracer::scrape) {
-            Some(Ok(o)) => Some(o),
-            Some(Err(e)) => {
-                self.0.scrape_error("open counts", &e);
-                None
+        let slots: Vec<(&'static str, Arc<Mutex<TracerSlot>>)> = self
+            .0
+            .lock()
+            .tracers
+            .iter()
+            .map(|(n, s)| (*n, s.clone()))
+            .collect();
+        let mut scrapes = Vec::with_capacity(slots.len());
+        for (name, slot) in &slots {
+            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+            match slot.scrape() {
+                Ok(s) => scrapes.push((*name, slot.counter.metric(), s)),
+                Err(e) => self.0.scrape_error(&format!("{name} tracer counts"), &e),
             }
-            None => None,
-        };
-        let open_total = open.as_ref().map(|o| {
-            let opens = o.by_comm.iter().map(|c| c.1).sum::<u64>() + o.other.0;
-            (opens, o.uncounted)
-        });
-        let totals = [
-            ("open", open_total),
-            ("exec", s.exec.as_ref().map(|t| (t.events, t.lost))),
-            ("connect", s.connect.as_ref().map(|t| (t.events, t.lost))),
-        ];
+        }
         for (name, help, lost) in [
             (
                 "kscope_trace_events",
@@ -413,77 +343,47 @@ impl KscopeCollector {
             ),
             (
                 "kscope_trace_lost_events",
-                "Events each running tracer lost (ring buffer or count map full).",
+                "Events each running tracer lost (count table full, or the kernel skipped its \
+                 program while another BPF program ran on that CPU).",
                 true,
             ),
         ] {
             let mut m = out.family(name, help, MetricType::Counter)?;
-            for (tracer, t) in totals {
-                if let Some((events, l)) = t {
-                    counter(&mut m, &[("tracer", tracer)], if lost { l } else { events })?;
-                }
-            }
-        }
-
-        for (name, help, failed) in [
-            (
-                "kscope_trace_opens",
-                "open(2), openat(2) and openat2(2) calls, by process name.",
-                false,
-            ),
-            (
-                "kscope_trace_open_errors",
-                "Failed opens, by process name.",
-                true,
-            ),
-        ] {
-            let mut m = out.family(name, help, MetricType::Counter)?;
-            let Some(o) = &open else { continue };
-            let pick = |c: (u64, u64)| if failed { c.1 } else { c.0 };
-            for (comm, opens, errors) in &o.by_comm {
-                counter(&mut m, &[("comm", comm)], pick((*opens, *errors)))?;
-            }
-            counter(&mut m, &[("comm", OTHER)], pick(o.other))?;
-        }
-
-        let mut m = out.family(
-            "kscope_trace_execs",
-            "execve(2) and execveat(2) calls, by new program name and result.",
-            MetricType::Counter,
-        )?;
-        if let Some(t) = &s.exec {
-            for ((comm, ret), n) in t.series.iter() {
-                let comm = String::from_utf8_lossy(format::cstr(comm));
-                let result = result_label(Some(*ret));
-                counter(&mut m, &[("comm", &comm), ("result", &result)], n)?;
-            }
-            counter(
-                &mut m,
-                &[("comm", OTHER), ("result", OTHER)],
-                t.series.other(),
-            )?;
-        }
-
-        let mut m = out.family(
-            "kscope_trace_connects",
-            "TCP connects, by destination and result (unknown where the probe cannot see it).",
-            MetricType::Counter,
-        )?;
-        if let Some(t) = &s.connect {
-            for ((daddr, dport, ret), n) in t.series.iter() {
-                let (daddr, dport) = (daddr.to_string(), dport.to_string());
-                let result = result_label(*ret);
+            for (tracer, _, s) in &scrapes {
                 counter(
                     &mut m,
-                    &[("daddr", &daddr), ("dport", &dport), ("result", &result)],
-                    n,
+                    &[("tracer", tracer)],
+                    if lost { s.lost } else { s.events() },
                 )?;
             }
-            counter(
-                &mut m,
-                &[("daddr", OTHER), ("dport", OTHER), ("result", OTHER)],
-                t.series.other(),
-            )?;
+        }
+        // Every tracer's families, in registry order, present (and empty)
+        // even when the tracer is off.
+        for entry in crate::trace::runner::TRACERS {
+            let scrape = scrapes.iter().find(|(n, _, _)| *n == entry.name);
+            let metric = entry.metric;
+            let families = std::iter::once((metric.name, metric.help, false))
+                .chain(metric.errors.map(|(n, h)| (n, h, true)));
+            for (name, help, failed) in families {
+                let mut m = out.family(name, help, MetricType::Counter)?;
+                let Some((_, _, s)) = scrape else { continue };
+                let pick = |c: &Counts| if failed { c.failed } else { c.events };
+                let mut labels: Vec<(&str, &str)> = Vec::with_capacity(metric.labels.len());
+                for (values, c) in &s.rows {
+                    labels.clear();
+                    labels.extend(
+                        metric
+                            .labels
+                            .iter()
+                            .copied()
+                            .zip(values.iter().map(String::as_str)),
+                    );
+                    counter(&mut m, &labels, pick(c))?;
+                }
+                labels.clear();
+                labels.extend(metric.labels.iter().map(|l| (*l, OTHER)));
+                counter(&mut m, &labels, pick(&s.other))?;
+            }
         }
         Ok(())
     }
@@ -572,53 +472,64 @@ pub fn render(registry: &prometheus_client::registry::Registry) -> Result<String
 mod tests {
     use super::*;
 
-    #[test]
-    fn bounded_sums_keys_over_the_limit_into_other() {
-        let mut b = Bounded::new(2);
-        b.add("a", 1);
-        b.add("b", 2);
-        b.add("c", 4);
-        b.add("a", 8);
-        b.add("d", 16);
-        let mut seen: Vec<_> = b.iter().map(|(k, v)| (*k, v)).collect();
-        seen.sort();
-        assert_eq!(seen, [("a", 9), ("b", 2)]);
-        assert_eq!(b.other(), 20);
-        b.set_all([("x", 1), ("y", 2), ("z", 3)]);
-        assert_eq!(b.iter().count(), 2);
-        assert_eq!(b.iter().map(|(_, v)| v).sum::<u64>() + b.other(), 6);
+    fn c(events: u64, failed: u64) -> Counts {
+        Counts { events, failed }
+    }
+
+    fn row(labels: &[&str], events: u64, failed: u64) -> (Vec<String>, Counts) {
+        (
+            labels.iter().map(|s| s.to_string()).collect(),
+            c(events, failed),
+        )
     }
 
     #[test]
-    fn open_series_are_kept_first_come_and_the_rest_summed() {
-        let c = |comm: &str, opens, failed| OpenCount {
-            comm: comm.into(),
-            opens,
-            failed,
-        };
+    fn series_are_kept_first_come_and_the_rest_summed() {
         let mut kept = Kept {
-            names: HashSet::new(),
+            sets: HashSet::new(),
             max: 2,
         };
-        let first = kept.fold(&mut [c("small", 1, 0), c("big", 9, 2), c("mid", 5, 1)], 3);
-        assert_eq!(first.by_comm, [("big".into(), 9, 2), ("mid".into(), 5, 1)]);
-        assert_eq!((first.other, first.uncounted), ((1, 0), 3));
+        let first = kept.fold(
+            &mut vec![
+                row(&["small"], 1, 0),
+                row(&["big"], 9, 2),
+                row(&["mid"], 5, 1),
+            ],
+            3,
+        );
+        assert_eq!(first.rows, [row(&["big"], 9, 2), row(&["mid"], 5, 1)]);
+        assert_eq!((first.other, first.lost), (c(1, 0), 3));
+        assert_eq!(first.events(), 15);
         // "small" overtakes both, but the kept series stay: none moves to
         // [other], so no series ever goes down.
-        let second = kept.fold(&mut [c("small", 50, 0), c("big", 10, 2), c("mid", 6, 1)], 3);
-        assert_eq!(
-            second.by_comm,
-            [("big".into(), 10, 2), ("mid".into(), 6, 1)]
+        let second = kept.fold(
+            &mut vec![
+                row(&["small"], 50, 0),
+                row(&["big"], 10, 2),
+                row(&["mid"], 6, 1),
+            ],
+            3,
         );
-        assert_eq!(second.other, (50, 0));
+        assert_eq!(second.rows, [row(&["big"], 10, 2), row(&["mid"], 6, 1)]);
+        assert_eq!(second.other, c(50, 0));
     }
 
     #[test]
-    fn results_are_labelled_by_errno_name() {
-        assert_eq!(result_label(Some(0)), "ok");
-        assert_eq!(result_label(Some(-libc::ECONNREFUSED)), "ECONNREFUSED");
-        assert_eq!(result_label(Some(-4000)), "-4000");
-        assert_eq!(result_label(None), "unknown");
+    fn kernel_keys_that_share_a_label_set_are_merged() {
+        let mut kept = Kept {
+            sets: HashSet::new(),
+            max: 1,
+        };
+        let s = kept.fold(
+            &mut vec![
+                row(&["a", "ok"], 2, 0),
+                row(&["b", "ok"], 3, 0),
+                row(&["a", "ok"], 2, 1),
+            ],
+            0,
+        );
+        assert_eq!(s.rows, [row(&["a", "ok"], 4, 1)]);
+        assert_eq!(s.other, c(3, 0));
     }
 
     #[test]
@@ -633,25 +544,44 @@ mod tests {
         assert_eq!(prog_type_name(T::Odd), "odd");
     }
 
+    /// Fixed counts in place of a kernel counter: this test is about the
+    /// rendering; tests/daemon.rs checks the kernel's counts.
+    struct Fixed(crate::trace::Metric, Vec<(Vec<String>, Counts)>, u64);
+
+    impl Counting for Fixed {
+        fn metric(&self) -> crate::trace::Metric {
+            self.0
+        }
+
+        fn scrape(&self) -> Result<crate::trace::runner::LabelledCounts, crate::trace::TraceError> {
+            Ok((self.1.clone(), self.2))
+        }
+    }
+
     #[test]
     fn tracer_series_render_with_their_labels() {
+        use crate::trace::{Tracer as _, connect::Connect, exec::Exec};
         let shared = Shared::new();
         {
             let mut s = shared.lock();
-            let mut exec = TracerStats::new(1);
-            let mut comm = [0u8; 16];
-            comm[..4].copy_from_slice(b"true");
-            exec.series.add((comm, 0), 3);
-            exec.series.add((comm, -libc::ENOENT), 2);
-            exec.events = 5;
-            s.exec = Some(exec);
-            let mut conn = TracerStats::new(8);
-            conn.series.add(
-                (IpAddr::from([127, 0, 0, 1]), 80, Some(-libc::ECONNREFUSED)),
-                1,
+            let exec = Fixed(
+                Exec::METRIC,
+                vec![row(&["true", "ok"], 3, 0), row(&["true", "ENOENT"], 2, 2)],
+                0,
             );
-            conn.lost = 7;
-            s.connect = Some(conn);
+            let conn = Fixed(
+                Connect::METRIC,
+                vec![row(&["127.0.0.1", "80", "ECONNREFUSED"], 1, 1)],
+                7,
+            );
+            s.tracers.insert(
+                "exec",
+                Arc::new(Mutex::new(TracerSlot::new(Box::new(exec), 1))),
+            );
+            s.tracers.insert(
+                "connect",
+                Arc::new(Mutex::new(TracerSlot::new(Box::new(conn), 8))),
+            );
         }
         let mut reg = prometheus_client::registry::Registry::default();
         reg.register_collector(Box::new(KscopeCollector(shared)));

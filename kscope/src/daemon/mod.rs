@@ -61,7 +61,7 @@ fn needed_caps(config: &Config) -> Vec<crate::sys::Cap> {
         caps.push(Cap::NetAdmin);
     }
     let t = &config.trace;
-    if t.open || t.exec || t.connect || config.profile.enabled {
+    if t.tracers.values().any(|&on| on) || config.profile.enabled {
         caps.push(Cap::Perfmon);
     }
     caps
@@ -101,7 +101,7 @@ async fn serve(loaded: Loaded) -> anyhow::Result<()> {
             rules: Default::default(),
         },
         shared: shared.clone(),
-        tracers: Tracers::default(),
+        tracers: Tracers,
         stats: None,
         attached_here: BTreeSet::new(),
     };
@@ -174,7 +174,7 @@ impl Daemon {
         let plan = self.plan_firewall(&new)?;
         // 2. Tracers that should run and do not yet: started first, as they
         //    are the likeliest to fail and the easiest to take back.
-        let started = self.tracers.start_missing(&c.trace, &self.shared).await?;
+        let started = self.tracers.start_missing(&c.trace, &self.shared)?;
         // 3. Firewall: attach new interfaces, then swap rule sets.
         let mut attached = Vec::new();
         let fw = (|| -> anyhow::Result<()> {
@@ -207,7 +207,7 @@ impl Daemon {
                     tracing::error!("undoing the attach to {iface}: {d}");
                 }
             }
-            self.tracers.stop(&started, &self.shared).await;
+            self.tracers.stop(&started, &self.shared);
             return Err(e);
         }
         self.attached_here.extend(attached);
@@ -220,7 +220,7 @@ impl Daemon {
             }
             self.attached_here.remove(iface);
         }
-        self.tracers.stop_unwanted(&c.trace, &self.shared).await;
+        self.tracers.stop_unwanted(&c.trace, &self.shared);
         self.set_bpf_stats(c.metrics.bpf_stats);
         {
             let mut s = self.shared.lock();
@@ -307,7 +307,7 @@ impl Daemon {
     /// the config says otherwise, or `undo_start` asks to take back what
     /// this run attached (a failed start).
     async fn shutdown(&mut self, undo_start: bool) {
-        self.tracers.stop_all(&self.shared).await;
+        self.tracers.stop_all(&self.shared);
         self.stats = None;
         let detach: Vec<String> = if self.loaded.config.firewall.detach_on_exit {
             self.loaded

@@ -1,233 +1,96 @@
-//! The daemon's aggregate tracers: each runs as a task that owns its loaded
-//! object (dropping it detaches) and folds events into [`Shared`] counts.
+//! The daemon's tracers: each is a tracer of `trace::runner::TRACERS` in
+//! count mode, counting in the kernel; the collector reads the counts at
+//! scrape time. Nothing goes through a ring buffer, so the daemon runs no
+//! task per tracer and loses nothing to a slow consumer.
 
-use std::{collections::BTreeMap, sync::Arc};
-
-use aya::Ebpf;
-use tokio::{sync::oneshot, task::JoinHandle};
-
-use kscope_common::trace::ConnectEvent;
+use std::sync::{Arc, Mutex};
 
 use super::{
     config::TraceConfig,
-    metrics::{OpenTracer, Shared, State, TracerStats},
+    metrics::{Shared, TracerSlot},
 };
-use crate::trace::{
-    self, Filters, Stop,
-    connect::{self, ConnectOpts},
-    exec,
-    open::OpenCounter,
-};
+use crate::trace::{self, Filters, runner::TRACERS};
 
-/// One running tracer.
-struct Task {
-    stop: oneshot::Sender<()>,
-    join: JoinHandle<()>,
-}
-
-/// The tracers the daemon runs, by name (`exec`, `connect`, `open`). The
-/// open tracer counts in the kernel and has no task: it lives in the shared
-/// state, where the collector reads it.
-#[derive(Default)]
-pub struct Tracers {
-    tasks: BTreeMap<&'static str, Option<Task>>,
-}
-
-/// Whether `cfg` asks for tracer `name`.
-fn wanted(cfg: &TraceConfig, name: &str) -> bool {
-    match name {
-        "open" => cfg.open,
-        "exec" => cfg.exec,
-        "connect" => cfg.connect,
-        _ => false,
-    }
-}
-
-const ALL: [&str; 3] = ["open", "exec", "connect"];
+/// Starts and stops the daemon's tracers; the running ones live in the
+/// shared state.
+#[derive(Debug, Default)]
+pub struct Tracers;
 
 impl Tracers {
     /// Starts the tracers `cfg` asks for that are not running. Returns the
     /// names started; on error, those started by this call are stopped.
-    pub async fn start_missing(
+    ///
+    /// # Errors
+    /// Missing capabilities or tracefs, or a tracer that cannot start.
+    pub fn start_missing(
         &mut self,
         cfg: &TraceConfig,
         shared: &Arc<Shared>,
     ) -> anyhow::Result<Vec<&'static str>> {
-        let todo: Vec<&'static str> = ALL
-            .into_iter()
-            .filter(|n| wanted(cfg, n) && !self.tasks.contains_key(n))
-            .collect();
+        let todo: Vec<_> = {
+            let s = shared.lock();
+            TRACERS
+                .iter()
+                .filter(|t| cfg.wants(t.name) && !s.tracers.contains_key(t.name))
+                .collect()
+        };
         if todo.is_empty() {
-            return Ok(todo);
+            return Ok(Vec::new());
         }
         trace::preflight("kscope daemon")?;
         let mut started = Vec::new();
-        for name in todo {
-            match self.start(name, cfg.max_series, shared) {
-                Ok(()) => started.push(name),
+        for t in todo {
+            match (t.start)(&Filters::default()) {
+                Ok(counter) => {
+                    let slot = TracerSlot::new(counter, cfg.max_series);
+                    shared
+                        .lock()
+                        .tracers
+                        .insert(t.name, Arc::new(Mutex::new(slot)));
+                    started.push(t.name);
+                }
                 Err(e) => {
-                    self.stop(&started, shared).await;
-                    return Err(e.context(format!("starting the {name} tracer")));
+                    self.stop(&started, shared);
+                    return Err(
+                        anyhow::Error::new(e).context(format!("starting the {} tracer", t.name))
+                    );
                 }
             }
         }
         Ok(started)
     }
 
-    fn start(
-        &mut self,
-        name: &'static str,
-        max_series: usize,
-        shared: &Arc<Shared>,
-    ) -> anyhow::Result<()> {
-        if name == "open" {
-            let counter = OpenCounter::start(&Filters::default())?;
-            shared.lock().open = Some(OpenTracer::new(counter, max_series));
-            self.tasks.insert(name, None);
-            return Ok(());
-        }
-        let (stop, stopped) = oneshot::channel();
-        let join = match name {
-            "exec" => {
-                // Only the name and result are counted: one argument keeps
-                // the kernel's copy short.
-                let ebpf = exec::attach(&Filters::default(), 1)?;
-                shared.lock().exec = Some(TracerStats::new(max_series));
-                spawn(name, ebpf, stopped, shared.clone(), |s, bytes| {
-                    let (Some(ev), Some(t)) = (exec::event(bytes), s.exec.as_mut()) else {
-                        return;
-                    };
-                    t.events += 1;
-                    t.series.add((ev.comm, ev.ret), 1);
-                })
-            }
-            "connect" => {
-                let (ebpf, probe) = connect::attach(&ConnectOpts::default())?;
-                tracing::info!("connect tracer: {probe:?} probes");
-                shared.lock().connect = Some(TracerStats::new(max_series));
-                spawn(name, ebpf, stopped, shared.clone(), |s, bytes| {
-                    let (Some(ev), Some(t)) =
-                        (trace::decode::<ConnectEvent>(bytes), s.connect.as_mut())
-                    else {
-                        return;
-                    };
-                    t.events += 1;
-                    let ret = (ev.has_ret != 0).then_some(ev.ret);
-                    t.series
-                        .add((connect::addr(ev.family, &ev.daddr), ev.dport, ret), 1);
-                })
-            }
-            _ => anyhow::bail!("the {name} tracer is not available in the daemon"),
-        };
-        self.tasks.insert(name, Some(Task { stop, join }));
-        Ok(())
-    }
-
-    /// Stops the named tracers, waits until they have detached, and drops
-    /// their metrics.
-    pub async fn stop(&mut self, names: &[&'static str], shared: &Shared) {
+    /// Stops the named tracers: dropping a counter detaches it and frees
+    /// its maps (once a scrape holding it is done).
+    pub fn stop(&mut self, names: &[&'static str], shared: &Shared) {
+        let mut s = shared.lock();
         for name in names {
-            if let Some(Some(t)) = self.tasks.remove(name) {
-                let _ = t.stop.send(());
-                if let Err(e) = t.join.await {
-                    tracing::error!("the {name} tracer task failed: {e}");
-                }
-            }
-            // The open tracer's counter is dropped (detached) here.
-            clear(&mut shared.lock(), name);
+            s.tracers.remove(name);
+            s.problems.remove(&format!("{name} tracer"));
         }
     }
 
     /// Stops the tracers `cfg` no longer asks for and drops their metrics.
-    pub async fn stop_unwanted(&mut self, cfg: &TraceConfig, shared: &Arc<Shared>) {
-        let names: Vec<&'static str> = self
-            .tasks
+    pub fn stop_unwanted(&mut self, cfg: &TraceConfig, shared: &Arc<Shared>) {
+        let names: Vec<&'static str> = shared
+            .lock()
+            .tracers
             .keys()
             .copied()
-            .filter(|n| !wanted(cfg, n))
+            .filter(|n| !cfg.wants(n))
             .collect();
-        self.stop(&names, shared).await;
+        self.stop(&names, shared);
     }
 
-    pub async fn stop_all(&mut self, shared: &Arc<Shared>) {
-        let names: Vec<&'static str> = self.tasks.keys().copied().collect();
-        self.stop(&names, shared).await;
+    pub fn stop_all(&mut self, shared: &Arc<Shared>) {
+        let names: Vec<&'static str> = shared.lock().tracers.keys().copied().collect();
+        self.stop(&names, shared);
     }
 
     /// Applies a new series limit to what is counted from now on.
     pub fn max_series(&self, max: usize, shared: &Arc<Shared>) {
-        let mut s = shared.lock();
-        if let Some(t) = s.exec.as_mut() {
-            t.series.set_max(max);
-        }
-        if let Some(t) = s.connect.as_mut() {
-            t.series.set_max(max);
-        }
-        if let Some(t) = s.open.as_mut() {
-            t.set_max(max);
+        for slot in shared.lock().tracers.values() {
+            slot.lock().unwrap_or_else(|p| p.into_inner()).set_max(max);
         }
     }
-}
-
-fn clear(s: &mut State, name: &str) {
-    match name {
-        "exec" => s.exec = None,
-        "connect" => s.connect = None,
-        "open" => s.open = None,
-        _ => {}
-    }
-    s.problems.remove(&format!("{name} tracer"));
-}
-
-/// Runs `ebpf`'s ring-buffer consumer as a task until `stopped` fires,
-/// folding each record into the shared state with `fold`.
-fn spawn(
-    name: &'static str,
-    mut ebpf: Ebpf,
-    stopped: oneshot::Receiver<()>,
-    shared: Arc<Shared>,
-    fold: impl Fn(&mut State, &[u8]) + Send + Sync + 'static,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let stop = async move {
-            let _ = stopped.await;
-            Stop::Terminate
-        };
-        let result = trace::consume(
-            &mut ebpf,
-            stop,
-            None,
-            |bytes| {
-                fold(&mut shared.lock(), bytes);
-                Ok(())
-            },
-            |summary| {
-                let mut s = shared.lock();
-                let lost = match name {
-                    "exec" => s.exec.as_mut().map(|t| &mut t.lost),
-                    "connect" => s.connect.as_mut().map(|t| &mut t.lost),
-                    _ => None,
-                };
-                if let Some(l) = lost {
-                    if summary.lost > *l {
-                        tracing::warn!(
-                            "{name} tracer: {} events lost: the ring buffer was full",
-                            summary.lost - *l
-                        );
-                    }
-                    *l = summary.lost;
-                }
-            },
-        )
-        .await;
-        if let Err(e) = result {
-            tracing::error!("the {name} tracer stopped: {e}");
-            shared
-                .lock()
-                .problems
-                .insert(format!("{name} tracer"), e.to_string());
-        }
-        // Dropping the object here detaches the tracer.
-        drop(ebpf);
-    })
 }

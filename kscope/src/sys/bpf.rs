@@ -121,6 +121,33 @@ pub fn pinned_link_info(path: &Path) -> io::Result<LinkInfo> {
     })
 }
 
+/// `struct bpf_prog_info` up to `recursion_misses` (include/uapi/linux/
+/// bpf.h), as 27 u64 words; `recursion_misses` is the last. Kernels that
+/// predate a field leave it zero (they copy what they know and require
+/// the rest to be zero, which it is).
+#[repr(C, align(8))]
+struct RawProgInfo([u64; 27]);
+
+/// Runs of the program `fd` the kernel skipped because another BPF program
+/// was already running on that CPU (`bpf_prog_info.recursion_misses`). Each
+/// one is an event a tracer never saw.
+///
+/// Minimum kernel: 5.12 (earlier kernels report 0: they do not count).
+///
+/// # Errors
+/// BPF_OBJ_GET_INFO_BY_FD failing (not a program fd).
+pub fn prog_recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u64> {
+    let mut info = RawProgInfo([0; 27]);
+    let mut attr = InfoByFdAttr {
+        bpf_fd: u32::try_from(fd.as_raw_fd())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?,
+        info_len: std::mem::size_of::<RawProgInfo>() as u32,
+        info: (&raw mut info) as u64,
+    };
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info.0[26])
+}
+
 /// The `BPF_MAP_*_ELEM` part of `union bpf_attr`.
 #[repr(C, align(8))]
 #[derive(Default)]

@@ -419,6 +419,20 @@ pub fn open_mapped_file(pid: u32, start: u64, end: u64) -> io::Result<fs::File> 
     fs::File::open(format!("/proc/{pid}/map_files/{start:x}-{end:x}"))
 }
 
+/// True when stdout is a pipe or socket whose reading end is gone (the
+/// reader of `kscope ... | head -1` exited): poll(2) reports POLLERR or
+/// POLLHUP on it. A terminal or a file never reports that.
+pub fn stdout_closed() -> bool {
+    let mut pfd = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
 /// Lifts RLIMIT_MEMLOCK: kernels before 5.11 charge BPF maps against it,
 /// and the profiler's stack map alone is larger than the old 64 KiB
 /// default. Failure is harmless on newer kernels, which charge memory

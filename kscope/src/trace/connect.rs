@@ -17,12 +17,10 @@
 //! Minimum kernel: 5.8 (ring buffer); fentry needs 5.5 and BTF.
 
 use std::{
-    collections::HashMap,
     fs,
     io::{self, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
-    time::Duration,
 };
 
 use aya::{
@@ -30,14 +28,17 @@ use aya::{
     programs::{FEntry, FExit, KProbe, TracePoint},
 };
 use kscope_common::trace::{
-    ConnectEvent, GLOBAL_OFF_SADDR, GLOBAL_OFF_SADDR6, GLOBAL_OFF_SPORT, GLOBAL_PORT_FILTER_ON,
-    GLOBAL_TP_OFFSETS, MAP_PORTS, PROG_CONNECT_FENTRY_V4, PROG_CONNECT_FENTRY_V6,
-    PROG_CONNECT_FEXIT_V4, PROG_CONNECT_FEXIT_V6, PROG_CONNECT_KPROBE, PROG_CONNECT_KRETPROBE,
-    PROG_CONNECT_STATE, TP_FIELDS, TP_N,
+    ConnectEvent, ConnectKey, Counts, GLOBAL_COUNT_BY_TASK, GLOBAL_OFF_SADDR, GLOBAL_OFF_SADDR6,
+    GLOBAL_OFF_SPORT, GLOBAL_PORT_FILTER_ON, GLOBAL_TP_OFFSETS, MAP_PORTS, PROG_CONNECT_FENTRY_V4,
+    PROG_CONNECT_FENTRY_V6, PROG_CONNECT_FEXIT_V4, PROG_CONNECT_FEXIT_V6, PROG_CONNECT_KPROBE,
+    PROG_CONNECT_KRETPROBE, PROG_CONNECT_STATE, TP_FIELDS, TP_N,
 };
 
-use super::{Filters, Stop, Summary, TraceError, format, load_err};
-use crate::sys::btf::Btf;
+use super::{Attached, EventCx, Load, Metric, Mode, TraceError, Tracer, format};
+use crate::{
+    output::{Align, Column, Row},
+    sys::btf::Btf,
+};
 
 static TRACE_CONNECT_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/trace_connect"));
@@ -69,16 +70,15 @@ impl Probe {
     }
 }
 
+/// The TCP connect tracer.
+#[derive(Debug)]
+pub struct Connect;
+
 /// Options of `kscope trace connect`.
 #[derive(Clone, Debug, Default)]
 pub struct ConnectOpts {
-    pub filters: Filters,
     /// Destination ports to keep (`-P`); empty keeps all.
     pub ports: Vec<u16>,
-    /// Count connects per (pid, comm, daddr, dport) and print them at exit.
-    pub count: bool,
-    pub json: bool,
-    pub duration: Option<Duration>,
     pub probe: Probe,
 }
 
@@ -150,12 +150,10 @@ fn attach_kprobes(ebpf: &mut Ebpf) -> Result<(), TraceError> {
         return Err(unsupported("kprobe", reason));
     }
     for prog in [PROG_CONNECT_KPROBE, PROG_CONNECT_KRETPROBE] {
-        let p: &mut KProbe = ebpf
-            .program_mut(prog)
-            .ok_or_else(|| io::Error::other(format!("{prog} missing")))?
+        let p: &mut KProbe = super::program(ebpf, prog)?
             .try_into()
-            .map_err(|e| load_err(prog, e))?;
-        p.load().map_err(|e| load_err(prog, e))?;
+            .map_err(TraceError::program(prog))?;
+        p.load().map_err(TraceError::program(prog))?;
         for f in CONNECT_FNS {
             p.attach(f, 0)
                 .map_err(|e| unsupported("kprobe", format!("attaching to {f}: {e:#}")))?;
@@ -173,9 +171,7 @@ fn attach_fentry(ebpf: &mut Ebpf) -> Result<(), TraceError> {
         (PROG_CONNECT_FENTRY_V6, CONNECT_FNS[1], false),
         (PROG_CONNECT_FEXIT_V6, CONNECT_FNS[1], true),
     ] {
-        let p = ebpf
-            .program_mut(prog)
-            .ok_or_else(|| io::Error::other(format!("{prog} missing")))?;
+        let p = super::program(ebpf, prog)?;
         let refused = |e: aya::programs::ProgramError| {
             unsupported(
                 "fentry",
@@ -183,11 +179,11 @@ fn attach_fentry(ebpf: &mut Ebpf) -> Result<(), TraceError> {
             )
         };
         if exit {
-            let p: &mut FExit = p.try_into().map_err(|e| load_err(prog, e))?;
+            let p: &mut FExit = p.try_into().map_err(TraceError::program(prog))?;
             p.load(f, &btf).map_err(refused)?;
             p.attach().map_err(refused)?;
         } else {
-            let p: &mut FEntry = p.try_into().map_err(|e| load_err(prog, e))?;
+            let p: &mut FEntry = p.try_into().map_err(TraceError::program(prog))?;
             p.load(f, &btf).map_err(refused)?;
             p.attach().map_err(refused)?;
         }
@@ -196,12 +192,10 @@ fn attach_fentry(ebpf: &mut Ebpf) -> Result<(), TraceError> {
 }
 
 fn attach_tracepoint(ebpf: &mut Ebpf) -> Result<(), TraceError> {
-    let p: &mut TracePoint = ebpf
-        .program_mut(PROG_CONNECT_STATE)
-        .ok_or_else(|| io::Error::other(format!("{PROG_CONNECT_STATE} missing")))?
+    let p: &mut TracePoint = super::program(ebpf, PROG_CONNECT_STATE)?
         .try_into()
-        .map_err(|e| load_err(PROG_CONNECT_STATE, e))?;
-    p.load().map_err(|e| load_err(PROG_CONNECT_STATE, e))?;
+        .map_err(TraceError::program(PROG_CONNECT_STATE))?;
+    p.load().map_err(TraceError::program(PROG_CONNECT_STATE))?;
     p.attach("sock", "inet_sock_set_state")
         .map_err(|e| unsupported("tracepoint sock:inet_sock_set_state", format!("{e:#}")))?;
     Ok(())
@@ -209,33 +203,44 @@ fn attach_tracepoint(ebpf: &mut Ebpf) -> Result<(), TraceError> {
 
 /// Loads a fresh object (so a failed attempt leaves nothing behind) and
 /// attaches `probe`'s programs.
-fn try_probe(opts: &ConnectOpts, off: &Offsets, probe: Probe) -> Result<Ebpf, TraceError> {
+fn try_probe(
+    opts: &ConnectOpts,
+    load: &Load<'_>,
+    off: &Offsets,
+    probe: Probe,
+) -> Result<Ebpf, TraceError> {
     let port_on = u32::from(!opts.ports.is_empty()).to_ne_bytes();
+    let by_task = u32::from(matches!(load.mode, Mode::Count { by_task: true })).to_ne_bytes();
     let (saddr, saddr6, sport) = (
         off.saddr.to_ne_bytes(),
         off.saddr6.to_ne_bytes(),
         off.sport.to_ne_bytes(),
     );
     let tp: Vec<u8> = off.tp.iter().flat_map(|o| o.to_ne_bytes()).collect();
-    let mut ebpf = super::load(
+    let mut ebpf = load.object(
         TRACE_CONNECT_OBJ,
-        &opts.filters,
         &[
             (GLOBAL_PORT_FILTER_ON, &port_on[..]),
             (GLOBAL_OFF_SADDR, &saddr[..]),
             (GLOBAL_OFF_SADDR6, &saddr6[..]),
             (GLOBAL_OFF_SPORT, &sport[..]),
             (GLOBAL_TP_OFFSETS, &tp[..]),
+            (GLOBAL_COUNT_BY_TASK, &by_task[..]),
         ],
+        &[],
     )?;
     if !opts.ports.is_empty() {
-        let map = ebpf
-            .map_mut(MAP_PORTS)
-            .ok_or_else(|| io::Error::other(format!("{MAP_PORTS} missing")))?;
+        let missing = || TraceError::Map {
+            map: MAP_PORTS,
+            source: aya::maps::MapError::InvalidName {
+                name: MAP_PORTS.into(),
+            },
+        };
+        let map = ebpf.map_mut(MAP_PORTS).ok_or_else(missing)?;
         let mut ports: aya::maps::HashMap<_, u16, u8> =
-            aya::maps::HashMap::try_from(map).map_err(io::Error::other)?;
+            aya::maps::HashMap::try_from(map).map_err(TraceError::map(MAP_PORTS))?;
         for &p in &opts.ports {
-            ports.insert(p, 1, 0).map_err(io::Error::other)?;
+            ports.insert(p, 1, 0).map_err(TraceError::map(MAP_PORTS))?;
         }
     }
     match probe {
@@ -253,7 +258,7 @@ fn try_probe(opts: &ConnectOpts, off: &Offsets, probe: Probe) -> Result<Ebpf, Tr
 /// # Errors
 /// No usable probe kind (or the forced one missing), or a verifier
 /// rejection.
-pub fn attach(opts: &ConnectOpts) -> Result<(Ebpf, Probe), TraceError> {
+fn choose(opts: &ConnectOpts, load: &Load<'_>) -> Result<(Ebpf, Probe), TraceError> {
     let (saddr, saddr6, sport) = sock_offsets();
     let tp = tracepoint_offsets();
     let off = Offsets {
@@ -272,7 +277,7 @@ pub fn attach(opts: &ConnectOpts) -> Result<(Ebpf, Probe), TraceError> {
         Probe::Auto => {
             let mut why = Vec::new();
             for kind in [Probe::Kprobe, Probe::Fentry] {
-                match try_probe(opts, &off, kind) {
+                match try_probe(opts, load, &off, kind) {
                     Ok(e) => return Ok((e, kind)),
                     Err(TraceError::Unsupported { feature, reason }) => {
                         why.push(format!("{feature}: {reason}"));
@@ -286,62 +291,135 @@ pub fn attach(opts: &ConnectOpts) -> Result<(Ebpf, Probe), TraceError> {
             if tp.is_none() {
                 return Err(tp_missing());
             }
-            Ok((try_probe(opts, &off, Probe::Tracepoint)?, Probe::Tracepoint))
+            Ok((
+                try_probe(opts, load, &off, Probe::Tracepoint)?,
+                Probe::Tracepoint,
+            ))
         }
         Probe::Tracepoint if tp.is_none() => Err(tp_missing()),
-        kind => Ok((try_probe(opts, &off, kind)?, kind)),
+        kind => Ok((try_probe(opts, load, &off, kind)?, kind)),
     }
 }
 
-/// Runs the tracer, writing events (or, with `count`, the totals at the
-/// end) to `out`, until the duration passes or Ctrl-C or SIGTERM.
-///
-/// # Errors
-/// Missing capabilities, no usable probe kind (or the forced one missing),
-/// a verifier rejection, or an output error.
-pub async fn run(opts: &ConnectOpts, out: &mut impl Write) -> Result<(Summary, Stop), TraceError> {
-    super::preflight("kscope trace connect")?;
-    let mut signals = super::Signals::catch()?;
-    let mut lost = super::LostWarner::default();
-    let (mut ebpf, probe) = attach(opts)?;
-    let how = match probe {
-        Probe::Kprobe => "kprobe/kretprobe on tcp_v4_connect, tcp_v6_connect",
-        Probe::Fentry => "fentry/fexit on tcp_v4_connect, tcp_v6_connect",
-        _ => "the sock:inet_sock_set_state tracepoint (RET not available: shown as n/a)",
+impl Tracer for Connect {
+    const NAME: &'static str = "connect";
+    const METRIC: Metric = Metric {
+        name: "kscope_trace_connects",
+        help: "TCP connects, by destination and result (unknown where the probe cannot see it).",
+        labels: &["daddr", "dport", "result"],
+        errors: None,
     };
-    tracing::info!("tracing TCP connects with {how} (ready); Ctrl-C to stop");
-    let clock = format::Clock::now();
-    if !opts.json && !opts.count {
-        write_header(out)?;
-    }
-    let mut counts: HashMap<CountKey, u64> = HashMap::new();
-    let result = super::consume(
-        &mut ebpf,
-        signals.recv(),
-        opts.duration,
-        |bytes| {
-            let Some(ev) = super::decode::<ConnectEvent>(bytes) else {
-                return Ok(());
-            };
-            if opts.count {
-                *counts
-                    .entry((ev.pid, ev.comm, ev.family, ev.daddr, ev.dport))
-                    .or_default() += 1;
-                Ok(())
-            } else if opts.json {
-                write_json(out, &ev, &clock, probe)
-            } else {
-                write_row(out, &ev)
+    type Opts = ConnectOpts;
+    type Event = ConnectEvent;
+    type Key = ConnectKey;
+
+    fn attach(opts: &ConnectOpts, load: &Load<'_>) -> Result<Attached, TraceError> {
+        let (ebpf, probe) = choose(opts, load)?;
+        let what = match probe {
+            Probe::Kprobe => "TCP connects with kprobe/kretprobe on tcp_v4_connect, tcp_v6_connect",
+            Probe::Fentry => "TCP connects with fentry/fexit on tcp_v4_connect, tcp_v6_connect",
+            _ => {
+                "TCP connects with the sock:inet_sock_set_state tracepoint (RET not available: \
+                 shown as n/a)"
             }
-        },
-        |s| lost.tick(s),
-    )
-    .await;
-    if opts.count {
-        write_counts(out, &counts, opts.json)?;
+        };
+        Ok(Attached {
+            ebpf,
+            what: what.into(),
+            probe: probe.name(),
+        })
     }
-    out.flush()?;
-    result
+
+    /// Table: `PID COMM FAM SADDR SPORT DADDR DPORT RET LAT(ms)`; RET is
+    /// `n/a` where the probe cannot see it. JSON: `ts_unix_ns`, `pid`,
+    /// `tid`, `uid`, `comm`, `family` ("ipv4"/"ipv6"), `saddr`, `sport`,
+    /// `daddr`, `dport`, `ret` (null where the probe cannot see it),
+    /// `errno_name`, `latency_ns`, `probe` ("kprobe", "fentry" or
+    /// "tracepoint").
+    fn event_columns(_timestamps: bool) -> Vec<Column> {
+        vec![
+            Column::json("ts_unix_ns"),
+            Column::left("PID", "pid", 7),
+            Column::json("tid"),
+            Column::json("uid"),
+            Column::left("COMM", "comm", 16),
+            Column::table("FAM", 4, Align::Left),
+            Column::json("family"),
+            Column::left("SADDR", "saddr", 39),
+            Column::right("SPORT", "sport", 5),
+            Column::left("DADDR", "daddr", 39),
+            Column::right("DPORT", "dport", 5),
+            Column::right("RET", "ret", 12).none("n/a"),
+            Column::json("errno_name"),
+            Column::table("LAT(ms)", 9, Align::Right),
+            Column::json("latency_ns"),
+            Column::json("probe"),
+        ]
+    }
+
+    fn write_event<W: Write>(
+        ev: &ConnectEvent,
+        cx: &EventCx,
+        r: &mut Row<'_, W>,
+    ) -> io::Result<()> {
+        r.u64(cx.clock.unix_ns(ev.ts_ns))?;
+        r.u64(ev.pid.into())?;
+        r.u64(ev.tid.into())?;
+        r.u64(ev.uid.into())?;
+        r.text(format::cstr(&ev.comm))?;
+        let v6 = i32::from(ev.family) == libc::AF_INET6;
+        r.str(if v6 { "6" } else { "4" })?;
+        r.str(family_name(ev.family))?;
+        r.display(addr(ev.family, &ev.saddr))?;
+        r.u64(ev.sport.into())?;
+        r.display(addr(ev.family, &ev.daddr))?;
+        r.u64(ev.dport.into())?;
+        let name = format::errno_name(-i64::from(ev.ret)).filter(|_| ev.ret < 0);
+        match (ev.has_ret != 0, name) {
+            (false, _) => r.null()?,
+            // The table shows the errno's name, JSON the number.
+            (true, Some(n)) if r.is_table() => r.str(n)?,
+            (true, _) => r.i64(ev.ret.into())?,
+        }
+        match name.filter(|_| ev.has_ret != 0) {
+            Some(n) => r.str(n)?,
+            None => r.null()?,
+        }
+        r.f64(ev.latency_ns as f64 / 1e6, 3)?;
+        r.u64(ev.latency_ns)?;
+        r.str(cx.probe)
+    }
+
+    /// Table: `PID COMM DADDR DPORT RESULT CONNECTS`; JSON: `pid`, `comm`,
+    /// `daddr`, `dport`, `result` (`ok`, the errno's name, or `unknown`
+    /// where the probe cannot see it), `connects`.
+    fn count_columns() -> Vec<Column> {
+        vec![
+            Column::left("PID", "pid", 7),
+            Column::left("COMM", "comm", 16),
+            Column::left("DADDR", "daddr", 39),
+            Column::right("DPORT", "dport", 5),
+            Column::right("RESULT", "result", 12),
+            Column::right("CONNECTS", "connects", 9),
+        ]
+    }
+
+    fn write_count<W: Write>(key: &ConnectKey, c: &Counts, r: &mut Row<'_, W>) -> io::Result<()> {
+        r.u64(key.pid.into())?;
+        r.text(format::cstr(&key.comm))?;
+        r.display(addr(key.family, &key.daddr))?;
+        r.u64(key.dport.into())?;
+        r.str(&format::result_label((key.has_ret != 0).then_some(key.ret)))?;
+        r.u64(c.events)
+    }
+
+    fn label_values(key: &ConnectKey) -> Vec<String> {
+        vec![
+            addr(key.family, &key.daddr).to_string(),
+            key.dport.to_string(),
+            format::result_label((key.has_ret != 0).then_some(key.ret)).into_owned(),
+        ]
+    }
 }
 
 /// The address in an event's 16 bytes for its family.
@@ -361,134 +439,13 @@ fn family_name(family: u16) -> &'static str {
     }
 }
 
-pub fn write_header(out: &mut impl Write) -> io::Result<()> {
-    writeln!(
-        out,
-        "{:<7} {:<16} {:<4} {:<39} {:>5} {:<39} {:>5} {:>12} {:>9}",
-        "PID", "COMM", "FAM", "SADDR", "SPORT", "DADDR", "DPORT", "RET", "LAT(ms)"
-    )
-}
-
-/// One table row; RET is `n/a` where the probe cannot see it.
-pub fn write_row(out: &mut impl Write, ev: &ConnectEvent) -> io::Result<()> {
-    let comm = format::cstr(&ev.comm);
-    write!(out, "{:<7} ", ev.pid)?;
-    format::write_text(out, comm)?;
-    write!(out, "{:w$} ", "", w = 16usize.saturating_sub(comm.len()))?;
-    write!(
-        out,
-        "{:<4} {:<39} {:>5} {:<39} {:>5} ",
-        if i32::from(ev.family) == libc::AF_INET6 {
-            "6"
-        } else {
-            "4"
-        },
-        addr(ev.family, &ev.saddr),
-        ev.sport,
-        addr(ev.family, &ev.daddr),
-        ev.dport
-    )?;
-    match (ev.has_ret != 0, ev.ret) {
-        (false, _) => write!(out, "{:>12} ", "n/a")?,
-        (true, 0) => write!(out, "{:>12} ", 0)?,
-        (true, r) => match format::errno_name(-i64::from(r)) {
-            Some(n) => write!(out, "{n:>12} ")?,
-            None => write!(out, "{r:>12} ")?,
-        },
-    }
-    writeln!(out, "{:>9.3}", ev.latency_ns as f64 / 1e6)
-}
-
-/// One JSON line. Fields: `ts_unix_ns`, `pid`, `tid`, `uid`, `comm`,
-/// `family` ("ipv4"/"ipv6"), `saddr`, `sport`, `daddr`, `dport`, `ret`
-/// (null where the probe cannot see it), `errno_name`, `latency_ns`,
-/// `probe` ("kprobe", "fentry" or "tracepoint").
-pub fn write_json(
-    out: &mut impl Write,
-    ev: &ConnectEvent,
-    clock: &format::Clock,
-    probe: Probe,
-) -> io::Result<()> {
-    write!(
-        out,
-        "{{\"ts_unix_ns\":{},\"pid\":{},\"tid\":{},\"uid\":{},\"comm\":",
-        clock.unix_ns(ev.ts_ns),
-        ev.pid,
-        ev.tid,
-        ev.uid
-    )?;
-    format::write_json_str(out, format::cstr(&ev.comm))?;
-    write!(
-        out,
-        ",\"family\":\"{}\",\"saddr\":\"{}\",\"sport\":{},\"daddr\":\"{}\",\"dport\":{}",
-        family_name(ev.family),
-        addr(ev.family, &ev.saddr),
-        ev.sport,
-        addr(ev.family, &ev.daddr),
-        ev.dport
-    )?;
-    if ev.has_ret == 0 {
-        out.write_all(b",\"ret\":null,\"errno_name\":null")?;
-    } else {
-        write!(out, ",\"ret\":{},\"errno_name\":", ev.ret)?;
-        match format::errno_name(-i64::from(ev.ret)).filter(|_| ev.ret < 0) {
-            Some(n) => write!(out, "\"{n}\"")?,
-            None => out.write_all(b"null")?,
-        }
-    }
-    writeln!(
-        out,
-        ",\"latency_ns\":{},\"probe\":\"{}\"}}",
-        ev.latency_ns,
-        probe.name()
-    )
-}
-
-type CountKey = (u32, [u8; 16], u16, [u8; 16], u16);
-
-/// `-c` output: connects per (pid, comm, daddr, dport), most first.
-fn write_counts(
-    out: &mut impl Write,
-    counts: &HashMap<CountKey, u64>,
-    json: bool,
-) -> io::Result<()> {
-    let mut rows: Vec<(&CountKey, &u64)> = counts.iter().collect();
-    rows.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    if !json {
-        writeln!(
-            out,
-            "{:<7} {:<16} {:<39} {:>5} {:>9}",
-            "PID", "COMM", "DADDR", "DPORT", "CONNECTS"
-        )?;
-    }
-    for ((pid, comm, family, daddr, dport), n) in rows {
-        let c = format::cstr(comm);
-        if json {
-            write!(out, "{{\"pid\":{pid},\"comm\":")?;
-            format::write_json_str(out, c)?;
-            writeln!(
-                out,
-                ",\"daddr\":\"{}\",\"dport\":{dport},\"connects\":{n}}}",
-                addr(*family, daddr)
-            )?;
-        } else {
-            write!(out, "{pid:<7} ")?;
-            format::write_text(out, c)?;
-            writeln!(
-                out,
-                "{:w$} {:<39} {dport:>5} {n:>9}",
-                "",
-                addr(*family, daddr).to_string(),
-                w = 16usize.saturating_sub(c.len())
-            )?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        output::Format,
+        trace::render::{self, json_lines},
+    };
 
     const FORMAT: &str = "name: inet_sock_set_state
 ID: 1342
@@ -540,23 +497,19 @@ format:
 
     #[test]
     fn json_has_addresses_and_ret_or_null() {
-        let clock = format::Clock::now();
-        let mut out = Vec::new();
-        write_json(&mut out, &event(2, -101, 1), &clock, Probe::Kprobe).expect("write");
-        write_json(&mut out, &event(2, 0, 0), &clock, Probe::Tracepoint).expect("write");
-        let v: Vec<serde_json::Value> = String::from_utf8(out)
-            .expect("utf8")
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("JSON"))
-            .collect();
+        let (a, b) = (event(2, -101, 1), event(2, 0, 0));
+        let v = json_lines(&render::events::<Connect>(&[&a, &b], Format::Json, false));
         assert_eq!(v[0]["daddr"], "192.0.2.9");
         assert_eq!(v[0]["saddr"], "127.0.0.1");
         assert_eq!(v[0]["dport"], 443);
+        assert_eq!(v[0]["sport"], 40000);
         assert_eq!(v[0]["ret"], -101);
         assert_eq!(v[0]["errno_name"], "ENETUNREACH");
         assert_eq!(v[0]["family"], "ipv4");
+        assert_eq!(v[0]["latency_ns"], 1_500_000);
+        assert_eq!(v[0]["probe"], "kprobe");
         assert!(v[1]["ret"].is_null());
-        assert_eq!(v[1]["probe"], "tracepoint");
+        assert!(v[1]["errno_name"].is_null());
     }
 
     #[test]
@@ -566,13 +519,16 @@ format:
     }
 
     #[test]
-    fn rows_show_na_without_ret() {
-        let mut out = Vec::new();
-        write_row(&mut out, &event(2, 0, 0)).expect("row");
-        let row = String::from_utf8(out).expect("utf8");
-        let words: Vec<&str> = row.split_whitespace().collect();
+    fn rows_show_na_without_ret_and_errno_names_with_it() {
+        let (a, b) = (event(2, 0, 0), event(2, -101, 1));
+        let text = render::events::<Connect>(&[&a, &b], Format::Table, false);
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
         assert_eq!(
-            words,
+            rows[0],
             [
                 "7",
                 "curl",
@@ -585,40 +541,34 @@ format:
                 "1.500"
             ]
         );
+        assert_eq!(rows[1][7], "ENETUNREACH");
     }
 
     #[test]
-    fn counts_are_sorted_most_first() {
-        let mut counts = HashMap::new();
-        counts.insert(
-            (
-                1,
-                *b"a\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
-                2u16,
-                [0u8; 16],
-                80u16,
-            ),
-            2u64,
+    fn counts_label_the_result() {
+        let mut key = ConnectKey {
+            pid: 9,
+            family: 2,
+            dport: 80,
+            ret: 0,
+            has_ret: 0,
+            ..ConnectKey::default()
+        };
+        key.daddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        key.comm[..1].copy_from_slice(b"b");
+        let rows = [(
+            key,
+            Counts {
+                events: 5,
+                failed: 0,
+            },
+        )];
+        let v = &json_lines(&render::counts::<Connect>(&rows, Format::Json))[0];
+        assert_eq!(
+            *v,
+            serde_json::json!({"pid": 9, "comm": "b", "daddr": "10.0.0.1", "dport": 80,
+                "result": "unknown", "connects": 5})
         );
-        counts.insert(
-            (
-                2,
-                *b"b\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
-                2u16,
-                [0u8; 16],
-                443u16,
-            ),
-            5u64,
-        );
-        let mut out = Vec::new();
-        write_counts(&mut out, &counts, true).expect("write");
-        let lines: Vec<serde_json::Value> = String::from_utf8(out)
-            .expect("utf8")
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("JSON"))
-            .collect();
-        assert_eq!(lines[0]["connects"], 5);
-        assert_eq!(lines[0]["comm"], "b");
-        assert_eq!(lines[1]["dport"], 80);
+        assert_eq!(Connect::label_values(&key), ["10.0.0.1", "80", "unknown"]);
     }
 }

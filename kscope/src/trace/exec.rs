@@ -8,21 +8,19 @@
 //!
 //! Minimum kernel: 5.8 (ring buffer).
 
-use std::{
-    io::{self, Write},
-    time::Duration,
-};
+use std::io::{self, Write};
 
 use kscope_common::trace::{
-    ARGS_SIZE, ExecEvent, GLOBAL_MAX_ARGS, GLOBAL_OFF_REAL_PARENT, GLOBAL_OFF_TGID,
-    PROG_EXEC_ENTER_EXECVE, PROG_EXEC_ENTER_EXECVEAT, PROG_EXEC_EXIT_EXECVE,
+    ARGS_SIZE, Counts, ExecEvent, ExecKey, GLOBAL_MAX_ARGS, GLOBAL_OFF_REAL_PARENT,
+    GLOBAL_OFF_TGID, PROG_EXEC_ENTER_EXECVE, PROG_EXEC_ENTER_EXECVEAT, PROG_EXEC_EXIT_EXECVE,
     PROG_EXEC_EXIT_EXECVEAT,
 };
 
-use aya::Ebpf;
-
-use super::{Filters, Stop, Summary, TraceError, format};
-use crate::sys::btf::Btf;
+use super::{Attached, EventCx, Load, Metric, TraceError, Tracer, format};
+use crate::{
+    output::{Align, Column, Row},
+    sys::btf::Btf,
+};
 
 static TRACE_EXEC_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/trace_exec"));
 
@@ -35,15 +33,21 @@ const HOOKS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The exec tracer.
+#[derive(Debug)]
+pub struct Exec;
+
 /// Options of `kscope trace exec`.
 #[derive(Clone, Debug)]
 pub struct ExecOpts {
-    pub filters: Filters,
     /// Arguments kept per exec (1 to 64).
     pub max_args: u32,
-    pub timestamps: bool,
-    pub json: bool,
-    pub duration: Option<Duration>,
+}
+
+impl Default for ExecOpts {
+    fn default() -> Self {
+        Self { max_args: 20 }
+    }
 }
 
 fn task_offsets() -> (u32, u32) {
@@ -61,77 +65,116 @@ fn task_offsets() -> (u32, u32) {
     }
 }
 
-/// Loads `trace_exec` with `filters`, keeping up to `max_args` arguments per
-/// exec, and attaches it. Dropping the object detaches it.
-///
-/// # Errors
-/// The execve tracepoints missing, or a verifier rejection.
-pub fn attach(filters: &Filters, max_args: u32) -> Result<Ebpf, TraceError> {
-    let (parent, tgid) = task_offsets();
-    let (max, parent, tgid) = (
-        max_args.to_ne_bytes(),
-        parent.to_ne_bytes(),
-        tgid.to_ne_bytes(),
-    );
-    let mut ebpf = super::load(
-        TRACE_EXEC_OBJ,
-        filters,
-        &[
-            (GLOBAL_MAX_ARGS, &max[..]),
-            (GLOBAL_OFF_REAL_PARENT, &parent[..]),
-            (GLOBAL_OFF_TGID, &tgid[..]),
-        ],
-    )?;
-    super::attach_syscall_pairs(&mut ebpf, HOOKS)?;
-    Ok(ebpf)
-}
+impl Tracer for Exec {
+    const NAME: &'static str = "exec";
+    const METRIC: Metric = Metric {
+        name: "kscope_trace_execs",
+        help: "execve(2) and execveat(2) calls, by new program name and result.",
+        labels: &["comm", "result"],
+        errors: None,
+    };
+    type Opts = ExecOpts;
+    type Event = ExecEvent;
+    type Key = ExecKey;
 
-/// Runs the tracer, writing events to `out`, until the duration passes or
-/// Ctrl-C or SIGTERM.
-///
-/// # Errors
-/// Missing capabilities or tracefs, the execve tracepoints missing, a
-/// verifier rejection, or an output error.
-pub async fn run(opts: &ExecOpts, out: &mut impl Write) -> Result<(Summary, Stop), TraceError> {
-    super::preflight("kscope trace exec")?;
-    let mut signals = super::Signals::catch()?;
-    let mut lost = super::LostWarner::default();
-    let mut ebpf = attach(&opts.filters, opts.max_args)?;
-    let clock = format::Clock::now();
-    if !opts.json {
-        write_header(out, opts.timestamps)?;
+    fn attach(opts: &ExecOpts, load: &Load<'_>) -> Result<Attached, TraceError> {
+        let (parent, tgid) = task_offsets();
+        let (max, parent, tgid) = (
+            opts.max_args.to_ne_bytes(),
+            parent.to_ne_bytes(),
+            tgid.to_ne_bytes(),
+        );
+        let mut ebpf = load.object(
+            TRACE_EXEC_OBJ,
+            &[
+                (GLOBAL_MAX_ARGS, &max[..]),
+                (GLOBAL_OFF_REAL_PARENT, &parent[..]),
+                (GLOBAL_OFF_TGID, &tgid[..]),
+            ],
+            &[],
+        )?;
+        // Both ends in count mode too: the enter program applies the
+        // filters to the task as it was before the exec.
+        let what = super::attach_syscalls(&mut ebpf, HOOKS, false)?.join(", ");
+        Ok(Attached {
+            ebpf,
+            what,
+            probe: "",
+        })
     }
-    let result = super::consume(
-        &mut ebpf,
-        signals.recv(),
-        opts.duration,
-        |bytes| {
-            let Some(ev) = event(bytes) else {
-                return Ok(());
-            };
-            if opts.json {
-                write_json(out, ev, &clock)
-            } else {
-                write_row(out, ev, &clock, opts.timestamps)
-            }
-        },
-        |s| lost.tick(s),
-    )
-    .await;
-    out.flush()?;
-    result
-}
 
-/// Borrows an event in place (it is over 4 KiB; no copy per event).
-pub fn event(bytes: &[u8]) -> Option<&ExecEvent> {
-    if bytes.len() < std::mem::size_of::<ExecEvent>()
-        || !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<ExecEvent>())
-    {
-        return None;
+    /// Table: `PCOMM PID PPID RET ARGS` (arguments joined by spaces, `...`
+    /// when some were left out). JSON: `ts_unix_ns`, `pid`, `ppid`, `uid`,
+    /// `comm`, `ret` (0 or -errno), `errno_name`, `args` (array of
+    /// strings), `args_truncated`.
+    fn event_columns(timestamps: bool) -> Vec<Column> {
+        let mut cols = Vec::with_capacity(11);
+        if timestamps {
+            cols.push(Column::table("TIME(s)", 14, Align::Left));
+        }
+        cols.extend([
+            Column::json("ts_unix_ns"),
+            Column::left("PCOMM", "comm", 16),
+            Column::left("PID", "pid", 7),
+            Column::left("PPID", "ppid", 7),
+            Column::json("uid"),
+            Column::table("RET", 12, Align::Right),
+            Column::json("ret"),
+            Column::json("errno_name"),
+            Column::left("ARGS", "args", 0),
+            Column::json("args_truncated"),
+        ]);
+        cols
     }
-    // SAFETY: long enough and aligned (ring-buffer records are 8-aligned),
-    // and ExecEvent is plain old data valid for any bit pattern.
-    Some(unsafe { &*bytes.as_ptr().cast::<ExecEvent>() })
+
+    fn write_event<W: Write>(ev: &ExecEvent, cx: &EventCx, r: &mut Row<'_, W>) -> io::Result<()> {
+        if cx.timestamps {
+            r.f64(cx.clock.since_start(ev.ts_ns), 6)?;
+        }
+        r.u64(cx.clock.unix_ns(ev.ts_ns))?;
+        r.text(format::cstr(&ev.comm))?;
+        r.u64(ev.pid.into())?;
+        r.u64(ev.ppid.into())?;
+        r.u64(ev.uid.into())?;
+        let name = format::errno_name(-i64::from(ev.ret)).filter(|_| ev.ret < 0);
+        match name {
+            Some(n) => r.str(n)?,
+            None => r.i64(ev.ret.into())?,
+        }
+        r.i64(ev.ret.into())?;
+        match name {
+            Some(n) => r.str(n)?,
+            None => r.null()?,
+        }
+        let truncated = ev.truncated != 0;
+        r.list(args(ev), truncated)?;
+        r.bool(truncated)
+    }
+
+    /// Table: `COMM RESULT EXECS`; JSON: `comm`, `result` (`ok` or the
+    /// errno's name), `ret`, `execs`.
+    fn count_columns() -> Vec<Column> {
+        vec![
+            Column::left("COMM", "comm", 16),
+            Column::right("RESULT", "result", 12),
+            Column::json("ret"),
+            Column::right("EXECS", "execs", 12),
+        ]
+    }
+
+    fn write_count<W: Write>(key: &ExecKey, c: &Counts, r: &mut Row<'_, W>) -> io::Result<()> {
+        r.text(format::cstr(&key.comm))?;
+        r.str(&format::result_label(Some(key.ret)))?;
+        r.i64(key.ret.into())?;
+        r.u64(c.events)
+    }
+
+    fn label_values(key: &ExecKey) -> Vec<String> {
+        vec![
+            String::from_utf8_lossy(format::cstr(&key.comm)).into_owned(),
+            format::result_label(Some(key.ret)).into_owned(),
+        ]
+    }
 }
 
 /// The event's arguments, each without its NUL.
@@ -140,88 +183,13 @@ pub fn args(ev: &ExecEvent) -> impl Iterator<Item = &[u8]> {
     ev.args[..used].split(|&b| b == 0).take(ev.argc as usize)
 }
 
-pub fn write_header(out: &mut impl Write, timestamps: bool) -> io::Result<()> {
-    if timestamps {
-        write!(out, "{:<14} ", "TIME(s)")?;
-    }
-    writeln!(
-        out,
-        "{:<16} {:<7} {:<7} {:>12} ARGS",
-        "PCOMM", "PID", "PPID", "RET"
-    )
-}
-
-fn write_ret(out: &mut impl Write, ret: i32) -> io::Result<()> {
-    match format::errno_name(-i64::from(ret)).filter(|_| ret < 0) {
-        Some(n) => write!(out, "{n:>12} "),
-        None => write!(out, "{ret:>12} "),
-    }
-}
-
-/// One row: arguments joined by spaces, `...` when some were left out.
-pub fn write_row(
-    out: &mut impl Write,
-    ev: &ExecEvent,
-    clock: &format::Clock,
-    timestamps: bool,
-) -> io::Result<()> {
-    if timestamps {
-        write!(out, "{:<14.6} ", clock.since_start(ev.ts_ns))?;
-    }
-    let comm = format::cstr(&ev.comm);
-    format::write_text(out, comm)?;
-    write!(
-        out,
-        "{:w$} {:<7} {:<7} ",
-        "",
-        ev.pid,
-        ev.ppid,
-        w = 16usize.saturating_sub(comm.len())
-    )?;
-    write_ret(out, ev.ret)?;
-    for (i, a) in args(ev).enumerate() {
-        if i > 0 {
-            out.write_all(b" ")?;
-        }
-        format::write_text(out, a)?;
-    }
-    if ev.truncated != 0 {
-        out.write_all(b" ...")?;
-    }
-    out.write_all(b"\n")
-}
-
-/// One JSON line. Fields: `ts_unix_ns`, `pid`, `ppid`, `uid`, `comm`, `ret`
-/// (0 or -errno), `errno_name`, `args` (array of strings),
-/// `args_truncated`.
-pub fn write_json(out: &mut impl Write, ev: &ExecEvent, clock: &format::Clock) -> io::Result<()> {
-    write!(
-        out,
-        "{{\"ts_unix_ns\":{},\"pid\":{},\"ppid\":{},\"uid\":{},\"comm\":",
-        clock.unix_ns(ev.ts_ns),
-        ev.pid,
-        ev.ppid,
-        ev.uid
-    )?;
-    format::write_json_str(out, format::cstr(&ev.comm))?;
-    write!(out, ",\"ret\":{},\"errno_name\":", ev.ret)?;
-    match format::errno_name(-i64::from(ev.ret)).filter(|_| ev.ret < 0) {
-        Some(n) => write!(out, "\"{n}\"")?,
-        None => out.write_all(b"null")?,
-    }
-    out.write_all(b",\"args\":[")?;
-    for (i, a) in args(ev).enumerate() {
-        if i > 0 {
-            out.write_all(b",")?;
-        }
-        format::write_json_str(out, a)?;
-    }
-    writeln!(out, "],\"args_truncated\":{}}}", ev.truncated != 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        output::Format,
+        trace::render::{self, json_lines},
+    };
     use kscope_common::trace::ARG_LEN;
 
     fn event_with(argv: &[&str], truncated: bool) -> Box<ExecEvent> {
@@ -252,25 +220,54 @@ mod tests {
 
     #[test]
     fn json_lists_args_and_names_errno() {
-        let clock = format::Clock::now();
         let ev = event_with(&["/bin/x", "a \"b\""], true);
-        let mut out = Vec::new();
-        write_json(&mut out, &ev, &clock).expect("write");
-        let v: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+        let v = &json_lines(&render::events::<Exec>(&[&ev], Format::Json, false))[0];
         assert_eq!(v["args"], serde_json::json!(["/bin/x", "a \"b\""]));
         assert_eq!(v["args_truncated"], true);
         assert_eq!(v["errno_name"], "ENOENT");
+        assert_eq!(v["ret"], -2);
+        assert_eq!(v["comm"], "sh");
         assert_eq!((v["pid"].as_u64(), v["ppid"].as_u64()), (Some(10), Some(1)));
     }
 
     #[test]
     fn rows_mark_truncation() {
-        let clock = format::Clock::now();
         let ev = event_with(&["ls", "-l"], true);
-        let mut out = Vec::new();
-        write_row(&mut out, &ev, &clock, false).expect("write");
-        let row = String::from_utf8(out).expect("utf8");
-        let words: Vec<&str> = row.split_whitespace().collect();
+        let text = render::events::<Exec>(&[&ev], Format::Table, false);
+        let words: Vec<&str> = text
+            .lines()
+            .nth(1)
+            .expect("row")
+            .split_whitespace()
+            .collect();
         assert_eq!(words, ["sh", "10", "1", "ENOENT", "ls", "-l", "..."]);
+        let ev = event_with(&["ls"], false);
+        let text = render::events::<Exec>(&[&ev], Format::Table, false);
+        assert!(
+            text.lines().nth(1).is_some_and(|l| l.ends_with(" ls")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn counts_name_the_result() {
+        let mut key = ExecKey {
+            ret: -13,
+            ..ExecKey::default()
+        };
+        key.comm[..4].copy_from_slice(b"bash");
+        let rows = [(
+            key,
+            Counts {
+                events: 3,
+                failed: 3,
+            },
+        )];
+        let v = &json_lines(&render::counts::<Exec>(&rows, Format::Json))[0];
+        assert_eq!(
+            *v,
+            serde_json::json!({"comm": "bash", "result": "EACCES", "ret": -13, "execs": 3})
+        );
+        assert_eq!(Exec::label_values(&key), ["bash", "EACCES"]);
     }
 }

@@ -46,6 +46,16 @@ pub fn errno_name(errno: i64) -> Option<&'static str> {
     })
 }
 
+/// A call's result as a word: `ok`, an errno name, the number when it has
+/// no name, or `unknown` where the probe cannot see it.
+pub fn result_label(ret: Option<i32>) -> std::borrow::Cow<'static, str> {
+    match ret {
+        None => "unknown".into(),
+        Some(0) => "ok".into(),
+        Some(r) => errno_name(-i64::from(r)).map_or_else(|| r.to_string().into(), Into::into),
+    }
+}
+
 const OPEN_FLAGS: &[(i32, &str)] = &[
     (libc::O_CREAT, "O_CREAT"),
     (libc::O_EXCL, "O_EXCL"),
@@ -141,6 +151,15 @@ pub fn write_text(w: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Columns `bytes` takes in a table cell, as [`write_text`] writes them:
+/// one per character, invalid UTF-8 counted as U+FFFD.
+pub fn text_width(bytes: &[u8]) -> usize {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.chars().count(),
+        Err(_) => String::from_utf8_lossy(bytes).chars().count(),
+    }
 }
 
 /// Converts CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns) to Unix

@@ -1,72 +1,111 @@
-//! Kernel tracers: `kscope trace open | exec | connect`.
+//! Kernel tracers: `kscope trace open | exec | connect`, and the daemon's
+//! aggregate tracers.
 //!
-//! Every tracer follows one lifecycle: check it can run (naming a missing
-//! kernel feature), load with its filters as load-time globals, attach,
-//! consume events from a BPF ring buffer until the duration ends or Ctrl-C
-//! or SIGTERM arrives, then detach. The loaded object (and with it every
-//! attached link) lives in a value whose `Drop` detaches, so an early
-//! return or a panic leaves nothing attached.
+//! Every tracer is one kernel object and one [`Tracer`] impl; [`runner`]
+//! runs any of them, for `kscope trace` and for the daemon alike. The
+//! lifecycle is the same for all: check it can run (naming a missing
+//! kernel feature), load with its filters as load-time globals, attach
+//! (choosing a probe kind where the tracer has several), run until the
+//! duration ends or Ctrl-C or SIGTERM arrives, then detach. The loaded
+//! object (and with it every attached link) lives in a value whose `Drop`
+//! detaches, so an early return or a panic leaves nothing attached.
 //!
-//! Transport: a BPF ring buffer (Linux 5.8+), read through tokio's
-//! `AsyncFd`. The kernel side submits without waking the consumer until
-//! [`WAKEUP_BYTES`] bytes wait, and the consumer also drains on a timer
-//! every [`POLL_INTERVAL`]: printing an event then costs close to counting
-//! it, and an event still shows within a few milliseconds. Events that find
-//! the buffer full are counted in the kernel and reported on stderr and in
-//! the summary, never dropped silently.
+//! Two modes, the same for every tracer:
+//! - events: each event goes through a BPF ring buffer (Linux 5.8+) and is
+//!   printed as a row. The kernel side submits without waking the consumer
+//!   until [`WAKEUP_BYTES`] bytes wait, and the consumer also drains on a
+//!   timer every [`POLL_INTERVAL`]: printing an event then costs close to
+//!   counting it, and an event still shows within a few milliseconds.
+//! - count (`-c`): the kernel counts events per the tracer's key in a
+//!   per-CPU hash, and nothing goes through the ring buffer; the totals are
+//!   read at the end (or, in the daemon, at every scrape).
+//!
+//! Loss is never silent: events that find the ring buffer full, keys that
+//! find the count table full, and runs the kernel skipped because another
+//! BPF program was running on that CPU (`recursion_misses`, Linux 5.12+)
+//! are counted and reported on stderr as they happen and in the summary.
 
 pub mod connect;
 pub mod exec;
 pub mod format;
 pub mod open;
+pub mod runner;
 
 use std::{
+    fmt,
+    hash::Hash,
     io::{self, Write},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use aya::{
-    Ebpf,
-    maps::{MapData, PerCpuArray, RingBuf},
-};
+use aya::Ebpf;
 use kscope_common::trace::{
-    GLOBAL_COMM, GLOBAL_COMM_LEN, GLOBAL_PID, GLOBAL_TID, GLOBAL_UID, GLOBAL_UID_ON,
-    GLOBAL_WAKEUP_BYTES, MAP_EVENTS, MAP_LOST,
+    Counts, GLOBAL_COMM, GLOBAL_COMM_LEN, GLOBAL_COUNT_MODE, GLOBAL_PID, GLOBAL_TID, GLOBAL_UID,
+    GLOBAL_UID_ON, GLOBAL_WAKEUP_BYTES, MAP_COUNTS, MAP_EVENTS,
 };
 use thiserror::Error;
-use tokio::io::unix::AsyncFd;
 
-use crate::sys::{self, Cap, SysError};
+use crate::{
+    output::{Column, Row},
+    sys::{self, Cap, SysError},
+};
+
+pub use runner::{Counter, Run, run};
 
 /// How often the consumer drains the ring buffer without a wakeup.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
-/// Bytes waiting in the ring buffer that make the kernel wake the consumer.
-/// A quarter of the 2 MiB buffer: early enough that a burst never fills it
-/// before the consumer runs, rare enough that a steady stream does not cost
-/// a wakeup per event.
+/// Bytes waiting in the ring buffer that make the kernel wake the consumer:
+/// at most a quarter of the buffer, early enough that a burst never fills
+/// it before the consumer runs, rare enough that a steady stream does not
+/// cost a wakeup per event.
 pub const WAKEUP_BYTES: u64 = 1 << 19;
 
 /// Errors from the tracers.
 #[derive(Debug, Error)]
 pub enum TraceError {
+    /// A capability, tracefs or another system precondition is missing.
     #[error(transparent)]
     Sys(#[from] SysError),
     /// The kernel lacks something this tracer needs.
     #[error("{feature} is not available on this kernel: {reason}")]
     Unsupported { feature: String, reason: String },
-    /// Loading the object or a program failed (verifier log included).
-    #[error("failed to load {what}")]
+    /// Loading the object failed (the verifier log is in the source).
+    #[error("failed to load the {tracer} tracer")]
     Load {
-        what: String,
+        tracer: &'static str,
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: aya::EbpfError,
     },
-    /// A filter value is unusable.
+    /// Loading or attaching one program failed.
+    #[error("failed to load or attach {prog}")]
+    Program {
+        prog: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A map the object must have is missing or of the wrong type.
+    #[error("map {map} of the tracer object")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// A filter or option value is unusable.
     #[error("invalid filter: {0}")]
     BadFilter(String),
     /// Reading events or writing output failed.
     #[error(transparent)]
     Io(#[from] io::Error),
+}
+
+impl TraceError {
+    fn program(prog: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> Self {
+        move |source| TraceError::Program { prog, source }
+    }
+
+    fn map(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> Self {
+        move |source| TraceError::Map { map, source }
+    }
 }
 
 /// In-kernel filters every tracer takes.
@@ -80,7 +119,26 @@ pub struct Filters {
 }
 
 impl Filters {
+    /// Checks the filters the kernel side could misread.
+    ///
+    /// # Errors
+    /// A pid or tid of 0, which the kernel side reads as "no filter" and
+    /// would trace every process.
+    pub fn validate(&self) -> Result<(), TraceError> {
+        for (what, v) in [("process id", self.pid), ("thread id", self.tid)] {
+            if v == Some(0) {
+                return Err(TraceError::BadFilter(format!(
+                    "{what} 0 is the idle task, which makes no system calls"
+                )));
+            }
+        }
+        self.comm_bytes().map(|_| ())
+    }
+
     /// The comm filter as the kernel compares it, and its length.
+    ///
+    /// # Errors
+    /// An empty name or one over 15 bytes.
     pub fn comm_bytes(&self) -> Result<([u8; 16], u32), TraceError> {
         let mut out = [0u8; 16];
         let Some(c) = &self.comm else {
@@ -96,7 +154,10 @@ impl Filters {
     }
 }
 
-/// Checks the tracer can run: capabilities, tracefs, memlock.
+/// Checks a tracer can run: capabilities, tracefs, memlock.
+///
+/// # Errors
+/// Missing capabilities, or tracefs neither mounted nor mountable.
 pub fn preflight(what: &str) -> Result<(), TraceError> {
     sys::require_caps(what, &[Cap::Bpf, Cap::Perfmon])?;
     sys::ensure_tracefs()?;
@@ -104,94 +165,210 @@ pub fn preflight(what: &str) -> Result<(), TraceError> {
     Ok(())
 }
 
-/// Loads a tracer object with its filters, the wakeup policy and `extra`
-/// globals (name, raw bytes) set.
-pub fn load(
-    obj: &[u8],
-    filters: &Filters,
-    extra: &[(&'static str, &[u8])],
-) -> Result<Ebpf, TraceError> {
-    load_sized(obj, filters, extra, &[])
+/// One tracer: its kernel object, how it attaches, and how its events and
+/// counts render. [`runner`] does the rest.
+pub trait Tracer: Sized + 'static {
+    /// `kscope trace NAME`, the daemon's config key and metric label.
+    const NAME: &'static str;
+    /// The daemon's counter families for this tracer's counts.
+    const METRIC: Metric;
+    /// Options beyond the [`Filters`] every tracer takes.
+    type Opts: Clone + fmt::Debug + Default + Send + Sync + 'static;
+    /// One ring-buffer record.
+    type Event: aya::Pod;
+    /// Count mode's key (kscope-common), as the kernel writes it.
+    type Key: aya::Pod + Eq + Hash + fmt::Debug + Send + Sync + 'static;
+
+    /// Loads the object through `load` and attaches its programs, choosing
+    /// a probe kind where there are several. Dropping the result detaches.
+    ///
+    /// # Errors
+    /// A missing kernel feature ([`TraceError::Unsupported`]), a verifier
+    /// rejection, a bad option.
+    fn attach(opts: &Self::Opts, load: &Load<'_>) -> Result<Attached, TraceError>;
+
+    /// The columns of an event row.
+    fn event_columns(timestamps: bool) -> Vec<Column>;
+
+    /// Writes an event's cells, in [`Tracer::event_columns`] order.
+    ///
+    /// # Errors
+    /// Output errors.
+    fn write_event<W: Write>(
+        ev: &Self::Event,
+        cx: &EventCx,
+        row: &mut Row<'_, W>,
+    ) -> io::Result<()>;
+
+    /// The columns of a count row.
+    fn count_columns() -> Vec<Column>;
+
+    /// Writes a key's totals, in [`Tracer::count_columns`] order.
+    ///
+    /// # Errors
+    /// Output errors.
+    fn write_count<W: Write>(key: &Self::Key, c: &Counts, row: &mut Row<'_, W>) -> io::Result<()>;
+
+    /// The key's label values, in [`Metric::labels`] order.
+    fn label_values(key: &Self::Key) -> Vec<String>;
 }
 
-/// [`load`], with the maps in `sizes` (name, max_entries) resized first:
-/// a map a mode does not use shrinks to its minimum.
-pub fn load_sized(
-    obj: &[u8],
-    filters: &Filters,
-    extra: &[(&'static str, &[u8])],
-    sizes: &[(&'static str, u32)],
-) -> Result<Ebpf, TraceError> {
-    let (comm, comm_len) = filters.comm_bytes()?;
-    let globals = vec![
-        (GLOBAL_PID, filters.pid.unwrap_or(0)),
-        (GLOBAL_TID, filters.tid.unwrap_or(0)),
-        (GLOBAL_UID, filters.uid.unwrap_or(0)),
-        (GLOBAL_UID_ON, u32::from(filters.uid.is_some())),
-        (GLOBAL_COMM_LEN, comm_len),
-    ];
-    let wakeup = WAKEUP_BYTES;
-    // The tracers read kernel structs through offsets they look up
-    // themselves, not CO-RE relocations, so aya need not load and parse the
-    // kernel's BTF (several MiB), which EbpfLoader::new() does regardless:
-    // that alone was most of the start time and the peak memory.
-    let mut loader = sys::loader_without_kernel_btf();
-    for (name, value) in &globals {
-        loader.override_global(name, value, true);
-    }
-    for (name, bytes) in extra {
-        loader.override_global(name, *bytes, true);
-    }
-    for &(name, size) in sizes {
-        loader.map_max_entries(name, size);
-    }
-    loader
-        .override_global(GLOBAL_COMM, &comm, true)
-        .override_global(GLOBAL_WAKEUP_BYTES, &wakeup, true);
-    loader.load(obj).map_err(|e| {
-        if ringbuf_missing(&e) {
-            TraceError::Unsupported {
-                feature: "BPF ring buffer".into(),
-                reason: "needs Linux 5.8 or later".into(),
-            }
+/// A tracer's counter families in the daemon: `NAME_total{labels}` from
+/// each key's events and, where `errors` is set, a second family from its
+/// failed ones.
+#[derive(Clone, Copy, Debug)]
+pub struct Metric {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub labels: &'static [&'static str],
+    /// (name, help) of the failed-events family.
+    pub errors: Option<(&'static str, &'static str)>,
+}
+
+/// What every event row may need besides the event.
+#[derive(Clone, Copy, Debug)]
+pub struct EventCx {
+    pub clock: format::Clock,
+    pub timestamps: bool,
+    /// The probe kind in use, for tracers that have several.
+    pub probe: &'static str,
+}
+
+/// A loaded and attached tracer: dropping it detaches every program.
+pub struct Attached {
+    pub ebpf: Ebpf,
+    /// What is traced, for the ready line: `openat(2), open(2)`.
+    pub what: String,
+    /// The probe kind, for tracers that have several (`""` otherwise).
+    pub probe: &'static str,
+}
+
+/// Whether the kernel submits events or counts them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    #[default]
+    Events,
+    /// Count per key; `by_task` asks tracers whose key can leave the task
+    /// out (connect) to keep it.
+    Count { by_task: bool },
+}
+
+/// How a tracer object is loaded: the filters, the mode, the ring size.
+#[derive(Clone, Copy, Debug)]
+pub struct Load<'a> {
+    pub tracer: &'static str,
+    pub filters: &'a Filters,
+    pub mode: Mode,
+    /// Ring buffer bytes (a power of two, at least a page); `None` keeps
+    /// the tracer's default.
+    pub ring_bytes: Option<u32>,
+}
+
+impl Load<'_> {
+    /// Loads `obj` with the filters, the mode, the wakeup policy and
+    /// `extra` globals (name, raw bytes) set, and the maps in `sizes`
+    /// (name, max_entries) resized: a map the mode does not use shrinks to
+    /// its minimum.
+    ///
+    /// # Errors
+    /// A bad filter, no ring buffer support (Linux 5.8), or a rejection by
+    /// the kernel.
+    pub fn object(
+        &self,
+        obj: &[u8],
+        extra: &[(&'static str, &[u8])],
+        sizes: &[(&'static str, u32)],
+    ) -> Result<Ebpf, TraceError> {
+        self.filters.validate()?;
+        let (comm, comm_len) = self.filters.comm_bytes()?;
+        let count = matches!(self.mode, Mode::Count { .. });
+        let f = self.filters;
+        let globals = [
+            (GLOBAL_PID, f.pid.unwrap_or(0)),
+            (GLOBAL_TID, f.tid.unwrap_or(0)),
+            (GLOBAL_UID, f.uid.unwrap_or(0)),
+            (GLOBAL_UID_ON, u32::from(f.uid.is_some())),
+            (GLOBAL_COMM_LEN, comm_len),
+            (GLOBAL_COUNT_MODE, u32::from(count)),
+        ];
+        let page = u32::try_from(sys::page_size()).unwrap_or(4096);
+        let mut wakeup = WAKEUP_BYTES;
+        // The tracers read kernel structs through offsets they look up
+        // themselves, not CO-RE relocations, so aya need not load and parse
+        // the kernel's BTF (several MiB), which EbpfLoader::new() does
+        // regardless: that alone was most of the start time and the peak
+        // memory.
+        let mut loader = sys::loader_without_kernel_btf();
+        for (name, value) in &globals {
+            loader.override_global(name, value, true);
+        }
+        for (name, bytes) in extra {
+            loader.override_global(name, *bytes, true);
+        }
+        if count {
+            // The ring buffer stays empty: its minimum is a page.
+            loader.map_max_entries(MAP_EVENTS, page);
         } else {
-            TraceError::Load {
-                what: "the tracer".into(),
-                source: Box::new(e),
+            // The count table is not used.
+            loader.map_max_entries(MAP_COUNTS, 1);
+            if let Some(bytes) = self.ring_bytes {
+                loader.map_max_entries(MAP_EVENTS, bytes);
+                wakeup = wakeup.min(u64::from(bytes / 4));
             }
         }
-    })
-}
-
-/// A load or attach failure of program `prog`.
-pub(crate) fn load_err(
-    prog: &str,
-    e: impl std::error::Error + Send + Sync + 'static,
-) -> TraceError {
-    TraceError::Load {
-        what: prog.to_owned(),
-        source: Box::new(e),
+        for &(name, size) in sizes {
+            loader.map_max_entries(name, size);
+        }
+        loader
+            .override_global(GLOBAL_COMM, &comm, true)
+            .override_global(GLOBAL_WAKEUP_BYTES, &wakeup, true);
+        loader.load(obj).map_err(|source| {
+            // Kernels before 5.8 have no BPF_MAP_TYPE_RINGBUF; say that
+            // rather than the map creation's EINVAL.
+            if matches!(
+                aya::sys::is_map_supported(aya::maps::MapType::RingBuf),
+                Ok(false)
+            ) {
+                TraceError::Unsupported {
+                    feature: "BPF ring buffer".into(),
+                    reason: "needs Linux 5.8 or later".into(),
+                }
+            } else {
+                TraceError::Load {
+                    tracer: self.tracer,
+                    source,
+                }
+            }
+        })
     }
 }
 
-/// Attaches (enter program, exit program, syscall) pairs to the syscalls
-/// tracepoints and reports readiness on stderr. The first pair is required;
-/// a later one whose tracepoints the kernel lacks is skipped with a warning.
-pub(crate) fn attach_syscall_pairs(
-    ebpf: &mut Ebpf,
-    hooks: &[(&str, &str, &str)],
-) -> Result<(), TraceError> {
-    let attached = attach_syscalls(ebpf, hooks, false)?;
-    tracing::info!("tracing {} (ready); Ctrl-C to stop", attached.join(", "));
-    Ok(())
+/// Checks a `--buffer-size` value: a power of two of at least a page, at
+/// most 1 GiB.
+///
+/// # Errors
+/// Any other value, named.
+pub fn check_ring_bytes(bytes: u32) -> Result<u32, TraceError> {
+    let page = u32::try_from(sys::page_size()).unwrap_or(4096);
+    if bytes.is_power_of_two() && (page..=1 << 30).contains(&bytes) {
+        Ok(bytes)
+    } else {
+        Err(TraceError::BadFilter(format!(
+            "buffer size {bytes} must be a power of two from {page} (a page) to 1073741824"
+        )))
+    }
 }
 
-/// Attaches `hooks` as [`attach_syscall_pairs`] does, only the exit
-/// programs when `exits_only`, and returns the syscalls attached, as
-/// `name(2)`. Reports nothing: the caller says what it is ready for.
+/// Attaches (enter program, exit program, syscall) triples to the syscalls
+/// tracepoints, only the exit programs when `exits_only`, and returns the
+/// syscalls attached, as `name(2)`. The first triple is required; a later
+/// one whose tracepoints the kernel lacks is skipped with a warning.
+///
+/// # Errors
+/// The first syscall's tracepoints missing, or a program refused.
 pub(crate) fn attach_syscalls(
     ebpf: &mut Ebpf,
-    hooks: &[(&str, &str, &str)],
+    hooks: &[(&'static str, &'static str, &str)],
     exits_only: bool,
 ) -> Result<Vec<String>, TraceError> {
     let events = std::path::Path::new(sys::TRACEFS).join("events/syscalls");
@@ -216,24 +393,27 @@ pub(crate) fn attach_syscalls(
             continue;
         }
         for (prog, tp) in progs {
-            let p: &mut aya::programs::TracePoint = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| io::Error::other(format!("{prog} missing")))?
+            let p: &mut aya::programs::TracePoint = program(ebpf, prog)?
                 .try_into()
-                .map_err(|e| load_err(prog, e))?;
-            p.load().map_err(|e| load_err(prog, e))?;
-            p.attach("syscalls", tp).map_err(|e| load_err(prog, e))?;
+                .map_err(TraceError::program(prog))?;
+            p.load().map_err(TraceError::program(prog))?;
+            p.attach("syscalls", tp)
+                .map_err(TraceError::program(prog))?;
         }
         attached.push(format!("{syscall}(2)"));
     }
     Ok(attached)
 }
 
-fn ringbuf_missing(e: &aya::EbpfError) -> bool {
-    // Kernels before 5.8 reject BPF_MAP_TYPE_RINGBUF with EINVAL at map
-    // creation; the error names the map.
-    let text = format!("{e:#}");
-    text.contains(MAP_EVENTS) && text.contains("Invalid argument")
+/// The object's program `prog`.
+pub(crate) fn program<'e>(
+    ebpf: &'e mut Ebpf,
+    prog: &'static str,
+) -> Result<&'e mut aya::programs::Program, TraceError> {
+    ebpf.program_mut(prog).ok_or(TraceError::Program {
+        prog,
+        source: aya::programs::ProgramError::UnexpectedProgramType,
+    })
 }
 
 /// Why a tracer stopped.
@@ -242,6 +422,8 @@ pub enum Stop {
     Duration,
     Interrupt,
     Terminate,
+    /// Nobody reads stdout any more (`| head -1`).
+    OutputClosed,
 }
 
 /// Totals of one run.
@@ -249,31 +431,6 @@ pub enum Stop {
 pub struct Summary {
     pub events: u64,
     pub lost: u64,
-}
-
-/// Test-only fault injection: with `KSCOPE_FAULT=consumer-panic`, the
-/// consumer panics on its first event, so tests can check that a crashing
-/// tracer still detaches everything (Drop runs during unwinding).
-fn fault_consumer_panic() -> bool {
-    std::env::var_os("KSCOPE_FAULT").is_some_and(|v| v == "consumer-panic")
-}
-
-/// Reads every record waiting in `ring`, calling `on` with each one's bytes.
-fn drain(
-    ring: &mut RingBuf<MapData>,
-    n: &mut u64,
-    on: &mut impl FnMut(&[u8]) -> io::Result<()>,
-) -> io::Result<()> {
-    while let Some(item) = ring.next() {
-        *n += 1;
-        assert!(!fault_consumer_panic(), "KSCOPE_FAULT=consumer-panic");
-        on(&item)?;
-    }
-    Ok(())
-}
-
-fn lost_total(lost: &PerCpuArray<MapData, u64>) -> u64 {
-    lost.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
 }
 
 /// SIGINT and SIGTERM, caught from the moment this is created: a tracer
@@ -301,86 +458,23 @@ impl Signals {
             _ = self.term.recv() => Stop::Terminate,
         }
     }
-}
 
-/// Consumes `ebpf`'s ring buffer until `duration` passes or `stop`
-/// completes, handing each record to `on`. About once a second, and once at
-/// the end, `tick` gets the totals so far (lost events included, as the
-/// kernel counted them).
-pub async fn consume(
-    ebpf: &mut Ebpf,
-    stop: impl std::future::Future<Output = Stop>,
-    duration: Option<Duration>,
-    mut on: impl FnMut(&[u8]) -> io::Result<()>,
-    mut tick: impl FnMut(&Summary),
-) -> Result<(Summary, Stop), TraceError> {
-    let ring = ebpf
-        .take_map(MAP_EVENTS)
-        .ok_or_else(|| io::Error::other(format!("{MAP_EVENTS} missing")))?;
-    let ring = RingBuf::try_from(ring).map_err(io::Error::other)?;
-    let lost = ebpf
-        .take_map(MAP_LOST)
-        .ok_or_else(|| io::Error::other(format!("{MAP_LOST} missing")))?;
-    let lost: PerCpuArray<MapData, u64> = PerCpuArray::try_from(lost).map_err(io::Error::other)?;
-    // SAFETY: the ring buffer owns its map fd, which stays open and the same
-    // for as long as the AsyncFd owns the ring buffer.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| io::Error::other(e.to_string()))?;
-    let deadline = duration.map(|d| tokio::time::Instant::now() + d);
-    let mut poll = tokio::time::interval(POLL_INTERVAL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut summary = Summary::default();
-    let mut last_tick = Instant::now();
-    let mut stop = std::pin::pin!(stop);
-
-    let stop = loop {
-        let sleep_until = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
+    /// Waits for the next SIGINT or SIGTERM, or until stdout's reader goes
+    /// away: a tracer piped into `head -1` then stops at once instead of at
+    /// its next write, which may be never.
+    pub async fn recv_or_closed(&mut self) -> Stop {
+        let closed = async {
+            let mut every = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                every.tick().await;
+                if sys::stdout_closed() {
+                    return Stop::OutputClosed;
+                }
             }
         };
         tokio::select! {
-            biased;
-            why = &mut stop => break why,
-            _ = sleep_until => break Stop::Duration,
-            guard = ring.readable_mut() => {
-                let mut guard = guard?;
-                drain(guard.get_inner_mut(), &mut summary.events, &mut on)?;
-                guard.clear_ready();
-            }
-            _ = poll.tick() => {
-                drain(ring.get_mut(), &mut summary.events, &mut on)?;
-            }
-        }
-        if last_tick.elapsed() >= Duration::from_secs(1) {
-            last_tick = Instant::now();
-            summary.lost = lost_total(&lost);
-            tick(&summary);
-        }
-    };
-    // Whatever arrived before the stop is still delivered.
-    drain(ring.get_mut(), &mut summary.events, &mut on)?;
-    summary.lost = lost_total(&lost);
-    tick(&summary);
-    Ok((summary, stop))
-}
-
-/// Warns on stderr each time the kernel's count of lost events grows: a
-/// `tick` for [`consume`].
-#[derive(Debug, Default)]
-pub struct LostWarner {
-    reported: u64,
-}
-
-impl LostWarner {
-    pub fn tick(&mut self, s: &Summary) {
-        if s.lost > self.reported {
-            tracing::warn!(
-                "{} events lost: the ring buffer was full",
-                s.lost - self.reported
-            );
-            self.reported = s.lost;
+            stop = self.recv() => stop,
+            stop = closed => stop,
         }
     }
 }
@@ -412,6 +506,19 @@ pub fn parse_summary(line: &str) -> Option<Summary> {
     })
 }
 
+/// Borrows a `T` in place in a ring-buffer record (records are 8-aligned);
+/// `None` if the record is shorter than a `T` or misaligned for it.
+pub fn borrow<T: aya::Pod>(bytes: &[u8]) -> Option<&T> {
+    if bytes.len() < std::mem::size_of::<T>()
+        || !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
+    {
+        return None;
+    }
+    // SAFETY: long enough and aligned, and a Pod type is plain old data
+    // valid for any bit pattern; the borrow lives as long as the bytes.
+    Some(unsafe { &*bytes.as_ptr().cast::<T>() })
+}
+
 /// Copies a `T` out of a ring-buffer record; `None` if the record is
 /// shorter than a `T`.
 pub fn decode<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
@@ -422,6 +529,42 @@ pub fn decode<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
     // makes no alignment demand, and a Pod type is plain old data valid for
     // any bit pattern.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Renders events and counts as `kscope trace` would, for unit tests.
+#[cfg(test)]
+pub(crate) mod render {
+    use super::*;
+    use crate::output::{Format, Output};
+
+    pub fn events<T: Tracer>(evs: &[&T::Event], format: Format, timestamps: bool) -> String {
+        let cx = EventCx {
+            clock: format::Clock::now(),
+            timestamps,
+            probe: "kprobe",
+        };
+        let mut out = Output::new(Vec::new(), format, T::event_columns(timestamps));
+        out.header().expect("header");
+        for ev in evs {
+            out.row(|r| T::write_event(ev, &cx, r)).expect("row");
+        }
+        String::from_utf8(std::mem::take(out.writer())).expect("utf8")
+    }
+
+    pub fn counts<T: Tracer>(rows: &[(T::Key, Counts)], format: Format) -> String {
+        let mut out = Output::new(Vec::new(), format, T::count_columns());
+        out.header().expect("header");
+        for (k, c) in rows {
+            out.row(|r| T::write_count(k, c, r)).expect("row");
+        }
+        String::from_utf8(std::mem::take(out.writer())).expect("utf8")
+    }
+
+    pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .collect()
+    }
 }
 
 #[cfg(test)]

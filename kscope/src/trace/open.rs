@@ -4,38 +4,23 @@
 //! Fallback policy: open and openat2 are traced where their tracepoints
 //! exist; a missing one is skipped with a warning. openat is required.
 //!
-//! Count mode ([`OpenCounter`], `-c`) counts opens and failed opens per
-//! process name in the kernel and sends nothing through the ring buffer.
-//! Its table holds [`OPEN_COUNTS_MAX`] names; opens of a name that finds it
-//! full are counted as uncounted ([`OpenCounter::uncounted`]), never
-//! dropped silently.
+//! Count mode (`-c`) counts opens and failed opens per process name (the
+//! thread's comm) when they return; only the exit tracepoints are
+//! attached.
 //!
 //! Minimum kernel: 5.8 (ring buffer; count mode creates one too, of a
 //! single page).
 
-use std::{
-    collections::HashMap,
-    io::{self, Cursor, Write},
-    os::fd::AsFd as _,
-    time::Duration,
-};
+use std::io::{self, Cursor, Write};
 
-use aya::{
-    Ebpf,
-    maps::{IterableMap as _, MapData, PerCpuArray, PerCpuHashMap},
-};
 use kscope_common::trace::{
-    COMM_LEN, GLOBAL_COUNT_MODE, GLOBAL_FAILED_ONLY, MAP_EVENTS, MAP_OPEN_COUNTS, MAP_OPEN_PENDING,
-    MAP_OPEN_UNCOUNTED, OPEN_COUNTS_MAX, OpenCounts, OpenEvent, PROG_OPEN_ENTER_OPEN,
+    Counts, GLOBAL_FAILED_ONLY, MAP_OPEN_PENDING, OpenEvent, OpenKey, PROG_OPEN_ENTER_OPEN,
     PROG_OPEN_ENTER_OPENAT, PROG_OPEN_ENTER_OPENAT2, PROG_OPEN_EXIT_OPEN, PROG_OPEN_EXIT_OPENAT,
     PROG_OPEN_EXIT_OPENAT2,
 };
 
-use super::{
-    Filters, Stop, Summary, TraceError, decode,
-    format::{self, Clock},
-};
-use crate::sys::bpf::{MapFdOps, dump_map};
+use super::{Attached, EventCx, Load, Metric, Mode, TraceError, Tracer, format};
+use crate::output::{Align, Column, Row};
 
 static TRACE_OPEN_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/trace_open"));
 
@@ -47,284 +32,126 @@ const HOOKS: &[(&str, &str, &str)] = &[
     (PROG_OPEN_ENTER_OPENAT2, PROG_OPEN_EXIT_OPENAT2, "openat2"),
 ];
 
+/// The open tracer.
+#[derive(Debug)]
+pub struct Open;
+
 /// Options of `kscope trace open`.
 #[derive(Clone, Debug, Default)]
 pub struct OpenOpts {
-    pub filters: Filters,
     /// Only failed opens (`-x`).
     pub failed_only: bool,
-    /// A TIME(s) column: seconds since the start (`-T`).
-    pub timestamps: bool,
-    pub json: bool,
-    pub duration: Option<Duration>,
 }
 
-/// Runs the tracer, writing events to `out`, until the duration passes or
-/// Ctrl-C or SIGTERM. Reports readiness on stderr once attached.
-///
-/// # Errors
-/// Missing capabilities or tracefs, the openat tracepoints missing, a
-/// verifier rejection, or an output error.
-pub async fn run(opts: &OpenOpts, out: &mut impl Write) -> Result<(Summary, Stop), TraceError> {
-    super::preflight("kscope trace open")?;
-    let mut signals = super::Signals::catch()?;
-    let mut lost = super::LostWarner::default();
-    let failed_only = u32::from(opts.failed_only).to_ne_bytes();
-    let mut ebpf = super::load_sized(
-        TRACE_OPEN_OBJ,
-        &opts.filters,
-        &[(GLOBAL_FAILED_ONLY, &failed_only[..])],
-        // Count mode's table is not used here.
-        &[(MAP_OPEN_COUNTS, 1)],
-    )?;
-    super::attach_syscall_pairs(&mut ebpf, HOOKS)?;
-    let clock = Clock::now();
-    if !opts.json {
-        write_header(out, opts.timestamps)?;
-    }
-    let mut flags_buf = [0u8; 192];
-    let result = super::consume(
-        &mut ebpf,
-        signals.recv(),
-        opts.duration,
-        |bytes| {
-            let Some(ev) = decode(bytes) else {
-                return Ok(());
-            };
-            if opts.json {
-                write_json(out, &ev, &clock, &mut flags_buf)
-            } else {
-                write_row(out, &ev, &clock, opts.timestamps, &mut flags_buf)
-            }
-        },
-        |s| lost.tick(s),
-    )
-    .await;
-    out.flush()?;
-    result
-}
+impl Tracer for Open {
+    const NAME: &'static str = "open";
+    const METRIC: Metric = Metric {
+        name: "kscope_trace_opens",
+        help: "open(2), openat(2) and openat2(2) calls, by process name.",
+        labels: &["comm"],
+        errors: Some(("kscope_trace_open_errors", "Failed opens, by process name.")),
+    };
+    type Opts = OpenOpts;
+    type Event = OpenEvent;
+    type Key = OpenKey;
 
-/// Opens counted per comm in the kernel, no events through the ring buffer.
-///
-/// Owns the loaded object: dropping it detaches every program and frees
-/// the maps. Only the syscalls' exit tracepoints are attached; each open
-/// that passes the filters is counted under its task's comm (the thread's
-/// name, 15 bytes at most) when it returns.
-///
-/// Minimum kernel: 5.8.
-pub struct OpenCounter {
-    // Declared first, so it is dropped (and detached) first.
-    _ebpf: Ebpf,
-    counts: PerCpuHashMap<MapData, [u8; COMM_LEN], OpenCounts>,
-    uncounted: PerCpuArray<MapData, u64>,
-    cpus: usize,
-}
-
-/// One process name's totals.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct OpenCount {
-    /// The comm, invalid UTF-8 replaced by U+FFFD.
-    pub comm: String,
-    /// Opens that returned while counting, failed ones included.
-    pub opens: u64,
-    /// Of those, the ones that returned an error.
-    pub failed: u64,
-}
-
-// The daemon keeps a counter in a tokio task or behind a Mutex.
-const _: () = {
-    const fn send<T: Send>() {}
-    send::<OpenCounter>();
-};
-
-fn map_err(what: &str, e: impl std::fmt::Display) -> TraceError {
-    TraceError::Io(io::Error::other(format!("{what}: {e}")))
-}
-
-impl OpenCounter {
-    /// Preflight, load with `filters` in count mode, attach; logs readiness
-    /// like the tracers.
-    ///
-    /// # Errors
-    /// As [`run`]: missing capabilities or tracefs, the openat tracepoints
-    /// missing, a verifier rejection; also a bad filter.
-    pub fn start(filters: &Filters) -> Result<Self, TraceError> {
-        Self::start_with(filters, false)
-    }
-
-    /// [`start`](Self::start), counting only failed opens when
-    /// `failed_only` (`-x`): then `opens` and `failed` are equal.
-    ///
-    /// # Errors
-    /// As [`start`](Self::start).
-    pub fn start_with(filters: &Filters, failed_only: bool) -> Result<Self, TraceError> {
-        super::preflight("kscope trace open")?;
-        // Before attaching, so its read is not counted.
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| map_err(what, e))?;
-        let failed_only = u32::from(failed_only).to_ne_bytes();
-        let count_mode = 1u32.to_ne_bytes();
-        // The ring buffer stays empty and the enter programs' table unused:
-        // both shrink to their minimum.
-        let page = u32::try_from(crate::sys::page_size()).unwrap_or(4096);
-        let mut ebpf = super::load_sized(
+    fn attach(opts: &OpenOpts, load: &Load<'_>) -> Result<Attached, TraceError> {
+        let failed_only = u32::from(opts.failed_only).to_ne_bytes();
+        let count = matches!(load.mode, Mode::Count { .. });
+        // Count mode attaches no enter program: their table is unused.
+        let sizes: &[(&str, u32)] = if count { &[(MAP_OPEN_PENDING, 1)] } else { &[] };
+        let mut ebpf = load.object(
             TRACE_OPEN_OBJ,
-            filters,
-            &[
-                (GLOBAL_FAILED_ONLY, &failed_only[..]),
-                (GLOBAL_COUNT_MODE, &count_mode[..]),
-            ],
-            &[(MAP_EVENTS, page), (MAP_OPEN_PENDING, 1)],
+            &[(GLOBAL_FAILED_ONLY, &failed_only[..])],
+            sizes,
         )?;
-        let attached = super::attach_syscalls(&mut ebpf, HOOKS, true)?;
-        let counts = ebpf
-            .take_map(MAP_OPEN_COUNTS)
-            .ok_or_else(|| map_err(MAP_OPEN_COUNTS, "missing"))?;
-        let counts = PerCpuHashMap::try_from(counts).map_err(|e| map_err(MAP_OPEN_COUNTS, e))?;
-        let uncounted = ebpf
-            .take_map(MAP_OPEN_UNCOUNTED)
-            .ok_or_else(|| map_err(MAP_OPEN_UNCOUNTED, "missing"))?;
-        let uncounted =
-            PerCpuArray::try_from(uncounted).map_err(|e| map_err(MAP_OPEN_UNCOUNTED, e))?;
-        tracing::info!("counting {} per process name (ready)", attached.join(", "));
-        Ok(Self {
-            _ebpf: ebpf,
-            counts,
-            uncounted,
-            cpus,
+        let what = super::attach_syscalls(&mut ebpf, HOOKS, count)?.join(", ");
+        Ok(Attached {
+            ebpf,
+            what,
+            probe: "",
         })
     }
 
-    /// Current totals per comm, summed over CPUs (any order).
-    ///
-    /// # Errors
-    /// A failed map read.
-    pub fn counts(&self) -> Result<Vec<OpenCount>, TraceError> {
-        let size = std::mem::size_of::<OpenCounts>();
-        let ops = MapFdOps::new(self.counts.map().fd().as_fd(), COMM_LEN, size, self.cpus);
-        let (dump, _) = dump_map(&ops, None).map_err(|e| map_err(MAP_OPEN_COUNTS, e))?;
-        // Keyed by comm: a key read twice (the kernel adding names during
-        // the read) must not count twice.
-        let mut by_comm: HashMap<&[u8], OpenCounts> = HashMap::with_capacity(dump.len);
-        for i in 0..dump.len {
-            let (comm, per_cpu) = dump.entry(&ops, i);
-            let mut sum = OpenCounts::default();
-            for slot in per_cpu.chunks_exact(size.next_multiple_of(8)) {
-                let c: OpenCounts = super::decode(slot).unwrap_or_default();
-                sum.opens = sum.opens.wrapping_add(c.opens);
-                sum.failed = sum.failed.wrapping_add(c.failed);
-            }
-            by_comm.insert(comm, sum);
+    /// Table: `PID TID UID COMM FD ERR FLAGS PATH` (FD is `-1` and ERR the
+    /// errno's name for a failed open). JSON: `ts_unix_ns`, `pid`, `tid`,
+    /// `uid`, `comm`, `fd` (null when the open failed), `errno` and
+    /// `errno_name` (null when it succeeded), `flags` (the number),
+    /// `flags_str`, `path`.
+    fn event_columns(timestamps: bool) -> Vec<Column> {
+        let mut cols = Vec::with_capacity(13);
+        if timestamps {
+            cols.push(Column::table("TIME(s)", 14, Align::Left));
         }
-        Ok(by_comm
-            .into_iter()
-            .map(|(comm, c)| OpenCount {
-                comm: String::from_utf8_lossy(format::cstr(comm)).into_owned(),
-                opens: c.opens,
-                failed: c.failed,
-            })
-            .collect())
+        cols.extend([
+            Column::json("ts_unix_ns"),
+            Column::left("PID", "pid", 7),
+            Column::left("TID", "tid", 7),
+            Column::left("UID", "uid", 6),
+            Column::left("COMM", "comm", 16),
+            Column::right("FD", "fd", 4).none("-1"),
+            Column::table("ERR", 12, Align::Left),
+            Column::json("errno"),
+            Column::json("errno_name"),
+            Column::json("flags"),
+            Column::left("FLAGS", "flags_str", 28),
+            Column::left("PATH", "path", 0),
+        ]);
+        cols
     }
 
-    /// Opens not counted because the map was full (summed over CPUs).
-    ///
-    /// # Errors
-    /// A failed map read.
-    pub fn uncounted(&self) -> Result<u64, TraceError> {
-        let v = self
-            .uncounted
-            .get(&0, 0)
-            .map_err(|e| map_err(MAP_OPEN_UNCOUNTED, e))?;
-        Ok(v.iter().fold(0u64, |a, &b| a.wrapping_add(b)))
-    }
-}
-
-/// `kscope trace open -c`: counts until the duration passes or Ctrl-C or
-/// SIGTERM, then writes the totals to `out`, most opens first. The summary
-/// counts the opens counted as events and the uncounted ones as lost.
-///
-/// # Errors
-/// As [`OpenCounter::start`], or an output error.
-pub async fn run_count(
-    opts: &OpenOpts,
-    out: &mut impl Write,
-) -> Result<(Summary, Stop), TraceError> {
-    let mut signals = super::Signals::catch()?;
-    let counter = OpenCounter::start_with(&opts.filters, opts.failed_only)?;
-    let stop = wait_for_stop(&mut signals, opts.duration).await;
-    let mut counts = counter.counts()?;
-    let lost = counter.uncounted()?;
-    drop(counter);
-    if lost > 0 {
-        tracing::warn!(
-            "{lost} opens not counted: the table of {OPEN_COUNTS_MAX} process names was full"
-        );
-    }
-    sort_counts(&mut counts);
-    write_counts(out, &counts, opts.json)?;
-    out.flush()?;
-    let events = counts.iter().fold(0u64, |a, c| a.wrapping_add(c.opens));
-    Ok((Summary { events, lost }, stop))
-}
-
-/// Waits until `duration` passes or SIGINT or SIGTERM arrives.
-async fn wait_for_stop(signals: &mut super::Signals, duration: Option<Duration>) -> Stop {
-    let sleep = async {
-        match duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
+    fn write_event<W: Write>(ev: &OpenEvent, cx: &EventCx, r: &mut Row<'_, W>) -> io::Result<()> {
+        if cx.timestamps {
+            r.f64(cx.clock.since_start(ev.ts_ns), 6)?;
         }
-    };
-    tokio::select! {
-        stop = signals.recv() => stop,
-        () = sleep => Stop::Duration,
-    }
-}
-
-/// Most opens first; ties by failures, then by name, so the order is stable.
-pub fn sort_counts(counts: &mut [OpenCount]) {
-    counts.sort_by(|a, b| {
-        b.opens
-            .cmp(&a.opens)
-            .then(b.failed.cmp(&a.failed))
-            .then_with(|| a.comm.cmp(&b.comm))
-    });
-}
-
-/// `-c` output, in the order given: a table (`COMM OPENS FAILED`), or with
-/// `json` one object per line with the fields `comm`, `opens`, `failed`.
-pub fn write_counts(out: &mut impl Write, counts: &[OpenCount], json: bool) -> io::Result<()> {
-    if !json {
-        writeln!(out, "{:<16} {:>12} {:>12}", "COMM", "OPENS", "FAILED")?;
-    }
-    for c in counts {
-        if json {
-            out.write_all(b"{\"comm\":")?;
-            format::write_json_str(out, c.comm.as_bytes())?;
-            writeln!(out, ",\"opens\":{},\"failed\":{}}}", c.opens, c.failed)?;
+        r.u64(cx.clock.unix_ns(ev.ts_ns))?;
+        r.u64(ev.pid.into())?;
+        r.u64(ev.tid.into())?;
+        r.u64(ev.uid.into())?;
+        r.text(format::cstr(&ev.comm))?;
+        if ev.ret >= 0 {
+            r.i64(ev.ret)?;
+            r.str("-")?;
+            r.null()?;
+            r.null()?;
         } else {
-            format::write_text(out, c.comm.as_bytes())?;
-            writeln!(
-                out,
-                "{:w$} {:>12} {:>12}",
-                "",
-                c.opens,
-                c.failed,
-                w = 16usize.saturating_sub(c.comm.chars().count())
-            )?;
+            let errno = -ev.ret;
+            let name = format::errno_name(errno);
+            r.null()?;
+            match name {
+                Some(n) => r.str(n)?,
+                None => r.i64(errno)?,
+            }
+            r.i64(errno)?;
+            match name {
+                Some(n) => r.str(n)?,
+                None => r.null()?,
+            }
         }
+        r.u64(ev.flags.into())?;
+        let mut buf = [0u8; 192];
+        r.str(flags_str(&mut buf, ev.flags)?)?;
+        r.text(format::cstr(&ev.path))
     }
-    Ok(())
-}
 
-pub fn write_header(out: &mut impl Write, timestamps: bool) -> io::Result<()> {
-    if timestamps {
-        write!(out, "{:<14} ", "TIME(s)")?;
+    /// Table: `COMM OPENS FAILED`; JSON: `comm`, `opens`, `failed`.
+    fn count_columns() -> Vec<Column> {
+        vec![
+            Column::left("COMM", "comm", 16),
+            Column::right("OPENS", "opens", 12),
+            Column::right("FAILED", "failed", 12),
+        ]
     }
-    writeln!(
-        out,
-        "{:<7} {:<7} {:<6} {:<16} {:>4} {:<12} {:<28} PATH",
-        "PID", "TID", "UID", "COMM", "FD", "ERR", "FLAGS"
-    )
+
+    fn write_count<W: Write>(key: &OpenKey, c: &Counts, r: &mut Row<'_, W>) -> io::Result<()> {
+        r.text(format::cstr(&key.comm))?;
+        r.u64(c.events)?;
+        r.u64(c.failed)
+    }
+
+    fn label_values(key: &OpenKey) -> Vec<String> {
+        vec![String::from_utf8_lossy(format::cstr(&key.comm)).into_owned()]
+    }
 }
 
 fn flags_str(buf: &mut [u8; 192], flags: u32) -> io::Result<&str> {
@@ -334,81 +161,13 @@ fn flags_str(buf: &mut [u8; 192], flags: u32) -> io::Result<&str> {
     Ok(std::str::from_utf8(&buf[..n]).unwrap_or("?"))
 }
 
-/// One table row. FD is `-1` and ERR the errno's name for a failed open.
-pub fn write_row(
-    out: &mut impl Write,
-    ev: &OpenEvent,
-    clock: &Clock,
-    timestamps: bool,
-    flags_buf: &mut [u8; 192],
-) -> io::Result<()> {
-    if timestamps {
-        write!(out, "{:<14.6} ", clock.since_start(ev.ts_ns))?;
-    }
-    write!(out, "{:<7} {:<7} {:<6} ", ev.pid, ev.tid, ev.uid)?;
-    let comm = format::cstr(&ev.comm);
-    format::write_text(out, comm)?;
-    write!(
-        out,
-        "{:width$} ",
-        "",
-        width = 16usize.saturating_sub(comm.len())
-    )?;
-    if ev.ret >= 0 {
-        write!(out, "{:>4} {:<12} ", ev.ret, "-")?;
-    } else {
-        let errno = -ev.ret;
-        match format::errno_name(errno) {
-            Some(name) => write!(out, "{:>4} {name:<12} ", -1)?,
-            None => write!(out, "{:>4} {errno:<12} ", -1)?,
-        }
-    }
-    write!(out, "{:<28} ", flags_str(flags_buf, ev.flags)?)?;
-    format::write_text(out, format::cstr(&ev.path))?;
-    out.write_all(b"\n")
-}
-
-/// One JSON line. Fields: `ts_unix_ns`, `pid`, `tid`, `uid`, `comm`, `fd`
-/// (null when the open failed), `errno` and `errno_name` (null when it
-/// succeeded), `flags` (the number), `flags_str`, `path`.
-pub fn write_json(
-    out: &mut impl Write,
-    ev: &OpenEvent,
-    clock: &Clock,
-    flags_buf: &mut [u8; 192],
-) -> io::Result<()> {
-    write!(
-        out,
-        "{{\"ts_unix_ns\":{},\"pid\":{},\"tid\":{},\"uid\":{},\"comm\":",
-        clock.unix_ns(ev.ts_ns),
-        ev.pid,
-        ev.tid,
-        ev.uid
-    )?;
-    format::write_json_str(out, format::cstr(&ev.comm))?;
-    if ev.ret >= 0 {
-        write!(out, ",\"fd\":{},\"errno\":null,\"errno_name\":null", ev.ret)?;
-    } else {
-        let errno = -ev.ret;
-        write!(out, ",\"fd\":null,\"errno\":{errno},\"errno_name\":")?;
-        match format::errno_name(errno) {
-            Some(n) => write!(out, "\"{n}\"")?,
-            None => out.write_all(b"null")?,
-        }
-    }
-    write!(
-        out,
-        ",\"flags\":{},\"flags_str\":\"{}\",\"path\":",
-        ev.flags,
-        flags_str(flags_buf, ev.flags)?
-    )?;
-    format::write_json_str(out, format::cstr(&ev.path))?;
-    out.write_all(b"}\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        output::Format,
+        trace::render::{self, json_lines},
+    };
 
     fn event(ret: i64, path: &[u8]) -> OpenEvent {
         let mut ev = OpenEvent {
@@ -428,21 +187,15 @@ mod tests {
 
     #[test]
     fn json_reports_fd_or_errno() {
-        let clock = Clock::now();
-        let mut buf = [0u8; 192];
-        let mut out = Vec::new();
-        write_json(&mut out, &event(3, b"/etc/hosts"), &clock, &mut buf).expect("write");
-        write_json(&mut out, &event(-2, b"/nope\"x"), &clock, &mut buf).expect("write");
-        let lines: Vec<serde_json::Value> = String::from_utf8(out)
-            .expect("utf8")
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("JSON"))
-            .collect();
+        let (ok, bad) = (event(3, b"/etc/hosts"), event(-2, b"/nope\"x"));
+        let lines = json_lines(&render::events::<Open>(&[&ok, &bad], Format::Json, false));
         assert_eq!(lines[0]["fd"], 3);
         assert!(lines[0]["errno"].is_null());
+        assert!(lines[0]["errno_name"].is_null());
         assert_eq!(lines[0]["path"], "/etc/hosts");
         assert_eq!(lines[0]["comm"], "cat");
         assert_eq!(lines[0]["flags_str"], "O_RDONLY|O_CLOEXEC");
+        assert_eq!(lines[0]["flags"], libc::O_CLOEXEC);
         assert_eq!(lines[1]["errno"], 2);
         assert_eq!(lines[1]["errno_name"], "ENOENT");
         assert!(lines[1]["fd"].is_null());
@@ -451,39 +204,19 @@ mod tests {
             (lines[1]["pid"].as_u64(), lines[1]["tid"].as_u64()),
             (Some(42), Some(43))
         );
+        assert!(lines[1]["ts_unix_ns"].as_u64().is_some());
     }
 
-    fn count(comm: &str, opens: u64, failed: u64) -> OpenCount {
-        OpenCount {
-            comm: comm.into(),
-            opens,
-            failed,
-        }
-    }
-
-    #[test]
-    fn counts_sort_most_opens_first_then_stably() {
-        let mut c = vec![
-            count("b", 2, 0),
-            count("a", 9, 1),
-            count("d", 2, 1),
-            count("c", 2, 0),
-        ];
-        sort_counts(&mut c);
-        let order: Vec<&str> = c.iter().map(|c| c.comm.as_str()).collect();
-        assert_eq!(order, ["a", "d", "b", "c"]);
+    fn count(comm: &str, events: u64, failed: u64) -> (OpenKey, Counts) {
+        let mut key = OpenKey::default();
+        key.comm[..comm.len()].copy_from_slice(comm.as_bytes());
+        (key, Counts { events, failed })
     }
 
     #[test]
     fn count_json_has_the_documented_fields() {
-        let mut out = Vec::new();
         let rows = [count("cat", 12, 3), count("we\"ird\n", 1, 0)];
-        write_counts(&mut out, &rows, true).expect("write");
-        let lines: Vec<serde_json::Value> = String::from_utf8(out)
-            .expect("utf8")
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("JSON"))
-            .collect();
+        let lines = json_lines(&render::counts::<Open>(&rows, Format::Json));
         assert_eq!(
             lines,
             [
@@ -495,10 +228,8 @@ mod tests {
 
     #[test]
     fn count_table_columns_line_up_with_the_header() {
-        let mut out = Vec::new();
         let rows = [count("systemd-journal", 123_456, 7), count("é\tx", 5, 5)];
-        write_counts(&mut out, &rows, false).expect("write");
-        let text = String::from_utf8(out).expect("utf8");
+        let text = render::counts::<Open>(&rows, Format::Table);
         let lines: Vec<Vec<char>> = text.lines().map(|l| l.chars().collect()).collect();
         assert_eq!(lines.len(), 3, "{text}");
         let header: String = lines[0].iter().collect();
@@ -520,12 +251,8 @@ mod tests {
 
     #[test]
     fn table_rows_line_up_with_the_header() {
-        let clock = Clock::now();
-        let mut buf = [0u8; 192];
-        let mut out = Vec::new();
-        write_header(&mut out, false).expect("header");
-        write_row(&mut out, &event(-13, b"/root/x"), &clock, false, &mut buf).expect("row");
-        let text = String::from_utf8(out).expect("utf8");
+        let ev = event(-13, b"/root/x");
+        let text = render::events::<Open>(&[&ev], Format::Table, true);
         let lines: Vec<&str> = text.lines().collect();
         fn col<'a>(header: &str, l: &'a str, name: &str) -> Option<&'a str> {
             header.find(name).map(|i| &l[i..])
@@ -537,8 +264,13 @@ mod tests {
             "{text}"
         );
         assert!(
+            col(lines[1], "FD").is_some_and(|s| s.starts_with("-1 ")),
+            "{text}"
+        );
+        assert!(
             col(lines[1], "COMM").is_some_and(|s| s.starts_with("cat ")),
             "{text}"
         );
+        assert!(lines[0].starts_with("TIME(s)"), "{text}");
     }
 }

@@ -202,14 +202,28 @@ impl Tracer {
         limit: Duration,
         marker: &str,
     ) -> Tracer {
+        let stdout = if stdout {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        };
+        Self::start_io(ns, args, envs, stdout, limit, marker)
+    }
+
+    /// As [`Tracer::start_until`], with stdout going to `stdout` (a pipe
+    /// end, a terminal).
+    pub fn start_io(
+        ns: Option<&Netns>,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        stdout: std::process::Stdio,
+        limit: Duration,
+        marker: &str,
+    ) -> Tracer {
         use std::io::BufRead as _;
         let mut child = kscope_cmd(ns, args)
             .envs(envs.iter().copied())
-            .stdout(if stdout {
-                std::process::Stdio::piped()
-            } else {
-                std::process::Stdio::null()
-            })
+            .stdout(stdout)
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn kscope {args:?}: {e}"));
@@ -266,6 +280,28 @@ impl Tracer {
             if line.contains(marker) {
                 return Some(line);
             }
+        }
+    }
+
+    /// Waits up to `limit` for the tracer to exit by itself; kills it and
+    /// panics, with its stderr, if it does not.
+    pub fn wait_exit(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                while let Ok(l) = self.stderr.recv_timeout(Duration::from_secs(2)) {
+                    self.stderr_lines.push(l);
+                }
+                return (status, self.stderr_lines.join("\n"));
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!(
+                    "kscope still running after {limit:?}; stderr:\n{}",
+                    self.stderr_lines.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

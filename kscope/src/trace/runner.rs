@@ -1,0 +1,505 @@
+//! The one runner every [`Tracer`] goes through: `kscope trace NAME` in
+//! either mode, and the daemon's counters ([`Counter`]).
+//!
+//! Fallback policy: losing events is never silent. Ring-buffer overruns,
+//! full count tables and recursion misses (Linux 5.12+; earlier kernels do
+//! not count them, and none are reported there) are summed into the lost
+//! count, warned about on stderr as they grow, and reported at the end.
+
+use std::{
+    collections::HashMap,
+    io::{self, Write},
+    marker::PhantomData,
+    os::fd::AsFd as _,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use kscope_common::trace::{Counts, MAP_COUNTS, MAP_EVENTS, MAP_LOST, MAP_UNCOUNTED};
+use tokio::io::unix::AsyncFd;
+
+use super::{
+    EventCx, Filters, Load, Metric, Mode, POLL_INTERVAL, Signals, Stop, Summary, TraceError,
+    Tracer, format::Clock,
+};
+use crate::{
+    output::{Format, Output},
+    sys::bpf::{MapFdOps, dump_map, prog_recursion_misses},
+};
+
+/// How `kscope trace NAME` runs, whatever the tracer.
+#[derive(Clone, Debug, Default)]
+pub struct Run {
+    pub filters: Filters,
+    /// Stop after this long (default: at SIGINT or SIGTERM).
+    pub duration: Option<Duration>,
+    /// Count per key in the kernel and print the totals at the end (`-c`).
+    pub count: bool,
+    /// A TIME(s) column (`-T`).
+    pub timestamps: bool,
+    pub format: Format,
+    /// Ring buffer bytes (`--buffer-size`); `None` keeps the default.
+    pub ring_bytes: Option<u32>,
+}
+
+/// Runs tracer `T` with `opts` as `run` says, writing rows to `w`, until
+/// the duration passes or SIGINT or SIGTERM arrives. Reports readiness on
+/// stderr once attached. Output is flushed after every ring-buffer drain,
+/// so a terminal or a pipe sees each event within a few milliseconds.
+///
+/// # Errors
+/// Missing capabilities or tracefs, a missing kernel feature, a verifier
+/// rejection, a bad filter, or an output error.
+pub async fn run<T: Tracer, W: Write>(
+    opts: &T::Opts,
+    run: &Run,
+    w: W,
+) -> Result<(Summary, Stop), TraceError> {
+    super::preflight(&format!("kscope trace {}", T::NAME))?;
+    let mut signals = Signals::catch()?;
+    if run.count {
+        let counter = Counter::<T>::start_with(opts, &run.filters, true)?;
+        let stop = wait_for_stop(&mut signals, run.duration, &counter).await;
+        let mut rows = counter.counts()?;
+        let lost = counter.lost()?;
+        drop(counter);
+        sort_counts::<T>(&mut rows);
+        let mut out = Output::new(w, run.format, T::count_columns());
+        out.header()?;
+        let mut events = 0u64;
+        for (key, c) in &rows {
+            events = events.wrapping_add(c.events);
+            out.row(|r| T::write_count(key, c, r))?;
+        }
+        out.flush()?;
+        return Ok((Summary { events, lost }, stop));
+    }
+
+    let load = Load {
+        tracer: T::NAME,
+        filters: &run.filters,
+        mode: Mode::Events,
+        ring_bytes: run.ring_bytes,
+    };
+    let mut attached = T::attach(opts, &load)?;
+    tracing::info!("tracing {} (ready); Ctrl-C to stop", attached.what);
+    let cx = EventCx {
+        clock: Clock::now(),
+        timestamps: run.timestamps,
+        probe: attached.probe,
+    };
+    let mut out = Output::new(w, run.format, T::event_columns(run.timestamps));
+    out.header()?;
+    let mut warner = LostWarner::new(T::NAME);
+    let panic_on_event = fault_consumer_panic();
+    let result = consume(
+        &mut attached.ebpf,
+        signals.recv_or_closed(),
+        run.duration,
+        |feed| match feed {
+            Feed::Event(bytes) => {
+                assert!(!panic_on_event, "KSCOPE_FAULT=consumer-panic");
+                match super::borrow::<T::Event>(bytes) {
+                    Some(ev) => out.row(|r| T::write_event(ev, &cx, r)),
+                    None => Ok(()),
+                }
+            }
+            Feed::Drained => out.flush(),
+            Feed::Totals(s) => {
+                warner.tick(s);
+                Ok(())
+            }
+        },
+    )
+    .await;
+    // Rows of the last drain, whatever stopped the run.
+    out.flush()?;
+    result
+}
+
+/// Test-only fault injection: with `KSCOPE_FAULT=consumer-panic`, the
+/// consumer panics on its first event, so tests can check that a crashing
+/// tracer still detaches everything (Drop runs during unwinding). Read once
+/// per run, not per event.
+fn fault_consumer_panic() -> bool {
+    std::env::var_os("KSCOPE_FAULT").is_some_and(|v| v == "consumer-panic")
+}
+
+/// Waits until `duration` passes or SIGINT or SIGTERM arrives, warning
+/// about lost events about once a second meanwhile.
+async fn wait_for_stop<T: Tracer>(
+    signals: &mut Signals,
+    duration: Option<Duration>,
+    counter: &Counter<T>,
+) -> Stop {
+    let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+    let mut warner = LostWarner::new(T::NAME);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            stop = signals.recv_or_closed() => return stop,
+            () = sleep => return Stop::Duration,
+            _ = tick.tick() => {
+                if let Ok(lost) = counter.lost() {
+                    warner.tick(&Summary { events: 0, lost });
+                }
+            }
+        }
+    }
+}
+
+/// Most events first; ties by failures, then by the key's bytes, so the
+/// order is stable.
+fn sort_counts<T: Tracer>(rows: &mut [(T::Key, Counts)]) {
+    rows.sort_by(|(ka, a), (kb, b)| {
+        b.events
+            .cmp(&a.events)
+            .then(b.failed.cmp(&a.failed))
+            .then_with(|| pod_bytes(ka).cmp(pod_bytes(kb)))
+    });
+}
+
+fn pod_bytes<T: aya::Pod>(v: &T) -> &[u8] {
+    // SAFETY: a Pod value is plain old data: all of its bytes are
+    // initialized, and they live as long as the borrow.
+    unsafe { std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
+}
+
+/// Runs the kernel skipped on every program of `ebpf` (recursion misses).
+fn recursion_misses(ebpf: &Ebpf) -> u64 {
+    ebpf.programs()
+        .filter_map(|(_, p)| p.fd().ok())
+        .filter_map(|fd| prog_recursion_misses(fd.as_fd()).ok())
+        .fold(0, u64::wrapping_add)
+}
+
+/// Takes map `name` out of the object as a `M`.
+fn take<M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<M, TraceError> {
+    let map = ebpf.take_map(name).ok_or(TraceError::Map {
+        map: name,
+        source: aya::maps::MapError::InvalidName { name: name.into() },
+    })?;
+    M::try_from(map).map_err(TraceError::map(name))
+}
+
+fn sum_cpus(lost: &PerCpuArray<MapData, u64>) -> u64 {
+    lost.get(&0, 0)
+        .map(|v| v.iter().fold(0u64, |a, &b| a.wrapping_add(b)))
+        .unwrap_or(0)
+}
+
+/// What [`consume`] hands its caller.
+pub enum Feed<'a> {
+    /// One record's bytes.
+    Event(&'a [u8]),
+    /// A drain that found records is done: time to flush.
+    Drained,
+    /// The totals so far, lost events included, as the kernel counted
+    /// them: about once a second, and once at the end.
+    Totals(&'a Summary),
+}
+
+/// Reads every record waiting in `ring`, feeding each one's bytes to `on`,
+/// then [`Feed::Drained`] if there were any.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    n: &mut u64,
+    on: &mut impl FnMut(Feed<'_>) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut got = 0;
+    while let Some(item) = ring.next() {
+        got += 1;
+        on(Feed::Event(&item))?;
+    }
+    *n += got;
+    if got > 0 {
+        on(Feed::Drained)?;
+    }
+    Ok(())
+}
+
+/// Consumes `ebpf`'s ring buffer until `duration` passes or `stop`
+/// completes, feeding `on` as [`Feed`] says.
+///
+/// # Errors
+/// The object lacks its ring buffer, or `on` failed.
+pub async fn consume(
+    ebpf: &mut Ebpf,
+    stop: impl std::future::Future<Output = Stop>,
+    duration: Option<Duration>,
+    mut on: impl FnMut(Feed<'_>) -> io::Result<()>,
+) -> Result<(Summary, Stop), TraceError> {
+    let ring: RingBuf<MapData> = take(ebpf, MAP_EVENTS)?;
+    let lost: PerCpuArray<MapData, u64> = take(ebpf, MAP_LOST)?;
+    // SAFETY: the ring buffer owns its map fd, which stays open and the same
+    // for as long as the AsyncFd owns the ring buffer.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| TraceError::Io(e.into_parts().1))?;
+    let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+    let mut poll = tokio::time::interval(POLL_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut summary = Summary::default();
+    let mut last_tick = Instant::now();
+    let mut stop = std::pin::pin!(stop);
+    let totals = |summary: &mut Summary, ebpf: &Ebpf| {
+        summary.lost = sum_cpus(&lost).wrapping_add(recursion_misses(ebpf));
+    };
+
+    let stop = loop {
+        let sleep_until = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            why = &mut stop => break why,
+            _ = sleep_until => break Stop::Duration,
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &mut summary.events, &mut on)?;
+                guard.clear_ready();
+            }
+            _ = poll.tick() => drain(ring.get_mut(), &mut summary.events, &mut on)?,
+        }
+        if last_tick.elapsed() >= Duration::from_secs(1) {
+            last_tick = Instant::now();
+            totals(&mut summary, ebpf);
+            on(Feed::Totals(&summary))?;
+        }
+    };
+    // Whatever arrived before the stop is still delivered.
+    drain(ring.get_mut(), &mut summary.events, &mut on)?;
+    totals(&mut summary, ebpf);
+    on(Feed::Totals(&summary))?;
+    Ok((summary, stop))
+}
+
+/// Warns on stderr each time the count of lost events grows.
+#[derive(Debug)]
+pub struct LostWarner {
+    tracer: &'static str,
+    reported: u64,
+}
+
+impl LostWarner {
+    pub fn new(tracer: &'static str) -> Self {
+        Self {
+            tracer,
+            reported: 0,
+        }
+    }
+
+    pub fn tick(&mut self, s: &Summary) {
+        if s.lost > self.reported {
+            tracing::warn!(
+                "{} tracer: {} events lost (ring buffer or count table full, or the kernel \
+                 skipped the program while another BPF program ran on that CPU)",
+                self.tracer,
+                s.lost - self.reported
+            );
+            self.reported = s.lost;
+        }
+    }
+}
+
+/// Tracer `T` in count mode: the kernel counts its events per key, and
+/// nothing goes through the ring buffer.
+///
+/// Owns the loaded object: dropping it detaches every program and frees
+/// the maps.
+///
+/// Minimum kernel: 5.8.
+pub struct Counter<T: Tracer> {
+    // Declared first, so it is dropped (and detached) first.
+    ebpf: Ebpf,
+    counts: PerCpuHashMap<MapData, T::Key, Counts>,
+    uncounted: PerCpuArray<MapData, u64>,
+    lost: PerCpuArray<MapData, u64>,
+    cpus: usize,
+    _tracer: PhantomData<fn() -> T>,
+}
+
+impl<T: Tracer> Counter<T> {
+    /// Preflight, load `T` with `filters` in count mode, attach; logs
+    /// readiness like the tracers. Keys leave the task out where `T` can
+    /// (the daemon's way).
+    ///
+    /// # Errors
+    /// As [`run`]: missing capabilities or tracefs, a missing kernel
+    /// feature, a verifier rejection, a bad filter.
+    pub fn start(opts: &T::Opts, filters: &Filters) -> Result<Self, TraceError> {
+        Self::start_with(opts, filters, false)
+    }
+
+    /// [`start`](Self::start), keeping the task in the key where `T` can
+    /// leave it out when `by_task` (`kscope trace NAME -c`).
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn start_with(
+        opts: &T::Opts,
+        filters: &Filters,
+        by_task: bool,
+    ) -> Result<Self, TraceError> {
+        super::preflight(&format!("kscope trace {}", T::NAME))?;
+        // Before attaching, so its read is not counted.
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| TraceError::Io(e))?;
+        let load = Load {
+            tracer: T::NAME,
+            filters,
+            mode: Mode::Count { by_task },
+            ring_bytes: None,
+        };
+        let mut attached = T::attach(opts, &load)?;
+        let ebpf = &mut attached.ebpf;
+        let counts = take(ebpf, MAP_COUNTS)?;
+        let uncounted = take(ebpf, MAP_UNCOUNTED)?;
+        let lost = take(ebpf, MAP_LOST)?;
+        tracing::info!("counting {} in the kernel (ready)", attached.what);
+        Ok(Self {
+            ebpf: attached.ebpf,
+            counts,
+            uncounted,
+            lost,
+            cpus,
+            _tracer: PhantomData,
+        })
+    }
+
+    /// Current totals per key, summed over CPUs (any order).
+    ///
+    /// # Errors
+    /// A failed map read.
+    pub fn counts(&self) -> Result<Vec<(T::Key, Counts)>, TraceError> {
+        let key_size = size_of::<T::Key>();
+        let size = size_of::<Counts>();
+        let fd = aya::maps::IterableMap::map(&self.counts).fd().as_fd();
+        let ops = MapFdOps::new(fd, key_size, size, self.cpus);
+        let (dump, _) = dump_map(&ops, None)?;
+        // Keyed: a key read twice (the kernel adding keys during the read)
+        // must not count twice.
+        let mut by_key: HashMap<T::Key, Counts> = HashMap::with_capacity(dump.len);
+        for i in 0..dump.len {
+            let (key, per_cpu) = dump.entry(&ops, i);
+            let Some(key) = super::decode::<T::Key>(key) else {
+                continue;
+            };
+            let mut sum = Counts::default();
+            for slot in per_cpu.chunks_exact(size.next_multiple_of(8)) {
+                let c: Counts = super::decode(slot).unwrap_or_default();
+                sum.events = sum.events.wrapping_add(c.events);
+                sum.failed = sum.failed.wrapping_add(c.failed);
+            }
+            by_key.insert(key, sum);
+        }
+        Ok(by_key.into_iter().collect())
+    }
+
+    /// Events not counted: the count table was full, or the kernel skipped
+    /// a program run (recursion misses).
+    ///
+    /// # Errors
+    /// A failed map read.
+    pub fn lost(&self) -> Result<u64, TraceError> {
+        let full = self
+            .uncounted
+            .get(&0, 0)
+            .map_err(TraceError::map(MAP_UNCOUNTED))?
+            .iter()
+            .fold(0u64, |a, &b| a.wrapping_add(b));
+        Ok(full
+            .wrapping_add(sum_cpus(&self.lost))
+            .wrapping_add(recursion_misses(&self.ebpf)))
+    }
+
+    /// Of [`lost`](Self::lost), the events the full count table left out.
+    ///
+    /// # Errors
+    /// A failed map read.
+    pub fn uncounted(&self) -> Result<u64, TraceError> {
+        Ok(self
+            .uncounted
+            .get(&0, 0)
+            .map_err(TraceError::map(MAP_UNCOUNTED))?
+            .iter()
+            .fold(0u64, |a, &b| a.wrapping_add(b)))
+    }
+}
+
+/// Totals per key as label values, and the events lost so far.
+pub type LabelledCounts = (Vec<(Vec<String>, Counts)>, u64);
+
+/// A running [`Counter`] of any tracer, as the daemon holds it.
+pub trait Counting: Send {
+    /// The tracer's metric families.
+    fn metric(&self) -> Metric;
+
+    /// Totals per key, as label values in [`Metric::labels`] order (any
+    /// order), and the events lost so far.
+    ///
+    /// # Errors
+    /// A failed map read.
+    fn scrape(&self) -> Result<LabelledCounts, TraceError>;
+}
+
+impl<T: Tracer> Counting for Counter<T> {
+    fn metric(&self) -> Metric {
+        T::METRIC
+    }
+
+    fn scrape(&self) -> Result<LabelledCounts, TraceError> {
+        let rows = self
+            .counts()?
+            .into_iter()
+            .map(|(k, c)| (T::label_values(&k), c))
+            .collect();
+        Ok((rows, self.lost()?))
+    }
+}
+
+/// One tracer the daemon can run.
+#[derive(Clone, Copy)]
+pub struct Entry {
+    /// [`Tracer::NAME`]: the daemon's config key.
+    pub name: &'static str,
+    /// [`Tracer::METRIC`].
+    pub metric: Metric,
+    /// Starts its counter with the tracer's default options, keyed the
+    /// daemon's way (no task in the key).
+    pub start: fn(&Filters) -> Result<Box<dyn Counting>, TraceError>,
+}
+
+impl Entry {
+    const fn of<T: Tracer>() -> Self {
+        Self {
+            name: T::NAME,
+            metric: T::METRIC,
+            start: start_counter::<T>,
+        }
+    }
+}
+
+fn start_counter<T: Tracer>(filters: &Filters) -> Result<Box<dyn Counting>, TraceError> {
+    Ok(Box::new(Counter::<T>::start(&T::Opts::default(), filters)?))
+}
+
+/// Every tracer, one line each: the daemon starts them from here.
+pub const TRACERS: &[Entry] = &[
+    Entry::of::<super::open::Open>(),
+    Entry::of::<super::exec::Exec>(),
+    Entry::of::<super::connect::Connect>(),
+];
