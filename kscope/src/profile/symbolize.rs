@@ -6,9 +6,11 @@
 //! Fallback policy: losing a name is better than losing a sample. An
 //! address that cannot be resolved becomes `[unknown]`, a lost stack
 //! becomes one `[lost … stack: REASON]` frame, and the sample keeps its
-//! place in every total.
+//! place in every total. A mangled name that does not demangle is shown
+//! mangled.
 
 use std::{
+    borrow::Cow,
     collections::{BTreeSet, HashMap},
     path::Path,
     sync::Arc,
@@ -54,6 +56,30 @@ pub fn comm(key: &StackKey) -> String {
 
 fn lost_frame(side: &str, id: i32) -> String {
     format!("[lost {side} stack: {}]", LostReason::from_errno(id).name())
+}
+
+/// A symbol's name as people read it. Only names in a mangling scheme are
+/// demangled: Rust's v0 (`_R…`) and Itanium C++ (`_Z…`), whose `_ZN…E`
+/// form Rust's legacy scheme shares (tried as Rust first, so its hash
+/// suffix is dropped). Any other name is returned as it is: an Itanium
+/// demangler reads a bare name as a *type* code, so a C function `a` would
+/// become `signed char` and `Pc` would become `char*` (blazesym demangles
+/// every ELF symbol that way, which is why its demangling is off). perf
+/// makes the same choice.
+pub fn demangle(name: &str) -> Cow<'_, str> {
+    if (name.starts_with("_R") || name.starts_with("_ZN"))
+        && let Ok(d) = rustc_demangle::try_demangle(name)
+    {
+        // `{:#}`: without the legacy hash or v0's crate disambiguators.
+        return format!("{d:#}").into();
+    }
+    if name.starts_with("_Z")
+        && let Ok(sym) = cpp_demangle::Symbol::new(name)
+        && let Ok(d) = sym.demangle()
+    {
+        return d.into();
+    }
+    name.into()
 }
 
 /// Identity of a mapped file for grouping addresses (its allocation).
@@ -108,7 +134,8 @@ pub fn symbolize(raw: &RawProfile, procs: &mut ProcCache, sides: Sides) -> Vec<S
     let symbolizer = Symbolizer::builder()
         .enable_code_info(false)
         .enable_inlined_fns(true)
-        .enable_demangling(true)
+        // Names are demangled by [`demangle`], only when mangled.
+        .enable_demangling(false)
         .build();
     let mut names: HashMap<(usize, u64), Vec<String>> = HashMap::new();
     for (fk, (file, offsets)) in &by_file {
@@ -118,8 +145,8 @@ pub fn symbolize(raw: &RawProfile, procs: &mut ProcCache, sides: Sides) -> Vec<S
             Ok(syms) => {
                 for (off, sym) in offsets.iter().zip(syms) {
                     if let Symbolized::Sym(sym) = sym {
-                        let mut frames = vec![sym.name.into_owned()];
-                        frames.extend(sym.inlined.iter().map(|f| f.name.to_string()));
+                        let mut frames = vec![demangle(&sym.name).into_owned()];
+                        frames.extend(sym.inlined.iter().map(|f| demangle(&f.name).into_owned()));
                         names.insert((*fk, *off), frames);
                     }
                 }
@@ -275,6 +302,66 @@ mod tests {
         };
         let stacks = symbolize(&raw, &mut procs, kernel_only);
         assert_eq!(stacks[0].kernel, ["[user mode]"]);
+    }
+
+    /// C names that are also Itanium type codes: a demangler applied to
+    /// every name turned them into these C++ types.
+    const C_NAMES_AND_TYPES: [(&str, &str); 8] = [
+        ("a", "signed char"),
+        ("b", "bool"),
+        ("c", "char"),
+        ("d", "double"),
+        ("i", "int"),
+        ("x", "long long"),
+        ("Pc", "char*"),
+        ("Ss", "std::string"),
+    ];
+
+    #[test]
+    fn plain_c_names_are_not_demangled() {
+        for (name, cxx_type) in C_NAMES_AND_TYPES {
+            assert_eq!(demangle(name), name, "{name} must not become {cxx_type}");
+        }
+        for name in [
+            "main",
+            "memcpy",
+            "_start",
+            "__libc_start_main",
+            "Z",
+            "R",
+            "_",
+            "",
+        ] {
+            assert_eq!(demangle(name), name);
+        }
+    }
+
+    #[test]
+    fn mangled_names_are_demangled() {
+        let cases = [
+            // Itanium C++: a namespaced function and its overloads.
+            ("_ZN10kscope_cxx4burnEi", "kscope_cxx::burn(int)"),
+            ("_ZN10kscope_cxx4burnEd", "kscope_cxx::burn(double)"),
+            ("_Z4spinPKc", "spin(char const*)"),
+            // Rust legacy: the hash is dropped.
+            (
+                "_ZN6kscope7profile4spin17h0123456789abcdefE",
+                "kscope::profile::spin",
+            ),
+            // Rust v0: the crate disambiguator is dropped.
+            ("_RNvCs1234_6kscope4spin", "kscope::spin"),
+            ("_RNvNtC6kscope7profile4spin", "kscope::profile::spin"),
+        ];
+        for (mangled, want) in cases {
+            assert_eq!(demangle(mangled), want, "{mangled}");
+        }
+    }
+
+    #[test]
+    fn mangled_looking_names_that_do_not_parse_are_kept() {
+        for name in ["_Znotmangled", "_Z", "_R", "_Rx", "_ZN3foo"] {
+            assert_eq!(demangle(name), name);
+        }
     }
 
     #[test]
