@@ -10,7 +10,9 @@
 //!   function);
 //! - `decoy` burns CPU in `kscope_burn_decoy`, for `-p` to leave out;
 //! - `write` rewrites 64 KiB of a memfd with pwrite(2), a syscall-heavy
-//!   load whose kernel stacks go through vfs_write.
+//!   load whose kernel stacks go through vfs_write;
+//! - `sleep` sleeps, so `-p` of it has little to sample while the CPUs
+//!   may idle.
 //!
 //! The symbol-name tests also compile a C and a C++ program with gcc and
 //! g++ when those are installed (they are skipped, loudly, where not).
@@ -118,6 +120,11 @@ mod workload {
                 }
             }
             "write" => write_loop(start),
+            "sleep" => {
+                while start.elapsed() < LIFETIME {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
             m => panic!("unknown workload {m}"),
         }
     }
@@ -781,4 +788,46 @@ fn cxx_functions_are_demangled() {
         !leaves.keys().any(|f| f.starts_with("_Z")),
         "a mangled name is left: {leaves:?}"
     );
+}
+
+/// Jiffies the CPUs have spent idle (idle and iowait) since boot, from
+/// the `cpu` line of /proc/stat.
+fn idle_jiffies() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let cpu = stat.lines().next().expect("cpu line");
+    cpu.split_whitespace()
+        .skip(4)
+        .take(2)
+        .map(|f| f.parse::<u64>().expect("jiffies"))
+        .sum()
+}
+
+/// With `-p`, the profile is that process's: the idle task's samples, which
+/// `-I` could never show under `-p`, are neither shown nor counted, and the
+/// totals agree with the stacks.
+#[test]
+fn p_counts_no_idle_samples() {
+    require_root();
+    let w = Workload::start("sleep");
+    let pid = w.pid().to_string();
+    let idle_before = idle_jiffies();
+    let (report, stderr) = profile_json(&["-p", &pid, "-F", FREQ, "-d", "2"]);
+    let idle = idle_jiffies() - idle_before;
+    // Whether the run could have caught the defect: the CPUs must idle at
+    // some point during it, which depends on the rest of the machine.
+    note(&format!(
+        "-p idle: the CPUs idled {idle} jiffies while sampling{}",
+        if idle == 0 {
+            "; this run could not have seen idle samples"
+        } else {
+            ""
+        }
+    ));
+    assert_eq!(report["idle_samples"], 0, "stderr:\n{stderr}");
+    assert!(!stderr.contains("idle samples"), "{stderr}");
+    let sum: u64 = stacks(&report).iter().map(count).sum();
+    assert_eq!(report["samples"], sum);
+    for s in stacks(&report) {
+        assert_eq!(s["pid"], w.pid(), "a sample of another process: {s}");
+    }
 }
