@@ -831,3 +831,97 @@ fn p_counts_no_idle_samples() {
         assert_eq!(s["pid"], w.pid(), "a sample of another process: {s}");
     }
 }
+
+/// Kernel frames stay kernel frames in every output: the JSON's `kernel`
+/// arrays, `_[k]` in folded stacks (flamegraph.pl's annotation), and an
+/// orange fill in the SVG, where user frames are not orange.
+#[test]
+fn kernel_frames_are_marked_in_folded_and_coloured_apart_in_svg() {
+    require_root();
+    let w = Workload::start("write");
+    let pid = w.pid().to_string();
+    let (report, stderr, folded, svg) = profile_with_files("kmark", &pid, "3");
+    drop(w);
+
+    let mut kernel = std::collections::HashSet::new();
+    let mut user = std::collections::HashSet::new();
+    // As folded output writes them (`;` in a name becomes `:`).
+    let fold = |f: String| f.replace(';', ":");
+    for s in stacks(&report) {
+        kernel.extend(frames(s, "kernel").into_iter().map(fold));
+        user.extend(frames(s, "user").into_iter().map(fold));
+    }
+    assert!(
+        kernel.contains("vfs_write"),
+        "no vfs_write; stderr:\n{stderr}"
+    );
+    let mut marked_lines = 0;
+    for line in folded.lines() {
+        let (stack, _) = line.rsplit_once(' ').expect("STACK COUNT");
+        let fs: Vec<&str> = stack.split(';').skip(1).collect();
+        // User frames first, then kernel frames: once marked, always marked.
+        let first_k = fs.iter().position(|f| f.ends_with("_[k]"));
+        for (i, f) in fs.iter().enumerate() {
+            match f.strip_suffix("_[k]") {
+                Some(k) => {
+                    assert!(kernel.contains(k), "{k} is no kernel frame: {line}");
+                }
+                None => {
+                    assert!(first_k.is_none_or(|k| i < k), "user below kernel: {line}");
+                    assert!(user.contains(*f), "{f} is no user frame: {line}");
+                }
+            }
+        }
+        if stack.contains(";do_syscall_64_[k];") && stack.ends_with("_[k]") {
+            marked_lines += 1;
+        }
+    }
+    assert!(marked_lines > 0, "no marked syscall stack:\n{folded}");
+
+    // Each frame's title and fill: <g><title>NAME (…)</title><rect fill="rgb(R,G,B)"/>.
+    let opts = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(&svg, opts).expect("well-formed SVG");
+    let mut fills = std::collections::HashMap::new();
+    for g in doc.descendants().filter(|n| n.has_tag_name("g")) {
+        let title = g
+            .children()
+            .find(|n| n.has_tag_name("title"))
+            .and_then(|n| n.text());
+        let fill = g
+            .children()
+            .find(|n| n.has_tag_name("rect"))
+            .and_then(|n| n.attribute("fill"));
+        if let (Some(t), Some(f)) = (title, fill)
+            && let Some((name, _)) = t.rsplit_once(" (")
+        {
+            let rgb: Vec<u32> = f
+                .trim_start_matches("rgb(")
+                .trim_end_matches(')')
+                .split(',')
+                .map(|c| c.trim().parse().expect("colour component"))
+                .collect();
+            fills.insert(name.to_owned(), (rgb[0], rgb[1], rgb[2]));
+        }
+    }
+    // flamegraph.pl's kernel orange: no blue, green 35-65% of red.
+    let orange = |(r, g, b): (u32, u32, u32)| b == 0 && r > g && (35..=65).contains(&(g * 100 / r));
+    let vfs = fills
+        .get("vfs_write")
+        .unwrap_or_else(|| panic!("no vfs_write frame: {fills:?}"));
+    assert!(orange(*vfs), "vfs_write is {vfs:?}, not orange");
+    // Names on both sides (`[unknown]`) share one title; leave them out.
+    let user_fills: Vec<_> = fills
+        .iter()
+        .filter(|(n, _)| user.contains(n.as_str()) && !kernel.contains(n.as_str()))
+        .collect();
+    assert!(
+        !user_fills.is_empty(),
+        "no user frame in the SVG: {fills:?}"
+    );
+    for (name, fill) in user_fills {
+        assert!(!orange(*fill), "user frame {name} is orange too: {fill:?}");
+    }
+}

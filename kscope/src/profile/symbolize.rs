@@ -200,15 +200,14 @@ pub fn symbolize(raw: &RawProfile, procs: &mut ProcCache, sides: Sides) -> Vec<S
                 None => {}
             }
             if user.is_empty() && kernel.is_empty() {
-                // Only one side was asked for and the sample was in the other.
-                kernel.push(
-                    match (sides.kernel, sides.user) {
-                        (true, false) => "[user mode]",
-                        (false, true) => "[kernel thread]",
-                        _ => "[no stack]",
-                    }
-                    .to_owned(),
-                );
+                // Only one side was asked for and the sample was in the
+                // other. The placeholder goes on the side it stands for:
+                // output marks the kernel side's frames as kernel frames.
+                match (sides.kernel, sides.user) {
+                    (true, false) => user.push("[user mode]".to_owned()),
+                    (false, true) => kernel.push("[kernel thread]".to_owned()),
+                    _ => user.push("[no stack]".to_owned()),
+                }
             }
             Stack {
                 pid: key.pid,
@@ -285,7 +284,8 @@ mod tests {
         let stacks = symbolize(&raw, &mut procs, both);
         assert_eq!(stacks.len(), 3);
         assert_eq!(stacks[0].comm, "[idle]");
-        assert_eq!(stacks[0].kernel, ["[no stack]"]);
+        assert_eq!(stacks[0].user, ["[no stack]"]);
+        assert!(stacks[0].kernel.is_empty());
         assert_eq!(stacks[1].comm, "app1");
         assert_eq!(stacks[1].user, ["[lost user stack: efault]"]);
         assert_eq!(stacks[1].kernel, ["[lost kernel stack: eexist]"]);
@@ -301,7 +301,16 @@ mod tests {
             stacks: HashMap::new(),
         };
         let stacks = symbolize(&raw, &mut procs, kernel_only);
-        assert_eq!(stacks[0].kernel, ["[user mode]"]);
+        // A user-mode sample is not a kernel frame.
+        assert_eq!(stacks[0].user, ["[user mode]"]);
+        assert!(stacks[0].kernel.is_empty());
+        let user_only = Sides {
+            kernel: false,
+            user: true,
+        };
+        let stacks = symbolize(&raw, &mut procs, user_only);
+        assert_eq!(stacks[0].kernel, ["[kernel thread]"]);
+        assert!(stacks[0].user.is_empty());
     }
 
     /// C names that are also Itanium type codes: a demangler applied to
