@@ -764,7 +764,7 @@ fn cxx_functions_are_demangled() {
     let source = format!(
         "#include <cstdio>\n#include <unistd.h>\nnamespace kscope_cxx {{\n\
          __attribute__((noinline)) void burn(int n) {{ for (volatile int k = 0; k < n; k++) {{}} }}\n\
-         __attribute__((noinline)) void burn(double n) {{ for (volatile double k = 0; k < n; k += 1) {{}} }}\n\
+         __attribute__((noinline)) void burn(double n) {{ for (volatile int k = 0; k < (int)n; k++) {{}} }}\n\
          }}\n\
          int main() {{\n  alarm(120);\n  std::puts(\"{READY}\"); std::fflush(stdout);\n  \
          for (;;) {{ kscope_cxx::burn(100000); kscope_cxx::burn(100000.0); }}\n}}\n"
@@ -774,7 +774,8 @@ fn cxx_functions_are_demangled() {
     };
     let w = Compiled::start(exe);
     let pid = w.workload.pid().to_string();
-    // Two functions: the chance that one gets none of 100 samples is 2^-99.
+    // Two functions with the same loop: the chance that one gets none of
+    // 100 samples is 2^-99.
     let (report, stderr) = profile_until(&["-p", &pid, "-F", FREQ], 100);
     let leaves = user_leaves(&report);
     note(&format!("C++ leaves: {leaves:?}"));

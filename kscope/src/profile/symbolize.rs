@@ -313,23 +313,12 @@ mod tests {
         assert!(stacks[0].user.is_empty());
     }
 
-    /// C names that are also Itanium type codes: a demangler applied to
-    /// every name turned them into these C++ types.
-    const C_NAMES_AND_TYPES: [(&str, &str); 8] = [
-        ("a", "signed char"),
-        ("b", "bool"),
-        ("c", "char"),
-        ("d", "double"),
-        ("i", "int"),
-        ("x", "long long"),
-        ("Pc", "char*"),
-        ("Ss", "std::string"),
-    ];
-
     #[test]
     fn plain_c_names_are_not_demangled() {
-        for (name, cxx_type) in C_NAMES_AND_TYPES {
-            assert_eq!(demangle(name), name, "{name} must not become {cxx_type}");
+        // Also Itanium type codes: demangled, `a` was `signed char`, `Pc`
+        // `char*`, `Ss` `std::string`.
+        for name in ["a", "b", "c", "d", "i", "x", "Pc", "Ss"] {
+            assert_eq!(demangle(name), name);
         }
         for name in [
             "main",
