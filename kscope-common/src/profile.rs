@@ -66,7 +66,8 @@ pub struct StackKey {
 
 /// [`MAP_STATS`] slot: samples counted (after the pid and idle filters).
 pub const SLOT_SAMPLES: u32 = 0;
-/// [`MAP_STATS`] slot: idle-task samples dropped (no `-I`).
+/// [`MAP_STATS`] slot: idle-task samples dropped (no `-I`); never counted
+/// under [`GLOBAL_FILTER_PIDS`], which leaves the idle task out entirely.
 pub const SLOT_IDLE: u32 = 1;
 /// [`MAP_STATS`] slot: samples dropped because [`MAP_COUNTS`] was full.
 pub const SLOT_COUNTS_FULL: u32 = 2;

@@ -304,8 +304,9 @@ pub struct ProfileArgs {
     /// Kernel stacks only.
     #[arg(short = 'K', long)]
     pub kernel_only: bool,
-    /// Keep samples of the idle task (pid 0), shown as [idle].
-    #[arg(short = 'I', long)]
+    /// Keep samples of the idle task (pid 0), shown as [idle]. Not with
+    /// -p: the idle task is no process of those.
+    #[arg(short = 'I', long, conflicts_with = "pids")]
     pub include_idle: bool,
     /// Show progress on stderr even when it is not a terminal.
     #[arg(long)]
@@ -447,6 +448,7 @@ mod tests {
             (&["-d", "-3"], ErrorKind::ValueValidation),
             (&["-C", "-1"], ErrorKind::UnknownArgument),
             (&["-U", "-K"], ErrorKind::ArgumentConflict),
+            (&["-p", "1", "-I"], ErrorKind::ArgumentConflict),
         ] {
             let err = profile(args).expect_err(&format!("{args:?}"));
             assert_eq!(err.kind(), kind, "{args:?}: {err}");

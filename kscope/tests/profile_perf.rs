@@ -10,7 +10,12 @@
 //!   function);
 //! - `decoy` burns CPU in `kscope_burn_decoy`, for `-p` to leave out;
 //! - `write` rewrites 64 KiB of a memfd with pwrite(2), a syscall-heavy
-//!   load whose kernel stacks go through vfs_write.
+//!   load whose kernel stacks go through vfs_write;
+//! - `sleep` sleeps, so `-p` of it has little to sample while the CPUs
+//!   may idle.
+//!
+//! The symbol-name tests also compile a C and a C++ program with gcc and
+//! g++ when those are installed (they are skipped, loudly, where not).
 
 mod common;
 
@@ -115,6 +120,11 @@ mod workload {
                 }
             }
             "write" => write_loop(start),
+            "sleep" => {
+                while start.elapsed() < LIFETIME {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
             m => panic!("unknown workload {m}"),
         }
     }
@@ -140,14 +150,20 @@ struct Workload {
 impl Workload {
     fn start(mode: &str) -> Self {
         let exe = std::env::current_exe().expect("test binary path");
-        let mut child = Command::new(exe)
-            .args(["workload_child", "--exact", "--ignored", "--nocapture"])
+        let mut cmd = Command::new(exe);
+        cmd.args(["workload_child", "--exact", "--ignored", "--nocapture"])
             .args(["--test-threads", "1"])
-            .env(WORKLOAD_ENV, mode)
+            .env(WORKLOAD_ENV, mode);
+        Self::spawn(cmd, mode)
+    }
+
+    /// Starts `cmd` and waits for it to print [`READY`].
+    fn spawn(mut cmd: Command, what: &str) -> Self {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start the workload");
+            .unwrap_or_else(|e| panic!("start the workload {what}: {e}"));
         let stdout = child.stdout.take().expect("workload stdout");
         let mut lines = BufReader::new(stdout).lines();
         loop {
@@ -155,7 +171,7 @@ impl Workload {
                 // libtest may print "test workload_child ... " on the same line.
                 Some(Ok(l)) if l.trim_end().ends_with(READY) => break,
                 Some(Ok(_)) => {}
-                other => panic!("workload {mode} did not start: {other:?}"),
+                other => panic!("workload {what} did not start: {other:?}"),
             }
         }
         Self { child }
@@ -222,6 +238,107 @@ fn profile_json(args: &[&str]) -> (Value, String) {
     (report, stderr)
 }
 
+/// The sample count in a progress line ("sampling: 1.5s elapsed, 123
+/// samples").
+fn progress_samples(line: &str) -> Option<u64> {
+    line.strip_suffix(" samples")?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Runs `kscope profile --json --progress ARGS` until a progress line
+/// reports at least `min_samples` samples, then stops it with SIGTERM and
+/// returns the report and stderr. The run lasts as long as the workload
+/// needs to be sampled that often, however busy the machine is.
+fn profile_until(args: &[&str], min_samples: u64) -> (Value, String) {
+    let mut all = vec!["profile", "--json", "--progress"];
+    all.extend_from_slice(args);
+    // Loading alone can take seconds under emulation.
+    let mut t = Tracer::start_until(None, &all, &[], true, Duration::from_secs(60), "sampling:");
+    let start = Instant::now();
+    let mut last = t.stderr_lines.last().cloned().unwrap_or_default();
+    while progress_samples(&last).unwrap_or(0) < min_samples {
+        // A guard against a workload that never runs, not a rate.
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "kscope {all:?} did not reach {min_samples} samples: {last}"
+        );
+        last = t
+            .wait_line("sampling:", Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("kscope {all:?} stopped reporting progress"));
+    }
+    let (status, stdout, stderr) = t.stop(libc::SIGTERM);
+    assert!(status.success(), "kscope {all:?}: {status}\n{stderr}");
+    let report = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{stdout}"));
+    (report, stderr)
+}
+
+/// Compiles `source` (a C or C++ file, by `ext`) with `compiler` into a
+/// scratch executable, or skips loudly and returns `None` where the
+/// compiler is not installed (the VMs' initramfs has none).
+///
+/// No `-g`: without DWARF, blazesym knows no source language, which is
+/// where every name used to be demangled.
+fn compile(compiler: &str, ext: &str, source: &str) -> Option<std::path::PathBuf> {
+    let src = scratch(&format!("{compiler}.{ext}"));
+    let exe = scratch(compiler);
+    std::fs::write(&src, source).expect("write the source");
+    let out = match Command::new(compiler)
+        .args(["-O1", "-fno-omit-frame-pointer", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            skip(compiler, "not installed");
+            return None;
+        }
+        Err(e) => panic!("{compiler}: {e}"),
+    };
+    let _ = std::fs::remove_file(&src);
+    assert!(
+        out.status.success(),
+        "{compiler} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(exe)
+}
+
+/// A compiled workload, removed with the process.
+struct Compiled {
+    workload: Workload,
+    exe: std::path::PathBuf,
+}
+
+impl Compiled {
+    fn start(exe: std::path::PathBuf) -> Self {
+        let workload = Workload::spawn(Command::new(&exe), &exe.display().to_string());
+        Self { workload, exe }
+    }
+}
+
+impl Drop for Compiled {
+    fn drop(&mut self) {
+        // The process is killed after this, by the Workload's own drop.
+        let _ = std::fs::remove_file(&self.exe);
+    }
+}
+
+/// Samples per user leaf function, over all stacks.
+fn user_leaves(report: &Value) -> std::collections::HashMap<String, u64> {
+    let mut leaves = std::collections::HashMap::new();
+    for s in stacks(report) {
+        if let Some(leaf) = frames(s, "user").last() {
+            *leaves.entry(leaf.clone()).or_insert(0) += count(s);
+        }
+    }
+    leaves
+}
+
 fn stacks(report: &Value) -> &Vec<Value> {
     report["stacks"].as_array().expect("stacks array")
 }
@@ -270,36 +387,47 @@ struct RatioRun {
     decoy_cpu: Duration,
 }
 
+/// `kscope profile -p PID -F FREQ -d SECS --json` that also writes folded
+/// stacks and an SVG (to scratch files named after `tag`); returns the
+/// report, stderr, and the two files' contents.
+fn profile_with_files(tag: &str, pid: &str, secs: &str) -> (Value, String, String, String) {
+    let (folded_path, svg_path) = (
+        scratch(&format!("{tag}.folded")),
+        scratch(&format!("{tag}.svg")),
+    );
+    let (report, stderr) = profile_json(&[
+        "-p",
+        pid,
+        "-F",
+        FREQ,
+        "-d",
+        secs,
+        "--folded",
+        folded_path.to_str().expect("utf8 path"),
+        "--svg",
+        svg_path.to_str().expect("utf8 path"),
+    ]);
+    let read = |p: &Path| {
+        let s = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let _ = std::fs::remove_file(p);
+        s
+    };
+    (report, stderr, read(&folded_path), read(&svg_path))
+}
+
 fn ratio_run() -> &'static RatioRun {
     static RUN: OnceLock<RatioRun> = OnceLock::new();
     RUN.get_or_init(|| {
         require_root();
         let target = Workload::start("ratio");
         let decoy = Workload::start("decoy");
-        let (folded_path, svg_path) = (scratch("ratio.folded"), scratch("ratio.svg"));
         let pid = target.pid().to_string();
         let decoy_before = decoy.cpu_time();
-        let (report, stderr) = profile_json(&[
-            "-p",
-            &pid,
-            "-F",
-            FREQ,
-            "-d",
-            SECS,
-            "--folded",
-            folded_path.to_str().expect("utf8 path"),
-            "--svg",
-            svg_path.to_str().expect("utf8 path"),
-        ]);
+        let (report, stderr, folded, svg) = profile_with_files("ratio", &pid, SECS);
         let decoy_cpu = decoy.cpu_time().saturating_sub(decoy_before);
-        let read = |p: &Path| {
-            let s = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            let _ = std::fs::remove_file(p);
-            s
-        };
         RatioRun {
-            folded: read(&folded_path),
-            svg: read(&svg_path),
+            folded,
+            svg,
             report,
             stderr,
             target: target.pid(),
@@ -562,4 +690,239 @@ fn bad_input_fails_with_one_error_line() {
     assert_fails(&out, 1, &["CPU 100000 is not online"]);
     let out = kscope(None, &["profile", "-F", "0"]);
     assert_eq!(out.status.code(), Some(2), "a usage error");
+}
+
+/// C functions whose names are also Itanium C++ type codes, and the C++
+/// types a demangler applied to every name made of them.
+const C_NAMES_AND_TYPES: [(&str, &str); 8] = [
+    ("a", "signed char"),
+    ("b", "bool"),
+    ("c", "char"),
+    ("d", "double"),
+    ("i", "int"),
+    ("x", "long long"),
+    ("Pc", "char*"),
+    ("Ss", "std::string"),
+];
+
+/// Enough samples that each of 8 functions sharing a CPU evenly is sampled:
+/// the chance that one of them gets none is below 8 * (7/8)^400, 1e-22.
+const NAME_SAMPLES: u64 = 400;
+
+/// A C program's functions keep their names, as perf shows them: a plain
+/// name is no mangled one, so `a` is `a`, not `signed char`.
+#[test]
+fn c_functions_named_like_cxx_type_codes_keep_their_names() {
+    require_root();
+    let mut source = String::from(
+        "#include <stdio.h>\n#include <unistd.h>\n\
+         #define BURN(f) __attribute__((noinline, noclone)) void f(unsigned long n) \
+         { for (volatile unsigned long k = 0; k < n; k++) {} }\n",
+    );
+    let mut calls = String::new();
+    for (name, _) in C_NAMES_AND_TYPES {
+        source += &format!("BURN({name})\n");
+        calls += &format!("{name}(100000); ");
+    }
+    source += &format!(
+        "int main(void) {{\n  alarm(120); /* outlives a failed test by at most this long */\n  \
+         puts(\"{READY}\"); fflush(stdout);\n  for (;;) {{ {calls}}}\n}}\n"
+    );
+    let Some(exe) = compile("gcc", "c", &source) else {
+        return;
+    };
+    let w = Compiled::start(exe);
+    let pid = w.workload.pid().to_string();
+    let (report, stderr) = profile_until(&["-p", &pid, "-F", FREQ], NAME_SAMPLES);
+    let leaves = user_leaves(&report);
+    note(&format!("C leaves: {leaves:?}"));
+    for (name, cxx_type) in C_NAMES_AND_TYPES {
+        assert!(
+            leaves.contains_key(name),
+            "C function {name} is not a leaf; leaves: {leaves:?}\nstderr:\n{stderr}"
+        );
+        for s in stacks(&report) {
+            assert!(
+                !frames(s, "user").iter().any(|f| f == cxx_type),
+                "{name} shown as the C++ type {cxx_type}: {s}"
+            );
+        }
+    }
+    assert!(
+        stacks(&report)
+            .iter()
+            .any(|s| frames(s, "user").iter().any(|f| f == "main")),
+        "main, the caller, is not on any stack"
+    );
+}
+
+/// Names that are mangled are still demangled: C++ (Itanium) names here,
+/// Rust's in the tests of this file's own workloads (`…::kscope_burn_alpha`).
+#[test]
+fn cxx_functions_are_demangled() {
+    require_root();
+    let source = format!(
+        "#include <cstdio>\n#include <unistd.h>\nnamespace kscope_cxx {{\n\
+         __attribute__((noinline)) void burn(int n) {{ for (volatile int k = 0; k < n; k++) {{}} }}\n\
+         __attribute__((noinline)) void burn(double n) {{ for (volatile int k = 0; k < (int)n; k++) {{}} }}\n\
+         }}\n\
+         int main() {{\n  alarm(120);\n  std::puts(\"{READY}\"); std::fflush(stdout);\n  \
+         for (;;) {{ kscope_cxx::burn(100000); kscope_cxx::burn(100000.0); }}\n}}\n"
+    );
+    let Some(exe) = compile("g++", "cc", &source) else {
+        return;
+    };
+    let w = Compiled::start(exe);
+    let pid = w.workload.pid().to_string();
+    // Two functions with the same loop: the chance that one gets none of
+    // 100 samples is 2^-99.
+    let (report, stderr) = profile_until(&["-p", &pid, "-F", FREQ], 100);
+    let leaves = user_leaves(&report);
+    note(&format!("C++ leaves: {leaves:?}"));
+    for f in ["kscope_cxx::burn(int)", "kscope_cxx::burn(double)"] {
+        assert!(
+            leaves.contains_key(f),
+            "{f} is not a leaf; leaves: {leaves:?}\nstderr:\n{stderr}"
+        );
+    }
+    assert!(
+        !leaves.keys().any(|f| f.starts_with("_Z")),
+        "a mangled name is left: {leaves:?}"
+    );
+}
+
+/// Jiffies the CPUs have spent idle (idle and iowait) since boot, from
+/// the `cpu` line of /proc/stat.
+fn idle_jiffies() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let cpu = stat.lines().next().expect("cpu line");
+    cpu.split_whitespace()
+        .skip(4)
+        .take(2)
+        .map(|f| f.parse::<u64>().expect("jiffies"))
+        .sum()
+}
+
+/// With `-p`, the profile is that process's: the idle task's samples, which
+/// `-I` could never show under `-p`, are neither shown nor counted, and the
+/// totals agree with the stacks.
+#[test]
+fn p_counts_no_idle_samples() {
+    require_root();
+    let w = Workload::start("sleep");
+    let pid = w.pid().to_string();
+    let idle_before = idle_jiffies();
+    let (report, stderr) = profile_json(&["-p", &pid, "-F", FREQ, "-d", "2"]);
+    let idle = idle_jiffies() - idle_before;
+    // Whether the run could have caught the defect: the CPUs must idle at
+    // some point during it, which depends on the rest of the machine.
+    note(&format!(
+        "-p idle: the CPUs idled {idle} jiffies while sampling{}",
+        if idle == 0 {
+            "; this run could not have seen idle samples"
+        } else {
+            ""
+        }
+    ));
+    assert_eq!(report["idle_samples"], 0, "stderr:\n{stderr}");
+    assert!(!stderr.contains("idle samples"), "{stderr}");
+    let sum: u64 = stacks(&report).iter().map(count).sum();
+    assert_eq!(report["samples"], sum);
+    for s in stacks(&report) {
+        assert_eq!(s["pid"], w.pid(), "a sample of another process: {s}");
+    }
+}
+
+/// Kernel frames stay kernel frames in every output: the JSON's `kernel`
+/// arrays, `_[k]` in folded stacks (flamegraph.pl's annotation), and an
+/// orange fill in the SVG, where user frames are not orange.
+#[test]
+fn kernel_frames_are_marked_in_folded_and_coloured_apart_in_svg() {
+    require_root();
+    let w = Workload::start("write");
+    let pid = w.pid().to_string();
+    let (report, stderr, folded, svg) = profile_with_files("kmark", &pid, "3");
+    drop(w);
+
+    let mut kernel = std::collections::HashSet::new();
+    let mut user = std::collections::HashSet::new();
+    // As folded output writes them (`;` in a name becomes `:`).
+    let fold = |f: String| f.replace(';', ":");
+    for s in stacks(&report) {
+        kernel.extend(frames(s, "kernel").into_iter().map(fold));
+        user.extend(frames(s, "user").into_iter().map(fold));
+    }
+    assert!(
+        kernel.contains("vfs_write"),
+        "no vfs_write; stderr:\n{stderr}"
+    );
+    let mut marked_lines = 0;
+    for line in folded.lines() {
+        let (stack, _) = line.rsplit_once(' ').expect("STACK COUNT");
+        let fs: Vec<&str> = stack.split(';').skip(1).collect();
+        // User frames first, then kernel frames: once marked, always marked.
+        let first_k = fs.iter().position(|f| f.ends_with("_[k]"));
+        for (i, f) in fs.iter().enumerate() {
+            match f.strip_suffix("_[k]") {
+                Some(k) => {
+                    assert!(kernel.contains(k), "{k} is no kernel frame: {line}");
+                }
+                None => {
+                    assert!(first_k.is_none_or(|k| i < k), "user below kernel: {line}");
+                    assert!(user.contains(*f), "{f} is no user frame: {line}");
+                }
+            }
+        }
+        if stack.contains(";do_syscall_64_[k];") && stack.ends_with("_[k]") {
+            marked_lines += 1;
+        }
+    }
+    assert!(marked_lines > 0, "no marked syscall stack:\n{folded}");
+
+    // Each frame's title and fill: <g><title>NAME (…)</title><rect fill="rgb(R,G,B)"/>.
+    let opts = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(&svg, opts).expect("well-formed SVG");
+    let mut fills = std::collections::HashMap::new();
+    for g in doc.descendants().filter(|n| n.has_tag_name("g")) {
+        let title = g
+            .children()
+            .find(|n| n.has_tag_name("title"))
+            .and_then(|n| n.text());
+        let fill = g
+            .children()
+            .find(|n| n.has_tag_name("rect"))
+            .and_then(|n| n.attribute("fill"));
+        if let (Some(t), Some(f)) = (title, fill)
+            && let Some((name, _)) = t.rsplit_once(" (")
+        {
+            let rgb: Vec<u32> = f
+                .trim_start_matches("rgb(")
+                .trim_end_matches(')')
+                .split(',')
+                .map(|c| c.trim().parse().expect("colour component"))
+                .collect();
+            fills.insert(name.to_owned(), (rgb[0], rgb[1], rgb[2]));
+        }
+    }
+    // flamegraph.pl's kernel orange: no blue, green 35-65% of red.
+    let orange = |(r, g, b): (u32, u32, u32)| b == 0 && r > g && (35..=65).contains(&(g * 100 / r));
+    let vfs = fills
+        .get("vfs_write")
+        .unwrap_or_else(|| panic!("no vfs_write frame: {fills:?}"));
+    assert!(orange(*vfs), "vfs_write is {vfs:?}, not orange");
+    // Names on both sides (`[unknown]`) share one title; leave them out.
+    let user_fills: Vec<_> = fills
+        .iter()
+        .filter(|(n, _)| user.contains(n.as_str()) && !kernel.contains(n.as_str()))
+        .collect();
+    assert!(
+        !user_fills.is_empty(),
+        "no user frame in the SVG: {fills:?}"
+    );
+    for (name, fill) in user_fills {
+        assert!(!orange(*fill), "user frame {name} is orange too: {fill:?}");
+    }
 }

@@ -74,12 +74,15 @@ pub fn profile_perf(ctx: PerfEventContext) -> u32 {
 fn sample(ctx: &PerfEventContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
+    // The pid filter first: with `-p`, other processes' samples, the idle
+    // task's included (pid 0 is never in the map), are not this profile's,
+    // not even as a count of idle samples left out.
+    if setting(&PROFILE_FILTER_PIDS) != 0 && PROFILE_PIDS.get_ptr(tgid).is_none() {
+        return;
+    }
     // Thread id 0 is the per-CPU idle task (swapper/N).
     if pid_tgid as u32 == 0 && setting(&PROFILE_INCLUDE_IDLE) == 0 {
         bump(SLOT_IDLE);
-        return;
-    }
-    if setting(&PROFILE_FILTER_PIDS) != 0 && PROFILE_PIDS.get_ptr(tgid).is_none() {
         return;
     }
     bump(SLOT_SAMPLES);

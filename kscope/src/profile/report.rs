@@ -43,17 +43,28 @@ fn folded_frame(name: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Suffix that marks a kernel frame in folded stacks: the annotation of
+/// flamegraph.pl's stackcollapse scripts (`--kernel`), which flamegraph.pl
+/// and inferno colour apart and strip from the names they show.
+pub const KERNEL_MARK: &str = "_[k]";
+
 /// Folded stacks, one per distinct frame sequence, in flamegraph.pl's
 /// format: `comm;user frames;kernel frames count`, frames from root to
-/// leaf. Stacks that fold to the same line are merged, so the counts sum
-/// to the samples given. Sorted by line.
+/// leaf, each kernel frame marked with [`KERNEL_MARK`] (`vfs_write_[k]`).
+/// Stacks that fold to the same line are merged, so the counts sum to the
+/// samples given. Sorted by line.
 pub fn folded(stacks: &[Stack]) -> BTreeMap<String, u64> {
     let mut lines = BTreeMap::new();
     for s in stacks {
         let mut line = folded_frame(&s.comm).into_owned();
-        for f in s.user.iter().chain(&s.kernel) {
+        for f in &s.user {
             line.push(';');
             line.push_str(&folded_frame(f));
+        }
+        for f in &s.kernel {
+            line.push(';');
+            line.push_str(&folded_frame(f));
+            line.push_str(KERNEL_MARK);
         }
         *lines.entry(line).or_insert(0) += s.count;
     }
@@ -68,8 +79,15 @@ pub fn write_folded(w: &mut impl Write, stacks: &[Stack]) -> io::Result<()> {
     Ok(())
 }
 
-/// Renders an SVG flame graph of `stacks` with inferno.
+/// Renders an SVG flame graph of `stacks` with inferno. Kernel frames are
+/// orange, as flamegraph.pl colours [`KERNEL_MARK`]ed frames; user frames
+/// are yellow when their name has `::` (Rust, C++) and red otherwise.
+/// That is inferno's "js" palette, the one of its palettes that gives
+/// native names no other meaning ("java" paints C names that start with a
+/// capital green, as Java classes). Colours follow the names (`hash`), so
+/// a function keeps its colour from one graph to the next.
 pub fn write_svg(w: &mut impl Write, stacks: &[Stack], title: &str) -> io::Result<()> {
+    use inferno::flamegraph::color::{MultiPalette, Palette};
     let lines: Vec<String> = folded(stacks)
         .into_iter()
         .map(|(l, c)| format!("{l} {c}"))
@@ -77,6 +95,8 @@ pub fn write_svg(w: &mut impl Write, stacks: &[Stack], title: &str) -> io::Resul
     let mut opts = inferno::flamegraph::Options::default();
     opts.title = title.to_owned();
     opts.count_name = "samples".to_owned();
+    opts.colors = Palette::Multi(MultiPalette::Js);
+    opts.hash = true;
     inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), w)
         .map_err(io::Error::other)
 }
@@ -269,7 +289,7 @@ mod tests {
         let f = folded(&sample_stacks());
         assert_eq!(f["app;main;work;hot"], 60);
         assert_eq!(
-            f["app;main;write;entry_SYSCALL_64;ksys_write;vfs_write"],
+            f["app;main;write;entry_SYSCALL_64_[k];ksys_write_[k];vfs_write_[k]"],
             25
         );
         assert_eq!(f.values().sum::<u64>(), 100);
@@ -380,30 +400,110 @@ mod tests {
     }
 
     #[test]
-    fn svg_is_rendered_from_the_folded_stacks() {
-        let mut out = Vec::new();
-        write_svg(&mut out, &sample_stacks(), "test").expect("render");
-        let svg = String::from_utf8(out).expect("utf8");
+    fn folded_marks_kernel_frames_and_only_them() {
+        let stacks = vec![
+            // A user function and a kernel function of the same name stay
+            // apart.
+            stack("app", &["main", "read"], &["ksys_read", "read"], 4),
+            stack("app", &["main", "read"], &[], 3),
+            stack("kworker", &[], &["[unknown]"], 2),
+            stack("app", &["[user mode]"], &[], 1),
+        ];
+        let f = folded(&stacks);
+        assert_eq!(f["app;main;read;ksys_read_[k];read_[k]"], 4);
+        assert_eq!(f["app;main;read"], 3);
+        assert_eq!(f["kworker;[unknown]_[k]"], 2);
+        assert_eq!(f["app;[user mode]"], 1);
+        assert_eq!(f.len(), 4);
+    }
+
+    /// The SVG's frames: (title, fill colour).
+    fn svg_frames(svg: &str) -> Vec<(String, (u8, u8, u8))> {
         let opts = roxmltree::ParsingOptions {
             allow_dtd: true,
             ..Default::default()
         };
-        let doc = roxmltree::Document::parse_with_options(&svg, opts).expect("well-formed XML");
+        let doc = roxmltree::Document::parse_with_options(svg, opts).expect("well-formed XML");
         assert_eq!(doc.root_element().tag_name().name(), "svg");
-        let titles: Vec<&str> = doc
-            .descendants()
-            .filter(|n| n.has_tag_name("title"))
-            .filter_map(|n| n.text())
-            .collect();
+        doc.descendants()
+            .filter(|n| n.has_tag_name("g"))
+            .filter_map(|g| {
+                let title = g.children().find(|n| n.has_tag_name("title"))?.text()?;
+                let fill = g
+                    .children()
+                    .find(|n| n.has_tag_name("rect"))?
+                    .attribute("fill")?;
+                let rgb: Vec<u8> = fill
+                    .strip_prefix("rgb(")?
+                    .strip_suffix(')')?
+                    .split(',')
+                    .map(|c| c.trim().parse().expect("colour component"))
+                    .collect();
+                Some((title.to_owned(), (rgb[0], rgb[1], rgb[2])))
+            })
+            .collect()
+    }
+
+    /// flamegraph.pl's kernel orange: red highest, no blue, green between
+    /// 35% and 65% of red (a hue of about 20-40 degrees, where its red
+    /// frames have 0 and its yellow ones 60).
+    fn is_orange((r, g, b): (u8, u8, u8)) -> bool {
+        b == 0 && r > g && (35..=65).contains(&(u32::from(g) * 100 / u32::from(r.max(1))))
+    }
+
+    #[test]
+    fn svg_is_rendered_from_the_folded_stacks() {
+        let mut out = Vec::new();
+        write_svg(&mut out, &sample_stacks(), "test").expect("render");
+        let frames = svg_frames(&String::from_utf8(out).expect("utf8"));
+        let titles: Vec<&str> = frames.iter().map(|(t, _)| t.as_str()).collect();
         assert!(
             titles.iter().any(|t| t.starts_with("hot (60 samples")),
             "{titles:?}"
         );
+        // The kernel mark is not part of the name shown.
         assert!(
             titles
                 .iter()
                 .any(|t| t.starts_with("vfs_write (25 samples")),
             "{titles:?}"
         );
+        assert!(
+            !titles.iter().any(|t| t.contains(KERNEL_MARK)),
+            "{titles:?}"
+        );
+    }
+
+    #[test]
+    fn svg_colours_kernel_frames_apart() {
+        let stacks = vec![
+            stack(
+                "app",
+                &["main", "app::work", "read"],
+                &["ksys_read", "vfs_read"],
+                5,
+            ),
+            stack("app", &["main", "app::work", "hot"], &[], 5),
+        ];
+        let mut out = Vec::new();
+        write_svg(&mut out, &stacks, "test").expect("render");
+        let frames = svg_frames(&String::from_utf8(out).expect("utf8"));
+        let colour = |name: &str| {
+            frames
+                .iter()
+                .find(|(t, _)| t.starts_with(&format!("{name} (")))
+                .unwrap_or_else(|| panic!("no frame {name}: {frames:?}"))
+                .1
+        };
+        for k in ["ksys_read", "vfs_read"] {
+            assert!(is_orange(colour(k)), "kernel {k}: {:?}", colour(k));
+        }
+        for u in ["main", "app::work", "read", "hot"] {
+            assert!(!is_orange(colour(u)), "user {u}: {:?}", colour(u));
+        }
+        // Colours follow names: the same graph renders the same.
+        let mut again = Vec::new();
+        write_svg(&mut again, &stacks, "test").expect("render");
+        assert_eq!(svg_frames(&String::from_utf8(again).expect("utf8")), frames);
     }
 }

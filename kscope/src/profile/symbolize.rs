@@ -6,9 +6,11 @@
 //! Fallback policy: losing a name is better than losing a sample. An
 //! address that cannot be resolved becomes `[unknown]`, a lost stack
 //! becomes one `[lost … stack: REASON]` frame, and the sample keeps its
-//! place in every total.
+//! place in every total. A mangled name that does not demangle is shown
+//! mangled.
 
 use std::{
+    borrow::Cow,
     collections::{BTreeSet, HashMap},
     path::Path,
     sync::Arc,
@@ -54,6 +56,30 @@ pub fn comm(key: &StackKey) -> String {
 
 fn lost_frame(side: &str, id: i32) -> String {
     format!("[lost {side} stack: {}]", LostReason::from_errno(id).name())
+}
+
+/// A symbol's name as people read it. Only names in a mangling scheme are
+/// demangled: Rust's v0 (`_R…`) and Itanium C++ (`_Z…`), whose `_ZN…E`
+/// form Rust's legacy scheme shares (tried as Rust first, so its hash
+/// suffix is dropped). Any other name is returned as it is: an Itanium
+/// demangler reads a bare name as a *type* code, so a C function `a` would
+/// become `signed char` and `Pc` would become `char*` (blazesym demangles
+/// every ELF symbol that way, which is why its demangling is off). perf
+/// makes the same choice.
+pub fn demangle(name: &str) -> Cow<'_, str> {
+    if (name.starts_with("_R") || name.starts_with("_ZN"))
+        && let Ok(d) = rustc_demangle::try_demangle(name)
+    {
+        // `{:#}`: without the legacy hash or v0's crate disambiguators.
+        return format!("{d:#}").into();
+    }
+    if name.starts_with("_Z")
+        && let Ok(sym) = cpp_demangle::Symbol::new(name)
+        && let Ok(d) = sym.demangle()
+    {
+        return d.into();
+    }
+    name.into()
 }
 
 /// Identity of a mapped file for grouping addresses (its allocation).
@@ -108,7 +134,8 @@ pub fn symbolize(raw: &RawProfile, procs: &mut ProcCache, sides: Sides) -> Vec<S
     let symbolizer = Symbolizer::builder()
         .enable_code_info(false)
         .enable_inlined_fns(true)
-        .enable_demangling(true)
+        // Names are demangled by [`demangle`], only when mangled.
+        .enable_demangling(false)
         .build();
     let mut names: HashMap<(usize, u64), Vec<String>> = HashMap::new();
     for (fk, (file, offsets)) in &by_file {
@@ -118,8 +145,8 @@ pub fn symbolize(raw: &RawProfile, procs: &mut ProcCache, sides: Sides) -> Vec<S
             Ok(syms) => {
                 for (off, sym) in offsets.iter().zip(syms) {
                     if let Symbolized::Sym(sym) = sym {
-                        let mut frames = vec![sym.name.into_owned()];
-                        frames.extend(sym.inlined.iter().map(|f| f.name.to_string()));
+                        let mut frames = vec![demangle(&sym.name).into_owned()];
+                        frames.extend(sym.inlined.iter().map(|f| demangle(&f.name).into_owned()));
                         names.insert((*fk, *off), frames);
                     }
                 }
@@ -173,15 +200,14 @@ pub fn symbolize(raw: &RawProfile, procs: &mut ProcCache, sides: Sides) -> Vec<S
                 None => {}
             }
             if user.is_empty() && kernel.is_empty() {
-                // Only one side was asked for and the sample was in the other.
-                kernel.push(
-                    match (sides.kernel, sides.user) {
-                        (true, false) => "[user mode]",
-                        (false, true) => "[kernel thread]",
-                        _ => "[no stack]",
-                    }
-                    .to_owned(),
-                );
+                // Only one side was asked for and the sample was in the
+                // other. The placeholder goes on the side it stands for:
+                // output marks the kernel side's frames as kernel frames.
+                match (sides.kernel, sides.user) {
+                    (true, false) => user.push("[user mode]".to_owned()),
+                    (false, true) => kernel.push("[kernel thread]".to_owned()),
+                    _ => user.push("[no stack]".to_owned()),
+                }
             }
             Stack {
                 pid: key.pid,
@@ -258,7 +284,8 @@ mod tests {
         let stacks = symbolize(&raw, &mut procs, both);
         assert_eq!(stacks.len(), 3);
         assert_eq!(stacks[0].comm, "[idle]");
-        assert_eq!(stacks[0].kernel, ["[no stack]"]);
+        assert_eq!(stacks[0].user, ["[no stack]"]);
+        assert!(stacks[0].kernel.is_empty());
         assert_eq!(stacks[1].comm, "app1");
         assert_eq!(stacks[1].user, ["[lost user stack: efault]"]);
         assert_eq!(stacks[1].kernel, ["[lost kernel stack: eexist]"]);
@@ -274,7 +301,65 @@ mod tests {
             stacks: HashMap::new(),
         };
         let stacks = symbolize(&raw, &mut procs, kernel_only);
-        assert_eq!(stacks[0].kernel, ["[user mode]"]);
+        // A user-mode sample is not a kernel frame.
+        assert_eq!(stacks[0].user, ["[user mode]"]);
+        assert!(stacks[0].kernel.is_empty());
+        let user_only = Sides {
+            kernel: false,
+            user: true,
+        };
+        let stacks = symbolize(&raw, &mut procs, user_only);
+        assert_eq!(stacks[0].kernel, ["[kernel thread]"]);
+        assert!(stacks[0].user.is_empty());
+    }
+
+    #[test]
+    fn plain_c_names_are_not_demangled() {
+        // Also Itanium type codes: demangled, `a` was `signed char`, `Pc`
+        // `char*`, `Ss` `std::string`.
+        for name in ["a", "b", "c", "d", "i", "x", "Pc", "Ss"] {
+            assert_eq!(demangle(name), name);
+        }
+        for name in [
+            "main",
+            "memcpy",
+            "_start",
+            "__libc_start_main",
+            "Z",
+            "R",
+            "_",
+            "",
+        ] {
+            assert_eq!(demangle(name), name);
+        }
+    }
+
+    #[test]
+    fn mangled_names_are_demangled() {
+        let cases = [
+            // Itanium C++: a namespaced function and its overloads.
+            ("_ZN10kscope_cxx4burnEi", "kscope_cxx::burn(int)"),
+            ("_ZN10kscope_cxx4burnEd", "kscope_cxx::burn(double)"),
+            ("_Z4spinPKc", "spin(char const*)"),
+            // Rust legacy: the hash is dropped.
+            (
+                "_ZN6kscope7profile4spin17h0123456789abcdefE",
+                "kscope::profile::spin",
+            ),
+            // Rust v0: the crate disambiguator is dropped.
+            ("_RNvCs1234_6kscope4spin", "kscope::spin"),
+            ("_RNvNtC6kscope7profile4spin", "kscope::profile::spin"),
+        ];
+        for (mangled, want) in cases {
+            assert_eq!(demangle(mangled), want, "{mangled}");
+        }
+    }
+
+    #[test]
+    fn mangled_looking_names_that_do_not_parse_are_kept() {
+        for name in ["_Znotmangled", "_Z", "_R", "_Rx", "_ZN3foo"] {
+            assert_eq!(demangle(name), name);
+        }
     }
 
     #[test]
