@@ -71,9 +71,15 @@ pub enum ProfileError {
     /// `-F` exceeds what the kernel allows.
     #[error("-F {freq} exceeds the kernel's limit of {max} Hz (kernel.perf_event_max_sample_rate)")]
     FrequencyTooHigh { freq: u64, max: u64 },
-    /// Loading the object or its program failed (verifier log included).
-    #[error("failed to load {PROG_PROFILE_PERF}: {0}")]
-    Load(String),
+    /// Loading the object failed.
+    #[error("failed to load the profiler's object")]
+    Load(#[source] aya::EbpfError),
+    /// Loading the program failed (the verifier log is in the source).
+    #[error("failed to load {PROG_PROFILE_PERF}")]
+    Program(#[source] aya::programs::ProgramError),
+    /// The object lacks a map or program kscope-common names.
+    #[error("the profiler's object has no {0}")]
+    Missing(&'static str),
     /// Opening a perf event or attaching the program to it failed.
     #[error("failed to sample on {event} on CPU {cpu}")]
     Attach {
@@ -82,15 +88,16 @@ pub enum ProfileError {
         source: aya::programs::ProgramError,
     },
     /// Reading a map failed.
-    #[error("reading {map}: {reason}")]
-    Map { map: &'static str, reason: String },
+    #[error("reading {map}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> ProfileError {
-    move |e| ProfileError::Map {
-        map,
-        reason: e.to_string(),
-    }
+    move |source| ProfileError::Map { map, source }
 }
 
 /// What to profile and how.
@@ -204,11 +211,11 @@ impl Sampler {
             .override_global(GLOBAL_STACKS, &stacks, true)
             .map_max_entries(MAP_STACKS, opts.stack_storage)
             .load(PROFILE_PERF_OBJ)
-            .map_err(|e| ProfileError::Load(format!("{e:#}")))?;
+            .map_err(ProfileError::Load)?;
         if !opts.pids.is_empty() {
             let mut pids: BpfHashMap<&mut MapData, u32, u8> = BpfHashMap::try_from(
                 ebpf.map_mut(MAP_PIDS)
-                    .ok_or_else(|| ProfileError::Load(format!("{MAP_PIDS} missing")))?,
+                    .ok_or(ProfileError::Missing(MAP_PIDS))?,
             )
             .map_err(map_err(MAP_PIDS))?;
             for &pid in &opts.pids {
@@ -217,11 +224,10 @@ impl Sampler {
         }
         let prog: &mut PerfEvent = ebpf
             .program_mut(PROG_PROFILE_PERF)
-            .ok_or_else(|| ProfileError::Load(format!("{PROG_PROFILE_PERF} missing")))?
+            .ok_or(ProfileError::Missing(PROG_PROFILE_PERF))?
             .try_into()
-            .map_err(|e| ProfileError::Load(format!("{e}")))?;
-        prog.load()
-            .map_err(|e| ProfileError::Load(format!("{e:#}")))?;
+            .map_err(ProfileError::Program)?;
+        prog.load().map_err(ProfileError::Program)?;
         let prog_id = prog.info().map(|i| i.id()).unwrap_or(0);
 
         let (event, links) = match attach_all(prog, Event::Cycles, &cpus, opts.frequency) {
@@ -249,7 +255,7 @@ impl Sampler {
         let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
             self.ebpf
                 .map(MAP_STATS)
-                .ok_or_else(|| ProfileError::Load(format!("{MAP_STATS} missing")))?,
+                .ok_or(ProfileError::Missing(MAP_STATS))?,
         )
         .map_err(map_err(MAP_STATS))?;
         (0..N_STATS)
@@ -271,7 +277,7 @@ impl Sampler {
         let mut map: BpfHashMap<&mut MapData, u32, u8> = BpfHashMap::try_from(
             self.ebpf
                 .map_mut(MAP_NEW_PIDS)
-                .ok_or_else(|| ProfileError::Load(format!("{MAP_NEW_PIDS} missing")))?,
+                .ok_or(ProfileError::Missing(MAP_NEW_PIDS))?,
         )
         .map_err(map_err(MAP_NEW_PIDS))?;
         let pids: Vec<u32> = map.keys().filter_map(Result::ok).collect();
@@ -304,7 +310,7 @@ impl Sampler {
         let counts_map: BpfHashMap<&MapData, StackKey, u64> = BpfHashMap::try_from(
             self.ebpf
                 .map(MAP_COUNTS)
-                .ok_or_else(|| ProfileError::Load(format!("{MAP_COUNTS} missing")))?,
+                .ok_or(ProfileError::Missing(MAP_COUNTS))?,
         )
         .map_err(map_err(MAP_COUNTS))?;
         let counts: Vec<(StackKey, u64)> = counts_map
@@ -314,7 +320,7 @@ impl Sampler {
         let stack_map: StackTraceMap<&MapData> = StackTraceMap::try_from(
             self.ebpf
                 .map(MAP_STACKS)
-                .ok_or_else(|| ProfileError::Load(format!("{MAP_STACKS} missing")))?,
+                .ok_or(ProfileError::Missing(MAP_STACKS))?,
         )
         .map_err(map_err(MAP_STACKS))?;
         let mut stacks = HashMap::new();
