@@ -11,6 +11,7 @@ use kscope::{
     cli::{Cli, Command, FwCommand, ProfileArgs, StatsArgs, TraceCommand, TraceCommon},
     demo,
     firewall::{self, FwError, counters, maps::Edit, rules::RuleSet},
+    output::{Align, Column, Format, Output},
     profile::{self, ProfileError, report},
     sys::SysError,
     trace::TraceError,
@@ -269,52 +270,77 @@ fn edit(iface: Option<&str>, edits: &[Edit]) -> anyhow::Result<()> {
 }
 
 fn rules(iface: Option<&str>, json: bool) -> anyhow::Result<()> {
+    use kscope::firewall::rules::{Rule, SrcList};
     let (iface, maps, _) = firewall::open_rules("kscope fw rules", iface, false)?;
     let all = maps.rules_with_hits()?;
-    let mut out = io::stdout().lock();
-    if json {
-        for r in &all {
-            writeln!(out, "{}", counters::rule_json(&iface, r))?;
-        }
-        return Ok(());
-    }
-    writeln!(out, "{:<15} {:<44} {:>14}", "IFACE", "RULE", "HITS")?;
+    let cols = vec![
+        Column::left("IFACE", "iface", 15),
+        Column::left("RULE", "rule", 44),
+        Column::json("action"),
+        Column::json("kind"),
+        Column::json("target"),
+        Column::right("HITS", "hits", 14),
+    ];
+    let mut out = Output::new(io::stdout().lock(), Format::json(json), cols);
+    out.header()?;
     for r in &all {
-        writeln!(out, "{iface:<15} {:<44} {:>14}", r.rule.to_string(), r.hits)?;
+        let (action, kind, target) = match &r.rule {
+            Rule::Src(SrcList::Allow, c) => ("allow", "src", c.to_string()),
+            Rule::Src(SrcList::Block, c) => ("block", "src", c.to_string()),
+            Rule::Port(p) => ("block", "port", p.to_string()),
+        };
+        out.row(|row| {
+            row.str(&iface)?;
+            row.display(&r.rule)?;
+            row.str(action)?;
+            row.str(kind)?;
+            row.str(&target)?;
+            row.u64(r.hits)
+        })?;
     }
+    out.flush()?;
     Ok(())
 }
 
 fn status(json: bool) -> anyhow::Result<()> {
     let all = firewall::status()?;
-    let mut out = io::stdout().lock();
-    if json {
-        for s in &all {
-            writeln!(out, "{}", serde_json::to_string(s)?)?;
-        }
-        return Ok(());
-    }
-    if all.is_empty() {
+    if all.is_empty() && !json {
         tracing::info!("kscope is not attached to any interface");
         return Ok(());
     }
-    writeln!(
-        out,
-        "{:<15} {:<6} {:<7} {:>8} {:>8}  {:<20}  STATE",
-        "IFACE", "MODE", "DEFAULT", "PROG ID", "LINK ID", "ATTACHED AT"
-    )?;
+    let cols = vec![
+        Column::left("IFACE", "iface", 15),
+        Column::json("ifindex"),
+        Column::left("MODE", "mode", 6),
+        Column::left("DEFAULT", "default_policy", 7),
+        Column::right("PROG ID", "prog_id", 8),
+        Column::right("LINK ID", "link_id", 8),
+        Column::left("ATTACHED AT", "attached_at", 20),
+        Column::json("attached_at_unix"),
+        Column::json("attached"),
+        Column::table("STATE", 0, Align::Left),
+    ];
+    let mut out = Output::new(io::stdout().lock(), Format::json(json), cols);
+    out.header()?;
     for s in &all {
-        let state = if s.attached {
-            "attached"
-        } else {
-            "interface gone (run fw detach to clean up)"
-        };
-        writeln!(
-            out,
-            "{:<15} {:<6} {:<7} {:>8} {:>8}  {:<20}  {state}",
-            s.iface, s.mode, s.default_policy, s.prog_id, s.link_id, s.attached_at
-        )?;
+        out.row(|r| {
+            r.str(&s.iface)?;
+            r.u64(s.ifindex.into())?;
+            r.str(s.mode)?;
+            r.str(s.default_policy)?;
+            r.u64(s.prog_id.into())?;
+            r.u64(s.link_id.into())?;
+            r.str(&s.attached_at)?;
+            r.u64(s.attached_at_unix)?;
+            r.bool(s.attached)?;
+            r.str(if s.attached {
+                "attached"
+            } else {
+                "interface gone (run fw detach to clean up)"
+            })
+        })?;
     }
+    out.flush()?;
     Ok(())
 }
 

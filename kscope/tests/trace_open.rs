@@ -790,3 +790,58 @@ fn hiding_kernel_btf_does_not_propagate_to_shared_mounts() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// Recursion misses join the lost count, read from the kernel's
+/// `bpf_prog_info`. The read is checked on the fields next to them: with run
+/// statistics on, the exit program ran at least once per open of the
+/// generator thread (the filter runs inside it, so every openat on the
+/// machine runs it), and missed nothing on this quiet path (a misread
+/// offset would show another field's value there).
+#[test]
+fn program_run_stats_and_recursion_misses_are_read_from_prog_info() {
+    use kscope::trace::{Counter, Filters, open::Open};
+    require_root();
+    let _one = in_process();
+    const OPENS: u64 = 300;
+    let Ok(_stats) = aya::sys::enable_stats(aya::sys::Stats::RunTime) else {
+        skip("BPF_ENABLE_STATS", "needs Linux 5.8 and CAP_SYS_ADMIN");
+        return;
+    };
+    let missing = unique_missing_path("stats");
+    let (tid, go, h) = named_thread("kscope-stats", move || {
+        let path = std::ffi::CString::new(missing).expect("path");
+        for _ in 0..OPENS {
+            // SAFETY: a valid NUL-terminated path; nothing to close on
+            // failure, which is expected.
+            unsafe { libc::openat(libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY) };
+        }
+    });
+    let counter = Counter::<Open>::start(
+        &Default::default(),
+        &Filters {
+            tid: Some(tid),
+            ..Filters::default()
+        },
+    )
+    .expect("start the counter");
+    go.wait();
+    h.join().expect("opener");
+    let stats = counter.program_stats();
+    let counted: u64 = counter
+        .counts()
+        .expect("counts")
+        .iter()
+        .map(|(_, c)| c.events)
+        .sum();
+    assert_eq!(counted, OPENS);
+    let exit = stats
+        .iter()
+        .find(|(n, _)| n == kscope_common::trace::PROG_OPEN_EXIT_OPENAT)
+        .unwrap_or_else(|| panic!("no exit program in {stats:?}"));
+    assert!(exit.1.run_cnt >= OPENS, "{stats:?}");
+    assert!(exit.1.run_time_ns > 0, "{stats:?}");
+    for (name, s) in &stats {
+        assert_eq!(s.recursion_misses, 0, "{name}: {stats:?}");
+    }
+    assert_eq!(counter.lost().expect("lost"), 0);
+}

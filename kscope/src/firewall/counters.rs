@@ -8,7 +8,6 @@ use kscope_common::fw::{
     reason_index,
 };
 
-use super::maps::RuleHits;
 use serde::Serialize;
 
 /// Raw per-CPU contents of the counter map: `slots[index][cpu]`.
@@ -189,27 +188,6 @@ fn json_reasons(t: &ReasonTotals) -> Vec<JsonReason> {
         }
     }
     rows
-}
-
-/// `fw rules --json`: one rule as a single JSON line: `iface`, `rule` (in
-/// rule-file words), `action` (`allow`/`block`), `kind` (`src`/`port`),
-/// `hits`.
-pub fn rule_json(iface: &str, r: &RuleHits) -> String {
-    use super::rules::{Rule, SrcList};
-    let (action, kind, target) = match &r.rule {
-        Rule::Src(SrcList::Allow, c) => ("allow", "src", c.to_string()),
-        Rule::Src(SrcList::Block, c) => ("block", "src", c.to_string()),
-        Rule::Port(p) => ("block", "port", p.to_string()),
-    };
-    serde_json::json!({
-        "iface": iface,
-        "rule": r.rule.to_string(),
-        "action": action,
-        "kind": kind,
-        "target": target,
-        "hits": r.hits,
-    })
-    .to_string()
 }
 
 /// Packets and bytes per second for each slot.

@@ -128,15 +128,24 @@ pub fn pinned_link_info(path: &Path) -> io::Result<LinkInfo> {
 #[repr(C, align(8))]
 struct RawProgInfo([u64; 27]);
 
-/// Runs of the program `fd` the kernel skipped because another BPF program
-/// was already running on that CPU (`bpf_prog_info.recursion_misses`). Each
-/// one is an event a tracer never saw.
-///
-/// Minimum kernel: 5.12 (earlier kernels report 0: they do not count).
+/// A program's run statistics, as `struct bpf_prog_info` has them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgStats {
+    /// Nanoseconds run while stats were on (BPF_ENABLE_STATS, Linux 5.1+).
+    pub run_time_ns: u64,
+    /// Runs while stats were on.
+    pub run_cnt: u64,
+    /// Runs the kernel skipped because another BPF program was already
+    /// running on that CPU (Linux 5.12+; earlier kernels report 0: they do
+    /// not count). Each one is an event a tracer never saw.
+    pub recursion_misses: u64,
+}
+
+/// The run statistics of the program `fd`.
 ///
 /// # Errors
 /// BPF_OBJ_GET_INFO_BY_FD failing (not a program fd).
-pub fn prog_recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u64> {
+pub fn prog_stats(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<ProgStats> {
     let mut info = RawProgInfo([0; 27]);
     let mut attr = InfoByFdAttr {
         bpf_fd: u32::try_from(fd.as_raw_fd())
@@ -145,7 +154,12 @@ pub fn prog_recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u64>
         info: (&raw mut info) as u64,
     };
     sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(info.0[26])
+    // run_time_ns, run_cnt and recursion_misses: bytes 192, 200 and 208.
+    Ok(ProgStats {
+        run_time_ns: info.0[24],
+        run_cnt: info.0[25],
+        recursion_misses: info.0[26],
+    })
 }
 
 /// The `BPF_MAP_*_ELEM` part of `union bpf_attr`.

@@ -27,7 +27,7 @@ use super::{
 };
 use crate::{
     output::{Format, Output},
-    sys::bpf::{MapFdOps, dump_map, prog_recursion_misses},
+    sys::bpf::{MapFdOps, ProgStats, dump_map, prog_stats},
 };
 
 /// How `kscope trace NAME` runs, whatever the tracer.
@@ -174,11 +174,17 @@ fn pod_bytes<T: aya::Pod>(v: &T) -> &[u8] {
     unsafe { std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
 }
 
+/// Run statistics of every loaded program of `ebpf`, by name.
+fn program_stats(ebpf: &Ebpf) -> impl Iterator<Item = (&str, ProgStats)> {
+    ebpf.programs()
+        .filter_map(|(name, p)| Some((name, p.fd().ok()?)))
+        .filter_map(|(name, fd)| Some((name, prog_stats(fd.as_fd()).ok()?)))
+}
+
 /// Runs the kernel skipped on every program of `ebpf` (recursion misses).
 fn recursion_misses(ebpf: &Ebpf) -> u64 {
-    ebpf.programs()
-        .filter_map(|(_, p)| p.fd().ok())
-        .filter_map(|fd| prog_recursion_misses(fd.as_fd()).ok())
+    program_stats(ebpf)
+        .map(|(_, s)| s.recursion_misses)
         .fold(0, u64::wrapping_add)
 }
 
@@ -424,6 +430,13 @@ impl<T: Tracer> Counter<T> {
         Ok(full
             .wrapping_add(sum_cpus(&self.lost))
             .wrapping_add(recursion_misses(&self.ebpf)))
+    }
+
+    /// Run statistics of the counter's programs, by program name.
+    pub fn program_stats(&self) -> Vec<(String, ProgStats)> {
+        program_stats(&self.ebpf)
+            .map(|(n, s)| (n.to_owned(), s))
+            .collect()
     }
 
     /// Of [`lost`](Self::lost), the events the full count table left out.
