@@ -36,6 +36,18 @@ pub const MAP_PORTS: &str = "FW_PORTS";
 /// ([`RuleValue::id`]) or [`port_hit_id`].
 pub const MAP_HITS: &str = "FW_HITS";
 
+/// Load-time global (`u32`) of the `fw_*` programs: [`POLICY_DROP`] when
+/// the default policy is drop. Set by the loader, never changed after.
+pub const GLOBAL_DEFAULT_DROP: &str = "DEFAULT_DROP";
+
+/// How many stacked VLAN tags (802.1Q or 802.1ad, any VLAN id) the filter
+/// walks to reach the IP header. Linux strips any number of tags (a tag
+/// with VLAN id 0 without a VLAN device, see `fw_xdp.rs`), so a frame with
+/// more tags than this may still be IP: it is dropped as a parse error.
+/// Real networks use at most three (802.1ad + 802.1Q + a priority tag);
+/// each step costs verifier work, not packet time.
+pub const MAX_VLAN_TAGS: usize = 8;
+
 /// How many IPv6 extension headers the filter walks before it gives up on a
 /// packet (and counts it as a parse error). Real traffic rarely carries more
 /// than two; each step costs verifier work, not packet time.
@@ -121,7 +133,8 @@ pub enum Reason {
     BlockedSrc = 1,
     /// The TCP/UDP destination port is blocked (dropped).
     BlockedDstPort = 2,
-    /// The IP headers could not be parsed (dropped, see `fw_xdp.rs`).
+    /// The IP headers could not be parsed, or the frame has more VLAN tags
+    /// than [`MAX_VLAN_TAGS`] (dropped, see `fw_xdp.rs`).
     ParseError = 3,
     /// No rule matched and the default policy is pass.
     PassedDefault = 4,
@@ -199,13 +212,16 @@ pub const fn reason_index(family: Family, reason: Reason) -> u32 {
 pub const POLICY_PASS: u32 = 0;
 pub const POLICY_DROP: u32 = 1;
 
-/// IP family a frame was classified as (after up to two VLAN tags).
+/// IP family a frame was classified as (after up to [`MAX_VLAN_TAGS`] VLAN
+/// tags).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     Ipv4 = 0,
     Ipv6 = 1,
-    /// Anything else: ARP, LLDP, frames too short to carry an EtherType.
+    /// Anything else: ARP, LLDP, frames too short to carry an EtherType,
+    /// and frames with more than [`MAX_VLAN_TAGS`] VLAN tags (counted as
+    /// [`Reason::ParseError`]).
     Other = 2,
 }
 

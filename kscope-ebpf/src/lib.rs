@@ -25,6 +25,28 @@ pub const fn same_name(a: &str, b: &str) -> bool {
     true
 }
 
+/// Asserts at compile time that `$item`, a program function or a
+/// `#[unsafe(no_mangle)]` global, is named `$name` (a kscope-common
+/// constant). Both keep their identifier as their symbol name, which is the
+/// name user space looks them up by, so the identifier is what must match.
+/// The item is referenced too, so a renamed item fails to compile here.
+#[macro_export]
+macro_rules! assert_symbol_name {
+    ($item:ident, $name:expr) => {
+        const _: () = {
+            let _ = &$item;
+            assert!(
+                $crate::same_name(stringify!($item), $name),
+                concat!(
+                    "`",
+                    stringify!($item),
+                    "` does not match its name in kscope-common"
+                )
+            );
+        };
+    };
+}
+
 /// What every kernel binary needs besides its programs: a panic handler (the
 /// verifier rejects any program that could reach it; `core` needs one to link)
 /// and the license section (GPL-compatible, so GPL-only helpers are usable).

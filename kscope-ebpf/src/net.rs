@@ -7,8 +7,7 @@ use kscope_common::fw::Family;
 pub const ETH_HLEN: usize = 14;
 /// Length of one 802.1Q / 802.1ad tag.
 pub const VLAN_HLEN: usize = 4;
-/// How many stacked VLAN tags the parser walks (802.1ad outer + 802.1Q inner).
-pub const MAX_VLAN_TAGS: usize = 2;
+pub use kscope_common::fw::MAX_VLAN_TAGS;
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
@@ -72,24 +71,36 @@ pub fn read_be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
     Some(u16::from_be_bytes(b))
 }
 
+/// True for the EtherTypes Linux strips as VLAN tags (`eth_type_vlan()` in
+/// include/linux/if_vlan.h): 802.1Q and 802.1ad.
+#[inline(always)]
+pub const fn is_vlan(proto: u16) -> bool {
+    proto == ETH_P_8021Q || proto == ETH_P_8021AD
+}
+
 /// The EtherType after skipping up to [`MAX_VLAN_TAGS`] VLAN tags, and the
-/// offset of the layer-3 header. `None` when the frame ends first.
+/// offset of the layer-3 header. `None` when the frame ends first. When the
+/// frame has more tags than that, the EtherType returned is still a VLAN
+/// one ([`is_vlan`]): the caller must not take such a frame for "not IP".
 #[inline(always)]
 pub fn l3_proto(ctx: &XdpContext) -> Option<(u16, usize)> {
     let mut offset = ETH_HLEN - 2;
     let mut proto = read_be16(ctx, offset)?;
     offset += 2;
-    let mut tags = 0;
-    while tags < MAX_VLAN_TAGS && (proto == ETH_P_8021Q || proto == ETH_P_8021AD) {
+    // A constant trip count keeps the loop bounded for the verifier.
+    for _ in 0..MAX_VLAN_TAGS {
+        if !is_vlan(proto) {
+            break;
+        }
         // The tag is TCI (2 bytes) then the inner EtherType (2 bytes).
         proto = read_be16(ctx, offset + 2)?;
         offset += VLAN_HLEN;
-        tags += 1;
     }
     Some((proto, offset))
 }
 
-/// Classifies a frame by IP family from its (possibly VLAN-tagged) EtherType.
+/// Classifies a frame by IP family from its (possibly VLAN-tagged)
+/// EtherType; a frame with too many tags is [`Family::Other`].
 #[inline(always)]
 pub fn family(ctx: &XdpContext) -> Family {
     match l3_proto(ctx) {

@@ -258,8 +258,8 @@ fn parse_port(s: &str) -> Result<PortSpec, String> {
 pub struct StatsArgs {
     /// Interface to show; all attached interfaces when left out.
     pub iface: Option<String>,
-    /// Print per-second rates every SECS seconds until Ctrl-C.
-    #[arg(long, value_name = "SECS", value_parser = parse_interval, allow_hyphen_values = true)]
+    /// Print per-second rates every SECS seconds (at least 0.1) until Ctrl-C.
+    #[arg(long, value_name = "SECS", value_parser = parse_watch, allow_hyphen_values = true)]
     pub watch: Option<Duration>,
     /// Show each CPU's counters instead of the sum.
     #[arg(long)]
@@ -328,6 +328,24 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
     parse_seconds(s, "interval")
 }
 
+/// Shortest `fw stats --watch` interval. Each tick reads every CPU's
+/// counters of every interface and prints a table; shorter intervals only
+/// busy-loop and flood the terminal (1e-9 printed about 10,000 lines a
+/// second), and rates over a few milliseconds are mostly noise.
+pub const MIN_WATCH: Duration = Duration::from_millis(100);
+
+/// Parses `fw stats --watch`: seconds, from [`MIN_WATCH`] to a day.
+pub fn parse_watch(s: &str) -> Result<Duration, String> {
+    let d = parse_seconds(s, "interval")?;
+    if d < MIN_WATCH {
+        return Err(format!(
+            "the interval must be at least {} seconds, got {s}",
+            MIN_WATCH.as_secs_f64()
+        ));
+    }
+    Ok(d)
+}
+
 fn parse_seconds(s: &str, what: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
@@ -361,6 +379,25 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    /// Defect: `--watch 1e-9` busy-looped at about 10,000 lines a second.
+    #[test]
+    fn watch_rejects_intervals_below_the_minimum() {
+        for bad in ["1e-9", "0.000001", "0.05", "0.0999"] {
+            let err = parse(&["fw", "stats", "--watch", bad]).expect_err(bad);
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{bad}: {err}"
+            );
+            assert!(err.to_string().contains("at least 0.1 seconds"), "{err}");
+        }
+        let cli = parse(&["fw", "stats", "--watch", "0.1"]).expect("the minimum itself");
+        let Command::Fw(FwCommand::Stats(s)) = cli.command else {
+            panic!("wrong command: {cli:?}");
+        };
+        assert_eq!(s.watch, Some(MIN_WATCH));
     }
 
     #[test]

@@ -22,12 +22,20 @@ pub const PROTO_DSTOPTS: u8 = 60;
 /// Ethernet header: `dst`, `src`, then a VLAN tag per entry of `tags`
 /// (its TPID, with VLAN id = position + 1), then `ethertype`.
 pub fn eth(dst: [u8; 6], src: [u8; 6], tags: &[u16], ethertype: u16) -> Vec<u8> {
+    let tags: Vec<(u16, u16)> = (1..).zip(tags).map(|(id, &tpid)| (tpid, id)).collect();
+    eth_tci(dst, src, &tags, ethertype)
+}
+
+/// Ethernet header with VLAN tags given as (TPID, TCI) pairs, outermost
+/// first. A TCI of 0 is a priority tag (VLAN id 0), which Linux strips
+/// without a VLAN device.
+pub fn eth_tci(dst: [u8; 6], src: [u8; 6], tags: &[(u16, u16)], ethertype: u16) -> Vec<u8> {
     let mut f = Vec::with_capacity(14 + 4 * tags.len());
     f.extend_from_slice(&dst);
     f.extend_from_slice(&src);
-    for (i, tpid) in tags.iter().enumerate() {
+    for (tpid, tci) in tags {
         f.extend_from_slice(&tpid.to_be_bytes());
-        f.extend_from_slice(&(i as u16 + 1).to_be_bytes());
+        f.extend_from_slice(&tci.to_be_bytes());
     }
     f.extend_from_slice(&ethertype.to_be_bytes());
     f
@@ -132,6 +140,38 @@ pub fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// The UDP checksum of `datagram` (header, checksum field zero, and
+/// payload) from `src` to `dst`, over the pseudo-header of RFC 768 (IPv4)
+/// or RFC 8200 section 8.1 (IPv6, where a zero checksum is invalid).
+pub fn udp_checksum(src: std::net::IpAddr, dst: std::net::IpAddr, datagram: &[u8]) -> u16 {
+    use std::net::IpAddr;
+    let mut pseudo = Vec::with_capacity(40 + datagram.len());
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&[0, PROTO_UDP]);
+            pseudo.extend_from_slice(&(datagram.len() as u16).to_be_bytes());
+        }
+        _ => {
+            let v6 = |a: IpAddr| match a {
+                IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+                IpAddr::V6(a) => a.octets(),
+            };
+            pseudo.extend_from_slice(&v6(src));
+            pseudo.extend_from_slice(&v6(dst));
+            pseudo.extend_from_slice(&(datagram.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, PROTO_UDP]);
+        }
+    }
+    pseudo.extend_from_slice(datagram);
+    match checksum(&pseudo) {
+        // 0 means "no checksum"; its ones'-complement twin stands in.
+        0 => 0xffff,
+        c => c,
+    }
+}
+
 /// Layer 4 of a simple frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum L4 {
@@ -177,7 +217,8 @@ pub fn simple(
     f
 }
 
-/// The IP source and destination of a frame (after up to two VLAN tags).
+/// The IP source and destination of a frame, after any number of VLAN
+/// tags (as Linux strips them).
 pub fn ip_addrs(frame: &[u8]) -> Option<(std::net::IpAddr, std::net::IpAddr)> {
     let be16 = |o: usize| {
         frame
@@ -186,11 +227,10 @@ pub fn ip_addrs(frame: &[u8]) -> Option<(std::net::IpAddr, std::net::IpAddr)> {
     };
     let mut proto = be16(12)?;
     let mut off = 14;
-    for _ in 0..2 {
-        if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-            proto = be16(off + 2)?;
-            off += 4;
-        }
+    // Each tag is 4 bytes, so the frame's length bounds the walk.
+    while proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        proto = be16(off + 2)?;
+        off += 4;
     }
     match proto {
         ETH_P_IP => {
@@ -252,5 +292,44 @@ mod tests {
         assert_eq!(&tagged[12..14], &[0x88, 0xa8]);
         assert_eq!(&tagged[16..18], &[0x81, 0x00]);
         assert_eq!(&tagged[20..22], &[0x08, 0x00]);
+        let priority = eth_tci([0; 6], [0; 6], &[(ETH_P_8021Q, 0x2000)], ETH_P_IPV6);
+        assert_eq!(&priority[12..18], &[0x81, 0x00, 0x20, 0x00, 0x86, 0xdd]);
+    }
+
+    #[test]
+    fn udp_checksum_verifies_to_zero_with_the_pseudo_header() {
+        let mut dgram = udp(40_000, 9, 3);
+        dgram.extend_from_slice(b"abc");
+        let c = udp_checksum(
+            "192.0.2.1".parse().expect("ip"),
+            "192.0.2.2".parse().expect("ip"),
+            &dgram,
+        );
+        dgram[6..8].copy_from_slice(&c.to_be_bytes());
+        // A receiver sums pseudo-header and datagram, checksum included,
+        // and must get all ones (a complement of 0).
+        let mut all = vec![192, 0, 2, 1, 192, 0, 2, 2, 0, 17, 0, 11];
+        all.extend_from_slice(&dgram);
+        assert_eq!(checksum(&all), 0);
+    }
+
+    #[test]
+    fn ip_addrs_looks_past_any_number_of_tags() {
+        let body = &simple(
+            [2; 6],
+            [3; 6],
+            "192.0.2.1".parse().expect("ip"),
+            "192.0.2.2".parse().expect("ip"),
+            L4::Echo,
+            b"",
+        )[14..];
+        for n in [0, 1, 3, 12] {
+            let mut f = eth([2; 6], [3; 6], &vec![ETH_P_8021Q; n], ETH_P_IP);
+            f.extend_from_slice(body);
+            let (s, _) = ip_addrs(&f).expect("addresses");
+            assert_eq!(s.to_string(), "192.0.2.1", "{n} tags");
+        }
+        let cut = eth([2; 6], [3; 6], &[ETH_P_8021Q; 3], ETH_P_IP);
+        assert_eq!(ip_addrs(&cut[..20]), None);
     }
 }

@@ -5,6 +5,10 @@
 #![no_main]
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use kscope_common::fw::PROG_BENCH_XDP;
+use kscope_ebpf::assert_symbol_name;
+
+assert_symbol_name!(bench_xdp, PROG_BENCH_XDP);
 
 #[xdp]
 pub fn bench_xdp(_ctx: XdpContext) -> u32 {

@@ -1,10 +1,12 @@
 //! The XDP firewall: a tail-call pipeline of three programs.
 //!
-//! - `fw_xdp` (the attached entry point) parses Ethernet and up to two VLAN
-//!   tags (802.1ad, 802.1Q) and tail-calls `fw_ipv4` or `fw_ipv6` through
-//!   `FW_PROGS`. Every other frame (ARP, LLDP, a third VLAN tag, a frame too
-//!   short for an EtherType) is counted as `other`/`not-ip` and passed: the
-//!   firewall filters IP only, and ARP must keep working.
+//! - `fw_xdp` (the attached entry point) parses Ethernet and up to
+//!   `MAX_VLAN_TAGS` (8) stacked VLAN tags (802.1Q or 802.1ad, any VLAN
+//!   id) and tail-calls `fw_ipv4` or `fw_ipv6` through `FW_PROGS`. A frame
+//!   with more tags is dropped as `other`/`parse-error` (fail closed, see
+//!   below). Every other frame (ARP, LLDP, a frame too short for an
+//!   EtherType or ending inside a tag) is counted as `other`/`not-ip` and
+//!   passed: the firewall filters IP only, and ARP must keep working.
 //! - `fw_ipv4` and `fw_ipv6` parse their layer 3 (IPv4 with its options;
 //!   IPv6 with a walk of at most `MAX_IPV6_EXT_HDRS` hop-by-hop, routing,
 //!   fragment and destination-options headers) and layer 4 (TCP and UDP
@@ -30,6 +32,39 @@
 //! own stack discards truncated IP packets anyway. Non-first fragments carry
 //! no layer-4 header; they get the default policy.
 //!
+//! What Linux delivers as IP, and so what must not pass as `not-ip`:
+//! - net/ethernet/eth.c, `eth_type_trans()`: the frame's EtherType becomes
+//!   `skb->protocol`; values below 0x0600 are 802.3 lengths and become
+//!   802.2 LLC, which has no IP handler (net/802/psnap.c serves only
+//!   registered SNAP clients, and IP is not one).
+//! - net/core/dev.c, `__netif_receive_skb_core()`: an 802.1Q or 802.1ad
+//!   EtherType (`eth_type_vlan()`, include/linux/if_vlan.h) is untagged by
+//!   `skb_vlan_untag()` (net/core/skbuff.c), which takes the tag out and
+//!   makes the inner EtherType the protocol. `vlan_do_receive()`
+//!   (net/8021q/vlan_core.c) hands the packet to a VLAN device of that id,
+//!   and the next round peels the next tag, so stacked VLAN devices can
+//!   reach IP under any ids. Without a device, a tag with VLAN id 0 (a
+//!   priority tag) is cleared and, while the inner EtherType is again a
+//!   VLAN one, the next tag is untagged too (the `check_vlan_id` loop):
+//!   **any number** of id-0 tags is stripped and the IP packet inside is
+//!   delivered. A non-zero id with no device marks the packet
+//!   `PACKET_OTHERHOST`, which `ip_rcv_core()` (net/ipv4/ip_input.c) and
+//!   `ipv6_rcv()` (net/ipv6/ip6_input.c) discard.
+//! - So the filter skips tags whatever their id, and because the kernel
+//!   sets no limit, a frame with more tags than the walk bound might be IP:
+//!   it is dropped (`parse-error`), never passed as `not-ip`. A frame that
+//!   ends inside a tag is freed by `skb_vlan_untag()` (its
+//!   `pskb_may_pull()` fails), so passing it as `not-ip` cannot deliver IP.
+//! - A tag the driver already took out of the frame (receive VLAN offload,
+//!   `skb->vlan_tci`) is not in the data XDP sees; the program judges what
+//!   follows it, which is what the stack will see.
+//! - Other EtherTypes reach IP only through another device: PPPoE
+//!   (drivers/net/ppp/pppoe.c, then a ppp device), MPLS (net/mpls/af_mpls.c
+//!   pops labels and routes the packet out of a device), tunnels (VXLAN,
+//!   GRE, IPIP: their outer header is IP and is judged here; the inner
+//!   packet arrives on the tunnel device). Attach kscope to that device to
+//!   filter the inner packets.
+//!
 //! The rule set lives in two slots (see `kscope_common::fw`): each packet
 //! reads the active slot once, so it is judged against one whole set.
 #![no_std]
@@ -42,12 +77,18 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use kscope_common::fw::{
-    Counter, Family, FwConfig, HITS_MAX_ENTRIES, Key4, Key6, N_COUNTERS, N_REASON_COUNTERS,
-    PORT_TCP, PORT_UDP, PORTS_MAX_ENTRIES, PROG_INDEX_IPV4, PROG_INDEX_IPV6, Reason, RuleValue,
+    Counter, Family, FwConfig, GLOBAL_DEFAULT_DROP, HITS_MAX_ENTRIES, Key4, Key6, MAP_ALLOW4,
+    MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_CONFIG, MAP_COUNTERS, MAP_HITS, MAP_PORTS, MAP_PROGS,
+    MAP_REASONS, MAP_STATE, N_COUNTERS, N_REASON_COUNTERS, PORT_TCP, PORT_UDP, PORTS_MAX_ENTRIES,
+    PROG_FW_IPV4, PROG_FW_IPV6, PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6, Reason, RuleValue,
     STATE_ACTIVE_SLOT, STATE_MAX_ENTRIES, TRIE_MAX_ENTRIES, counter_index, port_hit_id, port_index,
     reason_index,
 };
-use kscope_ebpf::net::{self, ptr_at};
+use kscope_ebpf::{
+    assert_symbol_name,
+    net::{self, ptr_at},
+    same_name,
+};
 
 #[map(name = "FW_COUNTERS")]
 static FW_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(N_COUNTERS, 0);
@@ -87,6 +128,24 @@ static FW_HITS: PerCpuHashMap<u32, u64> =
 #[unsafe(no_mangle)]
 static DEFAULT_DROP: u32 = 0;
 
+// The names user space loads these by (kscope-common) must be the names
+// above: a mismatch fails the build instead of the load.
+const _: () = assert!(same_name(MAP_COUNTERS, "FW_COUNTERS"));
+const _: () = assert!(same_name(MAP_REASONS, "FW_REASONS"));
+const _: () = assert!(same_name(MAP_CONFIG, "FW_CONFIG"));
+const _: () = assert!(same_name(MAP_PROGS, "FW_PROGS"));
+const _: () = assert!(same_name(MAP_STATE, "FW_STATE"));
+const _: () = assert!(same_name(MAP_ALLOW4, "FW_ALLOW4"));
+const _: () = assert!(same_name(MAP_BLOCK4, "FW_BLOCK4"));
+const _: () = assert!(same_name(MAP_ALLOW6, "FW_ALLOW6"));
+const _: () = assert!(same_name(MAP_BLOCK6, "FW_BLOCK6"));
+const _: () = assert!(same_name(MAP_PORTS, "FW_PORTS"));
+const _: () = assert!(same_name(MAP_HITS, "FW_HITS"));
+assert_symbol_name!(DEFAULT_DROP, GLOBAL_DEFAULT_DROP);
+assert_symbol_name!(fw_xdp, PROG_FW_XDP);
+assert_symbol_name!(fw_ipv4, PROG_FW_IPV4);
+assert_symbol_name!(fw_ipv6, PROG_FW_IPV6);
+
 #[xdp]
 pub fn fw_xdp(ctx: XdpContext) -> u32 {
     // Frames that are not IP, or whose filter cannot be reached, pass.
@@ -98,6 +157,11 @@ fn try_fw_xdp(ctx: &XdpContext) -> Option<u32> {
     let (family, index) = match net::l3_proto(ctx) {
         Some((net::ETH_P_IP, _)) => (Family::Ipv4, PROG_INDEX_IPV4),
         Some((net::ETH_P_IPV6, _)) => (Family::Ipv6, PROG_INDEX_IPV6),
+        // More tags than the walk bound: Linux would strip them all and
+        // could deliver IP (see the module doc), so fail closed.
+        Some((proto, _)) if net::is_vlan(proto) => {
+            return Some(finish(ctx, Family::Other, Reason::ParseError));
+        }
         _ => return Some(finish(ctx, Family::Other, Reason::NotIp)),
     };
     // SAFETY: a successful tail call never returns; on failure (an empty

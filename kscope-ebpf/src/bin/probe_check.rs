@@ -9,7 +9,11 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::{FEntryContext, ProbeContext, RetProbeContext},
 };
-use kscope_common::probe_check::{N_SLOTS, SLOT_FENTRY, SLOT_KPROBE, SLOT_KRETPROBE};
+use kscope_common::probe_check::{
+    GLOBAL_TARGET_TID, MAP_HITS, N_SLOTS, PROG_FENTRY, PROG_KPROBE, PROG_KRETPROBE, SLOT_FENTRY,
+    SLOT_KPROBE, SLOT_KRETPROBE, TARGET_FN,
+};
+use kscope_ebpf::{assert_symbol_name, same_name};
 
 #[map(name = "PROBE_HITS")]
 static PROBE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(N_SLOTS, 0);
@@ -17,6 +21,15 @@ static PROBE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(N_SLOTS, 0);
 /// Set by the loader; 0 matches nothing (the idle task never opens files).
 #[unsafe(no_mangle)]
 static PROBE_CHECK_TID: u32 = 0;
+
+// The names user space uses (kscope-common) must be the ones in this file:
+// a mismatch fails the build instead of the load or the attach.
+const _: () = assert!(same_name(MAP_HITS, "PROBE_HITS"));
+const _: () = assert!(same_name(TARGET_FN, "do_filp_open"));
+assert_symbol_name!(PROBE_CHECK_TID, GLOBAL_TARGET_TID);
+assert_symbol_name!(probe_check_kprobe, PROG_KPROBE);
+assert_symbol_name!(probe_check_kretprobe, PROG_KRETPROBE);
+assert_symbol_name!(probe_check_fentry, PROG_FENTRY);
 
 #[inline(always)]
 fn hit(slot: u32) -> u32 {

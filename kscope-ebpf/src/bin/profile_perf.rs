@@ -24,10 +24,12 @@ use aya_ebpf::{
     programs::{PerfEventContext, tracing::StackIdContext as _},
 };
 use kscope_common::profile::{
-    COUNTS_ENTRIES, DEFAULT_STACK_ENTRIES, EFAULT, LostReason, N_STATS, NEW_PIDS_ENTRIES,
-    PIDS_ENTRIES, SLOT_COUNTS_FULL, SLOT_IDLE, SLOT_SAMPLES, STACK_ABSENT, STACKS_KERNEL,
-    STACKS_USER, Side, StackKey, lost_slot,
+    COUNTS_ENTRIES, DEFAULT_STACK_ENTRIES, EFAULT, GLOBAL_FILTER_PIDS, GLOBAL_INCLUDE_IDLE,
+    GLOBAL_STACKS, LostReason, MAP_COUNTS, MAP_NEW_PIDS, MAP_PIDS, MAP_STACKS, MAP_STATS, N_STATS,
+    NEW_PIDS_ENTRIES, PIDS_ENTRIES, PROG_PROFILE_PERF, SLOT_COUNTS_FULL, SLOT_IDLE, SLOT_SAMPLES,
+    STACK_ABSENT, STACKS_KERNEL, STACKS_USER, Side, StackKey, lost_slot,
 };
+use kscope_ebpf::{assert_symbol_name, same_name};
 
 /// `BPF_F_USER_STACK` from include/uapi/linux/bpf.h.
 const BPF_F_USER_STACK: u64 = 1 << 8;
@@ -55,6 +57,18 @@ static PROFILE_FILTER_PIDS: u32 = 0;
 static PROFILE_INCLUDE_IDLE: u32 = 0;
 #[unsafe(no_mangle)]
 static PROFILE_STACKS_WANTED: u32 = STACKS_KERNEL | STACKS_USER;
+
+// The names user space uses (kscope-common) must be the ones in this file:
+// a mismatch fails the build instead of the load.
+const _: () = assert!(same_name(MAP_STACKS, "PROFILE_STACKS"));
+const _: () = assert!(same_name(MAP_COUNTS, "PROFILE_COUNTS"));
+const _: () = assert!(same_name(MAP_STATS, "PROFILE_STATS"));
+const _: () = assert!(same_name(MAP_PIDS, "PROFILE_PIDS"));
+const _: () = assert!(same_name(MAP_NEW_PIDS, "PROFILE_NEW_PIDS"));
+assert_symbol_name!(PROFILE_FILTER_PIDS, GLOBAL_FILTER_PIDS);
+assert_symbol_name!(PROFILE_INCLUDE_IDLE, GLOBAL_INCLUDE_IDLE);
+assert_symbol_name!(PROFILE_STACKS_WANTED, GLOBAL_STACKS);
+assert_symbol_name!(profile_perf, PROG_PROFILE_PERF);
 
 #[inline(always)]
 fn setting(global: &'static u32) -> u32 {

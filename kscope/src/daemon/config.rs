@@ -6,7 +6,6 @@
 
 use std::{
     collections::BTreeMap,
-    fs,
     net::SocketAddr,
     path::{Path, PathBuf},
 };
@@ -27,10 +26,16 @@ pub const DEFAULT_PATH: &str = "/etc/kscope/kscope.toml";
 /// The metrics address without a `[metrics] listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9435";
 
+/// Largest config file the daemon reads: 1 MiB. A config names its rule
+/// files rather than holding rules, so real ones are a few KiB; the cap
+/// keeps a hostile path (`/dev/zero`) from exhausting memory.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// Why a config was refused.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    /// The reason is the `source` only, so a cause chain says it once.
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]
@@ -268,9 +273,16 @@ impl Config {
     /// # Errors
     /// Any [`ConfigError`]; nothing has been changed when one is returned.
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read_err = |source| ConfigError::Read {
             path: path.to_owned(),
             source,
+        };
+        let bytes = sys::read_capped(path, MAX_CONFIG_BYTES).map_err(read_err)?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            read_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the file is not UTF-8 text",
+            ))
         })?;
         let config = Config::parse(path, &text)?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -305,7 +317,25 @@ fn one_line(e: &toml::de::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
+
+    /// Defect: `daemon --config /dev/zero` read until memory ran out.
+    #[test]
+    fn an_endless_config_is_refused_at_the_cap() {
+        let e = Config::load(Path::new("/dev/zero")).expect_err("endless config");
+        let ConfigError::Read { source, .. } = &e else {
+            panic!("not a read error: {e:?}");
+        };
+        assert_eq!(source.kind(), std::io::ErrorKind::FileTooLarge);
+        assert!(
+            source
+                .to_string()
+                .contains(&format!("limit of {MAX_CONFIG_BYTES} bytes")),
+            "{source}"
+        );
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("test.toml"), text)

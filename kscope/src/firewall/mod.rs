@@ -49,10 +49,10 @@ use aya::{
     programs::{Xdp, XdpMode, links::FdLink},
 };
 use kscope_common::fw::{
-    Counter, FW_CONFIG_VERSION, FwConfig, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6,
-    MAP_CONFIG, MAP_COUNTERS, MAP_HITS, MAP_PORTS, MAP_PROGS, MAP_REASONS, MAP_STATE, MODE_NATIVE,
-    MODE_SKB, N_COUNTERS, N_REASON_COUNTERS, POLICY_DROP, POLICY_PASS, PROG_FW_IPV4, PROG_FW_IPV6,
-    PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6,
+    Counter, FW_CONFIG_VERSION, FwConfig, GLOBAL_DEFAULT_DROP, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4,
+    MAP_BLOCK6, MAP_CONFIG, MAP_COUNTERS, MAP_HITS, MAP_PORTS, MAP_PROGS, MAP_REASONS, MAP_STATE,
+    MODE_NATIVE, MODE_SKB, N_COUNTERS, N_REASON_COUNTERS, POLICY_DROP, POLICY_PASS, PROG_FW_IPV4,
+    PROG_FW_IPV6, PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -219,7 +219,7 @@ pub fn load_pipeline(policy: Policy) -> Result<Ebpf, FwError> {
     let drop = policy.raw();
     // No CO-RE relocations: no need for aya to parse the kernel's BTF.
     let mut ebpf = sys::loader_without_kernel_btf()
-        .override_global("DEFAULT_DROP", &drop, true)
+        .override_global(GLOBAL_DEFAULT_DROP, &drop, true)
         .load(FW_XDP_OBJ)
         .map_err(|e| FwError::Load(format!("{e:#}")))?;
     for name in PROGRAMS {

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use kscope_common::fw::{Family, MAX_IPV6_EXT_HDRS, PORT_TCP, PORT_UDP, Reason};
+use kscope_common::fw::{Family, MAX_IPV6_EXT_HDRS, MAX_VLAN_TAGS, PORT_TCP, PORT_UDP, Reason};
 
 use super::rules::RuleSet;
 use crate::frame::*;
@@ -21,16 +21,23 @@ pub fn classify(frame: &[u8], set: &RuleSet, default_drop: bool) -> (Family, Rea
     let Some(mut proto) = be16(12) else {
         return (Family::Other, Reason::NotIp);
     };
+    let is_vlan = |p: u16| p == ETH_P_8021Q || p == ETH_P_8021AD;
     let mut off = 14;
-    for _ in 0..2 {
-        if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
+    for _ in 0..MAX_VLAN_TAGS {
+        if !is_vlan(proto) {
             break;
         }
+        // A frame that ends inside a tag is discarded by the kernel: not IP.
         let Some(inner) = be16(off + 2) else {
             return (Family::Other, Reason::NotIp);
         };
         proto = inner;
         off += 4;
+    }
+    // Still a tag past the bound: the kernel strips any number of tags, so
+    // this may be IP that the filter did not read: fail closed.
+    if is_vlan(proto) {
+        return (Family::Other, Reason::ParseError);
     }
     let judge = Judge {
         frame,
@@ -268,19 +275,50 @@ mod tests {
     }
 
     #[test]
-    fn vlan_stacks_of_two_are_parsed_and_a_third_tag_is_not_ip() {
+    fn vlan_stacks_up_to_the_bound_are_parsed_and_deeper_ones_fail_closed() {
         let s = set(&["block 192.0.2.1"]);
         let body = &f("192.0.2.1", "192.0.2.2", L4::Echo)[14..];
-        for tags in [&[][..], &[ETH_P_8021Q], &[ETH_P_8021AD, ETH_P_8021Q]] {
-            let mut fr = eth(M, M, tags, ETH_P_IP);
-            fr.extend_from_slice(body);
-            assert_eq!(classify(&fr, &s, false).1, Reason::BlockedSrc, "{tags:?}");
+        let stack = |n: usize| -> Vec<u16> {
+            (0..n)
+                .map(|i| if i == 0 { ETH_P_8021AD } else { ETH_P_8021Q })
+                .collect()
+        };
+        for n in 0..=MAX_VLAN_TAGS {
+            for tci in [0, 1, 0xfff] {
+                let tags: Vec<(u16, u16)> = stack(n).into_iter().map(|t| (t, tci)).collect();
+                let mut fr = eth_tci(M, M, &tags, ETH_P_IP);
+                fr.extend_from_slice(body);
+                assert_eq!(
+                    classify(&fr, &s, false),
+                    (Family::Ipv4, Reason::BlockedSrc),
+                    "{n} tags, TCI {tci}"
+                );
+            }
         }
-        let mut fr = eth(M, M, &[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q], ETH_P_IP);
-        fr.extend_from_slice(body);
-        assert_eq!(classify(&fr, &s, false), (Family::Other, Reason::NotIp));
+        // One tag more: dropped whatever follows, under either policy.
+        for inner in [ETH_P_IP, ETH_P_ARP] {
+            let mut fr = eth(M, M, &stack(MAX_VLAN_TAGS + 1), inner);
+            fr.extend_from_slice(body);
+            for drop in [false, true] {
+                assert_eq!(
+                    classify(&fr, &RuleSet::default(), drop),
+                    (Family::Other, Reason::ParseError)
+                );
+            }
+        }
+        // A frame that ends inside a tag cannot be delivered as IP.
+        let cut = eth(M, M, &stack(3), ETH_P_IP);
+        assert_eq!(
+            classify(&cut[..14 + 4 + 2], &s, true),
+            (Family::Other, Reason::NotIp)
+        );
         let arp = eth(M, M, &[], ETH_P_ARP);
         assert_eq!(classify(&arp, &s, true), (Family::Other, Reason::NotIp));
+        let tagged_arp = eth(M, M, &stack(2), ETH_P_ARP);
+        assert_eq!(
+            classify(&tagged_arp, &s, true),
+            (Family::Other, Reason::NotIp)
+        );
     }
 
     #[test]

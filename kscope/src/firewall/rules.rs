@@ -25,6 +25,22 @@ use std::{
 use kscope_common::fw::{MAX_RULES_PER_FAMILY, N_PORTS, PORT_TCP, PORT_UDP};
 use thiserror::Error;
 
+/// Largest rule file `fw load` and the daemon read: 128 MiB. A full rule
+/// set, 1,048,576 rules per family written as `fw save` does in their
+/// longest form (`allow 255.255.255.255/32`, 25 bytes a line, and an IPv6
+/// address with eight 4-digit groups, 50 bytes) plus every port on its own
+/// line, is under 80 MB, so this leaves room for comments and spacing.
+/// The cap keeps a hostile path (`/dev/zero`, an endless FIFO) from
+/// exhausting memory.
+pub const MAX_RULE_FILE_BYTES: u64 = 128 << 20;
+
+// The cap must hold the largest file `fw save` can write.
+const _: () = assert!(
+    MAX_RULE_FILE_BYTES
+        > MAX_RULES_PER_FAMILY as u64 * (25 + 50)
+            + 65_536 * "block --port 65535/tcp\n".len() as u64
+);
+
 /// Errors in rule text.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RuleError {
@@ -429,13 +445,14 @@ impl RuleSet {
         Ok(set)
     }
 
-    /// Reads and parses a rule file.
+    /// Reads and parses a rule file of at most [`MAX_RULE_FILE_BYTES`].
     pub fn read(path: &Path) -> Result<RuleSet, RuleError> {
         let name = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| RuleError::Read {
-            file: name.clone(),
-            reason: e.to_string(),
-        })?;
+        let bytes =
+            crate::sys::read_capped(path, MAX_RULE_FILE_BYTES).map_err(|e| RuleError::Read {
+                file: name.clone(),
+                reason: e.to_string(),
+            })?;
         let text = String::from_utf8(bytes).map_err(|e| RuleError::AtLine {
             file: name.clone(),
             line: 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]

@@ -353,6 +353,39 @@ pub fn setns_fd(fd: std::os::fd::RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Reads the file at `path` whole, but never more than `limit` bytes: a
+/// path from the command line or a config may name a device that never
+/// ends (`/dev/zero`), a FIFO fed forever or a huge file, and reading it
+/// must fail instead of exhausting memory. A regular file larger than
+/// `limit` is refused before any read; anything else is read up to
+/// `limit + 1` bytes, so memory stays bounded by about twice `limit`.
+///
+/// # Errors
+/// The open or read error, or [`io::ErrorKind::FileTooLarge`] with a
+/// message naming the limit.
+pub fn read_capped(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    use io::Read as _;
+    let file = fs::File::open(path)?;
+    let too_large = || {
+        io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("the file is larger than the limit of {limit} bytes"),
+        )
+    };
+    if let Ok(m) = file.metadata()
+        && m.is_file()
+        && m.len() > limit
+    {
+        return Err(too_large());
+    }
+    let mut buf = Vec::new();
+    file.take(limit.saturating_add(1)).read_to_end(&mut buf)?;
+    if buf.len() as u64 > limit {
+        return Err(too_large());
+    }
+    Ok(buf)
+}
+
 /// Reads a procfs or sysfs file whole.
 pub fn read_kernel_file(path: &Path) -> Result<String, SysError> {
     fs::read_to_string(path).map_err(|source| SysError::Read {
@@ -514,6 +547,22 @@ pub fn unix_now_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_capped_stops_at_the_limit_on_endless_and_large_inputs() {
+        // /dev/zero never ends: the read must stop one byte past the limit.
+        let e = read_capped(Path::new("/dev/zero"), 4096).expect_err("endless input");
+        assert_eq!(e.kind(), io::ErrorKind::FileTooLarge);
+        assert!(e.to_string().contains("limit of 4096 bytes"), "{e}");
+        let dir = std::env::temp_dir().join(format!("kscope-capped-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("temp dir");
+        let f = dir.join("f");
+        fs::write(&f, [b'x'; 100]).expect("write");
+        assert_eq!(read_capped(&f, 100).expect("at the limit").len(), 100);
+        let e = read_capped(&f, 99).expect_err("one byte over");
+        assert_eq!(e.kind(), io::ErrorKind::FileTooLarge);
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn memlock_parses_from_fdinfo() {
