@@ -291,7 +291,7 @@ fn rules(iface: Option<&str>, json: bool) -> anyhow::Result<()> {
         };
         out.row(|row| {
             row.str(&iface)?;
-            row.display(&r.rule)?;
+            row.display(r.rule)?;
             row.str(action)?;
             row.str(kind)?;
             row.str(&target)?;
