@@ -1543,6 +1543,14 @@ fn rule_hit_series_are_bounded_and_never_go_down() {
         exported >= 92 && exported <= cli,
         "{second:?}, CLI total {cli}"
     );
+    // The daemon re-reads its cached rule list when the set changes, a
+    // port-only edit included (it moves no source-rule state).
+    let in_place = |s: &[Sample]| sum(s, "kscope_fw_rules", &[("iface", b)]);
+    let before = in_place(&scrape(&lab.b));
+    kscope_ok(None, &["fw", "block", "--iface", b, "--port", "7/tcp"]);
+    assert_eq!(in_place(&scrape(&lab.b)), before + 1);
+    kscope_ok(None, &["fw", "unblock", "--iface", b, "--port", "7/tcp"]);
+    assert_eq!(in_place(&scrape(&lab.b)), before);
     let (status, _, stderr) = daemon.stop(libc::SIGTERM);
     assert!(status.success(), "daemon exit {status}:\n{stderr}");
     kscope_ok(None, &["fw", "detach", b]);
