@@ -70,6 +70,21 @@ fn lo_up(ns: &Netns) {
 
 /// `GET path` from `addr` inside `ns`: (status, body).
 fn http_get(ns: &Netns, addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http(ns, addr, "GET", path, "").map(|(status, _, body)| (status, body))
+}
+
+/// What Prometheus sends as Accept.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// `METHOD path` with extra header lines (each ending in CRLF) from `addr`
+/// inside `ns`: (status, head in lower case, body).
+fn http(
+    ns: &Netns,
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> std::io::Result<(u16, String, String)> {
     ns.run(|| {
         let mut s = TcpStream::connect(addr)?;
         // Generous: a /profile under emulation symbolizes slowly. This
@@ -77,11 +92,18 @@ fn http_get(ns: &Netns, addr: &str, path: &str) -> std::io::Result<(u16, String)
         s.set_read_timeout(Some(Duration::from_secs(240)))?;
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
         )?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
+        parse_response(&raw)
+    })?
+}
+
+/// (status, head in lower case, body) of one HTTP/1.1 response.
+fn parse_response(raw: &[u8]) -> std::io::Result<(u16, String, String)> {
+    {
+        let text = String::from_utf8_lossy(raw).into_owned();
         let (head, body) = text
             .split_once("\r\n\r\n")
             .ok_or_else(|| std::io::Error::other(format!("no header end in {text:?}")))?;
@@ -99,8 +121,8 @@ fn http_get(ns: &Netns, addr: &str, path: &str) -> std::io::Result<(u16, String)
         } else {
             body.to_owned()
         };
-        Ok((status, body))
-    })?
+        Ok((status, head.to_ascii_lowercase(), body))
+    }
 }
 
 fn dechunk(mut rest: &str) -> String {
@@ -179,8 +201,10 @@ fn sum(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> u64 {
         .sum()
 }
 
+/// Scrapes as Prometheus does (asking for OpenMetrics).
 fn scrape(ns: &Netns) -> Vec<Sample> {
-    let (status, body) = http_get(ns, METRICS, "/metrics").expect("GET /metrics");
+    let accept = format!("Accept: {PROMETHEUS_ACCEPT}\r\n");
+    let (status, _, body) = http(ns, METRICS, "GET", "/metrics", &accept).expect("GET /metrics");
     assert_eq!(status, 200, "/metrics: {body}");
     assert!(body.ends_with("# EOF\n"), "truncated exposition: {body}");
     samples(&body)
@@ -1038,4 +1062,511 @@ fn profile_on_demand_serves_folded_stacks() {
     let (status, _, stderr) = daemon.stop(libc::SIGTERM);
     assert!(status.success(), "daemon exit {status}:\n{stderr}");
     kscope_ok(None, &["fw", "detach", &lab.iface_b]);
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// promtool, or a loud note that its checks are skipped (the VM images
+/// do not carry it; the host setup installs it).
+fn find_promtool() -> Option<PathBuf> {
+    let p = find_in_path("promtool");
+    if p.is_none() {
+        eprintln!(
+            "skipping the promtool checks: no promtool in PATH (Debian's prometheus package has it; `cargo xtask setup` installs it)"
+        );
+    }
+    p
+}
+
+/// `promtool check metrics` on `text`, when there is a promtool: (passed,
+/// its output).
+fn promtool_check(promtool: &Option<PathBuf>, text: &str) -> (bool, String) {
+    let Some(promtool) = promtool else {
+        return (true, String::new());
+    };
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let out = child.wait_with_output().expect("promtool exit");
+    let msg = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), msg)
+}
+
+/// Every family the daemon exports (sample names, `_total` included).
+const FAMILIES: &[&str] = &[
+    "kscope_fw_packets_total",
+    "kscope_fw_bytes_total",
+    "kscope_fw_rule_hits_total",
+    "kscope_fw_rules",
+    "kscope_trace_events_total",
+    "kscope_trace_lost_events_total",
+    "kscope_trace_opens_total",
+    "kscope_trace_open_errors_total",
+    "kscope_trace_execs_total",
+    "kscope_trace_connects_total",
+    "kscope_bpf_program_run_time_seconds_total",
+    "kscope_bpf_program_run_count_total",
+    "kscope_daemon_reloads_total",
+    "kscope_daemon_config_last_reload_successful",
+    "kscope_daemon_scrape_errors_total",
+    "kscope_daemon_scrapes_total",
+];
+
+/// A process name and a file name chosen to break out of a label value.
+const EVIL_COMM: &str = "x\"} 1\nevil 9\n#";
+const EVIL_EXE: &str = "ex\\ec\"q";
+
+/// Label values are escaped: a process that names itself to close the
+/// label and start a series of its own, and a program whose file name
+/// holds a backslash and a quote, leave the exposition promtool-clean,
+/// with their names as label values and no series but the daemon's.
+#[test]
+fn hostile_comms_and_file_names_cannot_inject_series() {
+    require_root();
+    let promtool = find_promtool();
+    let (lab, dir, daemon) = lab_with_daemon("inject", "", "\n[trace]\nopen = true\nexec = true\n");
+    let target = dir.write("opened", "x");
+    std::thread::spawn(move || {
+        let name = std::ffi::CString::new(EVIL_COMM).expect("no NUL");
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16
+        // bytes (longer is truncated) and renames this thread only.
+        let rc = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+        assert_eq!(rc, 0, "prctl: {}", std::io::Error::last_os_error());
+        for _ in 0..3 {
+            fs::File::open(&target).expect("open as the renamed thread");
+        }
+    })
+    .join()
+    .expect("renamed thread");
+    let exe = dir.0.join(EVIL_EXE);
+    fs::copy("/bin/true", &exe).expect("copy true");
+    let st = Command::new(&exe)
+        .status()
+        .expect("exec the oddly named file");
+    assert!(st.success());
+
+    let start = Instant::now();
+    let text = loop {
+        let (status, head, text) = http(&lab.b, METRICS, "GET", "/metrics", "").expect("scrape");
+        assert_eq!(status, 200, "{text}");
+        assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+        let s = samples(&text);
+        if sum(&s, "kscope_trace_opens_total", &[("comm", EVIL_COMM)]) >= 3
+            && sum(&s, "kscope_trace_execs_total", &[("comm", EVIL_EXE)]) >= 1
+        {
+            break text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the hostile names never showed up as label values:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let (ok, msg) = promtool_check(&promtool, &text);
+    assert!(ok, "promtool check metrics: {msg}\n{text}");
+    for (name, labels, _) in samples(&text) {
+        assert!(
+            FAMILIES.contains(&name.as_str()),
+            "injected series {name} {labels:?}:\n{text}"
+        );
+    }
+    // The OpenMetrics exposition parses the same way and holds the same
+    // names.
+    let om = scrape(&lab.b);
+    assert!(sum(&om, "kscope_trace_opens_total", &[("comm", EVIL_COMM)]) >= 3);
+    assert!(om.iter().all(|(n, _, _)| FAMILIES.contains(&n.as_str())));
+    let (status, _, stderr) = daemon.stop(libc::SIGTERM);
+    assert!(status.success(), "daemon exit {status}:\n{stderr}");
+    kscope_ok(None, &["fw", "detach", &lab.iface_b]);
+}
+
+/// `/metrics` answers in the format the Accept header prefers (the text
+/// format without one, as promtool and curl expect), HEAD gets the headers
+/// only, other methods a 405 naming the allowed ones, and a pid no
+/// process can have a 4xx rather than a 500.
+#[test]
+fn metrics_negotiates_its_format_and_bad_requests_get_4xx() {
+    require_root();
+    let promtool = find_promtool();
+    let (lab, _dir, daemon) = lab_with_daemon(
+        "negot",
+        &format!("block --port {UDP_PORT}/udp\n"),
+        "\n[profile]\nenabled = true\nmax_seconds = 5\n",
+    );
+    let get = |headers: &str| http(&lab.b, METRICS, "GET", "/metrics", headers).expect("GET");
+    for accept in [
+        "",
+        "Accept: */*\r\n",
+        "Accept: text/plain;version=0.0.4\r\n",
+    ] {
+        let (status, head, body) = get(accept);
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            head.contains("content-type: text/plain; version=0.0.4"),
+            "{accept:?}: {head}"
+        );
+        assert!(!body.contains("# EOF"), "{accept:?}: {body}");
+        let (ok, msg) = promtool_check(&promtool, &body);
+        assert!(ok, "{accept:?}: promtool check metrics: {msg}\n{body}");
+        assert!(
+            body.contains("# HELP kscope_fw_packets_total ")
+                && body.contains("# TYPE kscope_fw_packets_total counter"),
+            "{body}"
+        );
+    }
+    let (status, head, body) = get(&format!("Accept: {PROMETHEUS_ACCEPT}\r\n"));
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    assert!(body.contains("# TYPE kscope_fw_packets counter"), "{body}");
+
+    let (status, head, body) = http(&lab.b, METRICS, "HEAD", "/metrics", "").expect("HEAD");
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    assert!(body.is_empty(), "HEAD answered with a body: {body}");
+    let (status, head, _) = http(&lab.b, METRICS, "HEAD", "/healthz", "").expect("HEAD");
+    assert_eq!(status, 200, "{head}");
+    let (status, head, _) =
+        http(&lab.b, METRICS, "POST", "/metrics", "Content-Length: 0\r\n").expect("POST");
+    assert_eq!(status, 405);
+    assert!(head.contains("allow: get, head"), "{head}");
+
+    for (query, want) in [
+        ("pid=4294967295", 400),
+        ("pid=0", 400),
+        ("pid=-1", 400),
+        // In range, but no process has it (pid_max is far below).
+        ("pid=4194303", 404),
+    ] {
+        let (status, body) =
+            http_get(&lab.b, METRICS, &format!("/profile?seconds=1&{query}")).expect("GET");
+        assert_eq!(status, want, "{query}: {body}");
+    }
+    let (status, _, stderr) = daemon.stop(libc::SIGTERM);
+    assert!(status.success(), "daemon exit {status}:\n{stderr}");
+    kscope_ok(None, &["fw", "detach", &lab.iface_b]);
+}
+
+/// The daemon's open sockets.
+fn sockets_of(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+        })
+        .count()
+}
+
+/// Waits for `cond`; `limit` only keeps a broken daemon from hanging the
+/// test.
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `s` has had any byte of an answer (without waiting).
+fn answered(s: &TcpStream) -> bool {
+    s.set_nonblocking(true).expect("nonblocking");
+    let mut b = [0u8; 1];
+    let r = s.peek(&mut b);
+    s.set_nonblocking(false).expect("blocking");
+    !matches!(r, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// The requirement: /healthz is answered within 100 ms while 200 scrapers
+/// run. A wall-clock bound cannot be asserted on a loaded, emulated CI
+/// machine, so this test checks what makes it hold, deterministically:
+/// with one scrape held in computation (the test gate) and 200 more
+/// waiting, all accepted and none answered, /healthz still answers. The
+/// latency itself is measured by `cargo xtask bench daemon`.
+///
+/// Then 100 of the waiting scrapers hang up: their scrapes are never
+/// computed (kscope_daemon_scrapes_total counts exactly the others).
+#[test]
+fn healthz_answers_while_200_scrapes_are_in_flight_and_abandoned_ones_cost_nothing() {
+    require_root();
+    let (lab, dir) = lab_and_dir("hload");
+    dir.write("b.rules", &format!("block --port {UDP_PORT}/udp\n"));
+    let cfg = dir.write("kscope.toml", &config(&lab.iface_b, ""));
+    let gate = dir.write("gate", "");
+    let held = gate.with_extension("held");
+    let gate_env = gate.to_str().expect("utf-8 path");
+    let daemon = Tracer::start_until(
+        Some(&lab.b),
+        &["daemon", "--config", cfg.to_str().expect("utf-8 path")],
+        &[("KSCOPE_TEST_SCRAPE_GATE", gate_env)],
+        false,
+        Duration::from_secs(120),
+        READY,
+    );
+    let pid = daemon.child.id();
+    let base = sockets_of(pid);
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {METRICS}\r\nConnection: close\r\n\r\n");
+    let open = |n: usize| -> Vec<TcpStream> {
+        lab.b
+            .run(|| {
+                (0..n)
+                    .map(|_| {
+                        let mut s = TcpStream::connect(METRICS).expect("connect");
+                        s.write_all(request.as_bytes()).expect("send request");
+                        s
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .expect("in the namespace")
+    };
+    // One scrape held in computation...
+    let first = open(1);
+    wait_for("a scrape held at the gate", Duration::from_secs(60), || {
+        held.exists()
+    });
+    // ...and 200 more accepted behind it.
+    let mut scrapers = open(200);
+    wait_for(
+        "the daemon holding 201 connections",
+        Duration::from_secs(120),
+        || sockets_of(pid) >= base + 201,
+    );
+
+    let health = lab
+        .b
+        .run(|| -> std::io::Result<Vec<u8>> {
+            let mut s = TcpStream::connect(METRICS)?;
+            s.set_read_timeout(Some(Duration::from_secs(60)))?;
+            write!(
+                s,
+                "GET /healthz HTTP/1.1\r\nHost: {METRICS}\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut raw = Vec::new();
+            s.read_to_end(&mut raw)?;
+            Ok(raw)
+        })
+        .expect("in the namespace")
+        .expect("/healthz answered while scrapes are in flight");
+    let (status, _, body) = parse_response(&health).expect("an HTTP response");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    assert!(
+        !first.iter().chain(&scrapers).any(answered),
+        "a scrape was answered while the gate was closed: the scrapes were not in flight"
+    );
+
+    // 100 scrapers hang up; the daemon drops their requests.
+    let kept = scrapers.split_off(100);
+    drop(scrapers);
+    wait_for(
+        "the daemon dropping 100 abandoned scrapes",
+        Duration::from_secs(120),
+        || sockets_of(pid) <= base + 101,
+    );
+    fs::remove_file(&gate).expect("open the gate");
+    for mut s in first.into_iter().chain(kept) {
+        s.set_read_timeout(Some(Duration::from_secs(240)))
+            .expect("timeout");
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).expect("read scrape");
+        let (status, _, body) = parse_response(&raw).expect("an HTTP response");
+        assert_eq!(status, 200, "{body}");
+    }
+    // 1 held + 100 kept + this one; none of the 100 abandoned.
+    let s = scrape(&lab.b);
+    assert_eq!(sum(&s, "kscope_daemon_scrapes_total", &[]), 102);
+    let (status, _, stderr) = daemon.stop(libc::SIGTERM);
+    assert!(status.success(), "daemon exit {status}:\n{stderr}");
+    kscope_ok(None, &["fw", "detach", &lab.iface_b]);
+}
+
+/// A connection that sends nothing, or stays idle after a response, is
+/// closed after `[metrics] header_timeout_seconds`; over
+/// `[metrics] max_connections`, a connection gets a 503 at once.
+#[test]
+fn silent_and_idle_connections_are_closed_and_connections_are_capped() {
+    require_root();
+    let (lab, dir) = lab_and_dir("conns");
+    dir.write("b.rules", "");
+    let text = config(&lab.iface_b, "").replace(
+        "[metrics]\n",
+        "[metrics]\nheader_timeout_seconds = 1\nmax_connections = 3\n",
+    );
+    let daemon = start_daemon(&lab, &dir.write("kscope.toml", &text));
+    let connect = || {
+        lab.b
+            .run(|| TcpStream::connect(METRICS))
+            .expect("in the namespace")
+            .expect("connect")
+    };
+    /// Reads until the daemon closes; the read timeout only keeps a
+    /// daemon that never does from hanging the test.
+    fn until_closed(s: &mut TcpStream) -> Vec<u8> {
+        s.set_read_timeout(Some(Duration::from_secs(120)))
+            .expect("timeout");
+        let mut raw = Vec::new();
+        match s.read_to_end(&mut raw) {
+            Ok(_) => raw,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => raw,
+            Err(e) => panic!("the daemon kept the connection open ({e}); read {raw:?}"),
+        }
+    }
+    // Silent from the start.
+    let mut silent = connect();
+    let raw = until_closed(&mut silent);
+    assert!(
+        raw.is_empty() || String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 408"),
+        "{raw:?}"
+    );
+    // Idle after a keep-alive response.
+    let mut idle = connect();
+    write!(idle, "GET /healthz HTTP/1.1\r\nHost: {METRICS}\r\n\r\n").expect("send");
+    let raw = until_closed(&mut idle);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1").count(), 1, "{text}");
+    let (status, _, stderr) = daemon.stop(libc::SIGTERM);
+    assert!(status.success(), "daemon exit {status}:\n{stderr}");
+
+    // The cap, with a timeout long enough to hold connections open.
+    let text = text_with(&lab, "header_timeout_seconds = 600\nmax_connections = 3\n");
+    let daemon = start_daemon(&lab, &dir.write("kscope.toml", &text));
+    let pid = daemon.child.id();
+    let base = sockets_of(pid);
+    let mut held: Vec<TcpStream> = (0..3).map(|_| connect()).collect();
+    wait_for(
+        "the daemon holding 3 connections",
+        Duration::from_secs(60),
+        || sockets_of(pid) >= base + 3,
+    );
+    let mut over = connect();
+    let raw = until_closed(&mut over);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    // One leaves: there is room again.
+    drop(held.pop());
+    wait_for("room for a connection", Duration::from_secs(60), || {
+        matches!(http_get(&lab.b, METRICS, "/healthz"), Ok((200, _)))
+    });
+    drop(held);
+    let (status, _, stderr) = daemon.stop(libc::SIGTERM);
+    assert!(status.success(), "daemon exit {status}:\n{stderr}");
+    kscope_ok(None, &["fw", "detach", &lab.iface_b]);
+}
+
+/// The config of [`config`] with `metrics` added under `[metrics]`.
+fn text_with(lab: &Lab, metrics: &str) -> String {
+    config(&lab.iface_b, "").replace("[metrics]\n", &format!("[metrics]\n{metrics}"))
+}
+
+/// `kscope_fw_rule_hits_total` keeps at most `[firewall] max_rule_series`
+/// rules per interface, the top ones by hits when first seen, and sums
+/// the rest under `[other]`; as traffic shifts, no series goes down and
+/// all of them add up to every hit.
+#[test]
+fn rule_hit_series_are_bounded_and_never_go_down() {
+    require_root();
+    // Three rules, hit by different traffic: UDP to the blocked port
+    // (IPv4 and IPv6), and pings from A's IPv4 and IPv6 addresses.
+    let rules = format!(
+        "block --port {UDP_PORT}/udp\nallow {ADDR4_A}/32\nallow {}/128\n",
+        kscope::netlab::ADDR6_A
+    );
+    let (lab, _dir, daemon) =
+        lab_with_daemon("topn", &rules, "\n[firewall]\nmax_rule_series = 1\n");
+    let b = &lab.iface_b;
+    let series = |s: &[Sample]| -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = s
+            .iter()
+            .filter(|(n, l, _)| n == "kscope_fw_rule_hits_total" && l["iface"] == *b)
+            .map(|(_, l, v)| (l["rule"].clone(), *v as u64))
+            .collect();
+        v.sort();
+        v
+    };
+    // Pings from A hit its allow rules (IPv6 neighbour discovery from A
+    // may add a few to the IPv6 one); the IPv4 rule leads clearly.
+    lab.send(&Traffic {
+        udp4: 0,
+        ping4: 30,
+        udp6: 0,
+        ping6: 2,
+        payload: 64,
+    })
+    .expect("send traffic");
+    let top = format!("allow {ADDR4_A}/32");
+    let mut want = vec![top.clone(), "[other]".to_owned()];
+    want.sort();
+    let names = |v: &[(String, u64)]| v.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>();
+    let first = series(&scrape(&lab.b));
+    assert_eq!(names(&first), want, "one rule and [other]: {first:?}");
+    assert!(
+        first.iter().any(|(r, v)| *r == top && *v >= 30),
+        "{first:?}"
+    );
+    // The IPv6 rule overtakes it: it stays under [other], which grows.
+    lab.send(&Traffic {
+        udp4: 0,
+        ping4: 0,
+        udp6: 0,
+        ping6: 60,
+        payload: 64,
+    })
+    .expect("send traffic");
+    let second = series(&scrape(&lab.b));
+    assert_eq!(names(&second), want, "{second:?}");
+    for ((r, v1), (_, v2)) in first.iter().zip(&second) {
+        assert!(v2 >= v1, "{r} went down: {first:?} -> {second:?}");
+    }
+    let other = second.iter().find(|(r, _)| r == "[other]").map(|x| x.1);
+    assert!(other.is_some_and(|o| o >= 62), "{second:?}");
+    // Every hit is in some series: no more than the CLI's own per-rule
+    // counts, read afterwards, add up to.
+    let cli: u64 = kscope_ok(None, &["fw", "rules", "--iface", b])
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .sum();
+    let exported: u64 = second.iter().map(|x| x.1).sum();
+    assert!(
+        exported >= 92 && exported <= cli,
+        "{second:?}, CLI total {cli}"
+    );
+    // The daemon re-reads its cached rule list when the set changes, a
+    // port-only edit included (it moves no source-rule state).
+    let in_place = |s: &[Sample]| sum(s, "kscope_fw_rules", &[("iface", b)]);
+    let before = in_place(&scrape(&lab.b));
+    kscope_ok(None, &["fw", "block", "--iface", b, "--port", "7/tcp"]);
+    assert_eq!(in_place(&scrape(&lab.b)), before + 1);
+    kscope_ok(None, &["fw", "unblock", "--iface", b, "--port", "7/tcp"]);
+    assert_eq!(in_place(&scrape(&lab.b)), before);
+    let (status, _, stderr) = daemon.stop(libc::SIGTERM);
+    assert!(status.success(), "daemon exit {status}:\n{stderr}");
+    kscope_ok(None, &["fw", "detach", b]);
 }

@@ -80,6 +80,16 @@ pub struct MetricsConfig {
     /// the daemon runs).
     #[serde(default = "yes")]
     pub bpf_stats: bool,
+    /// Most connections served at once; one more is answered 503 and
+    /// closed, so idle or slow clients cannot exhaust the daemon's file
+    /// descriptors.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a connection may take to send a complete request header,
+    /// counted from when it opens or from its previous response: a
+    /// connection silent that long (idle keep-alive included) is closed.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_seconds: u64,
 }
 
 impl Default for MetricsConfig {
@@ -87,19 +97,36 @@ impl Default for MetricsConfig {
         Self {
             listen: default_listen(),
             bpf_stats: true,
+            max_connections: default_max_connections(),
+            header_timeout_seconds: default_header_timeout(),
         }
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct FirewallConfig {
     /// Detach the firewall when the daemon stops. By default it stays, so
     /// traffic keeps being filtered across restarts and upgrades.
     #[serde(default)]
     pub detach_on_exit: bool,
+    /// Most rules of one interface with a `kscope_fw_rule_hits_total`
+    /// series of their own; the hits of the others are summed under
+    /// `rule="[other]"`, so a million-rule set cannot blow up Prometheus.
+    #[serde(default = "default_max_rule_series")]
+    pub max_rule_series: usize,
     #[serde(default, rename = "interface")]
     pub interfaces: Vec<IfaceConfig>,
+}
+
+impl Default for FirewallConfig {
+    fn default() -> Self {
+        Self {
+            detach_on_exit: false,
+            max_rule_series: default_max_rule_series(),
+            interfaces: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -187,6 +214,21 @@ fn default_max_series() -> usize {
     1000
 }
 
+/// `[firewall] max_rule_series` by default.
+pub const DEFAULT_MAX_RULE_SERIES: usize = 100;
+
+fn default_max_rule_series() -> usize {
+    DEFAULT_MAX_RULE_SERIES
+}
+
+fn default_max_connections() -> usize {
+    512
+}
+
+fn default_header_timeout() -> u64 {
+    10
+}
+
 fn default_max_seconds() -> u64 {
     60
 }
@@ -250,6 +292,16 @@ impl Config {
                 "unknown key `{unknown}` in [trace] (tracers: {}; or max_series)",
                 names.join(", ")
             )));
+        }
+        if self.metrics.max_connections == 0 {
+            return Err(invalid(
+                "[metrics] max_connections must be at least 1".into(),
+            ));
+        }
+        if self.metrics.header_timeout_seconds == 0 {
+            return Err(invalid(
+                "[metrics] header_timeout_seconds must be at least 1".into(),
+            ));
         }
         if self.trace.max_series == 0 {
             return Err(invalid("[trace] max_series must be at least 1".into()));
@@ -350,6 +402,11 @@ mod tests {
         assert!(c.firewall.interfaces.is_empty());
         assert!(!c.trace.wants("open") && !c.trace.wants("exec") && !c.trace.wants("connect"));
         assert_eq!(c.trace.max_series, 1000);
+        assert_eq!(c.firewall.max_rule_series, 100);
+        assert_eq!(
+            (c.metrics.max_connections, c.metrics.header_timeout_seconds),
+            (512, 10)
+        );
         assert!(!c.profile.enabled);
         assert_eq!((c.profile.max_seconds, c.profile.frequency), (60, 49));
     }
@@ -404,6 +461,9 @@ mod tests {
             ("[profile]\nmax_seconds = 0", "max_seconds"),
             ("[trace]\nmax_series = 0", "max_series"),
             ("[trace]\nopne = true", "unknown key `opne` in [trace]"),
+            ("[metrics]\nmax_connections = 0", "max_connections"),
+            ("[metrics]\nheader_timeout_seconds = 0", "header_timeout"),
+            ("[firewall]\nmax_rule_series = -1", "invalid value"),
         ] {
             let e = parse(text).expect_err(text).to_string();
             assert!(e.contains(needle), "{text:?}: {e}");
@@ -443,8 +503,8 @@ mod tests {
         };
         let mut want = Config {
             firewall: FirewallConfig {
-                detach_on_exit: false,
                 interfaces: vec![iface],
+                ..FirewallConfig::default()
             },
             ..Config::default()
         };

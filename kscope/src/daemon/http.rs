@@ -1,7 +1,21 @@
 //! The daemon's HTTP endpoints: `/metrics`, `/healthz` and `/profile`.
+//!
+//! The server runs on the daemon's single event-loop thread, which must
+//! stay free: a liveness probe that waits behind scrapes gets the pod
+//! killed. So:
+//! - a scrape is computed on the blocking pool, one at a time; requests
+//!   wait for their turn on the event loop, where a request whose client
+//!   hangs up is dropped before it is computed;
+//! - `/healthz` is answered on the event loop and never waits for a scrape;
+//! - at most `[metrics] max_connections` connections are served; one more
+//!   gets a 503 and is closed at once;
+//! - a connection that sends no complete request header within
+//!   `[metrics] header_timeout_seconds` (after it opens, or after its
+//!   previous response) is closed.
 
 use std::{
     convert::Infallible,
+    path::PathBuf,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -13,25 +27,34 @@ use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
     body::{Bytes, Incoming},
-    header::CONTENT_TYPE,
+    header::{ACCEPT, ALLOW, CONTENT_TYPE},
     service::service_fn,
 };
-use hyper_util::rt::TokioIo;
-use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
 
 use super::{
-    config::{MAX_FREQUENCY, ProfileConfig},
-    metrics::{self, Shared},
+    config::{MAX_FREQUENCY, MetricsConfig, ProfileConfig},
+    expo::Format,
+    metrics::{KscopeCollector, Shared},
 };
 use crate::profile::{self, report, symbolize::Sides};
 
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
+
+/// Test seam: while the file this variable names exists, each scrape
+/// waits (on the blocking pool, holding its turn) before it is computed,
+/// with a file of the same name and extension `held` present meanwhile.
+/// The integration tests use it to hold scrapes in flight for as long as
+/// they need, instead of hoping a scrape is slow enough.
+pub const SCRAPE_GATE_ENV: &str = "KSCOPE_TEST_SCRAPE_GATE";
 
 /// What the handlers share.
 pub struct Ctx {
-    pub registry: Registry,
+    pub collector: Arc<KscopeCollector>,
     pub shared: Arc<Shared>,
     /// Swapped on reload.
     pub profile: Mutex<ProfileConfig>,
@@ -39,21 +62,34 @@ pub struct Ctx {
     profiling: AtomicBool,
     /// Set on shutdown, to end a running profile early.
     pub stop: Arc<AtomicBool>,
+    /// One scrape computed at a time: more in parallel would only share
+    /// the same CPUs and the same kernel maps.
+    scrape_turn: Arc<Semaphore>,
+    connections: Arc<Semaphore>,
+    header_timeout: Duration,
+    scrape_gate: Option<PathBuf>,
 }
 
 impl Ctx {
-    pub fn new(shared: Arc<Shared>, profile: ProfileConfig) -> Self {
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(metrics::KscopeCollector(shared.clone())));
+    /// `metrics`' connection settings are read here, once: like the
+    /// listen address, changing them takes a restart.
+    pub fn new(shared: Arc<Shared>, profile: ProfileConfig, metrics: &MetricsConfig) -> Self {
         Self {
-            registry,
+            collector: Arc::new(KscopeCollector(shared.clone())),
             shared,
             profile: Mutex::new(profile),
             profiling: AtomicBool::new(false),
             stop: Arc::new(AtomicBool::new(false)),
+            scrape_turn: Arc::new(Semaphore::new(1)),
+            connections: Arc::new(Semaphore::new(metrics.max_connections)),
+            header_timeout: Duration::from_secs(metrics.header_timeout_seconds),
+            scrape_gate: std::env::var_os(SCRAPE_GATE_ENV).map(PathBuf::from),
         }
     }
 }
+
+/// The whole answer to a connection over `[metrics] max_connections`.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 38\r\nconnection: close\r\n\r\ntoo many connections; try again later\n";
 
 /// Accepts connections until the task is dropped.
 pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
@@ -67,13 +103,21 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
                 continue;
             }
         };
+        let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
+            refuse(&stream);
+            continue;
+        };
         let ctx = ctx.clone();
         tokio::spawn(async move {
+            let _permit = permit;
+            let timeout = ctx.header_timeout;
             let service = service_fn(move |req| {
                 let ctx = ctx.clone();
                 async move { Ok::<_, Infallible>(handle(&ctx, &req).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
@@ -81,6 +125,16 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
             }
         });
     }
+}
+
+/// Answers a connection over the limit with a 503 and closes it. One
+/// non-blocking write into a fresh socket's empty send buffer: a client
+/// that never reads cannot hold it.
+fn refuse(stream: &TcpStream) {
+    if let Err(e) = stream.try_write(BUSY) {
+        tracing::debug!("refusing a connection: {e}");
+    }
+    tracing::debug!("metrics: connection refused, [metrics] max_connections reached");
 }
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -97,20 +151,21 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 }
 
 async fn handle(ctx: &Ctx, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET {
-        return text(
+    // HEAD is answered as GET would be; hyper sends the headers only.
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(
             StatusCode::METHOD_NOT_ALLOWED,
-            "only GET is served\n".into(),
+            "only GET and HEAD are served\n".into(),
         );
+        r.headers_mut()
+            .insert(ALLOW, hyper::header::HeaderValue::from_static("GET, HEAD"));
+        return r;
     }
     match req.uri().path() {
-        "/metrics" => match metrics::render(&ctx.registry) {
-            Ok(body) => reply(StatusCode::OK, OPENMETRICS, body),
-            Err(_) => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "encoding metrics failed\n".into(),
-            ),
-        },
+        "/metrics" => {
+            let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
+            metrics(ctx, Format::negotiate(accept)).await
+        }
         "/healthz" => health(ctx),
         "/profile" => profile(ctx, req.uri().query().unwrap_or("")).await,
         "/" => text(
@@ -119,6 +174,41 @@ async fn handle(ctx: &Ctx, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 .into(),
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+/// One scrape: waits for its turn here, on the event loop, where hyper
+/// drops this future if the client hangs up; only then is it computed,
+/// on the blocking pool.
+async fn metrics(ctx: &Ctx, format: Format) -> Response<Full<Bytes>> {
+    let Ok(turn) = ctx.scrape_turn.clone().acquire_owned().await else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
+    };
+    let collector = ctx.collector.clone();
+    let gate = ctx.scrape_gate.clone();
+    // The turn goes with the computation: a client leaving mid-scrape
+    // does not let a second one start beside it.
+    let job = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        if let Some(gate) = gate {
+            // `<gate>.held` tells the test a scrape is waiting here.
+            let held = gate.with_extension("held");
+            if gate.exists() {
+                let _ = std::fs::write(&held, b"");
+            }
+            while gate.exists() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = std::fs::remove_file(&held);
+        }
+        collector.encode(format)
+    });
+    match job.await {
+        Ok(body) => reply(StatusCode::OK, format.content_type(), body),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics failed: {e}\n"),
+        ),
     }
 }
 
@@ -165,6 +255,10 @@ pub struct ProfileRequest {
     pub format: ProfileFormat,
 }
 
+/// Highest pid Linux can hand out (PID_MAX_LIMIT in include/linux/threads.h,
+/// the ceiling of kernel.pid_max on 64-bit).
+const PID_MAX_LIMIT: u32 = 4 * 1024 * 1024;
+
 /// Parses a `/profile` query string (`seconds=N&hz=F&pid=P&format=F`).
 ///
 /// # Errors
@@ -187,7 +281,11 @@ pub fn parse_profile_query(query: &str, cfg: &ProfileConfig) -> Result<ProfileRe
             "hz" => req.hz = num("hz")?,
             "pid" => req.pids.push(
                 v.parse()
-                    .map_err(|_| format!("pid must be a process id, not {v:?}"))?,
+                    .ok()
+                    .filter(|p| (1..=PID_MAX_LIMIT).contains(p))
+                    .ok_or_else(|| {
+                        format!("pid must be a process id (1-{PID_MAX_LIMIT}), not {v:?}")
+                    })?,
             ),
             "format" => {
                 req.format = match v {
@@ -210,6 +308,20 @@ pub fn parse_profile_query(query: &str, cfg: &ProfileConfig) -> Result<ProfileRe
         return Err(format!("hz must be 1-{MAX_FREQUENCY}, not {}", req.hz));
     }
     Ok(req)
+}
+
+/// The status for a profile that could not run: the request's fault (a
+/// process that is not there, too many of them, a rate over the kernel's
+/// limit) is a 4xx, the daemon's a 500.
+fn profile_status(e: &profile::ProfileError) -> StatusCode {
+    use profile::ProfileError as E;
+    match e {
+        E::NoSuchProcess(_) => StatusCode::NOT_FOUND,
+        E::TooManyPids { .. } | E::FrequencyTooHigh { .. } | E::NoSuchCpu { .. } => {
+            StatusCode::BAD_REQUEST
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
 }
 
 /// Clears the one-profile-at-a-time flag however the request ends.
@@ -258,9 +370,9 @@ async fn profile(ctx: &Ctx, query: &str) -> Response<Full<Bytes>> {
     let stop = ctx.stop.clone();
     let seconds = req.seconds;
     let format = req.format;
-    let job = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+    let job = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, (StatusCode, String)> {
         let r = profile::run(&opts, Some(Duration::from_secs(seconds)), &stop, None)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| (profile_status(&e), e.to_string()))?;
         tracing::info!("profile served: {}", report::summary(&r));
         let mut body = Vec::new();
         match format {
@@ -268,7 +380,7 @@ async fn profile(ctx: &Ctx, query: &str) -> Response<Full<Bytes>> {
             ProfileFormat::Svg => report::write_svg(&mut body, &r.stacks, "kscope daemon profile"),
             ProfileFormat::Json => serde_json::to_writer(&mut body, &r).map_err(Into::into),
         }
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         Ok(body)
     });
     match job.await {
@@ -280,10 +392,7 @@ async fn profile(ctx: &Ctx, query: &str) -> Response<Full<Bytes>> {
             };
             reply(StatusCode::OK, ct, body)
         }
-        Ok(Err(e)) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("profile failed: {e}\n"),
-        ),
+        Ok(Err((status, e))) => text(status, format!("profile failed: {e}\n")),
         Err(e) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("profile failed: {e}\n"),
@@ -321,6 +430,9 @@ mod tests {
             ("seconds=x", "whole number"),
             ("hz=0", "hz must be"),
             ("pid=-1", "process id"),
+            ("pid=0", "process id"),
+            ("pid=4294967295", "1-4194304"),
+            ("pid=4194305", "1-4194304"),
             ("format=png", "folded, svg or json"),
             ("color=red", "unknown parameter"),
         ] {

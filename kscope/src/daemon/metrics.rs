@@ -6,14 +6,14 @@
 //! nothing is lost between scrapes. Tracer aggregates are kept by the
 //! daemon's consumers in [`State`].
 //!
-//! Metric names and labels (documented in the README; counters get
-//! `_total` appended by the OpenMetrics encoder):
+//! Metric names and labels (documented in the README; counter samples
+//! get `_total` appended by the encoder, see [`super::expo`]):
 //!
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `kscope_fw_packets_total` | counter | iface, family, action, reason |
 //! | `kscope_fw_bytes_total` | counter | iface, family, action, reason |
-//! | `kscope_fw_rule_hits_total` | counter | iface, rule |
+//! | `kscope_fw_rule_hits_total` | counter | iface, rule (top `[firewall] max_rule_series`, then `[other]`) |
 //! | `kscope_fw_rules` | gauge | iface |
 //! | `kscope_trace_events_total` | counter | tracer |
 //! | `kscope_trace_lost_events_total` | counter | tracer |
@@ -26,9 +26,10 @@
 //! | `kscope_daemon_reloads_total` | counter | result |
 //! | `kscope_daemon_config_last_reload_successful` | gauge | |
 //! | `kscope_daemon_scrape_errors_total` | counter | |
+//! | `kscope_daemon_scrapes_total` | counter | |
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt,
     sync::{
         Arc, Mutex, MutexGuard,
@@ -37,16 +38,18 @@ use std::{
 };
 
 use kscope_common::fw::{Family, Reason};
-use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric as _, MetricEncoder},
-    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
-};
 
 use kscope_common::trace::Counts;
 
+use super::{
+    expo::{Exposition, FamilyWriter, Format, MetricType, Value},
+    rule_hits::{RuleScrape, RuleSeries},
+};
 use crate::{
-    firewall::{self, maps::RuleMaps},
+    firewall::{
+        self,
+        maps::{HitCounts, RuleMaps},
+    },
     trace::runner::Counting,
 };
 
@@ -175,13 +178,30 @@ pub struct State {
 pub struct Shared {
     state: Mutex<State>,
     scrape_errors: AtomicU64,
+    /// Scrapes computed (requests abandoned before their turn are not).
+    scrapes: AtomicU64,
+    /// Rule-hit series by interface; only scrapes take this lock, never
+    /// the daemon's other tasks or `/healthz`.
+    rule_series: Mutex<HashMap<String, RuleSeries>>,
+    /// `[firewall] max_rule_series`.
+    max_rule_series: AtomicU64,
 }
 
 impl Shared {
     pub fn new() -> Arc<Self> {
         let s = Self::default();
         s.lock().last_reload_ok = true;
+        s.set_max_rule_series(super::config::DEFAULT_MAX_RULE_SERIES);
         Arc::new(s)
+    }
+
+    /// Sets `[firewall] max_rule_series` (see [`RuleSeries::set_max`]).
+    pub fn set_max_rule_series(&self, max: usize) {
+        self.max_rule_series.store(max as u64, Ordering::Relaxed);
+    }
+
+    fn max_rule_series(&self) -> usize {
+        usize::try_from(self.max_rule_series.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
     }
 
     /// The state. A panic in another task while holding the lock does not
@@ -201,31 +221,34 @@ impl Shared {
 pub struct KscopeCollector(pub Arc<Shared>);
 
 /// Writes counter or gauge families.
-struct Out<'a> {
-    enc: DescriptorEncoder<'a>,
+struct Out {
+    enc: Exposition,
 }
 
-impl<'a> Out<'a> {
+impl Out {
     fn family<'s>(
         &'s mut self,
-        name: &'s str,
+        name: &str,
         help: &str,
         kind: MetricType,
-    ) -> Result<MetricEncoder<'s>, fmt::Error> {
-        self.enc.encode_descriptor(name, help, None, kind)
+    ) -> Result<FamilyWriter<'s>, fmt::Error> {
+        Ok(self.enc.family(name, help, kind))
     }
 }
 
-fn counter(m: &mut MetricEncoder<'_>, labels: &[(&str, &str)], v: u64) -> fmt::Result {
-    ConstCounter::new(v).encode(m.encode_family(&labels)?)
+fn counter(m: &mut FamilyWriter<'_>, labels: &[(&str, &str)], v: u64) -> fmt::Result {
+    m.sample(labels, Value::Int(v));
+    Ok(())
 }
 
-fn counter_f64(m: &mut MetricEncoder<'_>, labels: &[(&str, &str)], v: f64) -> fmt::Result {
-    ConstCounter::new(v).encode(m.encode_family(&labels)?)
+fn counter_f64(m: &mut FamilyWriter<'_>, labels: &[(&str, &str)], v: f64) -> fmt::Result {
+    m.sample(labels, Value::Float(v));
+    Ok(())
 }
 
-fn gauge(m: &mut MetricEncoder<'_>, labels: &[(&str, &str)], v: i64) -> fmt::Result {
-    ConstGauge::new(v).encode(m.encode_family(&labels)?)
+fn gauge(m: &mut FamilyWriter<'_>, labels: &[(&str, &str)], v: i64) -> fmt::Result {
+    m.sample(labels, Value::Signed(v));
+    Ok(())
 }
 
 /// A program type as bpftool names it: `BPF_PROG_TYPE_XDP` → `xdp`.
@@ -236,9 +259,14 @@ fn prog_type_name(t: impl fmt::Debug) -> String {
         .to_ascii_lowercase()
 }
 
-impl Collector for KscopeCollector {
-    fn encode(&self, enc: DescriptorEncoder) -> fmt::Result {
-        let mut out = Out { enc };
+impl KscopeCollector {
+    /// One scrape, in `format`. Blocking: it reads kernel maps, so the
+    /// HTTP server runs it off its event loop.
+    pub fn encode(&self, format: Format) -> String {
+        let mut out = Out {
+            enc: Exposition::new(format),
+        };
+        self.0.scrapes.fetch_add(1, Ordering::Relaxed);
         let shared = &self.0;
         // Copy what is needed out of the lock so kernel reads below do not
         // hold it.
@@ -246,27 +274,53 @@ impl Collector for KscopeCollector {
             let s = shared.lock();
             (s.fw_ifaces.clone(), s.bpf_stats)
         };
-        self.firewall(&mut out, &ifaces)?;
-        self.tracers(&mut out)?;
+        // Writing into a String does not fail; the Results only carry the
+        // shape of the family helpers.
+        let _ = self.firewall(&mut out, &ifaces);
+        let _ = self.tracers(&mut out);
         if bpf_stats {
-            self.programs(&mut out)?;
+            let _ = self.programs(&mut out);
         }
-        self.daemon(&mut out)
+        let _ = self.daemon(&mut out);
+        out.enc.finish()
     }
-}
 
-impl KscopeCollector {
-    fn firewall(&self, out: &mut Out<'_>, ifaces: &[String]) -> fmt::Result {
+    /// The rule-hit series of `iface`: the cached rule list, read again
+    /// only when the rule set's generation moved, and the hit counters.
+    fn rule_hits(
+        &self,
+        iface: &str,
+        series: &mut RuleSeries,
+    ) -> Result<RuleScrape, firewall::FwError> {
+        let maps = RuleMaps::from_pins(&firewall::pin_dir(iface))?;
+        let generation = maps.generation()?;
+        if !series.is_current(&generation) {
+            series.set_rules(generation, maps.rules_with_keys()?);
+        }
+        let hits = HitCounts::new(maps.read_hits(None)?);
+        Ok(series.scrape(&hits))
+    }
+
+    fn firewall(&self, out: &mut Out, ifaces: &[String]) -> fmt::Result {
         let mut reasons = Vec::new();
         let mut rules = Vec::new();
-        for iface in ifaces {
-            match firewall::read_reasons(iface) {
-                Ok(r) => reasons.push((iface, r.sum_reasons())),
-                Err(e) => self.0.scrape_error(&format!("{iface} counters"), &e),
-            }
-            match RuleMaps::from_pins(&firewall::pin_dir(iface)).and_then(|m| m.rules_with_hits()) {
-                Ok(r) => rules.push((iface, r)),
-                Err(e) => self.0.scrape_error(&format!("{iface} rules"), &e),
+        {
+            let max = self.0.max_rule_series();
+            let mut all = self.0.rule_series.lock().unwrap_or_else(|p| p.into_inner());
+            all.retain(|iface, _| ifaces.contains(iface));
+            for iface in ifaces {
+                match firewall::read_reasons(iface) {
+                    Ok(r) => reasons.push((iface, r.sum_reasons())),
+                    Err(e) => self.0.scrape_error(&format!("{iface} counters"), &e),
+                }
+                let series = all
+                    .entry(iface.clone())
+                    .or_insert_with(|| RuleSeries::new(max));
+                series.set_max(max);
+                match self.rule_hits(iface, series) {
+                    Ok(r) => rules.push((iface, r)),
+                    Err(e) => self.0.scrape_error(&format!("{iface} rules"), &e),
+                }
             }
         }
         for (name, help, bytes) in [
@@ -299,27 +353,28 @@ impl KscopeCollector {
         }
         let mut m = out.family(
             "kscope_fw_rule_hits",
-            "Packets each firewall rule matched since it was loaded.",
+            "Packets each firewall rule matched since it was loaded; the rules beyond [firewall] max_rule_series are summed under rule=\"[other]\".",
             MetricType::Counter,
         )?;
-        for (iface, hits) in &rules {
-            for h in hits {
-                let rule = h.rule.to_string();
-                counter(&mut m, &[("iface", iface), ("rule", &rule)], h.hits)?;
+        for (iface, r) in &rules {
+            for (rule, hits) in &r.series {
+                let rule = rule.to_string();
+                counter(&mut m, &[("iface", iface), ("rule", &rule)], *hits)?;
             }
+            counter(&mut m, &[("iface", iface), ("rule", OTHER)], r.other)?;
         }
         let mut m = out.family(
             "kscope_fw_rules",
             "Firewall rules in place.",
             MetricType::Gauge,
         )?;
-        for (iface, hits) in &rules {
-            gauge(&mut m, &[("iface", iface)], hits.len() as i64)?;
+        for (iface, r) in &rules {
+            gauge(&mut m, &[("iface", iface)], r.rules as i64)?;
         }
         Ok(())
     }
 
-    fn tracers(&self, out: &mut Out<'_>) -> fmt::Result {
+    fn tracers(&self, out: &mut Out) -> fmt::Result {
         let slots: Vec<(&'static str, Arc<Mutex<TracerSlot>>)> = self
             .0
             .lock()
@@ -389,7 +444,7 @@ impl KscopeCollector {
     }
 
     /// Every BPF program on the system, as bpftop lists them.
-    fn programs(&self, out: &mut Out<'_>) -> fmt::Result {
+    fn programs(&self, out: &mut Out) -> fmt::Result {
         let mut progs = Vec::new();
         for p in aya::programs::loaded_programs() {
             match p {
@@ -434,7 +489,7 @@ impl KscopeCollector {
         Ok(())
     }
 
-    fn daemon(&self, out: &mut Out<'_>) -> fmt::Result {
+    fn daemon(&self, out: &mut Out) -> fmt::Result {
         let (ok, failed, last_ok) = {
             let s = self.0.lock();
             (s.reloads_ok, s.reloads_failed, s.last_reload_ok)
@@ -446,26 +501,25 @@ impl KscopeCollector {
         )?;
         counter(&mut m, &[("result", "success")], ok)?;
         counter(&mut m, &[("result", "failure")], failed)?;
-        let m = out.family(
+        let mut m = out.family(
             "kscope_daemon_config_last_reload_successful",
             "1 when the last config reload succeeded (or there was none).",
             MetricType::Gauge,
         )?;
-        ConstGauge::new(i64::from(last_ok)).encode(m)?;
-        let m = out.family(
+        gauge(&mut m, &[], i64::from(last_ok))?;
+        let mut m = out.family(
             "kscope_daemon_scrape_errors",
             "Kernel reads that failed while serving /metrics (logged).",
             MetricType::Counter,
         )?;
-        ConstCounter::new(self.0.scrape_errors.load(Ordering::Relaxed)).encode(m)
+        counter(&mut m, &[], self.0.scrape_errors.load(Ordering::Relaxed))?;
+        let mut m = out.family(
+            "kscope_daemon_scrapes",
+            "Scrapes of /metrics computed, this one included (a request whose client left before its turn is not).",
+            MetricType::Counter,
+        )?;
+        counter(&mut m, &[], self.0.scrapes.load(Ordering::Relaxed))
     }
-}
-
-/// The OpenMetrics text for one scrape.
-pub fn render(registry: &prometheus_client::registry::Registry) -> Result<String, fmt::Error> {
-    let mut text = String::with_capacity(16 * 1024);
-    prometheus_client::encoding::text::encode(&mut text, registry)?;
-    Ok(text)
 }
 
 #[cfg(test)]
@@ -583,9 +637,7 @@ mod tests {
                 Arc::new(Mutex::new(TracerSlot::new(Box::new(conn), 8))),
             );
         }
-        let mut reg = prometheus_client::registry::Registry::default();
-        reg.register_collector(Box::new(KscopeCollector(shared)));
-        let text = render(&reg).expect("render");
+        let text = KscopeCollector(shared).encode(Format::OpenMetrics);
         for line in [
             "kscope_trace_execs_total{comm=\"true\",result=\"ok\"} 3",
             "kscope_trace_execs_total{comm=\"[other]\",result=\"[other]\"} 2",

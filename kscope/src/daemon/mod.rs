@@ -15,8 +15,10 @@
 //!   `[firewall] detach_on_exit = true`.
 
 pub mod config;
+pub mod expo;
 pub mod http;
 pub mod metrics;
+pub mod rule_hits;
 mod tracers;
 
 use std::{
@@ -112,6 +114,7 @@ async fn serve(loaded: Loaded) -> anyhow::Result<()> {
     let ctx = Arc::new(http::Ctx::new(
         shared.clone(),
         daemon.loaded.config.profile.clone(),
+        &daemon.loaded.config.metrics,
     ));
     let server = tokio::spawn(http::serve(listener, ctx.clone()));
     tracing::info!("kscope daemon ready: serving http://{listen}/metrics");
@@ -232,6 +235,7 @@ impl Daemon {
                 .collect();
             s.bpf_stats = self.stats.is_some();
         }
+        self.shared.set_max_rule_series(c.firewall.max_rule_series);
         self.tracers.max_series(c.trace.max_series, &self.shared);
         self.loaded = new;
         release_freed_memory();

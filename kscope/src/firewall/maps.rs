@@ -53,6 +53,28 @@ pub struct RuleHits {
     pub hits: u64,
 }
 
+/// Where a rule's hits are counted in `FW_HITS`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HitKey {
+    /// A source rule's own counter.
+    Id(u32),
+    /// The per-port counters of a port rule's range and protocols.
+    Ports(PortSpec),
+}
+
+/// Identifies one state of an interface's rule set: every change made
+/// through [`RuleMaps`] moves it (see [`RuleMaps::generation`]), so a
+/// reader can cache the rule list and re-read it only when this differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Generation {
+    /// Kernel id of `FW_STATE`: a detach and attach makes new maps.
+    pub map_id: u32,
+    pub slot: u32,
+    pub next_id: u32,
+    pub count_v4: u32,
+    pub count_v6: u32,
+}
+
 /// What [`RuleMaps::apply`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApplyReport {
@@ -435,6 +457,51 @@ impl RuleMaps {
         Ok((set, ids))
     }
 
+    /// The rule set's [`Generation`]: four `FW_STATE` reads, no walk of
+    /// the rule maps. `load` flips the slot and every successful `apply`
+    /// or `load` ends by advancing `STATE_NEXT_ID` (ids are never reused,
+    /// so skipping one costs nothing), so two different rule sets never
+    /// share a generation, even when an edit only touched ports.
+    pub fn generation(&self) -> Result<Generation, FwError> {
+        let map_id = self
+            .state
+            .map()
+            .info()
+            .map_err(map_err("read FW_STATE info"))?
+            .id();
+        Ok(Generation {
+            map_id,
+            slot: self.active_slot()?,
+            next_id: self.state_get(STATE_NEXT_ID)?,
+            count_v4: self.state_get(STATE_COUNT_V4)?,
+            count_v6: self.state_get(STATE_COUNT_V6)?,
+        })
+    }
+
+    /// Moves the generation on (see [`Self::generation`]).
+    fn advance_generation(&mut self) -> Result<(), FwError> {
+        let next = self.next_id()?.saturating_add(1);
+        self.state_set(STATE_NEXT_ID, next)
+    }
+
+    /// Every active rule with where its hits are counted, in `fw save`
+    /// order. Walks the whole rule set: callers cache it by
+    /// [`Self::generation`].
+    pub fn rules_with_keys(&self) -> Result<Vec<(Rule, HitKey)>, FwError> {
+        let (set, ids) = self.read_active()?;
+        Ok(set
+            .rules()
+            .into_iter()
+            .filter_map(|rule| {
+                let key = match rule {
+                    Rule::Src(l, c) => HitKey::Id(*ids.get(&(l, c))?),
+                    Rule::Port(p) => HitKey::Ports(p),
+                };
+                Some((rule, key))
+            })
+            .collect())
+    }
+
     /// The active rule set (what `fw save` prints).
     pub fn rule_set(&self) -> Result<RuleSet, FwError> {
         Ok(self.read_active()?.0)
@@ -567,6 +634,9 @@ impl RuleMaps {
             report.added += port_adds;
             report.removed += port_removes;
         }
+        if report.added + report.removed > 0 {
+            self.advance_generation()?;
+        }
         Ok(report)
     }
 
@@ -646,6 +716,7 @@ impl RuleMaps {
                 self.forget_port_hits(port as u16, gone)?;
             }
         }
+        self.advance_generation()?;
         Ok(LoadReport {
             rules: set.rules().len(),
             slot: new,
@@ -724,4 +795,93 @@ fn port_hits(p: &PortSpec, hits: &HashMap<u32, u64>) -> u64 {
         }
     }
     sum
+}
+
+/// Hit counts read once ([`RuleMaps::read_hits`]), for summing the hits of
+/// many rules: a port rule's counters are one contiguous id range per
+/// protocol, summed from prefix sums instead of one lookup per port.
+pub struct HitCounts {
+    by_id: HashMap<u32, u64>,
+    /// Per-port counter ids, sorted, with the running sum up to each.
+    port_ids: Vec<u32>,
+    port_sums: Vec<u64>,
+}
+
+impl HitCounts {
+    pub fn new(by_id: HashMap<u32, u64>) -> Self {
+        let mut ports: Vec<(u32, u64)> = by_id
+            .iter()
+            .filter(|(id, _)| **id >= PORT_HIT_BASE)
+            .map(|(id, n)| (*id, *n))
+            .collect();
+        ports.sort_unstable();
+        let mut sum = 0u64;
+        let port_sums = ports
+            .iter()
+            .map(|(_, n)| {
+                sum = sum.wrapping_add(*n);
+                sum
+            })
+            .collect();
+        Self {
+            by_id,
+            port_ids: ports.into_iter().map(|(id, _)| id).collect(),
+            port_sums,
+        }
+    }
+
+    /// Hits counted under `key`.
+    pub fn of(&self, key: &HitKey) -> u64 {
+        match key {
+            HitKey::Id(id) => self.by_id.get(id).copied().unwrap_or(0),
+            HitKey::Ports(p) => [(PORT_TCP, false), (PORT_UDP, true)]
+                .into_iter()
+                .filter(|(bit, _)| p.bits & bit != 0)
+                .map(|(_, udp)| self.sum_ids(port_hit_id(udp, p.lo), port_hit_id(udp, p.hi)))
+                .fold(0u64, u64::wrapping_add),
+        }
+    }
+
+    /// Sum of the per-port counters with ids in `lo..=hi`.
+    fn sum_ids(&self, lo: u32, hi: u32) -> u64 {
+        let below = |id: u32| {
+            let n = self.port_ids.partition_point(|&x| x < id);
+            if n == 0 { 0 } else { self.port_sums[n - 1] }
+        };
+        below(hi.saturating_add(1)).wrapping_sub(below(lo))
+    }
+}
+
+#[cfg(test)]
+mod hit_count_tests {
+    use super::*;
+
+    #[test]
+    fn port_rules_sum_the_counters_of_their_range_and_protocols() {
+        let mut by_id = HashMap::new();
+        by_id.insert(7, 5);
+        for (udp, port, n) in [
+            (false, 22, 1),
+            (false, 80, 2),
+            (true, 80, 4),
+            (false, 81, 8),
+        ] {
+            by_id.insert(port_hit_id(udp, port), n);
+        }
+        let h = HitCounts::new(by_id.clone());
+        let p = |lo, hi, bits| HitKey::Ports(PortSpec { lo, hi, bits });
+        assert_eq!(h.of(&HitKey::Id(7)), 5);
+        assert_eq!(h.of(&HitKey::Id(8)), 0);
+        for (lo, hi, bits) in [
+            (80, 80, PORT_TCP),
+            (80, 80, PORT_TCP | PORT_UDP),
+            (0, 65535, PORT_TCP),
+            (23, 79, PORT_TCP),
+            (81, 65535, PORT_UDP),
+            (0, 65535, PORT_TCP | PORT_UDP),
+        ] {
+            let spec = PortSpec { lo, hi, bits };
+            assert_eq!(h.of(&p(lo, hi, bits)), port_hits(&spec, &by_id), "{spec:?}");
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! `cargo xtask bench TARGET`: benchmarks that compare kscope with its
 //! peers. Not tests: they print a table to paste into the README. `profile`
-//! is a submodule with its own arguments; `fw` and `trace` run as examples
+//! is a submodule with its own arguments; `fw`, `trace` and `daemon` run as examples
 //! of the kscope crate (they use its library directly).
 
 use std::{
@@ -25,6 +25,9 @@ pub enum Target {
     /// `kscope trace open` against bpftrace (and BCC where it runs):
     /// startup, peak RSS, overhead per openat, loss-free throughput.
     Trace,
+    /// `kscope daemon`: scrape time and size (a small rule set and 1M
+    /// rules), scrapes/s and /healthz latency under 200 scrapers.
+    Daemon,
 }
 
 pub fn run(target: Target) -> anyhow::Result<()> {
@@ -33,6 +36,7 @@ pub fn run(target: Target) -> anyhow::Result<()> {
         // Both also time the kscope binary itself.
         Target::Fw => example("fw_bench"),
         Target::Trace => example("trace_bench"),
+        Target::Daemon => example("daemon_bench"),
     }
 }
 
