@@ -14,9 +14,9 @@ use std::{
 };
 
 use kscope_common::trace::{
-    ARGS_SIZE, ExecEvent, GLOBAL_MAX_ARGS, GLOBAL_OFF_REAL_PARENT, GLOBAL_OFF_TGID,
-    PROG_EXEC_ENTER_EXECVE, PROG_EXEC_ENTER_EXECVEAT, PROG_EXEC_EXIT_EXECVE,
-    PROG_EXEC_EXIT_EXECVEAT,
+    ARGS_SIZE, ExecEvent, GLOBAL_MAX_ARGS, GLOBAL_OFF_OLD_PID, GLOBAL_OFF_REAL_PARENT,
+    GLOBAL_OFF_TGID, PROG_EXEC_ENTER_EXECVE, PROG_EXEC_ENTER_EXECVEAT, PROG_EXEC_EXIT_EXECVE,
+    PROG_EXEC_EXIT_EXECVEAT, PROG_EXEC_PROCESS_EXEC,
 };
 
 use aya::Ebpf;
@@ -61,6 +61,40 @@ fn task_offsets() -> (u32, u32) {
     }
 }
 
+/// Offset of `old_pid` in sched:sched_process_exec's record, from its
+/// format file; None when the file or the field is missing.
+fn old_pid_offset() -> Option<u32> {
+    let path =
+        std::path::Path::new(crate::sys::TRACEFS).join("events/sched/sched_process_exec/format");
+    let text = std::fs::read_to_string(path).ok()?;
+    super::connect::parse_format(&text, &["old_pid"])?
+        .first()
+        .copied()
+}
+
+/// Attaches the program that follows a non-leader thread's exec to the
+/// thread id it ends with. Without it (no sched_process_exec tracepoint,
+/// which every supported kernel has) such execs go unreported: warned.
+fn attach_process_exec(ebpf: &mut Ebpf, old_pid_off: Option<u32>) -> Result<(), TraceError> {
+    if old_pid_off.is_none() {
+        tracing::warn!(
+            "sched:sched_process_exec has no old_pid field; execs from threads other than \
+             the main one will be missed"
+        );
+        return Ok(());
+    }
+    let prog = PROG_EXEC_PROCESS_EXEC;
+    let p: &mut aya::programs::TracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| io::Error::other(format!("{prog} missing")))?
+        .try_into()
+        .map_err(|e| super::load_err(prog, e))?;
+    p.load().map_err(|e| super::load_err(prog, e))?;
+    p.attach("sched", "sched_process_exec")
+        .map_err(|e| super::load_err(prog, e))?;
+    Ok(())
+}
+
 /// Loads `trace_exec` with `filters`, keeping up to `max_args` arguments per
 /// exec, and attaches it. Dropping the object detaches it.
 ///
@@ -68,10 +102,12 @@ fn task_offsets() -> (u32, u32) {
 /// The execve tracepoints missing, or a verifier rejection.
 pub fn attach(filters: &Filters, max_args: u32) -> Result<Ebpf, TraceError> {
     let (parent, tgid) = task_offsets();
-    let (max, parent, tgid) = (
+    let old_pid_off = old_pid_offset();
+    let (max, parent, tgid, old_pid) = (
         max_args.to_ne_bytes(),
         parent.to_ne_bytes(),
         tgid.to_ne_bytes(),
+        old_pid_off.unwrap_or(0).to_ne_bytes(),
     );
     let mut ebpf = super::load(
         TRACE_EXEC_OBJ,
@@ -80,8 +116,11 @@ pub fn attach(filters: &Filters, max_args: u32) -> Result<Ebpf, TraceError> {
             (GLOBAL_MAX_ARGS, &max[..]),
             (GLOBAL_OFF_REAL_PARENT, &parent[..]),
             (GLOBAL_OFF_TGID, &tgid[..]),
+            (GLOBAL_OFF_OLD_PID, &old_pid[..]),
         ],
     )?;
+    // Before the syscalls, so that no exec is seen half.
+    attach_process_exec(&mut ebpf, old_pid_off)?;
     super::attach_syscall_pairs(&mut ebpf, HOOKS)?;
     Ok(ebpf)
 }
@@ -135,7 +174,7 @@ pub fn event(bytes: &[u8]) -> Option<&ExecEvent> {
 }
 
 /// The event's arguments, each without its NUL.
-pub fn args(ev: &ExecEvent) -> impl Iterator<Item = &[u8]> {
+pub fn args(ev: &ExecEvent) -> impl Iterator<Item = &[u8]> + Clone {
     let used = (ev.args_len as usize).min(ARGS_SIZE);
     ev.args[..used].split(|&b| b == 0).take(ev.argc as usize)
 }
@@ -158,7 +197,20 @@ fn write_ret(out: &mut impl Write, ret: i32) -> io::Result<()> {
     }
 }
 
-/// One row: arguments joined by spaces, `...` when some were left out.
+/// True when argument `i` was cut short (at `ARG_LEN - 1` bytes, or where
+/// `ARGS_SIZE` ran out).
+pub fn arg_cut(ev: &ExecEvent, i: usize) -> bool {
+    i < 64 && ev.cut_args & (1 << i) != 0
+}
+
+/// True when anything of the arguments is missing: one cut short, or some
+/// left out.
+pub fn args_truncated(ev: &ExecEvent) -> bool {
+    ev.truncated != 0 || ev.cut_args != 0
+}
+
+/// One row: arguments joined by spaces; `...` right after an argument
+/// that was cut short, and ` ...` at the end when arguments were left out.
 pub fn write_row(
     out: &mut impl Write,
     ev: &ExecEvent,
@@ -184,6 +236,9 @@ pub fn write_row(
             out.write_all(b" ")?;
         }
         format::write_text(out, a)?;
+        if arg_cut(ev, i) {
+            out.write_all(b"...")?;
+        }
     }
     if ev.truncated != 0 {
         out.write_all(b" ...")?;
@@ -193,30 +248,39 @@ pub fn write_row(
 
 /// One JSON line. Fields: `ts_unix_ns`, `pid`, `ppid`, `uid`, `comm`, `ret`
 /// (0 or -errno), `errno_name`, `args` (array of strings),
-/// `args_truncated`.
+/// `args_truncated` (true when any argument was cut short or left out),
+/// `args_cut` (indexes in `args` of the ones cut short); `comm_b64` and
+/// `args_b64` when those are not UTF-8 ([`format::write_json_bytes`]).
 pub fn write_json(out: &mut impl Write, ev: &ExecEvent, clock: &format::Clock) -> io::Result<()> {
     write!(
         out,
-        "{{\"ts_unix_ns\":{},\"pid\":{},\"ppid\":{},\"uid\":{},\"comm\":",
+        "{{\"ts_unix_ns\":{},\"pid\":{},\"ppid\":{},\"uid\":{},",
         clock.unix_ns(ev.ts_ns),
         ev.pid,
         ev.ppid,
         ev.uid
     )?;
-    format::write_json_str(out, format::cstr(&ev.comm))?;
+    format::write_json_bytes(out, "comm", format::cstr(&ev.comm))?;
     write!(out, ",\"ret\":{},\"errno_name\":", ev.ret)?;
     match format::errno_name(-i64::from(ev.ret)).filter(|_| ev.ret < 0) {
         Some(n) => write!(out, "\"{n}\"")?,
         None => out.write_all(b"null")?,
     }
-    out.write_all(b",\"args\":[")?;
-    for (i, a) in args(ev).enumerate() {
-        if i > 0 {
+    out.write_all(b",")?;
+    format::write_json_bytes_list(out, "args", args(ev))?;
+    write!(
+        out,
+        ",\"args_truncated\":{},\"args_cut\":[",
+        args_truncated(ev)
+    )?;
+    let cut = (0..args(ev).count()).filter(|&i| arg_cut(ev, i));
+    for (k, i) in cut.enumerate() {
+        if k > 0 {
             out.write_all(b",")?;
         }
-        format::write_json_str(out, a)?;
+        write!(out, "{i}")?;
     }
-    writeln!(out, "],\"args_truncated\":{}}}", ev.truncated != 0)
+    out.write_all(b"]}\n")
 }
 
 #[cfg(test)]
@@ -261,6 +325,28 @@ mod tests {
         assert_eq!(v["args_truncated"], true);
         assert_eq!(v["errno_name"], "ENOENT");
         assert_eq!((v["pid"].as_u64(), v["ppid"].as_u64()), (Some(10), Some(1)));
+    }
+
+    #[test]
+    fn cut_arguments_are_named_in_json_and_marked_in_rows() {
+        let clock = format::Clock::now();
+        let mut ev = event_with(&["/bin/x", "aaaa", "b"], false);
+        ev.cut_args = 0b010;
+        let mut out = Vec::new();
+        write_json(&mut out, &ev, &clock).expect("write");
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+        assert_eq!(v["args_truncated"], true, "a cut argument is a truncation");
+        assert_eq!(v["args_cut"], serde_json::json!([1]));
+        let mut out = Vec::new();
+        write_row(&mut out, &ev, &clock, false).expect("write");
+        let row = String::from_utf8(out).expect("utf8");
+        assert!(row.ends_with(" /bin/x aaaa... b\n"), "{row}");
+        ev.cut_args = 0;
+        let mut out = Vec::new();
+        write_json(&mut out, &ev, &clock).expect("write");
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+        assert_eq!(v["args_truncated"], false);
+        assert_eq!(v["args_cut"], serde_json::json!([]));
     }
 
     #[test]

@@ -88,13 +88,13 @@ pub async fn run(opts: &OpenOpts, out: &mut impl Write) -> Result<(Summary, Stop
         signals.recv(),
         opts.duration,
         |bytes| {
-            let Some(ev) = decode(bytes) else {
+            let Some((ev, path)) = record(bytes) else {
                 return Ok(());
             };
             if opts.json {
-                write_json(out, &ev, &clock, &mut flags_buf)
+                write_json(out, &ev, path, &clock, &mut flags_buf)
             } else {
-                write_row(out, &ev, &clock, opts.timestamps, &mut flags_buf)
+                write_row(out, &ev, path, &clock, opts.timestamps, &mut flags_buf)
             }
         },
         |s| lost.tick(s),
@@ -327,6 +327,15 @@ pub fn write_header(out: &mut impl Write, timestamps: bool) -> io::Result<()> {
     )
 }
 
+/// Splits a ring-buffer record into its header and its path (the
+/// `path_len` bytes that follow the header; fewer if the record is short).
+pub fn record(bytes: &[u8]) -> Option<(OpenEvent, &[u8])> {
+    let ev: OpenEvent = decode(bytes)?;
+    let rest = bytes.get(std::mem::size_of::<OpenEvent>()..)?;
+    let len = (ev.path_len as usize).min(rest.len());
+    Some((ev, &rest[..len]))
+}
+
 fn flags_str(buf: &mut [u8; 192], flags: u32) -> io::Result<&str> {
     let mut c = Cursor::new(&mut buf[..]);
     format::write_open_flags(&mut c, flags)?;
@@ -334,10 +343,12 @@ fn flags_str(buf: &mut [u8; 192], flags: u32) -> io::Result<&str> {
     Ok(std::str::from_utf8(&buf[..n]).unwrap_or("?"))
 }
 
-/// One table row. FD is `-1` and ERR the errno's name for a failed open.
+/// One table row. FD is `-1` and ERR the errno's name for a failed open;
+/// a path cut at `PATH_MAX - 1` bytes ends in `...`.
 pub fn write_row(
     out: &mut impl Write,
     ev: &OpenEvent,
+    path: &[u8],
     clock: &Clock,
     timestamps: bool,
     flags_buf: &mut [u8; 192],
@@ -364,28 +375,35 @@ pub fn write_row(
         }
     }
     write!(out, "{:<28} ", flags_str(flags_buf, ev.flags)?)?;
-    format::write_text(out, format::cstr(&ev.path))?;
+    format::write_text(out, path)?;
+    if ev.path_truncated != 0 {
+        out.write_all(b"...")?;
+    }
     out.write_all(b"\n")
 }
 
 /// One JSON line. Fields: `ts_unix_ns`, `pid`, `tid`, `uid`, `comm`, `fd`
 /// (null when the open failed), `errno` and `errno_name` (null when it
-/// succeeded), `flags` (the number), `flags_str`, `path`.
+/// succeeded), `flags` (the number), `flags_str`, `path`, `path_truncated`
+/// (true when the path was longer than `PATH_MAX - 1` bytes and cut);
+/// `comm_b64` and `path_b64` when those are not UTF-8
+/// ([`format::write_json_bytes`]).
 pub fn write_json(
     out: &mut impl Write,
     ev: &OpenEvent,
+    path: &[u8],
     clock: &Clock,
     flags_buf: &mut [u8; 192],
 ) -> io::Result<()> {
     write!(
         out,
-        "{{\"ts_unix_ns\":{},\"pid\":{},\"tid\":{},\"uid\":{},\"comm\":",
+        "{{\"ts_unix_ns\":{},\"pid\":{},\"tid\":{},\"uid\":{},",
         clock.unix_ns(ev.ts_ns),
         ev.pid,
         ev.tid,
         ev.uid
     )?;
-    format::write_json_str(out, format::cstr(&ev.comm))?;
+    format::write_json_bytes(out, "comm", format::cstr(&ev.comm))?;
     if ev.ret >= 0 {
         write!(out, ",\"fd\":{},\"errno\":null,\"errno_name\":null", ev.ret)?;
     } else {
@@ -398,19 +416,19 @@ pub fn write_json(
     }
     write!(
         out,
-        ",\"flags\":{},\"flags_str\":\"{}\",\"path\":",
+        ",\"flags\":{},\"flags_str\":\"{}\",",
         ev.flags,
         flags_str(flags_buf, ev.flags)?
     )?;
-    format::write_json_str(out, format::cstr(&ev.path))?;
-    out.write_all(b"}\n")
+    format::write_json_bytes(out, "path", path)?;
+    writeln!(out, ",\"path_truncated\":{}}}", ev.path_truncated != 0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn event(ret: i64, path: &[u8]) -> OpenEvent {
+    fn event(ret: i64) -> OpenEvent {
         let mut ev = OpenEvent {
             ts_ns: 0,
             ret,
@@ -419,11 +437,63 @@ mod tests {
             uid: 1000,
             flags: (libc::O_RDONLY | libc::O_CLOEXEC) as u32,
             comm: [0; 16],
-            path: [0; 256],
+            path_len: 0,
+            path_truncated: 0,
         };
         ev.comm[..3].copy_from_slice(b"cat");
-        ev.path[..path.len()].copy_from_slice(path);
         ev
+    }
+
+    /// The ring-buffer record the kernel sends: header, then the path.
+    fn wire(ev: &OpenEvent, path: &[u8]) -> Vec<u8> {
+        let mut ev = *ev;
+        ev.path_len = path.len() as u32;
+        // SAFETY: OpenEvent is plain old data without padding.
+        let hdr = unsafe {
+            std::slice::from_raw_parts(
+                (&raw const ev).cast::<u8>(),
+                std::mem::size_of::<OpenEvent>(),
+            )
+        };
+        [hdr, path].concat()
+    }
+
+    #[test]
+    fn records_carry_exactly_their_path() {
+        let rec = wire(&event(3), b"/etc/hosts");
+        let (ev, path) = record(&rec).expect("record");
+        assert_eq!((ev.ret, path), (3, &b"/etc/hosts"[..]));
+        // A record shorter than its header is refused; one shorter than its
+        // path_len yields what it holds.
+        assert!(record(&rec[..10]).is_none());
+        let (_, path) = record(&rec[..rec.len() - 2]).expect("record");
+        assert_eq!(path, b"/etc/hos");
+    }
+
+    #[test]
+    fn cut_paths_are_marked_in_text_and_json() {
+        let clock = Clock::now();
+        let mut buf = [0u8; 192];
+        let mut ev = event(-36);
+        ev.path_truncated = 1;
+        let long = vec![b'a'; 4095];
+        let mut out = Vec::new();
+        write_row(&mut out, &ev, &long, &clock, false, &mut buf).expect("row");
+        let row = String::from_utf8(out).expect("utf8");
+        assert!(
+            row.ends_with(&format!(" {}...\n", "a".repeat(4095))),
+            "{row}"
+        );
+        let mut out = Vec::new();
+        write_json(&mut out, &ev, &long, &clock, &mut buf).expect("json");
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+        assert_eq!(v["path_truncated"], true);
+        assert_eq!(v["path"].as_str().map(str::len), Some(4095));
+        ev.path_truncated = 0;
+        let mut out = Vec::new();
+        write_json(&mut out, &ev, b"/x", &clock, &mut buf).expect("json");
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+        assert_eq!(v["path_truncated"], false);
     }
 
     #[test]
@@ -431,8 +501,8 @@ mod tests {
         let clock = Clock::now();
         let mut buf = [0u8; 192];
         let mut out = Vec::new();
-        write_json(&mut out, &event(3, b"/etc/hosts"), &clock, &mut buf).expect("write");
-        write_json(&mut out, &event(-2, b"/nope\"x"), &clock, &mut buf).expect("write");
+        write_json(&mut out, &event(3), b"/etc/hosts", &clock, &mut buf).expect("write");
+        write_json(&mut out, &event(-2), b"/nope\"x", &clock, &mut buf).expect("write");
         let lines: Vec<serde_json::Value> = String::from_utf8(out)
             .expect("utf8")
             .lines()
@@ -524,7 +594,7 @@ mod tests {
         let mut buf = [0u8; 192];
         let mut out = Vec::new();
         write_header(&mut out, false).expect("header");
-        write_row(&mut out, &event(-13, b"/root/x"), &clock, false, &mut buf).expect("row");
+        write_row(&mut out, &event(-13), b"/root/x", &clock, false, &mut buf).expect("row");
         let text = String::from_utf8(out).expect("utf8");
         let lines: Vec<&str> = text.lines().collect();
         fn col<'a>(header: &str, l: &'a str, name: &str) -> Option<&'a str> {
