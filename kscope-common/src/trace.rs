@@ -59,8 +59,14 @@ pub const PROG_OPEN_EXIT_OPENAT2: &str = "trace_open_exit_openat2";
 /// Only failed opens (`-x`).
 pub const GLOBAL_FAILED_ONLY: &str = "FAILED_ONLY";
 
-/// Bytes of path kept per open event, NUL included.
-pub const PATH_LEN: usize = 256;
+/// Longest path kept per open, NUL included: PATH_MAX
+/// (include/uapi/linux/limits.h). The kernel refuses longer paths
+/// (ENAMETOOLONG, getname() in fs/namei.c), so a path is cut only when the
+/// open itself fails that way.
+pub const PATH_MAX: usize = 4096;
+/// Per-CPU array of one [`OpenPending`]: where the enter handler builds an
+/// entry (too big for the 512-byte stack).
+pub const MAP_OPEN_SCRATCH: &str = "OPEN_SCRATCH";
 
 /// Arguments of in-flight opens by thread id.
 pub const MAP_OPEN_PENDING: &str = "OPEN_PENDING";
@@ -74,6 +80,10 @@ pub struct OpenKey {
 }
 
 /// One open(2)/openat(2)/openat2(2), reported at syscall exit.
+///
+/// A ring-buffer record is this header followed by `path_len` bytes of
+/// path (no NUL), so a short path costs a short record: the record's size
+/// varies (bpf_ringbuf_output), up to `size_of::<OpenEvent>() + PATH_MAX`.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct OpenEvent {
@@ -87,27 +97,29 @@ pub struct OpenEvent {
     /// open flags (O_*).
     pub flags: u32,
     pub comm: [u8; COMM_LEN],
-    /// The path argument as the process passed it, NUL-terminated.
-    pub path: [u8; PATH_LEN],
+    /// Bytes of path after the header (`PATH_MAX - 1` at most).
+    pub path_len: u32,
+    /// 1 when the path was longer than `PATH_MAX - 1` bytes and was cut.
+    pub path_truncated: u32,
 }
 
-/// What the enter handler keeps for the exit handler, per thread.
+/// What the enter handler keeps for the exit handler, per thread: the
+/// event, its path read at entry (the syscall's own argument, before any
+/// other thread can rewrite the buffer while the open blocks), and room
+/// for the rest, which the exit handler fills in before sending
+/// `size_of::<OpenEvent>() + path_len` bytes of it.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct OpenArgs {
-    /// User-space pointer to the path.
-    pub path: u64,
-    pub flags: u32,
-    pub _pad: u32,
+pub struct OpenPending {
+    pub ev: OpenEvent,
+    pub path: [u8; PATH_MAX],
 }
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: #[repr(C)], integers and byte arrays only, no implicit padding
-    // (8 + 8 + 4*4 + 16 + 256 bytes, 8-aligned).
+    // (8 + 8 + 4*4 + 16 + 2*4 = 56 bytes, 8-aligned).
     unsafe impl aya::Pod for super::OpenEvent {}
-    // SAFETY: as above, with `_pad` explicit.
-    unsafe impl aya::Pod for super::OpenArgs {}
     // SAFETY: #[repr(C)], two u64s.
     unsafe impl aya::Pod for super::Counts {}
     // SAFETY: #[repr(C)], a byte array.
@@ -132,8 +144,29 @@ pub const PROG_CONNECT_FENTRY_V6: &str = "trace_connect_fentry_v6";
 pub const PROG_CONNECT_FEXIT_V6: &str = "trace_connect_fexit_v6";
 /// sock:inet_sock_set_state: SYN_SENT and the transition out of it.
 pub const PROG_CONNECT_STATE: &str = "trace_connect_state";
+/// syscalls:sys_enter_connect / sys_exit_connect, with the state
+/// tracepoint only: report the TCP connects that fail before a SYN is sent
+/// (no route, no source address, a bad address), which never reach
+/// SYN_SENT and so never show in sock:inet_sock_set_state.
+pub const PROG_CONNECT_SYS_ENTER: &str = "trace_connect_sys_enter";
+pub const PROG_CONNECT_SYS_EXIT: &str = "trace_connect_sys_exit";
+/// Byte offsets, from BTF, along `current->files->fdt->fd[fd]->
+/// private_data->type`: how the syscall programs tell a stream socket's fd
+/// (TCP, for AF_INET/AF_INET6) from others. All 0 = unknown: the syscall
+/// programs then report nothing.
+pub const GLOBAL_SOCK_PATH: &str = "SOCK_PATH";
+/// Indexes into `SOCK_PATH`.
+pub const SP_TASK_FILES: usize = 0;
+pub const SP_FILES_FDT: usize = 1;
+pub const SP_FDT_FD: usize = 2;
+pub const SP_FILE_PRIVATE: usize = 3;
+pub const SP_SOCKET_TYPE: usize = 4;
+pub const SP_N: usize = 5;
 /// Destination ports to keep (`-P`), when `PORT_FILTER_ON` is 1.
 pub const MAP_PORTS: &str = "CONNECT_PORTS";
+/// Hash of in-flight connects: by thread id (probes) or by struct sock
+/// (tracepoint).
+pub const MAP_CONNECT_PENDING: &str = "CONNECT_PENDING";
 pub const GLOBAL_PORT_FILTER_ON: &str = "PORT_FILTER_ON";
 /// Byte offsets in struct sock_common, from the kernel's BTF.
 pub const GLOBAL_OFF_SADDR: &str = "OFF_SADDR";
@@ -238,6 +271,18 @@ pub const PROG_EXEC_ENTER_EXECVEAT: &str = "trace_exec_enter_execveat";
 pub const PROG_EXEC_EXIT_EXECVEAT: &str = "trace_exec_exit_execveat";
 /// Load-time global: how many arguments to keep (`--max-args`).
 pub const GLOBAL_MAX_ARGS: &str = "MAX_ARGS";
+/// sched:sched_process_exec, in the execing task after a successful exec:
+/// moves the pending entry of a thread that exec'd from a non-leader
+/// thread to the thread id it has now (the leader's, de_thread() in
+/// fs/exec.c), so that the exit handler finds it.
+pub const PROG_EXEC_PROCESS_EXEC: &str = "trace_exec_process_exec";
+/// Byte offset of `old_pid` in sched:sched_process_exec's record, from its
+/// format file; 0 = unknown (the program then does nothing).
+pub const GLOBAL_OFF_OLD_PID: &str = "OFF_OLD_PID";
+/// Per-CPU array of one [`ExecEvent`]: where the enter handler builds it.
+pub const MAP_EXEC_SCRATCH: &str = "EXEC_SCRATCH";
+/// Hash, thread id to [`ExecEvent`]: execs between enter and exit.
+pub const MAP_EXEC_PENDING: &str = "EXEC_PENDING";
 /// Byte offsets in struct task_struct (real_parent, tgid), from BTF.
 pub const GLOBAL_OFF_REAL_PARENT: &str = "OFF_REAL_PARENT";
 pub const GLOBAL_OFF_TGID: &str = "OFF_TGID";
@@ -261,9 +306,13 @@ pub struct ExecEvent {
     /// Arguments kept, and bytes of `args` they use.
     pub argc: u32,
     pub args_len: u32,
-    /// 1 when arguments were left out (`--max-args`, or `ARGS_SIZE` full).
+    /// 1 when arguments were left out after the `argc` kept
+    /// (`--max-args`, or `ARGS_SIZE` full).
     pub truncated: u32,
     pub _pad: u32,
+    /// Bit i set: argument i was cut short, at `ARG_LEN - 1` bytes or at
+    /// the end of `ARGS_SIZE`.
+    pub cut_args: u64,
     /// The task's name at exit: the new program's on success.
     pub comm: [u8; COMM_LEN],
     /// `argc` NUL-terminated arguments; `ARG_LEN` of slack at the end keeps

@@ -2,6 +2,14 @@
 //! header parsers. Everything here must stay verifier-friendly: no loops
 //! without a constant bound, no stack buffers over a few dozen bytes.
 #![no_std]
+// The BPF target has no atomic read-modify-write in `core::sync::atomic`
+// (no compare-and-swap), so `trace::add_atomic` uses the intrinsic; the
+// kernel programs are built with nightly, the host build never runs it.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(internal_features, reason = "atomic_xadd for BPF atomic adds")
+)]
 
 pub mod net;
 pub mod trace;

@@ -5,6 +5,58 @@
 //! [`tracer_common!`] defines these in each tracer binary, so every kernel
 //! object carries its own maps and globals and none carries another's.
 
+/// Adds `n` to the `u64` at `p` with one atomic instruction (BPF_ATOMIC
+/// add, `lock xadd` on x86), so an update cannot be lost when two programs
+/// touch the same per-CPU slot on one CPU.
+///
+/// Why per-CPU memory alone is not enough: a program is not always
+/// guaranteed to run to completion before another one runs on its CPU.
+/// - fentry/fexit programs run between `__bpf_prog_enter*()` and
+///   `__bpf_prog_exit*()` (kernel/bpf/trampoline.c), which take
+///   `rcu_read_lock()` and `migrate_disable()` but leave preemption on
+///   (5.10, 6.1, 6.12 alike). On a preemptible kernel a task can be
+///   preempted in the middle of a read-modify-write, and another task on
+///   the same CPU can run another program on the same slot; the per-program
+///   recursion guard (`prog->active`, 5.11+) only keeps the *same* program
+///   from nesting. trace_connect's fentry, fexit and tracepoint programs
+///   share `TRACE_LOST`.
+/// - Syscall tracepoint programs run from `perf_syscall_enter()` /
+///   `perf_syscall_exit()` (kernel/trace/trace_syscalls.c) through
+///   `trace_call_bpf()` (kernel/trace/bpf_trace.c), with preemption
+///   disabled by the tracepoint itself up to 6.12 (`__DO_TRACE()` in
+///   include/linux/tracepoint.h) and explicitly since syscall tracepoints
+///   became faultable (`guard(preempt_notrace)()` in perf_syscall_enter,
+///   6.13+). That holds today, but it is a property of each kernel's
+///   call path, not of the program type, and `bpf_prog_run_array()` itself
+///   only promises `migrate_disable()` (include/linux/bpf.h).
+///
+/// An uncontended atomic add on a cache line no other CPU writes costs a
+/// few cycles more than a plain one; correctness on every path is worth it.
+///
+/// # Safety
+/// `p` points at a live, 8-aligned `u64` (in a map value from a lookup)
+/// that is only ever accessed atomically while programs run.
+#[inline(always)]
+pub unsafe fn add_atomic(p: *mut u64, n: u64) {
+    // The result is unused, which lets LLVM emit the plain BPF atomic add
+    // that every kernel of the matrix accepts (no BPF_FETCH, which is 5.12+).
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: the caller's promise.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p, n,
+        );
+    }
+    // The host build (kscope's build script links this library) never runs
+    // kernel code; the same operation, for completeness.
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: the caller's promise; AtomicU64 has the layout of u64.
+    unsafe {
+        core::sync::atomic::AtomicU64::from_ptr(p)
+            .fetch_add(n, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Returns true when `pat[..len]` occurs in `comm` (both NUL-padded).
 /// Bounded loops only: at most 16 × 16 byte comparisons.
 #[inline(always)]
@@ -91,56 +143,6 @@ macro_rules! tracer_common {
         static TRACE_UNCOUNTED: aya_ebpf::maps::PerCpuArray<u64> =
             aya_ebpf::maps::PerCpuArray::with_max_entries(1, 0);
 
-        // The names above are the ones user space looks up.
-        const _: () = assert!($crate::same_name(
-            kscope_common::trace::MAP_EVENTS,
-            "TRACE_EVENTS"
-        ));
-        const _: () = assert!($crate::same_name(
-            kscope_common::trace::MAP_LOST,
-            "TRACE_LOST"
-        ));
-        const _: () = assert!($crate::same_name(
-            kscope_common::trace::MAP_COUNTS,
-            "TRACE_COUNTS"
-        ));
-        const _: () = assert!($crate::same_name(
-            kscope_common::trace::MAP_UNCOUNTED,
-            "TRACE_UNCOUNTED"
-        ));
-        const _: () = assert!($crate::same_name(
-            kscope_common::trace::GLOBAL_COUNT_MODE,
-            "COUNT_MODE"
-        ));
-        const _: () = assert!($crate::same_name(
-            kscope_common::trace::GLOBAL_PID,
-            "FILTER_PID"
-        ));
-        const _: () = assert!($crate::same_name(
-            kscope_common::trace::GLOBAL_TID,
-            "FILTER_TID"
-        ));
-        const _: () = assert!($crate::same_name(
-            kscope_common::trace::GLOBAL_UID,
-            "FILTER_UID"
-        ));
-        const _: () = assert!($crate::same_name(
-            kscope_common::trace::GLOBAL_UID_ON,
-            "FILTER_UID_ON"
-        ));
-        const _: () = assert!($crate::same_name(
-            kscope_common::trace::GLOBAL_COMM,
-            "FILTER_COMM"
-        ));
-        const _: () = assert!($crate::same_name(
-            kscope_common::trace::GLOBAL_COMM_LEN,
-            "FILTER_COMM_LEN"
-        ));
-        const _: () = assert!($crate::same_name(
-            kscope_common::trace::GLOBAL_WAKEUP_BYTES,
-            "WAKEUP_BYTES"
-        ));
-
         /// Reads a load-time global. Volatile, so the compiler cannot fold
         /// the placeholder value in; the verifier then prunes the branches
         /// the real value rules out.
@@ -215,8 +217,9 @@ macro_rules! tracer_common {
                 // The map is full (E2BIG): counted, not dropped.
                 Err(_) => {
                     if let Some(n) = TRACE_UNCOUNTED.get_ptr_mut(0) {
-                        // SAFETY: this CPU's slot; see count_lost.
-                        unsafe { *n += 1 };
+                        // SAFETY: this CPU's slot of a live array element,
+                        // only updated atomically (see count_lost).
+                        unsafe { $crate::trace::add_atomic(n, 1) };
                     }
                 }
             }
@@ -230,10 +233,13 @@ macro_rules! tracer_common {
                 return false;
             };
             // SAFETY: this CPU's slot of a live element (nothing deletes
-            // from the map while programs run); see count_lost.
+            // from the map while programs run), only updated atomically
+            // (see count_lost).
             unsafe {
-                (*c).events += 1;
-                (*c).failed += failed;
+                $crate::trace::add_atomic(&raw mut (*c).events, 1);
+                if failed != 0 {
+                    $crate::trace::add_atomic(&raw mut (*c).failed, failed);
+                }
             }
             true
         }
@@ -241,10 +247,29 @@ macro_rules! tracer_common {
         #[inline(always)]
         fn count_lost() {
             if let Some(n) = TRACE_LOST.get_ptr_mut(0) {
-                // SAFETY: this CPU's slot; a tracepoint program is not
-                // preempted by another on the same CPU mid-update.
-                unsafe { *n += 1 };
+                // SAFETY: this CPU's slot of a live array element, only
+                // updated atomically (`add_atomic` says why per-CPU alone
+                // is not enough).
+                unsafe { $crate::trace::add_atomic(n, 1) };
             }
         }
+
+        // The names user space looks up (kscope-common) are the ones above.
+        const _: () = {
+            use kscope_common::trace as names;
+            use $crate::same_name;
+            assert!(same_name(names::MAP_EVENTS, "TRACE_EVENTS"));
+            assert!(same_name(names::MAP_LOST, "TRACE_LOST"));
+            assert!(same_name(names::MAP_COUNTS, "TRACE_COUNTS"));
+            assert!(same_name(names::MAP_UNCOUNTED, "TRACE_UNCOUNTED"));
+            assert!(same_name(names::GLOBAL_COUNT_MODE, "COUNT_MODE"));
+            assert!(same_name(names::GLOBAL_PID, "FILTER_PID"));
+            assert!(same_name(names::GLOBAL_TID, "FILTER_TID"));
+            assert!(same_name(names::GLOBAL_UID, "FILTER_UID"));
+            assert!(same_name(names::GLOBAL_UID_ON, "FILTER_UID_ON"));
+            assert!(same_name(names::GLOBAL_COMM, "FILTER_COMM"));
+            assert!(same_name(names::GLOBAL_COMM_LEN, "FILTER_COMM_LEN"));
+            assert!(same_name(names::GLOBAL_WAKEUP_BYTES, "WAKEUP_BYTES"));
+        };
     };
 }

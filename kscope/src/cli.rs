@@ -84,11 +84,11 @@ pub struct TraceConnectArgs {
 /// Filters and output options every tracer takes.
 #[derive(Debug, Args)]
 pub struct TraceCommon {
-    /// Only this process (thread group) id.
-    #[arg(short = 'p', long = "pid", value_name = "PID")]
+    /// Only this process (thread group) id (1 or more).
+    #[arg(short = 'p', long = "pid", value_name = "PID", value_parser = parse_task_id)]
     pub pid: Option<u32>,
-    /// Only this thread id.
-    #[arg(short = 't', long = "tid", value_name = "TID")]
+    /// Only this thread id (1 or more).
+    #[arg(short = 't', long = "tid", value_name = "TID", value_parser = parse_task_id)]
     pub tid: Option<u32>,
     /// Only this user id.
     #[arg(short = 'u', long = "uid", value_name = "UID")]
@@ -324,6 +324,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Parses a `--watch` interval: a positive number of seconds, at most a day.
+/// A pid or tid filter. 0 is refused: the kernel programs read 0 as "no
+/// filter", so it would trace every task, and the idle task it names makes
+/// no syscalls to trace.
+pub fn parse_task_id(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(0) => Err("0 would match every task; ids start at 1".into()),
+        Ok(id) => Ok(id),
+        Err(e) => Err(format!("not a task id: {e}")),
+    }
+}
+
 pub fn parse_interval(s: &str) -> Result<Duration, String> {
     parse_seconds(s, "interval")
 }

@@ -7,7 +7,11 @@
 //! object per line, so no verb has a `json: bool` or a JSON writer of its
 //! own. Text from outside kscope (process names, paths, arguments) goes in
 //! through [`Row::text`], which neutralizes control characters in tables
-//! and escapes bytes losslessly in JSON (`trace::format::write_json_str`).
+//! and keeps every byte in JSON: valid UTF-8 (nearly always) is written as
+//! is, escaped as JSON requires; otherwise the string holds a readable form
+//! (each invalid sequence as U+FFFD) and a second member `KEY_b64` follows
+//! with the exact bytes in standard base64 (RFC 4648, padded). `KEY_b64` is
+//! there exactly when the bytes are not UTF-8.
 //!
 //! Nothing is allocated per row.
 
@@ -294,17 +298,35 @@ impl<W: Write> Row<'_, W> {
 
     /// Text from outside kscope (a comm, a path): any bytes.
     pub fn text(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.text_cut(bytes, false)
+    }
+
+    /// [`text`](Self::text) that the kernel cut short when `cut`: a table
+    /// shows `...` after it (JSON says so in a field of its own).
+    pub fn text_cut(&mut self, bytes: &[u8], cut: bool) -> io::Result<()> {
         let Some(c) = self.next()? else {
             return Ok(());
         };
         match self.format {
-            Format::Json => format::write_json_str(self.w, bytes),
+            Format::Json => {
+                format::write_json_str(self.w, bytes)?;
+                if std::str::from_utf8(bytes).is_err() {
+                    write!(self.w, ",\"{}_b64\":\"", c.key)?;
+                    format::write_base64(self.w, bytes)?;
+                    self.w.write_all(b"\"")?;
+                }
+                Ok(())
+            }
             Format::Table => {
-                let pad = c.width.saturating_sub(format::text_width(bytes));
+                let marker: &[u8] = if cut { b"..." } else { b"" };
+                let pad = c
+                    .width
+                    .saturating_sub(format::text_width(bytes) + marker.len());
                 if c.align == Align::Right {
                     write!(self.w, "{:pad$}", "")?;
                 }
                 format::write_text(self.w, bytes)?;
+                self.w.write_all(marker)?;
                 if c.align == Align::Left {
                     write!(self.w, "{:pad$}", "")?;
                 }
@@ -342,13 +364,68 @@ impl<W: Write> Row<'_, W> {
         }
     }
 
-    /// A list of texts: a JSON array of strings; in a table, joined by
-    /// spaces, with ` ...` after them when `more` says some were left out.
+    /// A list of texts from outside kscope: a JSON array of strings (and,
+    /// when any item is not UTF-8, `KEY_b64`: the base64 of each such item,
+    /// `null` for the others); in a table, joined by spaces, with `...`
+    /// right after an item `cut(i)` says was cut short, and ` ...` at the
+    /// end when `more` says some were left out.
     pub fn list<'b>(
         &mut self,
-        items: impl Iterator<Item = &'b [u8]>,
+        items: impl Iterator<Item = &'b [u8]> + Clone,
+        cut: impl Fn(usize) -> bool,
         more: bool,
     ) -> io::Result<()> {
+        let Some(c) = self.next()? else {
+            return Ok(());
+        };
+        let json = self.format == Format::Json;
+        if json {
+            self.w.write_all(b"[")?;
+        }
+        let mut any_bad = false;
+        for (i, item) in items.clone().enumerate() {
+            if i > 0 {
+                self.w.write_all(if json { b"," } else { b" " })?;
+            }
+            if json {
+                format::write_json_str(self.w, item)?;
+                any_bad |= std::str::from_utf8(item).is_err();
+            } else {
+                format::write_text(self.w, item)?;
+                if cut(i) {
+                    self.w.write_all(b"...")?;
+                }
+            }
+        }
+        if !json {
+            return if more {
+                self.w.write_all(b" ...")
+            } else {
+                Ok(())
+            };
+        }
+        self.w.write_all(b"]")?;
+        if any_bad {
+            write!(self.w, ",\"{}_b64\":[", c.key)?;
+            for (i, item) in items.enumerate() {
+                if i > 0 {
+                    self.w.write_all(b",")?;
+                }
+                if std::str::from_utf8(item).is_ok() {
+                    self.w.write_all(b"null")?;
+                } else {
+                    self.w.write_all(b"\"")?;
+                    format::write_base64(self.w, item)?;
+                    self.w.write_all(b"\"")?;
+                }
+            }
+            self.w.write_all(b"]")?;
+        }
+        Ok(())
+    }
+
+    /// A list of numbers: a JSON array; in a table, joined by commas.
+    pub fn numbers(&mut self, items: impl Iterator<Item = u64>) -> io::Result<()> {
         let Some(_) = self.next()? else {
             return Ok(());
         };
@@ -356,23 +433,13 @@ impl<W: Write> Row<'_, W> {
         if json {
             self.w.write_all(b"[")?;
         }
-        for (i, item) in items.enumerate() {
+        for (i, n) in items.enumerate() {
             if i > 0 {
-                self.w.write_all(if json { b"," } else { b" " })?;
+                self.w.write_all(b",")?;
             }
-            if json {
-                format::write_json_str(self.w, item)?;
-            } else {
-                format::write_text(self.w, item)?;
-            }
+            write!(self.w, "{n}")?;
         }
-        if json {
-            self.w.write_all(b"]")
-        } else if more {
-            self.w.write_all(b" ...")
-        } else {
-            Ok(())
-        }
+        if json { self.w.write_all(b"]") } else { Ok(()) }
     }
 }
 
@@ -399,7 +466,7 @@ mod tests {
                     Some(v) => r.i64(v)?,
                     None => r.null()?,
                 }
-                r.list([&b"x"[..], b"y z"].into_iter(), pid == 1)
+                r.list([&b"x"[..], b"y z"].into_iter(), |_| false, pid == 1)
             })
             .expect("row");
         }

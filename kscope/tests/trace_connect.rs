@@ -150,6 +150,9 @@ fn tracepoint_reports_ipv6_connects() {
 
 /// RET: in a namespace with no route at all, tcp_v4_connect fails with
 /// ENETUNREACH before any packet exists, and the probes see that value.
+/// The tracepoint, which never sees such a connect reach SYN_SENT, reports
+/// it through connect(2)'s tracepoints. A UDP connect that fails the same
+/// way is not a TCP connect and must not show.
 fn unreachable_shows_ret(probe: &str) {
     require_root();
     let port = "9";
@@ -160,9 +163,15 @@ fn unreachable_shows_ret(probe: &str) {
     let err = std::thread::Builder::new()
         .name("kscope-noroute".into())
         .spawn(move || {
-            ns.run(|| TcpStream::connect(SocketAddr::from(([192, 0, 2, 1], 9))))
-                .expect("enter netns")
-                .expect_err("no route")
+            ns.run(|| {
+                let to = SocketAddr::from(([192, 0, 2, 1], 9));
+                let udp = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+                let udp_err = udp.connect(to).expect_err("no route for UDP either");
+                assert_eq!(udp_err.raw_os_error(), Some(libc::ENETUNREACH));
+                TcpStream::connect(to)
+            })
+            .expect("enter netns")
+            .expect_err("no route")
         })
         .expect("spawn")
         .join()
@@ -176,6 +185,9 @@ fn unreachable_shows_ret(probe: &str) {
     assert_eq!(ev[0]["ret"], -libc::ENETUNREACH);
     assert_eq!(ev[0]["errno_name"], "ENETUNREACH");
     assert_eq!(ev[0]["daddr"], "192.0.2.1");
+    assert_eq!(ev[0]["dport"], 9);
+    assert_eq!(ev[0]["probe"], probe);
+    assert_eq!(ev[0]["comm"], "kscope-noroute");
 }
 
 #[test]
@@ -186,6 +198,11 @@ fn kprobe_sees_ret_of_a_failed_connect() {
 #[test]
 fn fentry_sees_ret_of_a_failed_connect() {
     unreachable_shows_ret("fentry");
+}
+
+#[test]
+fn tracepoint_sees_ret_of_a_connect_that_fails_before_the_syn() {
+    unreachable_shows_ret("tracepoint");
 }
 
 #[test]

@@ -283,3 +283,207 @@ fn count_mode_counts_execs_per_name_and_result_in_the_kernel() {
     assert_eq!(rows.len(), 2, "{out}");
     assert!(err.contains("5 events, 0 lost"), "{err}");
 }
+
+/// Arguments cut at `ARG_LEN - 1` bytes, cut where the 4 KiB of arguments
+/// run out, or left out past `--max-args`: each is marked, and only those.
+#[test]
+fn cut_and_left_out_arguments_are_marked() {
+    require_root();
+    let tracer = Tracer::start(
+        &[
+            "trace",
+            "exec",
+            "--json",
+            "-n",
+            "kscope-execc",
+            "--max-args",
+            "64",
+        ],
+        true,
+        READY,
+    );
+    let base = ["/bin/sh", "-c", "exit 0"].map(String::from);
+    let run = move |extra: Vec<String>| {
+        let status = Command::new(&base[0])
+            .args(&base[1..])
+            .args(&extra)
+            .status()
+            .expect("run sh");
+        assert!(status.success());
+    };
+    let long = "x".repeat(300);
+    let exact = "y".repeat(255);
+    // 3 + 20 arguments: "/bin/sh\0-c\0exit 0\0" is 18 bytes, each "z…" 251;
+    // 16 fit in 4096 bytes, the 17th (index 19) is cut after 62 bytes and
+    // the rest left out.
+    let many_long: Vec<String> = (0..20).map(|_| "z".repeat(250)).collect();
+    let count = |n: usize| -> Vec<String> { (0..n).map(|i| format!("a{i}")).collect() };
+    let cases = vec![
+        vec![long.clone(), "short".into()],
+        vec![exact.clone()],
+        many_long,
+        count(61),
+        count(62),
+    ];
+    on_named_thread("kscope-execc", move || {
+        for c in cases {
+            run(c);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, out, err) = tracer.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}: {err}");
+    let ev = events(&out);
+    assert_eq!(ev.len(), 5, "{out}");
+    let args = |e: &serde_json::Value| -> Vec<String> {
+        e["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .map(|a| a.as_str().expect("string").to_owned())
+            .collect()
+    };
+    // A 300-byte argument: its first 255 bytes, marked; the next one whole.
+    assert_eq!(args(&ev[0])[3..], ["x".repeat(255), "short".into()]);
+    assert_eq!(ev[0]["args_cut"], serde_json::json!([3]));
+    assert_eq!(ev[0]["args_truncated"], true);
+    // Exactly 255 bytes fit: nothing is marked.
+    assert_eq!(args(&ev[1])[3..], [exact]);
+    assert_eq!(ev[1]["args_cut"], serde_json::json!([]));
+    assert_eq!(ev[1]["args_truncated"], false);
+    // The 4 KiB bound: the argument it falls in is cut, the rest left out.
+    let a = args(&ev[2]);
+    assert_eq!(a.len(), 20, "{}", ev[2]);
+    assert!(a[3..19].iter().all(|s| *s == "z".repeat(250)), "{}", ev[2]);
+    assert_eq!(a[19], "z".repeat(4096 - 18 - 16 * 251));
+    assert_eq!(ev[2]["args_cut"], serde_json::json!([19]));
+    assert_eq!(ev[2]["args_truncated"], true);
+    // 64 arguments are all kept; a 65th is left out, and marked.
+    assert_eq!(args(&ev[3]).len(), 64);
+    assert_eq!(ev[3]["args_truncated"], false);
+    assert_eq!(args(&ev[4]).len(), 64);
+    assert_eq!(args(&ev[4])[63], "a60");
+    assert_eq!(ev[4]["args_truncated"], true);
+    assert_eq!(ev[4]["args_cut"], serde_json::json!([]));
+}
+
+/// Set to a tag, this variable makes the test binary the helper process of
+/// `exec_from_a_thread_other_than_the_leader_is_reported`.
+const THREAD_EXEC_TAG: &str = "KSCOPE_TEST_THREAD_EXEC_TAG";
+
+/// Not a test of its own: the helper process that
+/// `exec_from_a_thread_other_than_the_leader_is_reported` runs. A thread
+/// that is not the process's first one execs `/bin/sh -c 'exit 0' TAG`.
+#[test]
+#[ignore = "helper process of exec_from_a_thread_other_than_the_leader_is_reported"]
+fn thread_exec_helper() {
+    use std::ffi::CString;
+    let tag = std::env::var(THREAD_EXEC_TAG)
+        .expect("run by exec_from_a_thread_other_than_the_leader_is_reported only");
+    let t = std::thread::Builder::new()
+        .name("kscope-thrx".into())
+        .spawn(move || {
+            let argv: Vec<CString> = ["/bin/sh", "-c", "exit 0", &tag]
+                .iter()
+                .map(|a| CString::new(*a).expect("arg"))
+                .collect();
+            let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+            ptrs.push(std::ptr::null());
+            // SAFETY: NUL-terminated strings and a NULL-terminated array,
+            // alive for the call.
+            unsafe { libc::execv(ptrs[0], ptrs.as_ptr()) };
+            panic!("execv: {}", std::io::Error::last_os_error());
+        })
+        .expect("spawn");
+    let _ = t.join();
+    panic!("the thread's exec did not replace the process");
+}
+
+/// Entries in the EXEC_PENDING map of the tracer `pid`, read through a copy
+/// of its file descriptor (pidfd_getfd(2), 5.6+). The map is found by its
+/// shape in /proc/PID/fdinfo: a hash (type 1) of 1024 ExecEvent values.
+fn pending_execs(pid: u32) -> usize {
+    use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd};
+    let value_size = std::mem::size_of::<kscope_common::trace::ExecEvent>();
+    let want = format!("value_size:\t{value_size}\n");
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("fdinfo") {
+        let entry = entry.expect("fdinfo entry");
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        if info.contains("map_type:\t1\n")
+            && info.contains(&want)
+            && info.contains("max_entries:\t1024\n")
+        {
+            let fd: i32 = entry.file_name().to_str().expect("fd").parse().expect("fd");
+            found.push(fd);
+        }
+    }
+    assert_eq!(found.len(), 1, "one EXEC_PENDING map in {dir}: {found:?}");
+    // SAFETY: pidfd_open and pidfd_getfd take plain integers; each result
+    // is checked before it is owned.
+    let (pidfd, fd) = unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        assert!(
+            pidfd >= 0,
+            "pidfd_open: {}",
+            std::io::Error::last_os_error()
+        );
+        let pidfd = OwnedFd::from_raw_fd(pidfd);
+        let fd = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), found[0], 0) as i32;
+        assert!(fd >= 0, "pidfd_getfd: {}", std::io::Error::last_os_error());
+        (pidfd, OwnedFd::from_raw_fd(fd))
+    };
+    drop(pidfd);
+    let ops = kscope::sys::bpf::MapFdOps::new(fd.as_fd(), 4, value_size, 1);
+    kscope::sys::bpf::dump_map(&ops, None)
+        .expect("dump EXEC_PENDING")
+        .0
+        .len
+}
+
+/// A thread other than the leader execs: after de_thread() it returns with
+/// the leader's thread id. The exec is reported under the process's pid,
+/// and the tracer's pending map is left empty.
+#[test]
+fn exec_from_a_thread_other_than_the_leader_is_reported() {
+    require_root();
+    let tag = format!("kscope-thrx-{}", std::process::id());
+    let tracer = Tracer::start(
+        &["trace", "exec", "--json", "-n", "kscope-thrx"],
+        true,
+        READY,
+    );
+    let exe = std::env::current_exe().expect("test binary");
+    let mut child = Command::new(exe)
+        .args([
+            "thread_exec_helper",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(THREAD_EXEC_TAG, &tag)
+        .spawn()
+        .expect("spawn the helper");
+    let pid = child.id();
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "the exec'd sh exits 0: {status}");
+    // The exit handler has run (the exec returned before sh exited).
+    let left = pending_execs(tracer.child.id());
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, out, err) = tracer.stop(libc::SIGINT);
+    assert!(status.success(), "{status}: {err}");
+    assert_eq!(left, 0, "entries left in EXEC_PENDING");
+    let ev = events(&out);
+    assert_eq!(ev.len(), 1, "the thread's exec:\n{out}");
+    assert_eq!(
+        ev[0]["args"],
+        serde_json::json!(["/bin/sh", "-c", "exit 0", tag])
+    );
+    assert_eq!(ev[0]["pid"].as_u64(), Some(u64::from(pid)), "{}", ev[0]);
+    assert_eq!(ev[0]["ret"], 0);
+    assert_eq!(ev[0]["comm"], "sh");
+}

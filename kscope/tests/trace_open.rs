@@ -845,3 +845,183 @@ fn program_run_stats_and_recursion_misses_are_read_from_prog_info() {
     }
     assert_eq!(counter.lost().expect("lost"), 0);
 }
+
+/// Traces thread `tid` with `--json` while it does its work: starts the
+/// tracer, releases the thread, waits for it, stops the tracer; returns the
+/// events.
+fn json_events_of(
+    tid: u32,
+    go: &Barrier,
+    h: std::thread::JoinHandle<()>,
+) -> Vec<serde_json::Value> {
+    let tracer = Tracer::start(
+        &["trace", "open", "--json", "-t", &tid.to_string()],
+        true,
+        READY,
+    );
+    go.wait();
+    h.join().expect("traced thread");
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, out, err) = tracer.stop(libc::SIGINT);
+    assert!(status.success(), "{status}: {err}");
+    events(&out)
+}
+
+/// Polls `cond` until it holds, at most `limit` (a bound on a wait, not a
+/// measurement).
+fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The path is the one the open was given: read when the syscall starts,
+/// not when it returns. A thread opens a FIFO (which blocks until a writer
+/// comes), the buffer holding its path is rewritten meanwhile, then a
+/// writer opens the FIFO; the event must name the FIFO.
+#[test]
+fn path_is_read_when_the_open_starts_not_when_it_returns() {
+    use std::os::unix::ffi::OsStrExt as _;
+    require_root();
+    let dir = std::env::temp_dir().join(format!("kscope-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let fifo = dir.join("fifo-first");
+    let decoy = dir.join("fifo-other");
+    let (fifo_c, decoy_b) = (
+        std::ffi::CString::new(fifo.as_os_str().as_bytes()).expect("path"),
+        decoy.as_os_str().as_bytes().to_vec(),
+    );
+    assert_eq!(fifo_c.as_bytes().len(), decoy_b.len(), "same length");
+    let _ = std::fs::remove_file(&fifo);
+    // SAFETY: a valid NUL-terminated path.
+    let rc = unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
+    // The buffer the opener passes to open(2); it outlives every use.
+    let buf: &'static mut [u8] = Box::leak(fifo_c.into_bytes_with_nul().into_boxed_slice());
+    let addr = buf.as_mut_ptr() as usize;
+    let (tid, go, h) = named_thread("kscope-fifo", move || {
+        // SAFETY: `addr` is the leaked NUL-terminated buffer above.
+        let fd = unsafe {
+            libc::open(
+                addr as *const libc::c_char,
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        assert!(fd >= 0, "open FIFO: {}", std::io::Error::last_os_error());
+        // SAFETY: fd was just returned by open.
+        unsafe { libc::close(fd) };
+    });
+    let tracer = Tracer::start(
+        &["trace", "open", "--json", "-t", &tid.to_string()],
+        true,
+        READY,
+    );
+    go.wait();
+    // Blocked inside openat(2): /proc reports the syscall it sleeps in.
+    let syscall_file = format!("/proc/self/task/{tid}/syscall");
+    let in_openat = format!("{} ", libc::SYS_openat);
+    wait_until(Duration::from_secs(30), "the opener to block", || {
+        std::fs::read_to_string(&syscall_file).is_ok_and(|s| s.starts_with(&in_openat))
+    });
+    for (i, &b) in decoy_b.iter().enumerate() {
+        // SAFETY: in bounds of the leaked buffer (same length); the opener
+        // is asleep in the kernel, which copied the path already.
+        unsafe { std::ptr::write_volatile((addr as *mut u8).add(i), b) };
+    }
+    let writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&fifo)
+        .expect("open the FIFO's write end");
+    h.join().expect("opener");
+    drop(writer);
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, out, err) = tracer.stop(libc::SIGINT);
+    assert!(status.success(), "{status}: {err}");
+    let ev = events(&out);
+    assert_eq!(ev.len(), 1, "the opener's one open:\n{out}");
+    assert_eq!(ev[0]["path"], fifo.to_str().expect("utf8"), "{}", ev[0]);
+    assert!(ev[0]["fd"].as_i64().is_some_and(|fd| fd >= 0), "{}", ev[0]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Paths are kept whole up to PATH_MAX - 1 bytes (the longest the kernel
+/// accepts), and a longer one is cut there and marked.
+#[test]
+fn long_paths_are_kept_whole_and_cut_ones_are_marked() {
+    require_root();
+    let base = unique_missing_path("long");
+    // Components of at most 255 bytes (NAME_MAX), padded to `len`.
+    let path_of = |len: usize| {
+        let mut p = base.clone();
+        while p.len() < len {
+            let n = (len - p.len() - 1).min(200);
+            p.push('/');
+            p.push_str(&"x".repeat(n));
+        }
+        p.truncate(len);
+        p
+    };
+    let paths = [path_of(300), path_of(4095), path_of(5000)];
+    let to_open = paths.clone();
+    let (tid, go, h) = named_thread("kscope-long", move || {
+        for p in &to_open {
+            let c = std::ffi::CString::new(p.as_str()).expect("path");
+            // SAFETY: a valid NUL-terminated path.
+            let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY) };
+            assert!(fd < 0, "{p} must not exist");
+        }
+    });
+    let ev = json_events_of(tid, &go, h);
+    assert_eq!(ev.len(), 3, "{ev:?}");
+    assert_eq!(ev[0]["path"], paths[0].as_str(), "300 bytes, whole");
+    assert_eq!(ev[0]["path_truncated"], false);
+    assert_eq!(ev[1]["path"], paths[1].as_str(), "4095 bytes, whole");
+    assert_eq!(ev[1]["path_truncated"], false);
+    assert_eq!(ev[2]["path"], &paths[2][..4095], "5000 bytes, cut at 4095");
+    assert_eq!(ev[2]["path_truncated"], true);
+    assert_eq!(ev[2]["errno_name"], "ENAMETOOLONG");
+}
+
+/// A real file whose name is not UTF-8: the JSON keeps its exact bytes.
+#[test]
+fn paths_that_are_not_utf8_keep_their_bytes_in_json() {
+    use std::os::unix::ffi::OsStrExt as _;
+    require_root();
+    let dir = std::env::temp_dir().join(format!("kscope-bytes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let file = dir.join(std::ffi::OsStr::from_bytes(b"name-\xff\xfe-\xc3("));
+    std::fs::write(&file, b"x").expect("create the file");
+    let f2 = file.clone();
+    let (tid, go, h) = named_thread("kscope-bytes", move || {
+        drop(std::fs::File::open(&f2).expect("open it"));
+    });
+    let ev = json_events_of(tid, &go, h);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    let b64 = ev[0]["path_b64"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no path_b64 for a path that is not UTF-8: {}", ev[0]));
+    let bytes = kscope::trace::format::base64_decode(b64).expect("base64");
+    assert_eq!(bytes, file.as_os_str().as_bytes());
+    // The readable form marks the bad bytes and keeps the rest.
+    assert_eq!(
+        ev[0]["path"],
+        String::from_utf8_lossy(file.as_os_str().as_bytes()).as_ref()
+    );
+    assert_eq!(ev[0]["comm"], "kscope-bytes");
+    assert!(ev[0].get("comm_b64").is_none(), "{}", ev[0]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `-p 0` and `-t 0` would trace every task (0 is "no filter" in the
+/// kernel): refused with one clear line, by every tracer.
+#[test]
+fn zero_pid_or_tid_is_refused() {
+    for verb in ["open", "exec", "connect"] {
+        for flag in ["-p", "-t", "--pid", "--tid"] {
+            let out = kscope(None, &["trace", verb, flag, "0", "-d", "0.2"]);
+            assert_fails(&out, 2, &["0 would match every task"]);
+        }
+    }
+}

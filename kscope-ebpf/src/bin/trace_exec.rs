@@ -1,7 +1,14 @@
 //! `trace_exec`: execve(2) and execveat(2) through the syscalls
 //! tracepoints. The enter handler captures the arguments (bounded by
-//! `MAX_ARGS` and `ARGS_SIZE`) and the parent's pid into a per-thread entry;
-//! the exit handler adds the result and the (new) task name and emits it.
+//! `MAX_ARGS` and `ARGS_SIZE`, every cut marked) and the parent's pid into
+//! a per-thread entry; the exit handler adds the result and the (new) task
+//! name and emits it.
+//!
+//! A thread other than the leader that execs successfully comes back from
+//! it with the leader's thread id (de_thread() in fs/exec.c), so its entry,
+//! keyed by the old id, would be missed and left behind:
+//! sched:sched_process_exec, which fires in between and carries the old id
+//! (`old_pid`), moves the entry to the new one.
 #![no_std]
 #![no_main]
 
@@ -11,13 +18,19 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::{bpf_probe_read_kernel as read_kernel_raw, bpf_probe_read_user_str},
+        generated::bpf_probe_read_user_str,
     },
     macros::{map, tracepoint},
     maps::{HashMap, PerCpuArray},
     programs::TracePointContext,
 };
-use kscope_common::trace::{ARG_LEN, ARGS_SIZE, ExecEvent, ExecKey, MAX_ARGS_LIMIT};
+use kscope_common::trace::{
+    ARG_LEN, ARGS_SIZE, ExecEvent, ExecKey, GLOBAL_MAX_ARGS, GLOBAL_OFF_OLD_PID,
+    GLOBAL_OFF_REAL_PARENT, GLOBAL_OFF_TGID, MAP_EXEC_PENDING, MAP_EXEC_SCRATCH, MAX_ARGS_LIMIT,
+    PROG_EXEC_ENTER_EXECVE, PROG_EXEC_ENTER_EXECVEAT, PROG_EXEC_EXIT_EXECVE,
+    PROG_EXEC_EXIT_EXECVEAT, PROG_EXEC_PROCESS_EXEC,
+};
+use kscope_ebpf::same_name;
 
 kscope_ebpf::tracer_common!(1 << 22, ExecKey);
 
@@ -27,6 +40,8 @@ static MAX_ARGS: u32 = 20;
 static OFF_REAL_PARENT: u32 = 0;
 #[unsafe(no_mangle)]
 static OFF_TGID: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_OLD_PID: u32 = 0;
 
 /// Where an event is built: too big for the 512-byte stack.
 #[map(name = "EXEC_SCRATCH")]
@@ -36,6 +51,25 @@ static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(1, 0
 /// as each entry is over 4 KiB.
 #[map(name = "EXEC_PENDING")]
 static EXEC_PENDING: HashMap<u32, ExecEvent> = HashMap::with_max_entries(1024, 1);
+
+// The names above are the ones user space looks up.
+const _: () = assert!(same_name(GLOBAL_MAX_ARGS, "MAX_ARGS"));
+const _: () = assert!(same_name(GLOBAL_OFF_REAL_PARENT, "OFF_REAL_PARENT"));
+const _: () = assert!(same_name(GLOBAL_OFF_TGID, "OFF_TGID"));
+const _: () = assert!(same_name(GLOBAL_OFF_OLD_PID, "OFF_OLD_PID"));
+const _: () = assert!(same_name(MAP_EXEC_SCRATCH, "EXEC_SCRATCH"));
+const _: () = assert!(same_name(MAP_EXEC_PENDING, "EXEC_PENDING"));
+const _: () = assert!(same_name(PROG_EXEC_ENTER_EXECVE, "trace_exec_enter_execve"));
+const _: () = assert!(same_name(PROG_EXEC_EXIT_EXECVE, "trace_exec_exit_execve"));
+const _: () = assert!(same_name(
+    PROG_EXEC_ENTER_EXECVEAT,
+    "trace_exec_enter_execveat"
+));
+const _: () = assert!(same_name(
+    PROG_EXEC_EXIT_EXECVEAT,
+    "trace_exec_exit_execveat"
+));
+const _: () = assert!(same_name(PROG_EXEC_PROCESS_EXEC, "trace_exec_process_exec"));
 
 #[inline(always)]
 fn ppid() -> u32 {
@@ -77,10 +111,15 @@ fn enter(argv: u64) -> u32 {
         (*e).argc = 0;
         (*e).args_len = 0;
         (*e).truncated = 0;
+        (*e).cut_args = 0;
         let mut off: usize = 0;
         let mut i: u32 = 0;
+        // One pointer past the most that can be kept, to tell whether more
+        // arguments follow. Cuts are recorded in the map value, not in a
+        // register, so the verifier's states stay comparable across
+        // iterations.
         // Count mode keeps no arguments.
-        while i < MAX_ARGS_LIMIT && !count_mode() {
+        while i <= MAX_ARGS_LIMIT && !count_mode() {
             let Ok(arg) = bpf_probe_read_user((argv + 8 * u64::from(i)) as *const u64) else {
                 break;
             };
@@ -97,9 +136,26 @@ fn enter(argv: u64) -> u32 {
             let n =
                 bpf_probe_read_user_str(dst as *mut c_void, ARG_LEN as u32, arg as *const c_void);
             if n <= 0 {
+                // Unreadable: it and what follows are left out.
+                (*e).truncated = 1;
                 break;
             }
-            off += n as usize;
+            let n = n as usize;
+            // n counts the NUL. A full buffer is a cut argument unless its
+            // byte ARG_LEN - 1 (where the copy put the NUL) ends the string.
+            if n == ARG_LEN {
+                let next = bpf_probe_read_user((arg + ARG_LEN as u64 - 1) as *const u8);
+                if next != Ok(0) {
+                    (*e).cut_args |= 1u64.wrapping_shl(i);
+                }
+            }
+            if off + n > ARGS_SIZE {
+                // It runs past ARGS_SIZE: kept up to there only.
+                (*e).cut_args |= 1u64.wrapping_shl(i);
+                off = ARGS_SIZE;
+            } else {
+                off += n;
+            }
             i += 1;
         }
         (*e).argc = i;
@@ -118,7 +174,7 @@ fn enter(argv: u64) -> u32 {
 #[inline(always)]
 fn exit(ret: i64) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(pending) = EXEC_PENDING.get_ptr(tid) else {
+    let Some(p) = EXEC_PENDING.get_ptr_mut(tid) else {
         return 0;
     };
     if count_mode() {
@@ -132,24 +188,19 @@ fn exit(ret: i64) -> u32 {
         return 0;
     }
     let flags = submit_flags();
-    let Some(mut entry) = TRACE_EVENTS.reserve::<ExecEvent>(0) else {
-        let _ = EXEC_PENDING.remove(tid);
-        count_lost();
-        return 0;
+    // SAFETY: `p` is this thread's live entry; only this thread's handlers
+    // touch it, one at a time.
+    let ev: &ExecEvent = unsafe {
+        (*p).ret = ret as i32;
+        (*p).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        &*p
     };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` is a reserved record of size_of::<ExecEvent>() bytes and
-    // `pending` a live map value of the same type; the helper checks both.
-    unsafe {
-        read_kernel_raw(
-            ev as *mut c_void,
-            core::mem::size_of::<ExecEvent>() as u32,
-            pending as *const c_void,
-        );
-        (*ev).ret = ret as i32;
-        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // Straight from the map value: the helper copies it, so no kernel read
+    // can fail half-way and send a zeroed event. A full ring buffer is
+    // counted.
+    if TRACE_EVENTS.output::<ExecEvent>(ev, flags).is_err() {
+        count_lost();
     }
-    entry.submit(flags);
     let _ = EXEC_PENDING.remove(tid);
     0
 }
@@ -180,6 +231,36 @@ pub fn trace_exec_enter_execveat(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_execveat")]
 pub fn trace_exec_exit_execveat(ctx: TracePointContext) -> u32 {
     exit(arg(&ctx, 16) as i64)
+}
+
+/// After a successful exec, before the syscall returns: when the thread id
+/// changed (a non-leader thread exec'd and took the leader's id), move the
+/// pending entry to the new id.
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn trace_exec_process_exec(ctx: TracePointContext) -> u32 {
+    let off = global!(OFF_OLD_PID);
+    if off == 0 {
+        return 0;
+    }
+    // SAFETY: the offset comes from the tracepoint's format file.
+    let Ok(old) = (unsafe { ctx.read_at::<u32>(off as usize) }) else {
+        return 0;
+    };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if old == tid {
+        return 0;
+    }
+    let Some(p) = EXEC_PENDING.get_ptr(old) else {
+        return 0;
+    };
+    // SAFETY: a live map value; the update copies it before the old entry
+    // is removed.
+    let value: &ExecEvent = unsafe { &*p };
+    if EXEC_PENDING.insert(tid, value, 0).is_err() {
+        count_lost();
+    }
+    let _ = EXEC_PENDING.remove(old);
+    0
 }
 
 kscope_ebpf::program_boilerplate!();

@@ -1,27 +1,33 @@
 //! `trace_open`: open(2), openat(2) and openat2(2) through the syscalls
-//! tracepoints. The enter handler filters and stashes the arguments per
-//! thread; the exit handler pairs them with the return value and emits one
-//! `OpenEvent`. Field offsets are those of the tracepoints' format files
+//! tracepoints. The enter handler filters, reads the path (at entry: the
+//! buffer is the caller's, and another thread may rewrite it while the open
+//! blocks, on a FIFO say) and stashes it per thread; the exit handler adds
+//! the return value and sends the event, header plus path, as one record of
+//! variable size. Field offsets are those of the tracepoints' format files
 //! (/sys/kernel/tracing/events/syscalls/sys_{enter,exit}_open*/format),
 //! which are fixed by the syscall ABI.
 //!
 //! In count mode (`COUNT_MODE`) only the exit handlers are attached: they
-//! filter, then count the open under the task's comm in `OPEN_COUNTS`, and
-//! submit nothing.
+//! filter, then count the open under the task's comm in `TRACE_COUNTS`
+//! (`tracer_common!`), and submit nothing.
 #![no_std]
 #![no_main]
+
+use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
-        bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+        bpf_probe_read_user, generated::bpf_probe_read_user_str,
     },
     macros::{map, tracepoint},
-    maps::HashMap,
+    maps::{HashMap, PerCpuArray},
     programs::TracePointContext,
 };
 use kscope_common::trace::{
-    COMM_LEN, GLOBAL_FAILED_ONLY, MAP_OPEN_PENDING, OpenArgs, OpenEvent, OpenKey,
+    COMM_LEN, GLOBAL_FAILED_ONLY, MAP_OPEN_PENDING, MAP_OPEN_SCRATCH, OpenEvent, OpenKey,
+    OpenPending, PATH_MAX, PROG_OPEN_ENTER_OPEN, PROG_OPEN_ENTER_OPENAT, PROG_OPEN_ENTER_OPENAT2,
+    PROG_OPEN_EXIT_OPEN, PROG_OPEN_EXIT_OPENAT, PROG_OPEN_EXIT_OPENAT2,
 };
 use kscope_ebpf::same_name;
 
@@ -31,28 +37,70 @@ kscope_ebpf::tracer_common!(1 << 21, OpenKey);
 #[unsafe(no_mangle)]
 static FAILED_ONLY: u32 = 0;
 
-/// Arguments of in-flight opens, by thread id.
+/// Where the enter handler builds a pending entry: over 4 KiB, far more
+/// than the 512-byte stack.
+#[map(name = "OPEN_SCRATCH")]
+static OPEN_SCRATCH: PerCpuArray<OpenPending> = PerCpuArray::with_max_entries(1, 0);
+
+/// In-flight opens, by thread id: the event so far and its path.
+/// Allocated on insert (BPF_F_NO_PREALLOC = 1): each entry is over 4 KiB,
+/// and preallocating 16,384 of them would pin 67 MiB for opens that are
+/// almost never in flight at once.
 #[map(name = "OPEN_PENDING")]
-static OPEN_PENDING: HashMap<u32, OpenArgs> = HashMap::with_max_entries(16_384, 0);
+static OPEN_PENDING: HashMap<u32, OpenPending> = HashMap::with_max_entries(16_384, 1);
 
 // The names above are the ones user space looks up.
+const _: () = assert!(same_name(MAP_OPEN_SCRATCH, "OPEN_SCRATCH"));
 const _: () = assert!(same_name(MAP_OPEN_PENDING, "OPEN_PENDING"));
 const _: () = assert!(same_name(GLOBAL_FAILED_ONLY, "FAILED_ONLY"));
+const _: () = assert!(same_name(PROG_OPEN_ENTER_OPENAT, "trace_open_enter_openat"));
+const _: () = assert!(same_name(PROG_OPEN_EXIT_OPENAT, "trace_open_exit_openat"));
+const _: () = assert!(same_name(PROG_OPEN_ENTER_OPEN, "trace_open_enter_open"));
+const _: () = assert!(same_name(PROG_OPEN_EXIT_OPEN, "trace_open_exit_open"));
+const _: () = assert!(same_name(
+    PROG_OPEN_ENTER_OPENAT2,
+    "trace_open_enter_openat2"
+));
+const _: () = assert!(same_name(PROG_OPEN_EXIT_OPENAT2, "trace_open_exit_openat2"));
+
+/// Size of the record header; the path follows it.
+const HDR: usize = core::mem::size_of::<OpenEvent>();
 
 #[inline(always)]
 fn enter(path: u64, flags: u64) -> u32 {
     if !passes_filters() {
         return 0;
     }
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let args = OpenArgs {
-        path,
-        flags: flags as u32,
-        _pad: 0,
+    let Some(p) = OPEN_SCRATCH.get_ptr_mut(0) else {
+        return 0;
     };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: `p` is this CPU's scratch slot, used by nothing else until
+    // this program returns; the helpers check the user addresses.
+    unsafe {
+        (*p).ev.flags = flags as u32;
+        let n = bpf_probe_read_user_str(
+            (*p).path.as_mut_ptr() as *mut c_void,
+            PATH_MAX as u32,
+            path as *const c_void,
+        );
+        // n counts the NUL. n = PATH_MAX: the buffer is full, and the path
+        // was cut unless its byte PATH_MAX - 1 (where the copy put the NUL)
+        // is the end of the string. A failed read leaves an empty path.
+        let len = if n > 0 { (n - 1) as u32 } else { 0 };
+        (*p).ev.path_len = len & (PATH_MAX as u32 - 1);
+        (*p).ev.path_truncated = 0;
+        if n as usize == PATH_MAX {
+            let next = bpf_probe_read_user((path + PATH_MAX as u64 - 1) as *const u8);
+            (*p).ev.path_truncated = u32::from(next != Ok(0));
+        }
+    }
+    // By reference: the value is over 4 KiB, far more than the BPF stack.
+    // SAFETY: `p` points at an initialized map value.
+    let value: &OpenPending = unsafe { &*p };
     // A full table drops the pairing, not the syscall: the exit handler then
     // finds nothing and emits nothing, which the lost counter records.
-    if OPEN_PENDING.insert(tid, args, 0).is_err() {
+    if OPEN_PENDING.insert(tid, value, 0).is_err() {
         count_lost();
     }
     0
@@ -66,36 +114,33 @@ fn exit(ret: i64) -> u32 {
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(args) = (unsafe { OPEN_PENDING.get(tid) }).copied() else {
+    let Some(p) = OPEN_PENDING.get_ptr_mut(tid) else {
         return 0;
     };
-    let _ = OPEN_PENDING.remove(tid);
     if global!(FAILED_ONLY) != 0 && ret >= 0 {
+        let _ = OPEN_PENDING.remove(tid);
         return 0;
     }
     let flags = submit_flags();
-    let Some(mut entry) = TRACE_EVENTS.reserve::<OpenEvent>(0) else {
-        count_lost();
-        return 0;
+    // SAFETY: `p` is this thread's live entry; only this thread's enter and
+    // exit handlers touch it, and they do not run at once.
+    let record = unsafe {
+        (*p).ev.ts_ns = bpf_ktime_get_ns();
+        (*p).ev.ret = ret;
+        (*p).ev.pid = (pid_tgid >> 32) as u32;
+        (*p).ev.tid = tid;
+        (*p).ev.uid = bpf_get_current_uid_gid() as u32;
+        (*p).ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        // The mask keeps the size provably within the value for the
+        // verifier; path_len is below PATH_MAX already.
+        let len = HDR + ((*p).ev.path_len as usize & (PATH_MAX - 1));
+        core::slice::from_raw_parts(p as *const u8, len)
     };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` points at a reserved record of size_of::<OpenEvent>()
-    // bytes that only this program writes until it is submitted.
-    unsafe {
-        (*ev).ts_ns = bpf_ktime_get_ns();
-        (*ev).ret = ret;
-        (*ev).pid = (pid_tgid >> 32) as u32;
-        (*ev).tid = tid;
-        (*ev).uid = bpf_get_current_uid_gid() as u32;
-        (*ev).flags = args.flags;
-        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
-        let path = &mut (*ev).path;
-        if bpf_probe_read_user_str_bytes(args.path as *const u8, path).is_err() {
-            path[0] = 0;
-        }
+    // Header and path only: a record costs what its path needs, not 4 KiB.
+    if TRACE_EVENTS.output::<[u8]>(record, flags).is_err() {
+        count_lost();
     }
-    entry.submit(flags);
+    let _ = OPEN_PENDING.remove(tid);
     0
 }
 

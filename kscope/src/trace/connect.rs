@@ -14,6 +14,13 @@
 //! sent (no route, no source address). A refused connection returns 0 there;
 //! the refusal arrives later.
 //!
+//! Connects that fail before the SYN never reach SYN_SENT, so the state
+//! tracepoint cannot see them; with it, the syscalls:sys_{enter,exit}_connect
+//! tracepoints report those, with their RET (no source address or port:
+//! none was bound). That needs the offsets from kernel BTF that lead from a
+//! file descriptor to its socket type; without BTF they go unreported
+//! (warned once).
+//!
 //! Minimum kernel: 5.8 (ring buffer); fentry needs 5.5 and BTF.
 
 use std::{
@@ -29,9 +36,10 @@ use aya::{
 };
 use kscope_common::trace::{
     ConnectEvent, ConnectKey, Counts, GLOBAL_COUNT_BY_TASK, GLOBAL_OFF_SADDR, GLOBAL_OFF_SADDR6,
-    GLOBAL_OFF_SPORT, GLOBAL_PORT_FILTER_ON, GLOBAL_TP_OFFSETS, MAP_PORTS, PROG_CONNECT_FENTRY_V4,
-    PROG_CONNECT_FENTRY_V6, PROG_CONNECT_FEXIT_V4, PROG_CONNECT_FEXIT_V6, PROG_CONNECT_KPROBE,
-    PROG_CONNECT_KRETPROBE, PROG_CONNECT_STATE, TP_FIELDS, TP_N,
+    GLOBAL_OFF_SPORT, GLOBAL_PORT_FILTER_ON, GLOBAL_SOCK_PATH, GLOBAL_TP_OFFSETS, MAP_PORTS,
+    PROG_CONNECT_FENTRY_V4, PROG_CONNECT_FENTRY_V6, PROG_CONNECT_FEXIT_V4, PROG_CONNECT_FEXIT_V6,
+    PROG_CONNECT_KPROBE, PROG_CONNECT_KRETPROBE, PROG_CONNECT_STATE, PROG_CONNECT_SYS_ENTER,
+    PROG_CONNECT_SYS_EXIT, SP_N, TP_FIELDS, TP_N,
 };
 
 use super::{Attached, EventCx, Load, Metric, Mode, TraceError, Tracer, format};
@@ -89,6 +97,47 @@ struct Offsets {
     saddr6: u32,
     sport: u32,
     tp: [u32; TP_N],
+    /// `SOCK_PATH`: task_struct.files, files_struct.fdt, fdtable.fd,
+    /// file.private_data, socket.type; zeros when BTF lacks one.
+    sock_path: [u32; SP_N],
+}
+
+/// The offsets of `SOCK_PATH` from kernel BTF, or None (warned) when one
+/// is missing.
+fn sock_path_offsets() -> Option<[u32; SP_N]> {
+    let path = [
+        ("task_struct", "files"),
+        ("files_struct", "fdt"),
+        ("fdtable", "fd"),
+        ("file", "private_data"),
+        ("socket", "type"),
+    ];
+    let structs: Vec<&str> = path.iter().map(|(s, _)| *s).collect();
+    let found = Btf::from_sys_fs(&structs).and_then(|btf| {
+        let mut o = [0u32; SP_N];
+        for (slot, (s, m)) in o.iter_mut().zip(path) {
+            *slot = btf.member_offset(s, m)?;
+        }
+        Ok(o)
+    });
+    match found {
+        Ok(o) => Some(o),
+        Err(e) => {
+            tracing::warn!(
+                "{e}; under the tracepoint, connects that fail before the SYN go unreported"
+            );
+            None
+        }
+    }
+}
+
+/// `off` with the `SOCK_PATH` offsets, read only when the tracepoint is
+/// the choice (the probes do not need them).
+fn with_sock_path(off: Offsets) -> Offsets {
+    Offsets {
+        sock_path: sock_path_offsets().unwrap_or([0; SP_N]),
+        ..off
+    }
 }
 
 fn sock_offsets() -> (u32, u32, u32) {
@@ -191,7 +240,23 @@ fn attach_fentry(ebpf: &mut Ebpf) -> Result<(), TraceError> {
     Ok(())
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf) -> Result<(), TraceError> {
+/// The state tracepoint, and the connect(2) tracepoints for the connects
+/// that fail before the SYN (when their tracepoints and `SOCK_PATH` exist;
+/// otherwise warned).
+fn attach_tracepoint(ebpf: &mut Ebpf, sock_path_known: bool) -> Result<(), TraceError> {
+    let sys = Path::new(crate::sys::TRACEFS).join("events/syscalls/sys_enter_connect");
+    if !sys.exists() {
+        tracing::warn!(
+            "no syscalls:sys_enter_connect tracepoint; connects that fail before the SYN go \
+             unreported"
+        );
+    } else if sock_path_known {
+        super::attach_syscalls(
+            ebpf,
+            &[(PROG_CONNECT_SYS_ENTER, PROG_CONNECT_SYS_EXIT, "connect")],
+            false,
+        )?;
+    }
     let p: &mut TracePoint = super::program(ebpf, PROG_CONNECT_STATE)?
         .try_into()
         .map_err(TraceError::program(PROG_CONNECT_STATE))?;
@@ -217,6 +282,7 @@ fn try_probe(
         off.sport.to_ne_bytes(),
     );
     let tp: Vec<u8> = off.tp.iter().flat_map(|o| o.to_ne_bytes()).collect();
+    let sock_path: Vec<u8> = off.sock_path.iter().flat_map(|o| o.to_ne_bytes()).collect();
     let mut ebpf = load.object(
         TRACE_CONNECT_OBJ,
         &[
@@ -225,6 +291,7 @@ fn try_probe(
             (GLOBAL_OFF_SADDR6, &saddr6[..]),
             (GLOBAL_OFF_SPORT, &sport[..]),
             (GLOBAL_TP_OFFSETS, &tp[..]),
+            (GLOBAL_SOCK_PATH, &sock_path[..]),
             (GLOBAL_COUNT_BY_TASK, &by_task[..]),
         ],
         &[],
@@ -246,7 +313,7 @@ fn try_probe(
     match probe {
         Probe::Kprobe => attach_kprobes(&mut ebpf)?,
         Probe::Fentry => attach_fentry(&mut ebpf)?,
-        Probe::Tracepoint | Probe::Auto => attach_tracepoint(&mut ebpf)?,
+        Probe::Tracepoint | Probe::Auto => attach_tracepoint(&mut ebpf, off.sock_path[0] != 0)?,
     }
     Ok(ebpf)
 }
@@ -266,6 +333,7 @@ fn choose(opts: &ConnectOpts, load: &Load<'_>) -> Result<(Ebpf, Probe), TraceErr
         saddr6,
         sport,
         tp: tp.unwrap_or([0; TP_N]),
+        sock_path: [0; SP_N],
     };
     let tp_missing = || {
         unsupported(
@@ -291,12 +359,17 @@ fn choose(opts: &ConnectOpts, load: &Load<'_>) -> Result<(Ebpf, Probe), TraceErr
             if tp.is_none() {
                 return Err(tp_missing());
             }
+            let off = with_sock_path(off);
             Ok((
                 try_probe(opts, load, &off, Probe::Tracepoint)?,
                 Probe::Tracepoint,
             ))
         }
         Probe::Tracepoint if tp.is_none() => Err(tp_missing()),
+        Probe::Tracepoint => Ok((
+            try_probe(opts, load, &with_sock_path(off), Probe::Tracepoint)?,
+            Probe::Tracepoint,
+        )),
         kind => Ok((try_probe(opts, load, &off, kind)?, kind)),
     }
 }
@@ -320,7 +393,8 @@ impl Tracer for Connect {
             Probe::Fentry => "TCP connects with fentry/fexit on tcp_v4_connect, tcp_v6_connect",
             _ => {
                 "TCP connects with the sock:inet_sock_set_state tracepoint (RET not available: \
-                 shown as n/a)"
+                 shown as n/a), and connect(2)'s tracepoints for connects that fail before the \
+                 SYN"
             }
         };
         Ok(Attached {
@@ -359,6 +433,7 @@ impl Tracer for Connect {
 
     fn write_event<W: Write>(
         ev: &ConnectEvent,
+        _tail: &[u8],
         cx: &EventCx,
         r: &mut Row<'_, W>,
     ) -> io::Result<()> {

@@ -10,10 +10,11 @@
 
 use std::io::{self, Write};
 
+use aya::Ebpf;
 use kscope_common::trace::{
-    ARGS_SIZE, Counts, ExecEvent, ExecKey, GLOBAL_MAX_ARGS, GLOBAL_OFF_REAL_PARENT,
-    GLOBAL_OFF_TGID, PROG_EXEC_ENTER_EXECVE, PROG_EXEC_ENTER_EXECVEAT, PROG_EXEC_EXIT_EXECVE,
-    PROG_EXEC_EXIT_EXECVEAT,
+    ARGS_SIZE, Counts, ExecEvent, ExecKey, GLOBAL_MAX_ARGS, GLOBAL_OFF_OLD_PID,
+    GLOBAL_OFF_REAL_PARENT, GLOBAL_OFF_TGID, PROG_EXEC_ENTER_EXECVE, PROG_EXEC_ENTER_EXECVEAT,
+    PROG_EXEC_EXIT_EXECVE, PROG_EXEC_EXIT_EXECVEAT, PROG_EXEC_PROCESS_EXEC,
 };
 
 use super::{Attached, EventCx, Load, Metric, TraceError, Tracer, format};
@@ -65,6 +66,38 @@ fn task_offsets() -> (u32, u32) {
     }
 }
 
+/// Offset of `old_pid` in sched:sched_process_exec's record, from its
+/// format file; None when the file or the field is missing.
+fn old_pid_offset() -> Option<u32> {
+    let path =
+        std::path::Path::new(crate::sys::TRACEFS).join("events/sched/sched_process_exec/format");
+    let text = std::fs::read_to_string(path).ok()?;
+    super::connect::parse_format(&text, &["old_pid"])?
+        .first()
+        .copied()
+}
+
+/// Attaches the program that follows a non-leader thread's exec to the
+/// thread id it ends with. Without it (no sched_process_exec tracepoint,
+/// which every supported kernel has) such execs go unreported: warned.
+fn attach_process_exec(ebpf: &mut Ebpf, old_pid_off: Option<u32>) -> Result<(), TraceError> {
+    if old_pid_off.is_none() {
+        tracing::warn!(
+            "sched:sched_process_exec has no old_pid field; execs from threads other than \
+             the main one will be missed"
+        );
+        return Ok(());
+    }
+    let prog = PROG_EXEC_PROCESS_EXEC;
+    let p: &mut aya::programs::TracePoint = super::program(ebpf, prog)?
+        .try_into()
+        .map_err(TraceError::program(prog))?;
+    p.load().map_err(TraceError::program(prog))?;
+    p.attach("sched", "sched_process_exec")
+        .map_err(TraceError::program(prog))?;
+    Ok(())
+}
+
 impl Tracer for Exec {
     const NAME: &'static str = "exec";
     const METRIC: Metric = Metric {
@@ -79,10 +112,12 @@ impl Tracer for Exec {
 
     fn attach(opts: &ExecOpts, load: &Load<'_>) -> Result<Attached, TraceError> {
         let (parent, tgid) = task_offsets();
-        let (max, parent, tgid) = (
+        let old_pid_off = old_pid_offset();
+        let (max, parent, tgid, old_pid) = (
             opts.max_args.to_ne_bytes(),
             parent.to_ne_bytes(),
             tgid.to_ne_bytes(),
+            old_pid_off.unwrap_or(0).to_ne_bytes(),
         );
         let mut ebpf = load.object(
             TRACE_EXEC_OBJ,
@@ -90,9 +125,12 @@ impl Tracer for Exec {
                 (GLOBAL_MAX_ARGS, &max[..]),
                 (GLOBAL_OFF_REAL_PARENT, &parent[..]),
                 (GLOBAL_OFF_TGID, &tgid[..]),
+                (GLOBAL_OFF_OLD_PID, &old_pid[..]),
             ],
             &[],
         )?;
+        // Before the syscalls, so that no exec is seen half.
+        attach_process_exec(&mut ebpf, old_pid_off)?;
         // Both ends in count mode too: the enter program applies the
         // filters to the task as it was before the exec.
         let what = super::attach_syscalls(&mut ebpf, HOOKS, false)?.join(", ");
@@ -103,10 +141,12 @@ impl Tracer for Exec {
         })
     }
 
-    /// Table: `PCOMM PID PPID RET ARGS` (arguments joined by spaces, `...`
-    /// when some were left out). JSON: `ts_unix_ns`, `pid`, `ppid`, `uid`,
-    /// `comm`, `ret` (0 or -errno), `errno_name`, `args` (array of
-    /// strings), `args_truncated`.
+    /// Table: `PCOMM PID PPID RET ARGS` (arguments joined by spaces; `...`
+    /// right after an argument cut short, and ` ...` at the end when some
+    /// were left out). JSON: `ts_unix_ns`, `pid`, `ppid`, `uid`, `comm`,
+    /// `ret` (0 or -errno), `errno_name`, `args` (array of strings),
+    /// `args_truncated` (true when any argument was cut short or left out),
+    /// `args_cut` (indexes in `args` of the ones cut short).
     fn event_columns(timestamps: bool) -> Vec<Column> {
         let mut cols = Vec::with_capacity(11);
         if timestamps {
@@ -123,11 +163,17 @@ impl Tracer for Exec {
             Column::json("errno_name"),
             Column::left("ARGS", "args", 0),
             Column::json("args_truncated"),
+            Column::json("args_cut"),
         ]);
         cols
     }
 
-    fn write_event<W: Write>(ev: &ExecEvent, cx: &EventCx, r: &mut Row<'_, W>) -> io::Result<()> {
+    fn write_event<W: Write>(
+        ev: &ExecEvent,
+        _tail: &[u8],
+        cx: &EventCx,
+        r: &mut Row<'_, W>,
+    ) -> io::Result<()> {
         if cx.timestamps {
             r.f64(cx.clock.since_start(ev.ts_ns), 6)?;
         }
@@ -146,9 +192,10 @@ impl Tracer for Exec {
             Some(n) => r.str(n)?,
             None => r.null()?,
         }
-        let truncated = ev.truncated != 0;
-        r.list(args(ev), truncated)?;
-        r.bool(truncated)
+        r.list(args(ev), |i| arg_cut(ev, i), ev.truncated != 0)?;
+        r.bool(args_truncated(ev))?;
+        let cut = (0..args(ev).count()).filter(|&i| arg_cut(ev, i));
+        r.numbers(cut.map(|i| i as u64))
     }
 
     /// Table: `COMM RESULT EXECS`; JSON: `comm`, `result` (`ok` or the
@@ -177,8 +224,20 @@ impl Tracer for Exec {
     }
 }
 
+/// True when argument `i` was cut short (at `ARG_LEN - 1` bytes, or where
+/// `ARGS_SIZE` ran out).
+pub fn arg_cut(ev: &ExecEvent, i: usize) -> bool {
+    i < 64 && ev.cut_args & (1 << i) != 0
+}
+
+/// True when anything of the arguments is missing: one cut short, or some
+/// left out.
+pub fn args_truncated(ev: &ExecEvent) -> bool {
+    ev.truncated != 0 || ev.cut_args != 0
+}
+
 /// The event's arguments, each without its NUL.
-pub fn args(ev: &ExecEvent) -> impl Iterator<Item = &[u8]> {
+pub fn args(ev: &ExecEvent) -> impl Iterator<Item = &[u8]> + Clone {
     let used = (ev.args_len as usize).min(ARGS_SIZE);
     ev.args[..used].split(|&b| b == 0).take(ev.argc as usize)
 }
@@ -247,6 +306,21 @@ mod tests {
             text.lines().nth(1).is_some_and(|l| l.ends_with(" ls")),
             "{text}"
         );
+    }
+
+    #[test]
+    fn cut_arguments_are_named_in_json_and_marked_in_rows() {
+        let mut ev = event_with(&["/bin/x", "aaaa", "b"], false);
+        ev.cut_args = 0b010;
+        let v = &json_lines(&render::events::<Exec>(&[&ev], Format::Json, false))[0];
+        assert_eq!(v["args_truncated"], true, "a cut argument is a truncation");
+        assert_eq!(v["args_cut"], serde_json::json!([1]));
+        let text = render::events::<Exec>(&[&ev], Format::Table, false);
+        assert!(text.ends_with(" /bin/x aaaa... b\n"), "{text}");
+        ev.cut_args = 0;
+        let v = &json_lines(&render::events::<Exec>(&[&ev], Format::Json, false))[0];
+        assert_eq!(v["args_truncated"], false);
+        assert_eq!(v["args_cut"], serde_json::json!([]));
     }
 
     #[test]

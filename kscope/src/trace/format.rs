@@ -109,8 +109,133 @@ pub fn cstr(buf: &[u8]) -> &[u8] {
     &buf[..end]
 }
 
+/// Writes the JSON member `"key":"…"` for bytes from the kernel (a path, a
+/// comm, an argument), losslessly.
+///
+/// JSON strings are Unicode, and file names, comms and arguments are bytes.
+/// Valid UTF-8 (nearly always) is written as is, escaped as JSON requires.
+/// Otherwise the string holds a readable form, each invalid sequence
+/// replaced by U+FFFD, and a second member `"key_b64"` follows with the
+/// exact bytes in standard base64 (RFC 4648 §4, padded). `key_b64` is
+/// present exactly when the bytes are not UTF-8, so a consumer that wants
+/// the bytes reads `key_b64` when it is there and `key` otherwise. Unlike
+/// escaping bad bytes as `\u00XX` (which collides with real U+00XX) or as
+/// lone surrogates `\udcXX` (which strict parsers reject), every JSON
+/// parser reads this and nothing is ambiguous.
+pub fn write_json_bytes(w: &mut impl Write, key: &str, bytes: &[u8]) -> io::Result<()> {
+    write!(w, "\"{key}\":")?;
+    write_json_str(w, bytes)?;
+    if std::str::from_utf8(bytes).is_err() {
+        write!(w, ",\"{key}_b64\":\"")?;
+        write_base64(w, bytes)?;
+        w.write_all(b"\"")?;
+    }
+    Ok(())
+}
+
+/// Writes the JSON member `"key":[…]` for a list of byte strings (exec's
+/// arguments), losslessly as [`write_json_bytes`] does: when any item is
+/// not UTF-8, `"key_b64":[…]` follows, holding the base64 of each such item
+/// and `null` for the others, in the same order.
+pub fn write_json_bytes_list<'a>(
+    w: &mut impl Write,
+    key: &str,
+    items: impl Iterator<Item = &'a [u8]> + Clone,
+) -> io::Result<()> {
+    write!(w, "\"{key}\":[")?;
+    let mut any_bad = false;
+    for (i, a) in items.clone().enumerate() {
+        if i > 0 {
+            w.write_all(b",")?;
+        }
+        write_json_str(w, a)?;
+        any_bad |= std::str::from_utf8(a).is_err();
+    }
+    w.write_all(b"]")?;
+    if any_bad {
+        write!(w, ",\"{key}_b64\":[")?;
+        for (i, a) in items.enumerate() {
+            if i > 0 {
+                w.write_all(b",")?;
+            }
+            if std::str::from_utf8(a).is_ok() {
+                w.write_all(b"null")?;
+            } else {
+                w.write_all(b"\"")?;
+                write_base64(w, a)?;
+                w.write_all(b"\"")?;
+            }
+        }
+        w.write_all(b"]")?;
+    }
+    Ok(())
+}
+
+/// Standard base64 (RFC 4648 §4) with padding, written in chunks of at most
+/// 64 output bytes, without allocating.
+pub fn write_base64(w: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for chunk in bytes.chunks(48) {
+        let mut buf = [0u8; 64];
+        let mut n = 0;
+        for triple in chunk.chunks(3) {
+            let b = [
+                triple[0],
+                triple.get(1).copied().unwrap_or(0),
+                triple.get(2).copied().unwrap_or(0),
+            ];
+            let v = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for (k, slot) in buf[n..n + 4].iter_mut().enumerate() {
+                *slot = if k <= triple.len() {
+                    ALPHABET[((v >> (18 - 6 * k)) & 63) as usize]
+                } else {
+                    b'='
+                };
+            }
+            n += 4;
+        }
+        w.write_all(&buf[..n])?;
+    }
+    Ok(())
+}
+
+/// Decodes standard padded base64 (what [`write_base64`] writes), for
+/// consumers of `*_b64` members and for tests; None if `s` is not that.
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(u32::from(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        }))
+    };
+    let bytes = s.as_bytes();
+    if !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    let quads = bytes.len() / 4;
+    for (qi, q) in bytes.chunks(4).enumerate() {
+        let pad = q.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 || (pad > 0 && qi + 1 != quads) {
+            return None;
+        }
+        let mut v = 0u32;
+        for &c in &q[..4 - pad] {
+            v = (v << 6) | val(c)?;
+        }
+        v <<= 6 * pad;
+        out.extend_from_slice(&v.to_be_bytes()[1..4 - pad]);
+    }
+    Some(out)
+}
+
 /// Writes `bytes` as a JSON string (quotes included). Invalid UTF-8 becomes
-/// U+FFFD; allocates only in that case.
+/// U+FFFD (allocating only then): use [`write_json_bytes`] for a member
+/// that must keep the bytes.
 pub fn write_json_str(w: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
     let s = String::from_utf8_lossy(bytes);
     w.write_all(b"\"")?;
@@ -242,6 +367,86 @@ mod tests {
         assert_eq!(s, "\"a\\\"b\\\\c\\nd\\u0001e\u{fffd}z\"");
         let parsed: String = serde_json::from_str(&s).expect("valid JSON");
         assert_eq!(parsed, "a\"b\\c\nd\u{1}e\u{fffd}z");
+    }
+
+    fn unbase64(s: &str) -> Vec<u8> {
+        base64_decode(s).unwrap_or_else(|| panic!("not padded base64: {s}"))
+    }
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        // RFC 4648 section 10.
+        for (raw, enc) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            let mut v = Vec::new();
+            write_base64(&mut v, raw.as_bytes()).expect("write");
+            assert_eq!(String::from_utf8(v).expect("ascii"), enc);
+            assert_eq!(base64_decode(enc).as_deref(), Some(raw.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn base64_decoding_refuses_what_is_not_padded_base64() {
+        for bad in ["Zg", "Zg=", "Z===", "Zg==Zg==", "Zm9v!A==", "é"] {
+            assert_eq!(base64_decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn json_bytes_keep_every_byte_sequence() {
+        // Lengths around the 48-byte chunk, every byte value, and strings
+        // that are and are not UTF-8.
+        let mut cases: Vec<Vec<u8>> = vec![
+            b"/tmp/plain".to_vec(),
+            "/tmp/\u{e9}t\u{e9}".as_bytes().to_vec(),
+            b"/tmp/\xff\xfe".to_vec(),
+            b"\xc3".to_vec(),
+            (0..=255u8).collect(),
+        ];
+        cases.extend((45..=100).map(|n| (0..n).map(|i| (i * 37 % 256) as u8).collect()));
+        for bytes in cases {
+            let mut v = b"{".to_vec();
+            write_json_bytes(&mut v, "path", &bytes).expect("write");
+            v.push(b'}');
+            let obj: serde_json::Value = serde_json::from_slice(&v).expect("valid JSON");
+            let back = match obj.get("path_b64") {
+                Some(b) => unbase64(b.as_str().expect("string")),
+                None => obj["path"].as_str().expect("string").as_bytes().to_vec(),
+            };
+            assert_eq!(back, bytes, "{}", String::from_utf8_lossy(&v));
+            assert_eq!(
+                obj.get("path_b64").is_some(),
+                std::str::from_utf8(&bytes).is_err(),
+                "path_b64 exactly when not UTF-8"
+            );
+        }
+    }
+
+    #[test]
+    fn json_byte_lists_mark_only_the_items_that_are_not_utf8() {
+        let items: [&[u8]; 3] = [b"sh", b"\xffx", b"\xe2\x82\xac"];
+        let mut v = b"{".to_vec();
+        write_json_bytes_list(&mut v, "args", items.iter().copied()).expect("write");
+        v.push(b'}');
+        let obj: serde_json::Value = serde_json::from_slice(&v).expect("valid JSON");
+        assert_eq!(
+            obj["args"],
+            serde_json::json!(["sh", "\u{fffd}x", "\u{20ac}"])
+        );
+        let b64 = obj["args_b64"].as_array().expect("array");
+        assert_eq!(b64.len(), 3);
+        assert!(b64[0].is_null() && b64[2].is_null());
+        assert_eq!(unbase64(b64[1].as_str().expect("string")), b"\xffx");
+        let mut v = b"{".to_vec();
+        write_json_bytes_list(&mut v, "args", [&b"a"[..]].into_iter()).expect("write");
+        assert_eq!(v, b"{\"args\":[\"a\"]");
     }
 
     #[test]

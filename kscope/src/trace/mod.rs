@@ -174,7 +174,8 @@ pub trait Tracer: Sized + 'static {
     const METRIC: Metric;
     /// Options beyond the [`Filters`] every tracer takes.
     type Opts: Clone + fmt::Debug + Default + Send + Sync + 'static;
-    /// One ring-buffer record.
+    /// One ring-buffer record's fixed part; a record may carry more bytes
+    /// after it (open's path), handed to [`Tracer::write_event`] as `tail`.
     type Event: aya::Pod;
     /// Count mode's key (kscope-common), as the kernel writes it.
     type Key: aya::Pod + Eq + Hash + fmt::Debug + Send + Sync + 'static;
@@ -190,12 +191,14 @@ pub trait Tracer: Sized + 'static {
     /// The columns of an event row.
     fn event_columns(timestamps: bool) -> Vec<Column>;
 
-    /// Writes an event's cells, in [`Tracer::event_columns`] order.
+    /// Writes an event's cells, in [`Tracer::event_columns`] order. `tail`
+    /// is the rest of the record after `ev`.
     ///
     /// # Errors
     /// Output errors.
     fn write_event<W: Write>(
         ev: &Self::Event,
+        tail: &[u8],
         cx: &EventCx,
         row: &mut Row<'_, W>,
     ) -> io::Result<()>;
@@ -538,6 +541,15 @@ pub(crate) mod render {
     use crate::output::{Format, Output};
 
     pub fn events<T: Tracer>(evs: &[&T::Event], format: Format, timestamps: bool) -> String {
+        let tails: Vec<(&T::Event, &[u8])> = evs.iter().map(|e| (*e, &[][..])).collect();
+        records::<T>(&tails, format, timestamps)
+    }
+
+    pub fn records<T: Tracer>(
+        evs: &[(&T::Event, &[u8])],
+        format: Format,
+        timestamps: bool,
+    ) -> String {
         let cx = EventCx {
             clock: format::Clock::now(),
             timestamps,
@@ -545,8 +557,8 @@ pub(crate) mod render {
         };
         let mut out = Output::new(Vec::new(), format, T::event_columns(timestamps));
         out.header().expect("header");
-        for ev in evs {
-            out.row(|r| T::write_event(ev, &cx, r)).expect("row");
+        for (ev, tail) in evs {
+            out.row(|r| T::write_event(ev, tail, &cx, r)).expect("row");
         }
         String::from_utf8(std::mem::take(out.writer())).expect("utf8")
     }

@@ -77,7 +77,8 @@ impl Tracer for Open {
     /// errno's name for a failed open). JSON: `ts_unix_ns`, `pid`, `tid`,
     /// `uid`, `comm`, `fd` (null when the open failed), `errno` and
     /// `errno_name` (null when it succeeded), `flags` (the number),
-    /// `flags_str`, `path`.
+    /// `flags_str`, `path` and `path_truncated`; `comm_b64`, `path_b64`
+    /// when those are not UTF-8 (see `output`).
     fn event_columns(timestamps: bool) -> Vec<Column> {
         let mut cols = Vec::with_capacity(13);
         if timestamps {
@@ -96,11 +97,20 @@ impl Tracer for Open {
             Column::json("flags"),
             Column::left("FLAGS", "flags_str", 28),
             Column::left("PATH", "path", 0),
+            Column::json("path_truncated"),
         ]);
         cols
     }
 
-    fn write_event<W: Write>(ev: &OpenEvent, cx: &EventCx, r: &mut Row<'_, W>) -> io::Result<()> {
+    /// `tail` is the path: the record's `path_len` bytes after the header
+    /// (fewer if the record is short). A path cut at `PATH_MAX - 1` bytes
+    /// ends in `...` in a table and has `path_truncated` set in JSON.
+    fn write_event<W: Write>(
+        ev: &OpenEvent,
+        tail: &[u8],
+        cx: &EventCx,
+        r: &mut Row<'_, W>,
+    ) -> io::Result<()> {
         if cx.timestamps {
             r.f64(cx.clock.since_start(ev.ts_ns), 6)?;
         }
@@ -131,7 +141,10 @@ impl Tracer for Open {
         r.u64(ev.flags.into())?;
         let mut buf = [0u8; 192];
         r.str(flags_str(&mut buf, ev.flags)?)?;
-        r.text(format::cstr(&ev.path))
+        let path = &tail[..(ev.path_len as usize).min(tail.len())];
+        let cut = ev.path_truncated != 0;
+        r.text_cut(path, cut)?;
+        r.bool(cut)
     }
 
     /// Table: `COMM OPENS FAILED`; JSON: `comm`, `opens`, `failed`.
@@ -178,17 +191,40 @@ mod tests {
             uid: 1000,
             flags: (libc::O_RDONLY | libc::O_CLOEXEC) as u32,
             comm: [0; 16],
-            path: [0; 256],
+            path_len: path.len() as u32,
+            path_truncated: 0,
         };
         ev.comm[..3].copy_from_slice(b"cat");
-        ev.path[..path.len()].copy_from_slice(path);
         ev
+    }
+
+    #[test]
+    fn paths_come_from_the_record_tail_and_cut_ones_are_marked() {
+        let long = vec![b'a'; 4095];
+        let mut cut = event(-36, &long);
+        cut.path_truncated = 1;
+        let whole = event(3, b"/etc/hosts");
+        // A record shorter than its path_len yields what it holds.
+        let recs = [(&cut, &long[..]), (&whole, &b"/etc/hos"[..])];
+        let text = render::records::<Open>(&recs, Format::Table, false);
+        let rows: Vec<&str> = text.lines().collect();
+        assert!(
+            rows[1].ends_with(&format!(" {}...", "a".repeat(4095))),
+            "{text}"
+        );
+        assert!(rows[2].ends_with(" /etc/hos"), "{text}");
+        let v = json_lines(&render::records::<Open>(&recs, Format::Json, false));
+        assert_eq!(v[0]["path_truncated"], true);
+        assert_eq!(v[0]["path"].as_str().map(str::len), Some(4095));
+        assert_eq!(v[1]["path_truncated"], false);
+        assert_eq!(v[1]["path"], "/etc/hos");
     }
 
     #[test]
     fn json_reports_fd_or_errno() {
         let (ok, bad) = (event(3, b"/etc/hosts"), event(-2, b"/nope\"x"));
-        let lines = json_lines(&render::events::<Open>(&[&ok, &bad], Format::Json, false));
+        let recs = [(&ok, &b"/etc/hosts"[..]), (&bad, &b"/nope\"x"[..])];
+        let lines = json_lines(&render::records::<Open>(&recs, Format::Json, false));
         assert_eq!(lines[0]["fd"], 3);
         assert!(lines[0]["errno"].is_null());
         assert!(lines[0]["errno_name"].is_null());
@@ -252,7 +288,7 @@ mod tests {
     #[test]
     fn table_rows_line_up_with_the_header() {
         let ev = event(-13, b"/root/x");
-        let text = render::events::<Open>(&[&ev], Format::Table, true);
+        let text = render::records::<Open>(&[(&ev, &b"/root/x"[..])], Format::Table, true);
         let lines: Vec<&str> = text.lines().collect();
         fn col<'a>(header: &str, l: &'a str, name: &str) -> Option<&'a str> {
             header.find(name).map(|i| &l[i..])

@@ -103,7 +103,10 @@ pub async fn run<T: Tracer, W: Write>(
             Feed::Event(bytes) => {
                 assert!(!panic_on_event, "KSCOPE_FAULT=consumer-panic");
                 match super::borrow::<T::Event>(bytes) {
-                    Some(ev) => out.row(|r| T::write_event(ev, &cx, r)),
+                    Some(ev) => {
+                        let tail = &bytes[size_of::<T::Event>()..];
+                        out.row(|r| T::write_event(ev, tail, &cx, r))
+                    }
                     None => Ok(()),
                 }
             }
