@@ -757,6 +757,16 @@ fn soak_with_traffic_and_rule_churn_keeps_memory_bounded_and_loses_no_metrics() 
                 if scrapes > warm {
                     rss.push(rss_anon_kib(pid));
                 }
+                if scrapes.is_multiple_of(20) {
+                    // Straight to stderr, past libtest's capture: under
+                    // emulation the soak takes minutes, and the VM harness
+                    // takes a silent console for a hang.
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "soak: {scrapes}/{total} scrapes ({:.0?})",
+                        start.elapsed()
+                    );
+                }
                 // Pacing only: how long this takes decides nothing.
                 std::thread::sleep(Duration::from_millis(250));
             }
@@ -1158,9 +1168,13 @@ fn hostile_comms_and_file_names_cannot_inject_series() {
     })
     .join()
     .expect("renamed thread");
+    // A copy of this test binary, which lists no tests and exits (in the
+    // VMs /bin/true is busybox, which would not know its new name).
     let exe = dir.0.join(EVIL_EXE);
-    fs::copy("/bin/true", &exe).expect("copy true");
+    fs::copy(std::env::current_exe().expect("current exe"), &exe).expect("copy the test binary");
     let st = Command::new(&exe)
+        .args(["--list", "--exact", "no_such_test"])
+        .stdout(Stdio::null())
         .status()
         .expect("exec the oddly named file");
     assert!(st.success());

@@ -10,6 +10,7 @@ mod common;
 
 use std::{
     collections::BTreeMap,
+    io::Write as _,
     net::{Ipv4Addr, Ipv6Addr},
     time::Instant,
 };
@@ -416,6 +417,14 @@ fn kernel_programs_agree_with_the_reference_classifier_on_random_frames() {
             assert_eq!(
                 got, want,
                 "seed {seed}, default {policy:?}, round {round}: reason counters differ (index = family * 8 + reason)"
+            );
+            // Straight to stderr, past libtest's capture: under emulation a
+            // run takes minutes, and the VM harness takes a silent console
+            // for a hang.
+            let _ = writeln!(
+                std::io::stderr(),
+                "differential test: {done}/{total} frames agree so far ({:.0?})",
+                start.elapsed()
             );
         }
     }
