@@ -20,7 +20,7 @@ use std::{
     io::{self, Write},
 };
 
-use crate::trace::format;
+pub mod text;
 
 /// How rows are rendered.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -309,10 +309,10 @@ impl<W: Write> Row<'_, W> {
         };
         match self.format {
             Format::Json => {
-                format::write_json_str(self.w, bytes)?;
+                text::write_json_str(self.w, bytes)?;
                 if std::str::from_utf8(bytes).is_err() {
                     write!(self.w, ",\"{}_b64\":\"", c.key)?;
-                    format::write_base64(self.w, bytes)?;
+                    text::write_base64(self.w, bytes)?;
                     self.w.write_all(b"\"")?;
                 }
                 Ok(())
@@ -321,11 +321,11 @@ impl<W: Write> Row<'_, W> {
                 let marker: &[u8] = if cut { b"..." } else { b"" };
                 let pad = c
                     .width
-                    .saturating_sub(format::text_width(bytes) + marker.len());
+                    .saturating_sub(text::text_width(bytes) + marker.len());
                 if c.align == Align::Right {
                     write!(self.w, "{:pad$}", "")?;
                 }
-                format::write_text(self.w, bytes)?;
+                text::write_text(self.w, bytes)?;
                 self.w.write_all(marker)?;
                 if c.align == Align::Left {
                     write!(self.w, "{:pad$}", "")?;
@@ -388,10 +388,10 @@ impl<W: Write> Row<'_, W> {
                 self.w.write_all(if json { b"," } else { b" " })?;
             }
             if json {
-                format::write_json_str(self.w, item)?;
+                text::write_json_str(self.w, item)?;
                 any_bad |= std::str::from_utf8(item).is_err();
             } else {
-                format::write_text(self.w, item)?;
+                text::write_text(self.w, item)?;
                 if cut(i) {
                     self.w.write_all(b"...")?;
                 }
@@ -415,7 +415,7 @@ impl<W: Write> Row<'_, W> {
                     self.w.write_all(b"null")?;
                 } else {
                     self.w.write_all(b"\"")?;
-                    format::write_base64(self.w, item)?;
+                    text::write_base64(self.w, item)?;
                     self.w.write_all(b"\"")?;
                 }
             }

@@ -1002,7 +1002,7 @@ fn paths_that_are_not_utf8_keep_their_bytes_in_json() {
     let b64 = ev[0]["path_b64"]
         .as_str()
         .unwrap_or_else(|| panic!("no path_b64 for a path that is not UTF-8: {}", ev[0]));
-    let bytes = kscope::trace::format::base64_decode(b64).expect("base64");
+    let bytes = kscope::output::text::base64_decode(b64).expect("base64");
     assert_eq!(bytes, file.as_os_str().as_bytes());
     // The readable form marks the bad bytes and keeps the rest.
     assert_eq!(
