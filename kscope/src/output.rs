@@ -251,12 +251,6 @@ impl<W: Write> Row<'_, W> {
         }))
     }
 
-    /// Whether this row renders as a table (for cells that differ by
-    /// format beyond null handling, as an errno name against its number).
-    pub fn is_table(&self) -> bool {
-        self.format == Format::Table
-    }
-
     /// A cell from a value that prints as a JSON number (integers, floats).
     fn number(&mut self, v: impl Display) -> io::Result<()> {
         let Some(c) = self.next()? else {

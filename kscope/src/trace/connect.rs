@@ -410,9 +410,9 @@ impl Tracer for Connect {
     /// `daddr`, `dport`, `ret` (null where the probe cannot see it),
     /// `errno_name`, `latency_ns`, `probe` ("kprobe", "fentry" or
     /// "tracepoint").
-    fn event_columns(_timestamps: bool) -> Vec<Column> {
-        vec![
-            Column::json("ts_unix_ns"),
+    fn event_columns(timestamps: bool) -> Vec<Column> {
+        let mut cols: Vec<Column> = super::time_columns(timestamps).collect();
+        cols.extend([
             Column::left("PID", "pid", 7),
             Column::json("tid"),
             Column::json("uid"),
@@ -423,12 +423,14 @@ impl Tracer for Connect {
             Column::right("SPORT", "sport", 5),
             Column::left("DADDR", "daddr", 39),
             Column::right("DPORT", "dport", 5),
-            Column::right("RET", "ret", 12).none("n/a"),
-            Column::json("errno_name"),
+        ]);
+        cols.extend(super::ret_columns());
+        cols.extend([
             Column::table("LAT(ms)", 9, Align::Right),
             Column::json("latency_ns"),
             Column::json("probe"),
-        ]
+        ]);
+        cols
     }
 
     fn write_event<W: Write>(
@@ -437,7 +439,7 @@ impl Tracer for Connect {
         cx: &EventCx,
         r: &mut Row<'_, W>,
     ) -> io::Result<()> {
-        r.u64(cx.clock.unix_ns(ev.ts_ns))?;
+        super::write_time(r, cx, ev.ts_ns)?;
         r.u64(ev.pid.into())?;
         r.u64(ev.tid.into())?;
         r.u64(ev.uid.into())?;
@@ -449,17 +451,7 @@ impl Tracer for Connect {
         r.u64(ev.sport.into())?;
         r.display(addr(ev.family, &ev.daddr))?;
         r.u64(ev.dport.into())?;
-        let name = format::errno_name(-i64::from(ev.ret)).filter(|_| ev.ret < 0);
-        match (ev.has_ret != 0, name) {
-            (false, _) => r.null()?,
-            // The table shows the errno's name, JSON the number.
-            (true, Some(n)) if r.is_table() => r.str(n)?,
-            (true, _) => r.i64(ev.ret.into())?,
-        }
-        match name.filter(|_| ev.has_ret != 0) {
-            Some(n) => r.str(n)?,
-            None => r.null()?,
-        }
+        super::write_ret(r, (ev.has_ret != 0).then_some(ev.ret))?;
         r.f64(ev.latency_ns as f64 / 1e6, 3)?;
         r.u64(ev.latency_ns)?;
         r.str(cx.probe)

@@ -19,7 +19,7 @@ use kscope_common::trace::{
 
 use super::{Attached, EventCx, Load, Metric, TraceError, Tracer, format};
 use crate::{
-    output::{Align, Column, Row},
+    output::{Column, Row},
     sys::btf::Btf,
 };
 
@@ -148,19 +148,15 @@ impl Tracer for Exec {
     /// `args_truncated` (true when any argument was cut short or left out),
     /// `args_cut` (indexes in `args` of the ones cut short).
     fn event_columns(timestamps: bool) -> Vec<Column> {
-        let mut cols = Vec::with_capacity(11);
-        if timestamps {
-            cols.push(Column::table("TIME(s)", 14, Align::Left));
-        }
+        let mut cols: Vec<Column> = super::time_columns(timestamps).collect();
         cols.extend([
-            Column::json("ts_unix_ns"),
             Column::left("PCOMM", "comm", 16),
             Column::left("PID", "pid", 7),
             Column::left("PPID", "ppid", 7),
             Column::json("uid"),
-            Column::table("RET", 12, Align::Right),
-            Column::json("ret"),
-            Column::json("errno_name"),
+        ]);
+        cols.extend(super::ret_columns());
+        cols.extend([
             Column::left("ARGS", "args", 0),
             Column::json("args_truncated"),
             Column::json("args_cut"),
@@ -174,24 +170,12 @@ impl Tracer for Exec {
         cx: &EventCx,
         r: &mut Row<'_, W>,
     ) -> io::Result<()> {
-        if cx.timestamps {
-            r.f64(cx.clock.since_start(ev.ts_ns), 6)?;
-        }
-        r.u64(cx.clock.unix_ns(ev.ts_ns))?;
+        super::write_time(r, cx, ev.ts_ns)?;
         r.text(format::cstr(&ev.comm))?;
         r.u64(ev.pid.into())?;
         r.u64(ev.ppid.into())?;
         r.u64(ev.uid.into())?;
-        let name = format::errno_name(-i64::from(ev.ret)).filter(|_| ev.ret < 0);
-        match name {
-            Some(n) => r.str(n)?,
-            None => r.i64(ev.ret.into())?,
-        }
-        r.i64(ev.ret.into())?;
-        match name {
-            Some(n) => r.str(n)?,
-            None => r.null()?,
-        }
+        super::write_ret(r, Some(ev.ret))?;
         r.list(args(ev), |i| arg_cut(ev, i), ev.truncated != 0)?;
         r.bool(args_truncated(ev))?;
         let cut = (0..args(ev).count()).filter(|&i| arg_cut(ev, i));

@@ -216,6 +216,56 @@ pub trait Tracer: Sized + 'static {
     fn label_values(key: &Self::Key) -> Vec<String>;
 }
 
+/// An event row's time columns: TIME(s), seconds since the start (a table
+/// with `-T`), and `ts_unix_ns` (JSON). [`write_time`] writes them.
+pub(crate) fn time_columns(timestamps: bool) -> impl Iterator<Item = Column> {
+    timestamps
+        .then(|| Column::table("TIME(s)", 14, crate::output::Align::Left))
+        .into_iter()
+        .chain([Column::json("ts_unix_ns")])
+}
+
+/// Writes [`time_columns`]' cells for an event stamped `ts_ns`
+/// (bpf_ktime_get_ns).
+pub(crate) fn write_time<W: Write>(r: &mut Row<'_, W>, cx: &EventCx, ts_ns: u64) -> io::Result<()> {
+    if cx.timestamps {
+        r.f64(cx.clock.since_start(ts_ns), 6)?;
+    }
+    r.u64(cx.clock.unix_ns(ts_ns))
+}
+
+/// A call's result: RET (a table: the errno's name, else the number; `n/a`
+/// where the probe cannot see it), `ret` and `errno_name` (JSON; null
+/// where unknown, `errno_name` null for a success). [`write_ret`] writes
+/// them.
+pub(crate) fn ret_columns() -> [Column; 3] {
+    [
+        Column::table("RET", 12, crate::output::Align::Right).none("n/a"),
+        Column::json("ret"),
+        Column::json("errno_name"),
+    ]
+}
+
+/// Writes [`ret_columns`]' cells for a result of 0 or -errno, `None` when
+/// unknown.
+pub(crate) fn write_ret<W: Write>(r: &mut Row<'_, W>, ret: Option<i32>) -> io::Result<()> {
+    let Some(ret) = ret else {
+        r.null()?;
+        r.null()?;
+        return r.null();
+    };
+    let name = format::errno_name(-i64::from(ret)).filter(|_| ret < 0);
+    match name {
+        Some(n) => r.str(n)?,
+        None => r.i64(ret.into())?,
+    }
+    r.i64(ret.into())?;
+    match name {
+        Some(n) => r.str(n),
+        None => r.null(),
+    }
+}
+
 /// A tracer's counter families in the daemon: `NAME_total{labels}` from
 /// each key's events and, where `errors` is set, a second family from its
 /// failed ones.

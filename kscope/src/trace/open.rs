@@ -80,12 +80,8 @@ impl Tracer for Open {
     /// `flags_str`, `path` and `path_truncated`; `comm_b64`, `path_b64`
     /// when those are not UTF-8 (see `output`).
     fn event_columns(timestamps: bool) -> Vec<Column> {
-        let mut cols = Vec::with_capacity(13);
-        if timestamps {
-            cols.push(Column::table("TIME(s)", 14, Align::Left));
-        }
+        let mut cols: Vec<Column> = super::time_columns(timestamps).collect();
         cols.extend([
-            Column::json("ts_unix_ns"),
             Column::left("PID", "pid", 7),
             Column::left("TID", "tid", 7),
             Column::left("UID", "uid", 6),
@@ -111,10 +107,7 @@ impl Tracer for Open {
         cx: &EventCx,
         r: &mut Row<'_, W>,
     ) -> io::Result<()> {
-        if cx.timestamps {
-            r.f64(cx.clock.since_start(ev.ts_ns), 6)?;
-        }
-        r.u64(cx.clock.unix_ns(ev.ts_ns))?;
+        super::write_time(r, cx, ev.ts_ns)?;
         r.u64(ev.pid.into())?;
         r.u64(ev.tid.into())?;
         r.u64(ev.uid.into())?;
