@@ -61,7 +61,8 @@ pub async fn run<T: Tracer, W: Write>(
     super::preflight(&format!("kscope trace {}", T::NAME))?;
     let mut signals = Signals::catch()?;
     if run.count {
-        let counter = Counter::<T>::start_with(opts, &run.filters, true)?;
+        // Preflight done above.
+        let counter = Counter::<T>::attach(opts, &run.filters, true)?;
         let stop = wait_for_stop(&mut signals, run.duration, &counter).await;
         let mut rows = counter.counts()?;
         let lost = counter.lost()?;
@@ -365,6 +366,11 @@ impl<T: Tracer> Counter<T> {
         by_task: bool,
     ) -> Result<Self, TraceError> {
         super::preflight(&format!("kscope trace {}", T::NAME))?;
+        Self::attach(opts, filters, by_task)
+    }
+
+    /// [`start_with`](Self::start_with) after its preflight.
+    fn attach(opts: &T::Opts, filters: &Filters, by_task: bool) -> Result<Self, TraceError> {
         // Before attaching, so its read is not counted.
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| TraceError::Io(e))?;
         let load = Load {
