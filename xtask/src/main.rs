@@ -168,6 +168,9 @@ fn test(
                 .unwrap_or_default()
         );
     }
+    for o in outcomes.iter().filter(|o| !o.bins.is_empty()) {
+        eprintln!("  {:<26} slowest: {}", o.label, o.slowest(4));
+    }
     let failed: Vec<&str> = outcomes
         .iter()
         .filter(|o| !o.ok())

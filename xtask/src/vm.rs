@@ -100,13 +100,28 @@ pub struct Outcome {
     pub error: Option<String>,
     /// Boots that crashed before init and were retried, with the reason.
     pub boot_retries: Vec<String>,
+    /// Each test binary the guest ran, with its wall time (the one still
+    /// running when a VM hung has the time until the kill).
+    pub bins: Vec<(String, Duration)>,
 }
 
 impl Outcome {
     pub fn ok(&self) -> bool {
         self.error.is_none() && self.failed.is_empty() && !self.passed.is_empty()
     }
+
+    /// "fw_xdp_rules 380s, daemon 170s, ...": the slowest binaries first.
+    pub fn slowest(&self, n: usize) -> String {
+        let mut b = self.bins.clone();
+        b.sort_by(|x, y| y.1.cmp(&x.1));
+        b.iter()
+            .take(n)
+            .map(|(name, d)| format!("{name} {:.0}s", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
+
 
 struct Apt {
     dir: PathBuf,
@@ -682,11 +697,18 @@ fn boot_once(k: &Kernel, img: &Image, initrd: &Path, log: &Path) -> anyhow::Resu
     let mut result = None;
     let mut hung = false;
     let mut logf = fs::File::create(log)?;
+    // (binary, started at); the last one is running.
+    let mut bins: Vec<(String, Instant)> = Vec::new();
+    let mut last_line = Instant::now();
     loop {
         let left = VM_TIMEOUT.saturating_sub(start.elapsed()).min(VM_SILENCE);
         match rx.recv_timeout(left) {
             Ok(line) => {
                 writeln!(logf, "{line}")?;
+                last_line = Instant::now();
+                if let Some(b) = line.strip_prefix("KSCOPE-BIN ") {
+                    bins.push((b.trim().to_owned(), Instant::now()));
+                }
                 if let Some(rest) = line.strip_prefix("KSCOPE-VM-BEGIN ") {
                     boot_time = Some(start.elapsed());
                     eprintln!("[{}] booted {rest} in {:.1?}", k.label, start.elapsed());
@@ -706,13 +728,25 @@ fn boot_once(k: &Kernel, img: &Image, initrd: &Path, log: &Path) -> anyhow::Resu
         }
     }
     let status = child.wait()?;
+    let end = Instant::now();
     let mut o = tally(&console, k.label);
     o.release = img.release.clone();
     o.boot = boot_time;
     o.total = start.elapsed();
+    o.bins = bins
+        .iter()
+        .enumerate()
+        .map(|(i, (name, t))| {
+            let until = bins.get(i + 1).map_or(end, |n| n.1);
+            (name.clone(), until - *t)
+        })
+        .collect();
     if hung {
+        // Name what was running: tests of that binary that had not reported.
+        let running = bins.last().map_or("no test binary", |b| b.0.as_str());
         o.error = Some(format!(
-            "hung: no output for {VM_SILENCE:?}, or over {VM_TIMEOUT:?} in all"
+            "hung in {running}: no output for {:.0?} (or over {VM_TIMEOUT:?} in all)",
+            end - last_line
         ));
     } else if let Some(p) = console.iter().find(|l| l.contains("Kernel panic")) {
         o.error = Some(format!("kernel panic: {p}"));
