@@ -622,6 +622,10 @@ fn fw_load_swaps_atomically_under_traffic() {
 /// Each family holds 1,048,576 source rules (loaded through the CLI); one
 /// more, live or from a file, fails naming the limit and changes nothing.
 #[test]
+#[cfg_attr(
+    feature = "vm-suite",
+    ignore = "host only: a million rule inserts take minutes under emulation, and the limit is kscope's own"
+)]
 fn a_full_family_is_refused_naming_the_limit() {
     let fw = Fw::new("full", &[]);
     let limit = kscope_common::fw::MAX_RULES_PER_FAMILY;

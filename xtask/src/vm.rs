@@ -122,7 +122,6 @@ impl Outcome {
     }
 }
 
-
 struct Apt {
     dir: PathBuf,
 }
@@ -444,6 +443,8 @@ pub fn build_static(root: &Path) -> anyhow::Result<TestBins> {
             "--package",
             "kscope",
             "--tests",
+            "--features",
+            "vm-suite",
             "--no-run",
             "--target",
             target,
@@ -616,6 +617,8 @@ pub fn tally(lines: &[String], label: &str) -> Outcome {
             match verdict {
                 "ok" => o.passed.push(full),
                 "FAILED" => o.failed.push(full),
+                // Host-only tests in the VM suite (feature `vm-suite`).
+                "ignored" => o.skipped.push(full),
                 _ => {}
             }
         }
@@ -697,6 +700,9 @@ fn boot_once(k: &Kernel, img: &Image, initrd: &Path, log: &Path) -> anyhow::Resu
     let mut result = None;
     let mut hung = false;
     let mut logf = fs::File::create(log)?;
+    // When each test reported, from its binary's start: where a VM's time
+    // goes (libtest has no per-test times on stable).
+    let mut timesf = fs::File::create(log.with_extension("times"))?;
     // (binary, started at); the last one is running.
     let mut bins: Vec<(String, Instant)> = Vec::new();
     let mut last_line = Instant::now();
@@ -708,6 +714,15 @@ fn boot_once(k: &Kernel, img: &Image, initrd: &Path, log: &Path) -> anyhow::Resu
                 last_line = Instant::now();
                 if let Some(b) = line.strip_prefix("KSCOPE-BIN ") {
                     bins.push((b.trim().to_owned(), Instant::now()));
+                }
+                if let (Some((bin, t)), Some((name, verdict))) =
+                    (bins.last(), parse_test_line(&line))
+                {
+                    writeln!(
+                        timesf,
+                        "{:>7.1}s {bin}::{name} {verdict}",
+                        t.elapsed().as_secs_f64()
+                    )?;
                 }
                 if let Some(rest) = line.strip_prefix("KSCOPE-VM-BEGIN ") {
                     boot_time = Some(start.elapsed());
@@ -771,7 +786,8 @@ fn show_failure_log(label: &str, log: &Path) {
 fn parse_test_line(line: &str) -> Option<(&str, &str)> {
     let rest = line.strip_prefix("test ")?;
     let (name, verdict) = rest.rsplit_once(" ... ")?;
-    let verdict = verdict.split_whitespace().next()?;
+    // "ignored, host only: ..." when the test gives a reason.
+    let verdict = verdict.split_whitespace().next()?.trim_end_matches(',');
     matches!(verdict, "ok" | "FAILED" | "ignored").then_some((name, verdict))
 }
 
@@ -883,6 +899,7 @@ mod tests {
             "KSCOPE-SKIP k",
             "test k ... ok",
             "test f ... ok",
+            "test h ... ignored, host only: slow",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -890,7 +907,7 @@ mod tests {
         let o = tally(&lines, "x");
         assert_eq!(o.passed, vec!["fw_xdp::a", "probe_check::f"]);
         assert_eq!(o.failed, vec!["fw_xdp::b"]);
-        assert_eq!(o.skipped, vec!["probe_check::k"]);
+        assert_eq!(o.skipped, vec!["probe_check::k", "probe_check::h"]);
         assert!(!o.ok());
     }
 
@@ -898,6 +915,10 @@ mod tests {
     fn libtest_lines_parse() {
         assert_eq!(parse_test_line("test a::b ... ok"), Some(("a::b", "ok")));
         assert_eq!(parse_test_line("test x ... FAILED"), Some(("x", "FAILED")));
+        assert_eq!(
+            parse_test_line("test y ... ignored, host only: a reason"),
+            Some(("y", "ignored"))
+        );
         assert_eq!(parse_test_line("test result: ok. 3 passed"), None);
         assert_eq!(parse_test_line("running 3 tests"), None);
     }
