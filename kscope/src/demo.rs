@@ -124,18 +124,9 @@ pub fn run(out: &mut impl Write, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     )?;
     write!(out, "{}", comparison(&sent, &seen, &t))?;
     writeln!(out, "\n`kscope fw stats` for {}:", lab.iface_b)?;
-    writeln!(out, "{}", counters::table_header(false))?;
-    write!(
-        out,
-        "{}",
-        counters::table_rows(
-            &counters::IfaceStats {
-                iface: &lab.iface_b,
-                counters: &pc
-            },
-            false
-        )
-    )?;
+    let mut table = counters::counter_table(&mut *out, false);
+    counters::counter_rows(&mut table, &lab.iface_b, &pc, false)?;
+    table.flush()?;
     out.flush()?;
 
     if !agrees(&seen, &t)

@@ -360,6 +360,7 @@ fn stats(args: &StatsArgs) -> anyhow::Result<()> {
     let read_all = || -> Result<Vec<_>, FwError> {
         ifaces.iter().map(|i| firewall::read_counters(i)).collect()
     };
+    let format = Format::json(args.json);
     let mut out = io::stdout().lock();
     let Some(interval) = args.watch else {
         let all = read_all()?;
@@ -367,30 +368,17 @@ fn stats(args: &StatsArgs) -> anyhow::Result<()> {
             .iter()
             .map(|i| firewall::read_reasons(i).map(|r| r.sum_reasons()))
             .collect::<Result<_, _>>()?;
-        if !args.json {
-            writeln!(out, "{}", counters::table_header(args.per_cpu))?;
-        }
-        for ((iface, pc), rs) in ifaces.iter().zip(&all).zip(&reasons) {
-            let s = counters::IfaceStats {
+        let stats: Vec<_> = ifaces
+            .iter()
+            .zip(&all)
+            .zip(&reasons)
+            .map(|((iface, counters), reasons)| counters::IfaceStats {
                 iface,
-                counters: pc,
-            };
-            if args.json {
-                writeln!(
-                    out,
-                    "{}",
-                    counters::to_json_with_reasons(&s, args.per_cpu, rs)
-                )?;
-            } else {
-                write!(out, "{}", counters::table_rows(&s, args.per_cpu))?;
-            }
-        }
-        if !args.json {
-            writeln!(out, "\n{}", counters::reason_header())?;
-            for (iface, rs) in ifaces.iter().zip(&reasons) {
-                write!(out, "{}", counters::reason_rows(iface, rs))?;
-            }
-        }
+                counters,
+                reasons,
+            })
+            .collect();
+        counters::write_stats(out, format, &stats, args.per_cpu)?;
         return Ok(());
     };
 
@@ -409,21 +397,13 @@ fn stats(args: &StatsArgs) -> anyhow::Result<()> {
         let now: Vec<_> = read_all()?.iter().map(|pc| pc.sum()).collect();
         let elapsed = at.elapsed();
         at = Instant::now();
-        if !args.json {
-            writeln!(out, "{}", counters::rate_header())?;
-        }
-        for ((iface, n), b) in ifaces.iter().zip(&now).zip(&before) {
-            let rates = n.rates_since(b, elapsed);
-            if args.json {
-                writeln!(out, "{}", counters::rates_to_json(iface, elapsed, &rates))?;
-            } else {
-                write!(out, "{}", counters::rate_rows(iface, &rates))?;
-            }
-        }
-        if !args.json {
-            writeln!(out)?;
-        }
-        out.flush()?;
+        let rates: Vec<_> = ifaces
+            .iter()
+            .zip(&now)
+            .zip(&before)
+            .map(|((iface, n), b)| (iface.as_str(), n.rates_since(b, elapsed)))
+            .collect();
+        counters::write_rates(&mut out, format, elapsed, &rates)?;
         before = now;
     }
     Ok(())
