@@ -41,7 +41,10 @@ use super::{
     expo::Format,
     metrics::{KscopeCollector, Shared},
 };
-use crate::profile::{self, report, symbolize::Sides};
+use crate::{
+    profile::{self, report, symbolize::Sides},
+    sys::Chain,
+};
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
@@ -224,7 +227,7 @@ fn health(ctx: &Ctx) -> Response<Full<Bytes>> {
         let why = match crate::firewall::status_of(&iface) {
             Ok(st) if st.attached => continue,
             Ok(_) => "the interface is gone".to_owned(),
-            Err(e) => format!("not attached ({e})"),
+            Err(e) => format!("not attached ({})", Chain(&e)),
         };
         problems.insert(format!("firewall on {iface}"), why);
     }
@@ -372,7 +375,7 @@ async fn profile(ctx: &Ctx, query: &str) -> Response<Full<Bytes>> {
     let format = req.format;
     let job = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, (StatusCode, String)> {
         let r = profile::run(&opts, Some(Duration::from_secs(seconds)), &stop, None)
-            .map_err(|e| (profile_status(&e), e.to_string()))?;
+            .map_err(|e| (profile_status(&e), Chain(&e).to_string()))?;
         tracing::info!("profile served: {}", report::summary(&r));
         let mut body = Vec::new();
         match format {

@@ -50,6 +50,7 @@ use crate::{
         self,
         maps::{HitCounts, RuleMaps},
     },
+    sys::Chain,
     trace::runner::Counting,
 };
 
@@ -210,9 +211,9 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn scrape_error(&self, what: &str, e: &dyn fmt::Display) {
+    fn scrape_error(&self, what: &str, e: &(dyn std::error::Error + 'static)) {
         self.scrape_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!("metrics: {what}: {e}");
+        tracing::warn!("metrics: {what}: {}", Chain(e));
     }
 }
 

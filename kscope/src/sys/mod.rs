@@ -536,6 +536,22 @@ pub fn errno_in(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
     None
 }
 
+/// An error and its sources in one line, joined by ": " as the binary
+/// prints errors: for logs and replies that must say why, not only what.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cur = self.0.source();
+        while let Some(e) = cur {
+            write!(f, ": {e}")?;
+            cur = e.source();
+        }
+        Ok(())
+    }
+}
+
 /// Nanoseconds since the Unix epoch.
 pub fn unix_now_ns() -> u64 {
     std::time::SystemTime::now()
