@@ -8,7 +8,7 @@
 //! `Drop` removes them.
 
 use std::{
-    io::{self, Write},
+    io::Write,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -200,14 +200,4 @@ fn comparison(sent: &Sent, seen: &Seen, t: &counters::Totals) -> String {
         s.push('\n');
     }
     s
-}
-
-/// Registers SIGINT and SIGTERM to set `stop` instead of killing the process,
-/// so teardown runs.
-pub fn stop_on_signals() -> io::Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))?;
-    }
-    Ok(stop)
 }

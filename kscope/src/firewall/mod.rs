@@ -31,6 +31,7 @@
 //! extension-header walk (5.3) and map batch reads are used from 5.6 with a
 //! key-by-key fallback; all are older than 5.9.
 
+pub mod cmd;
 pub mod counters;
 pub mod maps;
 pub mod reference;
@@ -191,6 +192,21 @@ pub enum FwError {
     /// Every rule id was handed out (ids are never reused).
     #[error("cannot allocate a rule id: rule ids exhausted; detach and attach again")]
     IdsExhausted,
+    /// Installing the SIGINT and SIGTERM handlers failed.
+    #[error("installing signal handlers")]
+    Signals(#[source] io::Error),
+    /// Writing a verb's output failed (a closed pipe among others: see
+    /// [`FwError::is_broken_pipe`]).
+    #[error(transparent)]
+    Output(io::Error),
+}
+
+impl FwError {
+    /// True when the output went to a pipe nobody reads any more (`kscope
+    /// fw rules | head -1`), which the binary treats as success.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, FwError::Output(e) if e.kind() == io::ErrorKind::BrokenPipe)
+    }
 }
 
 /// Why pinned state is unusable: the error of the operation on it.

@@ -552,6 +552,20 @@ impl fmt::Display for Chain<'_> {
     }
 }
 
+/// Registers SIGINT and SIGTERM to set the returned flag instead of
+/// killing the process, so a verb that runs until interrupted ends its
+/// loop and tears down what it set up.
+///
+/// # Errors
+/// The handlers cannot be installed.
+pub fn stop_on_signals() -> io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, std::sync::Arc::clone(&stop))?;
+    }
+    Ok(stop)
+}
+
 /// Nanoseconds since the Unix epoch.
 pub fn unix_now_ns() -> u64 {
     std::time::SystemTime::now()
