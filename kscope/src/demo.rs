@@ -8,7 +8,7 @@
 //! `Drop` removes them.
 
 use std::{
-    io::{self, Write},
+    io::Write,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -124,18 +124,9 @@ pub fn run(out: &mut impl Write, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     )?;
     write!(out, "{}", comparison(&sent, &seen, &t))?;
     writeln!(out, "\n`kscope fw stats` for {}:", lab.iface_b)?;
-    writeln!(out, "{}", counters::table_header(false))?;
-    write!(
-        out,
-        "{}",
-        counters::table_rows(
-            &counters::IfaceStats {
-                iface: &lab.iface_b,
-                counters: &pc
-            },
-            false
-        )
-    )?;
+    let mut table = counters::counter_table(&mut *out, false);
+    counters::counter_rows(&mut table, &lab.iface_b, &pc, false)?;
+    table.flush()?;
     out.flush()?;
 
     if !agrees(&seen, &t)
@@ -209,14 +200,4 @@ fn comparison(sent: &Sent, seen: &Seen, t: &counters::Totals) -> String {
         s.push('\n');
     }
     s
-}
-
-/// Registers SIGINT and SIGTERM to set `stop` instead of killing the process,
-/// so teardown runs.
-pub fn stop_on_signals() -> io::Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))?;
-    }
-    Ok(stop)
 }

@@ -13,6 +13,11 @@
 //! with the exact bytes in standard base64 (RFC 4648, padded). `KEY_b64` is
 //! there exactly when the bytes are not UTF-8.
 //!
+//! A JSON row may nest objects and arrays of objects ([`Row::object`],
+//! [`Row::objects`]), described by columns of their own, where one JSON
+//! line stands for several table rows (`fw stats`: one object per
+//! interface, one table row per counter).
+//!
 //! Nothing is allocated per row.
 
 use std::{
@@ -55,6 +60,8 @@ pub struct Column {
     pub align: Align,
     /// What a table shows for a null cell.
     pub none: &'static str,
+    /// Spaces before this column in a table (unless it comes first).
+    pub gap: usize,
 }
 
 impl Column {
@@ -66,6 +73,7 @@ impl Column {
             width,
             align: Align::Left,
             none: "-",
+            gap: 1,
         }
     }
 
@@ -93,6 +101,12 @@ impl Column {
     /// The same column, showing `none` for a null cell in a table.
     pub const fn none(self, none: &'static str) -> Self {
         Self { none, ..self }
+    }
+
+    /// The same column, `gap` spaces from the one before it in a table
+    /// (one by default).
+    pub const fn gap(self, gap: usize) -> Self {
+        Self { gap, ..self }
     }
 
     fn shown(&self, f: Format) -> bool {
@@ -148,7 +162,7 @@ impl<W: Write> Output<W> {
                 continue;
             }
             if !first {
-                self.w.write_all(b" ")?;
+                write_gap(&mut self.w, c.gap)?;
             }
             first = false;
             let width = if i == self.last && c.align == Align::Left {
@@ -207,6 +221,16 @@ impl<W: Write> Output<W> {
     }
 }
 
+/// The spaces between two table cells: usually one, written without the
+/// formatting machinery (tracers write millions of cells).
+fn write_gap(w: &mut impl Write, gap: usize) -> io::Result<()> {
+    if gap == 1 {
+        w.write_all(b" ")
+    } else {
+        write!(w, "{:gap$}", "")
+    }
+}
+
 /// The cells of one row, written in column order.
 pub struct Row<'a, W: Write> {
     w: &'a mut W,
@@ -230,11 +254,10 @@ impl<W: Write> Row<'_, W> {
             return Ok(None);
         }
         if !self.first {
-            self.w.write_all(if self.format == Format::Json {
-                b","
-            } else {
-                b" "
-            })?;
+            match self.format {
+                Format::Json => self.w.write_all(b",")?,
+                Format::Table => write_gap(self.w, c.gap)?,
+            }
         }
         self.first = false;
         if self.format == Format::Json {
@@ -283,6 +306,20 @@ impl<W: Write> Row<'_, W> {
             (Format::Table, Align::Left) => write!(self.w, "{v:<w$.prec$}", w = c.width),
             (Format::Table, Align::Right) => write!(self.w, "{v:>w$.prec$}", w = c.width),
         }
+    }
+
+    /// A float with `prec` decimals in a table; in JSON, the shortest text
+    /// that reads back as `v` (a rate, an interval: every digit kept).
+    pub fn f64_exact(&mut self, v: f64, prec: usize) -> io::Result<()> {
+        if self.format == Format::Table {
+            return self.f64(v, prec);
+        }
+        let Some(_) = self.next()? else {
+            return Ok(());
+        };
+        // serde_json writes a finite float in its shortest round-trip form,
+        // and `null` for NaN and infinity, which JSON has not.
+        serde_json::to_writer(&mut *self.w, &v).map_err(io::Error::from)
     }
 
     /// `true`/`false` in both formats.
@@ -351,10 +388,9 @@ impl<W: Write> Row<'_, W> {
         let Some(c) = self.next()? else {
             return Ok(());
         };
-        match (self.format, c.align) {
-            (Format::Json, _) => self.w.write_all(b"null"),
-            (Format::Table, Align::Left) => write!(self.w, "{:<w$}", c.none, w = c.width),
-            (Format::Table, Align::Right) => write!(self.w, "{:>w$}", c.none, w = c.width),
+        match self.format {
+            Format::Json => self.w.write_all(b"null"),
+            Format::Table => self.none_text(c),
         }
     }
 
@@ -416,6 +452,77 @@ impl<W: Write> Row<'_, W> {
             self.w.write_all(b"]")?;
         }
         Ok(())
+    }
+
+    /// A JSON object nested in this cell: `cols` are its members, which `f`
+    /// writes as it writes a row's cells. A table has no room for it and
+    /// shows the column's `none` text (nested cells belong in JSON-only
+    /// columns).
+    pub fn object(
+        &mut self,
+        cols: &[Column],
+        f: impl FnOnce(&mut Row<'_, W>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let Some(c) = self.next()? else {
+            return Ok(());
+        };
+        match self.format {
+            Format::Json => self.nested(cols, f),
+            Format::Table => self.none_text(c),
+        }
+    }
+
+    /// A JSON array of objects, one per item, each with the members `cols`
+    /// that `f` writes for its item; a table shows the column's `none`
+    /// text, as for [`object`](Self::object).
+    pub fn objects<T>(
+        &mut self,
+        cols: &[Column],
+        items: impl IntoIterator<Item = T>,
+        mut f: impl FnMut(&mut Row<'_, W>, T) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let Some(c) = self.next()? else {
+            return Ok(());
+        };
+        if self.format == Format::Table {
+            return self.none_text(c);
+        }
+        self.w.write_all(b"[")?;
+        for (i, item) in items.into_iter().enumerate() {
+            if i > 0 {
+                self.w.write_all(b",")?;
+            }
+            self.nested(cols, |r| f(r, item))?;
+        }
+        self.w.write_all(b"]")
+    }
+
+    /// Writes `{...}`: the members `cols`, filled in by `f`.
+    fn nested(
+        &mut self,
+        cols: &[Column],
+        f: impl FnOnce(&mut Row<'_, W>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.w.write_all(b"{")?;
+        let mut row = Row {
+            w: &mut *self.w,
+            cols,
+            format: Format::Json,
+            last: cols.len(),
+            i: 0,
+            first: true,
+        };
+        f(&mut row)?;
+        debug_assert_eq!(row.i, cols.len(), "an object must write every member");
+        self.w.write_all(b"}")
+    }
+
+    /// A table cell with the column's `none` text.
+    fn none_text(&mut self, c: Column) -> io::Result<()> {
+        match c.align {
+            Align::Left => write!(self.w, "{:<w$}", c.none, w = c.width),
+            Align::Right => write!(self.w, "{:>w$}", c.none, w = c.width),
+        }
     }
 
     /// A list of numbers: a JSON array; in a table, joined by commas.
@@ -497,6 +604,52 @@ mod tests {
             rows[1]["comm"].as_str().map(|s| s.starts_with("a\nb")),
             Some(true)
         );
+    }
+
+    #[test]
+    fn json_rows_nest_objects_and_arrays_of_objects() {
+        const INNER: [Column; 2] = [Column::json("n"), Column::json("rate")];
+        let cols = vec![
+            Column::left("NAME", "name", 4),
+            Column::json("one"),
+            Column::json("all").none("..."),
+            Column::right("X", "x", 3).gap(3),
+        ];
+        let render = |format| {
+            let mut out = Output::new(Vec::new(), format, cols.clone());
+            out.row(|r| {
+                r.str("a")?;
+                r.object(&INNER, |r| {
+                    r.u64(1)?;
+                    r.f64_exact(0.1, 1)
+                })?;
+                r.objects(&INNER, [2u64, 3], |r, n| {
+                    r.u64(n)?;
+                    r.f64_exact(n as f64 / 3.0, 1)
+                })?;
+                r.f64_exact(2.0, 1)
+            })
+            .expect("row");
+            String::from_utf8(out.w).expect("utf8")
+        };
+        assert_eq!(
+            render(Format::Json),
+            concat!(
+                r#"{"name":"a","one":{"n":1,"rate":0.1},"#,
+                r#""all":[{"n":2,"rate":0.6666666666666666},{"n":3,"rate":1.0}],"x":2.0}"#,
+                "\n"
+            )
+        );
+        // Nested cells are JSON's; a table shows its own columns, the gap
+        // before X three spaces wide.
+        assert_eq!(render(Format::Table), "NAME     X\na      2.0\n");
+    }
+
+    #[test]
+    fn exact_floats_in_json_are_null_when_not_finite() {
+        let mut out = Output::new(Vec::new(), Format::Json, vec![Column::json("v")]);
+        out.row(|r| r.f64_exact(f64::NAN, 1)).expect("row");
+        assert_eq!(out.w, b"{\"v\":null}\n");
     }
 
     #[test]

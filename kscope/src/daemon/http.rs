@@ -14,6 +14,7 @@
 //!   previous response) is closed.
 
 use std::{
+    collections::BTreeMap,
     convert::Infallible,
     path::PathBuf,
     sync::{
@@ -41,7 +42,10 @@ use super::{
     expo::Format,
     metrics::{KscopeCollector, Shared},
 };
-use crate::profile::{self, report, symbolize::Sides};
+use crate::{
+    profile::{self, report, symbolize::Sides},
+    sys::Chain,
+};
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
@@ -212,22 +216,12 @@ async fn metrics(ctx: &Ctx, format: Format) -> Response<Full<Bytes>> {
     }
 }
 
-/// Healthy when every tracer runs and every managed interface still has
-/// the firewall attached (someone may have run `kscope fw detach`, or the
-/// interface may have gone away).
+/// Healthy when no problem is recorded (a tracer whose kernel counters the
+/// last scrape could not read, see [`super::metrics::State::problems`])
+/// and every managed interface still has the firewall attached (someone
+/// may have run `kscope fw detach`, or the interface may have gone away).
 fn health(ctx: &Ctx) -> Response<Full<Bytes>> {
-    let (ifaces, mut problems) = {
-        let s = ctx.shared.lock();
-        (s.fw_ifaces.clone(), s.problems.clone())
-    };
-    for iface in ifaces {
-        let why = match crate::firewall::status_of(&iface) {
-            Ok(st) if st.attached => continue,
-            Ok(_) => "the interface is gone".to_owned(),
-            Err(e) => format!("not attached ({e})"),
-        };
-        problems.insert(format!("firewall on {iface}"), why);
-    }
+    let problems = problems(&ctx.shared);
     if problems.is_empty() {
         return text(StatusCode::OK, "ok\n".into());
     }
@@ -236,6 +230,24 @@ fn health(ctx: &Ctx) -> Response<Full<Bytes>> {
         StatusCode::SERVICE_UNAVAILABLE,
         format!("unhealthy: {}\n", why.join("; ")),
     )
+}
+
+/// Why the daemon is unhealthy, by component: the problems recorded, and
+/// the firewall checked now.
+fn problems(shared: &Shared) -> BTreeMap<String, String> {
+    let (ifaces, mut problems) = {
+        let s = shared.lock();
+        (s.fw_ifaces.clone(), s.problems.clone())
+    };
+    for iface in ifaces {
+        let why = match crate::firewall::status_of(&iface) {
+            Ok(st) if st.attached => continue,
+            Ok(_) => "the interface is gone".to_owned(),
+            Err(e) => format!("not attached ({})", Chain(&e)),
+        };
+        problems.insert(format!("firewall on {iface}"), why);
+    }
+    problems
 }
 
 /// Output of a `/profile` request.
@@ -372,7 +384,7 @@ async fn profile(ctx: &Ctx, query: &str) -> Response<Full<Bytes>> {
     let format = req.format;
     let job = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, (StatusCode, String)> {
         let r = profile::run(&opts, Some(Duration::from_secs(seconds)), &stop, None)
-            .map_err(|e| (profile_status(&e), e.to_string()))?;
+            .map_err(|e| (profile_status(&e), Chain(&e).to_string()))?;
         tracing::info!("profile served: {}", report::summary(&r));
         let mut body = Vec::new();
         match format {
@@ -403,6 +415,85 @@ async fn profile(ctx: &Ctx, query: &str) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tracer whose kernel counters cannot be read while `failing` is
+    /// set, as when its maps went away under it.
+    struct Flaky(Arc<AtomicBool>);
+
+    impl crate::trace::runner::Counting for Flaky {
+        fn metric(&self) -> crate::trace::Metric {
+            <crate::trace::exec::Exec as crate::trace::Tracer>::METRIC
+        }
+
+        fn scrape(&self) -> Result<crate::trace::runner::LabelledCounts, crate::trace::TraceError> {
+            if self.0.load(Ordering::Relaxed) {
+                Err(crate::trace::TraceError::Map {
+                    map: "EXEC_COUNTS",
+                    source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                        call: "bpf_map_get_next_key",
+                        io_error: std::io::Error::from_raw_os_error(libc::EBADF),
+                    }),
+                })
+            } else {
+                Ok((Vec::new(), 0))
+            }
+        }
+    }
+
+    /// A tracer whose counters a scrape could not read makes `/healthz`
+    /// unhealthy, naming the tracer and why; the next good scrape clears
+    /// it, and so does stopping the tracer.
+    #[test]
+    fn healthz_names_a_tracer_whose_counters_cannot_be_read() {
+        let shared = Shared::new();
+        let failing = Arc::new(AtomicBool::new(true));
+        shared.lock().tracers.insert(
+            "exec",
+            Arc::new(Mutex::new(super::super::metrics::TracerSlot::new(
+                Box::new(Flaky(failing.clone())),
+                8,
+            ))),
+        );
+        let ctx = Ctx::new(
+            shared.clone(),
+            ProfileConfig::default(),
+            &MetricsConfig::default(),
+        );
+        assert_eq!(health(&ctx).status(), StatusCode::OK, "before any scrape");
+
+        ctx.collector.encode(Format::Text);
+        assert_eq!(health(&ctx).status(), StatusCode::SERVICE_UNAVAILABLE);
+        let why = problems(&shared);
+        let exec = why.get("exec tracer").map(String::as_str);
+        assert_eq!(
+            exec,
+            Some(
+                "reading its kernel counters failed: map EXEC_COUNTS of the tracer object: \
+                 `bpf_map_get_next_key` failed: Bad file descriptor (os error 9)"
+            ),
+            "{why:?}"
+        );
+
+        failing.store(false, Ordering::Relaxed);
+        ctx.collector.encode(Format::Text);
+        assert_eq!(
+            health(&ctx).status(),
+            StatusCode::OK,
+            "{:?}",
+            problems(&shared)
+        );
+
+        failing.store(true, Ordering::Relaxed);
+        ctx.collector.encode(Format::Text);
+        assert_eq!(health(&ctx).status(), StatusCode::SERVICE_UNAVAILABLE);
+        super::super::tracers::Tracers.stop(&["exec"], &shared);
+        assert_eq!(
+            health(&ctx).status(),
+            StatusCode::OK,
+            "{:?}",
+            problems(&shared)
+        );
+    }
 
     #[test]
     fn profile_queries_are_checked_against_the_config() {

@@ -50,8 +50,14 @@ use crate::{
         self,
         maps::{HitCounts, RuleMaps},
     },
+    sys::Chain,
     trace::runner::Counting,
 };
+
+/// The key of a tracer's entry in [`State::problems`].
+pub fn tracer_problem_key(name: &str) -> String {
+    format!("{name} tracer")
+}
 
 /// Label value that sums the series over a tracer's `max_series`.
 pub const OTHER: &str = "[other]";
@@ -168,7 +174,9 @@ pub struct State {
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub last_reload_ok: bool,
-    /// Why the daemon is unhealthy, by component; empty when healthy.
+    /// Why the daemon is unhealthy, by component; empty when healthy. A
+    /// tracer whose kernel counters the last scrape could not read is one
+    /// (see [`tracer_problem_key`]).
     pub problems: BTreeMap<String, String>,
 }
 
@@ -210,9 +218,34 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn scrape_error(&self, what: &str, e: &dyn fmt::Display) {
+    fn scrape_error(&self, what: &str, e: &(dyn std::error::Error + 'static)) {
         self.scrape_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!("metrics: {what}: {e}");
+        tracing::warn!("metrics: {what}: {}", Chain(e));
+    }
+
+    /// Records what the last scrape of the tracer `name` found: `problem`
+    /// for `/healthz` to report (under `NAME tracer`), or none any more.
+    /// Nothing is recorded for a tracer stopped (or restarted) while the
+    /// scrape held its old `slot`.
+    fn tracer_health(
+        &self,
+        name: &'static str,
+        slot: &Arc<Mutex<TracerSlot>>,
+        problem: Option<String>,
+    ) {
+        let mut s = self.lock();
+        if !s.tracers.get(name).is_some_and(|t| Arc::ptr_eq(t, slot)) {
+            return;
+        }
+        let key = tracer_problem_key(name);
+        match problem {
+            Some(p) => {
+                s.problems.insert(key, p);
+            }
+            None => {
+                s.problems.remove(&key);
+            }
+        }
     }
 }
 
@@ -384,11 +417,21 @@ impl KscopeCollector {
             .collect();
         let mut scrapes = Vec::with_capacity(slots.len());
         for (name, slot) in &slots {
-            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-            match slot.scrape() {
-                Ok(s) => scrapes.push((*name, slot.counter.metric(), s)),
-                Err(e) => self.0.scrape_error(&format!("{name} tracer counts"), &e),
-            }
+            let result = {
+                let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
+                guard.scrape().map(|s| (*name, guard.counter.metric(), s))
+            };
+            let problem = match result {
+                Ok(s) => {
+                    scrapes.push(s);
+                    None
+                }
+                Err(e) => {
+                    self.0.scrape_error(&format!("{name} tracer counts"), &e);
+                    Some(format!("reading its kernel counters failed: {}", Chain(&e)))
+                }
+            };
+            self.0.tracer_health(name, slot, problem);
         }
         for (name, help, lost) in [
             (

@@ -37,7 +37,10 @@ use self::{
     metrics::Shared,
     tracers::Tracers,
 };
-use crate::firewall::{self, FwError, Mode, maps::RuleMaps};
+use crate::{
+    firewall::{self, FwError, Mode, maps::RuleMaps},
+    sys::Chain,
+};
 
 /// Runs the daemon with the config at `path` until SIGTERM or SIGINT.
 ///
@@ -207,7 +210,7 @@ impl Daemon {
         if let Err(e) = fw {
             for iface in &attached {
                 if let Err(d) = firewall::detach(iface) {
-                    tracing::error!("undoing the attach to {iface}: {d}");
+                    tracing::error!("undoing the attach to {iface}: {}", Chain(&d));
                 }
             }
             self.tracers.stop(&started, &self.shared);
@@ -219,7 +222,7 @@ impl Daemon {
             match firewall::detach(iface) {
                 Ok(()) => tracing::info!("firewall detached from {iface} (not in the config)"),
                 Err(FwError::NotAttached(_)) => {}
-                Err(e) => tracing::error!("detaching {iface}: {e}"),
+                Err(e) => tracing::error!("detaching {iface}: {}", Chain(&e)),
             }
             self.attached_here.remove(iface);
         }
@@ -329,7 +332,7 @@ impl Daemon {
         for iface in &detach {
             match firewall::detach(iface) {
                 Ok(()) => tracing::info!("firewall detached from {iface}"),
-                Err(e) => tracing::error!("detaching {iface}: {e}"),
+                Err(e) => tracing::error!("detaching {iface}: {}", Chain(&e)),
             }
         }
         let kept = self.loaded.config.firewall.interfaces.len()

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{
     config::TraceConfig,
-    metrics::{Shared, TracerSlot},
+    metrics::{Shared, TracerSlot, tracer_problem_key},
 };
 use crate::trace::{self, Filters, runner::TRACERS};
 
@@ -66,7 +66,7 @@ impl Tracers {
         let mut s = shared.lock();
         for name in names {
             s.tracers.remove(name);
-            s.problems.remove(&format!("{name} tracer"));
+            s.problems.remove(&tracer_problem_key(name));
         }
     }
 

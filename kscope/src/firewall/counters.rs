@@ -1,14 +1,18 @@
-//! Counter aggregation and formatting: pure functions over what the per-CPU
-//! map holds, so they are unit-tested without a kernel.
+//! Counter aggregation and `fw stats` output: pure functions over what the
+//! per-CPU maps hold, so they are unit-tested without a kernel. Tables and
+//! JSON are written through [`crate::output`].
 
-use std::{fmt::Write as _, time::Duration};
+use std::{
+    io::{self, Write},
+    time::Duration,
+};
 
 use kscope_common::fw::{
     Action, Counter, Family, N_ACTIONS, N_COUNTERS, N_REASON_COUNTERS, Reason, counter_index,
     reason_index,
 };
 
-use serde::Serialize;
+use crate::output::{Column, Format, Output, Row};
 
 /// Raw per-CPU contents of the counter map: `slots[index][cpu]`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -132,64 +136,6 @@ impl ReasonTotals {
     }
 }
 
-/// Header of the by-reason table.
-pub fn reason_header() -> String {
-    format!(
-        "{:<15} {:<6} {:<16} {:<6} {:>14} {:>16}",
-        "IFACE", "FAMILY", "REASON", "ACTION", "PACKETS", "BYTES"
-    )
-}
-
-/// By-reason rows for one interface: every non-zero (family, reason).
-pub fn reason_rows(iface: &str, t: &ReasonTotals) -> String {
-    let mut out = String::new();
-    for f in Family::ALL {
-        for r in Reason::ALL {
-            let c = t.get(f, r);
-            if c.packets != 0 {
-                let _ = writeln!(
-                    out,
-                    "{iface:<15} {:<6} {:<16} {:<6} {:>14} {:>16}",
-                    f.name(),
-                    r.name(),
-                    r.action().name(),
-                    c.packets,
-                    c.bytes
-                );
-            }
-        }
-    }
-    out
-}
-
-#[derive(Serialize)]
-struct JsonReason {
-    family: &'static str,
-    reason: &'static str,
-    action: &'static str,
-    packets: u64,
-    bytes: u64,
-}
-
-fn json_reasons(t: &ReasonTotals) -> Vec<JsonReason> {
-    let mut rows = Vec::new();
-    for f in Family::ALL {
-        for r in Reason::ALL {
-            let c = t.get(f, r);
-            if c.packets != 0 || c.bytes != 0 {
-                rows.push(JsonReason {
-                    family: f.name(),
-                    reason: r.name(),
-                    action: r.action().name(),
-                    packets: c.packets,
-                    bytes: c.bytes,
-                });
-            }
-        }
-    }
-    rows
-}
-
 /// Packets and bytes per second for each slot.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rates {
@@ -212,212 +158,296 @@ fn shown_rows(nonzero: impl Fn(usize) -> bool) -> Vec<(Family, Action)> {
     rows
 }
 
-/// One interface's counters, ready for a table or JSON.
+/// One interface's counters and its counts by reason, as `fw stats`
+/// shows them.
 pub struct IfaceStats<'a> {
     pub iface: &'a str,
     pub counters: &'a PerCpuCounters,
+    pub reasons: &'a ReasonTotals,
 }
 
-/// Header of the stats table; `per_cpu` adds a CPU column.
-pub fn table_header(per_cpu: bool) -> String {
-    let cpu = if per_cpu {
-        format!("{:>4}  ", "CPU")
-    } else {
-        String::new()
-    };
-    format!(
-        "{:<15} {cpu}{:<6} {:<8} {:>14} {:>16}",
-        "IFACE", "FAMILY", "ACTION", "PACKETS", "BYTES"
-    )
+const IFACE: Column = Column::left("IFACE", "iface", 15);
+const CPU: Column = Column::right("CPU", "cpu", 4);
+const FAMILY: Column = Column::left("FAMILY", "family", 6);
+const ACTION: Column = Column::left("ACTION", "action", 8);
+const PACKETS: Column = Column::right("PACKETS", "packets", 14);
+const BYTES: Column = Column::right("BYTES", "bytes", 16);
+
+/// A counter: `{"packets", "bytes"}`.
+const COUNTER: [Column; 2] = [PACKETS, BYTES];
+/// A (family, action) counter: the counters table's columns after the
+/// interface, and the members of each JSON `counters` entry.
+const FAMILY_ACTION: [Column; 4] = [FAMILY, ACTION, PACKETS, BYTES];
+/// The by-reason table's columns after the interface, and the members of
+/// each JSON `reasons` entry.
+const REASON: [Column; 5] = [
+    FAMILY,
+    Column::left("REASON", "reason", 16),
+    Column::left("ACTION", "action", 6),
+    PACKETS,
+    BYTES,
+];
+/// `families`: one counter per family.
+const FAMILIES: [Column; 3] = [
+    Column::json(Family::Ipv4.name()),
+    Column::json(Family::Ipv6.name()),
+    Column::json(Family::Other.name()),
+];
+/// Each `per_cpu` entry.
+const CPU_COUNTERS: [Column; 2] = [Column::json("cpu"), Column::json("counters")];
+/// `--watch`: the rates table's columns after the interface, and the
+/// members of each JSON `rates` entry.
+const RATE: [Column; 4] = [
+    FAMILY,
+    ACTION,
+    Column::right("PKT/S", "packets_per_sec", 14),
+    Column::right("BYTES/S", "bytes_per_sec", 16),
+];
+
+const _: () = assert!(FAMILIES.len() == Family::ALL.len());
+
+/// The counters table: `IFACE [CPU] FAMILY ACTION PACKETS BYTES`, with the
+/// CPU column when `per_cpu`. [`counter_rows`] fills it.
+pub fn counter_table<W: Write>(w: W, per_cpu: bool) -> Output<W> {
+    let mut cols = vec![IFACE];
+    cols.extend(FAMILY_ACTION);
+    if per_cpu {
+        cols.insert(1, CPU);
+        cols[2] = FAMILY.gap(2);
+    }
+    Output::new(w, Format::Table, cols)
 }
 
-/// Table rows for one interface: totals, or one block per CPU.
-pub fn table_rows(s: &IfaceStats<'_>, per_cpu: bool) -> String {
-    let mut out = String::new();
+/// One interface's rows of a [`counter_table`]: its totals, or one block
+/// per CPU when `per_cpu`.
+pub fn counter_rows<W: Write>(
+    out: &mut Output<W>,
+    iface: &str,
+    counters: &PerCpuCounters,
+    per_cpu: bool,
+) -> io::Result<()> {
     let blocks: Vec<(Option<usize>, Totals)> = if per_cpu {
-        (0..s.counters.cpus())
-            .map(|c| (Some(c), s.counters.cpu(c)))
+        (0..counters.cpus())
+            .map(|c| (Some(c), counters.cpu(c)))
             .collect()
     } else {
-        vec![(None, s.counters.sum())]
+        vec![(None, counters.sum())]
     };
     for (cpu, totals) in blocks {
-        let nonzero = |i: usize| totals.slots[i].packets != 0;
-        for (f, a) in shown_rows(nonzero) {
+        for (f, a) in shown_rows(|i| totals.slots[i].packets != 0) {
             let c = totals.get(f, a);
-            let cpu = cpu.map(|c| format!("{c:>4}  ")).unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "{:<15} {cpu}{:<6} {:<8} {:>14} {:>16}",
-                s.iface,
-                f.name(),
-                a.name(),
-                c.packets,
-                c.bytes
-            );
+            out.row(|r| {
+                r.str(iface)?;
+                if let Some(cpu) = cpu {
+                    r.u64(cpu as u64)?;
+                }
+                r.str(f.name())?;
+                r.str(a.name())?;
+                r.u64(c.packets)?;
+                r.u64(c.bytes)
+            })?;
         }
     }
-    out
+    Ok(())
 }
 
-/// Header of the `--watch` table.
-pub fn rate_header() -> String {
-    format!(
-        "{:<15} {:<6} {:<8} {:>14} {:>16}",
-        "IFACE", "FAMILY", "ACTION", "PKT/S", "BYTES/S"
+/// Writes `fw stats`.
+///
+/// A table: the [`counter_table`] of every interface, then, after a blank
+/// line, the counts by reason (`IFACE FAMILY REASON ACTION PACKETS BYTES`,
+/// non-zero rows only).
+///
+/// JSON: one object per interface, on one line: `iface`; `families`
+/// (`ipv4`, `ipv6`, `other`, each `packets` and `bytes`, all actions
+/// summed); `counters` (every non-zero family/action pair: `family`,
+/// `action`, `packets`, `bytes`); `per_cpu` (only when `per_cpu`: `cpu`
+/// and its `counters`); `reasons` (every non-zero family/reason pair:
+/// `family`, `reason`, `action`, `packets`, `bytes`).
+pub fn write_stats<W: Write>(
+    mut w: W,
+    format: Format,
+    stats: &[IfaceStats<'_>],
+    per_cpu: bool,
+) -> io::Result<()> {
+    if format == Format::Json {
+        let mut cols = vec![
+            Column::json("iface"),
+            Column::json("families"),
+            Column::json("counters"),
+        ];
+        if per_cpu {
+            cols.push(Column::json("per_cpu"));
+        }
+        cols.push(Column::json("reasons"));
+        let mut out = Output::new(w, format, cols);
+        for s in stats {
+            out.row(|r| json_stats(r, s, per_cpu))?;
+        }
+        return out.flush();
+    }
+    let mut out = counter_table(&mut w, per_cpu);
+    out.header()?;
+    for s in stats {
+        counter_rows(&mut out, s.iface, s.counters, per_cpu)?;
+    }
+    out.flush()?;
+    drop(out);
+    writeln!(w)?;
+    let mut out = Output::new(&mut w, format, with_iface(&REASON));
+    out.header()?;
+    for s in stats {
+        for (f, reason, c) in by_reason(s.reasons).filter(|(_, _, c)| c.packets != 0) {
+            out.row(|r| {
+                r.str(s.iface)?;
+                reason_cells(r, f, reason, c)
+            })?;
+        }
+    }
+    out.flush()
+}
+
+fn with_iface(cols: &[Column]) -> Vec<Column> {
+    std::iter::once(IFACE).chain(cols.iter().copied()).collect()
+}
+
+/// Every (family, reason) with its counter.
+fn by_reason(t: &ReasonTotals) -> impl Iterator<Item = (Family, Reason, Counter)> + '_ {
+    Family::ALL
+        .into_iter()
+        .flat_map(move |f| Reason::ALL.into_iter().map(move |r| (f, r, t.get(f, r))))
+}
+
+/// Every (family, action) with its counter.
+fn by_action(t: &Totals) -> impl Iterator<Item = (Family, Action, Counter)> + '_ {
+    Family::ALL
+        .into_iter()
+        .flat_map(move |f| Action::ALL.into_iter().map(move |a| (f, a, t.get(f, a))))
+}
+
+fn nonzero(c: &Counter) -> bool {
+    c.packets != 0 || c.bytes != 0
+}
+
+/// The [`REASON`] cells.
+fn reason_cells<W: Write>(
+    r: &mut Row<'_, W>,
+    f: Family,
+    reason: Reason,
+    c: Counter,
+) -> io::Result<()> {
+    r.str(f.name())?;
+    r.str(reason.name())?;
+    r.str(reason.action().name())?;
+    r.u64(c.packets)?;
+    r.u64(c.bytes)
+}
+
+/// `counters`: every non-zero (family, action) of `t`.
+fn json_counters<W: Write>(r: &mut Row<'_, W>, t: &Totals) -> io::Result<()> {
+    r.objects(
+        &FAMILY_ACTION,
+        by_action(t).filter(|(_, _, c)| nonzero(c)),
+        |r, (f, a, c)| {
+            r.str(f.name())?;
+            r.str(a.name())?;
+            r.u64(c.packets)?;
+            r.u64(c.bytes)
+        },
     )
 }
 
-/// `--watch` rows for one interface.
-pub fn rate_rows(iface: &str, rates: &Rates) -> String {
-    let mut out = String::new();
-    for (f, a) in shown_rows(|i| rates.slots[i].0 != 0.0) {
-        let (p, b) = rates.slots[counter_index(f, a) as usize];
-        let _ = writeln!(
-            out,
-            "{iface:<15} {:<6} {:<8} {p:>14.1} {b:>16.1}",
-            f.name(),
-            a.name()
-        );
-    }
-    out
-}
-
-#[derive(Serialize)]
-struct JsonCounter {
-    packets: u64,
-    bytes: u64,
-}
-
-impl From<Counter> for JsonCounter {
-    fn from(c: Counter) -> Self {
-        Self {
-            packets: c.packets,
-            bytes: c.bytes,
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct JsonRow {
-    family: &'static str,
-    action: &'static str,
-    packets: u64,
-    bytes: u64,
-}
-
-#[derive(Serialize)]
-struct JsonFamilies {
-    ipv4: JsonCounter,
-    ipv6: JsonCounter,
-    other: JsonCounter,
-}
-
-#[derive(Serialize)]
-struct JsonCpu {
-    cpu: usize,
-    counters: Vec<JsonRow>,
-}
-
-/// `fw stats --json`: one object per interface, on one line.
-///
-/// Fields: `iface`; `families` (`ipv4`, `ipv6`, `other`, each `packets` and
-/// `bytes`, all actions summed); `counters` (every non-zero family/action
-/// pair); `per_cpu` (only with `--per-cpu`: `cpu` and its `counters`).
-#[derive(Serialize)]
-struct JsonStats<'a> {
-    iface: &'a str,
-    families: JsonFamilies,
-    counters: Vec<JsonRow>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    per_cpu: Option<Vec<JsonCpu>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reasons: Option<Vec<JsonReason>>,
-}
-
-fn json_rows(t: &Totals) -> Vec<JsonRow> {
-    let mut rows = Vec::new();
-    for f in Family::ALL {
-        for a in Action::ALL {
-            let c = t.get(f, a);
-            if c.packets != 0 || c.bytes != 0 {
-                rows.push(JsonRow {
-                    family: f.name(),
-                    action: a.name(),
-                    packets: c.packets,
-                    bytes: c.bytes,
-                });
-            }
-        }
-    }
-    rows
-}
-
-/// Serializes one interface's stats as a single JSON line.
-pub fn to_json(s: &IfaceStats<'_>, per_cpu: bool) -> String {
-    to_json_inner(s, per_cpu, None)
-}
-
-/// [`to_json`] plus `reasons`: every non-zero (family, reason) as
-/// `{"family", "reason", "action", "packets", "bytes"}`.
-pub fn to_json_with_reasons(s: &IfaceStats<'_>, per_cpu: bool, reasons: &ReasonTotals) -> String {
-    to_json_inner(s, per_cpu, Some(json_reasons(reasons)))
-}
-
-fn to_json_inner(s: &IfaceStats<'_>, per_cpu: bool, reasons: Option<Vec<JsonReason>>) -> String {
+/// One interface's `fw stats --json` object (see [`write_stats`]).
+fn json_stats<W: Write>(r: &mut Row<'_, W>, s: &IfaceStats<'_>, per_cpu: bool) -> io::Result<()> {
     let t = s.counters.sum();
-    let per_cpu = per_cpu.then(|| {
-        (0..s.counters.cpus())
-            .map(|cpu| JsonCpu {
-                cpu,
-                counters: json_rows(&s.counters.cpu(cpu)),
-            })
-            .collect()
-    });
-    let v = JsonStats {
-        iface: s.iface,
-        families: JsonFamilies {
-            ipv4: t.family(Family::Ipv4).into(),
-            ipv6: t.family(Family::Ipv6).into(),
-            other: t.family(Family::Other).into(),
-        },
-        counters: json_rows(&t),
-        per_cpu,
-        reasons,
-    };
-    serde_json::to_string(&v).unwrap_or_default()
+    r.str(s.iface)?;
+    r.object(&FAMILIES, |r| {
+        for f in Family::ALL {
+            let c = t.family(f);
+            r.object(&COUNTER, |r| {
+                r.u64(c.packets)?;
+                r.u64(c.bytes)
+            })?;
+        }
+        Ok(())
+    })?;
+    json_counters(r, &t)?;
+    if per_cpu {
+        r.objects(&CPU_COUNTERS, 0..s.counters.cpus(), |r, cpu| {
+            r.u64(cpu as u64)?;
+            json_counters(r, &s.counters.cpu(cpu))
+        })?;
+    }
+    r.objects(
+        &REASON,
+        by_reason(s.reasons).filter(|(_, _, c)| nonzero(c)),
+        |r, (f, reason, c)| reason_cells(r, f, reason, c),
+    )
 }
 
-#[derive(Serialize)]
-struct JsonRate {
-    family: &'static str,
-    action: &'static str,
-    packets_per_sec: f64,
-    bytes_per_sec: f64,
+/// The [`RATE`] cells.
+fn rate_cells<W: Write>(
+    r: &mut Row<'_, W>,
+    f: Family,
+    a: Action,
+    (p, b): (f64, f64),
+) -> io::Result<()> {
+    r.str(f.name())?;
+    r.str(a.name())?;
+    r.f64_exact(p, 1)?;
+    r.f64_exact(b, 1)
 }
 
-/// `fw stats --watch --json`: one line per interface per interval.
-pub fn rates_to_json(iface: &str, interval: Duration, rates: &Rates) -> String {
-    let mut rows = Vec::new();
-    for f in Family::ALL {
-        for a in Action::ALL {
-            let (p, b) = rates.slots[counter_index(f, a) as usize];
-            if p != 0.0 || b != 0.0 {
-                rows.push(JsonRate {
-                    family: f.name(),
-                    action: a.name(),
-                    packets_per_sec: p,
-                    bytes_per_sec: b,
+/// Writes one `fw stats --watch` interval: the rates of each interface
+/// over `interval`.
+///
+/// A table (`IFACE FAMILY ACTION PKT/S BYTES/S`, the rows a counters table
+/// would show) under its header, then a blank line. JSON: one object per
+/// interface, on one line: `iface`, `interval_secs`, and `rates`, every
+/// non-zero (family, action) as `family`, `action`, `packets_per_sec`,
+/// `bytes_per_sec`.
+pub fn write_rates<W: Write>(
+    mut w: W,
+    format: Format,
+    interval: Duration,
+    rates: &[(&str, Rates)],
+) -> io::Result<()> {
+    if format == Format::Json {
+        let cols = vec![
+            Column::json("iface"),
+            Column::json("interval_secs"),
+            Column::json("rates"),
+        ];
+        let mut out = Output::new(&mut w, format, cols);
+        for (iface, rates) in rates {
+            out.row(|r| {
+                r.str(iface)?;
+                r.f64_exact(interval.as_secs_f64(), 3)?;
+                let all = Family::ALL.into_iter().flat_map(|f| {
+                    Action::ALL
+                        .into_iter()
+                        .map(move |a| (f, a, rates.slots[counter_index(f, a) as usize]))
                 });
-            }
+                r.objects(
+                    &RATE,
+                    all.filter(|(_, _, (p, b))| *p != 0.0 || *b != 0.0),
+                    |r, (f, a, pb)| rate_cells(r, f, a, pb),
+                )
+            })?;
+        }
+        return out.flush();
+    }
+    let mut out = Output::new(&mut w, format, with_iface(&RATE));
+    out.header()?;
+    for (iface, rates) in rates {
+        for (f, a) in shown_rows(|i| rates.slots[i].0 != 0.0) {
+            out.row(|r| {
+                r.str(iface)?;
+                rate_cells(r, f, a, rates.slots[counter_index(f, a) as usize])
+            })?;
         }
     }
-    serde_json::json!({
-        "iface": iface,
-        "interval_secs": interval.as_secs_f64(),
-        "rates": rows,
-    })
-    .to_string()
+    writeln!(out.writer())?;
+    out.flush()
 }
 
 const _: () = assert!(N_ACTIONS == Action::ALL.len() as u32);
@@ -492,57 +522,69 @@ mod tests {
         assert!(r.slots.iter().all(|&s| s == (0.0, 0.0)));
     }
 
+    fn render(f: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> String {
+        let mut v = Vec::new();
+        f(&mut v).expect("render");
+        String::from_utf8(v).expect("utf8")
+    }
+
+    fn counter_table_of(iface: &str, pc: &PerCpuCounters, per_cpu: bool) -> String {
+        render(|v| {
+            let mut out = counter_table(v, per_cpu);
+            counter_rows(&mut out, iface, pc, per_cpu)?;
+            out.flush()
+        })
+    }
+
+    fn words(text: &str) -> Vec<Vec<&str>> {
+        text.lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect()
+    }
+
     #[test]
     fn table_shows_pass_and_drop_for_every_family_and_other_actions_when_nonzero() {
         let pc = counters_with(&[
             (Family::Ipv4, Action::Pass, vec![c(3, 294), c(2, 196)]),
             (Family::Other, Action::Tx, vec![c(1, 60), c(0, 0)]),
         ]);
-        let rows = table_rows(
-            &IfaceStats {
-                iface: "veth0",
-                counters: &pc,
-            },
-            false,
-        );
-        let lines: Vec<Vec<&str>> = rows
-            .lines()
-            .map(|l| l.split_whitespace().collect())
-            .collect();
-        assert_eq!(lines.len(), 7, "{rows}");
+        let text = counter_table_of("veth0", &pc, false);
+        let lines = words(&text);
+        assert_eq!(lines.len(), 8, "{text}");
+        assert_eq!(lines[0], ["IFACE", "FAMILY", "ACTION", "PACKETS", "BYTES"]);
         assert!(lines.contains(&vec!["veth0", "ipv4", "pass", "5", "490"]));
         assert!(lines.contains(&vec!["veth0", "ipv6", "drop", "0", "0"]));
         assert!(lines.contains(&vec!["veth0", "other", "tx", "1", "60"]));
-        assert!(!rows.contains("redirect"));
+        assert!(!text.contains("redirect"));
         // Columns line up with the header.
-        let header = table_header(false);
-        let bytes_end = header.len();
-        assert!(
-            rows.lines().all(|l| l.len() == bytes_end),
-            "{header}\n{rows}"
+        assert_eq!(
+            text.lines().next(),
+            Some("IFACE           FAMILY ACTION          PACKETS            BYTES")
         );
+        assert!(text.lines().all(|l| l.len() == 63), "{text}");
     }
 
     #[test]
     fn per_cpu_table_has_one_block_per_cpu() {
         let pc = counters_with(&[(Family::Ipv4, Action::Pass, vec![c(3, 294), c(2, 196)])]);
-        let rows = table_rows(
-            &IfaceStats {
-                iface: "e",
-                counters: &pc,
-            },
-            true,
+        let text = counter_table_of("e", &pc, true);
+        let lines = words(&text);
+        assert_eq!(
+            text.lines().take(2).collect::<Vec<_>>(),
+            [
+                "IFACE            CPU  FAMILY ACTION          PACKETS            BYTES",
+                "e                  0  ipv4   drop                  0                0",
+            ]
         );
-        let ipv4: Vec<Vec<&str>> = rows
-            .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        let ipv4: Vec<&Vec<&str>> = lines
+            .iter()
             .filter(|w| w[2] == "ipv4" && w[3] == "pass")
             .collect();
         assert_eq!(
             ipv4,
-            vec![
-                vec!["e", "0", "ipv4", "pass", "3", "294"],
-                vec!["e", "1", "ipv4", "pass", "2", "196"],
+            [
+                &vec!["e", "0", "ipv4", "pass", "3", "294"],
+                &vec!["e", "1", "ipv4", "pass", "2", "196"],
             ]
         );
     }
@@ -555,29 +597,32 @@ mod tests {
         let t = PerCpuCounters { slots }.sum_reasons();
         assert_eq!(t.get(Family::Ipv4, Reason::BlockedSrc), c(5, 300));
         assert_eq!(t.reason(Reason::BlockedSrc), c(6, 380));
-        let rows = reason_rows("e", &t);
-        let lines: Vec<Vec<&str>> = rows
-            .lines()
-            .map(|l| l.split_whitespace().collect())
-            .collect();
+        let pc = counters_with(&[]);
+        let stats = [IfaceStats {
+            iface: "e",
+            counters: &pc,
+            reasons: &t,
+        }];
+        let text = render(|v| write_stats(v, Format::Table, &stats, false));
+        // The counters table, a blank line, the by-reason table.
+        let (counters, reasons) = text.split_once("\n\n").expect("two tables");
+        assert_eq!(words(counters).len(), 7, "{text}");
         assert_eq!(
-            lines,
+            words(reasons),
             vec![
+                vec!["IFACE", "FAMILY", "REASON", "ACTION", "PACKETS", "BYTES"],
                 vec!["e", "ipv4", "blocked-src", "drop", "5", "300"],
                 vec!["e", "ipv6", "blocked-src", "drop", "1", "80"],
             ]
         );
-        let pc = counters_with(&[]);
-        let line = to_json_with_reasons(
-            &IfaceStats {
-                iface: "e",
-                counters: &pc,
-            },
-            false,
-            &t,
+        assert_eq!(
+            reasons.lines().nth(1),
+            Some("e               ipv4   blocked-src      drop                5              300")
         );
+        let line = render(|v| write_stats(v, Format::Json, &stats, false));
         let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
         assert_eq!(v["reasons"][0]["reason"], "blocked-src");
+        assert_eq!(v["reasons"][0]["action"], "drop");
         assert_eq!(v["reasons"][0]["packets"], 5);
         assert_eq!(v["reasons"].as_array().map(Vec::len), Some(2));
     }
@@ -588,15 +633,23 @@ mod tests {
             (Family::Ipv4, Action::Pass, vec![c(3, 294), c(2, 196)]),
             (Family::Ipv6, Action::Pass, vec![c(0, 0), c(4, 472)]),
         ]);
-        let line = to_json(
-            &IfaceStats {
+        let reasons = PerCpuCounters::default().sum_reasons();
+        let stats = [
+            IfaceStats {
                 iface: "veth0",
                 counters: &pc,
+                reasons: &reasons,
             },
-            false,
-        );
-        assert!(!line.contains('\n'));
-        let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+            IfaceStats {
+                iface: "veth1",
+                counters: &pc,
+                reasons: &reasons,
+            },
+        ];
+        let text = render(|v| write_stats(v, Format::Json, &stats, false));
+        assert_eq!(text.lines().count(), 2, "one line per interface: {text}");
+        let v: serde_json::Value =
+            serde_json::from_str(text.lines().next().unwrap_or("")).expect("valid JSON");
         assert_eq!(v["iface"], "veth0");
         assert_eq!(v["families"]["ipv4"]["packets"], 5);
         assert_eq!(v["families"]["ipv4"]["bytes"], 490);
@@ -604,14 +657,69 @@ mod tests {
         assert_eq!(v["families"]["other"]["packets"], 0);
         assert_eq!(v["counters"].as_array().map(Vec::len), Some(2));
         assert!(v.get("per_cpu").is_none());
-        let line = to_json(
-            &IfaceStats {
-                iface: "veth0",
-                counters: &pc,
-            },
-            true,
-        );
-        let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(v["reasons"], serde_json::json!([]));
+        let text = render(|v| write_stats(v, Format::Json, &stats[..1], true));
+        let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(v["per_cpu"][1]["cpu"], 1);
         assert_eq!(v["per_cpu"][1]["counters"][0]["packets"], 2);
+    }
+
+    /// The JSON keeps the shape and the member order it had when serde
+    /// wrote it, byte for byte.
+    #[test]
+    fn json_lines_are_byte_for_byte_the_documented_shape() {
+        let pc = counters_with(&[(Family::Ipv4, Action::Pass, vec![c(3, 294), c(2, 196)])]);
+        let mut slots = vec![vec![Counter::default(); 1]; N_REASON_COUNTERS as usize];
+        slots[reason_index(Family::Ipv4, Reason::PassedDefault) as usize] = vec![c(5, 490)];
+        let reasons = PerCpuCounters { slots }.sum_reasons();
+        let stats = [IfaceStats {
+            iface: "veth0",
+            counters: &pc,
+            reasons: &reasons,
+        }];
+        let text = render(|v| write_stats(v, Format::Json, &stats, true));
+        assert_eq!(
+            text,
+            concat!(
+                r#"{"iface":"veth0","families":{"ipv4":{"packets":5,"bytes":490},"#,
+                r#""ipv6":{"packets":0,"bytes":0},"other":{"packets":0,"bytes":0}},"#,
+                r#""counters":[{"family":"ipv4","action":"pass","packets":5,"bytes":490}],"#,
+                r#""per_cpu":[{"cpu":0,"counters":[{"family":"ipv4","action":"pass","packets":3,"bytes":294}]},"#,
+                r#"{"cpu":1,"counters":[{"family":"ipv4","action":"pass","packets":2,"bytes":196}]}],"#,
+                r#""reasons":[{"family":"ipv4","reason":"passed-default","action":"pass","packets":5,"bytes":490}]}"#,
+                "\n"
+            )
+        );
+    }
+
+    #[test]
+    fn watch_rates_render_as_a_table_and_as_json() {
+        let before = counters_with(&[]);
+        let after = counters_with(&[(Family::Ipv4, Action::Pass, vec![c(3, 300), c(0, 0)])]);
+        let interval = Duration::from_millis(200);
+        let rates = after.sum().rates_since(&before.sum(), interval);
+        let all = [("veth0", rates)];
+        let text = render(|v| write_rates(v, Format::Table, interval, &all));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "IFACE           FAMILY ACTION            PKT/S          BYTES/S"
+        );
+        assert!(
+            lines.contains(&"veth0           ipv4   pass               15.0           1500.0"),
+            "{text}"
+        );
+        // Pass and drop of three families, then a blank line.
+        assert_eq!(lines.len(), 8, "{text}");
+        assert!(text.ends_with("\n\n"), "{text:?}");
+        let text = render(|v| write_rates(v, Format::Json, interval, &all));
+        assert_eq!(
+            text,
+            concat!(
+                r#"{"iface":"veth0","interval_secs":0.2,"rates":[{"family":"ipv4","action":"pass","#,
+                r#""packets_per_sec":15.0,"bytes_per_sec":1500.0}]}"#,
+                "\n"
+            )
+        );
     }
 }

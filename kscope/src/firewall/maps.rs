@@ -110,21 +110,7 @@ struct Trie {
 
 fn map_err(what: impl Into<String>) -> impl FnOnce(MapError) -> FwError {
     let what = what.into();
-    move |e| FwError::Map {
-        what,
-        reason: error_chain(&e),
-    }
-}
-
-/// An error and its sources, joined with ": ".
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        parts.push(s.to_string());
-        cur = s.source();
-    }
-    parts.join(": ")
+    move |source| FwError::Map { what, source }
 }
 
 /// The errno inside a map error, if it carries one.
@@ -137,12 +123,8 @@ fn not_found(e: &MapError) -> bool {
     matches!(e, MapError::KeyNotFound) || errno(e) == Some(libc::ENOENT)
 }
 
-fn io_map_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> FwError {
-    let what = what.into();
-    move |e| FwError::Map {
-        what,
-        reason: e.to_string(),
-    }
+fn io_map_err(what: &'static str) -> impl FnOnce(io::Error) -> FwError {
+    move |source| FwError::MapIo { what, source }
 }
 
 /// True when a map error says the map is full.
@@ -264,15 +246,14 @@ struct Pins<'a>(&'a Path);
 impl Source for Pins<'_> {
     fn map(&mut self, name: &'static str) -> Result<Map, FwError> {
         let path = self.0.join(name);
-        let data = MapData::from_pin(&path).map_err(|e| super::pin_err(&path, e))?;
-        Map::from_map_data(data).map_err(|e| super::pin_err(&path, e))
+        let data = MapData::from_pin(&path).map_err(super::pin_err(&path))?;
+        Map::from_map_data(data).map_err(super::pin_err(&path))
     }
 }
 
 impl Source for &mut Ebpf {
     fn map(&mut self, name: &'static str) -> Result<Map, FwError> {
-        self.take_map(name)
-            .ok_or_else(|| FwError::Load(format!("{name} missing from the object")))
+        self.take_map(name).ok_or(FwError::Missing(name))
     }
 }
 
@@ -370,10 +351,7 @@ impl RuleMaps {
     /// Hit counts summed over CPUs, by key; `method` forces batch or
     /// key-by-key reads (for the benchmark).
     pub fn read_hits(&self, method: Option<ReadMethod>) -> Result<HashMap<u32, u64>, FwError> {
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| FwError::Map {
-            what: what.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let cpus = super::nr_cpus()?;
         let ops = MapFdOps::new(self.hits.map().fd().as_fd(), 4, 8, cpus);
         let (d, _) = dump_map(&ops, method).map_err(io_map_err("read FW_HITS"))?;
         let mut out = HashMap::with_capacity(d.len);
@@ -415,10 +393,7 @@ impl RuleMaps {
     /// rules had been hit: for the benchmark of batch against key-by-key
     /// reads.
     pub fn fill_hits_for_benchmark(&mut self, n: u32) -> Result<(), FwError> {
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| FwError::Map {
-            what: what.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let cpus = super::nr_cpus()?;
         for id in 0..n {
             let values = aya::maps::PerCpuValues::try_from(vec![1u64; cpus])
                 .map_err(io_map_err("build per-CPU values"))?;
@@ -612,10 +587,7 @@ impl RuleMaps {
         let mut id = self.next_id()?;
         for (l, c) in &adds {
             if id >= PORT_HIT_BASE {
-                return Err(FwError::Map {
-                    what: "allocate a rule id".into(),
-                    reason: "rule ids exhausted; detach and attach again".into(),
-                });
+                return Err(FwError::IdsExhausted);
             }
             // Ids are never reused, so a fresh id has no counter yet.
             self.tries[Self::trie_index(*l, c.is_v4())].insert(slot, c, id)?;
@@ -750,10 +722,7 @@ impl RuleMaps {
             }
         }
         if id >= PORT_HIT_BASE {
-            return Err(FwError::Map {
-                what: "allocate rule ids".into(),
-                reason: "rule ids exhausted; detach and attach again".into(),
-            });
+            return Err(FwError::IdsExhausted);
         }
         self.state_set(STATE_NEXT_ID, id)?;
         for (port, (&was, &now)) in slot_ports.iter().zip(&set.ports).enumerate() {

@@ -31,6 +31,7 @@
 //! extension-header walk (5.3) and map batch reads are used from 5.6 with a
 //! key-by-key fallback; all are older than 5.9.
 
+pub mod cmd;
 pub mod counters;
 pub mod maps;
 pub mod reference;
@@ -113,9 +114,24 @@ pub enum FwError {
     /// The kernel attached XDP without a bpf_link, so it cannot be pinned.
     #[error("this kernel cannot attach XDP through a bpf_link (needs Linux 5.9+)")]
     NoXdpLink,
-    /// Loading the object or its program failed (verifier log included).
-    #[error("failed to load {PROG_FW_XDP}: {0}")]
-    Load(String),
+    /// Loading the object failed.
+    #[error("failed to load {PROG_FW_XDP}")]
+    Load(#[source] aya::EbpfError),
+    /// Creating the object's maps failed (RLIMIT_MEMLOCK before Linux
+    /// 5.11, most often).
+    #[error("failed to load {PROG_FW_XDP}: creating its maps")]
+    LoadMaps(#[source] aya::maps::MapError),
+    /// Loading one program of the pipeline, or filling the tail-call array
+    /// with it, failed; the verifier log is in the source.
+    #[error("failed to load {PROG_FW_XDP}: {prog}")]
+    Program {
+        prog: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// The object lacks a program or map that kscope-common names.
+    #[error("failed to load {PROG_FW_XDP}: {0} missing from the object")]
+    Missing(&'static str),
     /// Attaching failed.
     #[error("failed to attach {PROG_FW_XDP} to {iface}")]
     Attach {
@@ -123,8 +139,12 @@ pub enum FwError {
         source: aya::programs::ProgramError,
     },
     /// A pinned object is missing or unreadable.
-    #[error("pinned state under {path} is unusable: {reason}")]
-    Pin { path: PathBuf, reason: String },
+    #[error("pinned state under {path} is unusable")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: PinCause,
+    },
     /// A filesystem operation on bpffs failed.
     #[error("{op} {path}")]
     Io {
@@ -147,9 +167,78 @@ pub enum FwError {
     /// A rule map is full.
     #[error("the {map} rules are full: the limit is {limit} rules per family; nothing changed")]
     Full { map: &'static str, limit: u32 },
-    /// A map operation failed.
-    #[error("cannot {what}: {reason}")]
-    Map { what: String, reason: String },
+    /// A map operation through aya failed.
+    #[error("cannot {what}")]
+    Map {
+        what: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// A map read or write through kscope's own bpf() calls (batch
+    /// operations, see [`sys::bpf`]) failed.
+    #[error("cannot {what}")]
+    MapIo {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// The number of possible CPUs, which sizes per-CPU values, is unknown.
+    #[error("cannot count the possible CPUs: reading {file}")]
+    Cpus {
+        file: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// Every rule id was handed out (ids are never reused).
+    #[error("cannot allocate a rule id: rule ids exhausted; detach and attach again")]
+    IdsExhausted,
+    /// Installing the SIGINT and SIGTERM handlers failed.
+    #[error("installing signal handlers")]
+    Signals(#[source] io::Error),
+    /// Writing a verb's output failed (a closed pipe among others: see
+    /// [`FwError::is_broken_pipe`]).
+    #[error(transparent)]
+    Output(io::Error),
+}
+
+impl FwError {
+    /// True when the output went to a pipe nobody reads any more (`kscope
+    /// fw rules | head -1`), which the binary treats as success.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, FwError::Output(e) if e.kind() == io::ErrorKind::BrokenPipe)
+    }
+}
+
+/// Why pinned state is unusable: the error of the operation on it.
+#[derive(Debug, Error)]
+pub enum PinCause {
+    #[error(transparent)]
+    Map(#[from] aya::maps::MapError),
+    #[error(transparent)]
+    Program(#[from] aya::programs::ProgramError),
+    #[error(transparent)]
+    Pin(#[from] aya::pin::PinError),
+    /// A bpf() call of kscope's own, or a filesystem operation.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The config map was written by a kscope with another layout.
+    #[error(
+        "config version {found} (this kscope reads {FW_CONFIG_VERSION}); detach and attach again"
+    )]
+    ConfigVersion { found: u32 },
+}
+
+/// Maps an error on the pinned object at `path` to [`FwError::Pin`].
+fn pin_err<'a, E: Into<PinCause>>(path: &'a Path) -> impl FnOnce(E) -> FwError + 'a {
+    move |e| FwError::Pin {
+        path: path.to_path_buf(),
+        source: e.into(),
+    }
+}
+
+/// The number of possible CPUs (per-CPU values have one slot each).
+fn nr_cpus() -> Result<usize, FwError> {
+    aya::util::nr_cpus().map_err(|(file, source)| FwError::Cpus { file, source })
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FwError + 'a {
@@ -157,13 +246,6 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FwE
         op,
         path: path.to_path_buf(),
         source,
-    }
-}
-
-fn pin_err(path: &Path, reason: impl ToString) -> FwError {
-    FwError::Pin {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
     }
 }
 
@@ -214,49 +296,62 @@ impl Policy {
 /// and benchmarks that run the programs with BPF_PROG_TEST_RUN.
 ///
 /// # Errors
-/// [`FwError::Load`] with the verifier log when a program is rejected.
+/// [`FwError::LoadMaps`] or [`FwError::Load`] when the object cannot be
+/// loaded, [`FwError::Program`] with the verifier log when a program is
+/// rejected.
 pub fn load_pipeline(policy: Policy) -> Result<Ebpf, FwError> {
     let drop = policy.raw();
     // No CO-RE relocations: no need for aya to parse the kernel's BTF.
     let mut ebpf = sys::loader_without_kernel_btf()
         .override_global(GLOBAL_DEFAULT_DROP, &drop, true)
         .load(FW_XDP_OBJ)
-        .map_err(|e| FwError::Load(format!("{e:#}")))?;
-    for name in PROGRAMS {
-        xdp_program(&mut ebpf, name)?
+        .map_err(|e| match e {
+            // aya's message for this one repeats its source's; keep the
+            // map error only, so the cause chain says it once.
+            aya::EbpfError::MapError(e) => FwError::LoadMaps(e),
+            e => FwError::Load(e),
+        })?;
+    for prog in PROGRAMS {
+        xdp_program(&mut ebpf, prog)?
             .load()
-            .map_err(|e| FwError::Load(format!("{name}: {e:#}")))?;
+            .map_err(|source| FwError::Program { prog, source })?;
     }
     let mut fds = Vec::new();
-    for (index, name) in [
+    for (index, prog) in [
         (PROG_INDEX_IPV4, PROG_FW_IPV4),
         (PROG_INDEX_IPV6, PROG_FW_IPV6),
     ] {
-        let fd = xdp_program(&mut ebpf, name)?
+        let fd = xdp_program(&mut ebpf, prog)?
             .fd()
             .and_then(|fd| fd.try_clone().map_err(Into::into))
-            .map_err(|e| FwError::Load(format!("{name}: {e}")))?;
-        fds.push((index, name, fd));
+            .map_err(|source| FwError::Program { prog, source })?;
+        fds.push((index, prog, fd));
     }
-    let map = ebpf
-        .map_mut(MAP_PROGS)
-        .ok_or_else(|| FwError::Load(format!("{MAP_PROGS} missing from the object")))?;
+    let map = ebpf.map_mut(MAP_PROGS).ok_or(FwError::Missing(MAP_PROGS))?;
     let mut progs: ProgramArray<&mut MapData> =
-        ProgramArray::try_from(map).map_err(|e| FwError::Load(e.to_string()))?;
-    for (index, name, fd) in &fds {
-        progs
-            .set(*index, fd, 0)
-            .map_err(|e| FwError::Load(format!("{MAP_PROGS}[{index}] = {name}: {e}")))?;
+        ProgramArray::try_from(map).map_err(|source| FwError::Map {
+            what: format!("open {MAP_PROGS}"),
+            source,
+        })?;
+    for (index, prog, fd) in &fds {
+        progs.set(*index, fd, 0).map_err(|source| FwError::Map {
+            what: format!("set {MAP_PROGS}[{index}] to {prog}"),
+            source,
+        })?;
     }
     Ok(ebpf)
 }
 
 /// The XDP program `name` of a loaded object.
-pub fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, FwError> {
+///
+/// # Errors
+/// [`FwError::Missing`] when the object has no such program, and
+/// [`FwError::Program`] when it is no XDP program.
+pub fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, FwError> {
     ebpf.program_mut(name)
-        .ok_or_else(|| FwError::Load(format!("{name} missing from the object")))?
+        .ok_or(FwError::Missing(name))?
         .try_into()
-        .map_err(|e| FwError::Load(format!("{name}: {e}")))
+        .map_err(|source| FwError::Program { prog: name, source })
 }
 
 /// Directory holding kscope's pins.
@@ -425,13 +520,15 @@ fn io_errno(e: &aya::programs::ProgramError) -> Option<i32> {
 }
 
 fn write_config(ebpf: &mut Ebpf, config: FwConfig) -> Result<(), FwError> {
+    let map_err = |what: &str| {
+        let what = format!("{what} {MAP_CONFIG}");
+        move |source| FwError::Map { what, source }
+    };
     let map = ebpf
         .map_mut(MAP_CONFIG)
-        .ok_or_else(|| FwError::Load(format!("{MAP_CONFIG} missing from the object")))?;
-    let mut arr: Array<&mut MapData, FwConfig> =
-        Array::try_from(map).map_err(|e| FwError::Load(e.to_string()))?;
-    arr.set(0, config, 0)
-        .map_err(|e| FwError::Load(format!("writing {MAP_CONFIG}: {e}")))
+        .ok_or(FwError::Missing(MAP_CONFIG))?;
+    let mut arr: Array<&mut MapData, FwConfig> = Array::try_from(map).map_err(map_err("open"))?;
+    arr.set(0, config, 0).map_err(map_err("write"))
 }
 
 /// Pins everything into a staging directory and renames it to `dir`, so a
@@ -456,21 +553,19 @@ fn pin_all(ebpf: &mut Ebpf, link: FdLink, iface: &str, dir: &Path) -> Result<(),
 
     let result = (|| {
         for name in PINNED_MAPS {
-            let map = ebpf
-                .map(name)
-                .ok_or_else(|| FwError::Load(format!("{name} missing from the object")))?;
-            map.pin(staging.join(name))
-                .map_err(|e| pin_err(&staging.join(name), e))?;
+            let map = ebpf.map(name).ok_or(FwError::Missing(name))?;
+            let path = staging.join(name);
+            map.pin(&path).map_err(pin_err(&path))?;
         }
         for name in PROGRAMS {
+            let path = staging.join(name);
             xdp_program(ebpf, name)?
-                .pin(staging.join(name))
-                .map_err(|e| pin_err(&staging.join(name), e))?;
+                .pin(&path)
+                .map_err(pin_err(&path))?;
         }
         // The link pin goes last: from here on the attachment outlives us.
-        let pinned = link
-            .pin(staging.join(PIN_LINK))
-            .map_err(|e| pin_err(&staging.join(PIN_LINK), e))?;
+        let path = staging.join(PIN_LINK);
+        let pinned = link.pin(&path).map_err(pin_err(&path))?;
         retry_missing_parent(|| {
             fs::create_dir_all(&root)?;
             fs::rename(&staging, dir)
@@ -590,10 +685,10 @@ pub fn status_of(iface: &str) -> Result<Status, FwError> {
     let config = read_config(&dir)?;
     let prog_path = dir.join(PROG_FW_XDP);
     let prog_id = aya::programs::ProgramInfo::from_pin(&prog_path)
-        .map_err(|e| pin_err(&prog_path, e))?
+        .map_err(pin_err(&prog_path))?
         .id();
     let link_path = dir.join(PIN_LINK);
-    let link = sys::bpf::pinned_link_info(&link_path).map_err(|e| pin_err(&link_path, e))?;
+    let link = sys::bpf::pinned_link_info(&link_path).map_err(pin_err(&link_path))?;
     let at = UNIX_EPOCH + Duration::from_nanos(config.attached_at_unix_ns);
     Ok(Status {
         iface: iface.to_owned(),
@@ -611,18 +706,14 @@ pub fn status_of(iface: &str) -> Result<Status, FwError> {
 
 fn read_config(dir: &Path) -> Result<FwConfig, FwError> {
     let path = dir.join(MAP_CONFIG);
-    let data = MapData::from_pin(&path).map_err(|e| pin_err(&path, e))?;
+    let data = MapData::from_pin(&path).map_err(pin_err(&path))?;
     let arr: Array<MapData, FwConfig> =
-        Array::try_from(Map::Array(data)).map_err(|e| pin_err(&path, e))?;
-    let config = arr.get(&0, 0).map_err(|e| pin_err(&path, e))?;
+        Array::try_from(Map::Array(data)).map_err(pin_err(&path))?;
+    let config = arr.get(&0, 0).map_err(pin_err(&path))?;
     if config.version != FW_CONFIG_VERSION {
-        return Err(pin_err(
-            &path,
-            format!(
-                "config version {} (this kscope reads {FW_CONFIG_VERSION}); detach and attach again",
-                config.version
-            ),
-        ));
+        return Err(pin_err(&path)(PinCause::ConfigVersion {
+            found: config.version,
+        }));
     }
     Ok(config)
 }
@@ -658,10 +749,10 @@ pub fn read_reasons(iface: &str) -> Result<PerCpuCounters, FwError> {
 /// the kernel has it (see [`sys::bpf::dump_map`]).
 fn read_per_cpu(path: &Path, n: u32) -> Result<PerCpuCounters, FwError> {
     use std::os::fd::AsFd as _;
-    let data = MapData::from_pin(path).map_err(|e| pin_err(path, e))?;
+    let data = MapData::from_pin(path).map_err(pin_err(path))?;
     let arr: PerCpuArray<MapData, Counter> =
-        PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(|e| pin_err(path, e))?;
-    let cpus = aya::util::nr_cpus().map_err(|(what, e)| pin_err(path, format!("{what}: {e}")))?;
+        PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(pin_err(path))?;
+    let cpus = nr_cpus()?;
     let size = std::mem::size_of::<Counter>();
     let ops = sys::bpf::MapFdOps::new(
         aya::maps::IterableMap::map(&arr).fd().as_fd(),
@@ -669,7 +760,7 @@ fn read_per_cpu(path: &Path, n: u32) -> Result<PerCpuCounters, FwError> {
         size,
         cpus,
     );
-    let (dump, _) = sys::bpf::dump_map(&ops, None).map_err(|e| pin_err(path, e))?;
+    let (dump, _) = sys::bpf::dump_map(&ops, None).map_err(pin_err(path))?;
     let mut slots = vec![vec![Counter::default(); cpus]; n as usize];
     for i in 0..dump.len {
         let (k, v) = dump.entry(&ops, i);
@@ -794,6 +885,26 @@ mod tests {
         // 2000-02-29 (a leap day in a century leap year) 12:34:56.
         assert_eq!(rfc3339(at(951_827_696)), "2000-02-29T12:34:56Z");
         assert_eq!(rfc3339(at(1_795_000_000)), "2026-11-18T11:06:40Z");
+    }
+
+    /// The kernel's errno stays reachable (callers decide on it), and the
+    /// one-line message says what failed and why.
+    #[test]
+    fn pin_errors_keep_their_source() {
+        let e = pin_err(Path::new("/sys/fs/bpf/kscope/x/FW_CONFIG"))(
+            aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_obj_get",
+                io_error: io::Error::from_raw_os_error(libc::ENOENT),
+            }),
+        );
+        assert_eq!(
+            sys::Chain(&e).to_string(),
+            "pinned state under /sys/fs/bpf/kscope/x/FW_CONFIG is unusable: \
+             `bpf_obj_get` failed: No such file or directory (os error 2)"
+        );
+        assert_eq!(sys::errno_in(&e), Some(libc::ENOENT));
+        let cause = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<PinCause>());
+        assert!(matches!(cause, Some(PinCause::Map(_))), "{cause:?}");
     }
 
     #[test]

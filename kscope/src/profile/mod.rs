@@ -16,6 +16,7 @@
 //! Minimum kernel: 4.9 (perf_event programs). Kernels before 5.11 charge
 //! BPF maps to RLIMIT_MEMLOCK, which kscope lifts.
 
+pub mod cmd;
 pub mod kallsyms;
 pub mod procmaps;
 pub mod report;
@@ -94,6 +95,35 @@ pub enum ProfileError {
         #[source]
         source: aya::maps::MapError,
     },
+    /// Installing the SIGINT and SIGTERM handlers failed.
+    #[error("installing signal handlers")]
+    Signals(#[source] std::io::Error),
+    /// Creating an output file (`--folded`, `--svg`) failed.
+    #[error("creating {}", path.display())]
+    Create {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing an output file failed.
+    #[error("writing {}", path.display())]
+    Write {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing the report to the verb's output failed (a closed pipe among
+    /// others: see [`ProfileError::is_broken_pipe`]).
+    #[error(transparent)]
+    Output(std::io::Error),
+}
+
+impl ProfileError {
+    /// True when the report went to a pipe nobody reads any more, which
+    /// the binary treats as success.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, ProfileError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> ProfileError {

@@ -9,6 +9,8 @@ use std::{
 
 use serde::Serialize;
 
+use crate::output::{Align, Column, Format, Output};
+
 /// One aggregated stack: how many samples hit it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Stack {
@@ -155,25 +157,29 @@ fn percent(part: u64, total: u64) -> f64 {
 }
 
 /// The top-functions table: self and total samples, as counts and as
-/// percentages of `total`.
-pub fn write_table(w: &mut impl Write, stats: &[FunctionStat], total: u64) -> io::Result<()> {
-    writeln!(
-        w,
-        "{:>7} {:>7} {:>9} {:>9}  FUNCTION",
-        "SELF%", "TOTAL%", "SELF", "TOTAL"
-    )?;
+/// percentages of `total`, written through [`crate::output`] (a table
+/// only: `--json` prints the whole [`Report`] instead).
+pub fn write_table(w: impl Write, stats: &[FunctionStat], total: u64) -> io::Result<()> {
+    let cols = vec![
+        Column::table("SELF%", 7, Align::Right),
+        Column::table("TOTAL%", 7, Align::Right),
+        Column::table("SELF", 9, Align::Right),
+        Column::table("TOTAL", 9, Align::Right),
+        Column::table("FUNCTION", 0, Align::Left).gap(2),
+    ];
+    let mut out = Output::new(w, Format::Table, cols);
+    out.header()?;
     for s in stats {
-        writeln!(
-            w,
-            "{:>6.2}% {:>6.2}% {:>9} {:>9}  {}",
-            percent(s.self_samples, total),
-            percent(s.total_samples, total),
-            s.self_samples,
-            s.total_samples,
-            s.name
-        )?;
+        out.row(|r| {
+            r.display(format_args!("{:.2}%", percent(s.self_samples, total)))?;
+            r.display(format_args!("{:.2}%", percent(s.total_samples, total)))?;
+            r.u64(s.self_samples)?;
+            r.u64(s.total_samples)?;
+            // A symbol name is text from outside kscope.
+            r.str(&s.name)
+        })?;
     }
-    Ok(())
+    out.flush()
 }
 
 /// Stacks lost per reason, for one side.
@@ -340,7 +346,8 @@ mod tests {
         let text = String::from_utf8(out).expect("utf8");
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{text}");
-        assert!(lines[0].contains("SELF%") && lines[0].contains("TOTAL%"));
+        assert_eq!(lines[0], "  SELF%  TOTAL%      SELF     TOTAL  FUNCTION");
+        assert_eq!(lines[1], " 60.00%  60.00%        60        60  hot");
         assert_eq!(
             lines[1].split_whitespace().collect::<Vec<_>>(),
             ["60.00%", "60.00%", "60", "60", "hot"]

@@ -536,6 +536,36 @@ pub fn errno_in(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
     None
 }
 
+/// An error and its sources in one line, joined by ": " as the binary
+/// prints errors: for logs and replies that must say why, not only what.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cur = self.0.source();
+        while let Some(e) = cur {
+            write!(f, ": {e}")?;
+            cur = e.source();
+        }
+        Ok(())
+    }
+}
+
+/// Registers SIGINT and SIGTERM to set the returned flag instead of
+/// killing the process, so a verb that runs until interrupted ends its
+/// loop and tears down what it set up.
+///
+/// # Errors
+/// The handlers cannot be installed.
+pub fn stop_on_signals() -> io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, std::sync::Arc::clone(&stop))?;
+    }
+    Ok(stop)
+}
+
 /// Nanoseconds since the Unix epoch.
 pub fn unix_now_ns() -> u64 {
     std::time::SystemTime::now()

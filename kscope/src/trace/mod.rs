@@ -25,6 +25,7 @@
 //! BPF program was running on that CPU (`recursion_misses`, Linux 5.12+)
 //! are counted and reported on stderr as they happen and in the summary.
 
+pub mod cmd;
 pub mod connect;
 pub mod exec;
 pub mod format;
@@ -96,6 +97,9 @@ pub enum TraceError {
     /// Reading events or writing output failed.
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// The async runtime the consumer runs on cannot start.
+    #[error("starting the tokio runtime")]
+    Runtime(#[source] io::Error),
 }
 
 impl TraceError {
