@@ -212,13 +212,31 @@ fn main() -> anyhow::Result<()> {
     ensure!(st.success(), "ip link set lo up");
     let dir = std::env::temp_dir().join(format!("kscope-daemon-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    // The daemon attaches the firewall and leaves it attached when it exits;
+    // this removes it on every way out, before the lab goes.
+    let _detach = Detach {
+        kscope: &kscope,
+        iface: &lab.iface_b,
+    };
     let result = run(&kscope, &lab, &dir);
     let _ = std::fs::remove_dir_all(&dir);
-    let _ = Command::new(&kscope)
-        .args(["fw", "detach", &lab.iface_b])
-        .env("KSCOPE_LOG", "warn")
-        .status();
     result
+}
+
+/// Runs `kscope fw detach IFACE` on drop. Deleting the lab's namespaces takes the attachment, not the
+/// pins under /sys/fs/bpf/kscope.
+struct Detach<'a> {
+    kscope: &'a Path,
+    iface: &'a str,
+}
+
+impl Drop for Detach<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(self.kscope)
+            .args(["fw", "detach", self.iface])
+            .env("KSCOPE_LOG", "warn")
+            .status();
+    }
 }
 
 fn run(kscope: &Path, lab: &Lab, dir: &Path) -> anyhow::Result<()> {

@@ -355,6 +355,8 @@ fn cli_figures() -> anyhow::Result<()> {
     let iface = lab.iface_b.clone();
     lab.b
         .run(|| kscope::firewall::attach(&iface, kscope::firewall::Mode::Skb, Policy::Pass))??;
+    // Declared after the lab, so it detaches before the lab goes.
+    let _detach = Detach(&iface);
     let run = |args: &[&str]| -> anyhow::Result<Duration> {
         let start = Instant::now();
         let out = Command::new(&kscope)
@@ -401,6 +403,18 @@ fn cli_figures() -> anyhow::Result<()> {
         Ok(())
     })();
     let _ = std::fs::remove_file(&file);
-    let _ = lab.b.run(|| kscope::firewall::detach(&lab.iface_b));
     result
+}
+
+/// Detaches kscope from an interface on drop, so every way out of
+/// [`cli_figures`] (an error, a panic) removes the program and its pins:
+/// deleting the lab's namespaces would take the attachment, not the pins.
+struct Detach<'a>(&'a str);
+
+impl Drop for Detach<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = kscope::firewall::detach(self.0) {
+            eprintln!("warning: detaching from {}: {e}", self.0);
+        }
+    }
 }

@@ -34,7 +34,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 struct Fw {
-    lab: Lab,
+    lab: FwLab,
     obs: Observer,
     seq: u32,
 }
@@ -42,7 +42,7 @@ struct Fw {
 impl Fw {
     fn new(tag: &str, attach_args: &[&str]) -> Self {
         require_root();
-        let lab = Lab::new(tag).expect("create lab");
+        let lab = FwLab::new(tag).expect("create lab");
         let mut args = vec!["fw", "attach", lab.iface_b.as_str()];
         args.extend_from_slice(attach_args);
         kscope_ok(Some(&lab.b), &args);
@@ -744,7 +744,7 @@ fn stacked_vlan_tags_never_carry_a_blocked_source_to_a_socket(default: &str) {
     use kscope::netlab::{ADDR4_A, ADDR4_B, ADDR6_A, ADDR6_B};
     use kscope_common::fw::MAX_VLAN_TAGS;
     require_root();
-    let lab = Lab::new("vlan").expect("create lab");
+    let lab = FwLab::new("vlan").expect("create lab");
     lab.up().expect("bring lab up");
     let socks = vlan_sockets(&lab);
     // Sources on b's own subnets, so reverse-path filtering keeps out of
