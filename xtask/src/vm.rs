@@ -113,7 +113,7 @@ impl Outcome {
     /// "fw_xdp_rules 380s, daemon 170s, ...": the slowest binaries first.
     pub fn slowest(&self, n: usize) -> String {
         let mut b = self.bins.clone();
-        b.sort_by(|x, y| y.1.cmp(&x.1));
+        b.sort_by_key(|x| std::cmp::Reverse(x.1));
         b.iter()
             .take(n)
             .map(|(name, d)| format!("{name} {:.0}s", d.as_secs_f64()))
@@ -121,7 +121,6 @@ impl Outcome {
             .join(", ")
     }
 }
-
 
 struct Apt {
     dir: PathBuf,
