@@ -27,10 +27,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use kscope::{
-    firewall::maps::RuleMaps,
-    netlab::{Lab, Netns, Traffic},
-};
+use kscope::firewall::maps::RuleMaps;
+use kscope_lab::netlab::{Lab, Netns, Traffic};
 
 const ADDR: &str = "127.0.0.1:9435";
 const SCRAPERS: usize = 200;

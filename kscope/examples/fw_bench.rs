@@ -29,10 +29,10 @@ use kscope::{
         rules::{Cidr, RuleSet},
         xdp_program,
     },
-    frame::{self, L4},
     sys::bpf::ReadMethod,
 };
 use kscope_common::fw::{PROG_BENCH_XDP, PROG_FW_XDP};
+use kscope_lab::frame::{self, L4};
 
 const COUNTS: [u32; 5] = [0, 1, 1_000, 100_000, 1_000_000];
 const XDP_FILTER_OBJ: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_all.o";
@@ -351,7 +351,7 @@ fn cli_figures() -> anyhow::Result<()> {
         "{} missing: cargo build --release --bin kscope",
         kscope.display()
     );
-    let lab = kscope::netlab::Lab::new("bench")?;
+    let lab = kscope_lab::netlab::Lab::new("bench")?;
     let iface = lab.iface_b.clone();
     lab.b
         .run(|| kscope::firewall::attach(&iface, kscope::firewall::Mode::Skb, Policy::Pass))??;

@@ -17,7 +17,7 @@ use std::{
 };
 
 use common::{FwLab, Tracer, kscope_ok, require_root, skip};
-use kscope::netlab::{ADDR4_A, Lab, Netns, Traffic, UDP_PORT};
+use kscope_lab::netlab::{ADDR4_A, Lab, Netns, Traffic, UDP_PORT};
 
 const METRICS: &str = "127.0.0.1:9435";
 const READY: &str = "kscope daemon ready";
@@ -1510,7 +1510,7 @@ fn rule_hit_series_are_bounded_and_never_go_down() {
     // (IPv4 and IPv6), and pings from A's IPv4 and IPv6 addresses.
     let rules = format!(
         "block --port {UDP_PORT}/udp\nallow {ADDR4_A}/32\nallow {}/128\n",
-        kscope::netlab::ADDR6_A
+        kscope_lab::netlab::ADDR6_A
     );
     let (lab, _dir, daemon) =
         lab_with_daemon("topn", &rules, "\n[firewall]\nmax_rule_series = 1\n");

@@ -7,11 +7,8 @@ mod common;
 use std::{path::Path, time::Duration};
 
 use common::*;
-use kscope::{
-    demo::settle,
-    firewall::pin_dir,
-    netlab::{Lab, Observer, Traffic},
-};
+use kscope::{demo::settle, firewall::pin_dir};
+use kscope_lab::netlab::{Lab, Observer, Traffic};
 
 /// Counters for one family from a `fw stats --json` object.
 fn family(v: &serde_json::Value, f: &str) -> (u64, u64) {

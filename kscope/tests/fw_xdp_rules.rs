@@ -20,7 +20,7 @@ use std::{
 };
 
 use common::*;
-use kscope::{
+use kscope_lab::{
     frame::L4,
     netlab::{Lab, Observer, lab_frame},
 };
@@ -316,7 +316,7 @@ fn default_drop_passes_only_allow_listed_sources() {
     // copy (hop limit 64) does not.
     let nd_before = fw.reason("ipv6", "neighbor-discovery").0;
     let ns = |hops: u8, seq: u32| {
-        use kscope::{frame::*, netlab::*};
+        use kscope_lab::{frame::*, netlab::*};
         let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
         icmp.extend_from_slice(&ADDR6_B.octets());
         icmp.extend_from_slice(MARKER);
@@ -673,7 +673,7 @@ const VLAN_PORT: u16 = 7_777;
 /// behind `tags` priority tags (VLAN id 0; 802.1ad outermost, then
 /// 802.1Q), checksums filled in so the kernel accepts it.
 fn tagged_udp(src: IpAddr, dst: IpAddr, tags: usize, payload: &[u8]) -> Vec<u8> {
-    use kscope::{frame::*, netlab::*};
+    use kscope_lab::{frame::*, netlab::*};
     let stack: Vec<(u16, u16)> = (0..tags)
         .map(|i| (if i == 0 { ETH_P_8021AD } else { ETH_P_8021Q }, 0))
         .collect();
@@ -694,7 +694,7 @@ fn tagged_udp(src: IpAddr, dst: IpAddr, tags: usize, payload: &[u8]) -> Vec<u8> 
 
 /// UDP sockets on `b`'s addresses, both families, port [`VLAN_PORT`].
 fn vlan_sockets(lab: &Lab) -> [std::net::UdpSocket; 2] {
-    use kscope::netlab::{ADDR4_B, ADDR6_B};
+    use kscope_lab::netlab::{ADDR4_B, ADDR6_B};
     [IpAddr::V4(ADDR4_B), IpAddr::V6(ADDR6_B)].map(|a| {
         let s = lab
             .b
@@ -741,8 +741,8 @@ fn delivered(
 /// socket. Tag stacks up to the walk bound are filtered like untagged
 /// frames; deeper ones are dropped (fail closed).
 fn stacked_vlan_tags_never_carry_a_blocked_source_to_a_socket(default: &str) {
-    use kscope::netlab::{ADDR4_A, ADDR4_B, ADDR6_A, ADDR6_B};
     use kscope_common::fw::MAX_VLAN_TAGS;
+    use kscope_lab::netlab::{ADDR4_A, ADDR4_B, ADDR6_A, ADDR6_B};
     require_root();
     let lab = FwLab::new("vlan").expect("create lab");
     lab.up().expect("bring lab up");

@@ -1,6 +1,6 @@
 //! The one place kscope talks to the kernel outside aya: capabilities,
-//! interface lookup, bpffs/tracefs mounts, network namespaces, procfs and
-//! sysfs reads, resource limits.
+//! interface lookup, bpffs/tracefs mounts, procfs and sysfs reads,
+//! resource limits.
 //!
 //! Functions that only parse what the kernel reports take the text as input
 //! (see [`parse_cap_eff`]) so unit tests can feed them recorded files.
@@ -312,45 +312,6 @@ pub fn ensure_tracefs() -> Result<(), SysError> {
         path: path.into(),
         source,
     })
-}
-
-/// Identity (device, inode) of a namespace file such as /proc/thread-self/ns/net.
-pub fn ns_id(path: &Path) -> io::Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt as _;
-    let m = fs::metadata(path)?;
-    Ok((m.dev(), m.ino()))
-}
-
-/// True when the calling thread is in the initial network namespace, where
-/// real interfaces live: that of PID 1 where /proc/1/ns/net is readable
-/// (some VMs deny it even to root), and otherwise the namespace this
-/// process started in (/proc/self/ns/net follows the main thread, which
-/// kscope never moves).
-pub fn in_initial_netns() -> io::Result<bool> {
-    let here = ns_id(Path::new("/proc/thread-self/ns/net"))?;
-    if let Ok(init) = ns_id(Path::new("/proc/1/ns/net"))
-        && here == init
-    {
-        return Ok(true);
-    }
-    Ok(here == ns_id(Path::new("/proc/self/ns/net"))?)
-}
-
-/// Moves the calling thread into the network namespace at `path` (such as
-/// /run/netns/NAME). Only this thread moves; sockets it creates afterwards
-/// belong to that namespace for their whole life.
-pub fn enter_netns(path: &Path) -> io::Result<()> {
-    let f = fs::File::open(path)?;
-    setns_fd(std::os::fd::AsRawFd::as_raw_fd(&f))
-}
-
-/// `setns(fd, CLONE_NEWNET)`. Async-signal-safe, so usable between fork and exec.
-pub fn setns_fd(fd: std::os::fd::RawFd) -> io::Result<()> {
-    // SAFETY: setns only reads its arguments; an invalid fd yields EBADF.
-    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Reads the file at `path` whole, but never more than `limit` bytes: a

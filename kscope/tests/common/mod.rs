@@ -1,6 +1,6 @@
 //! Helpers shared by the root-only integration tests. They run the real
 //! `kscope` binary against the running kernel, inside namespaces that
-//! `kscope::netlab` creates and removes.
+//! `kscope_lab::netlab` creates and removes.
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
 use std::{
@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kscope::netlab::{Lab, Netns};
+use kscope_lab::netlab::{Lab, Netns};
 
 /// The kscope binary under test. `KSCOPE_BIN` overrides it (the VM runner
 /// copies the binary to a different path).
