@@ -7,8 +7,11 @@
 //! - [`netlab`]: two private network namespaces joined by a veth pair, a
 //!   traffic generator that can only send inside them, a packet observer;
 //! - [`frame`]: Ethernet frames built byte by byte;
+//! - [`memlock`]: what the kernel accounts to a BPF map (for the
+//!   benchmarks);
 //! - [`ns`]: the network-namespace calls the lab makes.
 
 pub mod frame;
+pub mod memlock;
 pub mod netlab;
 pub mod ns;
