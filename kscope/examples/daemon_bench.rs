@@ -27,10 +27,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use kscope::{
-    firewall::maps::RuleMaps,
-    netlab::{Lab, Netns, Traffic},
-};
+use kscope::firewall::maps::RuleMaps;
+use kscope_lab::netlab::{Lab, Netns, Traffic};
 
 const ADDR: &str = "127.0.0.1:9435";
 const SCRAPERS: usize = 200;
@@ -212,13 +210,31 @@ fn main() -> anyhow::Result<()> {
     ensure!(st.success(), "ip link set lo up");
     let dir = std::env::temp_dir().join(format!("kscope-daemon-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    // The daemon attaches the firewall and leaves it attached when it exits;
+    // this removes it on every way out, before the lab goes.
+    let _detach = Detach {
+        kscope: &kscope,
+        iface: &lab.iface_b,
+    };
     let result = run(&kscope, &lab, &dir);
     let _ = std::fs::remove_dir_all(&dir);
-    let _ = Command::new(&kscope)
-        .args(["fw", "detach", &lab.iface_b])
-        .env("KSCOPE_LOG", "warn")
-        .status();
     result
+}
+
+/// Runs `kscope fw detach IFACE` on drop. Deleting the lab's namespaces takes the attachment, not the
+/// pins under /sys/fs/bpf/kscope.
+struct Detach<'a> {
+    kscope: &'a Path,
+    iface: &'a str,
+}
+
+impl Drop for Detach<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(self.kscope)
+            .args(["fw", "detach", self.iface])
+            .env("KSCOPE_LOG", "warn")
+            .status();
+    }
 }
 
 fn run(kscope: &Path, lab: &Lab, dir: &Path) -> anyhow::Result<()> {

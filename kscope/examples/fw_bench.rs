@@ -10,8 +10,9 @@
 //! kernel: BPF_PROG_TEST_RUN sends nothing anywhere.
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::AsFd as _,
+    os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -19,20 +20,36 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuHashMap, PerCpuValues},
+    maps::{IterableMap as _, Map, MapData, PerCpuHashMap, PerCpuValues},
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use kscope::{
     firewall::{
-        BENCH_XDP_OBJ, Policy, load_pipeline,
+        Policy, load_pipeline,
         maps::RuleMaps,
         rules::{Cidr, RuleSet},
         xdp_program,
     },
-    frame::{self, L4},
-    sys::bpf::ReadMethod,
+    sys::bpf::{MapFdOps, ReadMethod, dump_map},
 };
-use kscope_common::fw::{PROG_BENCH_XDP, PROG_FW_XDP};
+use kscope_common::fw::{
+    MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_HITS, MAP_PORTS, PROG_BENCH_XDP,
+    PROG_FW_XDP,
+};
+use kscope_lab::{
+    frame::{self, L4},
+    memlock::map_memlock,
+};
+
+/// The compiled `bench_xdp` object (kscope's build script builds it with
+/// the firewall): an XDP_PASS-only program, the floor this measures
+/// against.
+static BENCH_XDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_xdp"));
+
+/// The firewall's rule maps, whose memory the benchmark reports.
+const RULE_MAPS: [&str; 6] = [
+    MAP_ALLOW4, MAP_BLOCK4, MAP_ALLOW6, MAP_BLOCK6, MAP_PORTS, MAP_HITS,
+];
 
 const COUNTS: [u32; 5] = [0, 1, 1_000, 100_000, 1_000_000];
 const XDP_FILTER_OBJ: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_all.o";
@@ -238,6 +255,12 @@ fn main() -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
 
     let mut ks = load_pipeline(Policy::Pass)?;
+    // RuleMaps takes the maps out of the object: keep a descriptor of each
+    // to read its memory later.
+    let rule_map_fds = RULE_MAPS
+        .iter()
+        .map(|&name| Ok((name, map_fd(&ks, name)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut maps = RuleMaps::from_ebpf(&mut ks)?;
     let mut xf = XdpFilter::load(*COUNTS.last().unwrap_or(&1))?;
 
@@ -285,10 +308,9 @@ fn main() -> anyhow::Result<()> {
     }
     // Memory with 1M rules per family, as the kernel accounts it.
     let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
-    let ks_mem: Vec<String> = maps
-        .memory()
+    let ks_mem: Vec<String> = rule_map_fds
         .iter()
-        .map(|(n, b)| format!("{n} {:.1} MiB", mib(*b)))
+        .map(|(n, fd)| format!("{n} {:.1} MiB", mib(map_memlock(fd.as_fd()).unwrap_or(0))))
         .collect();
     let mut xf_mem = Vec::new();
     for name in ["filter_ipv4", "filter_ipv6"] {
@@ -297,10 +319,7 @@ fn main() -> anyhow::Result<()> {
             aya::maps::Map::PerCpuHashMap(d) => d.fd().as_fd(),
             _ => bail!("{name} is not a per-CPU hash"),
         };
-        xf_mem.push(format!(
-            "{name} {:.1} MiB",
-            mib(kscope::sys::map_memlock(fd)?)
-        ));
+        xf_mem.push(format!("{name} {:.1} MiB", mib(map_memlock(fd)?)));
     }
     println!(
         "\nMemory at 1M rules per family ({} CPUs): kscope {}; xdp-filter {}.",
@@ -316,12 +335,15 @@ fn main() -> anyhow::Result<()> {
         );
     }
     // Stats read: batch against key by key, on a hit-counter map holding
-    // 100k entries.
-    maps.load(&RuleSet::default())?;
-    maps.fill_hits_for_benchmark(100_000)?;
+    // 100k entries, in a pipeline of its own (the million rules go first).
+    std::mem::drop((maps, rule_map_fds, ks, xf));
+    let mut hits_obj = load_pipeline(Policy::Pass)?;
+    let mut hits: PerCpuHashMap<MapData, u32, u64> =
+        PerCpuHashMap::try_from(hits_obj.take_map(MAP_HITS).context(MAP_HITS)?)?;
+    fill_hits(&mut hits, 100_000)?;
     let time = |m: ReadMethod| -> anyhow::Result<(Duration, usize)> {
         let start = Instant::now();
-        let h = maps.read_hits(Some(m))?;
+        let h = read_hits(&hits, m)?;
         Ok((start.elapsed(), h.len()))
     };
     let (batch, nb) = time(ReadMethod::Batch)?;
@@ -333,6 +355,50 @@ fn main() -> anyhow::Result<()> {
     );
     cli_figures()?;
     Ok(())
+}
+
+/// A duplicate of the descriptor of map `name` in `ebpf`.
+fn map_fd(ebpf: &Ebpf, name: &str) -> anyhow::Result<OwnedFd> {
+    let data = match ebpf.map(name).with_context(|| format!("{name} missing"))? {
+        Map::LpmTrie(d) | Map::Array(d) | Map::PerCpuHashMap(d) => d,
+        _ => bail!("{name}: not a trie, an array or a per-CPU hash"),
+    };
+    Ok(data.fd().as_fd().try_clone_to_owned()?)
+}
+
+fn nr_cpus() -> anyhow::Result<usize> {
+    aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))
+}
+
+/// Gives hit counters `0..n` a count of 1 on every CPU, as if that many
+/// rules had been hit.
+fn fill_hits(hits: &mut PerCpuHashMap<MapData, u32, u64>, n: u32) -> anyhow::Result<()> {
+    let cpus = nr_cpus()?;
+    for id in 0..n {
+        hits.insert(id, PerCpuValues::try_from(vec![1u64; cpus])?, 0)?;
+    }
+    Ok(())
+}
+
+/// The hit counts summed over CPUs, read the way `method` says: the read
+/// `fw stats` and the daemon do (`RuleMaps::read_hits`), with the method
+/// forced instead of chosen.
+fn read_hits(
+    hits: &PerCpuHashMap<MapData, u32, u64>,
+    method: ReadMethod,
+) -> anyhow::Result<HashMap<u32, u64>> {
+    let ops = MapFdOps::new(hits.map().fd().as_fd(), 4, 8, nr_cpus()?);
+    let (d, _) = dump_map(&ops, Some(method)).context("reading FW_HITS")?;
+    let mut out = HashMap::with_capacity(d.len);
+    for i in 0..d.len {
+        let (k, v) = d.entry(&ops, i);
+        let sum = v
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
+            .fold(0u64, u64::wrapping_add);
+        out.insert(u32::from_ne_bytes(k.try_into()?), sum);
+    }
+    Ok(out)
 }
 
 /// End to end through the CLI, as a user runs it: `kscope fw load` of a
@@ -351,10 +417,12 @@ fn cli_figures() -> anyhow::Result<()> {
         "{} missing: cargo build --release --bin kscope",
         kscope.display()
     );
-    let lab = kscope::netlab::Lab::new("bench")?;
+    let lab = kscope_lab::netlab::Lab::new("bench")?;
     let iface = lab.iface_b.clone();
     lab.b
         .run(|| kscope::firewall::attach(&iface, kscope::firewall::Mode::Skb, Policy::Pass))??;
+    // Declared after the lab, so it detaches before the lab goes.
+    let _detach = Detach(&iface);
     let run = |args: &[&str]| -> anyhow::Result<Duration> {
         let start = Instant::now();
         let out = Command::new(&kscope)
@@ -401,6 +469,18 @@ fn cli_figures() -> anyhow::Result<()> {
         Ok(())
     })();
     let _ = std::fs::remove_file(&file);
-    let _ = lab.b.run(|| kscope::firewall::detach(&lab.iface_b));
     result
+}
+
+/// Detaches kscope from an interface on drop, so every way out of
+/// [`cli_figures`] (an error, a panic) removes the program and its pins:
+/// deleting the lab's namespaces would take the attachment, not the pins.
+struct Detach<'a>(&'a str);
+
+impl Drop for Detach<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = kscope::firewall::detach(self.0) {
+            eprintln!("warning: detaching from {}: {e}", self.0);
+        }
+    }
 }

@@ -18,11 +18,9 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use kscope_common::fw::Family;
+use kscope_lab::netlab::{Lab, Observer, Seen, Sent, Traffic};
 
-use crate::{
-    firewall::{self, Mode, Policy, counters},
-    netlab::{Lab, Observer, Seen, Sent, Traffic},
-};
+use crate::firewall::{self, Mode, Policy, counters};
 
 /// Detaches on drop, so every way out of the demo removes the program.
 struct Attachment<'a> {

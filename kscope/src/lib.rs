@@ -5,8 +5,6 @@ pub mod cli;
 pub mod daemon;
 pub mod demo;
 pub mod firewall;
-pub mod frame;
-pub mod netlab;
 pub mod output;
 pub mod probe_check;
 pub mod profile;

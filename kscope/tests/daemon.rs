@@ -16,8 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Tracer, kscope_ok, require_root, skip};
-use kscope::netlab::{ADDR4_A, Lab, Netns, Traffic, UDP_PORT};
+use common::{FwLab, Tracer, kscope_ok, require_root, skip};
+use kscope_lab::netlab::{ADDR4_A, Lab, Netns, Traffic, UDP_PORT};
 
 const METRICS: &str = "127.0.0.1:9435";
 const READY: &str = "kscope daemon ready";
@@ -218,8 +218,8 @@ fn config(iface: &str, extra: &str) -> String {
 
 /// A lab with both sides up and loopback up on `b` (where the daemon and
 /// its listener run), and a scratch directory for its files.
-fn lab_and_dir(tag: &str) -> (Lab, Scratch) {
-    let lab = Lab::new(tag).expect("create lab");
+fn lab_and_dir(tag: &str) -> (FwLab, Scratch) {
+    let lab = FwLab::new(tag).expect("create lab");
     lab.up().expect("bring lab up");
     lo_up(&lab.b);
     (lab, Scratch::new(tag))
@@ -233,7 +233,7 @@ fn hup(pid: u32) {
 
 /// A lab and a daemon on its `b` side, with `rules` and a config of
 /// [`config`] plus `extra`.
-fn lab_with_daemon(tag: &str, rules: &str, extra: &str) -> (Lab, Scratch, Tracer) {
+fn lab_with_daemon(tag: &str, rules: &str, extra: &str) -> (FwLab, Scratch, Tracer) {
     let (lab, dir) = lab_and_dir(tag);
     dir.write("b.rules", rules);
     let cfg = dir.write("kscope.toml", &config(&lab.iface_b, extra));
@@ -898,7 +898,7 @@ fn check_monotonic(prev: &[Sample], now: &[Sample]) {
 #[test]
 fn a_bad_config_at_start_fails_with_one_line_and_changes_nothing() {
     require_root();
-    let lab = Lab::new("badstart").expect("create lab");
+    let lab = FwLab::new("badstart").expect("create lab");
     let dir = Scratch::new("badstart");
     dir.write("b.rules", "block 10.0.0.0/8\n");
     let cases = [
@@ -1510,7 +1510,7 @@ fn rule_hit_series_are_bounded_and_never_go_down() {
     // (IPv4 and IPv6), and pings from A's IPv4 and IPv6 addresses.
     let rules = format!(
         "block --port {UDP_PORT}/udp\nallow {ADDR4_A}/32\nallow {}/128\n",
-        kscope::netlab::ADDR6_A
+        kscope_lab::netlab::ADDR6_A
     );
     let (lab, _dir, daemon) =
         lab_with_daemon("topn", &rules, "\n[firewall]\nmax_rule_series = 1\n");

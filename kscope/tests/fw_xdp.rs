@@ -7,11 +7,8 @@ mod common;
 use std::{path::Path, time::Duration};
 
 use common::*;
-use kscope::{
-    demo::settle,
-    firewall::pin_dir,
-    netlab::{Lab, Observer, Traffic},
-};
+use kscope::{demo::settle, firewall::pin_dir};
+use kscope_lab::netlab::{Lab, Observer, Traffic};
 
 /// Counters for one family from a `fw stats --json` object.
 fn family(v: &serde_json::Value, f: &str) -> (u64, u64) {
@@ -43,7 +40,7 @@ fn detach(lab: &Lab) {
 #[test]
 fn stats_from_a_second_process_count_exactly_the_packets_sent() {
     require_root();
-    let lab = Lab::new("count").expect("create lab");
+    let lab = FwLab::new("count").expect("create lab");
     attach(&lab, &[]);
     let mut obs = Observer::open(&lab.b, &lab.iface_b).expect("open observer");
     lab.up().expect("bring lab up");
@@ -107,7 +104,7 @@ fn stats_from_a_second_process_count_exactly_the_packets_sent() {
 #[test]
 fn per_cpu_stats_sum_to_the_totals() {
     require_root();
-    let lab = Lab::new("percpu").expect("create lab");
+    let lab = FwLab::new("percpu").expect("create lab");
     attach(&lab, &[]);
     lab.up().expect("bring lab up");
     lab.send(&Traffic {
@@ -136,7 +133,7 @@ fn per_cpu_stats_sum_to_the_totals() {
 #[test]
 fn attachment_outlives_the_process_and_status_matches_the_kernel() {
     require_root();
-    let lab = Lab::new("status").expect("create lab");
+    let lab = FwLab::new("status").expect("create lab");
     attach(&lab, &["--mode", "skb"]);
     // The attaching process has exited; the kernel still runs the program.
     let (mode, prog_id) = xdp_on(&lab.b, &lab.iface_b).expect("XDP attached after kscope exited");
@@ -177,7 +174,7 @@ fn attachment_outlives_the_process_and_status_matches_the_kernel() {
 #[test]
 fn auto_mode_uses_native_xdp_on_veth() {
     require_root();
-    let lab = Lab::new("native").expect("create lab");
+    let lab = FwLab::new("native").expect("create lab");
     attach(&lab, &[]);
     let (mode, _) = xdp_on(&lab.b, &lab.iface_b).expect("attached");
     assert_eq!(mode, 1, "veth supports native XDP (XDP_ATTACHED_DRV)");
@@ -187,7 +184,7 @@ fn auto_mode_uses_native_xdp_on_veth() {
 #[test]
 fn detach_leaves_no_program_attached_and_no_pins() {
     require_root();
-    let lab = Lab::new("detach").expect("create lab");
+    let lab = FwLab::new("detach").expect("create lab");
     attach(&lab, &[]);
     let (_, prog_id) = xdp_on(&lab.b, &lab.iface_b).expect("attached");
     assert!(pin_dir(&lab.iface_b).join("link").exists());
@@ -210,7 +207,7 @@ fn detach_leaves_no_program_attached_and_no_pins() {
 #[test]
 fn attaching_twice_fails_and_keeps_the_first_attachment() {
     require_root();
-    let lab = Lab::new("twice").expect("create lab");
+    let lab = FwLab::new("twice").expect("create lab");
     attach(&lab, &[]);
     let before = xdp_on(&lab.b, &lab.iface_b).expect("attached");
     let out = kscope(Some(&lab.b), &["fw", "attach", &lab.iface_b]);
@@ -227,7 +224,7 @@ fn attaching_twice_fails_and_keeps_the_first_attachment() {
 #[test]
 fn attaching_to_a_missing_interface_fails_cleanly() {
     require_root();
-    let lab = Lab::new("noif").expect("create lab");
+    let lab = FwLab::new("noif").expect("create lab");
     // An interface that exists nowhere, looked up inside a private namespace.
     let out = kscope(Some(&lab.b), &["fw", "attach", "kscope-nosuch0"]);
     assert_fails(&out, 1, &["no network interface named", "kscope-nosuch0"]);
@@ -239,7 +236,7 @@ fn attaching_to_a_missing_interface_fails_cleanly() {
 #[test]
 fn without_capabilities_attach_names_the_missing_ones_and_changes_nothing() {
     require_root();
-    let lab = Lab::new("nocap").expect("create lab");
+    let lab = FwLab::new("nocap").expect("create lab");
     // Run as nobody, with every capability dropped.
     let out = lab
         .b
@@ -263,7 +260,7 @@ fn without_capabilities_attach_names_the_missing_ones_and_changes_nothing() {
 #[test]
 fn unmountable_bpffs_fails_cleanly() {
     require_root();
-    let lab = Lab::new("nobpffs").expect("create lab");
+    let lab = FwLab::new("nobpffs").expect("create lab");
     // In a private mount namespace, hide /sys/fs behind a read-only tmpfs:
     // /sys/fs/bpf then neither is bpffs nor can become one.
     let script = format!(
@@ -299,7 +296,7 @@ fn watch_interval_must_be_positive() {
 fn watch_prints_rates_until_interrupted() {
     use std::io::BufRead as _;
     require_root();
-    let lab = Lab::new("watch").expect("create lab");
+    let lab = FwLab::new("watch").expect("create lab");
     attach(&lab, &[]);
     lab.up().expect("bring lab up");
     let mut child = kscope_cmd(

@@ -22,20 +22,18 @@ use aya::{
     programs::{TestRun as _, TestRunOptions},
 };
 use common::require_root;
-use kscope::{
-    firewall::{
-        Policy, load_pipeline,
-        maps::{Edit, RuleMaps},
-        reference,
-        rules::{Cidr, PortSpec, Rule, RuleSet, SrcList},
-        xdp_program,
-    },
-    frame::*,
+use kscope::firewall::{
+    Policy, load_pipeline,
+    maps::{Edit, RuleMaps},
+    reference,
+    rules::{Cidr, PortSpec, Rule, RuleSet, SrcList},
+    xdp_program,
 };
 use kscope_common::fw::{
     Counter, Family, MAP_REASONS, MAX_IPV6_EXT_HDRS, MAX_VLAN_TAGS, N_REASON_COUNTERS, PORT_TCP,
     PORT_UDP, PROG_FW_XDP, Reason, reason_index,
 };
+use kscope_lab::frame::*;
 
 /// splitmix64: small, seedable, reproducible.
 struct Rng(u64);

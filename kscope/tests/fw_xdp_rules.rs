@@ -20,7 +20,7 @@ use std::{
 };
 
 use common::*;
-use kscope::{
+use kscope_lab::{
     frame::L4,
     netlab::{Lab, Observer, lab_frame},
 };
@@ -34,7 +34,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 struct Fw {
-    lab: Lab,
+    lab: FwLab,
     obs: Observer,
     seq: u32,
 }
@@ -42,7 +42,7 @@ struct Fw {
 impl Fw {
     fn new(tag: &str, attach_args: &[&str]) -> Self {
         require_root();
-        let lab = Lab::new(tag).expect("create lab");
+        let lab = FwLab::new(tag).expect("create lab");
         let mut args = vec!["fw", "attach", lab.iface_b.as_str()];
         args.extend_from_slice(attach_args);
         kscope_ok(Some(&lab.b), &args);
@@ -316,7 +316,7 @@ fn default_drop_passes_only_allow_listed_sources() {
     // copy (hop limit 64) does not.
     let nd_before = fw.reason("ipv6", "neighbor-discovery").0;
     let ns = |hops: u8, seq: u32| {
-        use kscope::{frame::*, netlab::*};
+        use kscope_lab::{frame::*, netlab::*};
         let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
         icmp.extend_from_slice(&ADDR6_B.octets());
         icmp.extend_from_slice(MARKER);
@@ -677,7 +677,7 @@ const VLAN_PORT: u16 = 7_777;
 /// behind `tags` priority tags (VLAN id 0; 802.1ad outermost, then
 /// 802.1Q), checksums filled in so the kernel accepts it.
 fn tagged_udp(src: IpAddr, dst: IpAddr, tags: usize, payload: &[u8]) -> Vec<u8> {
-    use kscope::{frame::*, netlab::*};
+    use kscope_lab::{frame::*, netlab::*};
     let stack: Vec<(u16, u16)> = (0..tags)
         .map(|i| (if i == 0 { ETH_P_8021AD } else { ETH_P_8021Q }, 0))
         .collect();
@@ -698,7 +698,7 @@ fn tagged_udp(src: IpAddr, dst: IpAddr, tags: usize, payload: &[u8]) -> Vec<u8> 
 
 /// UDP sockets on `b`'s addresses, both families, port [`VLAN_PORT`].
 fn vlan_sockets(lab: &Lab) -> [std::net::UdpSocket; 2] {
-    use kscope::netlab::{ADDR4_B, ADDR6_B};
+    use kscope_lab::netlab::{ADDR4_B, ADDR6_B};
     [IpAddr::V4(ADDR4_B), IpAddr::V6(ADDR6_B)].map(|a| {
         let s = lab
             .b
@@ -745,10 +745,10 @@ fn delivered(
 /// socket. Tag stacks up to the walk bound are filtered like untagged
 /// frames; deeper ones are dropped (fail closed).
 fn stacked_vlan_tags_never_carry_a_blocked_source_to_a_socket(default: &str) {
-    use kscope::netlab::{ADDR4_A, ADDR4_B, ADDR6_A, ADDR6_B};
     use kscope_common::fw::MAX_VLAN_TAGS;
+    use kscope_lab::netlab::{ADDR4_A, ADDR4_B, ADDR6_A, ADDR6_B};
     require_root();
-    let lab = Lab::new("vlan").expect("create lab");
+    let lab = FwLab::new("vlan").expect("create lab");
     lab.up().expect("bring lab up");
     let socks = vlan_sockets(&lab);
     // Sources on b's own subnets, so reverse-path filtering keeps out of

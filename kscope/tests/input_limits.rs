@@ -12,7 +12,6 @@ use std::{io::Read as _, os::unix::process::CommandExt as _, process::Stdio};
 use common::*;
 use kscope::{
     cli::MIN_WATCH, daemon::config::MAX_CONFIG_BYTES, firewall::rules::MAX_RULE_FILE_BYTES,
-    netlab::Lab,
 };
 
 /// Address space kscope may use in these tests: far above what a capped
@@ -101,7 +100,7 @@ fn assert_one_error(run: &Run, code: i32, needles: &[&str]) {
 #[test]
 fn fw_load_of_an_endless_file_fails_at_the_cap_and_changes_nothing() {
     require_root();
-    let lab = Lab::new("capload").expect("create lab");
+    let lab = FwLab::new("capload").expect("create lab");
     let iface = lab.iface_b.as_str();
     kscope_ok(Some(&lab.b), &["fw", "attach", iface]);
     kscope_ok(None, &["fw", "block", "--iface", iface, "198.51.100.1"]);

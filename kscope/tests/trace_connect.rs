@@ -11,7 +11,7 @@ use std::{
 };
 
 use common::*;
-use kscope::netlab::Netns;
+use kscope_lab::netlab::Netns;
 
 const READY: Duration = Duration::from_secs(60);
 

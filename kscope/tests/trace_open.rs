@@ -648,7 +648,7 @@ fn open_counter_drop_detaches_everything() {
 // ---- the loader's view without kernel BTF (sys::without_kernel_btf) ----
 
 fn ns_of(path: &std::path::Path) -> Option<(u64, u64)> {
-    kscope::sys::ns_id(path).ok()
+    kscope_lab::ns::ns_id(path).ok()
 }
 
 /// Mount namespaces of every thread of process `pid` (a thread that is

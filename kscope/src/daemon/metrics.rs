@@ -330,7 +330,7 @@ impl KscopeCollector {
         if !series.is_current(&generation) {
             series.set_rules(generation, maps.rules_with_keys()?);
         }
-        let hits = HitCounts::new(maps.read_hits(None)?);
+        let hits = HitCounts::new(maps.read_hits()?);
         Ok(series.scrape(&hits))
     }
 

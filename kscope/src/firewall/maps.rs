@@ -37,7 +37,7 @@ use super::{
     FwError,
     rules::{Cidr, PortSpec, Rule, RuleSet, SrcList},
 };
-use crate::sys::bpf::{MapFdOps, ReadMethod, dump_map};
+use crate::sys::bpf::{MapFdOps, dump_map};
 
 /// One change to the live rule set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -348,12 +348,11 @@ impl RuleMaps {
             .map_err(map_err("write FW_PORTS"))
     }
 
-    /// Hit counts summed over CPUs, by key; `method` forces batch or
-    /// key-by-key reads (for the benchmark).
-    pub fn read_hits(&self, method: Option<ReadMethod>) -> Result<HashMap<u32, u64>, FwError> {
+    /// Hit counts summed over CPUs, by key.
+    pub fn read_hits(&self) -> Result<HashMap<u32, u64>, FwError> {
         let cpus = super::nr_cpus()?;
         let ops = MapFdOps::new(self.hits.map().fd().as_fd(), 4, 8, cpus);
-        let (d, _) = dump_map(&ops, method).map_err(io_map_err("read FW_HITS"))?;
+        let (d, _) = dump_map(&ops, None).map_err(io_map_err("read FW_HITS"))?;
         let mut out = HashMap::with_capacity(d.len);
         for i in 0..d.len {
             let (k, v) = d.entry(&ops, i);
@@ -364,44 +363,6 @@ impl RuleMaps {
             out.insert(u32::from_ne_bytes(to_array(k)), sum);
         }
         Ok(out)
-    }
-
-    /// Bytes the kernel accounts to each rule map (see
-    /// [`crate::sys::map_memlock`]).
-    pub fn memory(&self) -> Vec<(&'static str, u64)> {
-        let mut out: Vec<(&'static str, u64)> = self
-            .tries
-            .iter()
-            .map(|t| {
-                let fd = match &t.map {
-                    TrieMap::V4(m) => m.map().fd().as_fd(),
-                    TrieMap::V6(m) => m.map().fd().as_fd(),
-                };
-                (t.name, crate::sys::map_memlock(fd).unwrap_or(0))
-            })
-            .collect();
-        for (name, fd) in [
-            (MAP_PORTS, self.ports.map().fd().as_fd()),
-            (MAP_HITS, self.hits.map().fd().as_fd()),
-        ] {
-            out.push((name, crate::sys::map_memlock(fd).unwrap_or(0)));
-        }
-        out
-    }
-
-    /// Gives hit counters `0..n` a count of 1 on every CPU, as if that many
-    /// rules had been hit: for the benchmark of batch against key-by-key
-    /// reads.
-    pub fn fill_hits_for_benchmark(&mut self, n: u32) -> Result<(), FwError> {
-        let cpus = super::nr_cpus()?;
-        for id in 0..n {
-            let values = aya::maps::PerCpuValues::try_from(vec![1u64; cpus])
-                .map_err(io_map_err("build per-CPU values"))?;
-            self.hits
-                .insert(id, values, 0)
-                .map_err(map_err("write FW_HITS"))?;
-        }
-        Ok(())
     }
 
     fn forget_hits(&mut self, id: u32) -> Result<(), FwError> {
@@ -485,7 +446,7 @@ impl RuleMaps {
     /// Every active rule with its hit count, in `fw save` order.
     pub fn rules_with_hits(&self) -> Result<Vec<RuleHits>, FwError> {
         let (set, ids) = self.read_active()?;
-        let hits = self.read_hits(None)?;
+        let hits = self.read_hits()?;
         Ok(set
             .rules()
             .into_iter()

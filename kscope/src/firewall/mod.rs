@@ -64,11 +64,6 @@ use counters::PerCpuCounters;
 /// The compiled `fw_xdp` kernel object.
 static FW_XDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fw_xdp"));
 
-/// The compiled `bench_xdp` object: an XDP_PASS-only program, the floor
-/// `cargo xtask bench fw` measures against.
-pub static BENCH_XDP_OBJ: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_xdp"));
-
 /// Pin names inside an interface's directory.
 const PIN_LINK: &str = "link";
 

@@ -2,13 +2,21 @@
 //! the differential test: same frame, same rule set, same verdict and
 //! reason. It is written from the documented policy, not from the kernel
 //! code, and scans the rules linearly instead of using tries.
+//!
+//! Used only by tests: its own unit tests and `tests/fw_xdp_differential.rs`.
+//! Nothing in the firewall calls it. It stays in the library as the
+//! executable spec of the firewall's decisions, next to the code it
+//! specifies.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use kscope_common::fw::{Family, MAX_IPV6_EXT_HDRS, MAX_VLAN_TAGS, PORT_TCP, PORT_UDP, Reason};
+use kscope_lab::frame::{
+    ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, PROTO_DSTOPTS, PROTO_FRAGMENT, PROTO_HOPOPTS,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_ROUTING, PROTO_TCP, PROTO_UDP,
+};
 
 use super::rules::RuleSet;
-use crate::frame::*;
 
 /// The verdict the firewall gives `frame` under `set`, with `default_drop`
 /// as the default policy.
@@ -163,6 +171,8 @@ impl Judge<'_> {
 
 #[cfg(test)]
 mod tests {
+    use kscope_lab::frame::*;
+
     use super::*;
     use crate::firewall::rules::{Rule, SrcList};
 

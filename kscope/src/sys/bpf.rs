@@ -333,7 +333,8 @@ fn batch_unsupported(e: &io::Error) -> bool {
 
 /// Reads every entry of a map: in batches where the kernel supports
 /// BPF_MAP_LOOKUP_BATCH for this map, key by key otherwise (see the module
-/// doc). `method` forces one way (for benchmarks); `None` chooses.
+/// doc). `method` forces one way (for tests and the benchmark); `None`
+/// chooses.
 ///
 /// Minimum kernel: 5.6 for batches; any kernel with BPF for key by key.
 ///

@@ -1,6 +1,6 @@
 //! The one place kscope talks to the kernel outside aya: capabilities,
-//! interface lookup, bpffs/tracefs mounts, network namespaces, procfs and
-//! sysfs reads, resource limits.
+//! interface lookup, bpffs/tracefs mounts, procfs and sysfs reads,
+//! resource limits.
 //!
 //! Functions that only parse what the kernel reports take the text as input
 //! (see [`parse_cap_eff`]) so unit tests can feed them recorded files.
@@ -314,45 +314,6 @@ pub fn ensure_tracefs() -> Result<(), SysError> {
     })
 }
 
-/// Identity (device, inode) of a namespace file such as /proc/thread-self/ns/net.
-pub fn ns_id(path: &Path) -> io::Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt as _;
-    let m = fs::metadata(path)?;
-    Ok((m.dev(), m.ino()))
-}
-
-/// True when the calling thread is in the initial network namespace, where
-/// real interfaces live: that of PID 1 where /proc/1/ns/net is readable
-/// (some VMs deny it even to root), and otherwise the namespace this
-/// process started in (/proc/self/ns/net follows the main thread, which
-/// kscope never moves).
-pub fn in_initial_netns() -> io::Result<bool> {
-    let here = ns_id(Path::new("/proc/thread-self/ns/net"))?;
-    if let Ok(init) = ns_id(Path::new("/proc/1/ns/net"))
-        && here == init
-    {
-        return Ok(true);
-    }
-    Ok(here == ns_id(Path::new("/proc/self/ns/net"))?)
-}
-
-/// Moves the calling thread into the network namespace at `path` (such as
-/// /run/netns/NAME). Only this thread moves; sockets it creates afterwards
-/// belong to that namespace for their whole life.
-pub fn enter_netns(path: &Path) -> io::Result<()> {
-    let f = fs::File::open(path)?;
-    setns_fd(std::os::fd::AsRawFd::as_raw_fd(&f))
-}
-
-/// `setns(fd, CLONE_NEWNET)`. Async-signal-safe, so usable between fork and exec.
-pub fn setns_fd(fd: std::os::fd::RawFd) -> io::Result<()> {
-    // SAFETY: setns only reads its arguments; an invalid fd yields EBADF.
-    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Reads the file at `path` whole, but never more than `limit` bytes: a
 /// path from the command line or a config may name a device that never
 /// ends (`/dev/zero`), a FIFO fed forever or a huge file, and reading it
@@ -498,28 +459,6 @@ pub fn page_size() -> usize {
     usize::try_from(n).unwrap_or(4096)
 }
 
-/// The `memlock:` figure (bytes the kernel accounts to a BPF map) from the
-/// text of /proc/self/fdinfo/FD.
-pub fn parse_fdinfo_memlock(fdinfo: &str) -> Option<u64> {
-    fdinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("memlock:"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// Bytes the kernel accounts to the BPF map behind `fd` (its `memlock`),
-/// which for tries and hashes grows with the entries.
-///
-/// Minimum kernel: 4.10 (fdinfo memlock); an estimate kept current with the
-/// entries from 6.4 (map_mem_usage).
-pub fn map_memlock(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u64> {
-    use std::os::fd::AsRawFd as _;
-    let path = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
-    let text = fs::read_to_string(&path)?;
-    parse_fdinfo_memlock(&text)
-        .ok_or_else(|| io::Error::other(format!("no memlock line in {path}")))
-}
-
 /// The errno somewhere in an error's cause chain (an `io::Error` or aya's
 /// `SyscallError`), if any.
 pub fn errno_in(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
@@ -592,13 +531,6 @@ mod tests {
         let e = read_capped(&f, 99).expect_err("one byte over");
         assert_eq!(e.kind(), io::ErrorKind::FileTooLarge);
         let _ = fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn memlock_parses_from_fdinfo() {
-        let fdinfo = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t2059\nmap_type:\t11\nkey_size:\t9\nvalue_size:\t8\nmax_entries:\t2097152\nmap_flags:\t0x1\nmap_extra:\t0x0\nmemlock:\t81920\nmap_id:\t57\nfrozen:\t0\n";
-        assert_eq!(parse_fdinfo_memlock(fdinfo), Some(81_920));
-        assert_eq!(parse_fdinfo_memlock("pos:\t0\n"), None);
     }
 
     #[test]

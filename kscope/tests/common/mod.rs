@@ -1,15 +1,16 @@
 //! Helpers shared by the root-only integration tests. They run the real
 //! `kscope` binary against the running kernel, inside namespaces that
-//! `kscope::netlab` creates and removes.
+//! `kscope_lab::netlab` creates and removes.
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
 use std::{
+    io,
     path::PathBuf,
     process::{Command, Output},
     time::{Duration, Instant},
 };
 
-use kscope::netlab::Netns;
+use kscope_lab::netlab::{Lab, Netns};
 
 /// The kscope binary under test. `KSCOPE_BIN` overrides it (the VM runner
 /// copies the binary to a different path).
@@ -17,6 +18,42 @@ pub fn kscope_bin() -> PathBuf {
     std::env::var_os("KSCOPE_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kscope")))
+}
+
+/// A [`Lab`] for tests that attach kscope's firewall to it; derefs to the
+/// lab. Whoever attaches detaches: a test detaches at its end, and when it
+/// does not get there (a failed assertion, a panic, an early return),
+/// dropping this detaches kscope from both of the lab's interfaces.
+/// Deleting the lab's namespaces removes the veth pair and its XDP
+/// attachment, but not the pins under /sys/fs/bpf/kscope.
+pub struct FwLab(Lab);
+
+impl FwLab {
+    /// [`Lab::new`].
+    pub fn new(tag: &str) -> io::Result<FwLab> {
+        Lab::new(tag).map(FwLab)
+    }
+}
+
+impl std::ops::Deref for FwLab {
+    type Target = Lab;
+
+    fn deref(&self) -> &Lab {
+        &self.0
+    }
+}
+
+impl Drop for FwLab {
+    fn drop(&mut self) {
+        for ifc in [&self.0.iface_a, &self.0.iface_b] {
+            let dir = kscope::firewall::pin_dir(ifc);
+            if dir.exists() {
+                eprintln!("test lab: removing leftover pins {}", dir.display());
+                let _ = kscope::firewall::detach(ifc);
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+    }
 }
 
 /// Panics unless running as root: these tests load programs into the kernel.

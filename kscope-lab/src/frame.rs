@@ -1,5 +1,6 @@
 //! Building Ethernet frames byte by byte: for the lab's frame injector, the
-//! firewall's differential test and the benchmark. No I/O here.
+//! firewall's differential test and the benchmark; kscope's reference
+//! classifier takes its protocol numbers from here. No I/O here.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 

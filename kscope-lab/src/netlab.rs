@@ -14,11 +14,13 @@
 //! any documentation source address) out of `a`'s veth end; it refuses
 //! frames whose addresses are not documentation addresses.
 //!
-//! Dropping a [`Lab`] deletes both namespaces (and with them the veth pair)
-//! and any kscope pins left on its interfaces, also when a test panics.
+//! Dropping a [`Lab`] deletes both namespaces, and with them the veth pair
+//! and any XDP program attached to it, also when a test panics. It does not
+//! remove what such a program pinned in bpffs: whoever attached it detaches
+//! it.
 
 use std::{
-    ffi::OsStr,
+    ffi::{CString, OsStr},
     fs, io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -29,7 +31,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{firewall, sys};
+use crate::{frame, ns};
 
 /// Address of side `a` (the sender).
 pub const ADDR4_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -136,7 +138,7 @@ impl Netns {
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> io::Result<T> {
         std::thread::scope(|s| {
             s.spawn(|| {
-                sys::setns_fd(self.handle.as_raw_fd())?;
+                ns::setns_fd(self.handle.as_raw_fd())?;
                 Ok(f())
             })
             .join()
@@ -153,7 +155,7 @@ impl Netns {
         // SAFETY: setns is async-signal-safe and touches no memory of the
         // parent; `fd` stays open until exec because `self` outlives spawn().
         unsafe {
-            cmd.pre_exec(move || sys::setns_fd(fd));
+            cmd.pre_exec(move || ns::setns_fd(fd));
         }
         cmd
     }
@@ -182,8 +184,6 @@ impl Drop for Netns {
 pub struct Lab {
     pub iface_a: String,
     pub iface_b: String,
-    // Declared after the names: fields drop in order, and the pins are
-    // cleaned up in Lab::drop before the namespaces go.
     pub a: Netns,
     pub b: Netns,
 }
@@ -328,21 +328,6 @@ impl Lab {
     }
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        // A test that failed half-way may have left kscope attached; the
-        // namespaces' deletion removes the link's device, but not the pins.
-        for ifc in [&self.iface_a, &self.iface_b] {
-            let dir = firewall::pin_dir(ifc);
-            if dir.exists() {
-                eprintln!("netlab: removing leftover pins {}", dir.display());
-                let _ = firewall::detach(ifc);
-                let _ = fs::remove_dir_all(&dir);
-            }
-        }
-    }
-}
-
 /// True for the documentation ranges (RFC 5737, RFC 3849).
 pub fn is_documentation(ip: IpAddr) -> bool {
     match ip {
@@ -356,7 +341,7 @@ pub fn is_documentation(ip: IpAddr) -> bool {
 
 /// Fails unless `frame` is IPv4 or IPv6 with documentation addresses only.
 pub fn check_documentation_frame(frame: &[u8]) -> io::Result<()> {
-    match crate::frame::ip_addrs(frame) {
+    match frame::ip_addrs(frame) {
         Some((s, d)) if is_documentation(s) && is_documentation(d) => Ok(()),
         _ => Err(io::Error::other(
             "refusing to inject a frame that is not IP between documentation addresses",
@@ -367,7 +352,7 @@ pub fn check_documentation_frame(frame: &[u8]) -> io::Result<()> {
 /// A lab frame to `b` from `src` (a documentation address of either
 /// family), carrying [`MARKER`] and `seq` so the [`Observer`] can tell which
 /// frames arrived.
-pub fn lab_frame(src: IpAddr, l4: crate::frame::L4, seq: u32) -> Vec<u8> {
+pub fn lab_frame(src: IpAddr, l4: frame::L4, seq: u32) -> Vec<u8> {
     let dst = if src.is_ipv4() {
         IpAddr::V4(ADDR4_B)
     } else {
@@ -375,7 +360,7 @@ pub fn lab_frame(src: IpAddr, l4: crate::frame::L4, seq: u32) -> Vec<u8> {
     };
     let mut payload = MARKER.to_vec();
     payload.extend_from_slice(&seq.to_be_bytes());
-    crate::frame::simple(MAC_B_BYTES, MAC_A_BYTES, src, dst, l4, &payload)
+    frame::simple(MAC_B_BYTES, MAC_A_BYTES, src, dst, l4, &payload)
 }
 
 /// An AF_PACKET socket on one interface of the calling thread's namespace.
@@ -386,7 +371,14 @@ struct PacketSocket {
 
 impl PacketSocket {
     fn open(iface: &str, nonblock: bool) -> io::Result<Self> {
-        let ifindex = sys::if_nametoindex(iface).map_err(io::Error::other)? as i32;
+        let name = CString::new(iface).map_err(io::Error::other)?;
+        // SAFETY: `name` is a NUL-terminated string that outlives the call.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("interface {iface}: {e}")));
+        }
+        let ifindex = ifindex as i32;
         let proto = (libc::ETH_P_ALL as u16).to_be();
         let flags = if nonblock { libc::SOCK_NONBLOCK } else { 0 };
         // SAFETY: plain socket(2) call; the result is checked before use.
@@ -470,12 +462,12 @@ pub struct Sent {
 /// at `lab_ns` and not in the initial one: the rule that keeps test traffic
 /// off real networks.
 pub fn check_generator_netns(lab_ns: &Path) -> io::Result<()> {
-    if sys::in_initial_netns()? {
+    if ns::in_initial_netns()? {
         return Err(io::Error::other(
             "refusing to generate traffic in the root network namespace",
         ));
     }
-    if sys::ns_id(Path::new("/proc/thread-self/ns/net"))? != sys::ns_id(lab_ns)? {
+    if ns::ns_id(Path::new("/proc/thread-self/ns/net"))? != ns::ns_id(lab_ns)? {
         return Err(io::Error::other(format!(
             "refusing to generate traffic outside the lab namespace {}",
             lab_ns.display()
@@ -542,7 +534,7 @@ fn raw_socket(domain: i32, proto: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-pub use crate::frame::checksum as inet_checksum;
+pub use frame::checksum as inet_checksum;
 
 /// An ICMP (v4) or ICMPv6 echo request with `payload`. The kernel fills in
 /// the ICMPv6 checksum itself (it covers a pseudo-header only it knows).
@@ -722,7 +714,7 @@ impl Observer {
 
 /// The (source, sequence number) of a [`lab_frame`].
 pub fn lab_mark(frame: &[u8]) -> Option<(IpAddr, u32)> {
-    let (src, _) = crate::frame::ip_addrs(frame)?;
+    let (src, _) = frame::ip_addrs(frame)?;
     let at = frame.windows(MARKER.len()).position(|w| w == MARKER)? + MARKER.len();
     let seq = frame.get(at..at + 4)?;
     Some((src, u32::from_be_bytes([seq[0], seq[1], seq[2], seq[3]])))
@@ -773,22 +765,14 @@ mod tests {
     #[test]
     fn lab_frames_carry_their_mark_and_only_documentation_frames_are_injectable() {
         let src: IpAddr = "198.51.100.7".parse().expect("ip");
-        let f = lab_frame(src, crate::frame::L4::Tcp(22), 77);
+        let f = lab_frame(src, frame::L4::Tcp(22), 77);
         assert_eq!(lab_mark(&f), Some((src, 77)));
         assert!(check_documentation_frame(&f).is_ok());
-        let f6 = lab_frame(
-            "2001:db8:1::7".parse().expect("ip"),
-            crate::frame::L4::Udp(53),
-            1,
-        );
+        let f6 = lab_frame("2001:db8:1::7".parse().expect("ip"), frame::L4::Udp(53), 1);
         assert!(check_documentation_frame(&f6).is_ok());
-        let bad = lab_frame("10.0.0.1".parse().expect("ip"), crate::frame::L4::Echo, 1);
+        let bad = lab_frame("10.0.0.1".parse().expect("ip"), frame::L4::Echo, 1);
         assert!(check_documentation_frame(&bad).is_err());
-        let bad6 = lab_frame(
-            "2001:db9::1".parse().expect("ip"),
-            crate::frame::L4::Echo,
-            1,
-        );
+        let bad6 = lab_frame("2001:db9::1".parse().expect("ip"), frame::L4::Echo, 1);
         assert!(check_documentation_frame(&bad6).is_err());
         assert!(check_documentation_frame(&[0u8; 60]).is_err());
     }
