@@ -11,6 +11,7 @@ mod common;
 
 use std::{
     collections::HashMap,
+    io::Write as _,
     net::IpAddr,
     sync::{
         Mutex,
@@ -758,20 +759,33 @@ fn stacked_vlan_tags_never_carry_a_blocked_source_to_a_socket(default: &str) {
     let dst = [IpAddr::V4(ADDR4_B), IpAddr::V6(ADDR6_B)];
     let depths = [0, 1, 2, 3, MAX_VLAN_TAGS, MAX_VLAN_TAGS + 1];
 
-    // Without kscope, the kernel delivers every one of these frames: the
-    // premise of the test (and why deeper stacks must not pass unread).
+    // Without kscope, the kernel delivers every one of these frames up to
+    // the bound: the premise of the test. Past it, kernels differ (6.18
+    // builds were seen both delivering and refusing 9 tags); where it
+    // delivers them, the check below shows kscope stops them, and either
+    // way the parse-error count shows kscope dropped them itself.
     for fam in 0..2 {
-        let want: Vec<String> = depths.iter().map(|n| format!("plain-{n}")).collect();
-        let frames = want
+        let sent: Vec<String> = depths.iter().map(|n| format!("plain-{n}")).collect();
+        let frames = sent
             .iter()
             .zip(depths)
             .map(|(p, n)| tagged_udp(blocked[fam], dst[fam], n, p.as_bytes()))
             .collect();
+        let mut got = delivered(&lab, &socks[fam], frames, blocked[fam], dst[fam]);
+        let past = format!("plain-{}", MAX_VLAN_TAGS + 1);
+        if got.last() == Some(&past) {
+            got.pop();
+        } else {
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: this kernel itself does not deliver frames with {} VLAN tags",
+                MAX_VLAN_TAGS + 1
+            );
+        }
         assert_eq!(
-            delivered(&lab, &socks[fam], frames, blocked[fam], dst[fam]),
-            want,
-            "without a firewall, Linux must deliver frames with 0-{} VLAN tags",
-            MAX_VLAN_TAGS + 1
+            got,
+            sent[..sent.len() - 1],
+            "without a firewall, Linux must deliver frames with 0-{MAX_VLAN_TAGS} VLAN tags"
         );
     }
 
