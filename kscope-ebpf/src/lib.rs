@@ -33,11 +33,13 @@ pub const fn same_name(a: &str, b: &str) -> bool {
     true
 }
 
-/// Asserts at compile time that `$item`, a program function or a
-/// `#[unsafe(no_mangle)]` global, is named `$name` (a kscope-common
-/// constant). Both keep their identifier as their symbol name, which is the
-/// name user space looks them up by, so the identifier is what must match.
-/// The item is referenced too, so a renamed item fails to compile here.
+/// Asserts at compile time that `$item`, a program function, a `#[map]`
+/// static or a `#[unsafe(no_mangle)]` global, is named `$name` (a
+/// kscope-common constant). All three keep their identifier as their symbol
+/// name (maps are declared without `name = ...` for this), which is the name
+/// user space looks them up by, so the identifier is what must match. The
+/// item is referenced too, so a renamed item fails to compile here. Every
+/// program, map and global of every kernel binary has one.
 #[macro_export]
 macro_rules! assert_symbol_name {
     ($item:ident, $name:expr) => {

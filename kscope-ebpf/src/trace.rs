@@ -101,11 +101,11 @@ pub fn comm_contains(comm: &[u8; 16], pat: &[u8; 16], len: usize) -> bool {
 #[macro_export]
 macro_rules! tracer_common {
     ($ring_bytes:expr, $key:ty) => {
-        #[aya_ebpf::macros::map(name = "TRACE_EVENTS")]
+        #[aya_ebpf::macros::map]
         static TRACE_EVENTS: aya_ebpf::maps::RingBuf =
             aya_ebpf::maps::RingBuf::with_byte_size($ring_bytes, 0);
 
-        #[aya_ebpf::macros::map(name = "TRACE_LOST")]
+        #[aya_ebpf::macros::map]
         static TRACE_LOST: aya_ebpf::maps::PerCpuArray<u64> =
             aya_ebpf::maps::PerCpuArray::with_max_entries(1, 0);
 
@@ -134,12 +134,12 @@ macro_rules! tracer_common {
         /// `COUNTS_MAX` x possible CPUs x 16 bytes; user space shrinks the
         /// map to one entry outside count mode, and sums the CPUs when it
         /// reads.
-        #[aya_ebpf::macros::map(name = "TRACE_COUNTS")]
+        #[aya_ebpf::macros::map]
         static TRACE_COUNTS: aya_ebpf::maps::PerCpuHashMap<$key, kscope_common::trace::Counts> =
             aya_ebpf::maps::PerCpuHashMap::with_max_entries(kscope_common::trace::COUNTS_MAX, 0);
 
         /// Events count mode found no room for in `TRACE_COUNTS`.
-        #[aya_ebpf::macros::map(name = "TRACE_UNCOUNTED")]
+        #[aya_ebpf::macros::map]
         static TRACE_UNCOUNTED: aya_ebpf::maps::PerCpuArray<u64> =
             aya_ebpf::maps::PerCpuArray::with_max_entries(1, 0);
 
@@ -255,21 +255,17 @@ macro_rules! tracer_common {
         }
 
         // The names user space looks up (kscope-common) are the ones above.
-        const _: () = {
-            use kscope_common::trace as names;
-            use $crate::same_name;
-            assert!(same_name(names::MAP_EVENTS, "TRACE_EVENTS"));
-            assert!(same_name(names::MAP_LOST, "TRACE_LOST"));
-            assert!(same_name(names::MAP_COUNTS, "TRACE_COUNTS"));
-            assert!(same_name(names::MAP_UNCOUNTED, "TRACE_UNCOUNTED"));
-            assert!(same_name(names::GLOBAL_COUNT_MODE, "COUNT_MODE"));
-            assert!(same_name(names::GLOBAL_PID, "FILTER_PID"));
-            assert!(same_name(names::GLOBAL_TID, "FILTER_TID"));
-            assert!(same_name(names::GLOBAL_UID, "FILTER_UID"));
-            assert!(same_name(names::GLOBAL_UID_ON, "FILTER_UID_ON"));
-            assert!(same_name(names::GLOBAL_COMM, "FILTER_COMM"));
-            assert!(same_name(names::GLOBAL_COMM_LEN, "FILTER_COMM_LEN"));
-            assert!(same_name(names::GLOBAL_WAKEUP_BYTES, "WAKEUP_BYTES"));
-        };
+        $crate::assert_symbol_name!(TRACE_EVENTS, kscope_common::trace::MAP_EVENTS);
+        $crate::assert_symbol_name!(TRACE_LOST, kscope_common::trace::MAP_LOST);
+        $crate::assert_symbol_name!(TRACE_COUNTS, kscope_common::trace::MAP_COUNTS);
+        $crate::assert_symbol_name!(TRACE_UNCOUNTED, kscope_common::trace::MAP_UNCOUNTED);
+        $crate::assert_symbol_name!(COUNT_MODE, kscope_common::trace::GLOBAL_COUNT_MODE);
+        $crate::assert_symbol_name!(FILTER_PID, kscope_common::trace::GLOBAL_PID);
+        $crate::assert_symbol_name!(FILTER_TID, kscope_common::trace::GLOBAL_TID);
+        $crate::assert_symbol_name!(FILTER_UID, kscope_common::trace::GLOBAL_UID);
+        $crate::assert_symbol_name!(FILTER_UID_ON, kscope_common::trace::GLOBAL_UID_ON);
+        $crate::assert_symbol_name!(FILTER_COMM, kscope_common::trace::GLOBAL_COMM);
+        $crate::assert_symbol_name!(FILTER_COMM_LEN, kscope_common::trace::GLOBAL_COMM_LEN);
+        $crate::assert_symbol_name!(WAKEUP_BYTES, kscope_common::trace::GLOBAL_WAKEUP_BYTES);
     };
 }

@@ -87,39 +87,38 @@ use kscope_common::fw::{
 use kscope_ebpf::{
     assert_symbol_name,
     net::{self, ptr_at},
-    same_name,
 };
 
-#[map(name = "FW_COUNTERS")]
+#[map]
 static FW_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(N_COUNTERS, 0);
 
-#[map(name = "FW_REASONS")]
+#[map]
 static FW_REASONS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(N_REASON_COUNTERS, 0);
 
 /// Written by user space at attach; pinned so `kscope fw status` can read it.
-#[map(name = "FW_CONFIG")]
+#[map]
 static FW_CONFIG: Array<FwConfig> = Array::with_max_entries(1, 0);
 
-#[map(name = "FW_PROGS")]
+#[map]
 static FW_PROGS: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
-#[map(name = "FW_STATE")]
+#[map]
 static FW_STATE: Array<u32> = Array::with_max_entries(STATE_MAX_ENTRIES, 0);
 
-#[map(name = "FW_ALLOW4")]
+#[map]
 static FW_ALLOW4: LpmTrie<Key4, RuleValue> = LpmTrie::with_max_entries(TRIE_MAX_ENTRIES, 0);
-#[map(name = "FW_BLOCK4")]
+#[map]
 static FW_BLOCK4: LpmTrie<Key4, RuleValue> = LpmTrie::with_max_entries(TRIE_MAX_ENTRIES, 0);
-#[map(name = "FW_ALLOW6")]
+#[map]
 static FW_ALLOW6: LpmTrie<Key6, RuleValue> = LpmTrie::with_max_entries(TRIE_MAX_ENTRIES, 0);
-#[map(name = "FW_BLOCK6")]
+#[map]
 static FW_BLOCK6: LpmTrie<Key6, RuleValue> = LpmTrie::with_max_entries(TRIE_MAX_ENTRIES, 0);
 
-#[map(name = "FW_PORTS")]
+#[map]
 static FW_PORTS: Array<u32> = Array::with_max_entries(PORTS_MAX_ENTRIES, 0);
 
 /// Hit counters, allocated on a rule's first hit.
-#[map(name = "FW_HITS")]
+#[map]
 static FW_HITS: PerCpuHashMap<u32, u64> =
     PerCpuHashMap::with_max_entries(HITS_MAX_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
@@ -130,17 +129,17 @@ static DEFAULT_DROP: u32 = 0;
 
 // The names user space loads these by (kscope-common) must be the names
 // above: a mismatch fails the build instead of the load.
-const _: () = assert!(same_name(MAP_COUNTERS, "FW_COUNTERS"));
-const _: () = assert!(same_name(MAP_REASONS, "FW_REASONS"));
-const _: () = assert!(same_name(MAP_CONFIG, "FW_CONFIG"));
-const _: () = assert!(same_name(MAP_PROGS, "FW_PROGS"));
-const _: () = assert!(same_name(MAP_STATE, "FW_STATE"));
-const _: () = assert!(same_name(MAP_ALLOW4, "FW_ALLOW4"));
-const _: () = assert!(same_name(MAP_BLOCK4, "FW_BLOCK4"));
-const _: () = assert!(same_name(MAP_ALLOW6, "FW_ALLOW6"));
-const _: () = assert!(same_name(MAP_BLOCK6, "FW_BLOCK6"));
-const _: () = assert!(same_name(MAP_PORTS, "FW_PORTS"));
-const _: () = assert!(same_name(MAP_HITS, "FW_HITS"));
+assert_symbol_name!(FW_COUNTERS, MAP_COUNTERS);
+assert_symbol_name!(FW_REASONS, MAP_REASONS);
+assert_symbol_name!(FW_CONFIG, MAP_CONFIG);
+assert_symbol_name!(FW_PROGS, MAP_PROGS);
+assert_symbol_name!(FW_STATE, MAP_STATE);
+assert_symbol_name!(FW_ALLOW4, MAP_ALLOW4);
+assert_symbol_name!(FW_BLOCK4, MAP_BLOCK4);
+assert_symbol_name!(FW_ALLOW6, MAP_ALLOW6);
+assert_symbol_name!(FW_BLOCK6, MAP_BLOCK6);
+assert_symbol_name!(FW_PORTS, MAP_PORTS);
+assert_symbol_name!(FW_HITS, MAP_HITS);
 assert_symbol_name!(DEFAULT_DROP, GLOBAL_DEFAULT_DROP);
 assert_symbol_name!(fw_xdp, PROG_FW_XDP);
 assert_symbol_name!(fw_ipv4, PROG_FW_IPV4);

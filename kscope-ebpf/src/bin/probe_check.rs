@@ -15,7 +15,7 @@ use kscope_common::probe_check::{
 };
 use kscope_ebpf::{assert_symbol_name, same_name};
 
-#[map(name = "PROBE_HITS")]
+#[map]
 static PROBE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(N_SLOTS, 0);
 
 /// Set by the loader; 0 matches nothing (the idle task never opens files).
@@ -24,7 +24,8 @@ static PROBE_CHECK_TID: u32 = 0;
 
 // The names user space uses (kscope-common) must be the ones in this file:
 // a mismatch fails the build instead of the load or the attach.
-const _: () = assert!(same_name(MAP_HITS, "PROBE_HITS"));
+assert_symbol_name!(PROBE_HITS, MAP_HITS);
+// The kernel function the probes attach to (not an item of this file).
 const _: () = assert!(same_name(TARGET_FN, "do_filp_open"));
 assert_symbol_name!(PROBE_CHECK_TID, GLOBAL_TARGET_TID);
 assert_symbol_name!(probe_check_kprobe, PROG_KPROBE);

@@ -29,25 +29,25 @@ use kscope_common::profile::{
     NEW_PIDS_ENTRIES, PIDS_ENTRIES, PROG_PROFILE_PERF, SLOT_COUNTS_FULL, SLOT_IDLE, SLOT_SAMPLES,
     STACK_ABSENT, STACKS_KERNEL, STACKS_USER, Side, StackKey, lost_slot,
 };
-use kscope_ebpf::{assert_symbol_name, same_name};
+use kscope_ebpf::assert_symbol_name;
 
 /// `BPF_F_USER_STACK` from include/uapi/linux/bpf.h.
 const BPF_F_USER_STACK: u64 = 1 << 8;
 
 /// Resized by the loader (`--stack-storage`).
-#[map(name = "PROFILE_STACKS")]
+#[map]
 static PROFILE_STACKS: StackTrace = StackTrace::with_max_entries(DEFAULT_STACK_ENTRIES, 0);
 
-#[map(name = "PROFILE_COUNTS")]
+#[map]
 static PROFILE_COUNTS: HashMap<StackKey, u64> = HashMap::with_max_entries(COUNTS_ENTRIES, 0);
 
-#[map(name = "PROFILE_STATS")]
+#[map]
 static PROFILE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(N_STATS, 0);
 
-#[map(name = "PROFILE_PIDS")]
+#[map]
 static PROFILE_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(PIDS_ENTRIES, 0);
 
-#[map(name = "PROFILE_NEW_PIDS")]
+#[map]
 static PROFILE_NEW_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(NEW_PIDS_ENTRIES, 0);
 
 /// Load-time settings (see kscope_common::profile::GLOBAL_*).
@@ -60,11 +60,11 @@ static PROFILE_STACKS_WANTED: u32 = STACKS_KERNEL | STACKS_USER;
 
 // The names user space uses (kscope-common) must be the ones in this file:
 // a mismatch fails the build instead of the load.
-const _: () = assert!(same_name(MAP_STACKS, "PROFILE_STACKS"));
-const _: () = assert!(same_name(MAP_COUNTS, "PROFILE_COUNTS"));
-const _: () = assert!(same_name(MAP_STATS, "PROFILE_STATS"));
-const _: () = assert!(same_name(MAP_PIDS, "PROFILE_PIDS"));
-const _: () = assert!(same_name(MAP_NEW_PIDS, "PROFILE_NEW_PIDS"));
+assert_symbol_name!(PROFILE_STACKS, MAP_STACKS);
+assert_symbol_name!(PROFILE_COUNTS, MAP_COUNTS);
+assert_symbol_name!(PROFILE_STATS, MAP_STATS);
+assert_symbol_name!(PROFILE_PIDS, MAP_PIDS);
+assert_symbol_name!(PROFILE_NEW_PIDS, MAP_NEW_PIDS);
 assert_symbol_name!(PROFILE_FILTER_PIDS, GLOBAL_FILTER_PIDS);
 assert_symbol_name!(PROFILE_INCLUDE_IDLE, GLOBAL_INCLUDE_IDLE);
 assert_symbol_name!(PROFILE_STACKS_WANTED, GLOBAL_STACKS);

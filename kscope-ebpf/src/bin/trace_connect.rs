@@ -37,7 +37,6 @@ use kscope_common::trace::{
     TP_DADDR6, TP_DPORT, TP_FAMILY, TP_N, TP_NEWSTATE, TP_OLDSTATE, TP_PROTOCOL, TP_SADDR,
     TP_SADDR6, TP_SKADDR, TP_SPORT,
 };
-use kscope_ebpf::same_name;
 
 kscope_ebpf::tracer_common!(1 << 20, ConnectKey);
 
@@ -70,32 +69,32 @@ const SOCK_STREAM: i16 = 1;
 const NOT_AN_ATTEMPT: [i64; 6] = [-115, -114, -106, -88, -9, -14];
 
 /// Destination ports to keep (-P).
-#[map(name = "CONNECT_PORTS")]
+#[map]
 static CONNECT_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
 
 /// In-flight connects: by thread id (probes) or by struct sock (tracepoint).
-#[map(name = "CONNECT_PENDING")]
+#[map]
 static CONNECT_PENDING: HashMap<u64, ConnectStart> = HashMap::with_max_entries(16_384, 0);
 
 // The names above and below are the ones user space looks up.
-const _: () = assert!(same_name(GLOBAL_PORT_FILTER_ON, "PORT_FILTER_ON"));
-const _: () = assert!(same_name(GLOBAL_COUNT_BY_TASK, "COUNT_BY_TASK"));
-const _: () = assert!(same_name(GLOBAL_OFF_SADDR, "OFF_SADDR"));
-const _: () = assert!(same_name(GLOBAL_OFF_SADDR6, "OFF_SADDR6"));
-const _: () = assert!(same_name(GLOBAL_OFF_SPORT, "OFF_SPORT"));
-const _: () = assert!(same_name(GLOBAL_TP_OFFSETS, "TP_OFFSETS"));
-const _: () = assert!(same_name(MAP_PORTS, "CONNECT_PORTS"));
-const _: () = assert!(same_name(MAP_CONNECT_PENDING, "CONNECT_PENDING"));
-const _: () = assert!(same_name(PROG_CONNECT_KPROBE, "trace_connect_kprobe"));
-const _: () = assert!(same_name(PROG_CONNECT_KRETPROBE, "trace_connect_kretprobe"));
-const _: () = assert!(same_name(PROG_CONNECT_FENTRY_V4, "trace_connect_fentry_v4"));
-const _: () = assert!(same_name(PROG_CONNECT_FEXIT_V4, "trace_connect_fexit_v4"));
-const _: () = assert!(same_name(PROG_CONNECT_FENTRY_V6, "trace_connect_fentry_v6"));
-const _: () = assert!(same_name(PROG_CONNECT_FEXIT_V6, "trace_connect_fexit_v6"));
-const _: () = assert!(same_name(PROG_CONNECT_STATE, "trace_connect_state"));
-const _: () = assert!(same_name(PROG_CONNECT_SYS_ENTER, "trace_connect_sys_enter"));
-const _: () = assert!(same_name(PROG_CONNECT_SYS_EXIT, "trace_connect_sys_exit"));
-const _: () = assert!(same_name(GLOBAL_SOCK_PATH, "SOCK_PATH"));
+kscope_ebpf::assert_symbol_name!(PORT_FILTER_ON, GLOBAL_PORT_FILTER_ON);
+kscope_ebpf::assert_symbol_name!(COUNT_BY_TASK, GLOBAL_COUNT_BY_TASK);
+kscope_ebpf::assert_symbol_name!(OFF_SADDR, GLOBAL_OFF_SADDR);
+kscope_ebpf::assert_symbol_name!(OFF_SADDR6, GLOBAL_OFF_SADDR6);
+kscope_ebpf::assert_symbol_name!(OFF_SPORT, GLOBAL_OFF_SPORT);
+kscope_ebpf::assert_symbol_name!(TP_OFFSETS, GLOBAL_TP_OFFSETS);
+kscope_ebpf::assert_symbol_name!(CONNECT_PORTS, MAP_PORTS);
+kscope_ebpf::assert_symbol_name!(CONNECT_PENDING, MAP_CONNECT_PENDING);
+kscope_ebpf::assert_symbol_name!(trace_connect_kprobe, PROG_CONNECT_KPROBE);
+kscope_ebpf::assert_symbol_name!(trace_connect_kretprobe, PROG_CONNECT_KRETPROBE);
+kscope_ebpf::assert_symbol_name!(trace_connect_fentry_v4, PROG_CONNECT_FENTRY_V4);
+kscope_ebpf::assert_symbol_name!(trace_connect_fexit_v4, PROG_CONNECT_FEXIT_V4);
+kscope_ebpf::assert_symbol_name!(trace_connect_fentry_v6, PROG_CONNECT_FENTRY_V6);
+kscope_ebpf::assert_symbol_name!(trace_connect_fexit_v6, PROG_CONNECT_FEXIT_V6);
+kscope_ebpf::assert_symbol_name!(trace_connect_state, PROG_CONNECT_STATE);
+kscope_ebpf::assert_symbol_name!(trace_connect_sys_enter, PROG_CONNECT_SYS_ENTER);
+kscope_ebpf::assert_symbol_name!(trace_connect_sys_exit, PROG_CONNECT_SYS_EXIT);
+kscope_ebpf::assert_symbol_name!(SOCK_PATH, GLOBAL_SOCK_PATH);
 
 #[inline(always)]
 fn now_ns() -> u64 {

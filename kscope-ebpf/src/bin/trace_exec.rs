@@ -30,7 +30,6 @@ use kscope_common::trace::{
     PROG_EXEC_ENTER_EXECVE, PROG_EXEC_ENTER_EXECVEAT, PROG_EXEC_EXIT_EXECVE,
     PROG_EXEC_EXIT_EXECVEAT, PROG_EXEC_PROCESS_EXEC,
 };
-use kscope_ebpf::same_name;
 
 kscope_ebpf::tracer_common!(1 << 22, ExecKey);
 
@@ -44,32 +43,26 @@ static OFF_TGID: u32 = 0;
 static OFF_OLD_PID: u32 = 0;
 
 /// Where an event is built: too big for the 512-byte stack.
-#[map(name = "EXEC_SCRATCH")]
+#[map]
 static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// In-flight execs by thread id; allocated on insert (BPF_F_NO_PREALLOC),
 /// as each entry is over 4 KiB.
-#[map(name = "EXEC_PENDING")]
+#[map]
 static EXEC_PENDING: HashMap<u32, ExecEvent> = HashMap::with_max_entries(1024, 1);
 
 // The names above are the ones user space looks up.
-const _: () = assert!(same_name(GLOBAL_MAX_ARGS, "MAX_ARGS"));
-const _: () = assert!(same_name(GLOBAL_OFF_REAL_PARENT, "OFF_REAL_PARENT"));
-const _: () = assert!(same_name(GLOBAL_OFF_TGID, "OFF_TGID"));
-const _: () = assert!(same_name(GLOBAL_OFF_OLD_PID, "OFF_OLD_PID"));
-const _: () = assert!(same_name(MAP_EXEC_SCRATCH, "EXEC_SCRATCH"));
-const _: () = assert!(same_name(MAP_EXEC_PENDING, "EXEC_PENDING"));
-const _: () = assert!(same_name(PROG_EXEC_ENTER_EXECVE, "trace_exec_enter_execve"));
-const _: () = assert!(same_name(PROG_EXEC_EXIT_EXECVE, "trace_exec_exit_execve"));
-const _: () = assert!(same_name(
-    PROG_EXEC_ENTER_EXECVEAT,
-    "trace_exec_enter_execveat"
-));
-const _: () = assert!(same_name(
-    PROG_EXEC_EXIT_EXECVEAT,
-    "trace_exec_exit_execveat"
-));
-const _: () = assert!(same_name(PROG_EXEC_PROCESS_EXEC, "trace_exec_process_exec"));
+kscope_ebpf::assert_symbol_name!(MAX_ARGS, GLOBAL_MAX_ARGS);
+kscope_ebpf::assert_symbol_name!(OFF_REAL_PARENT, GLOBAL_OFF_REAL_PARENT);
+kscope_ebpf::assert_symbol_name!(OFF_TGID, GLOBAL_OFF_TGID);
+kscope_ebpf::assert_symbol_name!(OFF_OLD_PID, GLOBAL_OFF_OLD_PID);
+kscope_ebpf::assert_symbol_name!(EXEC_SCRATCH, MAP_EXEC_SCRATCH);
+kscope_ebpf::assert_symbol_name!(EXEC_PENDING, MAP_EXEC_PENDING);
+kscope_ebpf::assert_symbol_name!(trace_exec_enter_execve, PROG_EXEC_ENTER_EXECVE);
+kscope_ebpf::assert_symbol_name!(trace_exec_exit_execve, PROG_EXEC_EXIT_EXECVE);
+kscope_ebpf::assert_symbol_name!(trace_exec_enter_execveat, PROG_EXEC_ENTER_EXECVEAT);
+kscope_ebpf::assert_symbol_name!(trace_exec_exit_execveat, PROG_EXEC_EXIT_EXECVEAT);
+kscope_ebpf::assert_symbol_name!(trace_exec_process_exec, PROG_EXEC_PROCESS_EXEC);
 
 #[inline(always)]
 fn ppid() -> u32 {

@@ -29,7 +29,6 @@ use kscope_common::trace::{
     OpenPending, PATH_MAX, PROG_OPEN_ENTER_OPEN, PROG_OPEN_ENTER_OPENAT, PROG_OPEN_ENTER_OPENAT2,
     PROG_OPEN_EXIT_OPEN, PROG_OPEN_EXIT_OPENAT, PROG_OPEN_EXIT_OPENAT2,
 };
-use kscope_ebpf::same_name;
 
 kscope_ebpf::tracer_common!(1 << 21, OpenKey);
 
@@ -39,29 +38,26 @@ static FAILED_ONLY: u32 = 0;
 
 /// Where the enter handler builds a pending entry: over 4 KiB, far more
 /// than the 512-byte stack.
-#[map(name = "OPEN_SCRATCH")]
+#[map]
 static OPEN_SCRATCH: PerCpuArray<OpenPending> = PerCpuArray::with_max_entries(1, 0);
 
 /// In-flight opens, by thread id: the event so far and its path.
 /// Allocated on insert (BPF_F_NO_PREALLOC = 1): each entry is over 4 KiB,
 /// and preallocating 16,384 of them would pin 67 MiB for opens that are
 /// almost never in flight at once.
-#[map(name = "OPEN_PENDING")]
+#[map]
 static OPEN_PENDING: HashMap<u32, OpenPending> = HashMap::with_max_entries(16_384, 1);
 
 // The names above are the ones user space looks up.
-const _: () = assert!(same_name(MAP_OPEN_SCRATCH, "OPEN_SCRATCH"));
-const _: () = assert!(same_name(MAP_OPEN_PENDING, "OPEN_PENDING"));
-const _: () = assert!(same_name(GLOBAL_FAILED_ONLY, "FAILED_ONLY"));
-const _: () = assert!(same_name(PROG_OPEN_ENTER_OPENAT, "trace_open_enter_openat"));
-const _: () = assert!(same_name(PROG_OPEN_EXIT_OPENAT, "trace_open_exit_openat"));
-const _: () = assert!(same_name(PROG_OPEN_ENTER_OPEN, "trace_open_enter_open"));
-const _: () = assert!(same_name(PROG_OPEN_EXIT_OPEN, "trace_open_exit_open"));
-const _: () = assert!(same_name(
-    PROG_OPEN_ENTER_OPENAT2,
-    "trace_open_enter_openat2"
-));
-const _: () = assert!(same_name(PROG_OPEN_EXIT_OPENAT2, "trace_open_exit_openat2"));
+kscope_ebpf::assert_symbol_name!(OPEN_SCRATCH, MAP_OPEN_SCRATCH);
+kscope_ebpf::assert_symbol_name!(OPEN_PENDING, MAP_OPEN_PENDING);
+kscope_ebpf::assert_symbol_name!(FAILED_ONLY, GLOBAL_FAILED_ONLY);
+kscope_ebpf::assert_symbol_name!(trace_open_enter_openat, PROG_OPEN_ENTER_OPENAT);
+kscope_ebpf::assert_symbol_name!(trace_open_exit_openat, PROG_OPEN_EXIT_OPENAT);
+kscope_ebpf::assert_symbol_name!(trace_open_enter_open, PROG_OPEN_ENTER_OPEN);
+kscope_ebpf::assert_symbol_name!(trace_open_exit_open, PROG_OPEN_EXIT_OPEN);
+kscope_ebpf::assert_symbol_name!(trace_open_enter_openat2, PROG_OPEN_ENTER_OPENAT2);
+kscope_ebpf::assert_symbol_name!(trace_open_exit_openat2, PROG_OPEN_EXIT_OPENAT2);
 
 /// Size of the record header; the path follows it.
 const HDR: usize = core::mem::size_of::<OpenEvent>();
