@@ -16,6 +16,9 @@
 //! is anonymous (it goes away with the helper thread, and with the process
 //! if that is killed). SIGINT and SIGTERM stop the run between checks.
 //!
+//! Logs from the loaders are muted unless `KSCOPE_LOG` is set: the report
+//! says the same.
+//!
 //! Each line says `works`, `degraded` (kscope falls back; the detail says
 //! what is lost) or `unavailable` (the detail says why, `fix` what to do).
 
@@ -157,7 +160,15 @@ pub fn exit_code(checks: &[Check]) -> ExitCode {
 /// after everything loaded so far has been released.
 pub fn run(format: Format, w: impl Write) -> io::Result<ExitCode> {
     let stop = sys::stop_on_signals()?;
-    let checks = collect(&stop)?;
+    // The verbs' own notices (which probe a tracer chose, the profiler's
+    // fallback) repeat what the report says; KSCOPE_LOG shows them.
+    let checks = if std::env::var_os("KSCOPE_LOG").is_some() {
+        collect(&stop)?
+    } else {
+        tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+            collect(&stop)
+        })?
+    };
     write_report(w, format, &checks)?;
     Ok(exit_code(&checks))
 }
