@@ -37,6 +37,15 @@ pub enum Command {
     /// Show the packet counter at work in a private pair of network
     /// namespaces, then tear everything down.
     Demo,
+    /// Check what kscope can do here: each capability works, is degraded
+    /// (and what is lost) or is unavailable (why, and the fix). Loads and
+    /// attaches a minimal program of each kind and leaves nothing behind.
+    /// Exits 0 when everything works, 1 otherwise.
+    Doctor {
+        /// One JSON object per check, one per line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

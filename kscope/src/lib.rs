@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod daemon;
 pub mod demo;
+pub mod doctor;
 pub mod firewall;
 pub mod output;
 pub mod probe_check;

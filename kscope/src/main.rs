@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     };
     init_logging();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -90,6 +90,9 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// The hint for errors from a missing kernel feature.
+const DOCTOR: &str = "run kscope doctor";
+
 /// A next step for errors that have one.
 fn hint(e: &anyhow::Error) -> Option<String> {
     if let Some(p) = e.chain().find_map(|c| c.downcast_ref::<ProfileError>()) {
@@ -100,6 +103,15 @@ fn hint(e: &anyhow::Error) -> Option<String> {
                     .into()
             }
             ProfileError::NoSuchCpu { .. } => "leave out -C to sample every CPU".into(),
+            ProfileError::Attach { .. } => DOCTOR.into(),
+            _ => return None,
+        });
+    }
+    if let Some(t) = e.chain().find_map(|c| c.downcast_ref::<TraceError>()) {
+        return Some(match t {
+            TraceError::Sys(SysError::MissingCapabilities { .. }) => "run kscope as root".into(),
+            TraceError::Sys(SysError::TracefsUnavailable { .. })
+            | TraceError::Unsupported { .. } => DOCTOR.into(),
             _ => return None,
         });
     }
@@ -117,6 +129,7 @@ fn hint(e: &anyhow::Error) -> Option<String> {
         }
         FwError::NoRule(_) => "`kscope fw rules` lists the rules in place".into(),
         FwError::Sys(SysError::MissingCapabilities { .. }) => "run kscope as root".into(),
+        FwError::NoXdpLink => DOCTOR.into(),
         FwError::Sys(SysError::BpffsUnavailable { .. }) => {
             "mount it with `mount -t bpf bpf /sys/fs/bpf`".into()
         }
@@ -125,7 +138,7 @@ fn hint(e: &anyhow::Error) -> Option<String> {
 }
 
 /// One call per verb; errors go back to `main` as they are.
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     use kscope::{firewall::cmd as fw, profile::cmd as profile, trace::cmd as trace};
     let stdout = || io::stdout().lock();
     match cli.command {
@@ -153,6 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let stop = kscope::sys::stop_on_signals().context("installing signal handlers")?;
             demo::run(&mut stdout(), stop)?
         }
+        Command::Doctor { json } => return Ok(kscope::doctor::run(Format::json(json), stdout())?),
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

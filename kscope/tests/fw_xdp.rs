@@ -414,6 +414,7 @@ fn version_and_help_on_every_verb() {
         &["fw", "load", "--help"],
         &["fw", "save", "--help"],
         &["demo", "--help"],
+        &["doctor", "--help"],
     ] {
         let out = kscope_ok(None, verb);
         assert!(out.contains("Usage:"), "{verb:?}: {out}");

@@ -16,6 +16,7 @@ use thiserror::Error;
 
 pub mod bpf;
 pub mod btf;
+pub mod netlink;
 
 /// Where kscope expects the BPF filesystem.
 pub const BPFFS: &str = "/sys/fs/bpf";
@@ -312,6 +313,61 @@ pub fn ensure_tracefs() -> Result<(), SysError> {
         path: path.into(),
         source,
     })
+}
+
+/// True when bpffs is mounted at [`BPFFS`] (nothing is mounted here).
+pub fn bpffs_mounted() -> bool {
+    fs_magic(Path::new(BPFFS)).ok() == Some(BPF_FS_MAGIC)
+}
+
+/// True when tracefs is mounted at [`TRACEFS`] (nothing is mounted here).
+pub fn tracefs_mounted() -> bool {
+    fs_magic(Path::new(TRACEFS)).ok() == Some(TRACEFS_MAGIC)
+}
+
+/// This process's effective capability set (CapEff of /proc/self/status).
+///
+/// # Errors
+/// /proc/self/status unreadable.
+pub fn cap_eff() -> Result<u64, SysError> {
+    let status = read_kernel_file(Path::new("/proc/self/status"))?;
+    Ok(parse_cap_eff(&status).unwrap_or(0))
+}
+
+/// RLIMIT_MEMLOCK as (soft, hard) in bytes; `None` stands for unlimited.
+///
+/// # Errors
+/// getrlimit's.
+pub fn memlock_rlimit() -> io::Result<(Option<u64>, Option<u64>)> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given, which is valid.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let lim = |v: libc::rlim_t| (v != libc::RLIM_INFINITY).then_some(v);
+    Ok((lim(r.rlim_cur), lim(r.rlim_max)))
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    // SAFETY: utsname is plain old data; all-zero is a valid value.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid out-pointer.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return String::new();
+    }
+    // SAFETY: uname NUL-terminates each field within its array.
+    let r = unsafe { CStr::from_ptr(u.release.as_ptr()) };
+    r.to_string_lossy().into_owned()
+}
+
+/// Major and minor of a kernel release ("6.1.0-18-amd64" is (6, 1)).
+pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
 
 /// Reads the file at `path` whole, but never more than `limit` bytes: a
