@@ -68,70 +68,70 @@ pub enum TraceCommand {
 #[derive(Debug, Args)]
 pub struct TraceExecArgs {
     #[command(flatten)]
-    pub common: TraceCommon,
+    pub(crate) common: TraceCommon,
     /// Arguments kept per exec (1-64).
     #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub max_args: u32,
+    pub(crate) max_args: u32,
     /// Add a TIME(s) column: seconds since the start.
     #[arg(short = 'T', long = "timestamp", conflicts_with = "count")]
-    pub timestamps: bool,
+    pub(crate) timestamps: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct TraceConnectArgs {
     #[command(flatten)]
-    pub common: TraceCommon,
+    pub(crate) common: TraceCommon,
     /// Only these destination ports (comma-separated, e.g. 80,443).
     #[arg(short = 'P', long = "port", value_name = "PORTS", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
-    pub ports: Vec<u16>,
+    pub(crate) ports: Vec<u16>,
     /// How to observe connects: auto picks kprobe, then fentry, then the
     /// tracepoint, whichever the kernel has.
     #[arg(long, value_enum, default_value_t = crate::trace::connect::Probe::Auto)]
-    pub probe: crate::trace::connect::Probe,
+    pub(crate) probe: crate::trace::connect::Probe,
 }
 
 /// Filters and output options every tracer takes.
 #[derive(Debug, Args)]
-pub struct TraceCommon {
+pub(crate) struct TraceCommon {
     /// Only this process (thread group) id (1 or more).
     #[arg(short = 'p', long = "pid", value_name = "PID", value_parser = parse_task_id)]
-    pub pid: Option<u32>,
+    pub(crate) pid: Option<u32>,
     /// Only this thread id (1 or more).
     #[arg(short = 't', long = "tid", value_name = "TID", value_parser = parse_task_id)]
-    pub tid: Option<u32>,
+    pub(crate) tid: Option<u32>,
     /// Only this user id.
     #[arg(short = 'u', long = "uid", value_name = "UID")]
-    pub uid: Option<u32>,
+    pub(crate) uid: Option<u32>,
     /// Only processes whose name contains COMM (at most 15 bytes).
     #[arg(short = 'n', long = "name", value_name = "COMM")]
-    pub comm: Option<String>,
+    pub(crate) comm: Option<String>,
     /// Stop after SECS seconds (default: until Ctrl-C or SIGTERM).
     #[arg(short = 'd', long = "duration", value_name = "SECS", value_parser = parse_interval, allow_hyphen_values = true)]
-    pub duration: Option<Duration>,
+    pub(crate) duration: Option<Duration>,
     /// One JSON object per event (or per count), one per line.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Count events per key in the kernel and print the totals at exit,
     /// most first, instead of every event.
     #[arg(short = 'c', long = "count")]
-    pub count: bool,
+    pub(crate) count: bool,
     /// Ring buffer size in bytes: a power of two, at least a page (default
     /// per tracer: 2 MiB for open, 4 MiB for exec, 1 MiB for connect).
     /// Events that find it full are counted as lost.
     #[arg(long, value_name = "BYTES", conflicts_with = "count")]
-    pub buffer_size: Option<u32>,
+    pub(crate) buffer_size: Option<u32>,
 }
 
 #[derive(Debug, Args)]
 pub struct TraceOpenArgs {
     #[command(flatten)]
-    pub common: TraceCommon,
+    pub(crate) common: TraceCommon,
     /// Only failed opens.
     #[arg(short = 'x', long = "failed")]
-    pub failed: bool,
+    pub(crate) failed: bool,
     /// Add a TIME(s) column: seconds since the start.
     #[arg(short = 'T', long = "timestamp", conflicts_with = "count")]
-    pub timestamps: bool,
+    pub(crate) timestamps: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -211,10 +211,10 @@ pub struct PortCidrArgs {
     pub iface: IfaceArg,
     /// Destination ports: N, N-M, optionally /tcp or /udp (both without).
     #[arg(long = "port", value_name = "N[-M][/tcp|/udp]", value_parser = parse_port)]
-    pub ports: Vec<PortSpec>,
+    pub(crate) ports: Vec<PortSpec>,
     /// Source prefixes (host bits must be clear: 10.0.0.0/8, not 10.0.0.1/8).
     #[arg(value_name = "CIDR", value_parser = parse_cidr)]
-    pub cidrs: Vec<Cidr>,
+    pub(crate) cidrs: Vec<Cidr>,
 }
 
 impl PortCidrArgs {
@@ -237,7 +237,7 @@ pub struct CidrArgs {
     pub iface: IfaceArg,
     /// Source prefixes (host bits must be clear).
     #[arg(value_name = "CIDR", required = true, value_parser = parse_cidr)]
-    pub cidrs: Vec<Cidr>,
+    pub(crate) cidrs: Vec<Cidr>,
 }
 
 impl CidrArgs {
@@ -266,16 +266,16 @@ fn parse_port(s: &str) -> Result<PortSpec, String> {
 #[derive(Debug, Args)]
 pub struct StatsArgs {
     /// Interface to show; all attached interfaces when left out.
-    pub iface: Option<String>,
+    pub(crate) iface: Option<String>,
     /// Print per-second rates every SECS seconds (at least 0.1) until Ctrl-C.
     #[arg(long, value_name = "SECS", value_parser = parse_watch, allow_hyphen_values = true)]
-    pub watch: Option<Duration>,
+    pub(crate) watch: Option<Duration>,
     /// Show each CPU's counters instead of the sum.
     #[arg(long)]
-    pub per_cpu: bool,
+    pub(crate) per_cpu: bool,
     /// One JSON object per interface, one per line.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -283,52 +283,52 @@ pub struct ProfileArgs {
     /// Samples per second on each CPU.
     #[arg(short = 'F', long, value_name = "HZ", default_value_t = 49,
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    pub frequency: u64,
+    pub(crate) frequency: u64,
     /// Sample only this CPU (default: every online CPU).
     #[arg(short = 'C', long, value_name = "CPU")]
-    pub cpu: Option<u32>,
+    pub(crate) cpu: Option<u32>,
     /// Sample only these processes (repeat, or separate with commas).
     #[arg(short = 'p', long = "pid", value_name = "PID", value_delimiter = ',',
           value_parser = clap::value_parser!(u32).range(1..))]
-    pub pids: Vec<u32>,
+    pub(crate) pids: Vec<u32>,
     /// Stop after SECS seconds (default: at Ctrl-C or SIGTERM).
     #[arg(short = 'd', long, value_name = "SECS", value_parser = parse_duration,
           allow_hyphen_values = true)]
-    pub duration: Option<Duration>,
+    pub(crate) duration: Option<Duration>,
     /// Write folded stacks (flamegraph.pl's input) to FILE.
     #[arg(long, value_name = "FILE")]
-    pub folded: Option<PathBuf>,
+    pub(crate) folded: Option<PathBuf>,
     /// Write an SVG flame graph to FILE.
     #[arg(long, value_name = "FILE")]
-    pub svg: Option<PathBuf>,
+    pub(crate) svg: Option<PathBuf>,
     /// Print the aggregated stacks as one JSON document instead of the table.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// How many functions the table shows.
     #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
-    pub top: usize,
+    pub(crate) top: usize,
     /// User stacks only.
     #[arg(short = 'U', long, conflicts_with = "kernel_only")]
-    pub user_only: bool,
+    pub(crate) user_only: bool,
     /// Kernel stacks only.
     #[arg(short = 'K', long)]
-    pub kernel_only: bool,
+    pub(crate) kernel_only: bool,
     /// Keep samples of the idle task (pid 0), shown as [idle]. Not with
     /// -p: the idle task is no process of those.
     #[arg(short = 'I', long, conflicts_with = "pids")]
-    pub include_idle: bool,
+    pub(crate) include_idle: bool,
     /// Show progress on stderr even when it is not a terminal.
     #[arg(long)]
-    pub progress: bool,
+    pub(crate) progress: bool,
     /// Distinct stacks the kernel can store; raise it when stacks are lost
     /// with "stack map full" or "eexist".
     #[arg(long, value_name = "N", default_value_t = kscope_common::profile::DEFAULT_STACK_ENTRIES,
           value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
-    pub stack_storage: u32,
+    pub(crate) stack_storage: u32,
 }
 
 /// Parses `-d`: a positive number of seconds, at most a day.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+fn parse_duration(s: &str) -> Result<Duration, String> {
     parse_seconds(s, "duration")
 }
 
@@ -336,7 +336,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// A pid or tid filter. 0 is refused: the kernel programs read 0 as "no
 /// filter", so it would trace every task, and the idle task it names makes
 /// no syscalls to trace.
-pub fn parse_task_id(s: &str) -> Result<u32, String> {
+fn parse_task_id(s: &str) -> Result<u32, String> {
     match s.parse::<u32>() {
         Ok(0) => Err("0 would match every task; ids start at 1".into()),
         Ok(id) => Ok(id),
@@ -344,7 +344,7 @@ pub fn parse_task_id(s: &str) -> Result<u32, String> {
     }
 }
 
-pub fn parse_interval(s: &str) -> Result<Duration, String> {
+fn parse_interval(s: &str) -> Result<Duration, String> {
     parse_seconds(s, "interval")
 }
 
@@ -355,7 +355,7 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
 pub const MIN_WATCH: Duration = Duration::from_millis(100);
 
 /// Parses `fw stats --watch`: seconds, from [`MIN_WATCH`] to a day.
-pub fn parse_watch(s: &str) -> Result<Duration, String> {
+fn parse_watch(s: &str) -> Result<Duration, String> {
     let d = parse_seconds(s, "interval")?;
     if d < MIN_WATCH {
         return Err(format!(

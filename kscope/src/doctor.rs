@@ -40,14 +40,14 @@ use crate::{
 
 /// A check's verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
+pub(crate) enum Status {
     Works,
     Degraded,
     Unavailable,
 }
 
 impl Status {
-    pub const fn name(self) -> &'static str {
+    pub(crate) const fn name(self) -> &'static str {
         match self {
             Status::Works => "works",
             Status::Degraded => "degraded",
@@ -64,12 +64,12 @@ impl fmt::Display for Status {
 
 /// One line of the report.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Check {
-    pub check: String,
-    pub status: Status,
-    pub detail: String,
+pub(crate) struct Check {
+    pub(crate) check: String,
+    pub(crate) status: Status,
+    detail: String,
     /// What to do about it; `None` when it works.
-    pub fix: Option<String>,
+    pub(crate) fix: Option<String>,
 }
 
 impl Check {
@@ -107,7 +107,7 @@ impl Check {
 }
 
 /// The table's DETAIL cell: the detail, then the fix.
-pub fn table_detail(c: &Check) -> String {
+fn table_detail(c: &Check) -> String {
     match &c.fix {
         Some(fix) => format!("{}; fix: {fix}", c.detail),
         None => c.detail.clone(),
@@ -119,7 +119,7 @@ pub fn table_detail(c: &Check) -> String {
 ///
 /// # Errors
 /// Output errors.
-pub fn write_report(w: impl Write, format: Format, checks: &[Check]) -> io::Result<()> {
+fn write_report(w: impl Write, format: Format, checks: &[Check]) -> io::Result<()> {
     let cols = vec![
         Column::left("CHECK", "check", 32),
         Column::left("STATUS", "status", 11),
@@ -145,7 +145,7 @@ pub fn write_report(w: impl Write, format: Format, checks: &[Check]) -> io::Resu
 }
 
 /// The exit status for a report: 0 when everything works, 1 otherwise.
-pub fn exit_code(checks: &[Check]) -> ExitCode {
+fn exit_code(checks: &[Check]) -> ExitCode {
     if checks.iter().all(|c| c.status == Status::Works) {
         ExitCode::SUCCESS
     } else {
@@ -384,13 +384,13 @@ fn read_sysctl(path: &str) -> Option<i64> {
 }
 
 /// Parses a /proc/sys integer.
-pub fn parse_sysctl(text: &str) -> Option<i64> {
+fn parse_sysctl(text: &str) -> Option<i64> {
     text.trim().parse().ok()
 }
 
 /// `kernel.unprivileged_bpf_disabled`: kscope never uses unprivileged BPF,
 /// so it matters only without CAP_BPF.
-pub fn sysctl_unprivileged_bpf(value: Option<i64>, privileged: bool) -> Check {
+fn sysctl_unprivileged_bpf(value: Option<i64>, privileged: bool) -> Check {
     let name = "kernel.unprivileged_bpf_disabled";
     let Some(v) = value else {
         return Check::works(
@@ -421,7 +421,7 @@ pub fn sysctl_unprivileged_bpf(value: Option<i64>, privileged: bool) -> Check {
 }
 
 /// `kernel.perf_event_paranoid`: CAP_PERFMON (or CAP_SYS_ADMIN) bypasses it.
-pub fn sysctl_perf_paranoid(value: Option<i64>, perfmon: bool) -> Check {
+fn sysctl_perf_paranoid(value: Option<i64>, perfmon: bool) -> Check {
     let name = "kernel.perf_event_paranoid";
     let Some(v) = value else {
         return Check::degraded(
@@ -442,7 +442,7 @@ pub fn sysctl_perf_paranoid(value: Option<i64>, perfmon: bool) -> Check {
 }
 
 /// The lockdown mode, the bracketed word of /sys/kernel/security/lockdown.
-pub fn parse_lockdown(text: &str) -> Option<&str> {
+fn parse_lockdown(text: &str) -> Option<&str> {
     let start = text.find('[')? + 1;
     let len = text[start..].find(']')?;
     Some(&text[start..start + len])
@@ -450,7 +450,7 @@ pub fn parse_lockdown(text: &str) -> Option<&str> {
 
 /// Confidentiality mode refuses kprobes, bpf_probe_read_kernel, perf
 /// events on the kernel and tracefs: the tracers and the profiler.
-pub fn lockdown(text: Option<&str>) -> Check {
+fn lockdown(text: Option<&str>) -> Check {
     let name = "lockdown";
     match text.and_then(parse_lockdown) {
         None => Check::works(name, "no lockdown LSM"),
@@ -572,7 +572,7 @@ fn tracer<T: Tracer>(note: &str) -> Check {
 }
 
 /// The verdict for a tracer that attached `what` with `probe`.
-pub fn tracer_verdict(name: &str, what: &str, probe: &str, note: &str) -> Check {
+fn tracer_verdict(name: &str, what: &str, probe: &str, note: &str) -> Check {
     if probe == "tracepoint" {
         let btf = Path::new(BTF).exists();
         let pre_syn = if btf {
@@ -644,7 +644,7 @@ fn daemon_counters(stop: &AtomicBool) -> io::Result<Check> {
 
 /// The daemon's firewall: the XDP attachment pinned in bpffs so it
 /// outlives the process.
-pub fn daemon_firewall(xdp_works: bool, bpffs: bool, caps: u64) -> Check {
+fn daemon_firewall(xdp_works: bool, bpffs: bool, caps: u64) -> Check {
     let name = "daemon firewall";
     let can_mount = caps & (1u64 << Cap::SysAdmin as u32) != 0;
     match (xdp_works, bpffs || can_mount) {

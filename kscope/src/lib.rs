@@ -1,5 +1,12 @@
 //! kscope: an eBPF toolkit. The `kscope` binary is a thin CLI over this
 //! library; integration tests drive both.
+//!
+//! Only what the binary, the integration tests and the benchmarks use is
+//! `pub`; the rest is `pub(crate)` or private. The lint below flags a `pub`
+//! item no outside user can reach. (It is set here, not in Cargo.toml:
+//! `[lints] workspace = true` there admits no per-crate additions, and on the
+//! test targets it would flag every helper in tests/common.)
+#![warn(unreachable_pub)]
 
 pub mod cli;
 pub mod daemon;

@@ -45,7 +45,7 @@ impl Format {
 
 /// Alignment of a table cell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Align {
+pub(crate) enum Align {
     Left,
     Right,
 }
@@ -54,19 +54,19 @@ pub enum Align {
 /// no header is JSON-only; one with no key is table-only.
 #[derive(Clone, Copy, Debug)]
 pub struct Column {
-    pub head: &'static str,
-    pub key: &'static str,
-    pub width: usize,
-    pub align: Align,
+    pub(crate) head: &'static str,
+    pub(crate) key: &'static str,
+    width: usize,
+    pub(crate) align: Align,
     /// What a table shows for a null cell.
-    pub none: &'static str,
+    pub(crate) none: &'static str,
     /// Spaces before this column in a table (unless it comes first).
-    pub gap: usize,
+    pub(crate) gap: usize,
 }
 
 impl Column {
     /// A left-aligned column in both formats.
-    pub const fn left(head: &'static str, key: &'static str, width: usize) -> Self {
+    pub(crate) const fn left(head: &'static str, key: &'static str, width: usize) -> Self {
         Self {
             head,
             key,
@@ -78,7 +78,7 @@ impl Column {
     }
 
     /// A right-aligned column in both formats.
-    pub const fn right(head: &'static str, key: &'static str, width: usize) -> Self {
+    pub(crate) const fn right(head: &'static str, key: &'static str, width: usize) -> Self {
         Self {
             align: Align::Right,
             ..Self::left(head, key, width)
@@ -86,12 +86,12 @@ impl Column {
     }
 
     /// A JSON-only field.
-    pub const fn json(key: &'static str) -> Self {
+    pub(crate) const fn json(key: &'static str) -> Self {
         Self::left("", key, 0)
     }
 
     /// A table-only column.
-    pub const fn table(head: &'static str, width: usize, align: Align) -> Self {
+    pub(crate) const fn table(head: &'static str, width: usize, align: Align) -> Self {
         Self {
             align,
             ..Self::left(head, "", width)
@@ -99,13 +99,13 @@ impl Column {
     }
 
     /// The same column, showing `none` for a null cell in a table.
-    pub const fn none(self, none: &'static str) -> Self {
+    pub(crate) const fn none(self, none: &'static str) -> Self {
         Self { none, ..self }
     }
 
     /// The same column, `gap` spaces from the one before it in a table
     /// (one by default).
-    pub const fn gap(self, gap: usize) -> Self {
+    pub(crate) const fn gap(self, gap: usize) -> Self {
         Self { gap, ..self }
     }
 
@@ -118,7 +118,7 @@ impl Column {
 }
 
 /// Where rows go, how, and when they are flushed.
-pub struct Output<W: Write> {
+pub(crate) struct Output<W: Write> {
     w: W,
     format: Format,
     cols: Vec<Column>,
@@ -130,7 +130,7 @@ pub struct Output<W: Write> {
 }
 
 impl<W: Write> Output<W> {
-    pub fn new(w: W, format: Format, cols: Vec<Column>) -> Self {
+    pub(crate) fn new(w: W, format: Format, cols: Vec<Column>) -> Self {
         let last = cols
             .iter()
             .rposition(|c| c.shown(Format::Table))
@@ -145,13 +145,9 @@ impl<W: Write> Output<W> {
         }
     }
 
-    pub fn format(&self) -> Format {
-        self.format
-    }
-
     /// Writes the table's header line (once; nothing for JSON) and flushes
     /// it, so a terminal shows it before the first row arrives.
-    pub fn header(&mut self) -> io::Result<()> {
+    pub(crate) fn header(&mut self) -> io::Result<()> {
         if self.header_done || self.format == Format::Json {
             return Ok(());
         }
@@ -180,7 +176,10 @@ impl<W: Write> Output<W> {
     }
 
     /// Writes one row: `f` writes every column's cell, in column order.
-    pub fn row(&mut self, f: impl FnOnce(&mut Row<'_, W>) -> io::Result<()>) -> io::Result<()> {
+    pub(crate) fn row(
+        &mut self,
+        f: impl FnOnce(&mut Row<'_, W>) -> io::Result<()>,
+    ) -> io::Result<()> {
         self.header()?;
         let mut row = Row {
             w: &mut self.w,
@@ -206,7 +205,7 @@ impl<W: Write> Output<W> {
     /// Flushes rows written since the last flush. Callers flush once per
     /// batch (a ring-buffer drain, a refresh), so a terminal or a pipe sees
     /// each batch as soon as it is complete.
-    pub fn flush(&mut self) -> io::Result<()> {
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
         if self.pending {
             self.pending = false;
             self.w.flush()?;
@@ -216,7 +215,7 @@ impl<W: Write> Output<W> {
 
     /// The underlying writer, for callers that print something that is not
     /// a row (a blank line between refreshes).
-    pub fn writer(&mut self) -> &mut W {
+    pub(crate) fn writer(&mut self) -> &mut W {
         &mut self.w
     }
 }
@@ -286,16 +285,16 @@ impl<W: Write> Row<'_, W> {
         }
     }
 
-    pub fn u64(&mut self, v: u64) -> io::Result<()> {
+    pub(crate) fn u64(&mut self, v: u64) -> io::Result<()> {
         self.number(v)
     }
 
-    pub fn i64(&mut self, v: i64) -> io::Result<()> {
+    pub(crate) fn i64(&mut self, v: i64) -> io::Result<()> {
         self.number(v)
     }
 
     /// A float with `prec` decimals.
-    pub fn f64(&mut self, v: f64, prec: usize) -> io::Result<()> {
+    pub(crate) fn f64(&mut self, v: f64, prec: usize) -> io::Result<()> {
         let Some(c) = self.next()? else {
             return Ok(());
         };
@@ -310,7 +309,7 @@ impl<W: Write> Row<'_, W> {
 
     /// A float with `prec` decimals in a table; in JSON, the shortest text
     /// that reads back as `v` (a rate, an interval: every digit kept).
-    pub fn f64_exact(&mut self, v: f64, prec: usize) -> io::Result<()> {
+    pub(crate) fn f64_exact(&mut self, v: f64, prec: usize) -> io::Result<()> {
         if self.format == Format::Table {
             return self.f64(v, prec);
         }
@@ -323,18 +322,18 @@ impl<W: Write> Row<'_, W> {
     }
 
     /// `true`/`false` in both formats.
-    pub fn bool(&mut self, v: bool) -> io::Result<()> {
+    pub(crate) fn bool(&mut self, v: bool) -> io::Result<()> {
         self.number(v)
     }
 
     /// Text from outside kscope (a comm, a path): any bytes.
-    pub fn text(&mut self, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) fn text(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.text_cut(bytes, false)
     }
 
     /// [`text`](Self::text) that the kernel cut short when `cut`: a table
     /// shows `...` after it (JSON says so in a field of its own).
-    pub fn text_cut(&mut self, bytes: &[u8], cut: bool) -> io::Result<()> {
+    pub(crate) fn text_cut(&mut self, bytes: &[u8], cut: bool) -> io::Result<()> {
         let Some(c) = self.next()? else {
             return Ok(());
         };
@@ -367,12 +366,12 @@ impl<W: Write> Row<'_, W> {
     }
 
     /// kscope's own text (a name, an address): a JSON string.
-    pub fn str(&mut self, s: &str) -> io::Result<()> {
+    pub(crate) fn str(&mut self, s: &str) -> io::Result<()> {
         self.text(s.as_bytes())
     }
 
     /// Anything with `Display` (an address), as a JSON string.
-    pub fn display(&mut self, v: impl Display) -> io::Result<()> {
+    pub(crate) fn display(&mut self, v: impl Display) -> io::Result<()> {
         let Some(c) = self.next()? else {
             return Ok(());
         };
@@ -384,7 +383,7 @@ impl<W: Write> Row<'_, W> {
     }
 
     /// A null cell: `null` in JSON, the column's `none` text in a table.
-    pub fn null(&mut self) -> io::Result<()> {
+    pub(crate) fn null(&mut self) -> io::Result<()> {
         let Some(c) = self.next()? else {
             return Ok(());
         };
@@ -399,7 +398,7 @@ impl<W: Write> Row<'_, W> {
     /// `null` for the others); in a table, joined by spaces, with `...`
     /// right after an item `cut(i)` says was cut short, and ` ...` at the
     /// end when `more` says some were left out.
-    pub fn list<'b>(
+    pub(crate) fn list<'b>(
         &mut self,
         items: impl Iterator<Item = &'b [u8]> + Clone,
         cut: impl Fn(usize) -> bool,
@@ -458,7 +457,7 @@ impl<W: Write> Row<'_, W> {
     /// writes as it writes a row's cells. A table has no room for it and
     /// shows the column's `none` text (nested cells belong in JSON-only
     /// columns).
-    pub fn object(
+    pub(crate) fn object(
         &mut self,
         cols: &[Column],
         f: impl FnOnce(&mut Row<'_, W>) -> io::Result<()>,
@@ -475,7 +474,7 @@ impl<W: Write> Row<'_, W> {
     /// A JSON array of objects, one per item, each with the members `cols`
     /// that `f` writes for its item; a table shows the column's `none`
     /// text, as for [`object`](Self::object).
-    pub fn objects<T>(
+    pub(crate) fn objects<T>(
         &mut self,
         cols: &[Column],
         items: impl IntoIterator<Item = T>,
@@ -526,7 +525,7 @@ impl<W: Write> Row<'_, W> {
     }
 
     /// A list of numbers: a JSON array; in a table, joined by commas.
-    pub fn numbers(&mut self, items: impl Iterator<Item = u64>) -> io::Result<()> {
+    pub(crate) fn numbers(&mut self, items: impl Iterator<Item = u64>) -> io::Result<()> {
         let Some(_) = self.next()? else {
             return Ok(());
         };

@@ -79,7 +79,7 @@ pub struct ProbeCheck {
 
 /// Why kprobes cannot work here, if that can be told from the system
 /// (no kprobe PMU and no kprobe_events file).
-pub fn kprobe_missing_reason() -> Option<String> {
+pub(crate) fn kprobe_missing_reason() -> Option<String> {
     let pmu = Path::new("/sys/bus/event_source/devices/kprobe");
     let events = Path::new(crate::sys::TRACEFS).join("kprobe_events");
     let debug_events = Path::new("/sys/kernel/debug/tracing/kprobe_events");

@@ -22,9 +22,9 @@ use crate::{
 };
 
 /// Where `kscope daemon` looks without `--config`.
-pub const DEFAULT_PATH: &str = "/etc/kscope/kscope.toml";
+pub(crate) const DEFAULT_PATH: &str = "/etc/kscope/kscope.toml";
 /// The metrics address without a `[metrics] listen`.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9435";
+const DEFAULT_LISTEN: &str = "127.0.0.1:9435";
 
 /// Largest config file the daemon reads: 1 MiB. A config names its rule
 /// files rather than holding rules, so real ones are a few KiB; the cap
@@ -61,35 +61,35 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
-    pub metrics: MetricsConfig,
+    pub(crate) metrics: MetricsConfig,
     #[serde(default)]
-    pub firewall: FirewallConfig,
+    pub(crate) firewall: FirewallConfig,
     #[serde(default)]
-    pub trace: TraceConfig,
+    pub(crate) trace: TraceConfig,
     #[serde(default)]
-    pub profile: ProfileConfig,
+    pub(crate) profile: ProfileConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct MetricsConfig {
+pub(crate) struct MetricsConfig {
     /// Address of /metrics, /healthz and /profile.
     #[serde(default = "default_listen")]
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// Per-program run time and run count (BPF_ENABLE_STATS, held while
     /// the daemon runs).
     #[serde(default = "yes")]
-    pub bpf_stats: bool,
+    pub(crate) bpf_stats: bool,
     /// Most connections served at once; one more is answered 503 and
     /// closed, so idle or slow clients cannot exhaust the daemon's file
     /// descriptors.
     #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Seconds a connection may take to send a complete request header,
     /// counted from when it opens or from its previous response: a
     /// connection silent that long (idle keep-alive included) is closed.
     #[serde(default = "default_header_timeout")]
-    pub header_timeout_seconds: u64,
+    pub(crate) header_timeout_seconds: u64,
 }
 
 impl Default for MetricsConfig {
@@ -105,18 +105,18 @@ impl Default for MetricsConfig {
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct FirewallConfig {
+pub(crate) struct FirewallConfig {
     /// Detach the firewall when the daemon stops. By default it stays, so
     /// traffic keeps being filtered across restarts and upgrades.
     #[serde(default)]
-    pub detach_on_exit: bool,
+    pub(crate) detach_on_exit: bool,
     /// Most rules of one interface with a `kscope_fw_rule_hits_total`
     /// series of their own; the hits of the others are summed under
     /// `rule="[other]"`, so a million-rule set cannot blow up Prometheus.
     #[serde(default = "default_max_rule_series")]
-    pub max_rule_series: usize,
+    pub(crate) max_rule_series: usize,
     #[serde(default, rename = "interface")]
-    pub interfaces: Vec<IfaceConfig>,
+    pub(crate) interfaces: Vec<IfaceConfig>,
 }
 
 impl Default for FirewallConfig {
@@ -131,33 +131,33 @@ impl Default for FirewallConfig {
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct IfaceConfig {
-    pub name: String,
+pub(crate) struct IfaceConfig {
+    pub(crate) name: String,
     #[serde(default)]
-    pub mode: Mode,
+    pub(crate) mode: Mode,
     /// Verdict for IP packets no rule matches; fixed while attached.
     #[serde(default)]
-    pub default: Policy,
+    pub(crate) default: Policy,
     /// Rule file (the `kscope fw load` format). Relative paths are taken
     /// from the config file's directory. Without one, the daemon leaves
     /// the interface's rules alone (edit them with `kscope fw block`, ...).
-    pub rules: Option<PathBuf>,
+    pub(crate) rules: Option<PathBuf>,
 }
 
 /// `[trace]`: which tracers count (each tracer's name is a key: `open`,
 /// `exec`, `connect`; see `trace::runner::TRACERS`), and the label limit.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-pub struct TraceConfig {
+pub(crate) struct TraceConfig {
     /// Most label sets one tracer metric keeps; the rest are summed under
     /// the label value `[other]`, so an unusual workload cannot blow up
     /// Prometheus.
     #[serde(default = "default_max_series")]
-    pub max_series: usize,
+    pub(crate) max_series: usize,
     /// Tracer name to on/off. Names the daemon does not know are rejected
     /// by validation (serde's deny_unknown_fields cannot see past a
     /// flattened map).
     #[serde(flatten)]
-    pub tracers: BTreeMap<String, bool>,
+    pub(crate) tracers: BTreeMap<String, bool>,
 }
 
 impl Default for TraceConfig {
@@ -171,23 +171,23 @@ impl Default for TraceConfig {
 
 impl TraceConfig {
     /// Whether the config turns tracer `name` on.
-    pub fn wants(&self, name: &str) -> bool {
+    pub(crate) fn wants(&self, name: &str) -> bool {
         self.tracers.get(name).copied().unwrap_or(false)
     }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct ProfileConfig {
+pub(crate) struct ProfileConfig {
     /// Serve GET /profile.
     #[serde(default)]
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// Longest profile one request may ask for.
     #[serde(default = "default_max_seconds")]
-    pub max_seconds: u64,
+    pub(crate) max_seconds: u64,
     /// Samples per second per CPU unless the request says otherwise.
     #[serde(default = "default_frequency")]
-    pub frequency: u64,
+    pub(crate) frequency: u64,
 }
 
 impl Default for ProfileConfig {
@@ -215,7 +215,7 @@ fn default_max_series() -> usize {
 }
 
 /// `[firewall] max_rule_series` by default.
-pub const DEFAULT_MAX_RULE_SERIES: usize = 100;
+pub(crate) const DEFAULT_MAX_RULE_SERIES: usize = 100;
 
 fn default_max_rule_series() -> usize {
     DEFAULT_MAX_RULE_SERIES
@@ -240,15 +240,15 @@ fn default_frequency() -> u64 {
 /// Highest `[profile] frequency` accepted; the kernel's own limit
 /// (kernel.perf_event_max_sample_rate) may be lower and is checked when a
 /// profile starts.
-pub const MAX_FREQUENCY: u64 = 10_000;
+pub(crate) const MAX_FREQUENCY: u64 = 10_000;
 
 /// A validated config with every rule file read.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Loaded {
-    pub path: PathBuf,
-    pub config: Config,
+pub(crate) struct Loaded {
+    pub(crate) path: PathBuf,
+    pub(crate) config: Config,
     /// The rule set of each interface that names a rule file.
-    pub rules: BTreeMap<String, RuleSet>,
+    pub(crate) rules: BTreeMap<String, RuleSet>,
 }
 
 impl Config {
@@ -324,7 +324,7 @@ impl Config {
     ///
     /// # Errors
     /// Any [`ConfigError`]; nothing has been changed when one is returned.
-    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Loaded, ConfigError> {
         let read_err = |source| ConfigError::Read {
             path: path.to_owned(),
             source,

@@ -15,19 +15,19 @@
 use std::fmt::Write as _;
 
 /// Content type of the text format.
-pub const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Content type of OpenMetrics.
-pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// One of the two exposition formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     Text,
     OpenMetrics,
 }
 
 impl Format {
-    pub fn content_type(self) -> &'static str {
+    pub(crate) fn content_type(self) -> &'static str {
         match self {
             Format::Text => TEXT,
             Format::OpenMetrics => OPENMETRICS,
@@ -38,7 +38,7 @@ impl Format {
     /// prefers it (by q-value, then by order) over the text format; the
     /// text format otherwise, also without a header or with only `*/*`, as
     /// Prometheus' own client libraries do.
-    pub fn negotiate(accept: Option<&str>) -> Format {
+    pub(crate) fn negotiate(accept: Option<&str>) -> Format {
         let Some(accept) = accept else {
             return Format::Text;
         };
@@ -120,34 +120,34 @@ fn parse_q(v: &str) -> Option<u32> {
 
 /// What a family's samples count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MetricType {
+pub(crate) enum MetricType {
     Counter,
     Gauge,
 }
 
 /// A sample value.
 #[derive(Clone, Copy, Debug)]
-pub enum Value {
+pub(crate) enum Value {
     Int(u64),
     Signed(i64),
     Float(f64),
 }
 
 /// The exposition text being written.
-pub struct Exposition {
+pub(crate) struct Exposition {
     format: Format,
     text: String,
 }
 
 /// The family being written; samples go through it.
-pub struct FamilyWriter<'a> {
+pub(crate) struct FamilyWriter<'a> {
     text: &'a mut String,
     /// The samples' name (with `_total` for counters).
     sample_name: String,
 }
 
 impl Exposition {
-    pub fn new(format: Format) -> Self {
+    pub(crate) fn new(format: Format) -> Self {
         Self {
             format,
             text: String::with_capacity(16 * 1024),
@@ -156,7 +156,7 @@ impl Exposition {
 
     /// Starts the family `name` (without `_total`). `help` is required:
     /// Prometheus' linters reject families without one.
-    pub fn family(&mut self, name: &str, help: &str, kind: MetricType) -> FamilyWriter<'_> {
+    pub(crate) fn family(&mut self, name: &str, help: &str, kind: MetricType) -> FamilyWriter<'_> {
         let sample_name = match kind {
             MetricType::Counter => format!("{name}_total"),
             MetricType::Gauge => name.to_owned(),
@@ -183,7 +183,7 @@ impl Exposition {
     }
 
     /// The finished text (OpenMetrics ends with `# EOF`).
-    pub fn finish(mut self) -> String {
+    pub(crate) fn finish(mut self) -> String {
         if self.format == Format::OpenMetrics {
             self.text.push_str("# EOF\n");
         }
@@ -194,7 +194,7 @@ impl Exposition {
 impl FamilyWriter<'_> {
     /// One sample with `labels` (names are the daemon's own constants;
     /// values come from anywhere and are escaped).
-    pub fn sample(&mut self, labels: &[(&str, &str)], value: Value) {
+    pub(crate) fn sample(&mut self, labels: &[(&str, &str)], value: Value) {
         let t = &mut *self.text;
         t.push_str(&self.sample_name);
         if !labels.is_empty() {

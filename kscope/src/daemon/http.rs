@@ -54,18 +54,18 @@ const TEXT: &str = "text/plain; charset=utf-8";
 /// with a file of the same name and extension `held` present meanwhile.
 /// The integration tests use it to hold scrapes in flight for as long as
 /// they need, instead of hoping a scrape is slow enough.
-pub const SCRAPE_GATE_ENV: &str = "KSCOPE_TEST_SCRAPE_GATE";
+const SCRAPE_GATE_ENV: &str = "KSCOPE_TEST_SCRAPE_GATE";
 
 /// What the handlers share.
-pub struct Ctx {
-    pub collector: Arc<KscopeCollector>,
-    pub shared: Arc<Shared>,
+pub(crate) struct Ctx {
+    pub(crate) collector: Arc<KscopeCollector>,
+    pub(crate) shared: Arc<Shared>,
     /// Swapped on reload.
-    pub profile: Mutex<ProfileConfig>,
+    pub(crate) profile: Mutex<ProfileConfig>,
     /// Set while a profile runs: one at a time.
     profiling: AtomicBool,
     /// Set on shutdown, to end a running profile early.
-    pub stop: Arc<AtomicBool>,
+    pub(crate) stop: Arc<AtomicBool>,
     /// One scrape computed at a time: more in parallel would only share
     /// the same CPUs and the same kernel maps.
     scrape_turn: Arc<Semaphore>,
@@ -77,7 +77,11 @@ pub struct Ctx {
 impl Ctx {
     /// `metrics`' connection settings are read here, once: like the
     /// listen address, changing them takes a restart.
-    pub fn new(shared: Arc<Shared>, profile: ProfileConfig, metrics: &MetricsConfig) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        profile: ProfileConfig,
+        metrics: &MetricsConfig,
+    ) -> Self {
         Self {
             collector: Arc::new(KscopeCollector(shared.clone())),
             shared,
@@ -96,7 +100,7 @@ impl Ctx {
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 38\r\nconnection: close\r\n\r\ntoo many connections; try again later\n";
 
 /// Accepts connections until the task is dropped.
-pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
+pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -252,7 +256,7 @@ fn problems(shared: &Shared) -> BTreeMap<String, String> {
 
 /// Output of a `/profile` request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProfileFormat {
+enum ProfileFormat {
     Folded,
     Svg,
     Json,
@@ -260,11 +264,11 @@ pub enum ProfileFormat {
 
 /// A `/profile` request, checked against the config.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProfileRequest {
-    pub seconds: u64,
-    pub hz: u64,
-    pub pids: Vec<u32>,
-    pub format: ProfileFormat,
+struct ProfileRequest {
+    pub(crate) seconds: u64,
+    hz: u64,
+    pub(crate) pids: Vec<u32>,
+    pub(crate) format: ProfileFormat,
 }
 
 /// Highest pid Linux can hand out (PID_MAX_LIMIT in include/linux/threads.h,
@@ -275,7 +279,7 @@ const PID_MAX_LIMIT: u32 = 4 * 1024 * 1024;
 ///
 /// # Errors
 /// A one-line reason for a 400 reply.
-pub fn parse_profile_query(query: &str, cfg: &ProfileConfig) -> Result<ProfileRequest, String> {
+fn parse_profile_query(query: &str, cfg: &ProfileConfig) -> Result<ProfileRequest, String> {
     let mut req = ProfileRequest {
         seconds: 10.min(cfg.max_seconds),
         hz: cfg.frequency,

@@ -55,16 +55,16 @@ use crate::{
 };
 
 /// The key of a tracer's entry in [`State::problems`].
-pub fn tracer_problem_key(name: &str) -> String {
+pub(crate) fn tracer_problem_key(name: &str) -> String {
     format!("{name} tracer")
 }
 
 /// Label value that sums the series over a tracer's `max_series`.
-pub const OTHER: &str = "[other]";
+const OTHER: &str = "[other]";
 
 /// A running tracer: its kernel counter, and which label sets it exports.
-pub struct TracerSlot {
-    pub counter: Box<dyn Counting>,
+pub(crate) struct TracerSlot {
+    pub(crate) counter: Box<dyn Counting>,
     kept: Kept,
 }
 
@@ -89,15 +89,15 @@ struct Kept {
 /// One scrape of a tracer: per kept label set its counts, the rest summed,
 /// and the events lost.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct TracerScrape {
-    pub rows: Vec<(Vec<String>, Counts)>,
-    pub other: Counts,
-    pub lost: u64,
+pub(crate) struct TracerScrape {
+    pub(crate) rows: Vec<(Vec<String>, Counts)>,
+    pub(crate) other: Counts,
+    pub(crate) lost: u64,
 }
 
 impl TracerScrape {
     /// Every event counted, kept or not.
-    pub fn events(&self) -> u64 {
+    pub(crate) fn events(&self) -> u64 {
         self.rows
             .iter()
             .map(|(_, c)| c.events)
@@ -106,7 +106,7 @@ impl TracerScrape {
 }
 
 impl TracerSlot {
-    pub fn new(counter: Box<dyn Counting>, max: usize) -> Self {
+    pub(crate) fn new(counter: Box<dyn Counting>, max: usize) -> Self {
         Self {
             counter,
             kept: Kept {
@@ -116,7 +116,7 @@ impl TracerSlot {
         }
     }
 
-    pub fn set_max(&mut self, max: usize) {
+    pub(crate) fn set_max(&mut self, max: usize) {
         self.kept.max = max;
     }
 
@@ -124,7 +124,7 @@ impl TracerSlot {
     ///
     /// # Errors
     /// A failed map read.
-    pub fn scrape(&mut self) -> Result<TracerScrape, crate::trace::TraceError> {
+    pub(crate) fn scrape(&mut self) -> Result<TracerScrape, crate::trace::TraceError> {
         let (mut rows, lost) = self.counter.scrape()?;
         Ok(self.kept.fold(&mut rows, lost))
     }
@@ -164,26 +164,26 @@ impl Kept {
 
 /// What the daemon's tasks update and the collector reads.
 #[derive(Debug, Default)]
-pub struct State {
+pub(crate) struct State {
     /// Interfaces the daemon manages the firewall on.
-    pub fw_ifaces: Vec<String>,
+    pub(crate) fw_ifaces: Vec<String>,
     /// Running tracers by name, each behind a lock of its own so that
     /// reading one's kernel maps does not hold this state's lock.
-    pub tracers: BTreeMap<&'static str, Arc<Mutex<TracerSlot>>>,
-    pub bpf_stats: bool,
-    pub reloads_ok: u64,
-    pub reloads_failed: u64,
-    pub last_reload_ok: bool,
+    pub(crate) tracers: BTreeMap<&'static str, Arc<Mutex<TracerSlot>>>,
+    pub(crate) bpf_stats: bool,
+    pub(crate) reloads_ok: u64,
+    pub(crate) reloads_failed: u64,
+    pub(crate) last_reload_ok: bool,
     /// Why the daemon is unhealthy, by component; empty when healthy. A
     /// tracer whose kernel counters the last scrape could not read is one
     /// (see [`tracer_problem_key`]).
-    pub problems: BTreeMap<String, String>,
+    pub(crate) problems: BTreeMap<String, String>,
 }
 
 /// [`State`] behind a lock, shared by the daemon's tasks and the HTTP
 /// server.
 #[derive(Debug, Default)]
-pub struct Shared {
+pub(crate) struct Shared {
     state: Mutex<State>,
     scrape_errors: AtomicU64,
     /// Scrapes computed (requests abandoned before their turn are not).
@@ -196,7 +196,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         let s = Self::default();
         s.lock().last_reload_ok = true;
         s.set_max_rule_series(super::config::DEFAULT_MAX_RULE_SERIES);
@@ -204,7 +204,7 @@ impl Shared {
     }
 
     /// Sets `[firewall] max_rule_series` (see [`RuleSeries::set_max`]).
-    pub fn set_max_rule_series(&self, max: usize) {
+    pub(crate) fn set_max_rule_series(&self, max: usize) {
         self.max_rule_series.store(max as u64, Ordering::Relaxed);
     }
 
@@ -214,7 +214,7 @@ impl Shared {
 
     /// The state. A panic in another task while holding the lock does not
     /// make the metrics unreadable: the data is counters, always usable.
-    pub fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -251,7 +251,7 @@ impl Shared {
 
 /// The `/metrics` collector.
 #[derive(Debug)]
-pub struct KscopeCollector(pub Arc<Shared>);
+pub(crate) struct KscopeCollector(pub(crate) Arc<Shared>);
 
 /// Writes counter or gauge families.
 struct Out {
@@ -295,7 +295,7 @@ fn prog_type_name(t: impl fmt::Debug) -> String {
 impl KscopeCollector {
     /// One scrape, in `format`. Blocking: it reads kernel maps, so the
     /// HTTP server runs it off its event loop.
-    pub fn encode(&self, format: Format) -> String {
+    pub(crate) fn encode(&self, format: Format) -> String {
         let mut out = Out {
             enc: Exposition::new(format),
         };

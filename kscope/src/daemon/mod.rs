@@ -15,10 +15,10 @@
 //!   `[firewall] detach_on_exit = true`.
 
 pub mod config;
-pub mod expo;
-pub mod http;
-pub mod metrics;
-pub mod rule_hits;
+mod expo;
+mod http;
+mod metrics;
+mod rule_hits;
 mod tracers;
 
 use std::{

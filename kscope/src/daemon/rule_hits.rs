@@ -43,7 +43,7 @@ struct Tracked {
 
 /// The rule-hit series of one interface.
 #[derive(Debug)]
-pub struct RuleSeries {
+pub(crate) struct RuleSeries {
     generation: Option<Generation>,
     rules: Vec<Tracked>,
     max: usize,
@@ -53,16 +53,16 @@ pub struct RuleSeries {
 
 /// One scrape's values.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct RuleScrape {
+pub(crate) struct RuleScrape {
     /// Rules with their own series, in `fw save` order.
-    pub series: Vec<(Rule, u64)>,
-    pub other: u64,
+    pub(crate) series: Vec<(Rule, u64)>,
+    pub(crate) other: u64,
     /// Rules in the set.
-    pub rules: usize,
+    pub(crate) rules: usize,
 }
 
 impl RuleSeries {
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Self {
             generation: None,
             rules: Vec::new(),
@@ -73,17 +73,17 @@ impl RuleSeries {
 
     /// Changes the limit. Series already exported keep their place; a
     /// lower limit only stops new ones until enough rules are gone.
-    pub fn set_max(&mut self, max: usize) {
+    pub(crate) fn set_max(&mut self, max: usize) {
         self.max = max;
     }
 
     /// Whether the cached rule list is of `generation`.
-    pub fn is_current(&self, generation: &Generation) -> bool {
+    pub(crate) fn is_current(&self, generation: &Generation) -> bool {
         self.generation.as_ref() == Some(generation)
     }
 
     /// Replaces the rule list (read at `generation`).
-    pub fn set_rules(&mut self, generation: Generation, rules: Vec<(Rule, HitKey)>) {
+    pub(crate) fn set_rules(&mut self, generation: Generation, rules: Vec<(Rule, HitKey)>) {
         let same_maps = self
             .generation
             .is_some_and(|g| g.map_id == generation.map_id);
@@ -118,7 +118,7 @@ impl RuleSeries {
     }
 
     /// The series' values for the counters `hits`.
-    pub fn scrape(&mut self, hits: &HitCounts) -> RuleScrape {
+    pub(crate) fn scrape(&mut self, hits: &HitCounts) -> RuleScrape {
         let mut exported = self.rules.iter().filter(|t| t.series.is_some()).count();
         let mut other = self.other_carry;
         let mut new_hits: Vec<(usize, u64)> = Vec::new();

@@ -14,7 +14,7 @@ use crate::trace::{self, Filters, runner::TRACERS};
 /// Starts and stops the daemon's tracers; the running ones live in the
 /// shared state.
 #[derive(Debug, Default)]
-pub struct Tracers;
+pub(crate) struct Tracers;
 
 impl Tracers {
     /// Starts the tracers `cfg` asks for that are not running. Returns the
@@ -22,7 +22,7 @@ impl Tracers {
     ///
     /// # Errors
     /// Missing capabilities or tracefs, or a tracer that cannot start.
-    pub fn start_missing(
+    pub(crate) fn start_missing(
         &mut self,
         cfg: &TraceConfig,
         shared: &Arc<Shared>,
@@ -62,7 +62,7 @@ impl Tracers {
 
     /// Stops the named tracers: dropping a counter detaches it and frees
     /// its maps (once a scrape holding it is done).
-    pub fn stop(&mut self, names: &[&'static str], shared: &Shared) {
+    pub(crate) fn stop(&mut self, names: &[&'static str], shared: &Shared) {
         let mut s = shared.lock();
         for name in names {
             s.tracers.remove(name);
@@ -71,7 +71,7 @@ impl Tracers {
     }
 
     /// Stops the tracers `cfg` no longer asks for and drops their metrics.
-    pub fn stop_unwanted(&mut self, cfg: &TraceConfig, shared: &Arc<Shared>) {
+    pub(crate) fn stop_unwanted(&mut self, cfg: &TraceConfig, shared: &Arc<Shared>) {
         let names: Vec<&'static str> = shared
             .lock()
             .tracers
@@ -82,13 +82,13 @@ impl Tracers {
         self.stop(&names, shared);
     }
 
-    pub fn stop_all(&mut self, shared: &Arc<Shared>) {
+    pub(crate) fn stop_all(&mut self, shared: &Arc<Shared>) {
         let names: Vec<&'static str> = shared.lock().tracers.keys().copied().collect();
         self.stop(&names, shared);
     }
 
     /// Applies a new series limit to what is counted from now on.
-    pub fn max_series(&self, max: usize, shared: &Arc<Shared>) {
+    pub(crate) fn max_series(&self, max: usize, shared: &Arc<Shared>) {
         for slot in shared.lock().tracers.values() {
             slot.lock().unwrap_or_else(|p| p.into_inner()).set_max(max);
         }

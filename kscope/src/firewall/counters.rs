@@ -16,14 +16,14 @@ use crate::output::{Column, Format, Output, Row};
 
 /// Raw per-CPU contents of the counter map: `slots[index][cpu]`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PerCpuCounters {
-    pub slots: Vec<Vec<Counter>>,
+pub(crate) struct PerCpuCounters {
+    pub(crate) slots: Vec<Vec<Counter>>,
 }
 
 /// Counters of one interface, summed over CPUs: `totals[counter_index]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Totals {
-    pub slots: [Counter; N_COUNTERS as usize],
+pub(crate) struct Totals {
+    pub(crate) slots: [Counter; N_COUNTERS as usize],
 }
 
 impl Default for Totals {
@@ -43,12 +43,12 @@ fn add(a: Counter, b: Counter) -> Counter {
 
 impl PerCpuCounters {
     /// Number of CPUs the map holds values for.
-    pub fn cpus(&self) -> usize {
+    pub(crate) fn cpus(&self) -> usize {
         self.slots.iter().map(Vec::len).max().unwrap_or(0)
     }
 
     /// Sums every slot over all CPUs. Missing slots count as zero.
-    pub fn sum(&self) -> Totals {
+    pub(crate) fn sum(&self) -> Totals {
         let mut t = Totals::default();
         for (slot, per_cpu) in t.slots.iter_mut().zip(&self.slots) {
             *slot = per_cpu.iter().copied().fold(Counter::default(), add);
@@ -57,7 +57,7 @@ impl PerCpuCounters {
     }
 
     /// Sums a reason map ([`kscope_common::fw::MAP_REASONS`]) over CPUs.
-    pub fn sum_reasons(&self) -> ReasonTotals {
+    pub(crate) fn sum_reasons(&self) -> ReasonTotals {
         let mut slots = vec![Counter::default(); N_REASON_COUNTERS as usize];
         for (slot, per_cpu) in slots.iter_mut().zip(&self.slots) {
             *slot = per_cpu.iter().copied().fold(Counter::default(), add);
@@ -66,7 +66,7 @@ impl PerCpuCounters {
     }
 
     /// The counters of one CPU.
-    pub fn cpu(&self, cpu: usize) -> Totals {
+    pub(crate) fn cpu(&self, cpu: usize) -> Totals {
         let mut t = Totals::default();
         for (slot, per_cpu) in t.slots.iter_mut().zip(&self.slots) {
             *slot = per_cpu.get(cpu).copied().unwrap_or_default();
@@ -76,12 +76,12 @@ impl PerCpuCounters {
 }
 
 impl Totals {
-    pub fn get(&self, family: Family, action: Action) -> Counter {
+    pub(crate) fn get(&self, family: Family, action: Action) -> Counter {
         self.slots[counter_index(family, action) as usize]
     }
 
     /// All actions of one family added up.
-    pub fn family(&self, family: Family) -> Counter {
+    pub(crate) fn family(&self, family: Family) -> Counter {
         Action::ALL
             .iter()
             .map(|&a| self.get(family, a))
@@ -91,7 +91,7 @@ impl Totals {
     /// Per-second rates between an earlier snapshot and this one. Counters
     /// never go backwards, but a detach and re-attach in between resets them;
     /// that interval reads as zero rather than as a huge wrapped number.
-    pub fn rates_since(&self, earlier: &Totals, elapsed: Duration) -> Rates {
+    pub(crate) fn rates_since(&self, earlier: &Totals, elapsed: Duration) -> Rates {
         // Guard against a zero interval: a rate over nothing is zero.
         let secs = elapsed.as_secs_f64();
         let per_sec = |now: u64, then: u64| {
@@ -115,12 +115,12 @@ impl Totals {
 
 /// Counters by family and reason, summed over CPUs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReasonTotals {
-    pub slots: Vec<Counter>,
+pub(crate) struct ReasonTotals {
+    pub(crate) slots: Vec<Counter>,
 }
 
 impl ReasonTotals {
-    pub fn get(&self, family: Family, reason: Reason) -> Counter {
+    pub(crate) fn get(&self, family: Family, reason: Reason) -> Counter {
         self.slots
             .get(reason_index(family, reason) as usize)
             .copied()
@@ -128,7 +128,8 @@ impl ReasonTotals {
     }
 
     /// One reason, all families added up.
-    pub fn reason(&self, reason: Reason) -> Counter {
+    #[cfg(test)]
+    pub(crate) fn reason(&self, reason: Reason) -> Counter {
         Family::ALL
             .iter()
             .map(|&f| self.get(f, reason))
@@ -138,8 +139,8 @@ impl ReasonTotals {
 
 /// Packets and bytes per second for each slot.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Rates {
-    pub slots: [(f64, f64); N_COUNTERS as usize],
+pub(crate) struct Rates {
+    pub(crate) slots: [(f64, f64); N_COUNTERS as usize],
 }
 
 /// The (family, action) rows a table shows: pass and drop always, for every
@@ -160,10 +161,10 @@ fn shown_rows(nonzero: impl Fn(usize) -> bool) -> Vec<(Family, Action)> {
 
 /// One interface's counters and its counts by reason, as `fw stats`
 /// shows them.
-pub struct IfaceStats<'a> {
-    pub iface: &'a str,
-    pub counters: &'a PerCpuCounters,
-    pub reasons: &'a ReasonTotals,
+pub(crate) struct IfaceStats<'a> {
+    pub(crate) iface: &'a str,
+    pub(crate) counters: &'a PerCpuCounters,
+    pub(crate) reasons: &'a ReasonTotals,
 }
 
 const IFACE: Column = Column::left("IFACE", "iface", 15);
@@ -208,7 +209,7 @@ const _: () = assert!(FAMILIES.len() == Family::ALL.len());
 
 /// The counters table: `IFACE [CPU] FAMILY ACTION PACKETS BYTES`, with the
 /// CPU column when `per_cpu`. [`counter_rows`] fills it.
-pub fn counter_table<W: Write>(w: W, per_cpu: bool) -> Output<W> {
+pub(crate) fn counter_table<W: Write>(w: W, per_cpu: bool) -> Output<W> {
     let mut cols = vec![IFACE];
     cols.extend(FAMILY_ACTION);
     if per_cpu {
@@ -220,7 +221,7 @@ pub fn counter_table<W: Write>(w: W, per_cpu: bool) -> Output<W> {
 
 /// One interface's rows of a [`counter_table`]: its totals, or one block
 /// per CPU when `per_cpu`.
-pub fn counter_rows<W: Write>(
+pub(crate) fn counter_rows<W: Write>(
     out: &mut Output<W>,
     iface: &str,
     counters: &PerCpuCounters,
@@ -263,7 +264,7 @@ pub fn counter_rows<W: Write>(
 /// `action`, `packets`, `bytes`); `per_cpu` (only when `per_cpu`: `cpu`
 /// and its `counters`); `reasons` (every non-zero family/reason pair:
 /// `family`, `reason`, `action`, `packets`, `bytes`).
-pub fn write_stats<W: Write>(
+pub(crate) fn write_stats<W: Write>(
     mut w: W,
     format: Format,
     stats: &[IfaceStats<'_>],
@@ -405,7 +406,7 @@ fn rate_cells<W: Write>(
 /// interface, on one line: `iface`, `interval_secs`, and `rates`, every
 /// non-zero (family, action) as `family`, `action`, `packets_per_sec`,
 /// `bytes_per_sec`.
-pub fn write_rates<W: Write>(
+pub(crate) fn write_rates<W: Write>(
     mut w: W,
     format: Format,
     interval: Duration,

@@ -55,7 +55,7 @@ pub struct RuleHits {
 
 /// Where a rule's hits are counted in `FW_HITS`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum HitKey {
+pub(crate) enum HitKey {
     /// A source rule's own counter.
     Id(u32),
     /// The per-port counters of a port rule's range and protocols.
@@ -66,31 +66,31 @@ pub enum HitKey {
 /// through [`RuleMaps`] moves it (see [`RuleMaps::generation`]), so a
 /// reader can cache the rule list and re-read it only when this differs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Generation {
+pub(crate) struct Generation {
     /// Kernel id of `FW_STATE`: a detach and attach makes new maps.
-    pub map_id: u32,
-    pub slot: u32,
-    pub next_id: u32,
-    pub count_v4: u32,
-    pub count_v6: u32,
+    pub(crate) map_id: u32,
+    pub(crate) slot: u32,
+    pub(crate) next_id: u32,
+    pub(crate) count_v4: u32,
+    pub(crate) count_v6: u32,
 }
 
 /// What [`RuleMaps::apply`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApplyReport {
-    pub added: usize,
-    pub removed: usize,
+    pub(crate) added: usize,
+    pub(crate) removed: usize,
     /// Rules that were already in place (adding is idempotent).
-    pub unchanged: usize,
+    pub(crate) unchanged: usize,
 }
 
 /// What [`RuleMaps::load`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadReport {
     /// Source rules and port ranges now active.
-    pub rules: usize,
+    pub(crate) rules: usize,
     /// The slot now active.
-    pub slot: u32,
+    pub(crate) slot: u32,
 }
 
 /// Rule id of each source rule of a slot.
@@ -310,7 +310,7 @@ impl RuleMaps {
     }
 
     /// The slot packets are judged against.
-    pub fn active_slot(&self) -> Result<u32, FwError> {
+    fn active_slot(&self) -> Result<u32, FwError> {
         Ok(self.state_get(STATE_ACTIVE_SLOT)? & 1)
     }
 
@@ -349,7 +349,7 @@ impl RuleMaps {
     }
 
     /// Hit counts summed over CPUs, by key.
-    pub fn read_hits(&self) -> Result<HashMap<u32, u64>, FwError> {
+    pub(crate) fn read_hits(&self) -> Result<HashMap<u32, u64>, FwError> {
         let cpus = super::nr_cpus()?;
         let ops = MapFdOps::new(self.hits.map().fd().as_fd(), 4, 8, cpus);
         let (d, _) = dump_map(&ops, None).map_err(io_map_err("read FW_HITS"))?;
@@ -398,7 +398,7 @@ impl RuleMaps {
     /// or `load` ends by advancing `STATE_NEXT_ID` (ids are never reused,
     /// so skipping one costs nothing), so two different rule sets never
     /// share a generation, even when an edit only touched ports.
-    pub fn generation(&self) -> Result<Generation, FwError> {
+    pub(crate) fn generation(&self) -> Result<Generation, FwError> {
         let map_id = self
             .state
             .map()
@@ -423,7 +423,7 @@ impl RuleMaps {
     /// Every active rule with where its hits are counted, in `fw save`
     /// order. Walks the whole rule set: callers cache it by
     /// [`Self::generation`].
-    pub fn rules_with_keys(&self) -> Result<Vec<(Rule, HitKey)>, FwError> {
+    pub(crate) fn rules_with_keys(&self) -> Result<Vec<(Rule, HitKey)>, FwError> {
         let (set, ids) = self.read_active()?;
         Ok(set
             .rules()
@@ -730,7 +730,7 @@ fn port_hits(p: &PortSpec, hits: &HashMap<u32, u64>) -> u64 {
 /// Hit counts read once ([`RuleMaps::read_hits`]), for summing the hits of
 /// many rules: a port rule's counters are one contiguous id range per
 /// protocol, summed from prefix sums instead of one lookup per port.
-pub struct HitCounts {
+pub(crate) struct HitCounts {
     by_id: HashMap<u32, u64>,
     /// Per-port counter ids, sorted, with the running sum up to each.
     port_ids: Vec<u32>,
@@ -738,7 +738,7 @@ pub struct HitCounts {
 }
 
 impl HitCounts {
-    pub fn new(by_id: HashMap<u32, u64>) -> Self {
+    pub(crate) fn new(by_id: HashMap<u32, u64>) -> Self {
         let mut ports: Vec<(u32, u64)> = by_id
             .iter()
             .filter(|(id, _)| **id >= PORT_HIT_BASE)
@@ -761,7 +761,7 @@ impl HitCounts {
     }
 
     /// Hits counted under `key`.
-    pub fn of(&self, key: &HitKey) -> u64 {
+    pub(crate) fn of(&self, key: &HitKey) -> u64 {
         match key {
             HitKey::Id(id) => self.by_id.get(id).copied().unwrap_or(0),
             HitKey::Ports(p) => [(PORT_TCP, false), (PORT_UDP, true)]

@@ -32,7 +32,7 @@
 //! key-by-key fallback; all are older than 5.9.
 
 pub mod cmd;
-pub mod counters;
+pub(crate) mod counters;
 pub mod maps;
 pub mod reference;
 pub mod rules;
@@ -396,11 +396,11 @@ fn unescape_ifname(name: &str) -> String {
 /// What `attach` did.
 #[derive(Debug, Serialize)]
 pub struct Attached {
-    pub iface: String,
-    pub mode: &'static str,
-    pub default_policy: &'static str,
-    pub prog_id: u32,
-    pub pin_dir: PathBuf,
+    pub(crate) iface: String,
+    pub(crate) mode: &'static str,
+    pub(crate) default_policy: &'static str,
+    pub(crate) prog_id: u32,
+    pub(crate) pin_dir: PathBuf,
 }
 
 fn mode_name(mode: u32) -> &'static str {
@@ -620,20 +620,20 @@ pub fn detach(iface: &str) -> Result<(), FwError> {
 
 /// One attachment as `fw status` reports it.
 #[derive(Debug, Serialize)]
-pub struct Status {
-    pub iface: String,
-    pub ifindex: u32,
-    pub mode: &'static str,
+pub(crate) struct Status {
+    pub(crate) iface: String,
+    pub(crate) ifindex: u32,
+    pub(crate) mode: &'static str,
     /// `pass` or `drop`: the verdict for IP packets no rule matches.
-    pub default_policy: &'static str,
-    pub prog_id: u32,
-    pub link_id: u32,
+    pub(crate) default_policy: &'static str,
+    pub(crate) prog_id: u32,
+    link_id: u32,
     /// Attach time, RFC 3339 in UTC.
-    pub attached_at: String,
-    pub attached_at_unix: u64,
+    attached_at: String,
+    attached_at_unix: u64,
     /// False when the interface has gone away (the kernel then drops the
     /// attachment); `fw detach` still removes the pins.
-    pub attached: bool,
+    pub(crate) attached: bool,
 }
 
 /// Interfaces kscope is attached to, in name order.
@@ -655,7 +655,7 @@ pub fn attached_ifaces() -> Result<Vec<String>, FwError> {
 }
 
 /// Status of every interface kscope is attached to.
-pub fn status() -> Result<Vec<Status>, FwError> {
+pub(crate) fn status() -> Result<Vec<Status>, FwError> {
     sys::require_caps("kscope fw status", &[Cap::Bpf])?;
     sys::ensure_bpffs()?;
     let mut out = Vec::new();
@@ -675,7 +675,7 @@ pub fn status() -> Result<Vec<Status>, FwError> {
 ///
 /// # Errors
 /// [`FwError::Pin`] when its pins are missing or unreadable.
-pub fn status_of(iface: &str) -> Result<Status, FwError> {
+pub(crate) fn status_of(iface: &str) -> Result<Status, FwError> {
     let dir = pin_dir(iface);
     let config = read_config(&dir)?;
     let prog_path = dir.join(PROG_FW_XDP);
@@ -717,7 +717,7 @@ fn read_config(dir: &Path) -> Result<FwConfig, FwError> {
 ///
 /// # Errors
 /// [`FwError::NotAttached`] when kscope is not attached to `iface`.
-pub fn read_counters(iface: &str) -> Result<PerCpuCounters, FwError> {
+pub(crate) fn read_counters(iface: &str) -> Result<PerCpuCounters, FwError> {
     sys::validate_ifname(iface)?;
     let dir = pin_dir(iface);
     if !dir.is_dir() {
@@ -731,7 +731,7 @@ pub fn read_counters(iface: &str) -> Result<PerCpuCounters, FwError> {
 ///
 /// # Errors
 /// [`FwError::NotAttached`] when kscope is not attached to `iface`.
-pub fn read_reasons(iface: &str) -> Result<PerCpuCounters, FwError> {
+pub(crate) fn read_reasons(iface: &str) -> Result<PerCpuCounters, FwError> {
     sys::validate_ifname(iface)?;
     let dir = pin_dir(iface);
     if !dir.is_dir() {
@@ -780,7 +780,7 @@ fn read_per_cpu(path: &Path, n: u32) -> Result<PerCpuCounters, FwError> {
 /// # Errors
 /// [`FwError::NotAttached`], [`FwError::NothingAttached`], or
 /// [`FwError::WhichIface`] listing the candidates.
-pub fn resolve_iface(iface: Option<&str>) -> Result<String, FwError> {
+fn resolve_iface(iface: Option<&str>) -> Result<String, FwError> {
     if let Some(i) = iface {
         sys::validate_ifname(i)?;
         if !pin_dir(i).is_dir() {
@@ -798,12 +798,12 @@ pub fn resolve_iface(iface: Option<&str>) -> Result<String, FwError> {
 
 /// An exclusive lock on an interface's pin directory, held by rule writers
 /// so two kscope processes cannot interleave their changes. Released on drop.
-pub struct IfaceLock {
+pub(crate) struct IfaceLock {
     _dir: fs::File,
 }
 
 /// Takes [`IfaceLock`] for `iface`, waiting for another writer to finish.
-pub fn lock_iface(iface: &str) -> Result<IfaceLock, FwError> {
+pub(crate) fn lock_iface(iface: &str) -> Result<IfaceLock, FwError> {
     use std::os::fd::AsRawFd as _;
     let dir = pin_dir(iface);
     let f = fs::File::open(&dir).map_err(io_err("open", &dir))?;
@@ -821,7 +821,7 @@ pub fn lock_iface(iface: &str) -> Result<IfaceLock, FwError> {
 /// # Errors
 /// Missing CAP_BPF, bpffs unavailable, the errors of [`resolve_iface`], or
 /// unusable pins.
-pub fn open_rules(
+fn open_rules(
     what: &str,
     iface: Option<&str>,
     write: bool,
@@ -839,7 +839,7 @@ pub fn open_rules(
 }
 
 /// Formats a time as RFC 3339 in UTC, to the second.
-pub fn rfc3339(t: SystemTime) -> String {
+fn rfc3339(t: SystemTime) -> String {
     let secs = t
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

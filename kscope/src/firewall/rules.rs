@@ -84,7 +84,7 @@ pub enum RuleError {
 impl RuleError {
     /// The message without the input it is about, for callers that show the
     /// input themselves (clap's "invalid value 'X' for ...").
-    pub fn reason(&self) -> String {
+    pub(crate) fn reason(&self) -> String {
         match self {
             RuleError::BadCidr { reason, .. } | RuleError::BadPort { reason, .. } => reason.clone(),
             RuleError::HostBits { network, .. } => {
@@ -107,16 +107,16 @@ pub struct Cidr {
 
 impl Cidr {
     /// Maximum prefix length of the address family.
-    pub fn max_len(addr: IpAddr) -> u8 {
+    fn max_len(addr: IpAddr) -> u8 {
         if addr.is_ipv4() { 32 } else { 128 }
     }
 
-    pub fn is_v4(&self) -> bool {
+    pub(crate) fn is_v4(&self) -> bool {
         self.addr.is_ipv4()
     }
 
     /// The address bytes (4 or 16).
-    pub fn octets(&self) -> Vec<u8> {
+    pub(crate) fn octets(&self) -> Vec<u8> {
         match self.addr {
             IpAddr::V4(a) => a.octets().to_vec(),
             IpAddr::V6(a) => a.octets().to_vec(),
@@ -124,7 +124,7 @@ impl Cidr {
     }
 
     /// True when `ip` (of the same family) lies inside this prefix.
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => mask_v4(a, self.len) == n,
             (IpAddr::V6(n), IpAddr::V6(a)) => mask_v6(a, self.len) == n,
@@ -293,7 +293,7 @@ pub enum SrcList {
 }
 
 impl SrcList {
-    pub fn verb(self) -> &'static str {
+    pub(crate) fn verb(self) -> &'static str {
         match self {
             SrcList::Allow => "allow",
             SrcList::Block => "block",
@@ -361,7 +361,7 @@ impl RuleSet {
     }
 
     /// Source rules of one family (IPv4 when `v4`), allow and block.
-    pub fn count(&self, v4: bool) -> usize {
+    pub(crate) fn count(&self, v4: bool) -> usize {
         self.allow
             .iter()
             .chain(&self.block)
@@ -370,7 +370,7 @@ impl RuleSet {
     }
 
     /// Fails if either family holds more than kscope's limit.
-    pub fn check_capacity(&self) -> Result<(), RuleError> {
+    pub(crate) fn check_capacity(&self) -> Result<(), RuleError> {
         for (v4, family) in [(true, 4), (false, 6)] {
             let count = self.count(v4);
             if count > MAX_RULES_PER_FAMILY as usize {
@@ -385,12 +385,12 @@ impl RuleSet {
     }
 
     /// The port bits as maximal ranges of equal bits.
-    pub fn port_ranges(&self) -> Vec<PortSpec> {
+    fn port_ranges(&self) -> Vec<PortSpec> {
         port_ranges(&self.ports)
     }
 
     /// Every rule, allow first, then block, then ports; each sorted.
-    pub fn rules(&self) -> Vec<Rule> {
+    pub(crate) fn rules(&self) -> Vec<Rule> {
         let mut v: Vec<Rule> = self
             .allow
             .iter()
@@ -402,7 +402,7 @@ impl RuleSet {
     }
 
     /// The set in rule-file format, one rule per line.
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         self.rules().iter().map(|r| format!("{r}\n")).collect()
     }
 
@@ -446,7 +446,7 @@ impl RuleSet {
     }
 
     /// Reads and parses a rule file of at most [`MAX_RULE_FILE_BYTES`].
-    pub fn read(path: &Path) -> Result<RuleSet, RuleError> {
+    pub(crate) fn read(path: &Path) -> Result<RuleSet, RuleError> {
         let name = path.display().to_string();
         let bytes =
             crate::sys::read_capped(path, MAX_RULE_FILE_BYTES).map_err(|e| RuleError::Read {
@@ -466,7 +466,7 @@ impl RuleSet {
 }
 
 /// Maximal ranges of equal non-zero bits in a 65536-entry port table.
-pub fn port_ranges(ports: &[u32]) -> Vec<PortSpec> {
+fn port_ranges(ports: &[u32]) -> Vec<PortSpec> {
     let mut out = Vec::new();
     let mut i = 0usize;
     while i < ports.len() {
@@ -491,7 +491,7 @@ pub fn port_ranges(ports: &[u32]) -> Vec<PortSpec> {
 
 /// Parses the arguments of one `block`/`allow` rule (CLI words or a file
 /// line): CIDRs, and for block also `--port SPEC` / `--port=SPEC`.
-pub fn parse_args(list: SrcList, args: &[&str]) -> Result<Vec<Rule>, RuleError> {
+fn parse_args(list: SrcList, args: &[&str]) -> Result<Vec<Rule>, RuleError> {
     let mut rules = Vec::new();
     let mut it = args.iter();
     while let Some(&a) = it.next() {

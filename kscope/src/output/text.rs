@@ -7,7 +7,7 @@ use std::io::{self, Write};
 
 /// Standard base64 (RFC 4648 §4) with padding, written in chunks of at most
 /// 64 output bytes, without allocating.
-pub fn write_base64(w: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_base64(w: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     for chunk in bytes.chunks(48) {
         let mut buf = [0u8; 64];
@@ -70,7 +70,7 @@ pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
 /// Writes `bytes` as a JSON string (quotes included). Invalid UTF-8 becomes
 /// U+FFFD (allocating only then): [`Row::text`](super::Row::text) adds the
 /// `_b64` member that keeps the bytes.
-pub fn write_json_str(w: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_json_str(w: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
     let s = String::from_utf8_lossy(bytes);
     w.write_all(b"\"")?;
     let mut start = 0;
@@ -97,7 +97,7 @@ pub fn write_json_str(w: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
 
 /// Writes `bytes` for a table cell: invalid UTF-8 as U+FFFD, control
 /// characters as `?`, so a hostile path cannot break the table.
-pub fn write_text(w: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_text(w: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
     let s = String::from_utf8_lossy(bytes);
     if !s.chars().any(char::is_control) {
         return w.write_all(s.as_bytes());
@@ -114,7 +114,7 @@ pub fn write_text(w: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
 
 /// Columns `bytes` takes in a table cell, as [`write_text`] writes them:
 /// one per character, invalid UTF-8 counted as U+FFFD.
-pub fn text_width(bytes: &[u8]) -> usize {
+pub(crate) fn text_width(bytes: &[u8]) -> usize {
     match std::str::from_utf8(bytes) {
         Ok(s) => s.chars().count(),
         Err(_) => String::from_utf8_lossy(bytes).chars().count(),

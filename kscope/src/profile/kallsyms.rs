@@ -11,23 +11,23 @@ use std::sync::Arc;
 
 /// One kernel text symbol.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KernelSym {
-    pub addr: u64,
-    pub name: Arc<str>,
+pub(crate) struct KernelSym {
+    pub(crate) addr: u64,
+    pub(crate) name: Arc<str>,
     /// Module name for symbols of loadable modules (`[veth]` → `veth`).
-    pub module: Option<Arc<str>>,
+    pub(crate) module: Option<Arc<str>>,
 }
 
 /// Kernel text symbols, sorted by address.
 #[derive(Debug, Default)]
-pub struct Kallsyms {
+pub(crate) struct Kallsyms {
     syms: Vec<KernelSym>,
 }
 
 impl Kallsyms {
     /// Parses /proc/kallsyms text. `None` when it holds no usable text
     /// symbol (all addresses zero, i.e. hidden by kptr_restrict).
-    pub fn parse(text: &str) -> Option<Self> {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
         let mut modules: Vec<Arc<str>> = Vec::new();
         let mut syms: Vec<KernelSym> = text
             .lines()
@@ -69,17 +69,14 @@ impl Kallsyms {
 
     /// The symbol holding `addr`: the one with the highest address not
     /// above it. Addresses below every symbol resolve to nothing.
-    pub fn resolve(&self, addr: u64) -> Option<&KernelSym> {
+    pub(crate) fn resolve(&self, addr: u64) -> Option<&KernelSym> {
         let i = self.syms.partition_point(|s| s.addr <= addr);
         i.checked_sub(1).map(|i| &self.syms[i])
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.syms.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.syms.is_empty()
     }
 }
 

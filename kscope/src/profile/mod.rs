@@ -17,10 +17,10 @@
 //! BPF maps to RLIMIT_MEMLOCK, which kscope lifts.
 
 pub mod cmd;
-pub mod kallsyms;
-pub mod procmaps;
-pub mod report;
-pub mod symbolize;
+mod kallsyms;
+mod procmaps;
+pub(crate) mod report;
+pub(crate) mod symbolize;
 
 use std::{
     collections::HashMap,
@@ -47,7 +47,7 @@ use kscope_common::profile::{
 use thiserror::Error;
 
 use crate::sys::{self, Cap, SysError};
-pub use report::{Lost, Report, Stack};
+pub(crate) use report::{Lost, Report};
 use symbolize::{RawProfile, Sides};
 
 /// The compiled `profile_perf` kernel object.
@@ -132,23 +132,23 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> ProfileError {
 
 /// What to profile and how.
 #[derive(Clone, Debug)]
-pub struct Options {
+pub(crate) struct Options {
     /// Samples per second per CPU.
-    pub frequency: u64,
+    pub(crate) frequency: u64,
     /// Only this CPU; all online CPUs when `None`.
-    pub cpu: Option<u32>,
+    pub(crate) cpu: Option<u32>,
     /// Only these processes; system-wide when empty.
-    pub pids: Vec<u32>,
+    pub(crate) pids: Vec<u32>,
     /// Keep idle-task samples.
-    pub include_idle: bool,
-    pub sides: Sides,
+    pub(crate) include_idle: bool,
+    pub(crate) sides: Sides,
     /// Distinct stacks the stack map can hold.
-    pub stack_storage: u32,
+    pub(crate) stack_storage: u32,
 }
 
 /// The event samples are taken on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     /// PERF_COUNT_HW_CPU_CYCLES.
     Cycles,
     /// PERF_COUNT_SW_CPU_CLOCK.
@@ -156,7 +156,7 @@ pub enum Event {
 }
 
 impl Event {
-    pub const fn name(self) -> &'static str {
+    pub(crate) const fn name(self) -> &'static str {
         match self {
             Event::Cycles => "cycles",
             Event::CpuClock => "cpu-clock",
@@ -173,12 +173,12 @@ impl Event {
 
 /// `profile_perf` loaded and attached to one perf event per CPU. Dropping
 /// it detaches every event and unloads the program and its maps.
-pub struct Sampler {
+pub(crate) struct Sampler {
     ebpf: Ebpf,
     links: Vec<PerfEventLinkId>,
-    pub event: Event,
-    pub cpus: Vec<u32>,
-    pub prog_id: u32,
+    pub(crate) event: Event,
+    pub(crate) cpus: Vec<u32>,
+    pub(crate) prog_id: u32,
 }
 
 fn render_cpus(cpus: &[u32]) -> String {
@@ -196,7 +196,7 @@ impl Sampler {
     /// Missing capabilities, a CPU that is not online, a process that does
     /// not exist, a frequency above the kernel's limit, a verifier
     /// rejection, or a perf event that cannot be opened.
-    pub fn start(opts: &Options) -> Result<Self, ProfileError> {
+    pub(crate) fn start(opts: &Options) -> Result<Self, ProfileError> {
         sys::require_caps("kscope profile", &[Cap::Bpf, Cap::Perfmon])?;
         let online = sys::online_cpus()?;
         let cpus = match opts.cpu {
@@ -298,12 +298,12 @@ impl Sampler {
     }
 
     /// Samples counted so far, over all CPUs.
-    pub fn samples(&self) -> Result<u64, ProfileError> {
+    pub(crate) fn samples(&self) -> Result<u64, ProfileError> {
         Ok(self.stats()?[SLOT_SAMPLES as usize])
     }
 
     /// Processes that got new stacks since the last call.
-    pub fn take_new_pids(&mut self) -> Result<Vec<u32>, ProfileError> {
+    fn take_new_pids(&mut self) -> Result<Vec<u32>, ProfileError> {
         let mut map: BpfHashMap<&mut MapData, u32, u8> = BpfHashMap::try_from(
             self.ebpf
                 .map_mut(MAP_NEW_PIDS)
@@ -320,7 +320,7 @@ impl Sampler {
 
     /// Stops sampling: detaches every perf event, so the counts read next
     /// are final.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let Some(prog) = self.ebpf.program_mut(PROG_PROFILE_PERF) else {
             return;
         };
@@ -336,7 +336,7 @@ impl Sampler {
 
     /// Reads the aggregated counts, the stacks they name, and the loss
     /// counters.
-    pub fn collect(&self) -> Result<(RawProfile, Vec<u64>), ProfileError> {
+    pub(crate) fn collect(&self) -> Result<(RawProfile, Vec<u64>), ProfileError> {
         let counts_map: BpfHashMap<&MapData, StackKey, u64> = BpfHashMap::try_from(
             self.ebpf
                 .map(MAP_COUNTS)
@@ -420,7 +420,7 @@ fn no_such_event(e: &aya::programs::ProgramError) -> bool {
 }
 
 /// Progress while sampling: time elapsed and samples so far.
-pub type Progress<'a> = &'a mut dyn FnMut(Duration, u64);
+type Progress<'a> = &'a mut dyn FnMut(Duration, u64);
 
 /// How often the sampling loop wakes: to notice new processes (their maps
 /// are recorded then), the duration's end, a signal, and to report progress.
@@ -431,7 +431,7 @@ const TICK: Duration = Duration::from_millis(100);
 ///
 /// # Errors
 /// As [`Sampler::start`], and map read failures.
-pub fn run(
+pub(crate) fn run(
     opts: &Options,
     duration: Option<Duration>,
     stop: &AtomicBool,

@@ -23,19 +23,19 @@ const MAX_OPEN_FILES: usize = 512;
 
 /// One line of /proc/PID/maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MapLine {
-    pub start: u64,
-    pub end: u64,
-    pub perms: String,
-    pub offset: u64,
-    pub dev: String,
-    pub inode: u64,
+struct MapLine {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    perms: String,
+    pub(crate) offset: u64,
+    pub(crate) dev: String,
+    pub(crate) inode: u64,
     /// The path, `[vdso]`, `[heap]` and the like, or empty (anonymous).
-    pub path: String,
+    pub(crate) path: String,
 }
 
 impl MapLine {
-    pub fn executable(&self) -> bool {
+    pub(crate) fn executable(&self) -> bool {
         self.perms.as_bytes().get(2) == Some(&b'x')
     }
 }
@@ -43,7 +43,7 @@ impl MapLine {
 /// Parses /proc/PID/maps (fs/proc/task_mmu.c, show_map_vma()):
 /// `START-END PERMS OFFSET MAJ:MIN INODE [PATH]`, the path padded with
 /// spaces and possibly containing spaces itself. Bad lines are skipped.
-pub fn parse_maps(text: &str) -> Vec<MapLine> {
+fn parse_maps(text: &str) -> Vec<MapLine> {
     text.lines()
         .filter_map(|line| {
             let mut rest = line;
@@ -71,19 +71,19 @@ pub fn parse_maps(text: &str) -> Vec<MapLine> {
 
 /// A mapped file, as blazesym will open it.
 #[derive(Debug)]
-pub struct MappedFile {
+pub(crate) struct MappedFile {
     /// Path blazesym opens: `/proc/self/fd/N` while kscope holds the file
     /// open, else the path the process mapped.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// The path the process mapped, for display.
-    pub mapped_path: String,
+    pub(crate) mapped_path: String,
     /// Keeps `path` valid when it is a `/proc/self/fd` link.
     _file: Option<File>,
 }
 
 impl MappedFile {
     /// A file known by path only.
-    pub fn by_path(path: &str) -> Self {
+    fn by_path(path: &str) -> Self {
         Self {
             path: PathBuf::from(path),
             mapped_path: path.to_owned(),
@@ -94,7 +94,7 @@ impl MappedFile {
 
 /// What an address of a process is.
 #[derive(Clone, Debug)]
-pub enum Region {
+pub(crate) enum Region {
     /// Inside a mapped file, at this file offset.
     File { file: Arc<MappedFile>, offset: u64 },
     /// In the vDSO.
@@ -122,14 +122,17 @@ struct Mapping {
 
 /// The executable mappings of one process, sorted by address.
 #[derive(Debug, Default)]
-pub struct ProcMaps {
+struct ProcMaps {
     mappings: Vec<Mapping>,
 }
 
 impl ProcMaps {
     /// Builds a process's executable mappings from its maps lines; `file`
     /// supplies the [`MappedFile`] for a file-backed line.
-    pub fn build(lines: &[MapLine], mut file: impl FnMut(&MapLine) -> Arc<MappedFile>) -> Self {
+    pub(crate) fn build(
+        lines: &[MapLine],
+        mut file: impl FnMut(&MapLine) -> Arc<MappedFile>,
+    ) -> Self {
         let mut mappings: Vec<Mapping> = lines
             .iter()
             .filter(|l| l.executable())
@@ -151,7 +154,7 @@ impl ProcMaps {
     }
 
     /// What `addr` is in this process.
-    pub fn lookup(&self, addr: u64) -> Region {
+    pub(crate) fn lookup(&self, addr: u64) -> Region {
         let i = self.mappings.partition_point(|m| m.start <= addr);
         let Some(m) = i.checked_sub(1).map(|i| &self.mappings[i]) else {
             return Region::Unknown;
@@ -172,7 +175,7 @@ impl ProcMaps {
 
 /// Memory maps of every process seen, and the files they map.
 #[derive(Default)]
-pub struct ProcCache {
+pub(crate) struct ProcCache {
     procs: HashMap<u32, ProcMaps>,
     /// Files by (device, inode), shared between processes.
     files: HashMap<(String, u64), Arc<MappedFile>>,
@@ -180,13 +183,13 @@ pub struct ProcCache {
 }
 
 impl ProcCache {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Records `pid`'s maps unless already recorded. Returns false when the
     /// process is gone (or its maps are unreadable).
-    pub fn record(&mut self, pid: u32) -> bool {
+    pub(crate) fn record(&mut self, pid: u32) -> bool {
         if pid == 0 || self.procs.contains_key(&pid) {
             return pid != 0;
         }
@@ -195,7 +198,7 @@ impl ProcCache {
 
     /// Reads `pid`'s maps again, if the process still exists: for an
     /// address outside the recorded maps (a library loaded later).
-    pub fn refresh(&mut self, pid: u32) -> bool {
+    pub(crate) fn refresh(&mut self, pid: u32) -> bool {
         pid != 0 && self.read(pid)
     }
 
@@ -233,14 +236,14 @@ impl ProcCache {
     }
 
     /// What `addr` is in process `pid`, if its maps were recorded.
-    pub fn lookup(&self, pid: u32, addr: u64) -> Region {
+    pub(crate) fn lookup(&self, pid: u32, addr: u64) -> Region {
         self.procs
             .get(&pid)
             .map_or(Region::Unknown, |m| m.lookup(addr))
     }
 
     /// Whether `pid`'s maps were recorded.
-    pub fn knows(&self, pid: u32) -> bool {
+    pub(crate) fn knows(&self, pid: u32) -> bool {
         self.procs.contains_key(&pid)
     }
 }

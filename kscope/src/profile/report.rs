@@ -13,23 +13,23 @@ use crate::output::{Align, Column, Format, Output};
 
 /// One aggregated stack: how many samples hit it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Stack {
+pub(crate) struct Stack {
     /// Process id; 0 for the idle task.
-    pub pid: u32,
+    pub(crate) pid: u32,
     /// Thread name (`[idle]` for the idle task).
-    pub comm: String,
+    pub(crate) comm: String,
     /// User frames, from the outermost caller to the leaf.
-    pub user: Vec<String>,
+    pub(crate) user: Vec<String>,
     /// Kernel frames, from the outermost caller (the syscall or interrupt
     /// entry) to the leaf.
-    pub kernel: Vec<String>,
-    pub count: u64,
+    pub(crate) kernel: Vec<String>,
+    pub(crate) count: u64,
 }
 
 impl Stack {
     /// The innermost frame: the kernel leaf if the sample was in the
     /// kernel, else the user leaf.
-    pub fn leaf(&self) -> Option<&str> {
+    pub(crate) fn leaf(&self) -> Option<&str> {
         self.kernel.last().or(self.user.last()).map(String::as_str)
     }
 }
@@ -48,14 +48,14 @@ fn folded_frame(name: &str) -> std::borrow::Cow<'_, str> {
 /// Suffix that marks a kernel frame in folded stacks: the annotation of
 /// flamegraph.pl's stackcollapse scripts (`--kernel`), which flamegraph.pl
 /// and inferno colour apart and strip from the names they show.
-pub const KERNEL_MARK: &str = "_[k]";
+const KERNEL_MARK: &str = "_[k]";
 
 /// Folded stacks, one per distinct frame sequence, in flamegraph.pl's
 /// format: `comm;user frames;kernel frames count`, frames from root to
 /// leaf, each kernel frame marked with [`KERNEL_MARK`] (`vfs_write_[k]`).
 /// Stacks that fold to the same line are merged, so the counts sum to the
 /// samples given. Sorted by line.
-pub fn folded(stacks: &[Stack]) -> BTreeMap<String, u64> {
+pub(crate) fn folded(stacks: &[Stack]) -> BTreeMap<String, u64> {
     let mut lines = BTreeMap::new();
     for s in stacks {
         let mut line = folded_frame(&s.comm).into_owned();
@@ -74,7 +74,7 @@ pub fn folded(stacks: &[Stack]) -> BTreeMap<String, u64> {
 }
 
 /// Writes [`folded`] lines.
-pub fn write_folded(w: &mut impl Write, stacks: &[Stack]) -> io::Result<()> {
+pub(crate) fn write_folded(w: &mut impl Write, stacks: &[Stack]) -> io::Result<()> {
     for (line, count) in folded(stacks) {
         writeln!(w, "{line} {count}")?;
     }
@@ -88,7 +88,7 @@ pub fn write_folded(w: &mut impl Write, stacks: &[Stack]) -> io::Result<()> {
 /// native names no other meaning ("java" paints C names that start with a
 /// capital green, as Java classes). Colours follow the names (`hash`), so
 /// a function keeps its colour from one graph to the next.
-pub fn write_svg(w: &mut impl Write, stacks: &[Stack], title: &str) -> io::Result<()> {
+pub(crate) fn write_svg(w: &mut impl Write, stacks: &[Stack], title: &str) -> io::Result<()> {
     use inferno::flamegraph::color::{MultiPalette, Palette};
     let lines: Vec<String> = folded(stacks)
         .into_iter()
@@ -105,18 +105,18 @@ pub fn write_svg(w: &mut impl Write, stacks: &[Stack], title: &str) -> io::Resul
 
 /// A function's share of the samples.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct FunctionStat {
-    pub name: String,
+pub(crate) struct FunctionStat {
+    pub(crate) name: String,
     /// Samples with this function as the leaf.
-    pub self_samples: u64,
+    self_samples: u64,
     /// Samples with this function anywhere on the stack (once per sample,
     /// however often it recurses).
-    pub total_samples: u64,
+    total_samples: u64,
 }
 
 /// The `n` functions with the most self samples (ties: more total samples,
 /// then name), over all stacks.
-pub fn top_functions(stacks: &[Stack], n: usize) -> Vec<FunctionStat> {
+pub(crate) fn top_functions(stacks: &[Stack], n: usize) -> Vec<FunctionStat> {
     let mut by_name: HashMap<&str, (u64, u64)> = HashMap::new();
     let mut on_stack = HashSet::new();
     for s in stacks {
@@ -159,7 +159,7 @@ fn percent(part: u64, total: u64) -> f64 {
 /// The top-functions table: self and total samples, as counts and as
 /// percentages of `total`, written through [`crate::output`] (a table
 /// only: `--json` prints the whole [`Report`] instead).
-pub fn write_table(w: impl Write, stats: &[FunctionStat], total: u64) -> io::Result<()> {
+pub(crate) fn write_table(w: impl Write, stats: &[FunctionStat], total: u64) -> io::Result<()> {
     let cols = vec![
         Column::table("SELF%", 7, Align::Right),
         Column::table("TOTAL%", 7, Align::Right),
@@ -184,45 +184,45 @@ pub fn write_table(w: impl Write, stats: &[FunctionStat], total: u64) -> io::Res
 
 /// Stacks lost per reason, for one side.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Lost {
-    pub eexist: u64,
-    pub efault: u64,
-    pub stack_map_full: u64,
-    pub other: u64,
+pub(crate) struct Lost {
+    pub(crate) eexist: u64,
+    pub(crate) efault: u64,
+    pub(crate) stack_map_full: u64,
+    pub(crate) other: u64,
 }
 
 impl Lost {
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.eexist + self.efault + self.stack_map_full + self.other
     }
 }
 
 /// Everything `--json` prints: one JSON document.
 #[derive(Clone, Debug, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// `cycles` or `cpu-clock`.
-    pub event: &'static str,
-    pub frequency_hz: u64,
-    pub cpus: Vec<u32>,
+    pub(crate) event: &'static str,
+    pub(crate) frequency_hz: u64,
+    pub(crate) cpus: Vec<u32>,
     /// The `-p` processes; empty when system-wide.
-    pub pids: Vec<u32>,
-    pub duration_secs: f64,
+    pub(crate) pids: Vec<u32>,
+    pub(crate) duration_secs: f64,
     /// Samples in `stacks` (their counts' sum).
-    pub samples: u64,
+    pub(crate) samples: u64,
     /// Idle-task samples left out (without `-I`).
-    pub idle_samples: u64,
+    pub(crate) idle_samples: u64,
     /// Samples dropped because the counts map was full.
-    pub counts_map_full: u64,
-    pub lost_kernel_stacks: Lost,
-    pub lost_user_stacks: Lost,
-    pub symbolize_secs: f64,
+    pub(crate) counts_map_full: u64,
+    pub(crate) lost_kernel_stacks: Lost,
+    pub(crate) lost_user_stacks: Lost,
+    pub(crate) symbolize_secs: f64,
     /// The kernel's id of the sampling program while it ran.
-    pub prog_id: u32,
-    pub stacks: Vec<Stack>,
+    pub(crate) prog_id: u32,
+    pub(crate) stacks: Vec<Stack>,
 }
 
 /// The one-line summary printed on stderr when sampling ends.
-pub fn summary(r: &Report) -> String {
+pub(crate) fn summary(r: &Report) -> String {
     let lost = r.lost_kernel_stacks.total() + r.lost_user_stacks.total();
     let mut s = format!(
         "{} samples in {:.1}s ({} at {} Hz on {} CPU{})",

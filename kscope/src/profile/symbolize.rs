@@ -27,26 +27,26 @@ use super::{
 use crate::sys;
 
 /// Frame name for an address nothing could resolve.
-pub const UNKNOWN: &str = "[unknown]";
+const UNKNOWN: &str = "[unknown]";
 
 /// What sampling collected, before symbolization.
 #[derive(Debug, Default)]
-pub struct RawProfile {
-    pub counts: Vec<(StackKey, u64)>,
+pub(crate) struct RawProfile {
+    pub(crate) counts: Vec<(StackKey, u64)>,
     /// Instruction pointers by stack id, leaf first (as the kernel stores
     /// them).
-    pub stacks: HashMap<u32, Vec<u64>>,
+    pub(crate) stacks: HashMap<u32, Vec<u64>>,
 }
 
 /// Which stacks were asked for (`-U`, `-K`, or both).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Sides {
-    pub kernel: bool,
-    pub user: bool,
+pub(crate) struct Sides {
+    pub(crate) kernel: bool,
+    pub(crate) user: bool,
 }
 
 /// The thread name in a [`StackKey`]; `[idle]` for the idle task.
-pub fn comm(key: &StackKey) -> String {
+pub(crate) fn comm(key: &StackKey) -> String {
     if key.pid == 0 {
         return "[idle]".into();
     }
@@ -66,7 +66,7 @@ fn lost_frame(side: &str, id: i32) -> String {
 /// become `signed char` and `Pc` would become `char*` (blazesym demangles
 /// every ELF symbol that way, which is why its demangling is off). perf
 /// makes the same choice.
-pub fn demangle(name: &str) -> Cow<'_, str> {
+fn demangle(name: &str) -> Cow<'_, str> {
     if (name.starts_with("_R") || name.starts_with("_ZN"))
         && let Ok(d) = rustc_demangle::try_demangle(name)
     {
@@ -89,7 +89,7 @@ fn file_key(f: &Arc<MappedFile>) -> usize {
 
 /// Resolves every stack of `raw`. `procs` holds the maps recorded while
 /// sampling; processes still alive that were not recorded are read now.
-pub fn symbolize(raw: &RawProfile, procs: &mut ProcCache, sides: Sides) -> Vec<Stack> {
+pub(crate) fn symbolize(raw: &RawProfile, procs: &mut ProcCache, sides: Sides) -> Vec<Stack> {
     let kallsyms = if sides.kernel && raw.counts.iter().any(|(k, _)| k.kernel_stack_id >= 0) {
         load_kallsyms()
     } else {

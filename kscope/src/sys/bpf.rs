@@ -61,12 +61,12 @@ struct RawLinkInfo {
 
 /// What the kernel reports about a pinned link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LinkInfo {
-    pub id: u32,
-    pub prog_id: u32,
+pub(crate) struct LinkInfo {
+    pub(crate) id: u32,
+    pub(crate) prog_id: u32,
     /// For XDP links, the interface index; 0 once the device is gone (the
     /// kernel clears it in dev_xdp_uninstall(), net/core/dev.c).
-    pub xdp_ifindex: u32,
+    pub(crate) xdp_ifindex: u32,
 }
 
 fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
@@ -88,7 +88,7 @@ fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
 }
 
 /// Opens a pinned BPF object.
-pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut attr = ObjAttr {
@@ -104,7 +104,7 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
 /// Reads a pinned link's info.
 ///
 /// Minimum kernel: 5.8 (link info); 5.9 for XDP links.
-pub fn pinned_link_info(path: &Path) -> io::Result<LinkInfo> {
+pub(crate) fn pinned_link_info(path: &Path) -> io::Result<LinkInfo> {
     let fd = obj_get(path)?;
     let mut info = RawLinkInfo::default();
     let mut attr = InfoByFdAttr {
@@ -145,7 +145,7 @@ pub struct ProgStats {
 ///
 /// # Errors
 /// BPF_OBJ_GET_INFO_BY_FD failing (not a program fd).
-pub fn prog_stats(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<ProgStats> {
+pub(crate) fn prog_stats(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<ProgStats> {
     let mut info = RawProgInfo([0; 27]);
     let mut attr = InfoByFdAttr {
         bpf_fd: u32::try_from(fd.as_raw_fd())
@@ -306,8 +306,8 @@ pub enum ReadMethod {
 /// Every entry of a map, as (key bytes, value bytes).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Dump {
-    pub keys: Vec<u8>,
-    pub values: Vec<u8>,
+    pub(crate) keys: Vec<u8>,
+    pub(crate) values: Vec<u8>,
     pub len: usize,
 }
 

@@ -24,7 +24,7 @@ use thiserror::Error;
 
 /// Errors from the BTF reader.
 #[derive(Debug, Error)]
-pub enum BtfError {
+pub(crate) enum BtfError {
     #[error("cannot read kernel BTF at {path}: {source}")]
     Read {
         path: String,
@@ -70,7 +70,7 @@ struct Member {
 type RawMembers = Vec<(u32, u32, u32)>;
 
 /// The layout of the structs a reader was asked for.
-pub struct Btf {
+pub(crate) struct Btf {
     /// Wanted structs found: their type ids, by name.
     structs: HashMap<String, u32>,
     /// The members of those, and of the structs and unions they reach
@@ -280,7 +280,7 @@ impl Btf {
     ///
     /// # Errors
     /// No BTF (a kernel without CONFIG_DEBUG_INFO_BTF), or malformed BTF.
-    pub fn from_sys_fs(structs: &[&str]) -> Result<Self, BtfError> {
+    pub(crate) fn from_sys_fs(structs: &[&str]) -> Result<Self, BtfError> {
         let f = fs::File::open(VMLINUX).map_err(|source| BtfError::Read {
             path: VMLINUX.into(),
             source,
@@ -292,7 +292,8 @@ impl Btf {
     ///
     /// # Errors
     /// Malformed BTF.
-    pub fn parse(data: &[u8], structs: &[&str]) -> Result<Self, BtfError> {
+    #[cfg(test)]
+    pub(crate) fn parse(data: &[u8], structs: &[&str]) -> Result<Self, BtfError> {
         Self::read(&mut io::Cursor::new(data), structs)
     }
 
@@ -301,7 +302,7 @@ impl Btf {
     ///
     /// # Errors
     /// Malformed BTF, or a read error.
-    pub fn read(r: &mut (impl BufRead + Seek), structs: &[&str]) -> Result<Self, BtfError> {
+    pub(crate) fn read(r: &mut (impl BufRead + Seek), structs: &[&str]) -> Result<Self, BtfError> {
         let (types, strings) = header(r)?;
         // Pass 1: where the wanted names are in the string section (a name
         // may also be the tail of a longer string).
@@ -383,7 +384,7 @@ impl Btf {
     /// # Errors
     /// [`BtfError::NoStruct`] when `strukt` is not in the BTF or was not
     /// asked for; [`BtfError::NoMember`].
-    pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
+    pub(crate) fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
         let members = self
             .structs
             .get(strukt)

@@ -15,13 +15,13 @@ use std::{
 use thiserror::Error;
 
 pub mod bpf;
-pub mod btf;
-pub mod netlink;
+pub(crate) mod btf;
+pub(crate) mod netlink;
 
 /// Where kscope expects the BPF filesystem.
-pub const BPFFS: &str = "/sys/fs/bpf";
+pub(crate) const BPFFS: &str = "/sys/fs/bpf";
 /// Where kscope expects tracefs.
-pub const TRACEFS: &str = "/sys/kernel/tracing";
+pub(crate) const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// `BPF_FS_MAGIC` from include/uapi/linux/magic.h.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -57,7 +57,7 @@ pub enum SysError {
 
 /// A Linux capability, numbered as in include/uapi/linux/capability.h.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cap {
+pub(crate) enum Cap {
     NetAdmin = 12,
     SysAdmin = 21,
     SysResource = 24,
@@ -78,7 +78,7 @@ impl fmt::Display for Cap {
 }
 
 /// Parses the `CapEff:` line of /proc/PID/status into a bit set.
-pub fn parse_cap_eff(status: &str) -> Option<u64> {
+fn parse_cap_eff(status: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -87,7 +87,7 @@ pub fn parse_cap_eff(status: &str) -> Option<u64> {
 
 /// The capabilities in `needed` that `cap_eff` lacks. CAP_SYS_ADMIN stands in
 /// for CAP_BPF and CAP_PERFMON, as it does on kernels before 5.8.
-pub fn missing_caps(cap_eff: u64, needed: &[Cap]) -> Vec<Cap> {
+pub(crate) fn missing_caps(cap_eff: u64, needed: &[Cap]) -> Vec<Cap> {
     let has = |c: Cap| cap_eff & (1u64 << c as u32) != 0;
     needed
         .iter()
@@ -98,7 +98,7 @@ pub fn missing_caps(cap_eff: u64, needed: &[Cap]) -> Vec<Cap> {
 
 /// Fails with [`SysError::MissingCapabilities`] unless this process holds
 /// every capability in `needed`. `what` names the operation for the message.
-pub fn require_caps(what: &str, needed: &[Cap]) -> Result<(), SysError> {
+pub(crate) fn require_caps(what: &str, needed: &[Cap]) -> Result<(), SysError> {
     let path = Path::new("/proc/self/status");
     let status = fs::read_to_string(path).map_err(|source| SysError::Read {
         path: path.into(),
@@ -124,7 +124,7 @@ pub fn require_caps(what: &str, needed: &[Cap]) -> Result<(), SysError> {
 
 /// Checks that `name` could be an interface name (see dev_valid_name() in
 /// net/core/dev.c), so it is also safe as a path component under bpffs.
-pub fn validate_ifname(name: &str) -> Result<(), SysError> {
+pub(crate) fn validate_ifname(name: &str) -> Result<(), SysError> {
     let ok = !name.is_empty()
         && name.len() < libc::IFNAMSIZ
         && name != "."
@@ -140,7 +140,7 @@ pub fn validate_ifname(name: &str) -> Result<(), SysError> {
 }
 
 /// Index of interface `name` in this thread's network namespace.
-pub fn if_nametoindex(name: &str) -> Result<u32, SysError> {
+pub(crate) fn if_nametoindex(name: &str) -> Result<u32, SysError> {
     validate_ifname(name)?;
     let c = CString::new(name).map_err(|_| SysError::BadInterfaceName(name.to_owned()))?;
     // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
@@ -150,18 +150,6 @@ pub fn if_nametoindex(name: &str) -> Result<u32, SysError> {
     } else {
         Ok(index)
     }
-}
-
-/// Name of interface `index` in this thread's network namespace, if any.
-pub fn if_indextoname(index: u32) -> Option<String> {
-    let mut buf = [0u8; libc::IFNAMSIZ];
-    // SAFETY: `buf` has IFNAMSIZ bytes, as if_indextoname requires.
-    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr().cast()) };
-    if p.is_null() {
-        return None;
-    }
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    Some(String::from_utf8_lossy(&buf[..len]).into_owned())
 }
 
 fn fs_magic(path: &Path) -> io::Result<i64> {
@@ -274,7 +262,7 @@ pub fn without_kernel_btf<T: Send>(f: impl FnOnce() -> T + Send) -> io::Result<T
 /// Built through [`without_kernel_btf`], so it does not parse the kernel's
 /// BTF at all; where that cannot be done, it parses it and drops the result
 /// at once.
-pub fn loader_without_kernel_btf<'a>() -> aya::EbpfLoader<'a> {
+pub(crate) fn loader_without_kernel_btf<'a>() -> aya::EbpfLoader<'a> {
     let mut loader = without_kernel_btf(aya::EbpfLoader::new).unwrap_or_else(|e| {
         tracing::debug!("kernel BTF not hidden from the loader ({e}); it will parse it");
         aya::EbpfLoader::new()
@@ -298,7 +286,7 @@ fn ensure_fs(path: &Path, magic: i64, fstype: &str) -> io::Result<()> {
 }
 
 /// Makes sure bpffs is mounted at [`BPFFS`], mounting it if not.
-pub fn ensure_bpffs() -> Result<(), SysError> {
+pub(crate) fn ensure_bpffs() -> Result<(), SysError> {
     let path = Path::new(BPFFS);
     ensure_fs(path, BPF_FS_MAGIC, "bpf").map_err(|source| SysError::BpffsUnavailable {
         path: path.into(),
@@ -316,12 +304,12 @@ pub fn ensure_tracefs() -> Result<(), SysError> {
 }
 
 /// True when bpffs is mounted at [`BPFFS`] (nothing is mounted here).
-pub fn bpffs_mounted() -> bool {
+pub(crate) fn bpffs_mounted() -> bool {
     fs_magic(Path::new(BPFFS)).ok() == Some(BPF_FS_MAGIC)
 }
 
 /// True when tracefs is mounted at [`TRACEFS`] (nothing is mounted here).
-pub fn tracefs_mounted() -> bool {
+pub(crate) fn tracefs_mounted() -> bool {
     fs_magic(Path::new(TRACEFS)).ok() == Some(TRACEFS_MAGIC)
 }
 
@@ -329,7 +317,7 @@ pub fn tracefs_mounted() -> bool {
 ///
 /// # Errors
 /// /proc/self/status unreadable.
-pub fn cap_eff() -> Result<u64, SysError> {
+pub(crate) fn cap_eff() -> Result<u64, SysError> {
     let status = read_kernel_file(Path::new("/proc/self/status"))?;
     Ok(parse_cap_eff(&status).unwrap_or(0))
 }
@@ -338,7 +326,7 @@ pub fn cap_eff() -> Result<u64, SysError> {
 ///
 /// # Errors
 /// getrlimit's.
-pub fn memlock_rlimit() -> io::Result<(Option<u64>, Option<u64>)> {
+pub(crate) fn memlock_rlimit() -> io::Result<(Option<u64>, Option<u64>)> {
     let mut r = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -352,7 +340,7 @@ pub fn memlock_rlimit() -> io::Result<(Option<u64>, Option<u64>)> {
 }
 
 /// The running kernel's release (`uname -r`).
-pub fn kernel_release() -> String {
+pub(crate) fn kernel_release() -> String {
     // SAFETY: utsname is plain old data; all-zero is a valid value.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     // SAFETY: `u` is a valid out-pointer.
@@ -365,7 +353,7 @@ pub fn kernel_release() -> String {
 }
 
 /// Major and minor of a kernel release ("6.1.0-18-amd64" is (6, 1)).
-pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+pub(crate) fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
     let mut it = release.split(|c: char| !c.is_ascii_digit());
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
@@ -380,7 +368,7 @@ pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
 /// # Errors
 /// The open or read error, or [`io::ErrorKind::FileTooLarge`] with a
 /// message naming the limit.
-pub fn read_capped(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+pub(crate) fn read_capped(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     use io::Read as _;
     let file = fs::File::open(path)?;
     let too_large = || {
@@ -404,7 +392,7 @@ pub fn read_capped(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
 }
 
 /// Reads a procfs or sysfs file whole.
-pub fn read_kernel_file(path: &Path) -> Result<String, SysError> {
+pub(crate) fn read_kernel_file(path: &Path) -> Result<String, SysError> {
     fs::read_to_string(path).map_err(|source| SysError::Read {
         path: path.into(),
         source,
@@ -412,7 +400,7 @@ pub fn read_kernel_file(path: &Path) -> Result<String, SysError> {
 }
 
 /// Parses a CPU list as sysfs writes it ("0-3,8,10-11") into CPU numbers.
-pub fn parse_cpu_list(text: &str) -> Option<Vec<u32>> {
+fn parse_cpu_list(text: &str) -> Option<Vec<u32>> {
     let mut cpus = Vec::new();
     for part in text.trim().split(',').filter(|p| !p.is_empty()) {
         match part.split_once('-') {
@@ -430,7 +418,7 @@ pub fn parse_cpu_list(text: &str) -> Option<Vec<u32>> {
 }
 
 /// The CPUs that are online, from /sys/devices/system/cpu/online.
-pub fn online_cpus() -> Result<Vec<u32>, SysError> {
+pub(crate) fn online_cpus() -> Result<Vec<u32>, SysError> {
     let path = Path::new("/sys/devices/system/cpu/online");
     let text = read_kernel_file(path)?;
     parse_cpu_list(&text).ok_or_else(|| SysError::Read {
@@ -442,7 +430,7 @@ pub fn online_cpus() -> Result<Vec<u32>, SysError> {
 /// The highest perf sampling frequency the kernel accepts, from
 /// /proc/sys/kernel/perf_event_max_sample_rate (the kernel lowers it by
 /// itself when sampling takes too long).
-pub fn perf_max_sample_rate() -> Result<u64, SysError> {
+pub(crate) fn perf_max_sample_rate() -> Result<u64, SysError> {
     let path = Path::new("/proc/sys/kernel/perf_event_max_sample_rate");
     let text = read_kernel_file(path)?;
     text.trim().parse().map_err(|_| SysError::Read {
@@ -452,12 +440,12 @@ pub fn perf_max_sample_rate() -> Result<u64, SysError> {
 }
 
 /// True while a process with this id exists.
-pub fn process_exists(pid: u32) -> bool {
+pub(crate) fn process_exists(pid: u32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
 }
 
 /// The memory maps of process `pid` (/proc/PID/maps).
-pub fn read_proc_maps(pid: u32) -> Result<String, SysError> {
+pub(crate) fn read_proc_maps(pid: u32) -> Result<String, SysError> {
     read_kernel_file(&Path::new("/proc").join(pid.to_string()).join("maps"))
 }
 
@@ -465,14 +453,14 @@ pub fn read_proc_maps(pid: u32) -> Result<String, SysError> {
 /// /proc/PID/map_files: that is the very file mapped, also when it has
 /// been deleted or lives in another mount namespace. Needs CAP_SYS_ADMIN
 /// (or CAP_CHECKPOINT_RESTORE on 5.9+).
-pub fn open_mapped_file(pid: u32, start: u64, end: u64) -> io::Result<fs::File> {
+pub(crate) fn open_mapped_file(pid: u32, start: u64, end: u64) -> io::Result<fs::File> {
     fs::File::open(format!("/proc/{pid}/map_files/{start:x}-{end:x}"))
 }
 
 /// True when stdout is a pipe or socket whose reading end is gone (the
 /// reader of `kscope ... | head -1` exited): poll(2) reports POLLERR or
 /// POLLHUP on it. A terminal or a file never reports that.
-pub fn stdout_closed() -> bool {
+pub(crate) fn stdout_closed() -> bool {
     let mut pfd = libc::pollfd {
         fd: libc::STDOUT_FILENO,
         events: 0,
@@ -487,7 +475,7 @@ pub fn stdout_closed() -> bool {
 /// and the profiler's stack map alone is larger than the old 64 KiB
 /// default. Failure is harmless on newer kernels, which charge memory
 /// cgroups instead, so the caller may ignore it.
-pub fn raise_memlock_rlimit() -> io::Result<()> {
+pub(crate) fn raise_memlock_rlimit() -> io::Result<()> {
     let unlimited = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
@@ -502,14 +490,14 @@ pub fn raise_memlock_rlimit() -> io::Result<()> {
 /// [`raise_memlock_rlimit`], logging rather than failing: later kernels
 /// charge memory cgroups instead and ignore the limit, and a real shortage
 /// shows up as a clear map-creation error anyway.
-pub fn raise_memlock() {
+pub(crate) fn raise_memlock() {
     if let Err(e) = raise_memlock_rlimit() {
         tracing::debug!("could not raise RLIMIT_MEMLOCK: {e}");
     }
 }
 
 /// The size of a memory page (the smallest BPF ring buffer).
-pub fn page_size() -> usize {
+pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no memory-safety preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(n).unwrap_or(4096)
@@ -517,7 +505,7 @@ pub fn page_size() -> usize {
 
 /// The errno somewhere in an error's cause chain (an `io::Error` or aya's
 /// `SyscallError`), if any.
-pub fn errno_in(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+pub(crate) fn errno_in(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if let Some(sc) = err.downcast_ref::<aya::sys::SyscallError>() {
@@ -533,7 +521,7 @@ pub fn errno_in(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
 
 /// An error and its sources in one line, joined by ": " as the binary
 /// prints errors: for logs and replies that must say why, not only what.
-pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
 
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

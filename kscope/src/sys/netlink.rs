@@ -51,7 +51,7 @@ fn cstr(s: &str) -> Vec<u8> {
 }
 
 /// The RTM_NEWLINK request for a veth pair `a` <-> `b`.
-pub fn veth_request(a: &str, b: &str, seq: u32) -> Vec<u8> {
+fn veth_request(a: &str, b: &str, seq: u32) -> Vec<u8> {
     let mut buf = vec![0u8; NLMSG_HDR];
     buf.extend_from_slice(&[0; IFINFOMSG]);
     attr(&mut buf, IFLA_IFNAME, &cstr(a));
@@ -75,7 +75,7 @@ pub fn veth_request(a: &str, b: &str, seq: u32) -> Vec<u8> {
 
 /// The errno of a netlink acknowledgement (0 for success); `None` when
 /// `reply` is no NLMSG_ERROR message.
-pub fn parse_ack(reply: &[u8]) -> Option<i32> {
+fn parse_ack(reply: &[u8]) -> Option<i32> {
     let kind = u16::from_ne_bytes(reply.get(4..6)?.try_into().ok()?);
     if kind != NLMSG_ERROR {
         return None;
@@ -90,7 +90,7 @@ pub fn parse_ack(reply: &[u8]) -> Option<i32> {
 /// # Errors
 /// The socket calls' errors, or the kernel's refusal (EOPNOTSUPP without
 /// CONFIG_VETH, EEXIST, EPERM).
-pub fn add_veth(a: &str, b: &str) -> io::Result<()> {
+pub(crate) fn add_veth(a: &str, b: &str) -> io::Result<()> {
     // SAFETY: socket takes no pointers; the result is checked.
     let fd = unsafe {
         libc::socket(

@@ -55,7 +55,7 @@ const CONNECT_FNS: [&str; 2] = ["tcp_v4_connect", "tcp_v6_connect"];
 
 /// How connects are observed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Probe {
+pub(crate) enum Probe {
     /// The first that works: kprobe, fentry, tracepoint.
     #[default]
     Auto,
@@ -68,7 +68,7 @@ pub enum Probe {
 }
 
 impl Probe {
-    pub const fn name(self) -> &'static str {
+    pub(crate) const fn name(self) -> &'static str {
         match self {
             Probe::Auto => "auto",
             Probe::Kprobe => "kprobe",
@@ -80,14 +80,14 @@ impl Probe {
 
 /// The TCP connect tracer.
 #[derive(Debug)]
-pub struct Connect;
+pub(crate) struct Connect;
 
 /// Options of `kscope trace connect`.
 #[derive(Clone, Debug, Default)]
-pub struct ConnectOpts {
+pub(crate) struct ConnectOpts {
     /// Destination ports to keep (`-P`); empty keeps all.
-    pub ports: Vec<u16>,
-    pub probe: Probe,
+    pub(crate) ports: Vec<u16>,
+    pub(crate) probe: Probe,
 }
 
 /// Offsets the kernel programs need: in struct sock_common (from BTF) and
@@ -161,7 +161,7 @@ fn sock_offsets() -> (u32, u32, u32) {
 }
 
 /// Parses a tracefs format file into the offsets of `fields`.
-pub fn parse_format(text: &str, fields: &[&str]) -> Option<Vec<u32>> {
+pub(crate) fn parse_format(text: &str, fields: &[&str]) -> Option<Vec<u32>> {
     fields
         .iter()
         .map(|want| {
@@ -490,7 +490,7 @@ impl Tracer for Connect {
 }
 
 /// The address in an event's 16 bytes for its family.
-pub fn addr(family: u16, bytes: &[u8; 16]) -> IpAddr {
+pub(crate) fn addr(family: u16, bytes: &[u8; 16]) -> IpAddr {
     if i32::from(family) == libc::AF_INET6 {
         IpAddr::V6(Ipv6Addr::from(*bytes))
     } else {

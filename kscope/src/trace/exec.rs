@@ -36,13 +36,13 @@ const HOOKS: &[(&str, &str, &str)] = &[
 
 /// The exec tracer.
 #[derive(Debug)]
-pub struct Exec;
+pub(crate) struct Exec;
 
 /// Options of `kscope trace exec`.
 #[derive(Clone, Debug)]
-pub struct ExecOpts {
+pub(crate) struct ExecOpts {
     /// Arguments kept per exec (1 to 64).
-    pub max_args: u32,
+    pub(crate) max_args: u32,
 }
 
 impl Default for ExecOpts {
@@ -210,18 +210,18 @@ impl Tracer for Exec {
 
 /// True when argument `i` was cut short (at `ARG_LEN - 1` bytes, or where
 /// `ARGS_SIZE` ran out).
-pub fn arg_cut(ev: &ExecEvent, i: usize) -> bool {
+fn arg_cut(ev: &ExecEvent, i: usize) -> bool {
     i < 64 && ev.cut_args & (1 << i) != 0
 }
 
 /// True when anything of the arguments is missing: one cut short, or some
 /// left out.
-pub fn args_truncated(ev: &ExecEvent) -> bool {
+fn args_truncated(ev: &ExecEvent) -> bool {
     ev.truncated != 0 || ev.cut_args != 0
 }
 
 /// The event's arguments, each without its NUL.
-pub fn args(ev: &ExecEvent) -> impl Iterator<Item = &[u8]> + Clone {
+pub(crate) fn args(ev: &ExecEvent) -> impl Iterator<Item = &[u8]> + Clone {
     let used = (ev.args_len as usize).min(ARGS_SIZE);
     ev.args[..used].split(|&b| b == 0).take(ev.argc as usize)
 }

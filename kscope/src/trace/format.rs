@@ -5,7 +5,7 @@
 use std::io::{self, Write};
 
 /// Name of a positive errno value, for the ones tracers commonly see.
-pub fn errno_name(errno: i64) -> Option<&'static str> {
+pub(crate) fn errno_name(errno: i64) -> Option<&'static str> {
     Some(match errno as i32 {
         libc::EPERM => "EPERM",
         libc::ENOENT => "ENOENT",
@@ -48,7 +48,7 @@ pub fn errno_name(errno: i64) -> Option<&'static str> {
 
 /// A call's result as a word: `ok`, an errno name, the number when it has
 /// no name, or `unknown` where the probe cannot see it.
-pub fn result_label(ret: Option<i32>) -> std::borrow::Cow<'static, str> {
+pub(crate) fn result_label(ret: Option<i32>) -> std::borrow::Cow<'static, str> {
     match ret {
         None => "unknown".into(),
         Some(0) => "ok".into(),
@@ -76,7 +76,7 @@ const OPEN_FLAGS: &[(i32, &str)] = &[
 /// Writes open flags symbolically: the access mode, then each set flag,
 /// joined by `|`; unknown bits as hex. O_TMPFILE includes O_DIRECTORY's bit
 /// and O_SYNC includes O_DSYNC's, so both are matched as wholes first.
-pub fn write_open_flags(w: &mut impl Write, flags: u32) -> io::Result<()> {
+pub(crate) fn write_open_flags(w: &mut impl Write, flags: u32) -> io::Result<()> {
     let mut f = flags as i32;
     w.write_all(match f & libc::O_ACCMODE {
         libc::O_RDONLY => b"O_RDONLY",
@@ -104,7 +104,7 @@ pub fn write_open_flags(w: &mut impl Write, flags: u32) -> io::Result<()> {
 }
 
 /// The bytes of a NUL-terminated buffer up to its first NUL.
-pub fn cstr(buf: &[u8]) -> &[u8] {
+pub(crate) fn cstr(buf: &[u8]) -> &[u8] {
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     &buf[..end]
 }
@@ -112,9 +112,9 @@ pub fn cstr(buf: &[u8]) -> &[u8] {
 /// Converts CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns) to Unix
 /// nanoseconds, with the offset between the clocks taken once at start.
 #[derive(Clone, Copy, Debug)]
-pub struct Clock {
+pub(crate) struct Clock {
     offset_ns: i128,
-    pub start_mono_ns: u64,
+    start_mono_ns: u64,
 }
 
 fn clock_ns(id: libc::clockid_t) -> i128 {
@@ -126,7 +126,7 @@ fn clock_ns(id: libc::clockid_t) -> i128 {
 }
 
 impl Clock {
-    pub fn now() -> Self {
+    pub(crate) fn now() -> Self {
         let mono = clock_ns(libc::CLOCK_MONOTONIC);
         let real = clock_ns(libc::CLOCK_REALTIME);
         Self {
@@ -136,12 +136,12 @@ impl Clock {
     }
 
     /// Unix nanoseconds of a monotonic timestamp.
-    pub fn unix_ns(&self, mono_ns: u64) -> u64 {
+    pub(crate) fn unix_ns(&self, mono_ns: u64) -> u64 {
         u64::try_from(i128::from(mono_ns) + self.offset_ns).unwrap_or(0)
     }
 
     /// Seconds since the tracer started (for `-T`).
-    pub fn since_start(&self, mono_ns: u64) -> f64 {
+    pub(crate) fn since_start(&self, mono_ns: u64) -> f64 {
         mono_ns.saturating_sub(self.start_mono_ns) as f64 / 1e9
     }
 }

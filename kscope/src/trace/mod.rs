@@ -26,11 +26,11 @@
 //! are counted and reported on stderr as they happen and in the summary.
 
 pub mod cmd;
-pub mod connect;
-pub mod exec;
-pub mod format;
+pub(crate) mod connect;
+pub(crate) mod exec;
+mod format;
 pub mod open;
-pub mod runner;
+pub(crate) mod runner;
 
 use std::{
     fmt,
@@ -51,15 +51,16 @@ use crate::{
     sys::{self, Cap, SysError},
 };
 
-pub use runner::{Counter, Run, run};
+pub use runner::Counter;
+pub(crate) use runner::{Run, run};
 
 /// How often the consumer drains the ring buffer without a wakeup.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Bytes waiting in the ring buffer that make the kernel wake the consumer:
 /// at most a quarter of the buffer, early enough that a burst never fills
 /// it before the consumer runs, rare enough that a steady stream does not
 /// cost a wakeup per event.
-pub const WAKEUP_BYTES: u64 = 1 << 19;
+const WAKEUP_BYTES: u64 = 1 << 19;
 
 /// Errors from the tracers.
 #[derive(Debug, Error)]
@@ -128,7 +129,7 @@ impl Filters {
     /// # Errors
     /// A pid or tid of 0, which the kernel side reads as "no filter" and
     /// would trace every process.
-    pub fn validate(&self) -> Result<(), TraceError> {
+    pub(crate) fn validate(&self) -> Result<(), TraceError> {
         for (what, v) in [("process id", self.pid), ("thread id", self.tid)] {
             if v == Some(0) {
                 return Err(TraceError::BadFilter(format!(
@@ -143,7 +144,7 @@ impl Filters {
     ///
     /// # Errors
     /// An empty name or one over 15 bytes.
-    pub fn comm_bytes(&self) -> Result<([u8; 16], u32), TraceError> {
+    fn comm_bytes(&self) -> Result<([u8; 16], u32), TraceError> {
         let mut out = [0u8; 16];
         let Some(c) = &self.comm else {
             return Ok((out, 0));
@@ -162,7 +163,7 @@ impl Filters {
 ///
 /// # Errors
 /// Missing capabilities, or tracefs neither mounted nor mountable.
-pub fn preflight(what: &str) -> Result<(), TraceError> {
+pub(crate) fn preflight(what: &str) -> Result<(), TraceError> {
     sys::require_caps(what, &[Cap::Bpf, Cap::Perfmon])?;
     sys::ensure_tracefs()?;
     sys::raise_memlock();
@@ -222,7 +223,7 @@ pub trait Tracer: Sized + 'static {
 
 /// An event row's time columns: TIME(s), seconds since the start (a table
 /// with `-T`), and `ts_unix_ns` (JSON). [`write_time`] writes them.
-pub(crate) fn time_columns(timestamps: bool) -> impl Iterator<Item = Column> {
+fn time_columns(timestamps: bool) -> impl Iterator<Item = Column> {
     timestamps
         .then(|| Column::table("TIME(s)", 14, crate::output::Align::Left))
         .into_iter()
@@ -231,7 +232,7 @@ pub(crate) fn time_columns(timestamps: bool) -> impl Iterator<Item = Column> {
 
 /// Writes [`time_columns`]' cells for an event stamped `ts_ns`
 /// (bpf_ktime_get_ns).
-pub(crate) fn write_time<W: Write>(r: &mut Row<'_, W>, cx: &EventCx, ts_ns: u64) -> io::Result<()> {
+fn write_time<W: Write>(r: &mut Row<'_, W>, cx: &EventCx, ts_ns: u64) -> io::Result<()> {
     if cx.timestamps {
         r.f64(cx.clock.since_start(ts_ns), 6)?;
     }
@@ -242,7 +243,7 @@ pub(crate) fn write_time<W: Write>(r: &mut Row<'_, W>, cx: &EventCx, ts_ns: u64)
 /// where the probe cannot see it), `ret` and `errno_name` (JSON; null
 /// where unknown, `errno_name` null for a success). [`write_ret`] writes
 /// them.
-pub(crate) fn ret_columns() -> [Column; 3] {
+fn ret_columns() -> [Column; 3] {
     [
         Column::table("RET", 12, crate::output::Align::Right).none("n/a"),
         Column::json("ret"),
@@ -252,7 +253,7 @@ pub(crate) fn ret_columns() -> [Column; 3] {
 
 /// Writes [`ret_columns`]' cells for a result of 0 or -errno, `None` when
 /// unknown.
-pub(crate) fn write_ret<W: Write>(r: &mut Row<'_, W>, ret: Option<i32>) -> io::Result<()> {
+fn write_ret<W: Write>(r: &mut Row<'_, W>, ret: Option<i32>) -> io::Result<()> {
     let Some(ret) = ret else {
         r.null()?;
         r.null()?;
@@ -275,34 +276,34 @@ pub(crate) fn write_ret<W: Write>(r: &mut Row<'_, W>, ret: Option<i32>) -> io::R
 /// failed ones.
 #[derive(Clone, Copy, Debug)]
 pub struct Metric {
-    pub name: &'static str,
-    pub help: &'static str,
-    pub labels: &'static [&'static str],
+    pub(crate) name: &'static str,
+    pub(crate) help: &'static str,
+    pub(crate) labels: &'static [&'static str],
     /// (name, help) of the failed-events family.
-    pub errors: Option<(&'static str, &'static str)>,
+    pub(crate) errors: Option<(&'static str, &'static str)>,
 }
 
 /// What every event row may need besides the event.
 #[derive(Clone, Copy, Debug)]
 pub struct EventCx {
-    pub clock: format::Clock,
-    pub timestamps: bool,
+    pub(crate) clock: format::Clock,
+    pub(crate) timestamps: bool,
     /// The probe kind in use, for tracers that have several.
-    pub probe: &'static str,
+    pub(crate) probe: &'static str,
 }
 
 /// A loaded and attached tracer: dropping it detaches every program.
 pub struct Attached {
-    pub ebpf: Ebpf,
+    pub(crate) ebpf: Ebpf,
     /// What is traced, for the ready line: `openat(2), open(2)`.
-    pub what: String,
+    pub(crate) what: String,
     /// The probe kind, for tracers that have several (`""` otherwise).
-    pub probe: &'static str,
+    pub(crate) probe: &'static str,
 }
 
 /// Whether the kernel submits events or counts them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     #[default]
     Events,
     /// Count per key; `by_task` asks tracers whose key can leave the task
@@ -313,12 +314,12 @@ pub enum Mode {
 /// How a tracer object is loaded: the filters, the mode, the ring size.
 #[derive(Clone, Copy, Debug)]
 pub struct Load<'a> {
-    pub tracer: &'static str,
-    pub filters: &'a Filters,
-    pub mode: Mode,
+    pub(crate) tracer: &'static str,
+    pub(crate) filters: &'a Filters,
+    pub(crate) mode: Mode,
     /// Ring buffer bytes (a power of two, at least a page); `None` keeps
     /// the tracer's default.
-    pub ring_bytes: Option<u32>,
+    pub(crate) ring_bytes: Option<u32>,
 }
 
 impl Load<'_> {
@@ -330,7 +331,7 @@ impl Load<'_> {
     /// # Errors
     /// A bad filter, no ring buffer support (Linux 5.8), or a rejection by
     /// the kernel.
-    pub fn object(
+    pub(crate) fn object(
         &self,
         obj: &[u8],
         extra: &[(&'static str, &[u8])],
@@ -405,7 +406,7 @@ impl Load<'_> {
 ///
 /// # Errors
 /// Any other value, named.
-pub fn check_ring_bytes(bytes: u32) -> Result<u32, TraceError> {
+fn check_ring_bytes(bytes: u32) -> Result<u32, TraceError> {
     let page = u32::try_from(sys::page_size()).unwrap_or(4096);
     if bytes.is_power_of_two() && (page..=1 << 30).contains(&bytes) {
         Ok(bytes)
@@ -423,7 +424,7 @@ pub fn check_ring_bytes(bytes: u32) -> Result<u32, TraceError> {
 ///
 /// # Errors
 /// The first syscall's tracepoints missing, or a program refused.
-pub(crate) fn attach_syscalls(
+fn attach_syscalls(
     ebpf: &mut Ebpf,
     hooks: &[(&'static str, &'static str, &str)],
     exits_only: bool,
@@ -475,7 +476,7 @@ pub(crate) fn program<'e>(
 
 /// Why a tracer stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stop {
+pub(crate) enum Stop {
     Duration,
     Interrupt,
     Terminate,
@@ -493,14 +494,14 @@ pub struct Summary {
 /// SIGINT and SIGTERM, caught from the moment this is created: a tracer
 /// makes it before it reports readiness, so a signal sent right after the
 /// ready line still stops it cleanly.
-pub struct Signals {
+pub(crate) struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
 }
 
 impl Signals {
     /// Must run inside the tokio runtime.
-    pub fn catch() -> io::Result<Self> {
+    fn catch() -> io::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Self {
             int: signal(SignalKind::interrupt())?,
@@ -509,7 +510,7 @@ impl Signals {
     }
 
     /// Waits for the next SIGINT or SIGTERM.
-    pub async fn recv(&mut self) -> Stop {
+    pub(crate) async fn recv(&mut self) -> Stop {
         tokio::select! {
             _ = self.int.recv() => Stop::Interrupt,
             _ = self.term.recv() => Stop::Terminate,
@@ -519,7 +520,7 @@ impl Signals {
     /// Waits for the next SIGINT or SIGTERM, or until stdout's reader goes
     /// away: a tracer piped into `head -1` then stops at once instead of at
     /// its next write, which may be never.
-    pub async fn recv_or_closed(&mut self) -> Stop {
+    async fn recv_or_closed(&mut self) -> Stop {
         let closed = async {
             let mut every = tokio::time::interval(Duration::from_millis(50));
             loop {
@@ -537,7 +538,7 @@ impl Signals {
 }
 
 /// Writes the end-of-run summary to stderr: [`summary_line`].
-pub fn report(what: &str, s: &Summary) {
+pub(crate) fn report(what: &str, s: &Summary) {
     let mut err = io::stderr().lock();
     let _ = writeln!(err, "{}", summary_line(what, s));
 }
@@ -545,7 +546,7 @@ pub fn report(what: &str, s: &Summary) {
 /// The end-of-run summary, `kscope trace WHAT: N events, M lost`: the one
 /// line scripts (and kscope's own tests and benchmarks) read the totals
 /// from. [`parse_summary`] reads it back.
-pub fn summary_line(what: &str, s: &Summary) -> String {
+fn summary_line(what: &str, s: &Summary) -> String {
     format!("kscope trace {what}: {} events, {} lost", s.events, s.lost)
 }
 
@@ -565,7 +566,7 @@ pub fn parse_summary(line: &str) -> Option<Summary> {
 
 /// Borrows a `T` in place in a ring-buffer record (records are 8-aligned);
 /// `None` if the record is shorter than a `T` or misaligned for it.
-pub fn borrow<T: aya::Pod>(bytes: &[u8]) -> Option<&T> {
+pub(crate) fn borrow<T: aya::Pod>(bytes: &[u8]) -> Option<&T> {
     if bytes.len() < std::mem::size_of::<T>()
         || !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
     {
@@ -578,7 +579,7 @@ pub fn borrow<T: aya::Pod>(bytes: &[u8]) -> Option<&T> {
 
 /// Copies a `T` out of a ring-buffer record; `None` if the record is
 /// shorter than a `T`.
-pub fn decode<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+fn decode<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
     if bytes.len() < std::mem::size_of::<T>() {
         return None;
     }
@@ -594,12 +595,12 @@ pub(crate) mod render {
     use super::*;
     use crate::output::{Format, Output};
 
-    pub fn events<T: Tracer>(evs: &[&T::Event], format: Format, timestamps: bool) -> String {
+    pub(crate) fn events<T: Tracer>(evs: &[&T::Event], format: Format, timestamps: bool) -> String {
         let tails: Vec<(&T::Event, &[u8])> = evs.iter().map(|e| (*e, &[][..])).collect();
         records::<T>(&tails, format, timestamps)
     }
 
-    pub fn records<T: Tracer>(
+    pub(crate) fn records<T: Tracer>(
         evs: &[(&T::Event, &[u8])],
         format: Format,
         timestamps: bool,
@@ -617,7 +618,7 @@ pub(crate) mod render {
         String::from_utf8(std::mem::take(out.writer())).expect("utf8")
     }
 
-    pub fn counts<T: Tracer>(rows: &[(T::Key, Counts)], format: Format) -> String {
+    pub(crate) fn counts<T: Tracer>(rows: &[(T::Key, Counts)], format: Format) -> String {
         let mut out = Output::new(Vec::new(), format, T::count_columns());
         out.header().expect("header");
         for (k, c) in rows {
@@ -626,7 +627,7 @@ pub(crate) mod render {
         String::from_utf8(std::mem::take(out.writer())).expect("utf8")
     }
 
-    pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    pub(crate) fn json_lines(text: &str) -> Vec<serde_json::Value> {
         text.lines()
             .map(|l| serde_json::from_str(l).expect("JSON"))
             .collect()

@@ -40,7 +40,7 @@ pub struct Open;
 #[derive(Clone, Debug, Default)]
 pub struct OpenOpts {
     /// Only failed opens (`-x`).
-    pub failed_only: bool,
+    pub(crate) failed_only: bool,
 }
 
 impl Tracer for Open {

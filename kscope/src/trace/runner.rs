@@ -32,17 +32,17 @@ use crate::{
 
 /// How `kscope trace NAME` runs, whatever the tracer.
 #[derive(Clone, Debug, Default)]
-pub struct Run {
-    pub filters: Filters,
+pub(crate) struct Run {
+    pub(crate) filters: Filters,
     /// Stop after this long (default: at SIGINT or SIGTERM).
-    pub duration: Option<Duration>,
+    pub(crate) duration: Option<Duration>,
     /// Count per key in the kernel and print the totals at the end (`-c`).
-    pub count: bool,
+    pub(crate) count: bool,
     /// A TIME(s) column (`-T`).
-    pub timestamps: bool,
-    pub format: Format,
+    pub(crate) timestamps: bool,
+    pub(crate) format: Format,
     /// Ring buffer bytes (`--buffer-size`); `None` keeps the default.
-    pub ring_bytes: Option<u32>,
+    pub(crate) ring_bytes: Option<u32>,
 }
 
 /// Runs tracer `T` with `opts` as `run` says, writing rows to `w`, until
@@ -53,7 +53,7 @@ pub struct Run {
 /// # Errors
 /// Missing capabilities or tracefs, a missing kernel feature, a verifier
 /// rejection, a bad filter, or an output error.
-pub async fn run<T: Tracer, W: Write>(
+pub(crate) async fn run<T: Tracer, W: Write>(
     opts: &T::Opts,
     run: &Run,
     w: W,
@@ -211,7 +211,7 @@ fn sum_cpus(lost: &PerCpuArray<MapData, u64>) -> u64 {
 }
 
 /// What [`consume`] hands its caller.
-pub enum Feed<'a> {
+pub(crate) enum Feed<'a> {
     /// One record's bytes.
     Event(&'a [u8]),
     /// A drain that found records is done: time to flush.
@@ -245,7 +245,7 @@ fn drain(
 ///
 /// # Errors
 /// The object lacks its ring buffer, or `on` failed.
-pub async fn consume(
+pub(crate) async fn consume(
     ebpf: &mut Ebpf,
     stop: impl std::future::Future<Output = Stop>,
     duration: Option<Duration>,
@@ -300,20 +300,20 @@ pub async fn consume(
 
 /// Warns on stderr each time the count of lost events grows.
 #[derive(Debug)]
-pub struct LostWarner {
+struct LostWarner {
     tracer: &'static str,
     reported: u64,
 }
 
 impl LostWarner {
-    pub fn new(tracer: &'static str) -> Self {
+    pub(crate) fn new(tracer: &'static str) -> Self {
         Self {
             tracer,
             reported: 0,
         }
     }
 
-    pub fn tick(&mut self, s: &Summary) {
+    pub(crate) fn tick(&mut self, s: &Summary) {
         if s.lost > self.reported {
             tracing::warn!(
                 "{} tracer: {} events lost (ring buffer or count table full, or the kernel \
@@ -360,11 +360,7 @@ impl<T: Tracer> Counter<T> {
     ///
     /// # Errors
     /// As [`start`](Self::start).
-    pub fn start_with(
-        opts: &T::Opts,
-        filters: &Filters,
-        by_task: bool,
-    ) -> Result<Self, TraceError> {
+    fn start_with(opts: &T::Opts, filters: &Filters, by_task: bool) -> Result<Self, TraceError> {
         super::preflight(&format!("kscope trace {}", T::NAME))?;
         Self::attach(opts, filters, by_task)
     }
@@ -463,10 +459,10 @@ impl<T: Tracer> Counter<T> {
 }
 
 /// Totals per key as label values, and the events lost so far.
-pub type LabelledCounts = (Vec<(Vec<String>, Counts)>, u64);
+pub(crate) type LabelledCounts = (Vec<(Vec<String>, Counts)>, u64);
 
 /// A running [`Counter`] of any tracer, as the daemon holds it.
-pub trait Counting: Send {
+pub(crate) trait Counting: Send {
     /// The tracer's metric families.
     fn metric(&self) -> Metric;
 
@@ -495,14 +491,14 @@ impl<T: Tracer> Counting for Counter<T> {
 
 /// One tracer the daemon can run.
 #[derive(Clone, Copy)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// [`Tracer::NAME`]: the daemon's config key.
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// [`Tracer::METRIC`].
-    pub metric: Metric,
+    pub(crate) metric: Metric,
     /// Starts its counter with the tracer's default options, keyed the
     /// daemon's way (no task in the key).
-    pub start: fn(&Filters) -> Result<Box<dyn Counting>, TraceError>,
+    pub(crate) start: fn(&Filters) -> Result<Box<dyn Counting>, TraceError>,
 }
 
 impl Entry {
@@ -520,7 +516,7 @@ fn start_counter<T: Tracer>(filters: &Filters) -> Result<Box<dyn Counting>, Trac
 }
 
 /// Every tracer, one line each: the daemon starts them from here.
-pub const TRACERS: &[Entry] = &[
+pub(crate) const TRACERS: &[Entry] = &[
     Entry::of::<super::open::Open>(),
     Entry::of::<super::exec::Exec>(),
     Entry::of::<super::connect::Connect>(),
