@@ -226,6 +226,27 @@ fn lab_and_dir(tag: &str) -> (FwLab, Scratch) {
 }
 
 /// Asks the daemon `pid` to reload its config.
+/// Waits until the daemon reports `n` successful reloads (scrapes
+/// outside the soak's count).
+fn wait_reloads(ns: &Netns, n: u64) {
+    let start = Instant::now();
+    loop {
+        let done = sum(
+            &scrape(ns),
+            "kscope_daemon_reloads_total",
+            &[("result", "success")],
+        );
+        if done >= n {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{done} of {n} reloads done after a minute"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn hup(pid: u32) {
     // SAFETY: kill(2) on a child of this test, by pid; no memory involved.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
@@ -753,6 +774,10 @@ fn soak_with_traffic_and_rule_churn_keeps_memory_bounded_and_loses_no_metrics() 
                     // A second kscope edits the same live rules meanwhile.
                     let verb = if reloads % 4 < 2 { "block" } else { "unblock" };
                     let _ = common::kscope(None, &["fw", verb, "--iface", &b, "203.0.113.7"]);
+                    // Memory is sampled between phases, never inside one: a
+                    // reload in flight holds what it is building (a sample
+                    // that raced one caught +3 MiB once, gone at the next).
+                    wait_reloads(&lab.b, reloads);
                 }
                 if scrapes > warm {
                     rss.push(rss_anon_kib(pid));
