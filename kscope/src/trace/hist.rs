@@ -415,7 +415,7 @@ mod tests {
 
     fn render(format: Format, elapsed: Option<f64>) -> String {
         let rows = [
-            (SyscallKey { nr: 35 }, hist(&[2_050_000; 7])),
+            (SyscallKey { nr: 35 }, hist(&[2_150_000; 7])),
             (SyscallKey { nr: 39 }, hist(&[300, 600, 700])),
         ];
         let stamp = Stamp {
@@ -448,7 +448,7 @@ mod tests {
         );
         assert_eq!(lines[4], "", "{text}");
         // getpid: 300 in [256, 511], 600 and 700 in [512, 1023].
-        let bars: Vec<&str> = lines[7..].iter().copied().take(2).collect();
+        let bars: Vec<&str> = lines[8..].iter().copied().take(2).collect();
         assert!(bars[0].trim_start().starts_with("256 -> 511"), "{text}");
         assert!(
             bars[0].ends_with(&format!("|{}{}|", "*".repeat(20), " ".repeat(20))),
@@ -491,7 +491,7 @@ mod tests {
         assert_eq!(o["syscall"], "nanosleep");
         assert_eq!(o["nr"], 35);
         assert_eq!(o["count"], 7);
-        assert_eq!(o["sum_ns"], 7 * 2_050_000);
+        assert_eq!(o["sum_ns"], 7 * 2_150_000);
         assert_eq!(o["ts_unix_ns"], 1_700_000_000_000_000_000u64);
         assert_eq!(
             o["buckets"],
