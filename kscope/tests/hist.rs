@@ -303,9 +303,15 @@ fn runq_counts_the_wakeups_of_a_thread() {
     let o = &objs[0];
     let got = o["count"].as_u64().expect("count");
     let want = after - before;
-    assert!(want > u64::from(K), "K sleeps and the first wait: {want}");
+    // Near K + 1 (the K sleeps and the wait for "go"), not exactly: a short
+    // sleep whose timer fires before the thread gets off the CPU makes no
+    // switch, and no wakeup either.
+    assert!(want > u64::from(K) / 2, "the thread slept: {want}");
     let tolerance = want * 2 / 100;
-    eprintln!("runq: kscope counted {got} wakeups, the thread {want}");
+    eprintln!(
+        "runq: kscope counted {got} wakeups, the thread {want}; {}",
+        err.lines().last().unwrap_or("")
+    );
     assert!(
         got.abs_diff(want) <= tolerance,
         "runq counted {got} wakeups, the thread {want} (tolerance {tolerance}): {o}"
