@@ -336,3 +336,139 @@ mod exec_pod {
     // SAFETY: #[repr(C)], integers and byte arrays, padding explicit.
     unsafe impl aya::Pod for super::ExecEvent {}
 }
+
+// ---- histograms, every latency tracer (`kscope hist`) ----
+
+/// Per-CPU hash, the tracer's key to [`Hist`]: latencies aggregated in the
+/// kernel, one log2 histogram per key (`tracer_common!(.., hist)`).
+pub const MAP_HIST: &str = "TRACE_HIST";
+/// Array of one zeroed [`Hist`], never written: what a new key of
+/// `TRACE_HIST` starts from (a `Hist` is too big for the BPF stack).
+pub const MAP_HIST_ZERO: &str = "TRACE_HIST_ZERO";
+/// Buckets of a [`Hist`]: bucket `i` holds latencies of `i` bits, i.e.
+/// from `2^i` to `2^(i+1) - 1` nanoseconds (bucket 0 also holds 0).
+pub const HIST_SLOTS: usize = 64;
+
+/// One key's latency histogram (on each CPU, in `TRACE_HIST`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hist {
+    /// Latencies per log2 bucket, see [`hist_slot`].
+    pub slots: [u64; HIST_SLOTS],
+    /// Latencies added (the sum of `slots`).
+    pub count: u64,
+    /// Their sum, in nanoseconds.
+    pub sum_ns: u64,
+}
+
+impl Default for Hist {
+    fn default() -> Self {
+        Self {
+            slots: [0; HIST_SLOTS],
+            count: 0,
+            sum_ns: 0,
+        }
+    }
+}
+
+/// The bucket of a latency of `ns` nanoseconds: its bit length less one
+/// (floor(log2(ns))), 0 for 0 and 1. Shifts and compares only, no loop:
+/// the kernel side runs it too.
+#[inline(always)]
+pub const fn hist_slot(ns: u64) -> usize {
+    let mut v = ns;
+    let mut r = 0;
+    if v >> 32 != 0 {
+        v >>= 32;
+        r += 32;
+    }
+    if v >> 16 != 0 {
+        v >>= 16;
+        r += 16;
+    }
+    if v >> 8 != 0 {
+        v >>= 8;
+        r += 8;
+    }
+    if v >> 4 != 0 {
+        v >>= 4;
+        r += 4;
+    }
+    if v >> 2 != 0 {
+        v >>= 2;
+        r += 2;
+    }
+    if v >> 1 != 0 {
+        r += 1;
+    }
+    r
+}
+
+/// `hist runq`'s key: one histogram (the field is always 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RunqKey {
+    pub zero: u32,
+}
+
+/// `hist syscall`'s key: the system call's number (raw_syscalls `id`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SyscallKey {
+    pub nr: u32,
+}
+
+#[cfg(feature = "user")]
+mod hist_pod {
+    // SAFETY: #[repr(C)], u64s only.
+    unsafe impl aya::Pod for super::Hist {}
+    // SAFETY: #[repr(C)], one u32.
+    unsafe impl aya::Pod for super::RunqKey {}
+    // SAFETY: #[repr(C)], one u32.
+    unsafe impl aya::Pod for super::SyscallKey {}
+}
+
+// ---- hist_runq ----
+
+/// sched:sched_wakeup and sched:sched_wakeup_new: stamp the woken task.
+pub const PROG_RUNQ_WAKEUP: &str = "hist_runq_wakeup";
+pub const PROG_RUNQ_WAKEUP_NEW: &str = "hist_runq_wakeup_new";
+/// sched:sched_switch: the next task's wait ends; the previous task's
+/// measured wait is added to the histogram if it passes the filters.
+pub const PROG_RUNQ_SWITCH: &str = "hist_runq_switch";
+/// Hash, thread id to [`RunqPending`]: woken tasks not yet run, and
+/// running tasks whose wait is not yet added.
+pub const MAP_RUNQ_PENDING: &str = "RUNQ_PENDING";
+/// Byte offsets of `pid` in sched_wakeup's and sched_wakeup_new's records
+/// and of `next_pid` in sched_switch's, from their format files.
+pub const GLOBAL_OFF_WAKEUP_PID: &str = "OFF_WAKEUP_PID";
+pub const GLOBAL_OFF_WAKEUP_NEW_PID: &str = "OFF_WAKEUP_NEW_PID";
+pub const GLOBAL_OFF_NEXT_PID: &str = "OFF_NEXT_PID";
+
+/// A task's wait in `hist_runq`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunqPending {
+    /// bpf_ktime_get_ns at its wakeup; 0 once it runs.
+    pub wake_ns: u64,
+    /// Its last wait, from wakeup to running; valid when `has_wait` is 1.
+    pub wait_ns: u64,
+    pub has_wait: u64,
+}
+
+// ---- hist_syscall ----
+
+pub const PROG_SYSCALL_ENTER: &str = "hist_syscall_enter";
+pub const PROG_SYSCALL_EXIT: &str = "hist_syscall_exit";
+/// Hash, thread id to the entry's bpf_ktime_get_ns.
+pub const MAP_SYSCALL_START: &str = "SYSCALL_START";
+/// Array, syscall number to 1 for the syscalls wanted (when
+/// `SYSCALL_FILTER_ON` is 1).
+pub const MAP_SYSCALL_WANT: &str = "SYSCALL_WANT";
+pub const GLOBAL_SYSCALL_FILTER_ON: &str = "SYSCALL_FILTER_ON";
+/// Entries of `SYSCALL_WANT`: syscall numbers below this can be filtered.
+pub const SYSCALL_NR_MAX: u32 = 1024;
+/// Byte offsets of `id` in raw_syscalls:sys_enter's and sys_exit's
+/// records, from their format files.
+pub const GLOBAL_OFF_ENTER_ID: &str = "OFF_ENTER_ID";
+pub const GLOBAL_OFF_EXIT_ID: &str = "OFF_EXIT_ID";

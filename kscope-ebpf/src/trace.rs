@@ -98,8 +98,83 @@ pub fn comm_contains(comm: &[u8; 16], pat: &[u8; 16], len: usize) -> bool {
 /// - `count_lost()`: the ring buffer was full;
 /// - `count_mode() -> bool`: count instead of submitting events;
 /// - `count_event(&key, failed)`: count one event in count mode.
+///
+/// With `hist(MAX, FLAGS)`, also histogram mode's `TRACE_HIST` (per-CPU
+/// hash of up to `MAX` keys, created with map flags `FLAGS`) and
+/// `TRACE_HIST_ZERO`, and:
+/// - `hist_add(&key, ns)`: adds one latency to `key`'s histogram, counting
+///   it in `TRACE_UNCOUNTED` when the table is full.
 #[macro_export]
 macro_rules! tracer_common {
+    ($ring_bytes:expr, $key:ty, hist($hist_max:expr, $hist_flags:expr)) => {
+        $crate::tracer_common!($ring_bytes, $key);
+
+        /// Histogram mode's latencies per key, one log2 histogram each.
+        /// Per-CPU for the reason `TRACE_COUNTS` is; user space sums the
+        /// CPUs when it reads.
+        #[aya_ebpf::macros::map]
+        static TRACE_HIST: aya_ebpf::maps::PerCpuHashMap<$key, kscope_common::trace::Hist> =
+            aya_ebpf::maps::PerCpuHashMap::with_max_entries($hist_max, $hist_flags);
+
+        /// A zeroed histogram, never written: where a new key starts.
+        #[aya_ebpf::macros::map]
+        static TRACE_HIST_ZERO: aya_ebpf::maps::Array<kscope_common::trace::Hist> =
+            aya_ebpf::maps::Array::with_max_entries(1, 0);
+
+        /// Adds a latency of `ns` nanoseconds to `key`'s histogram.
+        #[inline(always)]
+        fn hist_add(key: &$key, ns: u64) {
+            /// `EEXIST` from include/uapi/asm-generic/errno-base.h.
+            const EEXIST: i32 = 17;
+            if hist_add_to(key, ns) {
+                return;
+            }
+            let Some(zero) = TRACE_HIST_ZERO.get(0) else {
+                return;
+            };
+            match TRACE_HIST.insert(key, zero, u64::from(aya_ebpf::bindings::BPF_NOEXIST)) {
+                // Another CPU may have added it since the lookup: either
+                // way the key is there now.
+                Ok(()) => {
+                    let _ = hist_add_to(key, ns);
+                }
+                Err(e) if e == -EEXIST && hist_add_to(key, ns) => {}
+                // The table is full: counted, not dropped.
+                Err(_) => {
+                    if let Some(n) = TRACE_UNCOUNTED.get_ptr_mut(0) {
+                        // SAFETY: this CPU's slot of a live array element,
+                        // only updated atomically (see count_lost).
+                        unsafe { $crate::trace::add_atomic(n, 1) };
+                    }
+                }
+            }
+        }
+
+        /// Adds `ns` to `key`'s histogram on this CPU; false if `key` has
+        /// none.
+        #[inline(always)]
+        fn hist_add_to(key: &$key, ns: u64) -> bool {
+            let Some(h) = TRACE_HIST.get_ptr_mut(key) else {
+                return false;
+            };
+            // The mask keeps the index provably in bounds for the verifier;
+            // hist_slot is below 64 already.
+            let slot = kscope_common::trace::hist_slot(ns) & (kscope_common::trace::HIST_SLOTS - 1);
+            // SAFETY: this CPU's slot of a live element (nothing deletes
+            // from the map while programs run), only updated atomically:
+            // the programs of one object may run nested or preempted on
+            // one CPU (`add_atomic` says when).
+            unsafe {
+                $crate::trace::add_atomic(&raw mut (*h).slots[slot], 1);
+                $crate::trace::add_atomic(&raw mut (*h).count, 1);
+                $crate::trace::add_atomic(&raw mut (*h).sum_ns, ns);
+            }
+            true
+        }
+
+        $crate::assert_symbol_name!(TRACE_HIST, kscope_common::trace::MAP_HIST);
+        $crate::assert_symbol_name!(TRACE_HIST_ZERO, kscope_common::trace::MAP_HIST_ZERO);
+    };
     ($ring_bytes:expr, $key:ty) => {
         #[aya_ebpf::macros::map]
         static TRACE_EVENTS: aya_ebpf::maps::RingBuf =

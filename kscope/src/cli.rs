@@ -28,6 +28,10 @@ pub enum Command {
     /// Kernel tracing: opens, execs and TCP connects as they happen.
     #[command(subcommand)]
     Trace(TraceCommand),
+    /// Latency distributions, aggregated in the kernel as log2 histograms:
+    /// run queue latency, system call latency.
+    #[command(subcommand)]
+    Hist(HistCommand),
     /// Sample on-CPU stacks (kernel and user) with a perf_event program and
     /// show the hottest functions, folded stacks or a flame graph.
     Profile(ProfileArgs),
@@ -88,6 +92,51 @@ pub struct TraceConnectArgs {
     /// tracepoint, whichever the kernel has.
     #[arg(long, value_enum, default_value_t = crate::trace::connect::Probe::Auto)]
     pub(crate) probe: crate::trace::connect::Probe,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HistCommand {
+    /// Run queue latency: from a task's wakeup to its running.
+    Runq(HistCommon),
+    /// System call latency, one histogram per system call.
+    Syscall(HistSyscallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HistSyscallArgs {
+    #[command(flatten)]
+    pub(crate) common: HistCommon,
+    /// Only these system calls (names, e.g. nanosleep read); default: all.
+    #[arg(value_name = "NAME")]
+    pub(crate) names: Vec<String>,
+}
+
+/// Filters and output options every `kscope hist` takes.
+#[derive(Debug, Args)]
+pub struct HistCommon {
+    /// Only this process (thread group) id (1 or more).
+    #[arg(short = 'p', long = "pid", value_name = "PID", value_parser = parse_task_id)]
+    pub(crate) pid: Option<u32>,
+    /// Only this thread id (1 or more).
+    #[arg(short = 't', long = "tid", value_name = "TID", value_parser = parse_task_id)]
+    pub(crate) tid: Option<u32>,
+    /// Only this user id.
+    #[arg(short = 'u', long = "uid", value_name = "UID")]
+    pub(crate) uid: Option<u32>,
+    /// Only processes whose name contains COMM (at most 15 bytes).
+    #[arg(short = 'n', long = "name", value_name = "COMM")]
+    pub(crate) comm: Option<String>,
+    /// Stop after SECS seconds (default: until Ctrl-C or SIGTERM), and
+    /// print the histograms.
+    #[arg(short = 'd', long = "duration", value_name = "SECS", value_parser = parse_interval, allow_hyphen_values = true)]
+    pub(crate) duration: Option<Duration>,
+    /// Print the histograms of each SECS seconds (what was added since the
+    /// last ones), not only at the end.
+    #[arg(long, value_name = "SECS", value_parser = parse_watch)]
+    pub(crate) interval: Option<Duration>,
+    /// One JSON object per histogram, one per line.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// Filters and output options every tracer takes.

@@ -160,6 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fw(FwCommand::Status { json }) => fw::status(Format::json(json), stdout())?,
         Command::Fw(FwCommand::Stats(args)) => fw::stats(&args, stdout())?,
         Command::Trace(t) => trace::run(t, stdout())?,
+        Command::Hist(h) => kscope::trace::hist::run(h, stdout())?,
         Command::Profile(args) => profile::run(&args, stdout())?,
         Command::Daemon(a) => kscope::daemon::run(&a.config)?,
         Command::Demo => {

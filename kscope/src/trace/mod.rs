@@ -29,8 +29,12 @@ pub mod cmd;
 pub(crate) mod connect;
 pub(crate) mod exec;
 mod format;
+pub mod hist;
 pub mod open;
 pub(crate) mod runner;
+pub(crate) mod runq;
+pub(crate) mod syscall;
+mod syscalls_x86_64;
 
 use std::{
     fmt,
@@ -42,7 +46,7 @@ use std::{
 use aya::Ebpf;
 use kscope_common::trace::{
     Counts, GLOBAL_COMM, GLOBAL_COMM_LEN, GLOBAL_COUNT_MODE, GLOBAL_PID, GLOBAL_TID, GLOBAL_UID,
-    GLOBAL_UID_ON, GLOBAL_WAKEUP_BYTES, MAP_COUNTS, MAP_EVENTS,
+    GLOBAL_UID_ON, GLOBAL_WAKEUP_BYTES, MAP_COUNTS, MAP_EVENTS, MAP_HIST,
 };
 use thiserror::Error;
 
@@ -219,6 +223,22 @@ pub trait Tracer: Sized + 'static {
 
     /// The key's label values, in [`Metric::labels`] order.
     fn label_values(key: &Self::Key) -> Vec<String>;
+
+    /// Histogram mode ([`Mode::Hist`], `kscope hist NAME`): the columns
+    /// that name a histogram's key, in its summary row and JSON object.
+    /// Tracers without histograms keep the default, none.
+    fn hist_key_columns() -> Vec<Column> {
+        Vec::new()
+    }
+
+    /// Writes a histogram key's cells, in [`Tracer::hist_key_columns`]
+    /// order.
+    ///
+    /// # Errors
+    /// Output errors.
+    fn write_hist_key<W: Write>(_key: &Self::Key, _row: &mut Row<'_, W>) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// An event row's time columns: TIME(s), seconds since the start (a table
@@ -309,6 +329,9 @@ pub(crate) enum Mode {
     /// Count per key; `by_task` asks tracers whose key can leave the task
     /// out (connect) to keep it.
     Count { by_task: bool },
+    /// Add each latency to its key's log2 histogram (`TRACE_HIST`); the
+    /// tracers of `kscope hist`.
+    Hist,
 }
 
 /// How a tracer object is loaded: the filters, the mode, the ring size.
@@ -340,6 +363,7 @@ impl Load<'_> {
         self.filters.validate()?;
         let (comm, comm_len) = self.filters.comm_bytes()?;
         let count = matches!(self.mode, Mode::Count { .. });
+        let hist = self.mode == Mode::Hist;
         let f = self.filters;
         let globals = [
             (GLOBAL_PID, f.pid.unwrap_or(0)),
@@ -363,9 +387,16 @@ impl Load<'_> {
         for (name, bytes) in extra {
             loader.override_global(name, *bytes, true);
         }
-        if count {
+        if !hist {
+            // The histograms are not used (objects without them ignore it).
+            loader.map_max_entries(MAP_HIST, 1);
+        }
+        if count || hist {
             // The ring buffer stays empty: its minimum is a page.
             loader.map_max_entries(MAP_EVENTS, page);
+            if hist {
+                loader.map_max_entries(MAP_COUNTS, 1);
+            }
         } else {
             // The count table is not used.
             loader.map_max_entries(MAP_COUNTS, 1);

@@ -18,12 +18,16 @@ use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use kscope_common::trace::{Counts, MAP_COUNTS, MAP_EVENTS, MAP_LOST, MAP_UNCOUNTED};
+use kscope_common::trace::{
+    Counts, Hist, MAP_COUNTS, MAP_EVENTS, MAP_HIST, MAP_LOST, MAP_UNCOUNTED,
+};
 use tokio::io::unix::AsyncFd;
 
 use super::{
     EventCx, Filters, Load, Metric, Mode, POLL_INTERVAL, Signals, Stop, Summary, TraceError,
-    Tracer, format::Clock,
+    Tracer,
+    format::Clock,
+    hist::{self, HistRun},
 };
 use crate::{
     output::{Format, Output},
@@ -521,3 +525,166 @@ pub(crate) const TRACERS: &[Entry] = &[
     Entry::of::<super::exec::Exec>(),
     Entry::of::<super::connect::Connect>(),
 ];
+
+/// Tracer `T` in histogram mode ([`Mode::Hist`]): the kernel adds each
+/// latency to its key's log2 histogram, and nothing goes through the ring
+/// buffer.
+///
+/// Owns the loaded object: dropping it detaches every program.
+pub(crate) struct Histograms<T: Tracer> {
+    // Declared first, so it is dropped (and detached) first.
+    ebpf: Ebpf,
+    hists: PerCpuHashMap<MapData, T::Key, Hist>,
+    uncounted: PerCpuArray<MapData, u64>,
+    lost: PerCpuArray<MapData, u64>,
+    cpus: usize,
+    _tracer: PhantomData<fn() -> T>,
+}
+
+impl<T: Tracer> Histograms<T> {
+    /// Loads `T` with `filters` in histogram mode and attaches it (after
+    /// [`super::preflight`]).
+    ///
+    /// # Errors
+    /// As [`Counter::start`].
+    pub(crate) fn attach(opts: &T::Opts, filters: &Filters) -> Result<Self, TraceError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| TraceError::Io(e))?;
+        let load = Load {
+            tracer: T::NAME,
+            filters,
+            mode: Mode::Hist,
+            ring_bytes: None,
+        };
+        let mut attached = T::attach(opts, &load)?;
+        let ebpf = &mut attached.ebpf;
+        let hists = take(ebpf, MAP_HIST)?;
+        let uncounted = take(ebpf, MAP_UNCOUNTED)?;
+        let lost = take(ebpf, MAP_LOST)?;
+        tracing::info!(
+            "measuring {} latency in the kernel (ready); Ctrl-C to stop",
+            attached.what
+        );
+        Ok(Self {
+            ebpf: attached.ebpf,
+            hists,
+            uncounted,
+            lost,
+            cpus,
+            _tracer: PhantomData,
+        })
+    }
+
+    /// Running totals per key, summed over CPUs (any order), read in
+    /// batches where the kernel can.
+    ///
+    /// # Errors
+    /// A failed map read.
+    pub(crate) fn read(&self) -> Result<HashMap<T::Key, Hist>, TraceError> {
+        let size = size_of::<Hist>();
+        let fd = aya::maps::IterableMap::map(&self.hists).fd().as_fd();
+        let ops = MapFdOps::new(fd, size_of::<T::Key>(), size, self.cpus);
+        let (dump, _) = dump_map(&ops, None)?;
+        // Keyed: a key read twice (added during the read) counts once.
+        let mut by_key = HashMap::with_capacity(dump.len);
+        for i in 0..dump.len {
+            let (key, per_cpu) = dump.entry(&ops, i);
+            let Some(key) = super::decode::<T::Key>(key) else {
+                continue;
+            };
+            let mut sum = Hist::default();
+            for slot in per_cpu.chunks_exact(size.next_multiple_of(8)) {
+                let h: Hist = super::decode(slot).unwrap_or_default();
+                super::hist::add(&mut sum, &h);
+            }
+            by_key.insert(key, sum);
+        }
+        Ok(by_key)
+    }
+
+    /// Latencies not counted: a full table (pending or histograms), or a
+    /// program run the kernel skipped (recursion misses).
+    pub(crate) fn lost(&self) -> u64 {
+        sum_cpus(&self.uncounted)
+            .wrapping_add(sum_cpus(&self.lost))
+            .wrapping_add(recursion_misses(&self.ebpf))
+    }
+}
+
+/// Runs tracer `T` in histogram mode as `run` says, writing the histograms
+/// to `w` at the end and every `run.interval`, until the duration passes or
+/// SIGINT or SIGTERM arrives. Reports readiness on stderr once attached.
+///
+/// # Errors
+/// As [`run`].
+pub(crate) async fn run_hist<T: Tracer, W: Write>(
+    opts: &T::Opts,
+    run: &HistRun,
+    mut w: W,
+) -> Result<(Summary, Stop), TraceError> {
+    super::preflight(&format!("kscope hist {}", T::NAME))?;
+    let mut signals = Signals::catch()?;
+    let hists = Histograms::<T>::attach(opts, &run.filters)?;
+    let start = Instant::now();
+    let deadline = run.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut tick = run.interval.map(|i| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + i, i);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let mut warner = LostWarner::new(T::NAME);
+    let mut warn_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut prev: HashMap<T::Key, Hist> = HashMap::new();
+    let mut print = |w: &mut W, cur: &HashMap<T::Key, Hist>| -> io::Result<()> {
+        let mut rows: Vec<(T::Key, Hist)> = cur
+            .iter()
+            .map(|(k, h)| {
+                let d = prev.get(k).map_or(*h, |p| hist::delta(h, p));
+                (*k, d)
+            })
+            .filter(|(_, h)| h.count != 0)
+            .collect();
+        rows.sort_by(|(ka, a), (kb, b)| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| pod_bytes(ka).cmp(pod_bytes(kb)))
+        });
+        let stamp = hist::Stamp {
+            unix_ns: crate::sys::unix_now_ns(),
+            elapsed: run.interval.map(|_| start.elapsed().as_secs_f64()),
+        };
+        hist::write_hists::<T, _>(&mut *w, run.format, stamp, &rows)?;
+        prev.clone_from(cur);
+        Ok(())
+    };
+    let stop = loop {
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let interval = async {
+            match tick.as_mut() {
+                Some(t) => t.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            stop = signals.recv_or_closed() => break stop,
+            () = sleep => break Stop::Duration,
+            _ = interval => {
+                let cur = hists.read()?;
+                print(&mut w, &cur)?;
+            }
+            _ = warn_tick.tick() => warner.tick(&Summary { events: 0, lost: hists.lost() }),
+        }
+    };
+    let cur = hists.read()?;
+    let lost = hists.lost();
+    drop(hists);
+    if stop != Stop::OutputClosed {
+        print(&mut w, &cur)?;
+    }
+    let events = cur.values().fold(0u64, |a, h| a.wrapping_add(h.count));
+    Ok((Summary { events, lost }, stop))
+}

@@ -1,0 +1,360 @@
+//! `kscope hist runq|syscall` on the running kernel: workloads whose
+//! latencies are known (counts exactly, bounds from the kernel's own
+//! guarantees), the in-kernel filters, and that nothing stays attached
+//! after `-d` or SIGINT.
+
+mod common;
+
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+const READY: Duration = Duration::from_secs(60);
+
+/// Set to `NANOSLEEPS,GETPIDS`, this variable makes the test binary the
+/// helper process of the syscall tests.
+const WORKLOAD: &str = "KSCOPE_TEST_HIST_SYSCALLS";
+
+/// Each nanosleep of the syscall workload: 2 ms.
+const SLEEP_NS: u64 = 2_000_000;
+
+/// Not a test of its own: the helper process the syscall tests run. Waits
+/// for a line on stdin, then makes NANOSLEEPS nanosleep(2 ms) and GETPIDS
+/// getpid calls, as raw system calls (glibc's nanosleep() is
+/// clock_nanosleep(2) underneath, musl's nanosleep(2): the raw call is the
+/// same everywhere).
+#[test]
+#[ignore = "helper process of the syscall tests"]
+fn syscall_workload_helper() {
+    let spec = std::env::var(WORKLOAD).expect("run by the syscall tests only");
+    let (sleeps, getpids) = spec.split_once(',').expect("N,M");
+    let (sleeps, getpids): (u32, u32) = (
+        sleeps.parse().expect("sleeps"),
+        getpids.parse().expect("getpids"),
+    );
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).expect("go");
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: SLEEP_NS as i64,
+    };
+    for _ in 0..sleeps {
+        // SAFETY: a valid timespec, and no remainder wanted.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_nanosleep,
+                &raw const ts,
+                std::ptr::null_mut::<libc::timespec>(),
+            )
+        };
+        assert_eq!(r, 0, "nanosleep: {}", std::io::Error::last_os_error());
+    }
+    for _ in 0..getpids {
+        // SAFETY: getpid has no arguments or preconditions.
+        unsafe { libc::syscall(libc::SYS_getpid) };
+    }
+}
+
+/// Starts the helper: it waits for a line on stdin before its calls.
+fn spawn_workload(sleeps: u32, getpids: u32) -> std::process::Child {
+    let exe = std::env::current_exe().expect("test binary");
+    Command::new(exe)
+        .args([
+            "syscall_workload_helper",
+            "--exact",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env(WORKLOAD, format!("{sleeps},{getpids}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn the helper")
+}
+
+fn objects(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}")))
+        .collect()
+}
+
+/// (le_ns, count) of a histogram object's buckets.
+fn buckets(o: &serde_json::Value) -> Vec<(u64, u64)> {
+    o["buckets"]
+        .as_array()
+        .expect("buckets")
+        .iter()
+        .map(|b| {
+            (
+                b["le_ns"].as_u64().expect("le_ns"),
+                b["count"].as_u64().expect("count"),
+            )
+        })
+        .collect()
+}
+
+/// The log2 bucket upper bounds (inclusive) whose buckets overlap
+/// [lo, hi] ns.
+fn bounds_covering(lo: u64, hi: u64) -> Vec<u64> {
+    (0..64)
+        .map(|i| {
+            let b_lo = if i == 0 { 0 } else { 1u64 << i };
+            let b_hi = if i == 63 {
+                u64::MAX
+            } else {
+                (1u64 << (i + 1)) - 1
+            };
+            (b_lo, b_hi)
+        })
+        .filter(|&(b_lo, b_hi)| b_lo <= hi && b_hi >= lo)
+        .map(|(_, b_hi)| b_hi)
+        .collect()
+}
+
+/// A child making N nanosleep(2 ms) and M getpid calls, filtered by its
+/// pid and by name: exactly N nanosleep latencies, each in a bucket
+/// covering 2–4 ms (a sleep never ends early; timer slack, 50 µs by
+/// default, and the wakeup's scheduling delay add to it), and exactly M
+/// getpid latencies, in low buckets. Nothing stays attached after SIGINT.
+#[test]
+fn syscall_latencies_of_a_child_land_in_their_buckets_exactly() {
+    require_root();
+    const N: u32 = 25;
+    const M: u32 = 1000;
+    let mut child = spawn_workload(N, M);
+    let pid = child.id().to_string();
+    let tracer = Tracer::start(
+        &[
+            "hist",
+            "syscall",
+            "nanosleep",
+            "getpid",
+            "-p",
+            &pid,
+            "--json",
+        ],
+        true,
+        READY,
+    );
+    let ids = tracer.prog_ids();
+    assert!(!ids.is_empty(), "the tracer holds its programs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").expect("go");
+    drop(stdin);
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "the helper: {status}");
+    let (status, out, err) = tracer.stop(libc::SIGINT);
+    assert!(status.success(), "{status}: {err}");
+    assert_progs_gone(&ids);
+    let objs = objects(&out);
+    let names: Vec<&str> = objs.iter().filter_map(|o| o["syscall"].as_str()).collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        ["getpid", "nanosleep"],
+        "only the two asked for:\n{out}"
+    );
+    let sleep = objs
+        .iter()
+        .find(|o| o["syscall"] == "nanosleep")
+        .expect("nanosleep");
+    assert_eq!(sleep["count"], N, "{sleep}");
+    assert_eq!(sleep["nr"], libc::SYS_nanosleep, "{sleep}");
+    // The buckets covering [2 ms, 4 ms]: 1048576-2097151 and 2097152-4194303.
+    let allowed = bounds_covering(SLEEP_NS, 2 * SLEEP_NS);
+    assert_eq!(allowed, [2_097_151, 4_194_303]);
+    let in_range: u64 = buckets(sleep)
+        .iter()
+        .filter(|(le, _)| allowed.contains(le))
+        .map(|(_, c)| c)
+        .sum();
+    assert_eq!(in_range, u64::from(N), "every sleep in 2-4 ms: {sleep}");
+    let sum = sleep["sum_ns"].as_u64().expect("sum_ns");
+    assert!(
+        sum >= u64::from(N) * SLEEP_NS,
+        "no sleep ends early: {sleep}"
+    );
+    let p50 = sleep["p50_ns"].as_u64().expect("p50");
+    assert!((1_048_576..=4_194_303).contains(&p50), "{sleep}");
+    let getpid = objs
+        .iter()
+        .find(|o| o["syscall"] == "getpid")
+        .expect("getpid");
+    assert_eq!(getpid["count"], M, "{getpid}");
+    // Low buckets: half of them at least under 64 µs (a getpid is a
+    // fraction of a microsecond; only an interrupt can stretch one).
+    let p50 = getpid["p50_ns"].as_u64().expect("p50");
+    assert!(p50 < 65_536, "{getpid}");
+    assert!(
+        err.contains(&format!("kscope hist syscall: {} latencies, 0 lost", N + M)),
+        "{err}"
+    );
+}
+
+/// The table: a summary row and a bar per bucket, the fullest bar full.
+#[test]
+fn syscall_table_shows_bars() {
+    require_root();
+    let mut child = spawn_workload(3, 0);
+    let pid = child.id().to_string();
+    let tracer = Tracer::start(&["hist", "syscall", "nanosleep", "-p", &pid], true, READY);
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("go");
+    assert!(child.wait().expect("wait").success());
+    let (status, out, err) = tracer.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("SYSCALL") && lines[0].ends_with("P99"),
+        "{out}"
+    );
+    assert!(lines[1].starts_with("nanosleep "), "{out}");
+    assert!(lines[2].trim_start().starts_with("NSECS"), "{out}");
+    let full = format!("|{}|", "*".repeat(40));
+    assert!(lines.iter().any(|l| l.ends_with(&full)), "{out}");
+}
+
+/// Voluntary context switches of thread `tid` of this process so far.
+fn nvcsw(tid: u32) -> u64 {
+    let path = format!("/proc/self/task/{tid}/status");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no voluntary_ctxt_switches in {path}"))
+}
+
+/// A thread that sleeps K times, filtered by its tid: the run queue
+/// histogram counts its wakeups, which the thread counts itself as its
+/// voluntary context switches (each sleep ends with one wakeup) — within
+/// 2%, for the rare wakeup that finds the thread preempted before it got
+/// to sleep (a wakeup, but no switch).
+#[test]
+fn runq_counts_the_wakeups_of_a_thread() {
+    require_root();
+    const K: u32 = 200;
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel();
+    let (end_tx, end_rx) = mpsc::channel::<()>();
+    let worker = std::thread::Builder::new()
+        .name("kscope-runq".into())
+        .spawn(move || {
+            let tid = gettid();
+            let before = nvcsw(tid);
+            tid_tx.send((tid, before)).expect("tid");
+            // Asleep until the tracer runs: this wakeup is the first.
+            go_rx.recv().expect("go");
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 200_000,
+            };
+            for _ in 0..K {
+                // SAFETY: a valid timespec, and no remainder wanted.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_nanosleep,
+                        &raw const ts,
+                        std::ptr::null_mut::<libc::timespec>(),
+                    )
+                };
+            }
+            let after = nvcsw(tid);
+            done_tx.send(after).expect("done");
+            // Asleep again: leaving the CPU adds the last wait (a wait is
+            // added when its task next leaves the CPU).
+            end_rx.recv().expect("end");
+        })
+        .expect("spawn");
+    let (tid, before) = tid_rx.recv().expect("tid");
+    let tid_s = tid.to_string();
+    let tracer = Tracer::start(&["hist", "runq", "-t", &tid_s, "--json"], true, READY);
+    let ids = tracer.prog_ids();
+    go_tx.send(()).expect("go");
+    let after = done_rx.recv().expect("done");
+    // Until the worker has left the CPU after its last sleep: a bound on
+    // a failure, not a timing the result depends on.
+    let start = Instant::now();
+    while nvcsw(tid) == after {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "worker never slept"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (status, out, err) = tracer.stop(libc::SIGINT);
+    end_tx.send(()).expect("end");
+    worker.join().expect("worker");
+    assert!(status.success(), "{status}: {err}");
+    assert_progs_gone(&ids);
+    let objs = objects(&out);
+    assert_eq!(objs.len(), 1, "one histogram:\n{out}");
+    let o = &objs[0];
+    let got = o["count"].as_u64().expect("count");
+    let want = after - before;
+    // Near K + 1 (the K sleeps and the wait for "go"), not exactly: a short
+    // sleep whose timer fires before the thread gets off the CPU makes no
+    // switch, and no wakeup either.
+    assert!(want > u64::from(K) / 2, "the thread slept: {want}");
+    let tolerance = want * 2 / 100;
+    eprintln!(
+        "runq: kscope counted {got} wakeups, the thread {want}; {}",
+        err.lines().last().unwrap_or("")
+    );
+    assert!(
+        got.abs_diff(want) <= tolerance,
+        "runq counted {got} wakeups, the thread {want} (tolerance {tolerance}): {o}"
+    );
+    let in_buckets: u64 = buckets(o).iter().map(|(_, c)| c).sum();
+    assert_eq!(in_buckets, got, "{o}");
+    assert!(o["p50_ns"].as_u64().is_some() && o["p99_ns"].as_u64().is_some());
+}
+
+/// `-d` stops by itself, exit 0, with nothing left attached; an empty
+/// histogram prints nothing.
+#[test]
+fn duration_stops_and_detaches() {
+    require_root();
+    let tracer = Tracer::start(
+        &[
+            "hist",
+            "syscall",
+            "getpid",
+            "-p",
+            "999999999",
+            "-d",
+            "1",
+            "--json",
+        ],
+        true,
+        READY,
+    );
+    let ids = tracer.prog_ids();
+    assert!(!ids.is_empty());
+    let (status, err) = tracer.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{status}: {err}");
+    assert_progs_gone(&ids);
+    assert!(
+        err.contains("kscope hist syscall: 0 latencies, 0 lost"),
+        "{err}"
+    );
+}
+
+/// Unknown syscall names are refused before anything loads.
+#[test]
+fn unknown_syscall_names_are_refused() {
+    require_root();
+    let out = kscope(None, &["hist", "syscall", "nosuchcall", "-d", "1"]);
+    assert_fails(&out, 1, &["nosuchcall"]);
+}
