@@ -45,9 +45,12 @@ enum Task {
         /// Only the host: lints, unit and integration tests, no VMs.
         #[arg(long)]
         host: bool,
-        /// Only the VM kernels whose label contains this (e.g. 6.12).
+        /// Only the VM kernel with this version or label (e.g. 6.1, 6.12).
         #[arg(long, value_name = "LABEL")]
         kernel: Option<String>,
+        /// In the VMs, only this integration test binary (e.g. fw_xdp_rules).
+        #[arg(long, value_name = "TEST")]
+        only: Option<String>,
         /// Extra arguments for the host's `cargo test` (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
@@ -90,8 +93,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             vm,
             host,
             kernel,
+            only,
             args,
-        } => test(&root, !vm, !host, kernel.as_deref(), &args),
+        } => test(&root, !vm, !host, kernel.as_deref(), only.as_deref(), &args),
         Task::Demo => demo(),
         Task::Bench(target) => bench::run(target),
         Task::BenchWorkload { .. } => Ok(()),
@@ -134,6 +138,7 @@ fn test(
     host: bool,
     vms: bool,
     kernel: Option<&str>,
+    only: Option<&str>,
     extra: &[String],
 ) -> anyhow::Result<()> {
     let start = Instant::now();
@@ -143,7 +148,7 @@ fn test(
         outcomes.push(host_tests(extra)?);
     }
     if vms {
-        outcomes.extend(vm::run(root, kernel)?);
+        outcomes.extend(vm::run(root, kernel, only)?);
     }
     eprintln!("\nxtask: summary");
     eprintln!(

@@ -820,17 +820,24 @@ fn show_failure(console: &[String], label: &str, log: &Path) {
 /// Runs the matrix (the kernels whose label contains `filter`, if given)
 /// and returns one outcome per kernel. Images are prepared one by one, then
 /// the VMs run in parallel: each uses one host thread.
-pub fn run(root: &Path, filter: Option<&str>) -> anyhow::Result<Vec<Outcome>> {
+pub fn run(root: &Path, filter: Option<&str>, only: Option<&str>) -> anyhow::Result<Vec<Outcome>> {
     let vm = root.join("target/vm");
     fs::create_dir_all(&vm)?;
+    // "6.1" is 6.1-bookworm, not 6.12-...
     let kernels: Vec<&Kernel> = MATRIX
         .iter()
-        .filter(|k| filter.is_none_or(|f| k.label.contains(f)))
+        .filter(|k| filter.is_none_or(|f| k.label == f || k.label.starts_with(&format!("{f}-"))))
         .collect();
     if kernels.is_empty() {
         bail!("no kernel in the matrix matches {filter:?}");
     }
-    let bins = build_static(root)?;
+    let mut bins = build_static(root)?;
+    if let Some(only) = only {
+        bins.tests.retain(|(name, _)| name == only);
+        if bins.tests.is_empty() {
+            bail!("no integration test binary is named {only}");
+        }
+    }
     let apt = Apt::new(&vm)?;
     let mut ready = Vec::new();
     for k in kernels {
