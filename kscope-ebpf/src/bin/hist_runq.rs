@@ -81,7 +81,7 @@ fn wakeup(ctx: &TracePointContext, off: u32) -> u32 {
         return 0;
     }
     let now = now_ns();
-    if let Some(p) = RUNQ_PENDING.get_ptr_mut(&tid) {
+    if let Some(p) = RUNQ_PENDING.get_ptr_mut(tid) {
         // SAFETY: a live entry; a race with another CPU's update of the
         // same task can at worst misplace one wait.
         unsafe { (*p).wake_ns = now };
@@ -92,7 +92,7 @@ fn wakeup(ctx: &TracePointContext, off: u32) -> u32 {
         wait_ns: 0,
         has_wait: 0,
     };
-    if RUNQ_PENDING.insert(&tid, &entry, 0).is_err() {
+    if RUNQ_PENDING.insert(tid, entry, 0).is_err() {
         count_lost();
     }
     0
@@ -118,19 +118,19 @@ pub fn hist_runq_switch(ctx: TracePointContext) -> u32 {
     // and forget it (a wakeup stamped while it ran is dropped).
     let prev = bpf_get_current_pid_tgid() as u32;
     if prev != 0
-        && let Some(p) = RUNQ_PENDING.get_ptr(&prev)
+        && let Some(p) = RUNQ_PENDING.get_ptr(prev)
     {
         // SAFETY: a live entry, read before it is removed.
         let (has, wait) = unsafe { ((*p).has_wait, (*p).wait_ns) };
         if has != 0 && passes_filters() {
             hist_add(&RunqKey { zero: 0 }, wait);
         }
-        let _ = RUNQ_PENDING.remove(&prev);
+        let _ = RUNQ_PENDING.remove(prev);
     }
     let Some(next) = tid_at(&ctx, off) else {
         return 0;
     };
-    if let Some(p) = RUNQ_PENDING.get_ptr_mut(&next) {
+    if let Some(p) = RUNQ_PENDING.get_ptr_mut(next) {
         // SAFETY: a live entry (see wakeup).
         unsafe {
             let wake = (*p).wake_ns;

@@ -80,7 +80,7 @@ pub fn hist_syscall_enter(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
-    if SYSCALL_START.insert(&tid, &now_ns(), 0).is_err() {
+    if SYSCALL_START.insert(tid, now_ns(), 0).is_err() {
         count_lost();
     }
     0
@@ -90,10 +90,10 @@ pub fn hist_syscall_enter(ctx: TracePointContext) -> u32 {
 pub fn hist_syscall_exit(ctx: TracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: a copy of a live entry's value.
-    let Some(start) = (unsafe { SYSCALL_START.get(&tid) }).copied() else {
+    let Some(start) = (unsafe { SYSCALL_START.get(tid) }).copied() else {
         return 0;
     };
-    let _ = SYSCALL_START.remove(&tid);
+    let _ = SYSCALL_START.remove(tid);
     let Some(nr) = id_at(&ctx, global!(OFF_EXIT_ID)) else {
         return 0;
     };
