@@ -14,7 +14,7 @@ use std::{
     io::Write as _,
     net::IpAddr,
     sync::{
-        Mutex,
+        RwLock, RwLockReadGuard,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -26,9 +26,15 @@ use kscope_lab::{
     netlab::{Lab, Observer, lab_frame},
 };
 
-/// Tests here attach and detach in parallel threads; the ones that rely on
-/// which interfaces are attached take this lock.
-static SERIAL: Mutex<()> = Mutex::new(());
+/// Tests here attach and detach in parallel threads. Each holds this
+/// shared while it has anything attached; the one test that relies on which
+/// interfaces are attached (all of them, machine-wide) holds it exclusive.
+static ATTACHED: RwLock<()> = RwLock::new(());
+
+/// A shared hold on [`ATTACHED`], for as long as a test has attachments.
+fn attaching() -> RwLockReadGuard<'static, ()> {
+    ATTACHED.read().unwrap_or_else(|p| p.into_inner())
+}
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("address")
@@ -38,10 +44,20 @@ struct Fw {
     lab: FwLab,
     obs: Observer,
     seq: u32,
+    /// Dropped last: the lab (and its attachments) goes first.
+    _attached: Option<RwLockReadGuard<'static, ()>>,
 }
 
 impl Fw {
     fn new(tag: &str, attach_args: &[&str]) -> Self {
+        let held = attaching();
+        let mut fw = Self::holding(tag, attach_args);
+        fw._attached = Some(held);
+        fw
+    }
+
+    /// For a test that already holds [`ATTACHED`] exclusive.
+    fn holding(tag: &str, attach_args: &[&str]) -> Self {
         require_root();
         let lab = FwLab::new(tag).expect("create lab");
         let mut args = vec!["fw", "attach", lab.iface_b.as_str()];
@@ -49,7 +65,12 @@ impl Fw {
         kscope_ok(Some(&lab.b), &args);
         let obs = Observer::open(&lab.b, &lab.iface_b).expect("open observer");
         lab.up().expect("bring lab up");
-        Self { lab, obs, seq: 0 }
+        Self {
+            lab,
+            obs,
+            seq: 0,
+            _attached: None,
+        }
     }
 
     /// `kscope fw VERB --iface IFACE ARGS...`.
@@ -345,8 +366,8 @@ fn default_drop_passes_only_allow_listed_sources() {
 
 #[test]
 fn bad_rule_input_fails_with_one_error_line_and_changes_nothing() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let fw = Fw::new("badin", &[]);
+    let _alone = ATTACHED.write().unwrap_or_else(|p| p.into_inner());
+    let fw = Fw::holding("badin", &[]);
     let ifc = fw.lab.iface_b.clone();
     let dir = tempdir("badin");
     let good = dir.join("good.rules");
@@ -764,6 +785,7 @@ fn stacked_vlan_tags_never_carry_a_blocked_source_to_a_socket(default: &str) {
     use kscope_common::fw::MAX_VLAN_TAGS;
     use kscope_lab::netlab::{ADDR4_A, ADDR4_B, ADDR6_A, ADDR6_B};
     require_root();
+    let _attached = attaching();
     let lab = FwLab::new("vlan").expect("create lab");
     lab.up().expect("bring lab up");
     let socks = vlan_sockets(&lab);
