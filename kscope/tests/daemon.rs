@@ -977,19 +977,10 @@ fn without_capabilities_the_daemon_names_the_missing_ones() {
     // Readable by nobody, as a config in /etc would be.
     fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
-    let out = lab
-        .b
-        .command("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(common::kscope_bin())
-        .args(["daemon", "--config", cfg.to_str().expect("utf-8")])
-        .output()
-        .expect("run setpriv");
+    let out = common::kscope_as_nobody(
+        Some(&lab.b),
+        &["daemon", "--config", cfg.to_str().expect("utf-8")],
+    );
     let line = common::assert_fails(
         &out,
         1,

@@ -261,18 +261,7 @@ fn report_matches_the_kernel_and_leaves_nothing_behind() {
 #[test]
 fn without_capabilities_it_reports_what_is_missing() {
     require_root();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(kscope_bin())
-        .args(["doctor", "--json"])
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run setpriv");
+    let out = kscope_as_nobody(None, &["doctor", "--json"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");

@@ -238,19 +238,7 @@ fn without_capabilities_attach_names_the_missing_ones_and_changes_nothing() {
     require_root();
     let lab = FwLab::new("nocap").expect("create lab");
     // Run as nobody, with every capability dropped.
-    let out = lab
-        .b
-        .command("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(kscope_bin())
-        .args(["fw", "attach", &lab.iface_b])
-        .output()
-        .expect("run setpriv");
+    let out = kscope_as_nobody(Some(&lab.b), &["fw", "attach", &lab.iface_b]);
     let line = assert_fails(&out, 1, &["CAP_BPF", "CAP_NET_ADMIN"]);
     assert!(line.contains("lacks"), "{line}");
     assert_eq!(xdp_on(&lab.b, &lab.iface_b), None);

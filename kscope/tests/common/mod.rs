@@ -83,6 +83,26 @@ pub fn kscope(ns: Option<&Netns>, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", kscope_bin().display()))
 }
 
+/// Runs `kscope ARGS` as nobody with every capability dropped (through
+/// setpriv), inside `ns` when given, and returns its output.
+pub fn kscope_as_nobody(ns: Option<&Netns>, args: &[&str]) -> Output {
+    let mut cmd = match ns {
+        Some(ns) => ns.command("setpriv"),
+        None => Command::new("setpriv"),
+    };
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ])
+    .arg(kscope_bin())
+    .args(args)
+    .env("NO_COLOR", "1")
+    .output()
+    .expect("run setpriv")
+}
+
 /// Runs kscope and panics with its stderr unless it succeeds; returns stdout.
 pub fn kscope_ok(ns: Option<&Netns>, args: &[&str]) -> String {
     let out = kscope(ns, args);
