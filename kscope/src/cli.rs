@@ -111,9 +111,10 @@ pub struct HistSyscallArgs {
     pub(crate) names: Vec<String>,
 }
 
-/// Filters and output options every `kscope hist` takes.
+/// The task filters every tracer and `kscope hist` take, applied in the
+/// kernel.
 #[derive(Debug, Args)]
-pub struct HistCommon {
+pub struct TaskFilters {
     /// Only this process (thread group) id (1 or more).
     #[arg(short = 'p', long = "pid", value_name = "PID", value_parser = parse_task_id)]
     pub(crate) pid: Option<u32>,
@@ -126,6 +127,24 @@ pub struct HistCommon {
     /// Only processes whose name contains COMM (at most 15 bytes).
     #[arg(short = 'n', long = "name", value_name = "COMM")]
     pub(crate) comm: Option<String>,
+}
+
+impl TaskFilters {
+    pub(crate) fn filters(&self) -> crate::trace::Filters {
+        crate::trace::Filters {
+            pid: self.pid,
+            tid: self.tid,
+            uid: self.uid,
+            comm: self.comm.clone(),
+        }
+    }
+}
+
+/// Filters and output options every `kscope hist` takes.
+#[derive(Debug, Args)]
+pub struct HistCommon {
+    #[command(flatten)]
+    pub(crate) filters: TaskFilters,
     /// Stop after SECS seconds (default: until Ctrl-C or SIGTERM), and
     /// print the histograms.
     #[arg(short = 'd', long = "duration", value_name = "SECS", value_parser = parse_interval, allow_hyphen_values = true)]
@@ -142,18 +161,8 @@ pub struct HistCommon {
 /// Filters and output options every tracer takes.
 #[derive(Debug, Args)]
 pub(crate) struct TraceCommon {
-    /// Only this process (thread group) id (1 or more).
-    #[arg(short = 'p', long = "pid", value_name = "PID", value_parser = parse_task_id)]
-    pub(crate) pid: Option<u32>,
-    /// Only this thread id (1 or more).
-    #[arg(short = 't', long = "tid", value_name = "TID", value_parser = parse_task_id)]
-    pub(crate) tid: Option<u32>,
-    /// Only this user id.
-    #[arg(short = 'u', long = "uid", value_name = "UID")]
-    pub(crate) uid: Option<u32>,
-    /// Only processes whose name contains COMM (at most 15 bytes).
-    #[arg(short = 'n', long = "name", value_name = "COMM")]
-    pub(crate) comm: Option<String>,
+    #[command(flatten)]
+    pub(crate) filters: TaskFilters,
     /// Stop after SECS seconds (default: until Ctrl-C or SIGTERM).
     #[arg(short = 'd', long = "duration", value_name = "SECS", value_parser = parse_interval, allow_hyphen_values = true)]
     pub(crate) duration: Option<Duration>,
@@ -570,8 +579,11 @@ mod tests {
         let Command::Trace(TraceCommand::Open(a)) = cli.command else {
             panic!("wrong command");
         };
-        assert_eq!((a.common.pid, a.common.uid), (Some(12), Some(0)));
-        assert_eq!(a.common.comm.as_deref(), Some("cat"));
+        assert_eq!(
+            (a.common.filters.pid, a.common.filters.uid),
+            (Some(12), Some(0))
+        );
+        assert_eq!(a.common.filters.comm.as_deref(), Some("cat"));
         assert_eq!(a.common.duration, Some(Duration::from_millis(1500)));
         assert!(a.failed && a.timestamps && a.common.json);
         assert!(!a.common.count);

@@ -4,7 +4,7 @@
 
 use std::io::{self, Write};
 
-use super::{Filters, Run, Stop, TraceError, connect, exec, open};
+use super::{Run, Stop, TraceError, connect, exec, open};
 use crate::{
     cli::{TraceCommand, TraceCommon},
     output::Format,
@@ -68,12 +68,7 @@ pub fn run(cmd: TraceCommand, w: impl Write) -> Result<(), TraceError> {
 
 fn trace_run(c: &TraceCommon, timestamps: bool) -> Result<Run, TraceError> {
     Ok(Run {
-        filters: Filters {
-            pid: c.pid,
-            tid: c.tid,
-            uid: c.uid,
-            comm: c.comm.clone(),
-        },
+        filters: c.filters.filters(),
         duration: c.duration,
         count: c.count,
         timestamps,

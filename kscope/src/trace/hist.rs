@@ -329,12 +329,7 @@ pub fn run(cmd: HistCommand, w: impl Write) -> Result<(), TraceError> {
 
 fn hist_run(c: &HistCommon) -> HistRun {
     HistRun {
-        filters: Filters {
-            pid: c.pid,
-            tid: c.tid,
-            uid: c.uid,
-            comm: c.comm.clone(),
-        },
+        filters: c.filters.filters(),
         duration: c.duration,
         interval: c.interval,
         format: Format::json(c.json),
