@@ -359,6 +359,10 @@ pub struct ProfileArgs {
     /// Write an SVG flame graph to FILE.
     #[arg(long, value_name = "FILE")]
     pub(crate) svg: Option<PathBuf>,
+    /// Write the profile to FILE as gzipped pprof (profile.proto), for
+    /// `go tool pprof`, Pyroscope or Parca.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) pprof: Option<PathBuf>,
     /// Print the aggregated stacks as one JSON document instead of the table.
     #[arg(long)]
     pub(crate) json: bool,

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{FwLab, Tracer, kscope_ok, require_root, skip};
+use common::{FwLab, Tracer, find_in_path, kscope_ok, require_root, skip};
 use kscope_lab::netlab::{ADDR4_A, Lab, Netns, Traffic, UDP_PORT};
 
 const METRICS: &str = "127.0.0.1:9435";
@@ -34,6 +34,10 @@ impl Scratch {
     }
 
     fn write(&self, name: &str, text: &str) -> PathBuf {
+        self.write_bytes(name, text.as_bytes())
+    }
+
+    fn write_bytes(&self, name: &str, text: &[u8]) -> PathBuf {
         let p = self.0.join(name);
         // Write then rename, as an operator's editor would: the daemon never
         // reads a half-written file.
@@ -85,6 +89,17 @@ fn http(
     path: &str,
     headers: &str,
 ) -> std::io::Result<(u16, String, String)> {
+    parse_response(&http_raw(ns, addr, method, path, headers)?)
+}
+
+/// The whole response to `METHOD path`, as bytes.
+fn http_raw(
+    ns: &Netns,
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> std::io::Result<Vec<u8>> {
     ns.run(|| {
         let mut s = TcpStream::connect(addr)?;
         // Generous: a /profile under emulation symbolizes slowly. This
@@ -96,7 +111,7 @@ fn http(
         )?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw)?;
-        parse_response(&raw)
+        Ok(raw)
     })?
 }
 
@@ -274,14 +289,6 @@ fn start_daemon(lab: &Lab, cfg: &Path) -> Tracer {
     )
 }
 
-fn find_prometheus() -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join("prometheus"))
-        .find(|p| p.is_file())
-}
-
 /// Percent-encodes a PromQL query for a URL.
 fn urlencode(q: &str) -> String {
     q.bytes()
@@ -312,7 +319,7 @@ fn prom_query(ns: &Netns, addr: &str, q: &str) -> Option<f64> {
 #[test]
 fn prometheus_scrapes_exactly_the_packets_sent() {
     require_root();
-    let Some(prometheus) = find_prometheus() else {
+    let Some(prometheus) = find_in_path("prometheus") else {
         skip(
             "prometheus",
             "no prometheus binary in PATH (`cargo xtask setup` installs Debian's on the host)",
@@ -1038,7 +1045,7 @@ fn detach_on_exit_removes_the_firewall_on_sigterm() {
 }
 
 /// GET /profile samples on demand and returns folded stacks whose counts
-/// add up; a bad query gets a 400 naming the problem, and profiling turned
+/// add up, or pprof that Go's pprof reads; a bad query gets a 400 naming the problem, and profiling turned
 /// off gets a 404 that says how to turn it on.
 #[test]
 fn profile_on_demand_serves_folded_stacks() {
@@ -1073,6 +1080,54 @@ fn profile_on_demand_serves_folded_stacks() {
     // at least one is the requirement that sampling ran at all.
     assert!(total > 0, "no samples:\n{}", body.1);
 
+    // format=pprof: gzipped profile.proto, which Go's own pprof reads.
+    let raw = http_raw(
+        &lab.b,
+        METRICS,
+        "GET",
+        "/profile?seconds=1&format=pprof",
+        "",
+    )
+    .expect("GET /profile pprof");
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let pprof = &raw[end + 4..];
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("content-type: application/octet-stream"),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("content-length: {}", pprof.len())),
+        "{head}"
+    );
+    assert_eq!(pprof[..2], [0x1f, 0x8b], "not gzip");
+    match find_in_path("go") {
+        Some(go) => {
+            let file = dir.write_bytes("daemon.pb.gz", pprof);
+            let out = std::process::Command::new(go)
+                .args(["tool", "pprof", "-symbolize=none", "-raw"])
+                .arg(&file)
+                .env("HOME", &dir.0)
+                .output()
+                .expect("go tool pprof");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && text.contains("PeriodType: cpu nanoseconds"),
+                "go tool pprof -raw: {}\n{text}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        None => skip(
+            "go",
+            "no go in PATH to read the pprof body with (`cargo xtask setup` installs it on the host)",
+        ),
+    }
+
     let (status, text) = http_get(&lab.b, METRICS, "/profile?seconds=9").expect("GET");
     assert_eq!(status, 400);
     assert!(text.contains("1-5"), "{text}");
@@ -1088,14 +1143,6 @@ fn profile_on_demand_serves_folded_stacks() {
     let (status, _, stderr) = daemon.stop(libc::SIGTERM);
     assert!(status.success(), "daemon exit {status}:\n{stderr}");
     kscope_ok(None, &["fw", "detach", &lab.iface_b]);
-}
-
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
 }
 
 /// promtool, or a loud note that its checks are skipped (the VM images

@@ -383,17 +383,29 @@ struct RatioRun {
     stderr: String,
     folded: String,
     svg: String,
+    /// The `--pprof` file's bytes.
+    pprof: Vec<u8>,
     target: u32,
     decoy_cpu: Duration,
 }
 
+/// What [`profile_with_files`] returns.
+struct Profiled {
+    report: Value,
+    stderr: String,
+    folded: String,
+    svg: String,
+    pprof: Vec<u8>,
+}
+
 /// `kscope profile -p PID -F FREQ -d SECS --json` that also writes folded
-/// stacks and an SVG (to scratch files named after `tag`); returns the
-/// report, stderr, and the two files' contents.
-fn profile_with_files(tag: &str, pid: &str, secs: &str) -> (Value, String, String, String) {
-    let (folded_path, svg_path) = (
+/// stacks, an SVG and a pprof file (to scratch files named after `tag`);
+/// returns the report, stderr, and the files' contents.
+fn profile_with_files(tag: &str, pid: &str, secs: &str) -> Profiled {
+    let (folded_path, svg_path, pprof_path) = (
         scratch(&format!("{tag}.folded")),
         scratch(&format!("{tag}.svg")),
+        scratch(&format!("{tag}.pb.gz")),
     );
     let (report, stderr) = profile_json(&[
         "-p",
@@ -406,13 +418,22 @@ fn profile_with_files(tag: &str, pid: &str, secs: &str) -> (Value, String, Strin
         folded_path.to_str().expect("utf8 path"),
         "--svg",
         svg_path.to_str().expect("utf8 path"),
+        "--pprof",
+        pprof_path.to_str().expect("utf8 path"),
     ]);
     let read = |p: &Path| {
-        let s = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let s = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         let _ = std::fs::remove_file(p);
         s
     };
-    (report, stderr, read(&folded_path), read(&svg_path))
+    let text = |p: &Path| String::from_utf8(read(p)).expect("UTF-8 file");
+    Profiled {
+        report,
+        stderr,
+        folded: text(&folded_path),
+        svg: text(&svg_path),
+        pprof: read(&pprof_path),
+    }
 }
 
 fn ratio_run() -> &'static RatioRun {
@@ -423,13 +444,14 @@ fn ratio_run() -> &'static RatioRun {
         let decoy = Workload::start("decoy");
         let pid = target.pid().to_string();
         let decoy_before = decoy.cpu_time();
-        let (report, stderr, folded, svg) = profile_with_files("ratio", &pid, SECS);
+        let p = profile_with_files("ratio", &pid, SECS);
         let decoy_cpu = decoy.cpu_time().saturating_sub(decoy_before);
         RatioRun {
-            folded,
-            svg,
-            report,
-            stderr,
+            folded: p.folded,
+            svg: p.svg,
+            pprof: p.pprof,
+            report: p.report,
+            stderr: p.stderr,
             target: target.pid(),
             decoy_cpu,
         }
@@ -537,6 +559,110 @@ fn folded_file_parses_and_sums_to_the_reported_total() {
         "no stack ends in kscope_burn_alpha:\n{}",
         run.folded
     );
+}
+
+/// Stacks by their frames (root to leaf, without the comm and the kernel
+/// mark) with their sample counts, from folded lines.
+fn folded_by_frames(folded: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in folded.lines() {
+        let (stack, n) = line.rsplit_once(' ').expect("STACK COUNT");
+        let frames: Vec<&str> = stack
+            .split(';')
+            .skip(1)
+            .map(|f| f.strip_suffix("_[k]").unwrap_or(f))
+            .collect();
+        *out.entry(frames.join(";")).or_insert(0) += n.parse::<u64>().expect("count");
+    }
+    out
+}
+
+/// The same from `go tool pprof -traces` (leaf first, one block per
+/// sample), with `go`'s labels: the pids the samples carry.
+fn go_traces_by_frames(text: &str) -> (std::collections::BTreeMap<String, u64>, Vec<u32>) {
+    let mut out = std::collections::BTreeMap::new();
+    let mut pids = Vec::new();
+    for block in text.split("-----------+").skip(1) {
+        let mut count = None;
+        let mut frames = Vec::new();
+        for line in block.lines().skip(1) {
+            let t = line.trim();
+            if let Some(pid) = t.strip_prefix("pid:") {
+                pids.push(pid.trim().parse().expect("pid label"));
+            } else if t.contains(':') && count.is_none() && !t.starts_with(char::is_numeric) {
+                // Another label (comm).
+            } else if count.is_none() {
+                let (n, leaf) = t.split_once(char::is_whitespace).expect("COUNT LEAF");
+                count = Some(n.parse::<u64>().expect("count"));
+                frames.push(leaf.trim().to_owned());
+            } else if !t.is_empty() {
+                frames.push(t.to_owned());
+            }
+        }
+        if let Some(n) = count {
+            // Inlined frames are marked; folded names are made safe for
+            // its `;` separator.
+            let frames: Vec<String> = frames
+                .iter()
+                .rev()
+                .map(|f| f.trim_end_matches(" (inline)").replace(';', ":"))
+                .collect();
+            *out.entry(frames.join(";")).or_insert(0) += n;
+        }
+    }
+    (out, pids)
+}
+
+/// Checks that a pprof file holds the same stacks with the same counts as
+/// the folded file of the same run, read back by Go's own pprof (a decoder
+/// kscope had no part in), and that every sample is labelled with `pid`.
+fn assert_pprof_is_the_folded(pprof: &[u8], folded: &str, total: u64, pid: u32) {
+    assert_eq!(pprof[..2], [0x1f, 0x8b], "not gzip");
+    let Some(go) = find_in_path("go") else {
+        skip(
+            "go",
+            "no go in PATH to read the pprof file with (`cargo xtask setup` installs it on the host)",
+        );
+        return;
+    };
+    let file = scratch(&format!("check-{pid}.pb.gz"));
+    std::fs::write(&file, pprof).expect("write pprof");
+    let out = Command::new(go)
+        .args([
+            "tool",
+            "pprof",
+            "-symbolize=none",
+            "-sample_index=samples",
+            "-traces",
+        ])
+        .arg(&file)
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .expect("go tool pprof");
+    let _ = std::fs::remove_file(&file);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "go tool pprof: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (from_pprof, pids) = go_traces_by_frames(&text);
+    assert_eq!(
+        from_pprof,
+        folded_by_frames(folded),
+        "pprof (left) vs folded (right); go's output:\n{text}"
+    );
+    assert_eq!(from_pprof.values().sum::<u64>(), total);
+    assert!(!pids.is_empty());
+    assert!(pids.iter().all(|&p| p == pid), "pids {pids:?}, want {pid}");
+}
+
+#[test]
+fn pprof_file_reads_back_in_go_pprof_as_the_folded_stacks() {
+    let run = ratio_run();
+    let total = run.report["samples"].as_u64().expect("samples");
+    assert_pprof_is_the_folded(&run.pprof, &run.folded, total, run.target);
 }
 
 #[test]
@@ -841,8 +967,17 @@ fn kernel_frames_are_marked_in_folded_and_coloured_apart_in_svg() {
     require_root();
     let w = Workload::start("write");
     let pid = w.pid().to_string();
-    let (report, stderr, folded, svg) = profile_with_files("kmark", &pid, "3");
+    let Profiled {
+        report,
+        stderr,
+        folded,
+        svg,
+        pprof,
+    } = profile_with_files("kmark", &pid, "3");
     drop(w);
+    // Kernel frames too, in pprof's kernel mapping.
+    let total = report["samples"].as_u64().expect("samples");
+    assert_pprof_is_the_folded(&pprof, &folded, total, pid.parse().expect("pid"));
 
     let mut kernel = std::collections::HashSet::new();
     let mut user = std::collections::HashSet::new();

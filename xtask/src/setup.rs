@@ -48,6 +48,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "prometheus"),
     // the packaging tests check the systemd unit with `systemd-analyze verify`
     ("systemd", "systemd-analyze"),
+    // the profiler's pprof output is read back with `go tool pprof`
+    ("golang-go", "go"),
 ];
 
 /// PyPI packages the packaging tests (kscope/tests/packaging.rs) validate

@@ -178,7 +178,7 @@ async fn handle(ctx: &Ctx, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/profile" => profile(ctx, req.uri().query().unwrap_or("")).await,
         "/" => text(
             StatusCode::OK,
-            "kscope daemon: /metrics, /healthz, /profile?seconds=N[&hz=F][&pid=P...][&format=folded|svg|json]\n"
+            "kscope daemon: /metrics, /healthz, /profile?seconds=N[&hz=F][&pid=P...][&format=folded|svg|json|pprof]\n"
                 .into(),
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
@@ -260,6 +260,8 @@ enum ProfileFormat {
     Folded,
     Svg,
     Json,
+    /// Gzipped `profile.proto`, as Go's net/http/pprof serves it.
+    Pprof,
 }
 
 /// A `/profile` request, checked against the config.
@@ -308,7 +310,12 @@ fn parse_profile_query(query: &str, cfg: &ProfileConfig) -> Result<ProfileReques
                     "folded" => ProfileFormat::Folded,
                     "svg" => ProfileFormat::Svg,
                     "json" => ProfileFormat::Json,
-                    _ => return Err(format!("format must be folded, svg or json, not {v:?}")),
+                    "pprof" => ProfileFormat::Pprof,
+                    _ => {
+                        return Err(format!(
+                            "format must be folded, svg, json or pprof, not {v:?}"
+                        ));
+                    }
                 }
             }
             _ => return Err(format!("unknown parameter {k:?}")),
@@ -395,6 +402,7 @@ async fn profile(ctx: &Ctx, query: &str) -> Response<Full<Bytes>> {
             ProfileFormat::Folded => report::write_folded(&mut body, &r.stacks),
             ProfileFormat::Svg => report::write_svg(&mut body, &r.stacks, "kscope daemon profile"),
             ProfileFormat::Json => serde_json::to_writer(&mut body, &r).map_err(Into::into),
+            ProfileFormat::Pprof => profile::pprof::write(&mut body, &r),
         }
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         Ok(body)
@@ -405,6 +413,7 @@ async fn profile(ctx: &Ctx, query: &str) -> Response<Full<Bytes>> {
                 ProfileFormat::Folded => TEXT,
                 ProfileFormat::Svg => "image/svg+xml",
                 ProfileFormat::Json => "application/json",
+                ProfileFormat::Pprof => "application/octet-stream",
             };
             reply(StatusCode::OK, ct, body)
         }
@@ -519,6 +528,8 @@ mod tests {
                 format: ProfileFormat::Svg
             }
         );
+        let r = parse_profile_query("format=pprof", &cfg).expect("pprof");
+        assert_eq!(r.format, ProfileFormat::Pprof);
         for (q, needle) in [
             ("seconds=31", "1-30"),
             ("seconds=0", "1-30"),
@@ -528,7 +539,7 @@ mod tests {
             ("pid=0", "process id"),
             ("pid=4294967295", "1-4194304"),
             ("pid=4194305", "1-4194304"),
-            ("format=png", "folded, svg or json"),
+            ("format=png", "folded, svg, json or pprof"),
             ("color=red", "unknown parameter"),
         ] {
             let e = parse_profile_query(q, &cfg).expect_err(q);

@@ -16,8 +16,8 @@ use crate::cli::ProfileArgs;
 /// `kscope profile`.
 ///
 /// # Errors
-/// As [`super::run`]; [`ProfileError::Signals`], a `--folded` or `--svg`
-/// file that cannot be written, or [`ProfileError::Output`].
+/// As [`super::run`]; [`ProfileError::Signals`], a `--folded`, `--svg` or
+/// `--pprof` file that cannot be written, or [`ProfileError::Output`].
 pub fn run(args: &ProfileArgs, mut w: impl Write) -> Result<(), ProfileError> {
     let opts = Options {
         frequency: args.frequency,
@@ -59,6 +59,9 @@ pub fn run(args: &ProfileArgs, mut w: impl Write) -> Result<(), ProfileError> {
         write_file(path, |w| {
             report::write_svg(w, &report.stacks, "kscope profile")
         })?;
+    }
+    if let Some(path) = &args.pprof {
+        write_file(path, |w| super::pprof::write(w, &report))?;
     }
     let written = if args.json {
         serde_json::to_writer(&mut w, &report)

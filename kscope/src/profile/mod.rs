@@ -18,6 +18,7 @@
 
 pub mod cmd;
 mod kallsyms;
+pub(crate) mod pprof;
 mod procmaps;
 pub(crate) mod report;
 pub(crate) mod symbolize;
@@ -439,6 +440,7 @@ pub(crate) fn run(
 ) -> Result<Report, ProfileError> {
     let mut sampler = Sampler::start(opts)?;
     let mut procs = procmaps::ProcCache::new();
+    let start_unix_ns = crate::sys::unix_now_ns();
     let start = Instant::now();
     let mut last_progress = start;
     loop {
@@ -493,6 +495,7 @@ pub(crate) fn run(
         lost_user_stacks: lost(Side::User),
         symbolize_secs,
         prog_id: sampler.prog_id,
+        start_unix_ns,
         stacks,
     })
 }

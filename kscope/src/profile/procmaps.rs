@@ -92,11 +92,24 @@ impl MappedFile {
     }
 }
 
+/// Where a file is mapped in a process: its address range and the file
+/// offset of its start (pprof's `Mapping`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Span {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) offset: u64,
+}
+
 /// What an address of a process is.
 #[derive(Clone, Debug)]
 pub(crate) enum Region {
-    /// Inside a mapped file, at this file offset.
-    File { file: Arc<MappedFile>, offset: u64 },
+    /// Inside a mapped file, at this file offset, in mapping `span`.
+    File {
+        file: Arc<MappedFile>,
+        offset: u64,
+        span: Span,
+    },
     /// In the vDSO.
     Vdso,
     /// Executable memory with no file (JIT code).
@@ -166,6 +179,11 @@ impl ProcMaps {
             Backing::File(f) => Region::File {
                 file: Arc::clone(f),
                 offset: addr - m.start + m.offset,
+                span: Span {
+                    start: m.start,
+                    end: m.end,
+                    offset: m.offset,
+                },
             },
             Backing::Vdso => Region::Vdso,
             Backing::Anonymous => Region::Anonymous,
@@ -297,14 +315,21 @@ not a maps line
         // 0x1000 into the executable's text mapping, which starts at file
         // offset 0x2f000.
         match maps.lookup(0x55d0_c4a3_0000) {
-            Region::File { file, offset } => {
+            Region::File { file, offset, span } => {
                 assert_eq!(file.mapped_path, "/usr/bin/my prog");
                 assert_eq!(offset, 0x30000);
+                // The r-xp line's range and offset.
+                let want = Span {
+                    start: 0x55d0_c4a2_f000,
+                    end: 0x55d0_c4b9_e000,
+                    offset: 0x2f000,
+                };
+                assert_eq!(span, want);
             }
             r => panic!("{r:?}"),
         }
         match maps.lookup(0x7f3a_1c64_e123) {
-            Region::File { file, offset } => {
+            Region::File { file, offset, .. } => {
                 assert!(file.mapped_path.ends_with("libc.so.6"));
                 assert_eq!(offset, 0x26123);
             }

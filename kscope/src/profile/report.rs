@@ -5,14 +5,63 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     io::{self, Write},
+    sync::Arc,
 };
 
 use serde::Serialize;
 
+use super::procmaps::Span;
 use crate::output::{Align, Column, Format, Output};
 
+/// The file mapping a user frame's code is in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct FileMapping {
+    /// The path the process mapped.
+    pub(crate) path: Arc<str>,
+    pub(crate) span: Span,
+}
+
+/// Where the code of one or more frames is: an address and, for user code
+/// in a file, its mapping. An address with inlined functions is one site
+/// for several frames (the outer function first). A placeholder frame
+/// (`[lost … stack]`, `[user mode]`) has a site at address 0.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Site {
+    /// The address looked up: a caller's return address minus one, so it
+    /// is inside the call instruction.
+    pub(crate) addr: u64,
+    /// How many consecutive frame names this site stands for.
+    pub(crate) frames: usize,
+    pub(crate) mapping: Option<FileMapping>,
+}
+
+/// The frames of one side of a stack, root to leaf, with their sites.
+#[derive(Debug, Default)]
+pub(crate) struct Frames {
+    pub(crate) names: Vec<String>,
+    pub(crate) sites: Vec<Site>,
+}
+
+impl Frames {
+    /// Adds one site and the frame names (outer first) whose code is there.
+    pub(crate) fn push(
+        &mut self,
+        addr: u64,
+        mapping: Option<FileMapping>,
+        names: impl IntoIterator<Item = String>,
+    ) {
+        let before = self.names.len();
+        self.names.extend(names);
+        self.sites.push(Site {
+            addr,
+            frames: self.names.len() - before,
+            mapping,
+        });
+    }
+}
+
 /// One aggregated stack: how many samples hit it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub(crate) struct Stack {
     /// Process id; 0 for the idle task.
     pub(crate) pid: u32,
@@ -24,6 +73,13 @@ pub(crate) struct Stack {
     /// entry) to the leaf.
     pub(crate) kernel: Vec<String>,
     pub(crate) count: u64,
+    /// Where the `user` frames' code is, root to leaf; empty when not
+    /// known (a stack read back from JSON).
+    #[serde(skip)]
+    pub(crate) user_sites: Vec<Site>,
+    /// Where the `kernel` frames' code is, as `user_sites`.
+    #[serde(skip)]
+    pub(crate) kernel_sites: Vec<Site>,
 }
 
 impl Stack {
@@ -218,6 +274,8 @@ pub(crate) struct Report {
     pub(crate) symbolize_secs: f64,
     /// The kernel's id of the sampling program while it ran.
     pub(crate) prog_id: u32,
+    /// When sampling began, in nanoseconds since the Unix epoch.
+    pub(crate) start_unix_ns: u64,
     pub(crate) stacks: Vec<Stack>,
 }
 
@@ -272,6 +330,7 @@ mod tests {
             user: user.iter().map(|s| s.to_string()).collect(),
             kernel: kernel.iter().map(|s| s.to_string()).collect(),
             count,
+            ..Stack::default()
         }
     }
 
@@ -379,6 +438,7 @@ mod tests {
             },
             lost_user_stacks: Lost::default(),
             symbolize_secs: 0.01,
+            start_unix_ns: 1_700_000_000_000_000_000,
             prog_id: 9,
             stacks: sample_stacks(),
         };

@@ -22,7 +22,7 @@ use kscope_common::profile::{LostReason, STACK_ABSENT, StackKey};
 use super::{
     kallsyms::Kallsyms,
     procmaps::{MappedFile, ProcCache, Region},
-    report::Stack,
+    report::{FileMapping, Frames, Stack},
 };
 use crate::sys;
 
@@ -119,7 +119,7 @@ pub(crate) fn symbolize(raw: &RawProfile, procs: &mut ProcCache, sides: Sides) -
                 procs.refresh(key.pid);
                 region = procs.lookup(key.pid, addr);
             }
-            if let Region::File { file, offset } = &region {
+            if let Region::File { file, offset, .. } = &region {
                 by_file
                     .entry(file_key(file))
                     .or_insert_with(|| (Arc::clone(file), BTreeSet::new()))
@@ -156,65 +156,78 @@ pub(crate) fn symbolize(raw: &RawProfile, procs: &mut ProcCache, sides: Sides) -
     }
 
     // Pass 3: assemble the stacks, root to leaf.
+    let mut paths: HashMap<usize, Arc<str>> = HashMap::new();
     raw.counts
         .iter()
         .map(|(key, count)| {
-            let mut user = Vec::new();
+            let mut user = Frames::default();
             match stack_ips(raw, key.user_stack_id) {
                 Some(ips) => {
                     for (i, &ip) in ips.iter().enumerate().rev() {
                         let addr = call_site(ip, i);
                         match regions.get(&(key.pid, addr)) {
-                            Some(Region::File { file, offset }) => {
-                                match names.get(&(file_key(file), *offset)) {
-                                    Some(frames) => user.extend(frames.iter().cloned()),
-                                    None => user.push(UNKNOWN.to_owned()),
+                            Some(Region::File { file, offset, span }) => {
+                                let fk = file_key(file);
+                                let mapping = Some(FileMapping {
+                                    path: Arc::clone(
+                                        paths
+                                            .entry(fk)
+                                            .or_insert_with(|| file.mapped_path.as_str().into()),
+                                    ),
+                                    span: *span,
+                                });
+                                match names.get(&(fk, *offset)) {
+                                    Some(frames) => {
+                                        user.push(addr, mapping, frames.iter().cloned())
+                                    }
+                                    None => user.push(addr, mapping, [UNKNOWN.to_owned()]),
                                 }
                             }
-                            Some(Region::Vdso) => user.push("[vdso]".to_owned()),
-                            _ => user.push(UNKNOWN.to_owned()),
+                            Some(Region::Vdso) => user.push(addr, None, ["[vdso]".to_owned()]),
+                            _ => user.push(addr, None, [UNKNOWN.to_owned()]),
                         }
                     }
                 }
                 None if key.user_stack_id != STACK_ABSENT && key.user_stack_id < 0 => {
-                    user.push(lost_frame("user", key.user_stack_id));
+                    user.push(0, None, [lost_frame("user", key.user_stack_id)]);
                 }
                 None => {}
             }
-            let mut kernel = Vec::new();
+            let mut kernel = Frames::default();
             match stack_ips(raw, key.kernel_stack_id) {
                 Some(ips) => {
                     for (i, &ip) in ips.iter().enumerate().rev() {
                         let addr = call_site(ip, i);
-                        kernel.push(
-                            kallsyms
-                                .as_ref()
-                                .and_then(|k| k.resolve(addr))
-                                .map_or_else(|| UNKNOWN.to_owned(), |s| s.name.to_string()),
-                        );
+                        let name = kallsyms
+                            .as_ref()
+                            .and_then(|k| k.resolve(addr))
+                            .map_or_else(|| UNKNOWN.to_owned(), |s| s.name.to_string());
+                        kernel.push(addr, None, [name]);
                     }
                 }
                 None if key.kernel_stack_id != STACK_ABSENT && key.kernel_stack_id < 0 => {
-                    kernel.push(lost_frame("kernel", key.kernel_stack_id));
+                    kernel.push(0, None, [lost_frame("kernel", key.kernel_stack_id)]);
                 }
                 None => {}
             }
-            if user.is_empty() && kernel.is_empty() {
+            if user.names.is_empty() && kernel.names.is_empty() {
                 // Only one side was asked for and the sample was in the
                 // other. The placeholder goes on the side it stands for:
                 // output marks the kernel side's frames as kernel frames.
                 match (sides.kernel, sides.user) {
-                    (true, false) => user.push("[user mode]".to_owned()),
-                    (false, true) => kernel.push("[kernel thread]".to_owned()),
-                    _ => user.push("[no stack]".to_owned()),
+                    (true, false) => user.push(0, None, ["[user mode]".to_owned()]),
+                    (false, true) => kernel.push(0, None, ["[kernel thread]".to_owned()]),
+                    _ => user.push(0, None, ["[no stack]".to_owned()]),
                 }
             }
             Stack {
                 pid: key.pid,
                 comm: comm(key),
-                user,
-                kernel,
+                user: user.names,
+                kernel: kernel.names,
                 count: *count,
+                user_sites: user.sites,
+                kernel_sites: kernel.sites,
             }
         })
         .collect()
@@ -291,6 +304,13 @@ mod tests {
         assert_eq!(stacks[1].kernel, ["[lost kernel stack: eexist]"]);
         assert_eq!(stacks[2].kernel, ["[lost kernel stack: stack_map_full]"]);
         assert_eq!(stacks.iter().map(|s| s.count).sum::<u64>(), 6);
+        // Placeholders have one site each, at no address.
+        for s in &stacks {
+            for (names, sites) in [(&s.user, &s.user_sites), (&s.kernel, &s.kernel_sites)] {
+                assert_eq!(sites.len(), names.len(), "{s:?}");
+                assert!(sites.iter().all(|t| t.addr == 0 && t.frames == 1), "{s:?}");
+            }
+        }
 
         let kernel_only = Sides {
             kernel: true,

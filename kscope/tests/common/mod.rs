@@ -208,6 +208,15 @@ pub fn stats_json(stdout: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The first `name` in PATH, if any.
+pub fn find_in_path(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
 /// Features the current kernel must have: a comma-separated list in
 /// `KSCOPE_REQUIRE` (the VM runner sets it per kernel, e.g. `kprobe,fentry`
 /// on 6.1 and 6.12). A test may skip a missing feature only when it is not
