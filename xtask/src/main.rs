@@ -216,12 +216,12 @@ fn host_tests(extra: &[String]) -> anyhow::Result<vm::Outcome> {
     // root and a kernel that loads XDP programs, which CI machines have.
     let mut cmd = cargo();
     cmd.arg("test").args(extra);
-    // Setup has installed Prometheus and the packaging tests' validators on
-    // the host, so none of the tests that use them may skip here (they do
-    // in the VMs).
+    // Setup has installed Prometheus, Go (its pprof reads kscope's) and the
+    // packaging tests' validators on the host, so none of the tests that
+    // use them may skip here (they do in the VMs).
     let require = match std::env::var("KSCOPE_REQUIRE") {
-        Ok(r) if !r.is_empty() => format!("{r},prometheus,{}", setup::VALIDATORS),
-        _ => format!("prometheus,{}", setup::VALIDATORS),
+        Ok(r) if !r.is_empty() => format!("{r},prometheus,go,{}", setup::VALIDATORS),
+        _ => format!("prometheus,go,{}", setup::VALIDATORS),
     };
     cmd.env("KSCOPE_REQUIRE", require);
     eprintln!("xtask: $ {}", show(&cmd));

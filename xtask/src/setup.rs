@@ -50,6 +50,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("systemd", "systemd-analyze"),
     // the profiler's pprof output is read back with `go tool pprof`
     ("golang-go", "go"),
+    // kscope-unwind's tables are checked against readelf's, on a C
+    // program gcc builds without frame pointers
+    ("binutils", "readelf"),
+    ("gcc", "gcc"),
 ];
 
 /// PyPI packages the packaging tests (kscope/tests/packaging.rs) validate
