@@ -32,6 +32,15 @@ pub const MAP_BLOCK6: &str = "FW_BLOCK6";
 /// Array of `u32` port bits ([`PORT_TCP`], [`PORT_UDP`]) indexed by
 /// [`port_index`].
 pub const MAP_PORTS: &str = "FW_PORTS";
+/// LPM tries of rate-limit rules: key [`Key4`]/[`Key6`], value
+/// [`RuleValue`]; the limit itself is in [`MAP_LIMITS`] under the id.
+pub const MAP_LIMIT4: &str = "FW_LIMIT4";
+pub const MAP_LIMIT6: &str = "FW_LIMIT6";
+/// Hash of [`Limit`]s keyed by the rule id of a limit rule.
+pub const MAP_LIMITS: &str = "FW_LIMITS";
+/// LRU hash of token buckets: key [`BucketKey`], value `u64` (see
+/// [`Limit`]). Its size is set at attach (`--limit-table`).
+pub const MAP_BUCKETS: &str = "FW_BUCKETS";
 /// Per-CPU hash of rule hit counts (`u64` packets) keyed by rule id
 /// ([`RuleValue::id`]) or [`port_hit_id`].
 pub const MAP_HITS: &str = "FW_HITS";
@@ -72,6 +81,77 @@ pub const TRIE_MAX_ENTRIES: u32 = 2 * MAX_RULES_PER_FAMILY;
 /// A rule first hit when the map is full still filters; its hits are not
 /// counted.
 pub const HITS_MAX_ENTRIES: u32 = 1 << 20;
+/// Rate-limit rules per family that kscope accepts.
+pub const MAX_LIMIT_RULES: u32 = 1 << 16;
+/// Entries of the limit tries and of [`MAP_LIMITS`]: two full slots.
+pub const LIMIT_MAX_ENTRIES: u32 = 2 * MAX_LIMIT_RULES;
+/// Default, smallest and largest number of token buckets
+/// ([`MAP_BUCKETS`]). A bucket is 20 bytes of key and 8 of value, about
+/// 100 bytes with the kernel's LRU bookkeeping, so the default costs about
+/// 6 MiB and the largest about 1.6 GiB.
+pub const LIMIT_TABLE_DEFAULT: u32 = 1 << 16;
+pub const LIMIT_TABLE_MIN: u32 = 1 << 10;
+pub const LIMIT_TABLE_MAX: u32 = 1 << 24;
+/// [`Limit::flags`]: one bucket for the whole prefix instead of one per
+/// source address.
+pub const LIMIT_PER_PREFIX: u32 = 1;
+/// [`Limit::flags`]: police only TCP segments with SYN set and ACK clear.
+pub const LIMIT_SYN: u32 = 2;
+/// Bucket clock units per nanosecond: [`Limit::cost`] is kept in 1/16 ns so
+/// that a rate's rounding error stays under 0.01% up to a million packets
+/// per second (and under 1% at the largest rate). `ktime` in these units
+/// wraps after 36 years of uptime.
+pub const LIMIT_CLOCK_SCALE: u64 = 16;
+/// Largest `--pps`: 100 million packets per second (a cost of 160 units).
+pub const LIMIT_MAX_PPS: u32 = 100_000_000;
+
+/// One rate limit, as the kernel applies it. The bucket is a virtual
+/// clock `v` (the time, in [`LIMIT_CLOCK_SCALE`] units, up to which the
+/// budget is spent; GCRA): a packet moves `v` to at least now and adds
+/// `cost`; it passes when `v` stays within `now + tolerance`. So at most
+/// `burst` packets pass at once and `pps` per second after that.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limit {
+    /// Clock units one packet spends: `LIMIT_CLOCK_SCALE * 1e9 / pps`,
+    /// rounded up so the rate is never exceeded.
+    pub cost: u64,
+    /// `burst * cost`.
+    pub tolerance: u64,
+    /// [`LIMIT_PER_PREFIX`], [`LIMIT_SYN`].
+    pub flags: u32,
+    /// The rate and burst as written, for `fw save`.
+    pub pps: u32,
+    pub burst: u32,
+    pub _pad: u32,
+}
+
+impl Limit {
+    /// The kernel's limit for `pps` packets per second with `burst`.
+    pub const fn new(pps: u32, burst: u32, flags: u32) -> Limit {
+        let ns = 1_000_000_000 * LIMIT_CLOCK_SCALE;
+        let pps64 = if pps == 0 { 1 } else { pps as u64 };
+        let cost = ns.div_ceil(pps64);
+        Limit {
+            cost,
+            tolerance: cost * burst as u64,
+            flags,
+            pps,
+            burst,
+            _pad: 0,
+        }
+    }
+}
+
+/// Key of a token bucket: the limit rule's id and the source address (all
+/// zero for a per-prefix limit; an IPv4 address in the first 4 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BucketKey {
+    pub id: u32,
+    pub addr: [u8; 16],
+}
+
 /// Number of ports (0 to 65535).
 pub const N_PORTS: u32 = 65_536;
 /// Entries of [`MAP_PORTS`]: one per port per slot.
@@ -103,7 +183,10 @@ pub const STATE_NEXT_ID: u32 = 1;
 /// Rules in the active slot: IPv4 then IPv6 (user space only).
 pub const STATE_COUNT_V4: u32 = 2;
 pub const STATE_COUNT_V6: u32 = 3;
-pub const STATE_MAX_ENTRIES: u32 = 4;
+/// Rate-limit rules in either slot: while it is zero the programs skip the
+/// limit tries (read per packet, with the active slot).
+pub const STATE_LIMITS: u32 = 4;
+pub const STATE_MAX_ENTRIES: u32 = 5;
 
 /// Trie key data of an IPv4 rule: the slot byte, then the address. The LPM
 /// prefix length counts the slot's 8 bits plus the CIDR's.
@@ -150,10 +233,12 @@ pub enum Reason {
     /// default policy, so IPv6 keeps working under `--default drop` as ARP
     /// does.
     NeighborDiscovery = 8,
+    /// The source is over a rate limit (dropped).
+    RateLimited = 9,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Allowed,
         Reason::BlockedSrc,
         Reason::BlockedDstPort,
@@ -163,6 +248,7 @@ impl Reason {
         Reason::NotIp,
         Reason::Unfiltered,
         Reason::NeighborDiscovery,
+        Reason::RateLimited,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -176,6 +262,7 @@ impl Reason {
             Reason::NotIp => "not-ip",
             Reason::Unfiltered => "unfiltered",
             Reason::NeighborDiscovery => "neighbor-discovery",
+            Reason::RateLimited => "rate-limited",
         }
     }
 
@@ -185,7 +272,8 @@ impl Reason {
             Reason::BlockedSrc
             | Reason::BlockedDstPort
             | Reason::ParseError
-            | Reason::DroppedDefault => Action::Drop,
+            | Reason::DroppedDefault
+            | Reason::RateLimited => Action::Drop,
             Reason::Allowed
             | Reason::PassedDefault
             | Reason::NotIp
@@ -196,7 +284,7 @@ impl Reason {
 }
 
 /// Number of [`Reason`] values.
-pub const N_REASONS: u32 = 9;
+pub const N_REASONS: u32 = 10;
 
 /// Slots in [`MAP_REASONS`].
 pub const N_REASON_COUNTERS: u32 = N_FAMILIES * N_REASONS;
@@ -313,17 +401,24 @@ pub struct FwConfig {
     pub default_policy: u32,
     /// Wall-clock attach time, nanoseconds since the Unix epoch.
     pub attached_at_unix_ns: u64,
+    /// Entries of [`MAP_BUCKETS`], fixed at attach.
+    pub limit_table: u32,
+    pub _pad: u32,
 }
 
 /// Current value of [`FwConfig::version`].
-pub const FW_CONFIG_VERSION: u32 = 2;
+pub const FW_CONFIG_VERSION: u32 = 3;
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: both are #[repr(C)], made of integers only, with no implicit padding.
     unsafe impl aya::Pod for super::Counter {}
-    // SAFETY: as above; four u32 then a u64, so no implicit padding.
+    // SAFETY: as above; four u32, a u64, then two u32, so no implicit padding.
     unsafe impl aya::Pod for super::FwConfig {}
     // SAFETY: two u32, no padding.
     unsafe impl aya::Pod for super::RuleValue {}
+    // SAFETY: two u64 then four u32 (the last explicit padding): no implicit padding.
+    unsafe impl aya::Pod for super::Limit {}
+    // SAFETY: a u32 then 16 bytes, size 20, alignment 4: no padding.
+    unsafe impl aya::Pod for super::BucketKey {}
 }

@@ -14,6 +14,8 @@
 pub mod net;
 pub mod trace;
 
+pub use trace::add_atomic;
+
 /// True when `a` and `b` are the same string, at compile time: binaries
 /// assert that the names in their `#[map(name = "…")]` attributes (which
 /// must be literals) match kscope-common's constants, so a typo fails the

@@ -38,6 +38,9 @@ pub use kscope_common::fw::MAX_IPV6_EXT_HDRS;
 /// ICMP type/code/checksum.
 pub const TCP_MIN_HLEN: usize = 20;
 pub const UDP_HLEN: usize = 8;
+/// TCP flag bits (byte 13 of the header).
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
 pub const ICMP_MIN_HLEN: usize = 4;
 
 /// Returns a pointer to a `T` at `offset` bytes into the packet, or `None`

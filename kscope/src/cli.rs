@@ -3,12 +3,12 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{ArgGroup, Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::firewall::{
     Mode, Policy,
     maps::Edit,
-    rules::{Cidr, PortSpec, Rule, SrcList},
+    rules::{Cidr, LimitSpec, Per, PortSpec, Rule, SrcList},
 };
 
 /// kscope: an eBPF toolkit for Linux — XDP firewall and packet counters,
@@ -207,6 +207,11 @@ pub enum FwCommand {
         /// allow-listed sources pass.
         #[arg(long = "default", value_enum, default_value_t = Policy::Pass)]
         default_policy: Policy,
+        /// Token buckets the rate limiter holds (an LRU: past this many
+        /// sources the least recently seen bucket is recycled).
+        #[arg(long, value_name = "N", default_value_t = kscope_common::fw::LIMIT_TABLE_DEFAULT,
+              value_parser = parse_limit_table)]
+        limit_table: u32,
     },
     /// Block source prefixes (IPv4 or IPv6 CIDRs; a bare address is one
     /// host) and/or destination ports.
@@ -217,6 +222,12 @@ pub enum FwCommand {
     Allow(CidrArgs),
     /// Remove allow rules.
     Disallow(CidrArgs),
+    /// Rate-limit source prefixes: past a burst, at most --pps packets per
+    /// second pass from each source (or from the whole prefix); the rest
+    /// are dropped as rate-limited. Allow and block rules come first.
+    Limit(LimitArgs),
+    /// Remove the rate limits of source prefixes.
+    Unlimit(CidrArgs),
     /// List every rule with its hit count (summed over CPUs).
     Rules {
         #[command(flatten)]
@@ -309,6 +320,78 @@ impl CidrArgs {
             })
             .collect()
     }
+}
+
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    #[command(flatten)]
+    pub iface: IfaceArg,
+    /// Source prefixes (host bits must be clear).
+    #[arg(value_name = "CIDR", required = true, value_parser = parse_cidr)]
+    pub(crate) cidrs: Vec<Cidr>,
+    /// Packets per second that pass once the burst is spent.
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=u64::from(kscope_common::fw::LIMIT_MAX_PPS)))]
+    pub(crate) pps: u64,
+    /// Packets that may pass at once (default: one second's worth, --pps).
+    #[arg(long, value_name = "M")]
+    pub(crate) burst: Option<u64>,
+    /// One bucket per source address, or one for the whole prefix.
+    #[arg(long, value_enum, default_value_t = PerArg::Source)]
+    pub(crate) per: PerArg,
+    /// Police only TCP SYNs without ACK (new connections); established
+    /// traffic is not touched.
+    #[arg(long)]
+    pub(crate) syn: bool,
+}
+
+/// `--per` of `fw limit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PerArg {
+    Source,
+    Prefix,
+}
+
+impl LimitArgs {
+    /// The edits this command line asks for.
+    ///
+    /// # Errors
+    /// A rate or burst out of range.
+    pub fn edits(&self) -> Result<Vec<Edit>, crate::firewall::rules::RuleError> {
+        let per = match self.per {
+            PerArg::Source => Per::Source,
+            PerArg::Prefix => Per::Prefix,
+        };
+        let spec = LimitSpec::new(self.pps, self.burst, per, self.syn)?;
+        Ok(self
+            .cidrs
+            .iter()
+            .map(|&c| Edit::Add(Rule::Limit(c, spec)))
+            .collect())
+    }
+}
+
+impl CidrArgs {
+    /// The edits of `fw unlimit`: only the prefixes count.
+    pub fn unlimit_edits(&self) -> Vec<Edit> {
+        let any = LimitSpec {
+            pps: 0,
+            burst: 0,
+            per: Per::Source,
+            syn: false,
+        };
+        self.cidrs
+            .iter()
+            .map(|&c| Edit::Remove(Rule::Limit(c, any)))
+            .collect()
+    }
+}
+
+fn parse_limit_table(s: &str) -> Result<u32, String> {
+    let n: u64 = s
+        .parse()
+        .map_err(|_| format!("not a whole number: {s:?}"))?;
+    crate::firewall::check_limit_table(n)
 }
 
 fn parse_cidr(s: &str) -> Result<Cidr, String> {
@@ -500,14 +583,25 @@ mod tests {
             iface,
             mode,
             default_policy,
+            limit_table,
         }) = cli.command
         else {
             panic!("wrong command");
         };
         assert_eq!(
-            (iface.as_str(), mode, default_policy),
-            ("eth0", Mode::Auto, Policy::Pass)
+            (iface.as_str(), mode, default_policy, limit_table),
+            ("eth0", Mode::Auto, Policy::Pass, 65_536)
         );
+        for (size, ok) in [
+            ("1024", true),
+            ("16777216", true),
+            ("1023", false),
+            ("16777217", false),
+            ("-1", false),
+        ] {
+            let r = parse(&["fw", "attach", "eth0", "--limit-table", size]);
+            assert_eq!(r.is_ok(), ok, "--limit-table {size}");
+        }
         assert!(parse(&["fw", "attach", "eth0", "--default", "drop"]).is_ok());
         let err = parse(&["fw", "attach", "eth0", "--default", "reject"]).expect_err("bad policy");
         assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
@@ -515,6 +609,77 @@ mod tests {
         assert!(parse(&["fw", "attach", "eth0", "--mode", "native"]).is_ok());
         let err = parse(&["fw", "attach", "eth0", "--mode", "offload"]).expect_err("bad mode");
         assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn limit_takes_a_rate_a_burst_and_who_shares_the_bucket() {
+        let cli =
+            parse(&["fw", "limit", "10.0.0.0/8", "2001:db8::/32", "--pps", "50"]).expect("parses");
+        let Command::Fw(FwCommand::Limit(a)) = cli.command else {
+            panic!("wrong command");
+        };
+        let edits = a.edits().expect("in range");
+        assert_eq!(edits.len(), 2);
+        let Edit::Add(Rule::Limit(c, spec)) = edits[0] else {
+            panic!("{edits:?}");
+        };
+        assert_eq!(c.to_string(), "10.0.0.0/8");
+        // The burst defaults to one second of the rate.
+        assert_eq!(
+            spec,
+            LimitSpec {
+                pps: 50,
+                burst: 50,
+                per: Per::Source,
+                syn: false
+            }
+        );
+        let cli = parse(&[
+            "fw",
+            "limit",
+            "10.0.0.0/8",
+            "--pps",
+            "5",
+            "--burst",
+            "9",
+            "--per",
+            "prefix",
+            "--syn",
+        ])
+        .expect("parses");
+        let Command::Fw(FwCommand::Limit(a)) = cli.command else {
+            panic!("wrong command");
+        };
+        let Edit::Add(Rule::Limit(_, spec)) = a.edits().expect("in range")[0] else {
+            panic!("not a limit");
+        };
+        assert_eq!(
+            spec,
+            LimitSpec {
+                pps: 5,
+                burst: 9,
+                per: Per::Prefix,
+                syn: true
+            }
+        );
+        for bad in [
+            &["fw", "limit", "10.0.0.0/8"][..],
+            &["fw", "limit", "--pps", "5"],
+            &["fw", "limit", "10.0.0.0/8", "--pps", "0"],
+            &["fw", "limit", "10.0.0.0/8", "--pps", "100000001"],
+            &["fw", "limit", "10.0.0.1/8", "--pps", "5"],
+            &["fw", "limit", "10.0.0.0/8", "--pps", "5", "--per", "host"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+        // A burst is checked against the rate once both are known.
+        let cli =
+            parse(&["fw", "limit", "10.0.0.0/8", "--pps", "2", "--burst", "7201"]).expect("parses");
+        let Command::Fw(FwCommand::Limit(a)) = cli.command else {
+            panic!("wrong command");
+        };
+        let e = a.edits().expect_err("burst over an hour of the rate");
+        assert!(e.to_string().contains("--burst must be 1 to 7200"), "{e}");
     }
 
     #[test]

@@ -146,11 +146,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             iface,
             mode,
             default_policy,
-        }) => fw::attach(&iface, mode, default_policy)?,
+            limit_table,
+        }) => fw::attach(&iface, mode, default_policy, limit_table)?,
         Command::Fw(FwCommand::Block(a)) => fw::edit(a.iface.iface.as_deref(), &a.edits(true))?,
         Command::Fw(FwCommand::Unblock(a)) => fw::edit(a.iface.iface.as_deref(), &a.edits(false))?,
         Command::Fw(FwCommand::Allow(a)) => fw::edit(a.iface.iface.as_deref(), &a.edits(true))?,
         Command::Fw(FwCommand::Disallow(a)) => fw::edit(a.iface.iface.as_deref(), &a.edits(false))?,
+        Command::Fw(FwCommand::Limit(a)) => fw::edit(a.iface.iface.as_deref(), &a.edits()?)?,
+        Command::Fw(FwCommand::Unlimit(a)) => {
+            fw::edit(a.iface.iface.as_deref(), &a.unlimit_edits())?
+        }
         Command::Fw(FwCommand::Rules { iface, json }) => {
             fw::rules(iface.iface.as_deref(), Format::json(json), stdout())?
         }

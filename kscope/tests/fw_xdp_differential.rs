@@ -3,6 +3,13 @@
 //! the plain-Rust reference classifier (`kscope::firewall::reference`), on
 //! seeded random rule sets and frames, valid and malformed. Needs root.
 //!
+//! Rate limits are modelled, not skipped: each bucket is the kernel's
+//! virtual clock (GCRA, `kscope_common::fw::Limit`), advanced with the
+//! CLOCK_MONOTONIC time (the kernel's `ktime_get_ns`) read just before and
+//! just after each test run. Where the verdict depends on exactly when in
+//! that window the program read the clock, the kernel's answer is taken
+//! and checked to be one of the two, and the model follows it.
+//!
 //! Reproduce a failure with `KSCOPE_SEED=<seed printed> cargo test --test
 //! fw_xdp_differential`. `KSCOPE_DIFF_FRAMES` changes the frame count
 //! (120,000 on the host, 30,000 in the VM suite).
@@ -10,9 +17,9 @@
 mod common;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     io::Write as _,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Instant,
 };
 
@@ -26,12 +33,12 @@ use kscope::firewall::{
     Policy, load_pipeline,
     maps::{Edit, RuleMaps},
     reference,
-    rules::{Cidr, PortSpec, Rule, RuleSet, SrcList},
+    rules::{Cidr, LimitSpec, Per, PortSpec, Rule, RuleSet, SrcList},
     xdp_program,
 };
 use kscope_common::fw::{
-    Counter, Family, MAP_REASONS, MAX_IPV6_EXT_HDRS, MAX_VLAN_TAGS, N_REASON_COUNTERS, PORT_TCP,
-    PORT_UDP, PROG_FW_XDP, Reason, reason_index,
+    Counter, Family, LIMIT_CLOCK_SCALE, MAP_REASONS, MAX_IPV6_EXT_HDRS, MAX_VLAN_TAGS,
+    N_REASON_COUNTERS, PORT_TCP, PORT_UDP, PROG_FW_XDP, Reason, reason_index,
 };
 use kscope_lab::frame::*;
 
@@ -130,7 +137,73 @@ fn rule_set(rng: &mut Rng) -> RuleSet {
         let bits = rng.pick(&[PORT_TCP, PORT_UDP, PORT_TCP | PORT_UDP]);
         set.add(Rule::Port(PortSpec { lo, hi, bits }));
     }
+    for is_v4 in [true, false] {
+        for _ in 0..1 + rng.below(4) {
+            // Slow rates run out (the generator's few hosts send many
+            // frames), fast ones put the verdict on a knife's edge.
+            let spec = LimitSpec::new(
+                rng.pick(&[1, 50, 2_000, 200_000]),
+                Some(rng.pick(&[1, 3, 40])),
+                if rng.chance(30) {
+                    Per::Prefix
+                } else {
+                    Per::Source
+                },
+                rng.chance(30),
+            )
+            .expect("valid limit");
+            set.add(Rule::Limit(cidr(rng, is_v4), spec));
+        }
+    }
     set
+}
+
+/// CLOCK_MONOTONIC, the kernel's `bpf_ktime_get_ns()`, in bucket units.
+fn ktime() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(r, 0, "clock_gettime");
+    (ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64) * LIMIT_CLOCK_SCALE
+}
+
+/// One token bucket as the kernel keeps it: a virtual clock, known to lie
+/// in `lo..=hi` because the kernel read its clock somewhere in a window.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    lo: u64,
+    hi: u64,
+}
+
+/// What a limit does to a frame that reaches it at a time in
+/// `before..=after`: `Some(true)` passes for sure, `Some(false)` drops for
+/// sure, `None` depends on the exact time.
+fn bucket_says(b: Option<Bucket>, spec: &LimitSpec, before: u64, after: u64) -> Option<bool> {
+    let k = spec.kernel();
+    // Passes iff clock - now <= tolerance - cost (a new bucket's clock is
+    // now: it always passes).
+    let Some(b) = b else { return Some(true) };
+    let room = k.tolerance - k.cost;
+    if b.hi.saturating_sub(before) <= room {
+        Some(true)
+    } else if b.lo.saturating_sub(after) > room {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// The bucket after a frame passed at a time in `before..=after`.
+fn spend(b: Option<Bucket>, spec: &LimitSpec, before: u64, after: u64) -> Bucket {
+    let cost = spec.kernel().cost;
+    let (lo, hi) = b.map_or((before, after), |b| (b.lo.max(before), b.hi.max(after)));
+    Bucket {
+        lo: lo + cost,
+        hi: hi + cost,
+    }
 }
 
 /// A random frame, valid or malformed in one of the ways the filters must
@@ -187,7 +260,12 @@ fn frame(rng: &mut Rng) -> Vec<u8> {
     let l3 = f.len();
     let payload: Vec<u8> = (0..rng.below(24)).map(|_| rng.next() as u8).collect();
     let (proto, l4) = match rng.below(10) {
-        0..=3 => (PROTO_TCP, tcp(rng.next() as u16, rng.pick(&PORTS))),
+        0..=3 => {
+            let mut h = tcp(rng.next() as u16, rng.pick(&PORTS));
+            // SYN, SYN+ACK, ACK, SYN+FIN, none.
+            h[13] = rng.pick(&[0x02, 0x02, 0x12, 0x10, 0x03, 0x00]);
+            (PROTO_TCP, h)
+        }
         4..=6 => (
             PROTO_UDP,
             udp(rng.next() as u16, rng.pick(&PORTS), payload.len()),
@@ -326,6 +404,16 @@ fn edits(from: &RuleSet, to: &RuleSet) -> Vec<Edit> {
         e.extend(a.difference(b).map(|&c| Edit::Remove(Rule::Src(list, c))));
         e.extend(b.difference(a).map(|&c| Edit::Add(Rule::Src(list, c))));
     }
+    for (c, spec) in &from.limits {
+        if !to.limits.contains_key(c) {
+            e.push(Edit::Remove(Rule::Limit(*c, *spec)));
+        }
+    }
+    for (c, spec) in &to.limits {
+        if from.limits.get(c) != Some(spec) {
+            e.push(Edit::Add(Rule::Limit(*c, *spec)));
+        }
+    }
     for (port, (&was, &now)) in from.ports.iter().zip(&to.ports).enumerate() {
         let p = port as u16;
         if was & !now != 0 {
@@ -376,6 +464,8 @@ fn kernel_programs_agree_with_the_reference_classifier_on_random_frames() {
         let mut ebpf = load_pipeline(policy).expect("load the pipeline");
         let mut maps = RuleMaps::from_ebpf(&mut ebpf).expect("rule maps");
         let mut current = RuleSet::default();
+        // Buckets by limit rule and source (None: the whole prefix).
+        let mut buckets: HashMap<(Cidr, LimitSpec, Option<IpAddr>), Bucket> = HashMap::new();
         for round in 0..rounds / 2 {
             let set = rule_set(&mut rng);
             // Alternate the two ways of changing rules: atomic load and live edits.
@@ -389,19 +479,52 @@ fn kernel_programs_agree_with_the_reference_classifier_on_random_frames() {
                 set,
                 "seed {seed}: the maps do not hold the set just written"
             );
+            // A limit that stays the same keeps its buckets; any other
+            // change starts new ones.
+            buckets.retain(|(c, spec, _), _| set.limits.get(c) == Some(spec));
             current = set;
             let before = reasons(&ebpf);
             let mut want = vec![0u64; N_REASON_COUNTERS as usize];
-            let prog = xdp_program(&mut ebpf, PROG_FW_XDP).expect("fw_xdp");
             for _ in 0..per_round {
                 let f = frame(&mut rng);
-                let (family, reason) = reference::classify(&f, &current, default_drop);
-                let got = prog
+                let verdict = reference::judge(&f, &current, default_drop);
+                let family = verdict.family;
+                let t0 = ktime();
+                let got = xdp_program(&mut ebpf, PROG_FW_XDP)
+                    .expect("fw_xdp")
                     .test_run(TestRunOptions {
                         data_in: Some(&f),
                         ..TestRunOptions::default()
                     })
                     .unwrap_or_else(|e| panic!("seed {seed}: test run failed: {e}"));
+                let t1 = ktime();
+                let reason = match verdict.limit {
+                    None => verdict.reason,
+                    Some(l) => {
+                        let key = (l.cidr, l.spec, l.source);
+                        let b = buckets.get(&key).copied();
+                        let passes = match bucket_says(b, &l.spec, t0, t1) {
+                            Some(p) => p,
+                            // On the edge: the kernel decided. With the
+                            // verdicts apart, its verdict says which way;
+                            // with both drops, its reason counters do (every
+                            // frame before this one is in `want`).
+                            None if verdict.reason.action() != Reason::RateLimited.action() => {
+                                got.return_value == verdict.reason.action() as u32
+                            }
+                            None => {
+                                let i = reason_index(family, Reason::RateLimited) as usize;
+                                reasons(&ebpf)[i] - before[i] == want[i]
+                            }
+                        };
+                        if passes {
+                            buckets.insert(key, spend(b, &l.spec, t0, t1));
+                            verdict.reason
+                        } else {
+                            Reason::RateLimited
+                        }
+                    }
+                };
                 assert_eq!(
                     got.return_value,
                     reason.action() as u32,
@@ -423,7 +546,7 @@ fn kernel_programs_agree_with_the_reference_classifier_on_random_frames() {
             let got: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
             assert_eq!(
                 got, want,
-                "seed {seed}, default {policy:?}, round {round}: reason counters differ (index = family * 8 + reason)"
+                "seed {seed}, default {policy:?}, round {round}: reason counters differ (index = family * N_REASONS + reason)"
             );
             // Straight to stderr, past libtest's capture: under emulation a
             // run takes minutes, and the VM harness takes a silent console

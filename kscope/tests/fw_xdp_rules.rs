@@ -307,6 +307,250 @@ fn port_rules_drop_tcp_and_udp_to_that_port_only() {
     fw.detach();
 }
 
+/// What a flood test sent: frames per source, and the measured window.
+struct Flood {
+    sent: HashMap<IpAddr, u64>,
+    /// From the start of the first batch to the end of the last: no
+    /// packet reached the limiter before the one or after the other.
+    outer: Duration,
+    /// From the end of the first batch to the start of the last, less
+    /// every gap between batches longer than the burst lasts (`slack`):
+    /// during such a gap the bucket fills up and stops growing, so only
+    /// this much of the window is sure to have added tokens that a later
+    /// batch spent.
+    inner: Duration,
+}
+
+/// Sends `batches` batches of `l4` 50 ms apart; batch `i` carries
+/// `per_batch(i, src)` frames from each source. Batches are far above the limits the
+/// tests set, so each one spends every token the bucket has.
+fn flood(
+    fw: &mut Fw,
+    l4: L4,
+    sources: &[&str],
+    batches: u32,
+    slack: Duration,
+    per_batch: impl Fn(u32, &str) -> u32,
+) -> Flood {
+    let mut sent: HashMap<IpAddr, u64> = HashMap::new();
+    let mut spans = Vec::new();
+    for b in 0..batches {
+        let mut frames = Vec::new();
+        for s in sources {
+            for _ in 0..per_batch(b, s) {
+                frames.push(lab_frame(ip(s), l4, fw.seq));
+                fw.seq += 1;
+                *sent.entry(ip(s)).or_default() += 1;
+            }
+        }
+        let start = Instant::now();
+        fw.lab.inject(&frames).expect("inject frames");
+        spans.push((start, Instant::now()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (first, last) = (spans[0], spans[spans.len() - 1]);
+    let lost: Duration = spans
+        .windows(2)
+        .map(|w| w[1].0.duration_since(w[0].0).saturating_sub(slack))
+        .sum();
+    Flood {
+        sent,
+        outer: last.1.duration_since(first.0),
+        inner: last.0.duration_since(first.1).saturating_sub(lost),
+    }
+}
+
+/// Checks that `passed` is `burst + pps × seconds` within 5%, for the
+/// window `flood` measured.
+fn assert_rate(what: &str, passed: u64, burst: u64, pps: u64, f: &Flood) {
+    // Tokens come whole: a window of 0.6 s at 1 pps has added none for sure
+    // and at most one.
+    let lo = ((burst as f64 + (pps as f64 * f.inner.as_secs_f64()).floor()) * 0.95).floor();
+    let hi = ((burst as f64 + (pps as f64 * f.outer.as_secs_f64()).ceil()) * 1.05).ceil();
+    assert!(
+        (lo..=hi).contains(&(passed as f64)),
+        "{what}: {passed} passed, want burst {burst} + {pps} pps over {:?}..{:?} \
+         within 5%: {lo:.0}..{hi:.0}",
+        f.inner,
+        f.outer
+    );
+}
+
+#[test]
+fn rate_limits_pass_the_burst_then_the_rate_per_source_and_per_prefix() {
+    let mut fw = Fw::new("limit", &["--limit-table", "1024"]);
+    let status = kscope_ok(None, &["fw", "status", "--json"]);
+    let mine = stats_json(&status)
+        .into_iter()
+        .find(|s| s["iface"] == fw.lab.iface_b.as_str())
+        .expect("fw status lists the interface");
+    assert_eq!(mine["limit_table"], 1024, "{mine}");
+    // (pps, burst) pairs; each flood offers 200 frames per 50 ms batch,
+    // 4,000 pps, far above either rate.
+    for (round, (pps, burst)) in [(100u64, 100u64), (40, 160)].into_iter().enumerate() {
+        let (heavy, light, pair) = match round {
+            0 => (
+                "198.51.100.10",
+                "198.51.100.11",
+                ["2001:db8:7::1", "2001:db8:7::2"],
+            ),
+            _ => (
+                "198.51.100.20",
+                "198.51.100.21",
+                ["2001:db8:8::1", "2001:db8:8::2"],
+            ),
+        };
+        let (v4, v6) = if round == 0 {
+            ("198.51.100.0/28", "2001:db8:7::/48")
+        } else {
+            ("198.51.100.16/28", "2001:db8:8::/48")
+        };
+        let (p, b) = (pps.to_string(), burst.to_string());
+        fw.fw("limit", &[v4, "--pps", &p, "--burst", &b]);
+        fw.fw(
+            "limit",
+            &[v6, "--pps", &p, "--burst", &b, "--per", "prefix"],
+        );
+        let dropped_before =
+            fw.reason("ipv4", "rate-limited").0 + fw.reason("ipv6", "rate-limited").0;
+        // The light source sends one frame a batch: 20 in all, under its
+        // own burst, so it must lose nothing while its neighbour floods.
+        // The IPv6 pair shares one bucket (--per prefix).
+        let slack = Duration::from_secs_f64(burst as f64 / pps as f64);
+        let f = flood(
+            &mut fw,
+            L4::Udp(9),
+            &[heavy, light, pair[0], pair[1]],
+            20,
+            slack,
+            |_, s| {
+                if s == light { 1 } else { 100 }
+            },
+        );
+        let d = fw.delivered();
+        assert_eq!(got(&d, light), 20, "{light} stayed under its limit: {d:?}");
+        assert_rate(heavy, got(&d, heavy), burst, pps, &f);
+        let shared = got(&d, pair[0]) + got(&d, pair[1]);
+        assert_rate("the IPv6 prefix", shared, burst, pps, &f);
+        // Every frame that did not arrive was dropped as rate-limited.
+        let sent: u64 = f.sent.values().sum();
+        let arrived: u64 = d.values().sum();
+        let dropped = fw.reason("ipv4", "rate-limited").0 + fw.reason("ipv6", "rate-limited").0
+            - dropped_before;
+        assert_eq!(dropped, sent - arrived, "sent {sent}, arrived {arrived}");
+        let hits = fw.hits();
+        let rule4 = format!("limit {v4} --pps {pps} --burst {burst} --per source");
+        let rule6 = format!("limit {v6} --pps {pps} --burst {burst} --per prefix");
+        assert_eq!(
+            hits.get(&rule4).copied().unwrap_or(0) + hits.get(&rule6).copied().unwrap_or(0),
+            dropped,
+            "{hits:?}"
+        );
+    }
+    // The rules round-trip through fw save and fw load.
+    let saved = fw.fw("save", &[]);
+    assert!(
+        saved.contains("limit 198.51.100.0/28 --pps 100 --burst 100 --per source\n"),
+        "{saved}"
+    );
+    assert!(
+        saved.contains("limit 2001:db8:8::/48 --pps 40 --burst 160 --per prefix\n"),
+        "{saved}"
+    );
+    let dir = tempdir("limit-save");
+    let file = dir.join("rules");
+    std::fs::write(&file, &saved).expect("write rules");
+    fw.fw("load", &[file.to_str().expect("utf-8 path")]);
+    assert_eq!(fw.fw("save", &[]), saved);
+    // Unlimit takes the limit away: a flood passes whole.
+    fw.fw("unlimit", &["198.51.100.0/28"]);
+    fw.send(&["198.51.100.10"], L4::Udp(9), 300);
+    assert_eq!(got(&fw.delivered(), "198.51.100.10"), 300);
+    let _ = std::fs::remove_dir_all(dir);
+    fw.detach();
+}
+
+#[test]
+fn allow_and_block_come_before_a_limit() {
+    let mut fw = Fw::new("limitorder", &[]);
+    fw.fw("limit", &["198.51.100.0/24", "--pps", "1", "--burst", "1"]);
+    fw.fw("allow", &["198.51.100.5"]);
+    fw.fw("block", &["198.51.100.6"]);
+    fw.send(
+        &["198.51.100.5", "198.51.100.6", "198.51.100.7"],
+        L4::Udp(9),
+        40,
+    );
+    let d = fw.delivered();
+    assert_eq!(got(&d, "198.51.100.5"), 40, "allowed: {d:?}");
+    assert_eq!(got(&d, "198.51.100.6"), 0, "blocked: {d:?}");
+    // One token, and at most a few more over the seconds this takes.
+    let limited = got(&d, "198.51.100.7");
+    assert!((1..=10).contains(&limited), "limited: {d:?}");
+    assert_eq!(fw.reason("ipv4", "blocked-src").0, 40);
+    assert_eq!(fw.reason("ipv4", "rate-limited").0, 40 - limited);
+    fw.detach();
+}
+
+#[test]
+fn a_syn_limit_caps_new_connections_and_leaves_an_established_one_alone() {
+    use std::io::{Read as _, Write as _};
+    let mut fw = Fw::new("limitsyn", &[]);
+    let port = 7411;
+    let listener = fw
+        .lab
+        .b
+        .run(move || std::net::TcpListener::bind((kscope_lab::netlab::ADDR4_B, port)))
+        .expect("enter b")
+        .expect("listen in b");
+    let client = fw
+        .lab
+        .a
+        .run(move || std::net::TcpStream::connect((kscope_lab::netlab::ADDR4_B, port)))
+        .expect("enter a")
+        .expect("connect from a");
+    let (mut server, _) = listener.accept().expect("accept");
+    fw.fw(
+        "limit",
+        &["192.0.2.0/24", "--pps", "1", "--burst", "5", "--syn"],
+    );
+    // A SYN flood from the client's own address (`L4::Tcp` frames are
+    // hand-built segments with SYN set, ACK clear) ...
+    let f = flood(
+        &mut fw,
+        L4::Tcp(9),
+        &["192.0.2.1"],
+        10,
+        Duration::from_secs(5),
+        |_, _| 50,
+    );
+    // ... while the established connection moves 4 MiB.
+    let data: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let sender = {
+        let data = data.clone();
+        let mut client = client;
+        std::thread::spawn(move || {
+            client.write_all(&data).expect("send");
+            client
+                .shutdown(std::net::Shutdown::Write)
+                .expect("shutdown");
+        })
+    };
+    let mut got_back = Vec::new();
+    server.read_to_end(&mut got_back).expect("receive");
+    sender.join().expect("sender");
+    assert!(got_back == data, "the established connection lost data");
+    let d = fw.delivered();
+    let syns = got(&d, "192.0.2.1");
+    assert_rate("SYNs", syns, 5, 1, &f);
+    // Only SYNs were policed: the drops are exactly the SYNs that did not
+    // arrive, none of the connection's segments (whose loss TCP would
+    // otherwise have hidden by retransmitting).
+    let sent = f.sent[&ip("192.0.2.1")];
+    assert_eq!(fw.reason("ipv4", "rate-limited").0, sent - syns);
+    fw.detach();
+}
+
 #[test]
 fn default_drop_passes_only_allow_listed_sources() {
     let mut fw = Fw::new("defdrop", &["--default", "drop"]);
@@ -437,6 +681,26 @@ fn bad_rule_input_fails_with_one_error_line_and_changes_nothing() {
             vec!["unknown protocol", "sctp"],
         ),
         (vec!["block", "--port", "90-80"], 2, vec!["90-80"]),
+        (
+            vec!["limit", "198.51.100.0/24", "--pps", "0"],
+            2,
+            vec!["--pps", "1..=100000000"],
+        ),
+        (
+            vec!["limit", "198.51.100.0/24", "--pps", "10", "--burst", "0"],
+            1,
+            vec!["--burst", "1 to 36000"],
+        ),
+        (
+            vec!["limit", "198.51.100.0/24", "--pps", "10", "--per", "host"],
+            2,
+            vec!["--per", "host"],
+        ),
+        (
+            vec!["unlimit", "203.0.113.0/24"],
+            1,
+            vec!["no such rule", "limit 203.0.113.0/24"],
+        ),
         // Removing one existing and one missing rule removes neither.
         (
             vec!["unblock", "198.51.100.0/24", "203.0.113.0/24"],
@@ -476,6 +740,14 @@ fn bad_rule_input_fails_with_one_error_line_and_changes_nothing() {
             before,
             "`kscope {a:?}` changed the rules"
         );
+    }
+    // The limiter's table size is checked before anything is loaded.
+    for size in ["5", "16777217", "many"] {
+        let out = kscope(
+            Some(&fw.lab.b),
+            &["fw", "attach", &ifc, "--limit-table", size],
+        );
+        assert_fails(&out, 2, &["--limit-table", size]);
     }
     // Rules for an interface kscope is not attached to.
     let out = kscope(

@@ -21,11 +21,15 @@
 //! 4. the layer-4 header does not parse (truncated TCP/UDP/ICMP header, an
 //!    IPv6 extension chain longer than the walk bound): **drop**,
 //!    `parse-error`;
-//! 5. TCP or UDP to a blocked destination port: drop, `blocked-dst-port`;
-//! 6. IPv6 Neighbor Discovery (ICMPv6 types 133-137 with hop limit 255,
+//! 5. the source matches a rate-limit rule (the longest one) and is over
+//!    its limit: drop, `rate-limited` (a `--syn` limit looks only at TCP
+//!    segments with SYN set and ACK clear; non-first fragments are policed
+//!    by limits without `--syn`);
+//! 6. TCP or UDP to a blocked destination port: drop, `blocked-dst-port`;
+//! 7. IPv6 Neighbor Discovery (ICMPv6 types 133-137 with hop limit 255,
 //!    which only the link itself can send): pass, `neighbor-discovery`, so
 //!    IPv6 keeps working under a drop default as ARP does;
-//! 7. otherwise the default policy: `passed-default` or `dropped-default`.
+//! 8. otherwise the default policy: `passed-default` or `dropped-default`.
 //!
 //! Parse errors drop (fail closed): a packet kscope cannot read could hide a
 //! blocked port behind an over-long IPv6 extension chain, and the kernel's
@@ -65,6 +69,19 @@
 //!   packet arrives on the tunnel device). Attach kscope to that device to
 //!   filter the inner packets.
 //!
+//! Rate limits are token buckets kept as a virtual clock (GCRA, see
+//! `kscope_common::fw::Limit`) in an LRU hash, one per source address or
+//! one per prefix. Every CPU may police the same bucket at once, so the
+//! clock only moves by atomic adds (BPF_ATOMIC add, which 5.10 has; a
+//! compare-and-swap is 5.12+): a packet adds its cost, reads the clock back
+//! and, when that is past the tolerance, takes its cost out again and is
+//! dropped. Each read sees at least this packet's own add, so concurrent
+//! packets can only make each other look later, never earlier: the race
+//! can drop a packet that a serial order would have passed, but never
+//! pass more than `burst + pps × elapsed`. A bucket idle for longer than
+//! its tolerance is moved up to now with one more add (two CPUs doing it
+//! at once move it too far, which again errs on the side of dropping).
+//!
 //! The rule set lives in two slots (see `kscope_common::fw`): each packet
 //! reads the active slot once, so it is judged against one whole set.
 #![no_std]
@@ -72,20 +89,26 @@
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
+    helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
-    maps::{Array, LpmTrie, PerCpuArray, PerCpuHashMap, ProgramArray, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray,
+        lpm_trie::Key,
+    },
     programs::XdpContext,
 };
 use kscope_common::fw::{
-    Counter, Family, FwConfig, GLOBAL_DEFAULT_DROP, HITS_MAX_ENTRIES, Key4, Key6, MAP_ALLOW4,
-    MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_CONFIG, MAP_COUNTERS, MAP_HITS, MAP_PORTS, MAP_PROGS,
-    MAP_REASONS, MAP_STATE, N_COUNTERS, N_REASON_COUNTERS, PORT_TCP, PORT_UDP, PORTS_MAX_ENTRIES,
-    PROG_FW_IPV4, PROG_FW_IPV6, PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6, Reason, RuleValue,
-    STATE_ACTIVE_SLOT, STATE_MAX_ENTRIES, TRIE_MAX_ENTRIES, counter_index, port_hit_id, port_index,
-    reason_index,
+    BucketKey, Counter, Family, FwConfig, GLOBAL_DEFAULT_DROP, HITS_MAX_ENTRIES, Key4, Key6,
+    LIMIT_CLOCK_SCALE, LIMIT_MAX_ENTRIES, LIMIT_PER_PREFIX, LIMIT_SYN, LIMIT_TABLE_DEFAULT, Limit,
+    MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_BUCKETS, MAP_CONFIG, MAP_COUNTERS,
+    MAP_HITS, MAP_LIMIT4, MAP_LIMIT6, MAP_LIMITS, MAP_PORTS, MAP_PROGS, MAP_REASONS, MAP_STATE,
+    N_COUNTERS, N_REASON_COUNTERS, PORT_TCP, PORT_UDP, PORTS_MAX_ENTRIES, PROG_FW_IPV4,
+    PROG_FW_IPV6, PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6, Reason, RuleValue,
+    STATE_ACTIVE_SLOT, STATE_LIMITS, STATE_MAX_ENTRIES, TRIE_MAX_ENTRIES, counter_index,
+    port_hit_id, port_index, reason_index,
 };
 use kscope_ebpf::{
-    assert_symbol_name,
+    add_atomic, assert_symbol_name,
     net::{self, ptr_at},
 };
 
@@ -117,6 +140,17 @@ static FW_BLOCK6: LpmTrie<Key6, RuleValue> = LpmTrie::with_max_entries(TRIE_MAX_
 #[map]
 static FW_PORTS: Array<u32> = Array::with_max_entries(PORTS_MAX_ENTRIES, 0);
 
+#[map]
+static FW_LIMIT4: LpmTrie<Key4, RuleValue> = LpmTrie::with_max_entries(LIMIT_MAX_ENTRIES, 0);
+#[map]
+static FW_LIMIT6: LpmTrie<Key6, RuleValue> = LpmTrie::with_max_entries(LIMIT_MAX_ENTRIES, 0);
+#[map]
+static FW_LIMITS: HashMap<u32, Limit> = HashMap::with_max_entries(LIMIT_MAX_ENTRIES, 0);
+/// Token buckets; user space sets the size at load (`--limit-table`).
+#[map]
+static FW_BUCKETS: LruHashMap<BucketKey, u64> =
+    LruHashMap::with_max_entries(LIMIT_TABLE_DEFAULT, 0);
+
 /// Hit counters, allocated on a rule's first hit.
 #[map]
 static FW_HITS: PerCpuHashMap<u32, u64> =
@@ -140,6 +174,10 @@ assert_symbol_name!(FW_ALLOW6, MAP_ALLOW6);
 assert_symbol_name!(FW_BLOCK6, MAP_BLOCK6);
 assert_symbol_name!(FW_PORTS, MAP_PORTS);
 assert_symbol_name!(FW_HITS, MAP_HITS);
+assert_symbol_name!(FW_LIMIT4, MAP_LIMIT4);
+assert_symbol_name!(FW_LIMIT6, MAP_LIMIT6);
+assert_symbol_name!(FW_LIMITS, MAP_LIMITS);
+assert_symbol_name!(FW_BUCKETS, MAP_BUCKETS);
 assert_symbol_name!(DEFAULT_DROP, GLOBAL_DEFAULT_DROP);
 assert_symbol_name!(fw_xdp, PROG_FW_XDP);
 assert_symbol_name!(fw_ipv4, PROG_FW_IPV4);
@@ -201,23 +239,56 @@ fn filter_ipv4(ctx: &XdpContext) -> Option<Reason> {
     let l4 = l3 + ihl;
     ptr_at::<u8>(ctx, l4 - 1)?;
 
-    let slot = active_slot();
+    let (slot, limits) = state();
     let key = Key::new(8 + 32, [slot as u8, ip[12], ip[13], ip[14], ip[15]]);
     if let Some(r) = source_verdict(&FW_ALLOW4, &FW_BLOCK4, &key) {
         return Some(r);
     }
     // Only the first fragment has a layer-4 header.
-    if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+    let first = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff == 0;
+    let proto = ip[9];
+    let syn = if first {
+        l4_check(ctx, proto, l4)?
+    } else {
+        false
+    };
+    if limits {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&ip[12..16]);
+        if over_limit(&FW_LIMIT4, &key, &addr, syn) {
+            return Some(Reason::RateLimited);
+        }
+    }
+    if !first {
         return Some(default_verdict());
     }
-    match ip[9] {
+    match proto {
         net::IPPROTO_TCP => port_verdict(ctx, l4, slot, false),
         net::IPPROTO_UDP => port_verdict(ctx, l4, slot, true),
-        net::IPPROTO_ICMP => {
-            ptr_at::<[u8; net::ICMP_MIN_HLEN]>(ctx, l4)?;
-            Some(default_verdict())
-        }
         _ => Some(default_verdict()),
+    }
+}
+
+/// Checks that the layer-4 header of a first fragment is whole (`None`
+/// when it is cut off) and tells whether it is a TCP SYN without ACK.
+#[inline(always)]
+fn l4_check(ctx: &XdpContext, proto: u8, l4: usize) -> Option<bool> {
+    match proto {
+        net::IPPROTO_TCP => {
+            let h = ptr_at::<[u8; net::TCP_MIN_HLEN]>(ctx, l4)?;
+            // SAFETY: `ptr_at` checked the whole fixed TCP header.
+            let flags = unsafe { (*h)[13] };
+            Some(flags & (net::TCP_SYN | net::TCP_ACK) == net::TCP_SYN)
+        }
+        net::IPPROTO_UDP => {
+            ptr_at::<[u8; net::UDP_HLEN]>(ctx, l4)?;
+            Some(false)
+        }
+        net::IPPROTO_ICMP | net::IPPROTO_ICMPV6 => {
+            ptr_at::<[u8; net::ICMP_MIN_HLEN]>(ctx, l4)?;
+            Some(false)
+        }
+        _ => Some(false),
     }
 }
 
@@ -231,7 +302,7 @@ fn filter_ipv6(ctx: &XdpContext) -> Option<Reason> {
     if ip[0] >> 4 != 6 {
         return None;
     }
-    let slot = active_slot();
+    let (slot, limits) = state();
     let mut data = [0u8; 17];
     data[0] = slot as u8;
     data[1..].copy_from_slice(&ip[8..24]);
@@ -242,6 +313,7 @@ fn filter_ipv6(ctx: &XdpContext) -> Option<Reason> {
 
     let mut next = ip[6];
     let mut off = l3 + net::IPV6_HLEN;
+    let mut first = true;
     for _ in 0..net::MAX_IPV6_EXT_HDRS {
         match next {
             net::IPPROTO_HOPOPTS | net::IPPROTO_ROUTING | net::IPPROTO_DSTOPTS => {
@@ -255,15 +327,41 @@ fn filter_ipv6(ctx: &XdpContext) -> Option<Reason> {
                 let h = ptr_at::<[u8; 8]>(ctx, off)?;
                 // SAFETY: `ptr_at` checked the whole fragment header.
                 let h = unsafe { &*h };
-                // Only the first fragment has a layer-4 header.
-                if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
-                    return Some(default_verdict());
-                }
                 next = h[0];
                 off += 8;
+                // Only the first fragment has a layer-4 header.
+                if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                    first = false;
+                    break;
+                }
             }
             _ => break,
         }
+    }
+    let syn = if first {
+        // A chain longer than the walk bound: the transport is unknown.
+        if matches!(
+            next,
+            net::IPPROTO_HOPOPTS
+                | net::IPPROTO_ROUTING
+                | net::IPPROTO_DSTOPTS
+                | net::IPPROTO_FRAGMENT
+        ) {
+            return None;
+        }
+        l4_check(ctx, next, off)?
+    } else {
+        false
+    };
+    if limits {
+        let mut addr = [0u8; 16];
+        addr.copy_from_slice(&ip[8..24]);
+        if over_limit(&FW_LIMIT6, &key, &addr, syn) {
+            return Some(Reason::RateLimited);
+        }
+    }
+    if !first {
+        return Some(default_verdict());
     }
     match next {
         net::IPPROTO_TCP => port_verdict(ctx, off, slot, false),
@@ -277,18 +375,73 @@ fn filter_ipv6(ctx: &XdpContext) -> Option<Reason> {
             }
             Some(default_verdict())
         }
-        // A chain longer than the walk bound: the transport is unknown.
-        net::IPPROTO_HOPOPTS
-        | net::IPPROTO_ROUTING
-        | net::IPPROTO_DSTOPTS
-        | net::IPPROTO_FRAGMENT => None,
         _ => Some(default_verdict()),
     }
 }
 
+/// The active slot, and whether any rate-limit rule exists.
 #[inline(always)]
-fn active_slot() -> u32 {
-    FW_STATE.get(STATE_ACTIVE_SLOT).map_or(0, |s| *s & 1)
+fn state() -> (u32, bool) {
+    let slot = FW_STATE.get(STATE_ACTIVE_SLOT).map_or(0, |s| *s & 1);
+    let limits = FW_STATE.get(STATE_LIMITS).is_some_and(|n| *n != 0);
+    (slot, limits)
+}
+
+/// True when the longest limit rule covering the source says this packet
+/// is over its rate (see the module doc for the bucket and its atomics).
+/// Counts the drop as the rule's hit.
+#[inline(always)]
+fn over_limit<K>(trie: &LpmTrie<K, RuleValue>, key: &Key<K>, addr: &[u8; 16], syn: bool) -> bool {
+    let Some(rule) = trie.get(key) else {
+        return false;
+    };
+    let id = rule.id;
+    // SAFETY: a plain read of a map value user space writes whole.
+    let Some(limit) = (unsafe { FW_LIMITS.get(id) }) else {
+        return false;
+    };
+    if limit.flags & LIMIT_SYN != 0 && !syn {
+        return false;
+    }
+    let bucket = BucketKey {
+        id,
+        addr: if limit.flags & LIMIT_PER_PREFIX != 0 {
+            [0; 16]
+        } else {
+            *addr
+        },
+    };
+    // SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() }.wrapping_mul(LIMIT_CLOCK_SCALE);
+    let v = match FW_BUCKETS.get_ptr_mut(bucket) {
+        Some(v) => v,
+        None => {
+            // A new bucket starts full. Another CPU may create it first;
+            // then use that one.
+            let _ = FW_BUCKETS.insert(bucket, now, u64::from(BPF_NOEXIST));
+            match FW_BUCKETS.get_ptr_mut(bucket) {
+                Some(v) => v,
+                // Evicted at once by a flood of new buckets: let it pass
+                // rather than drop a source the table cannot hold.
+                None => return false,
+            }
+        }
+    };
+    // SAFETY: `v` is a live bucket value, only ever changed by atomic adds
+    // while programs run (reads may be plain: they see whole values).
+    unsafe {
+        let seen = core::ptr::read_volatile(v);
+        if seen < now {
+            add_atomic(v, now - seen);
+        }
+        add_atomic(v, limit.cost);
+        if core::ptr::read_volatile(v) > now.saturating_add(limit.tolerance) {
+            add_atomic(v, limit.cost.wrapping_neg());
+            hit(id);
+            return true;
+        }
+    }
+    false
 }
 
 #[inline(always)]
@@ -308,16 +461,11 @@ fn source_verdict<K>(
     None
 }
 
-/// Checks the TCP (`udp == false`) or UDP header at `l4` and its
-/// destination port. `None` when the header is truncated.
+/// Checks the destination port of the TCP (`udp == false`) or UDP header
+/// at `l4`, which [`l4_check`] found whole.
 #[inline(always)]
 fn port_verdict(ctx: &XdpContext, l4: usize, slot: u32, udp: bool) -> Option<Reason> {
-    let (min_len, bit) = if udp {
-        (net::UDP_HLEN, PORT_UDP)
-    } else {
-        (net::TCP_MIN_HLEN, PORT_TCP)
-    };
-    ptr_at::<u8>(ctx, l4 + min_len - 1)?;
+    let bit = if udp { PORT_UDP } else { PORT_TCP };
     let port = net::read_be16(ctx, l4 + 2)?;
     let blocked = FW_PORTS
         .get(port_index(slot, port))

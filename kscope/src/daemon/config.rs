@@ -142,6 +142,14 @@ pub(crate) struct IfaceConfig {
     /// from the config file's directory. Without one, the daemon leaves
     /// the interface's rules alone (edit them with `kscope fw block`, ...).
     pub(crate) rules: Option<PathBuf>,
+    /// Token buckets of the rate limiter (`kscope fw attach
+    /// --limit-table`); fixed while attached.
+    #[serde(default = "default_limit_table")]
+    pub(crate) limit_table: u32,
+}
+
+fn default_limit_table() -> u32 {
+    kscope_common::fw::LIMIT_TABLE_DEFAULT
 }
 
 /// `[trace]`: which tracers count (each tracer's name is a key: `open`,
@@ -279,6 +287,8 @@ impl Config {
                     i.name
                 )));
             }
+            crate::firewall::check_limit_table(u64::from(i.limit_table))
+                .map_err(|e| invalid(format!("interface {}: limit_table: {e}", i.name)))?;
         }
         let known = crate::trace::runner::TRACERS;
         if let Some(unknown) = self
@@ -500,6 +510,7 @@ mod tests {
             mode: Mode::Auto,
             default: Policy::Pass,
             rules: Some("eth0.rules".into()),
+            limit_table: 65_536,
         };
         let mut want = Config {
             firewall: FirewallConfig {

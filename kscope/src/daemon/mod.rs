@@ -185,7 +185,7 @@ impl Daemon {
         let mut attached = Vec::new();
         let fw = (|| -> anyhow::Result<()> {
             for i in &plan.attach {
-                let a = firewall::attach(&i.name, i.mode, i.default)?;
+                let a = firewall::attach_sized(&i.name, i.mode, i.default, i.limit_table)?;
                 tracing::info!(
                     "firewall attached to {} ({} mode, default {}, program id {})",
                     a.iface,
@@ -286,6 +286,17 @@ impl Daemon {
                     i.name,
                     st.mode,
                     i.mode
+                );
+            }
+            if st.limit_table != i.limit_table {
+                bail!(
+                    "{}: the firewall is attached with limit_table {}, the config asks for {}; \
+                     the rate limiter's table cannot change while attached \
+                     (kscope fw detach {}, then reload)",
+                    i.name,
+                    st.limit_table,
+                    i.limit_table,
+                    i.name
                 );
             }
         }

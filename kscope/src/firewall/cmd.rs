@@ -22,12 +22,12 @@ use crate::{
     sys::{self, Cap},
 };
 
-/// `kscope fw attach`: [`super::attach`], logged.
+/// `kscope fw attach`: [`super::attach_sized`], logged.
 ///
 /// # Errors
-/// As [`super::attach`].
-pub fn attach(iface: &str, mode: Mode, policy: Policy) -> Result<(), FwError> {
-    let a = super::attach(iface, mode, policy)?;
+/// As [`super::attach_sized`].
+pub fn attach(iface: &str, mode: Mode, policy: Policy, limit_table: u32) -> Result<(), FwError> {
+    let a = super::attach_sized(iface, mode, policy, limit_table)?;
     tracing::info!(
         "attached {} to {} ({} mode, default {}, program id {}); pinned under {}",
         kscope_common::fw::PROG_FW_XDP,
@@ -121,6 +121,7 @@ pub fn rules(iface: Option<&str>, format: Format, w: impl Write) -> Result<(), F
                 Rule::Src(SrcList::Allow, c) => ("allow", "src", c.to_string()),
                 Rule::Src(SrcList::Block, c) => ("block", "src", c.to_string()),
                 Rule::Port(p) => ("block", "port", p.to_string()),
+                Rule::Limit(c, _) => ("limit", "src", c.to_string()),
             };
             out.row(|row| {
                 row.str(&iface)?;
@@ -154,6 +155,7 @@ pub fn status(format: Format, w: impl Write) -> Result<(), FwError> {
         Column::left("DEFAULT", "default_policy", 7),
         Column::right("PROG ID", "prog_id", 8),
         Column::right("LINK ID", "link_id", 8),
+        Column::right("BUCKETS", "limit_table", 9),
         Column::left("ATTACHED AT", "attached_at", 20),
         Column::json("attached_at_unix"),
         Column::json("attached"),
@@ -170,6 +172,7 @@ pub fn status(format: Format, w: impl Write) -> Result<(), FwError> {
                 r.str(s.default_policy)?;
                 r.u64(s.prog_id.into())?;
                 r.u64(s.link_id.into())?;
+                r.u64(s.limit_table.into())?;
                 r.str(&s.attached_at)?;
                 r.u64(s.attached_at_unix)?;
                 r.bool(s.attached)?;

@@ -13,6 +13,13 @@
 //! Hit counters live in a per-CPU hash keyed by rule id; a rule keeps its
 //! id (and so its count) across `fw load` when it is in both sets.
 //!
+//! A rate limit is an entry in a limit trie (the prefix, with the rule id)
+//! and its [`Limit`] in `FW_LIMITS` under that id. The limit is written
+//! before the trie entry points to it and removed after, and a changed
+//! limit gets a new id (and so fresh buckets), so a packet never sees a
+//! limit of the other rule set. `FW_STATE[STATE_LIMITS]` counts the limits
+//! of both slots; while it is zero the programs skip the limit tries.
+//!
 //! Minimum kernel: 4.11 (LPM tries); batch reads from 5.6, key by key
 //! before (see [`crate::sys::bpf::dump_map`]).
 
@@ -25,17 +32,21 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, lpm_trie::Key},
+    maps::{
+        Array, HashMap as BpfHashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap,
+        lpm_trie::Key,
+    },
 };
 use kscope_common::fw::{
-    Key4, Key6, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_HITS, MAP_PORTS, MAP_STATE,
-    MAX_RULES_PER_FAMILY, N_PORTS, PORT_HIT_BASE, PORT_TCP, PORT_UDP, RuleValue, STATE_ACTIVE_SLOT,
-    STATE_COUNT_V4, STATE_COUNT_V6, STATE_NEXT_ID, port_hit_id,
+    Key4, Key6, Limit, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_HITS, MAP_LIMIT4,
+    MAP_LIMIT6, MAP_LIMITS, MAP_PORTS, MAP_STATE, MAX_LIMIT_RULES, MAX_RULES_PER_FAMILY, N_PORTS,
+    PORT_HIT_BASE, PORT_TCP, PORT_UDP, RuleValue, STATE_ACTIVE_SLOT, STATE_COUNT_V4,
+    STATE_COUNT_V6, STATE_LIMITS, STATE_NEXT_ID, port_hit_id,
 };
 
 use super::{
     FwError,
-    rules::{Cidr, PortSpec, Rule, RuleSet, SrcList},
+    rules::{Cidr, LimitSpec, PortSpec, Rule, RuleSet, SrcList},
 };
 use crate::sys::bpf::{MapFdOps, dump_map};
 
@@ -93,18 +104,25 @@ pub struct LoadReport {
     pub(crate) slot: u32,
 }
 
-/// Rule id of each source rule of a slot.
-type RuleIds = HashMap<(SrcList, Cidr), u32>;
+/// Which trie a prefix rule lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum List {
+    Src(SrcList),
+    Limit,
+}
+
+/// Rule id of each prefix rule of a slot.
+type RuleIds = HashMap<(List, Cidr), u32>;
 
 enum TrieMap {
     V4(LpmTrie<MapData, Key4, RuleValue>),
     V6(LpmTrie<MapData, Key6, RuleValue>),
 }
 
-/// One source-rule trie.
+/// One prefix-rule trie.
 struct Trie {
     name: &'static str,
-    list: SrcList,
+    list: List,
     map: TrieMap,
 }
 
@@ -157,6 +175,13 @@ impl Trie {
         }
     }
 
+    fn limit(&self) -> u32 {
+        match self.list {
+            List::Src(_) => MAX_RULES_PER_FAMILY,
+            List::Limit => MAX_LIMIT_RULES,
+        }
+    }
+
     fn insert(&mut self, slot: u32, cidr: &Cidr, id: u32) -> Result<(), FwError> {
         let plen = 8 + u32::from(cidr.len);
         let data = Self::key_bytes(slot, cidr);
@@ -172,7 +197,7 @@ impl Trie {
             if is_full(&e) {
                 FwError::Full {
                     map: self.name,
-                    limit: MAX_RULES_PER_FAMILY,
+                    limit: self.limit(),
                 }
             } else {
                 map_err(format!("insert into {}", self.name))(e)
@@ -231,9 +256,10 @@ fn to_array<const N: usize>(v: &[u8]) -> [u8; N] {
 /// Handles on one interface's rule maps.
 pub struct RuleMaps {
     state: Array<MapData, u32>,
-    tries: [Trie; 4],
+    tries: [Trie; 6],
     ports: Array<MapData, u32>,
     hits: PerCpuHashMap<MapData, u32, u64>,
+    limits: BpfHashMap<MapData, u32, Limit>,
 }
 
 /// Where a map comes from.
@@ -277,7 +303,7 @@ impl RuleMaps {
         ) -> Result<T, FwError> {
             T::try_from(src.map(name)?).map_err(map_err(format!("open {name}")))
         }
-        let mut trie = |name: &'static str, list: SrcList, v4: bool| -> Result<Trie, FwError> {
+        let mut trie = |name: &'static str, list: List, v4: bool| -> Result<Trie, FwError> {
             let map = if v4 {
                 TrieMap::V4(typed(&mut src, name)?)
             } else {
@@ -285,17 +311,21 @@ impl RuleMaps {
             };
             Ok(Trie { name, list, map })
         };
+        let (allow, block) = (List::Src(SrcList::Allow), List::Src(SrcList::Block));
         let tries = [
-            trie(MAP_ALLOW4, SrcList::Allow, true)?,
-            trie(MAP_BLOCK4, SrcList::Block, true)?,
-            trie(MAP_ALLOW6, SrcList::Allow, false)?,
-            trie(MAP_BLOCK6, SrcList::Block, false)?,
+            trie(MAP_ALLOW4, allow, true)?,
+            trie(MAP_BLOCK4, block, true)?,
+            trie(MAP_ALLOW6, allow, false)?,
+            trie(MAP_BLOCK6, block, false)?,
+            trie(MAP_LIMIT4, List::Limit, true)?,
+            trie(MAP_LIMIT6, List::Limit, false)?,
         ];
         Ok(Self {
             state: typed(&mut src, MAP_STATE)?,
             tries,
             ports: typed(&mut src, MAP_PORTS)?,
             hits: typed(&mut src, MAP_HITS)?,
+            limits: typed(&mut src, MAP_LIMITS)?,
         })
     }
 
@@ -314,13 +344,67 @@ impl RuleMaps {
         Ok(self.state_get(STATE_ACTIVE_SLOT)? & 1)
     }
 
-    fn trie_index(list: SrcList, v4: bool) -> usize {
+    fn trie_index(list: List, v4: bool) -> usize {
         match (list, v4) {
-            (SrcList::Allow, true) => 0,
-            (SrcList::Block, true) => 1,
-            (SrcList::Allow, false) => 2,
-            (SrcList::Block, false) => 3,
+            (List::Src(SrcList::Allow), true) => 0,
+            (List::Src(SrcList::Block), true) => 1,
+            (List::Src(SrcList::Allow), false) => 2,
+            (List::Src(SrcList::Block), false) => 3,
+            (List::Limit, true) => 4,
+            (List::Limit, false) => 5,
         }
+    }
+
+    fn trie(&self, list: List, cidr: &Cidr) -> &Trie {
+        &self.tries[Self::trie_index(list, cidr.is_v4())]
+    }
+
+    fn trie_mut(&mut self, list: List, cidr: &Cidr) -> &mut Trie {
+        &mut self.tries[Self::trie_index(list, cidr.is_v4())]
+    }
+
+    /// The limit stored under rule `id`, if any.
+    fn limit_of(&self, id: u32) -> Result<Option<LimitSpec>, FwError> {
+        match self.limits.get(&id, 0) {
+            Ok(l) => Ok(Some(LimitSpec::from_kernel(&l))),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(map_err(format!("lookup in {MAP_LIMITS}"))(e)),
+        }
+    }
+
+    fn set_limit(&mut self, id: u32, spec: &LimitSpec) -> Result<(), FwError> {
+        self.limits.insert(id, spec.kernel(), 0).map_err(|e| {
+            if is_full(&e) {
+                FwError::Full {
+                    map: MAP_LIMITS,
+                    limit: MAX_LIMIT_RULES,
+                }
+            } else {
+                map_err(format!("insert into {MAP_LIMITS}"))(e)
+            }
+        })
+    }
+
+    /// Removes the limits no limit-trie entry of either slot points to,
+    /// and stores how many are left in `FW_STATE[STATE_LIMITS]`.
+    fn sync_limits(&mut self) -> Result<(), FwError> {
+        let mut used = HashSet::new();
+        for t in self.tries.iter().filter(|t| t.list == List::Limit) {
+            used.extend(t.entries()?.into_iter().map(|(_, _, v)| v.id));
+        }
+        let ids: Vec<u32> = self
+            .limits
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(format!("read {MAP_LIMITS}")))?;
+        for id in ids.iter().filter(|id| !used.contains(id)) {
+            match self.limits.remove(id) {
+                Ok(()) => {}
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(map_err(format!("delete from {MAP_LIMITS}"))(e)),
+            }
+        }
+        self.state_set(STATE_LIMITS, used.len() as u32)
     }
 
     fn ports_ops(&self) -> MapFdOps {
@@ -380,10 +464,17 @@ impl RuleMaps {
         let mut ids = HashMap::new();
         for t in &self.tries {
             for (s, cidr, v) in t.entries()? {
-                if s == slot {
-                    set.add(Rule::Src(t.list, cidr));
-                    ids.insert((t.list, cidr), v.id);
+                if s != slot {
+                    continue;
                 }
+                match t.list {
+                    List::Src(l) => set.add(Rule::Src(l, cidr)),
+                    List::Limit => match self.limit_of(v.id)? {
+                        Some(spec) => set.add(Rule::Limit(cidr, spec)),
+                        None => continue,
+                    },
+                }
+                ids.insert((t.list, cidr), v.id);
             }
         }
         let ports = self.read_ports()?;
@@ -430,7 +521,8 @@ impl RuleMaps {
             .into_iter()
             .filter_map(|rule| {
                 let key = match rule {
-                    Rule::Src(l, c) => HitKey::Id(*ids.get(&(l, c))?),
+                    Rule::Src(l, c) => HitKey::Id(*ids.get(&(List::Src(l), c))?),
+                    Rule::Limit(c, _) => HitKey::Id(*ids.get(&(List::Limit, c))?),
                     Rule::Port(p) => HitKey::Ports(p),
                 };
                 Some((rule, key))
@@ -451,13 +543,14 @@ impl RuleMaps {
             .rules()
             .into_iter()
             .map(|rule| {
+                let id = match rule {
+                    Rule::Src(l, c) => ids.get(&(List::Src(l), c)),
+                    Rule::Limit(c, _) => ids.get(&(List::Limit, c)),
+                    Rule::Port(_) => None,
+                };
                 let hits = match rule {
-                    Rule::Src(l, c) => ids
-                        .get(&(l, c))
-                        .and_then(|id| hits.get(id))
-                        .copied()
-                        .unwrap_or(0),
                     Rule::Port(p) => port_hits(&p, &hits),
+                    _ => id.and_then(|id| hits.get(id)).copied().unwrap_or(0),
                 };
                 RuleHits { rule, hits }
             })
@@ -478,8 +571,8 @@ impl RuleMaps {
         let slot = self.active_slot()?;
         let mut report = ApplyReport::default();
         // Validate everything before the first change.
-        let mut adds: Vec<(SrcList, Cidr)> = Vec::new();
-        let mut removes: Vec<(SrcList, Cidr, u32)> = Vec::new();
+        let mut adds: Vec<(List, Cidr, Option<LimitSpec>)> = Vec::new();
+        let mut removes: Vec<(List, Cidr, u32)> = Vec::new();
         let mut seen = HashSet::new();
         let mut ports: Option<Vec<u32>> = None;
         let mut new_ports: Vec<u32> = Vec::new();
@@ -490,19 +583,34 @@ impl RuleMaps {
             }
             match *e {
                 Edit::Add(Rule::Src(l, c)) => {
-                    let t = &self.tries[Self::trie_index(l, c.is_v4())];
-                    if t.get_exact(slot, &c)?.is_some() {
+                    if self.trie(List::Src(l), &c).get_exact(slot, &c)?.is_some() {
                         report.unchanged += 1;
                     } else {
-                        adds.push((l, c));
+                        adds.push((List::Src(l), c, None));
                     }
                 }
                 Edit::Remove(Rule::Src(l, c)) => {
-                    let t = &self.tries[Self::trie_index(l, c.is_v4())];
-                    let Some(v) = t.get_exact(slot, &c)? else {
+                    let Some(v) = self.trie(List::Src(l), &c).get_exact(slot, &c)? else {
                         return Err(FwError::NoRule(Rule::Src(l, c).to_string()));
                     };
-                    removes.push((l, c, v.id));
+                    removes.push((List::Src(l), c, v.id));
+                }
+                Edit::Add(Rule::Limit(c, spec)) => {
+                    match self.trie(List::Limit, &c).get_exact(slot, &c)? {
+                        Some(v) if self.limit_of(v.id)? == Some(spec) => report.unchanged += 1,
+                        // A changed limit is a new rule (new id, fresh buckets).
+                        Some(v) => {
+                            removes.push((List::Limit, c, v.id));
+                            adds.push((List::Limit, c, Some(spec)));
+                        }
+                        None => adds.push((List::Limit, c, Some(spec))),
+                    }
+                }
+                Edit::Remove(Rule::Limit(c, _)) => {
+                    let Some(v) = self.trie(List::Limit, &c).get_exact(slot, &c)? else {
+                        return Err(FwError::NoRule(format!("limit {c}")));
+                    };
+                    removes.push((List::Limit, c, v.id));
                 }
                 Edit::Add(Rule::Port(p)) | Edit::Remove(Rule::Port(p)) => {
                     if ports.is_none() {
@@ -526,10 +634,20 @@ impl RuleMaps {
                 }
             }
         }
+        let is_src = |l: &List| matches!(l, List::Src(_));
         for (v4, index) in [(true, STATE_COUNT_V4), (false, STATE_COUNT_V6)] {
             let now = self.state_get(index)? as usize;
-            let after = (now + adds.iter().filter(|(_, c)| c.is_v4() == v4).count())
-                .saturating_sub(removes.iter().filter(|(_, c, _)| c.is_v4() == v4).count());
+            let after = (now
+                + adds
+                    .iter()
+                    .filter(|(l, c, _)| is_src(l) && c.is_v4() == v4)
+                    .count())
+            .saturating_sub(
+                removes
+                    .iter()
+                    .filter(|(l, c, _)| is_src(l) && c.is_v4() == v4)
+                    .count(),
+            );
             if after > MAX_RULES_PER_FAMILY as usize {
                 return Err(FwError::Full {
                     map: if v4 { "IPv4" } else { "IPv6" },
@@ -537,25 +655,66 @@ impl RuleMaps {
                 });
             }
         }
+        if adds.iter().any(|(l, _, _)| !is_src(l)) {
+            for v4 in [true, false] {
+                let t = &self.tries[Self::trie_index(List::Limit, v4)];
+                let now = t.entries()?.iter().filter(|(s, _, _)| *s == slot).count();
+                let count = |v: &[(List, Cidr, u32)]| {
+                    v.iter()
+                        .filter(|(l, c, _)| !is_src(l) && c.is_v4() == v4)
+                        .count()
+                };
+                let added = adds
+                    .iter()
+                    .filter(|(l, c, _)| !is_src(l) && c.is_v4() == v4)
+                    .count();
+                if (now + added).saturating_sub(count(&removes)) > MAX_LIMIT_RULES as usize {
+                    return Err(FwError::Full {
+                        map: if v4 {
+                            "IPv4 rate-limit"
+                        } else {
+                            "IPv6 rate-limit"
+                        },
+                        limit: MAX_LIMIT_RULES,
+                    });
+                }
+            }
+        }
 
         // Apply: removals first (freeing room), then additions, then ports.
         for (l, c, id) in &removes {
-            self.tries[Self::trie_index(*l, c.is_v4())].remove(slot, c)?;
+            self.trie_mut(*l, c).remove(slot, c)?;
             self.forget_hits(*id)?;
-            self.bump_count(c.is_v4(), -1)?;
+            if is_src(l) {
+                self.bump_count(c.is_v4(), -1)?;
+            }
             report.removed += 1;
         }
         let mut id = self.next_id()?;
-        for (l, c) in &adds {
+        for (l, c, spec) in &adds {
             if id >= PORT_HIT_BASE {
                 return Err(FwError::IdsExhausted);
             }
-            // Ids are never reused, so a fresh id has no counter yet.
-            self.tries[Self::trie_index(*l, c.is_v4())].insert(slot, c, id)?;
+            // Ids are never reused, so a fresh id has no counter yet. A
+            // limit is in place before the trie entry points to it.
+            if let Some(spec) = spec {
+                self.set_limit(id, spec)?;
+            }
+            self.trie_mut(*l, c).insert(slot, c, id)?;
             id += 1;
             self.state_set(STATE_NEXT_ID, id)?;
-            self.bump_count(c.is_v4(), 1)?;
+            if is_src(l) {
+                self.bump_count(c.is_v4(), 1)?;
+            } else {
+                // Skipped while zero: count it before the first packet
+                // could need it.
+                let n = self.state_get(STATE_LIMITS)?;
+                self.state_set(STATE_LIMITS, n.saturating_add(1))?;
+            }
             report.added += 1;
+        }
+        if removes.iter().any(|(l, _, _)| !is_src(l)) {
+            self.sync_limits()?;
         }
         if let Some(old) = ports {
             for (port, (&was, &now)) in old.iter().zip(&new_ports).enumerate() {
@@ -627,6 +786,7 @@ impl RuleMaps {
             Err(e) => {
                 // Clear what was built; the active slot was never touched.
                 let _ = self.clear_slot(new);
+                let _ = self.sync_limits();
                 return Err(e);
             }
         };
@@ -638,6 +798,7 @@ impl RuleMaps {
 
         // Clear the old slot and the counters of rules that are gone.
         self.clear_slot(old)?;
+        self.sync_limits()?;
         for id in old_ids.values() {
             if !kept.contains(id) {
                 self.forget_hits(*id)?;
@@ -668,6 +829,7 @@ impl RuleMaps {
         let mut kept = HashSet::new();
         let mut id = self.next_id()?;
         for (list, cidrs) in [(SrcList::Allow, &set.allow), (SrcList::Block, &set.block)] {
+            let list = List::Src(list);
             for c in cidrs {
                 let rule_id = match old_ids.get(&(list, *c)) {
                     Some(&old) => {
@@ -679,13 +841,36 @@ impl RuleMaps {
                         id - 1
                     }
                 };
-                self.tries[Self::trie_index(list, c.is_v4())].insert(slot, c, rule_id)?;
+                self.trie_mut(list, c).insert(slot, c, rule_id)?;
             }
+        }
+        for (c, spec) in &set.limits {
+            // An unchanged limit keeps its id, its buckets and its hits.
+            let old = match old_ids.get(&(List::Limit, *c)) {
+                Some(&old) if self.limit_of(old)? == Some(*spec) => Some(old),
+                _ => None,
+            };
+            let rule_id = match old {
+                Some(old) => {
+                    kept.insert(old);
+                    old
+                }
+                None => {
+                    self.set_limit(id, spec)?;
+                    id += 1;
+                    id - 1
+                }
+            };
+            self.trie_mut(List::Limit, c).insert(slot, c, rule_id)?;
         }
         if id >= PORT_HIT_BASE {
             return Err(FwError::IdsExhausted);
         }
         self.state_set(STATE_NEXT_ID, id)?;
+        if !set.limits.is_empty() {
+            let n = self.limits.keys().count() as u32;
+            self.state_set(STATE_LIMITS, n)?;
+        }
         for (port, (&was, &now)) in slot_ports.iter().zip(&set.ports).enumerate() {
             if was != now {
                 self.set_port(slot * N_PORTS + port as u32, now)?;

@@ -16,6 +16,9 @@
 //! | `FW_ALLOW4`, `FW_BLOCK4`, `FW_ALLOW6`, `FW_BLOCK6` | source-rule LPM tries |
 //! | `FW_PORTS`    | destination-port bits, every port 0-65535             |
 //! | `FW_HITS`     | per-CPU rule hit counters                             |
+//! | `FW_LIMIT4`, `FW_LIMIT6` | rate-limit LPM tries                       |
+//! | `FW_LIMITS`   | each rate limit's rate and burst, by rule id          |
+//! | `FW_BUCKETS`  | token buckets (LRU), per source or prefix             |
 //!
 //! Rules are edited by any later invocation through these pins, with no
 //! reload; writers take an exclusive `flock` on the interface's pin
@@ -50,10 +53,11 @@ use aya::{
     programs::{Xdp, XdpMode, links::FdLink},
 };
 use kscope_common::fw::{
-    Counter, FW_CONFIG_VERSION, FwConfig, GLOBAL_DEFAULT_DROP, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4,
-    MAP_BLOCK6, MAP_CONFIG, MAP_COUNTERS, MAP_HITS, MAP_PORTS, MAP_PROGS, MAP_REASONS, MAP_STATE,
-    MODE_NATIVE, MODE_SKB, N_COUNTERS, N_REASON_COUNTERS, POLICY_DROP, POLICY_PASS, PROG_FW_IPV4,
-    PROG_FW_IPV6, PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6,
+    Counter, FW_CONFIG_VERSION, FwConfig, GLOBAL_DEFAULT_DROP, LIMIT_TABLE_DEFAULT,
+    LIMIT_TABLE_MAX, LIMIT_TABLE_MIN, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_BUCKETS,
+    MAP_CONFIG, MAP_COUNTERS, MAP_HITS, MAP_LIMIT4, MAP_LIMIT6, MAP_LIMITS, MAP_PORTS, MAP_PROGS,
+    MAP_REASONS, MAP_STATE, MODE_NATIVE, MODE_SKB, N_COUNTERS, N_REASON_COUNTERS, POLICY_DROP,
+    POLICY_PASS, PROG_FW_IPV4, PROG_FW_IPV6, PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -68,7 +72,7 @@ static FW_XDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 const PIN_LINK: &str = "link";
 
 /// Every map `attach` pins.
-const PINNED_MAPS: [&str; 11] = [
+const PINNED_MAPS: [&str; 15] = [
     MAP_COUNTERS,
     MAP_REASONS,
     MAP_CONFIG,
@@ -80,7 +84,26 @@ const PINNED_MAPS: [&str; 11] = [
     MAP_BLOCK6,
     MAP_PORTS,
     MAP_HITS,
+    MAP_LIMIT4,
+    MAP_LIMIT6,
+    MAP_LIMITS,
+    MAP_BUCKETS,
 ];
+
+/// Checks a `--limit-table` size: [`LIMIT_TABLE_MIN`] to
+/// [`LIMIT_TABLE_MAX`] buckets.
+///
+/// # Errors
+/// The one-line reason, for the CLI and the daemon's config.
+pub fn check_limit_table(n: u64) -> Result<u32, String> {
+    if (u64::from(LIMIT_TABLE_MIN)..=u64::from(LIMIT_TABLE_MAX)).contains(&n) {
+        Ok(n as u32)
+    } else {
+        Err(format!(
+            "the rate limiter's table holds {LIMIT_TABLE_MIN} to {LIMIT_TABLE_MAX} buckets, not {n}"
+        ))
+    }
+}
 
 /// The pipeline's programs, entry first.
 const PROGRAMS: [&str; 3] = [PROG_FW_XDP, PROG_FW_IPV4, PROG_FW_IPV6];
@@ -184,6 +207,9 @@ pub enum FwError {
         #[source]
         source: io::Error,
     },
+    /// A `--limit-table` size out of range.
+    #[error("{0}")]
+    LimitTable(String),
     /// Every rule id was handed out (ids are never reused).
     #[error("cannot allocate a rule id: rule ids exhausted; detach and attach again")]
     IdsExhausted,
@@ -295,10 +321,20 @@ impl Policy {
 /// loaded, [`FwError::Program`] with the verifier log when a program is
 /// rejected.
 pub fn load_pipeline(policy: Policy) -> Result<Ebpf, FwError> {
+    load_pipeline_sized(policy, LIMIT_TABLE_DEFAULT)
+}
+
+/// [`load_pipeline`] with `limit_table` token buckets (see
+/// [`check_limit_table`]).
+///
+/// # Errors
+/// As [`load_pipeline`].
+pub fn load_pipeline_sized(policy: Policy, limit_table: u32) -> Result<Ebpf, FwError> {
     let drop = policy.raw();
     // No CO-RE relocations: no need for aya to parse the kernel's BTF.
     let mut ebpf = sys::loader_without_kernel_btf()
         .override_global(GLOBAL_DEFAULT_DROP, &drop, true)
+        .map_max_entries(MAP_BUCKETS, limit_table)
         .load(FW_XDP_OBJ)
         .map_err(|e| match e {
             // aya's message for this one repeats its source's; keep the
@@ -419,6 +455,21 @@ fn mode_name(mode: u32) -> &'static str {
 /// another program already attached, native mode unsupported, verifier
 /// rejection, or a bpffs failure.
 pub fn attach(iface: &str, mode: Mode, policy: Policy) -> Result<Attached, FwError> {
+    attach_sized(iface, mode, policy, LIMIT_TABLE_DEFAULT)
+}
+
+/// [`attach`] with `limit_table` token buckets for the rate limiter.
+///
+/// # Errors
+/// As [`attach`], and [`FwError::LimitTable`] when the size is out of
+/// range.
+pub fn attach_sized(
+    iface: &str,
+    mode: Mode,
+    policy: Policy,
+    limit_table: u32,
+) -> Result<Attached, FwError> {
+    check_limit_table(u64::from(limit_table)).map_err(FwError::LimitTable)?;
     sys::validate_ifname(iface)?;
     sys::require_caps("kscope fw attach", &[Cap::Bpf, Cap::NetAdmin])?;
     let ifindex = sys::if_nametoindex(iface)?;
@@ -435,7 +486,7 @@ pub fn attach(iface: &str, mode: Mode, policy: Policy) -> Result<Attached, FwErr
         });
     }
 
-    let mut ebpf = load_pipeline(policy)?;
+    let mut ebpf = load_pipeline_sized(policy, limit_table)?;
     let prog = xdp_program(&mut ebpf, PROG_FW_XDP)?;
 
     let (link_id, mode_used) = match mode {
@@ -466,6 +517,8 @@ pub fn attach(iface: &str, mode: Mode, policy: Policy) -> Result<Attached, FwErr
         mode: mode_used,
         default_policy: policy.raw(),
         attached_at_unix_ns: sys::unix_now_ns(),
+        limit_table,
+        _pad: 0,
     };
     write_config(&mut ebpf, config)?;
     pin_all(&mut ebpf, link, iface, &dir)?;
@@ -634,6 +687,8 @@ pub(crate) struct Status {
     /// False when the interface has gone away (the kernel then drops the
     /// attachment); `fw detach` still removes the pins.
     pub(crate) attached: bool,
+    /// Token buckets the rate limiter holds.
+    pub(crate) limit_table: u32,
 }
 
 /// Interfaces kscope is attached to, in name order.
@@ -696,6 +751,7 @@ pub(crate) fn status_of(iface: &str) -> Result<Status, FwError> {
         attached_at_unix: config.attached_at_unix_ns / 1_000_000_000,
         // The kernel clears a link's ifindex when its device goes away.
         attached: link.xdp_ifindex != 0,
+        limit_table: config.limit_table,
     })
 }
 

@@ -8,7 +8,10 @@
 //! executable spec of the firewall's decisions, next to the code it
 //! specifies.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    cell::Cell,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use kscope_common::fw::{Family, MAX_IPV6_EXT_HDRS, MAX_VLAN_TAGS, PORT_TCP, PORT_UDP, Reason};
 use kscope_lab::frame::{
@@ -16,18 +19,51 @@ use kscope_lab::frame::{
     PROTO_ICMP, PROTO_ICMPV6, PROTO_ROUTING, PROTO_TCP, PROTO_UDP,
 };
 
-use super::rules::RuleSet;
+use super::rules::{Cidr, LimitSpec, Per, RuleSet};
+
+/// A rate limit a frame must get past: the rule (the longest limit prefix
+/// holding the source) and the bucket it spends from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Limited {
+    pub cidr: Cidr,
+    pub spec: LimitSpec,
+    /// The source address, the bucket's key; `None` for `--per prefix`.
+    pub source: Option<IpAddr>,
+}
+
+/// What the firewall does with a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub family: Family,
+    /// The reason when no rate limit stops the frame.
+    pub reason: Reason,
+    /// The rate limit that judges the frame first, if one applies: over
+    /// it, the frame is dropped as [`Reason::RateLimited`] instead.
+    pub limit: Option<Limited>,
+}
 
 /// The verdict the firewall gives `frame` under `set`, with `default_drop`
-/// as the default policy.
+/// as the default policy, as if every rate limit let it pass (see
+/// [`judge`] for the limit that applies).
 pub fn classify(frame: &[u8], set: &RuleSet, default_drop: bool) -> (Family, Reason) {
+    let v = judge(frame, set, default_drop);
+    (v.family, v.reason)
+}
+
+/// The verdict for `frame`, with the rate limit it must get past.
+pub fn judge(frame: &[u8], set: &RuleSet, default_drop: bool) -> Verdict {
+    let plain = |family, reason| Verdict {
+        family,
+        reason,
+        limit: None,
+    };
     let be16 = |o: usize| {
         frame
             .get(o..o + 2)
             .map(|b| u16::from_be_bytes([b[0], b[1]]))
     };
     let Some(mut proto) = be16(12) else {
-        return (Family::Other, Reason::NotIp);
+        return plain(Family::Other, Reason::NotIp);
     };
     let is_vlan = |p: u16| p == ETH_P_8021Q || p == ETH_P_8021AD;
     let mut off = 14;
@@ -37,7 +73,7 @@ pub fn classify(frame: &[u8], set: &RuleSet, default_drop: bool) -> (Family, Rea
         }
         // A frame that ends inside a tag is discarded by the kernel: not IP.
         let Some(inner) = be16(off + 2) else {
-            return (Family::Other, Reason::NotIp);
+            return plain(Family::Other, Reason::NotIp);
         };
         proto = inner;
         off += 4;
@@ -45,17 +81,26 @@ pub fn classify(frame: &[u8], set: &RuleSet, default_drop: bool) -> (Family, Rea
     // Still a tag past the bound: the kernel strips any number of tags, so
     // this may be IP that the filter did not read: fail closed.
     if is_vlan(proto) {
-        return (Family::Other, Reason::ParseError);
+        return plain(Family::Other, Reason::ParseError);
     }
     let judge = Judge {
         frame,
         set,
         default_drop,
+        limit: Cell::new(None),
     };
-    match proto {
-        ETH_P_IP => (Family::Ipv4, judge.v4(off).unwrap_or(Reason::ParseError)),
-        ETH_P_IPV6 => (Family::Ipv6, judge.v6(off).unwrap_or(Reason::ParseError)),
-        _ => (Family::Other, Reason::NotIp),
+    let (family, reason) = match proto {
+        ETH_P_IP => (Family::Ipv4, judge.v4(off)),
+        ETH_P_IPV6 => (Family::Ipv6, judge.v6(off)),
+        _ => return plain(Family::Other, Reason::NotIp),
+    };
+    match reason {
+        Some(reason) => Verdict {
+            family,
+            reason,
+            limit: judge.limit.get(),
+        },
+        None => plain(family, Reason::ParseError),
     }
 }
 
@@ -63,6 +108,8 @@ struct Judge<'a> {
     frame: &'a [u8],
     set: &'a RuleSet,
     default_drop: bool,
+    /// Set when a rate limit applies to the frame.
+    limit: Cell<Option<Limited>>,
 }
 
 impl Judge<'_> {
@@ -88,6 +135,40 @@ impl Judge<'_> {
         }
     }
 
+    /// Checks the layer-4 header of a first fragment (`None`: cut off) and
+    /// tells whether it is a TCP SYN without ACK.
+    fn l4(&self, proto: u8, l4: usize) -> Option<bool> {
+        match proto {
+            PROTO_TCP => {
+                self.has(l4 + 20)?;
+                Some(self.frame[l4 + 13] & 0x12 == 0x02)
+            }
+            PROTO_UDP => self.has(l4 + 8).map(|()| false),
+            PROTO_ICMP | PROTO_ICMPV6 => self.has(l4 + 4).map(|()| false),
+            _ => Some(false),
+        }
+    }
+
+    /// Notes the rate limit `src` must get past: the longest limit prefix
+    /// holding it, unless that limit polices SYNs only and this is none.
+    fn limit(&self, src: IpAddr, syn: bool) {
+        let found = self
+            .set
+            .limits
+            .iter()
+            .filter(|(c, _)| c.contains(src))
+            .max_by_key(|(c, _)| c.len);
+        if let Some((&cidr, &spec)) = found
+            && (!spec.syn || syn)
+        {
+            self.limit.set(Some(Limited {
+                cidr,
+                spec,
+                source: (spec.per == Per::Source).then_some(src),
+            }));
+        }
+    }
+
     fn ports(&self, l4: usize, udp: bool) -> Option<Reason> {
         self.has(l4 + if udp { 8 } else { 20 })?;
         let port = u16::from_be_bytes([self.frame[l4 + 2], self.frame[l4 + 3]]);
@@ -110,13 +191,16 @@ impl Judge<'_> {
         if let Some(r) = self.source(src.into()) {
             return Some(r);
         }
-        if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+        // Only a first fragment has a layer-4 header.
+        let first = u16::from_be_bytes([h[6], h[7]]) & 0x1fff == 0;
+        let syn = if first { self.l4(h[9], l4)? } else { false };
+        self.limit(src.into(), syn);
+        if !first {
             return Some(self.default());
         }
         match h[9] {
             PROTO_TCP => self.ports(l4, false),
             PROTO_UDP => self.ports(l4, true),
-            PROTO_ICMP => self.has(l4 + 4).map(|()| self.default()),
             _ => Some(self.default()),
         }
     }
@@ -128,11 +212,13 @@ impl Judge<'_> {
         }
         let mut src = [0u8; 16];
         src.copy_from_slice(&h[8..24]);
-        if let Some(r) = self.source(Ipv6Addr::from(src).into()) {
+        let src = IpAddr::from(Ipv6Addr::from(src));
+        if let Some(r) = self.source(src) {
             return Some(r);
         }
         let mut next = h[6];
         let mut off = l3 + 40;
+        let mut first = true;
         for _ in 0..MAX_IPV6_EXT_HDRS {
             match next {
                 PROTO_HOPOPTS | PROTO_ROUTING | PROTO_DSTOPTS => {
@@ -143,7 +229,8 @@ impl Judge<'_> {
                 PROTO_FRAGMENT => {
                     let e = self.frame.get(off..off + 8)?;
                     if u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
-                        return Some(self.default());
+                        first = false;
+                        break;
                     }
                     next = e[0];
                     off += 8;
@@ -151,11 +238,26 @@ impl Judge<'_> {
                 _ => break,
             }
         }
+        let syn = if first {
+            // A chain longer than the walk bound: the transport is unknown.
+            if matches!(
+                next,
+                PROTO_HOPOPTS | PROTO_ROUTING | PROTO_DSTOPTS | PROTO_FRAGMENT
+            ) {
+                return None;
+            }
+            self.l4(next, off)?
+        } else {
+            false
+        };
+        self.limit(src, syn);
+        if !first {
+            return Some(self.default());
+        }
         match next {
             PROTO_TCP => self.ports(off, false),
             PROTO_UDP => self.ports(off, true),
             PROTO_ICMPV6 => {
-                self.has(off + 4)?;
                 let nd = (133..=137).contains(&self.frame[off]) && h[7] == 255;
                 Some(if nd {
                     Reason::NeighborDiscovery
@@ -163,7 +265,6 @@ impl Judge<'_> {
                     self.default()
                 })
             }
-            PROTO_HOPOPTS | PROTO_ROUTING | PROTO_DSTOPTS | PROTO_FRAGMENT => None,
             _ => Some(self.default()),
         }
     }
@@ -192,6 +293,42 @@ mod tests {
             l4,
             b"hello",
         )
+    }
+
+    #[test]
+    fn the_longest_limit_judges_after_allow_and_block_and_syn_limits_see_syns_only() {
+        let s = set(&[
+            "allow 198.51.100.1",
+            "block 198.51.100.2",
+            "block --port 22/tcp",
+            "limit 198.51.100.0/24 --pps 10",
+            "limit 198.51.100.128/25 --pps 20 --per prefix",
+            "limit 2001:db8::/32 --pps 5 --syn",
+        ]);
+        let j = |src: &str, dst: &str, l4| judge(&f(src, dst, l4), &s, false);
+        assert_eq!(j("198.51.100.1", "192.0.2.2", L4::Udp(9)).limit, None);
+        let blocked = j("198.51.100.2", "192.0.2.2", L4::Udp(9));
+        assert_eq!((blocked.reason, blocked.limit), (Reason::BlockedSrc, None));
+        let v = j("198.51.100.3", "192.0.2.2", L4::Tcp(22));
+        // Past the limit, the port rule still drops it.
+        assert_eq!(v.reason, Reason::BlockedDstPort);
+        let l = v.limit.expect("limited");
+        assert_eq!((l.cidr.len, l.spec.pps), (24, 10));
+        assert_eq!(l.source, Some("198.51.100.3".parse().expect("ip")));
+        let l = j("198.51.100.200", "192.0.2.2", L4::Echo)
+            .limit
+            .expect("limited");
+        assert_eq!((l.cidr.len, l.spec.pps, l.source), (25, 20, None));
+        // `L4::Tcp` is a SYN; a reply (SYN+ACK) or UDP is not.
+        assert!(j("2001:db8::9", "2001:db8::2", L4::Tcp(80)).limit.is_some());
+        assert!(j("2001:db8::9", "2001:db8::2", L4::Udp(80)).limit.is_none());
+        let mut synack = f("2001:db8::9", "2001:db8::2", L4::Tcp(80));
+        synack[14 + 40 + 13] = 0x12;
+        assert!(judge(&synack, &s, false).limit.is_none());
+        // A cut-off header is a parse error, never limited.
+        let cut = f("198.51.100.3", "192.0.2.2", L4::Tcp(80));
+        let v = judge(&cut[..14 + 20 + 10], &s, false);
+        assert_eq!((v.reason, v.limit), (Reason::ParseError, None));
     }
 
     #[test]

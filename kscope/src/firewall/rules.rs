@@ -9,20 +9,28 @@
 //!   allow) more than was written.
 //! - A port spec is `N`, `N-M` (N <= M), optionally followed by `/tcp` or
 //!   `/udp`; without a protocol it means both.
+//! - A rate limit is `limit CIDR... --pps N [--burst M] [--per
+//!   source|prefix] [--syn]`: N packets per second after a burst of M
+//!   (default: N, one second's worth), per source address (the default) or
+//!   for the whole prefix. One limit per prefix: a new one replaces it.
 //! - A rule file has one rule per line, in the words of the CLI (`block
-//!   CIDR...`, `allow CIDR...`, `block --port SPEC`), `#` starts a comment,
+//!   CIDR...`, `allow CIDR...`, `block --port SPEC`, `limit CIDR... --pps
+//!   N ...`), `#` starts a comment,
 //!   blank lines are ignored. The first error names the file and line, and
 //!   nothing is applied.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
     str::FromStr,
 };
 
-use kscope_common::fw::{MAX_RULES_PER_FAMILY, N_PORTS, PORT_TCP, PORT_UDP};
+use kscope_common::fw::{
+    LIMIT_MAX_PPS, LIMIT_PER_PREFIX, LIMIT_SYN, MAX_LIMIT_RULES, MAX_RULES_PER_FAMILY, N_PORTS,
+    PORT_TCP, PORT_UDP,
+};
 use thiserror::Error;
 
 /// Largest rule file `fw load` and the daemon read: 128 MiB. A full rule
@@ -73,12 +81,16 @@ pub enum RuleError {
     #[error("cannot read rule file {file}: {reason}")]
     Read { file: String, reason: String },
     /// More rules of one family than kscope holds.
-    #[error("too many IPv{family} rules: {count}, the limit is {limit} per family")]
+    #[error("too many IPv{family} {what}: {count}, the limit is {limit} per family")]
     TooMany {
         family: u8,
+        what: &'static str,
         count: usize,
         limit: u32,
     },
+    /// A rate or burst out of range.
+    #[error("invalid limit: {0}")]
+    BadLimit(String),
 }
 
 impl RuleError {
@@ -86,7 +98,9 @@ impl RuleError {
     /// input themselves (clap's "invalid value 'X' for ...").
     pub(crate) fn reason(&self) -> String {
         match self {
-            RuleError::BadCidr { reason, .. } | RuleError::BadPort { reason, .. } => reason.clone(),
+            RuleError::BadCidr { reason, .. }
+            | RuleError::BadPort { reason, .. }
+            | RuleError::BadLimit(reason) => reason.clone(),
             RuleError::HostBits { network, .. } => {
                 format!(
                     "host bits are set; the network is {network} (kscope rejects it rather than guess)"
@@ -301,11 +315,128 @@ impl SrcList {
     }
 }
 
+/// Who shares a rate limit's bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Per {
+    /// Each source address inside the prefix has its own bucket.
+    Source,
+    /// The whole prefix shares one bucket.
+    Prefix,
+}
+
+impl Per {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Per::Source => "source",
+            Per::Prefix => "prefix",
+        }
+    }
+}
+
+impl FromStr for Per {
+    type Err = RuleError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "source" => Ok(Per::Source),
+            "prefix" => Ok(Per::Prefix),
+            _ => Err(RuleError::BadLimit(format!(
+                "--per takes source or prefix, not {s:?}"
+            ))),
+        }
+    }
+}
+
+/// Longest burst, in seconds of the rate: `burst / pps` at most an hour,
+/// which keeps the kernel's bucket arithmetic far from overflow.
+pub const MAX_BURST_SECONDS: u32 = 3600;
+
+/// A rate limit: `pps` packets per second after a burst of `burst`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LimitSpec {
+    pub pps: u32,
+    pub burst: u32,
+    pub per: Per,
+    /// Police only TCP SYNs without ACK.
+    pub syn: bool,
+}
+
+impl LimitSpec {
+    /// Checks the ranges: 1 to [`LIMIT_MAX_PPS`] packets per second, a
+    /// burst of at least 1 and at most [`MAX_BURST_SECONDS`] of the rate.
+    pub fn new(pps: u64, burst: Option<u64>, per: Per, syn: bool) -> Result<Self, RuleError> {
+        if pps == 0 || pps > u64::from(LIMIT_MAX_PPS) {
+            return Err(RuleError::BadLimit(format!(
+                "--pps must be 1 to {LIMIT_MAX_PPS}, not {pps}"
+            )));
+        }
+        let burst = burst.unwrap_or(pps);
+        let max_burst = pps * u64::from(MAX_BURST_SECONDS);
+        if burst == 0 || burst > max_burst || burst > u64::from(u32::MAX) {
+            return Err(RuleError::BadLimit(format!(
+                "--burst must be 1 to {} ({MAX_BURST_SECONDS} s of {pps} pps), not {burst}",
+                max_burst.min(u64::from(u32::MAX))
+            )));
+        }
+        Ok(LimitSpec {
+            pps: pps as u32,
+            burst: burst as u32,
+            per,
+            syn,
+        })
+    }
+
+    /// The kernel's form of the limit.
+    pub fn kernel(&self) -> kscope_common::fw::Limit {
+        let mut flags = 0;
+        if self.per == Per::Prefix {
+            flags |= LIMIT_PER_PREFIX;
+        }
+        if self.syn {
+            flags |= LIMIT_SYN;
+        }
+        kscope_common::fw::Limit::new(self.pps, self.burst, flags)
+    }
+
+    /// Back from the kernel's form.
+    pub fn from_kernel(l: &kscope_common::fw::Limit) -> Self {
+        LimitSpec {
+            pps: l.pps,
+            burst: l.burst,
+            per: if l.flags & LIMIT_PER_PREFIX != 0 {
+                Per::Prefix
+            } else {
+                Per::Source
+            },
+            syn: l.flags & LIMIT_SYN != 0,
+        }
+    }
+}
+
+impl fmt::Display for LimitSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "--pps {} --burst {} --per {}",
+            self.pps,
+            self.burst,
+            self.per.name()
+        )?;
+        if self.syn {
+            f.write_str(" --syn")?;
+        }
+        Ok(())
+    }
+}
+
 /// One rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Rule {
     Src(SrcList, Cidr),
     Port(PortSpec),
+    /// A rate limit on the sources in a prefix. As an edit's removal
+    /// (`fw unlimit`) only the prefix counts.
+    Limit(Cidr, LimitSpec),
 }
 
 impl fmt::Display for Rule {
@@ -313,6 +444,7 @@ impl fmt::Display for Rule {
         match self {
             Rule::Src(l, c) => write!(f, "{} {c}", l.verb()),
             Rule::Port(p) => write!(f, "block --port {p}"),
+            Rule::Limit(c, l) => write!(f, "limit {c} {l}"),
         }
     }
 }
@@ -324,6 +456,8 @@ pub struct RuleSet {
     pub block: BTreeSet<Cidr>,
     /// Port bits ([`PORT_TCP`], [`PORT_UDP`]) for every port 0-65535.
     pub ports: Vec<u32>,
+    /// Rate limits by prefix.
+    pub limits: BTreeMap<Cidr, LimitSpec>,
 }
 
 impl Default for RuleSet {
@@ -332,6 +466,7 @@ impl Default for RuleSet {
             allow: BTreeSet::new(),
             block: BTreeSet::new(),
             ports: vec![0; N_PORTS as usize],
+            limits: BTreeMap::new(),
         }
     }
 }
@@ -357,6 +492,9 @@ impl RuleSet {
                     self.ports[usize::from(port)] |= p.bits;
                 }
             }
+            Rule::Limit(c, l) => {
+                self.limits.insert(c, l);
+            }
         }
     }
 
@@ -369,16 +507,26 @@ impl RuleSet {
             .count()
     }
 
+    /// Rate limits of one family (IPv4 when `v4`).
+    pub(crate) fn count_limits(&self, v4: bool) -> usize {
+        self.limits.keys().filter(|c| c.is_v4() == v4).count()
+    }
+
     /// Fails if either family holds more than kscope's limit.
     pub(crate) fn check_capacity(&self) -> Result<(), RuleError> {
         for (v4, family) in [(true, 4), (false, 6)] {
-            let count = self.count(v4);
-            if count > MAX_RULES_PER_FAMILY as usize {
-                return Err(RuleError::TooMany {
-                    family,
-                    count,
-                    limit: MAX_RULES_PER_FAMILY,
-                });
+            for (what, count, limit) in [
+                ("rules", self.count(v4), MAX_RULES_PER_FAMILY),
+                ("rate limits", self.count_limits(v4), MAX_LIMIT_RULES),
+            ] {
+                if count > limit as usize {
+                    return Err(RuleError::TooMany {
+                        family,
+                        what,
+                        count,
+                        limit,
+                    });
+                }
             }
         }
         Ok(())
@@ -389,7 +537,8 @@ impl RuleSet {
         port_ranges(&self.ports)
     }
 
-    /// Every rule, allow first, then block, then ports; each sorted.
+    /// Every rule in the order the firewall applies them: allow, block,
+    /// limit, then ports; each sorted.
     pub(crate) fn rules(&self) -> Vec<Rule> {
         let mut v: Vec<Rule> = self
             .allow
@@ -397,6 +546,7 @@ impl RuleSet {
             .map(|&c| Rule::Src(SrcList::Allow, c))
             .collect();
         v.extend(self.block.iter().map(|&c| Rule::Src(SrcList::Block, c)));
+        v.extend(self.limits.iter().map(|(&c, &l)| Rule::Limit(c, l)));
         v.extend(self.port_ranges().into_iter().map(Rule::Port));
         v
     }
@@ -423,14 +573,20 @@ impl RuleSet {
             let list = match verb {
                 "block" => SrcList::Block,
                 "allow" => SrcList::Allow,
-                "unblock" | "disallow" => {
+                "limit" => {
+                    for rule in parse_limit_args(args).map_err(at)? {
+                        set.add(rule);
+                    }
+                    continue;
+                }
+                "unblock" | "disallow" | "unlimit" => {
                     return Err(at(RuleError::BadLine(format!(
                         "{verb:?} does not belong in a rule file, which lists the rules to keep"
                     ))));
                 }
                 _ => {
                     return Err(at(RuleError::BadLine(format!(
-                        "unknown verb {verb:?}; expected block or allow"
+                        "unknown verb {verb:?}; expected block, allow or limit"
                     ))));
                 }
             };
@@ -528,6 +684,49 @@ fn parse_args(list: SrcList, args: &[&str]) -> Result<Vec<Rule>, RuleError> {
         )));
     }
     Ok(rules)
+}
+
+/// Parses the arguments of one `limit` rule-file line: CIDRs and the
+/// options of `kscope fw limit`.
+fn parse_limit_args(args: &[&str]) -> Result<Vec<Rule>, RuleError> {
+    let mut cidrs = Vec::new();
+    let (mut pps, mut burst, mut per, mut syn) = (None, None, Per::Source, false);
+    let mut it = args.iter();
+    while let Some(&a) = it.next() {
+        let (name, inline) = match a.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v)),
+            _ => (a, None),
+        };
+        let mut value = |what: &str| -> Result<&str, RuleError> {
+            match inline {
+                Some(v) => Ok(v),
+                None => it
+                    .next()
+                    .copied()
+                    .ok_or_else(|| RuleError::BadLine(format!("{name} needs {what}"))),
+            }
+        };
+        let number = |v: &str, opt: &str| -> Result<u64, RuleError> {
+            v.parse::<u64>()
+                .map_err(|_| RuleError::BadLimit(format!("{opt} takes a whole number, not {v:?}")))
+        };
+        match name {
+            "--pps" => pps = Some(number(value("a rate")?, "--pps")?),
+            "--burst" => burst = Some(number(value("a packet count")?, "--burst")?),
+            "--per" => per = value("source or prefix")?.parse()?,
+            "--syn" if inline.is_none() => syn = true,
+            _ if a.starts_with('-') => {
+                return Err(RuleError::BadLine(format!("unknown option {a:?}")));
+            }
+            _ => cidrs.push(a.parse::<Cidr>()?),
+        }
+    }
+    if cidrs.is_empty() {
+        return Err(RuleError::BadLine("limit needs at least one CIDR".into()));
+    }
+    let pps = pps.ok_or_else(|| RuleError::BadLine("limit needs --pps".into()))?;
+    let spec = LimitSpec::new(pps, burst, per, syn)?;
+    Ok(cidrs.into_iter().map(|c| Rule::Limit(c, spec)).collect())
 }
 
 #[cfg(test)]
@@ -667,6 +866,62 @@ mod tests {
     }
 
     #[test]
+    fn limits_parse_in_rule_files_and_save_round_trips() {
+        let text = "limit 198.51.100.0/24 2001:db8::/32 --pps 100\nlimit 203.0.113.0/24 --pps=5 --burst=20 --per=prefix --syn\nblock 10.0.0.0/8\n";
+        let set = RuleSet::parse("l.rules", text).expect("parses");
+        assert_eq!(set.limits.len(), 3);
+        assert_eq!(
+            set.limits[&cidr("203.0.113.0/24")],
+            LimitSpec {
+                pps: 5,
+                burst: 20,
+                per: Per::Prefix,
+                syn: true
+            }
+        );
+        let saved = set.to_text();
+        assert_eq!(
+            saved,
+            "block 10.0.0.0/8\nlimit 198.51.100.0/24 --pps 100 --burst 100 --per source\nlimit 203.0.113.0/24 --pps 5 --burst 20 --per prefix --syn\nlimit 2001:db8::/32 --pps 100 --burst 100 --per source\n"
+        );
+        assert_eq!(RuleSet::parse("again", &saved).expect("reparses"), set);
+        // A later limit on the same prefix replaces the earlier one.
+        let set = RuleSet::parse("l", "limit 10.0.0.0/8 --pps 1\nlimit 10.0.0.0/8 --pps 2\n")
+            .expect("parses");
+        assert_eq!(set.limits[&cidr("10.0.0.0/8")].pps, 2);
+    }
+
+    #[test]
+    fn kernel_limits_never_exceed_the_rate_and_round_trip() {
+        use kscope_common::fw::LIMIT_CLOCK_SCALE;
+        for pps in [1u32, 3, 7, 1_000, 999_983, LIMIT_MAX_PPS] {
+            let spec = LimitSpec::new(u64::from(pps), Some(4), Per::Source, false).expect("valid");
+            let k = spec.kernel();
+            // cost * pps covers a whole second, and no more than one unit
+            // per packet beyond it.
+            let second = 1_000_000_000 * LIMIT_CLOCK_SCALE;
+            assert!(k.cost * u64::from(pps) >= second, "{pps} pps");
+            assert!((k.cost - 1) * u64::from(pps) < second, "{pps} pps");
+            assert_eq!(k.tolerance, 4 * k.cost);
+            assert_eq!(LimitSpec::from_kernel(&k), spec);
+        }
+        let longest = LimitSpec::new(1, Some(u64::from(MAX_BURST_SECONDS)), Per::Prefix, true)
+            .expect("an hour of 1 pps");
+        assert_eq!(LimitSpec::from_kernel(&longest.kernel()), longest);
+        for (pps, burst) in [
+            (0, None),
+            (u64::from(LIMIT_MAX_PPS) + 1, None),
+            (10, Some(0)),
+            (10, Some(36_001)),
+        ] {
+            assert!(
+                LimitSpec::new(pps, burst, Per::Source, false).is_err(),
+                "{pps} {burst:?}"
+            );
+        }
+    }
+
+    #[test]
     fn rule_file_errors_name_file_and_line() {
         let cases = [
             ("block 10.0.0.0/8\nblock 10.0.0.0/33\n", 2, "prefix length"),
@@ -678,6 +933,16 @@ mod tests {
             ("block --port 53/icmp\n", 1, "unknown protocol"),
             ("block 10.0.0.1/8\n", 1, "host bits"),
             ("block --bogus 1\n", 1, "unknown option"),
+            ("limit 10.0.0.0/8\n", 1, "needs --pps"),
+            ("limit --pps 5\n", 1, "at least one CIDR"),
+            ("limit 10.0.0.0/8 --pps five\n", 1, "whole number"),
+            (
+                "limit 10.0.0.0/8 --pps 5 --per host\n",
+                1,
+                "source or prefix",
+            ),
+            ("limit 10.0.0.0/8 --pps 5 --burst\n", 1, "--burst needs"),
+            ("unlimit 10.0.0.0/8\n", 1, "does not belong"),
         ];
         for (text, line, needle) in cases {
             let e = RuleSet::parse("set.rules", text).expect_err(text);
