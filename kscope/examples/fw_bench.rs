@@ -27,7 +27,7 @@ use kscope::{
     firewall::{
         Policy, load_pipeline,
         maps::RuleMaps,
-        rules::{Cidr, RuleSet},
+        rules::{Cidr, LimitSpec, Per, Rule, RuleSet},
         xdp_program,
     },
     sys::bpf::{MapFdOps, ReadMethod, dump_map},
@@ -306,6 +306,7 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
+    limiter_rows(&frames[..2], &floor_ns, repeat)?;
     // Memory with 1M rules per family, as the kernel accounts it.
     let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
     let ks_mem: Vec<String> = rule_map_fds
@@ -354,6 +355,51 @@ fn main() -> anyhow::Result<()> {
         kbk.as_secs_f64() / batch.as_secs_f64()
     );
     cli_figures()?;
+    Ok(())
+}
+
+/// The rate limiter's cost: one limit per family covering every source
+/// (0.0.0.0/0, ::/0), with a packet under it (a rate no test run reaches)
+/// and over it (1 pps, burst 1: every run after the first is dropped),
+/// against the same pipeline with no limit.
+fn limiter_rows(frames: &[(&str, Vec<u8>)], floor_ns: &[f64], repeat: u32) -> anyhow::Result<()> {
+    let mut ks = load_pipeline(Policy::Pass)?;
+    let mut maps = RuleMaps::from_ebpf(&mut ks)?;
+    let limited = |pps: u64, burst: u64| -> anyhow::Result<RuleSet> {
+        let spec = LimitSpec::new(pps, Some(burst), Per::Source, false)?;
+        let mut set = RuleSet::default();
+        for c in ["0.0.0.0/0", "::/0"] {
+            set.add(Rule::Limit(c.parse()?, spec));
+        }
+        Ok(set)
+    };
+    let max_pps = u64::from(kscope_common::fw::LIMIT_MAX_PPS);
+    let cases = [
+        ("no limit", RuleSet::default(), 2),
+        ("under a limit", limited(max_pps, u64::from(u32::MAX))?, 2),
+        ("over a limit", limited(1, 1)?, 1),
+    ];
+    println!(
+        "\nRate limiter, per packet (BPF_PROG_TEST_RUN, repeat {repeat}; one limit per family \
+         covering the frame's source):\n"
+    );
+    println!("| frame | case | floor ns | kscope ns | kscope / floor | added ns |");
+    println!("|---|---|---:|---:|---:|---:|");
+    let mut base = vec![0.0; frames.len()];
+    for (case, set, want) in cases {
+        maps.load(&set)?;
+        for (i, ((name, f), fl)) in frames.iter().zip(floor_ns).enumerate() {
+            let k = ns_per_packet(xdp_program(&mut ks, PROG_FW_XDP)?, f, repeat, want)?;
+            if case == "no limit" {
+                base[i] = k;
+            }
+            println!(
+                "| {name} | {case} | {fl:.0} | {k:.0} | {:.2} | {:+.0} |",
+                k / fl,
+                k - base[i]
+            );
+        }
+    }
     Ok(())
 }
 
