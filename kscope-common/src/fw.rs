@@ -14,8 +14,6 @@ pub const PROG_FW_IPV4: &str = "fw_ipv4";
 pub const PROG_FW_IPV6: &str = "fw_ipv6";
 /// The benchmark's XDP_PASS-only floor program (`bench_xdp.rs`).
 pub const PROG_BENCH_XDP: &str = "bench_xdp";
-/// Per-CPU array of [`Counter`]s, indexed by [`counter_index`].
-pub const MAP_COUNTERS: &str = "FW_COUNTERS";
 /// Per-CPU array of [`Counter`]s, indexed by [`reason_index`].
 pub const MAP_REASONS: &str = "FW_REASONS";
 /// Array of one [`FwConfig`], written by user space at attach.
@@ -362,10 +360,12 @@ impl Action {
 /// Number of [`Action`] values.
 pub const N_ACTIONS: u32 = 5;
 
-/// Number of slots in [`MAP_COUNTERS`].
+/// Number of (family, action) counters, which user space sums from
+/// [`MAP_REASONS`] (the action follows from the reason, so the programs
+/// count each packet once).
 pub const N_COUNTERS: u32 = N_FAMILIES * N_ACTIONS;
 
-/// Slot of (`family`, `action`) in [`MAP_COUNTERS`].
+/// Slot of (`family`, `action`) among the [`N_COUNTERS`] counters.
 #[inline(always)]
 pub const fn counter_index(family: Family, action: Action) -> u32 {
     family as u32 * N_ACTIONS + action as u32

@@ -254,6 +254,10 @@ fn main() -> anyhow::Result<()> {
         .map(|(_, f)| ns_per_packet(floor, f, repeat, pass))
         .collect::<Result<_, _>>()?;
 
+    // `KSCOPE_BENCH_ONLY=limiter`: only the rate limiter's rows.
+    if std::env::var("KSCOPE_BENCH_ONLY").as_deref() == Ok("limiter") {
+        return limiter_rows(&frames[..2], &floor_ns, repeat);
+    }
     let mut ks = load_pipeline(Policy::Pass)?;
     // RuleMaps takes the maps out of the object: keep a descriptor of each
     // to read its memory later.

@@ -100,20 +100,16 @@ use aya_ebpf::{
 use kscope_common::fw::{
     BucketKey, Counter, Family, FwConfig, GLOBAL_DEFAULT_DROP, HITS_MAX_ENTRIES, Key4, Key6,
     LIMIT_CLOCK_SCALE, LIMIT_MAX_ENTRIES, LIMIT_PER_PREFIX, LIMIT_SYN, LIMIT_TABLE_DEFAULT, Limit,
-    MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_BUCKETS, MAP_CONFIG, MAP_COUNTERS,
-    MAP_HITS, MAP_LIMIT4, MAP_LIMIT6, MAP_LIMITS, MAP_PORTS, MAP_PROGS, MAP_REASONS, MAP_STATE,
-    N_COUNTERS, N_REASON_COUNTERS, PORT_TCP, PORT_UDP, PORTS_MAX_ENTRIES, PROG_FW_IPV4,
-    PROG_FW_IPV6, PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6, Reason, RuleValue,
-    STATE_ACTIVE_SLOT, STATE_LIMITS, STATE_MAX_ENTRIES, TRIE_MAX_ENTRIES, counter_index,
-    port_hit_id, port_index, reason_index,
+    MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_BUCKETS, MAP_CONFIG, MAP_HITS, MAP_LIMIT4,
+    MAP_LIMIT6, MAP_LIMITS, MAP_PORTS, MAP_PROGS, MAP_REASONS, MAP_STATE, N_REASON_COUNTERS,
+    PORT_TCP, PORT_UDP, PORTS_MAX_ENTRIES, PROG_FW_IPV4, PROG_FW_IPV6, PROG_FW_XDP,
+    PROG_INDEX_IPV4, PROG_INDEX_IPV6, Reason, RuleValue, STATE_ACTIVE_SLOT, STATE_LIMITS,
+    STATE_MAX_ENTRIES, TRIE_MAX_ENTRIES, port_hit_id, port_index, reason_index,
 };
 use kscope_ebpf::{
     add_atomic, assert_symbol_name,
     net::{self, ptr_at},
 };
-
-#[map]
-static FW_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(N_COUNTERS, 0);
 
 #[map]
 static FW_REASONS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(N_REASON_COUNTERS, 0);
@@ -163,7 +159,6 @@ static DEFAULT_DROP: u32 = 0;
 
 // The names user space loads these by (kscope-common) must be the names
 // above: a mismatch fails the build instead of the load.
-assert_symbol_name!(FW_COUNTERS, MAP_COUNTERS);
 assert_symbol_name!(FW_REASONS, MAP_REASONS);
 assert_symbol_name!(FW_CONFIG, MAP_CONFIG);
 assert_symbol_name!(FW_PROGS, MAP_PROGS);
@@ -507,13 +502,12 @@ fn hit(id: u32) {
     }
 }
 
-/// Counts the packet under its family, action and reason, and returns the
-/// verdict.
+/// Counts the packet under its family and reason (once: user space adds
+/// the reasons up by action), and returns the verdict.
 #[inline(always)]
 fn finish(ctx: &XdpContext, family: Family, reason: Reason) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let action = reason.action();
-    add(&FW_COUNTERS, counter_index(family, action), len);
     add(&FW_REASONS, reason_index(family, reason), len);
     action as u32
 }

@@ -65,6 +65,25 @@ impl PerCpuCounters {
         ReasonTotals { slots }
     }
 
+    /// The (family, action) counters of a reason map: each reason's counts
+    /// under its action, CPU by CPU.
+    pub(crate) fn by_action(&self) -> PerCpuCounters {
+        let cpus = self.cpus();
+        let mut slots = vec![vec![Counter::default(); cpus]; N_COUNTERS as usize];
+        for family in Family::ALL {
+            for reason in Reason::ALL {
+                let Some(from) = self.slots.get(reason_index(family, reason) as usize) else {
+                    continue;
+                };
+                let to = &mut slots[counter_index(family, reason.action()) as usize];
+                for (t, f) in to.iter_mut().zip(from) {
+                    *t = add(*t, *f);
+                }
+            }
+        }
+        PerCpuCounters { slots }
+    }
+
     /// The counters of one CPU.
     pub(crate) fn cpu(&self, cpu: usize) -> Totals {
         let mut t = Totals::default();
@@ -481,6 +500,28 @@ mod tests {
         assert_eq!(t.get(Family::Ipv6, Action::Drop), c(7, 700));
         assert_eq!(t.get(Family::Other, Action::Pass), c(0, 0));
         assert_eq!(t.family(Family::Ipv4), c(7, 700));
+    }
+
+    #[test]
+    fn reasons_add_up_by_their_action_per_cpu() {
+        let mut slots = vec![vec![Counter::default(); 2]; N_REASON_COUNTERS as usize];
+        let mut set = |f, r, per_cpu: Vec<Counter>| slots[reason_index(f, r) as usize] = per_cpu;
+        set(Family::Ipv4, Reason::BlockedSrc, vec![c(1, 10), c(2, 20)]);
+        set(Family::Ipv4, Reason::RateLimited, vec![c(4, 40), c(0, 0)]);
+        set(Family::Ipv4, Reason::Allowed, vec![c(8, 80), c(16, 160)]);
+        set(
+            Family::Ipv6,
+            Reason::NeighborDiscovery,
+            vec![c(0, 0), c(32, 320)],
+        );
+        set(Family::Other, Reason::ParseError, vec![c(64, 640), c(0, 0)]);
+        let a = PerCpuCounters { slots }.by_action();
+        assert_eq!(a.cpu(0).get(Family::Ipv4, Action::Drop), c(5, 50));
+        assert_eq!(a.cpu(1).get(Family::Ipv4, Action::Drop), c(2, 20));
+        assert_eq!(a.sum().get(Family::Ipv4, Action::Pass), c(24, 240));
+        assert_eq!(a.sum().get(Family::Ipv6, Action::Pass), c(32, 320));
+        assert_eq!(a.sum().get(Family::Other, Action::Drop), c(64, 640));
+        assert_eq!(a.sum().get(Family::Ipv6, Action::Drop), c(0, 0));
     }
 
     #[test]

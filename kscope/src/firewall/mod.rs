@@ -9,8 +9,7 @@
 //! | `link`        | the XDP bpf_link; removing it detaches                |
 //! | `fw_xdp`, `fw_ipv4`, `fw_ipv6` | the entry program and the two filters |
 //! | `FW_PROGS`    | the tail-call program array                           |
-//! | `FW_COUNTERS` | per-CPU counters by family and action                 |
-//! | `FW_REASONS`  | per-CPU counters by family and reason                 |
+//! | `FW_REASONS`  | per-CPU counters by family and reason (and so action) |
 //! | `FW_CONFIG`   | mode, ifindex, default policy, attach time ([`FwConfig`]) |
 //! | `FW_STATE`    | active rule slot, next rule id, rule counts           |
 //! | `FW_ALLOW4`, `FW_BLOCK4`, `FW_ALLOW6`, `FW_BLOCK6` | source-rule LPM tries |
@@ -55,9 +54,9 @@ use aya::{
 use kscope_common::fw::{
     Counter, FW_CONFIG_VERSION, FwConfig, GLOBAL_DEFAULT_DROP, LIMIT_TABLE_DEFAULT,
     LIMIT_TABLE_MAX, LIMIT_TABLE_MIN, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_BUCKETS,
-    MAP_CONFIG, MAP_COUNTERS, MAP_HITS, MAP_LIMIT4, MAP_LIMIT6, MAP_LIMITS, MAP_PORTS, MAP_PROGS,
-    MAP_REASONS, MAP_STATE, MODE_NATIVE, MODE_SKB, N_COUNTERS, N_REASON_COUNTERS, POLICY_DROP,
-    POLICY_PASS, PROG_FW_IPV4, PROG_FW_IPV6, PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6,
+    MAP_CONFIG, MAP_HITS, MAP_LIMIT4, MAP_LIMIT6, MAP_LIMITS, MAP_PORTS, MAP_PROGS, MAP_REASONS,
+    MAP_STATE, MODE_NATIVE, MODE_SKB, N_REASON_COUNTERS, POLICY_DROP, POLICY_PASS, PROG_FW_IPV4,
+    PROG_FW_IPV6, PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -72,8 +71,7 @@ static FW_XDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 const PIN_LINK: &str = "link";
 
 /// Every map `attach` pins.
-const PINNED_MAPS: [&str; 15] = [
-    MAP_COUNTERS,
+const PINNED_MAPS: [&str; 14] = [
     MAP_REASONS,
     MAP_CONFIG,
     MAP_PROGS,
@@ -769,17 +767,13 @@ fn read_config(dir: &Path) -> Result<FwConfig, FwError> {
     Ok(config)
 }
 
-/// Reads the per-CPU counters `iface`'s program has collected.
+/// Reads the per-CPU counters by family and action of `iface`: its
+/// reasons, added up by the action each reason stands for.
 ///
 /// # Errors
 /// [`FwError::NotAttached`] when kscope is not attached to `iface`.
 pub(crate) fn read_counters(iface: &str) -> Result<PerCpuCounters, FwError> {
-    sys::validate_ifname(iface)?;
-    let dir = pin_dir(iface);
-    if !dir.is_dir() {
-        return Err(FwError::NotAttached(iface.to_owned()));
-    }
-    read_per_cpu(&dir.join(MAP_COUNTERS), N_COUNTERS)
+    Ok(read_reasons(iface)?.by_action())
 }
 
 /// Reads the per-CPU counters by reason of `iface`: one slot per
