@@ -31,11 +31,9 @@ pub const MAP_BLOCK6: &str = "FW_BLOCK6";
 /// [`port_index`].
 pub const MAP_PORTS: &str = "FW_PORTS";
 /// LPM tries of rate-limit rules: key [`Key4`]/[`Key6`], value
-/// [`RuleValue`]; the limit itself is in [`MAP_LIMITS`] under the id.
+/// [`LimitValue`] (the rule and its limit in one lookup).
 pub const MAP_LIMIT4: &str = "FW_LIMIT4";
 pub const MAP_LIMIT6: &str = "FW_LIMIT6";
-/// Hash of [`Limit`]s keyed by the rule id of a limit rule.
-pub const MAP_LIMITS: &str = "FW_LIMITS";
 /// LRU hash of token buckets: key [`BucketKey`], value `u64` (see
 /// [`Limit`]). Its size is set at attach (`--limit-table`).
 pub const MAP_BUCKETS: &str = "FW_BUCKETS";
@@ -81,7 +79,7 @@ pub const TRIE_MAX_ENTRIES: u32 = 2 * MAX_RULES_PER_FAMILY;
 pub const HITS_MAX_ENTRIES: u32 = 1 << 20;
 /// Rate-limit rules per family that kscope accepts.
 pub const MAX_LIMIT_RULES: u32 = 1 << 16;
-/// Entries of the limit tries and of [`MAP_LIMITS`]: two full slots.
+/// Entries of the limit tries: two full slots.
 pub const LIMIT_MAX_ENTRIES: u32 = 2 * MAX_LIMIT_RULES;
 /// Default, smallest and largest number of token buckets
 /// ([`MAP_BUCKETS`]). A bucket is 20 bytes of key and 8 of value, about
@@ -139,6 +137,15 @@ impl Limit {
             _pad: 0,
         }
     }
+}
+
+/// Value of every rate-limit trie entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitValue {
+    /// The rule's id and prefix length, as in [`RuleValue`].
+    pub rule: RuleValue,
+    pub limit: Limit,
 }
 
 /// Key of a token bucket: the limit rule's id and the source address (all
@@ -419,6 +426,8 @@ mod pod {
     unsafe impl aya::Pod for super::RuleValue {}
     // SAFETY: two u64 then four u32 (the last explicit padding): no implicit padding.
     unsafe impl aya::Pod for super::Limit {}
+    // SAFETY: a RuleValue (8 bytes) then a Limit (32, alignment 8): no padding.
+    unsafe impl aya::Pod for super::LimitValue {}
     // SAFETY: a u32 then 16 bytes, size 20, alignment 4: no padding.
     unsafe impl aya::Pod for super::BucketKey {}
 }

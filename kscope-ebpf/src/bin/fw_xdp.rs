@@ -78,9 +78,9 @@
 //! dropped. Each read sees at least this packet's own add, so concurrent
 //! packets can only make each other look later, never earlier: the race
 //! can drop a packet that a serial order would have passed, but never
-//! pass more than `burst + pps × elapsed`. A bucket idle for longer than
-//! its tolerance is moved up to now with one more add (two CPUs doing it
-//! at once move it too far, which again errs on the side of dropping).
+//! pass more than `burst + pps × elapsed`. A bucket whose clock is behind
+//! now is moved up to now in the same add (two CPUs doing it at once move
+//! it too far, which again errs on the side of dropping).
 //!
 //! The rule set lives in two slots (see `kscope_common::fw`): each packet
 //! reads the active slot once, so it is judged against one whole set.
@@ -91,17 +91,14 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
     helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
-    maps::{
-        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray,
-        lpm_trie::Key,
-    },
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use kscope_common::fw::{
     BucketKey, Counter, Family, FwConfig, GLOBAL_DEFAULT_DROP, HITS_MAX_ENTRIES, Key4, Key6,
-    LIMIT_CLOCK_SCALE, LIMIT_MAX_ENTRIES, LIMIT_PER_PREFIX, LIMIT_SYN, LIMIT_TABLE_DEFAULT, Limit,
-    MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_BUCKETS, MAP_CONFIG, MAP_HITS, MAP_LIMIT4,
-    MAP_LIMIT6, MAP_LIMITS, MAP_PORTS, MAP_PROGS, MAP_REASONS, MAP_STATE, N_REASON_COUNTERS,
+    LIMIT_CLOCK_SCALE, LIMIT_MAX_ENTRIES, LIMIT_PER_PREFIX, LIMIT_SYN, LIMIT_TABLE_DEFAULT,
+    LimitValue, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_BUCKETS, MAP_CONFIG, MAP_HITS,
+    MAP_LIMIT4, MAP_LIMIT6, MAP_PORTS, MAP_PROGS, MAP_REASONS, MAP_STATE, N_REASON_COUNTERS,
     PORT_TCP, PORT_UDP, PORTS_MAX_ENTRIES, PROG_FW_IPV4, PROG_FW_IPV6, PROG_FW_XDP,
     PROG_INDEX_IPV4, PROG_INDEX_IPV6, Reason, RuleValue, STATE_ACTIVE_SLOT, STATE_LIMITS,
     STATE_MAX_ENTRIES, TRIE_MAX_ENTRIES, port_hit_id, port_index, reason_index,
@@ -137,11 +134,9 @@ static FW_BLOCK6: LpmTrie<Key6, RuleValue> = LpmTrie::with_max_entries(TRIE_MAX_
 static FW_PORTS: Array<u32> = Array::with_max_entries(PORTS_MAX_ENTRIES, 0);
 
 #[map]
-static FW_LIMIT4: LpmTrie<Key4, RuleValue> = LpmTrie::with_max_entries(LIMIT_MAX_ENTRIES, 0);
+static FW_LIMIT4: LpmTrie<Key4, LimitValue> = LpmTrie::with_max_entries(LIMIT_MAX_ENTRIES, 0);
 #[map]
-static FW_LIMIT6: LpmTrie<Key6, RuleValue> = LpmTrie::with_max_entries(LIMIT_MAX_ENTRIES, 0);
-#[map]
-static FW_LIMITS: HashMap<u32, Limit> = HashMap::with_max_entries(LIMIT_MAX_ENTRIES, 0);
+static FW_LIMIT6: LpmTrie<Key6, LimitValue> = LpmTrie::with_max_entries(LIMIT_MAX_ENTRIES, 0);
 /// Token buckets; user space sets the size at load (`--limit-table`).
 #[map]
 static FW_BUCKETS: LruHashMap<BucketKey, u64> =
@@ -171,7 +166,6 @@ assert_symbol_name!(FW_PORTS, MAP_PORTS);
 assert_symbol_name!(FW_HITS, MAP_HITS);
 assert_symbol_name!(FW_LIMIT4, MAP_LIMIT4);
 assert_symbol_name!(FW_LIMIT6, MAP_LIMIT6);
-assert_symbol_name!(FW_LIMITS, MAP_LIMITS);
 assert_symbol_name!(FW_BUCKETS, MAP_BUCKETS);
 assert_symbol_name!(DEFAULT_DROP, GLOBAL_DEFAULT_DROP);
 assert_symbol_name!(fw_xdp, PROG_FW_XDP);
@@ -386,15 +380,11 @@ fn state() -> (u32, bool) {
 /// is over its rate (see the module doc for the bucket and its atomics).
 /// Counts the drop as the rule's hit.
 #[inline(always)]
-fn over_limit<K>(trie: &LpmTrie<K, RuleValue>, key: &Key<K>, addr: &[u8; 16], syn: bool) -> bool {
-    let Some(rule) = trie.get(key) else {
+fn over_limit<K>(trie: &LpmTrie<K, LimitValue>, key: &Key<K>, addr: &[u8; 16], syn: bool) -> bool {
+    let Some(v) = trie.get(key) else {
         return false;
     };
-    let id = rule.id;
-    // SAFETY: a plain read of a map value user space writes whole.
-    let Some(limit) = (unsafe { FW_LIMITS.get(id) }) else {
-        return false;
-    };
+    let (id, limit) = (v.rule.id, &v.limit);
     if limit.flags & LIMIT_SYN != 0 && !syn {
         return false;
     }
@@ -425,11 +415,10 @@ fn over_limit<K>(trie: &LpmTrie<K, RuleValue>, key: &Key<K>, addr: &[u8; 16], sy
     // SAFETY: `v` is a live bucket value, only ever changed by atomic adds
     // while programs run (reads may be plain: they see whole values).
     unsafe {
+        // One atomic add: the packet's cost, plus the move up to now for a
+        // bucket that has been idle.
         let seen = core::ptr::read_volatile(v);
-        if seen < now {
-            add_atomic(v, now - seen);
-        }
-        add_atomic(v, limit.cost);
+        add_atomic(v, now.saturating_sub(seen) + limit.cost);
         if core::ptr::read_volatile(v) > now.saturating_add(limit.tolerance) {
             add_atomic(v, limit.cost.wrapping_neg());
             hit(id);

@@ -13,12 +13,11 @@
 //! Hit counters live in a per-CPU hash keyed by rule id; a rule keeps its
 //! id (and so its count) across `fw load` when it is in both sets.
 //!
-//! A rate limit is an entry in a limit trie (the prefix, with the rule id)
-//! and its [`Limit`] in `FW_LIMITS` under that id. The limit is written
-//! before the trie entry points to it and removed after, and a changed
-//! limit gets a new id (and so fresh buckets), so a packet never sees a
-//! limit of the other rule set. `FW_STATE[STATE_LIMITS]` counts the limits
-//! of both slots; while it is zero the programs skip the limit tries.
+//! A rate limit is an entry in a limit trie: the prefix, with the rule id
+//! and the limit in one value, so one lookup finds both and an entry
+//! changes whole. A changed limit gets a new id (and so fresh buckets).
+//! `FW_STATE[STATE_LIMITS]` counts the limits of both slots; while it is
+//! zero the programs skip the limit tries.
 //!
 //! Minimum kernel: 4.11 (LPM tries); batch reads from 5.6, key by key
 //! before (see [`crate::sys::bpf::dump_map`]).
@@ -32,14 +31,11 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{
-        Array, HashMap as BpfHashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap,
-        lpm_trie::Key,
-    },
+    maps::{Array, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, lpm_trie::Key},
 };
 use kscope_common::fw::{
-    Key4, Key6, Limit, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_HITS, MAP_LIMIT4,
-    MAP_LIMIT6, MAP_LIMITS, MAP_PORTS, MAP_STATE, MAX_LIMIT_RULES, MAX_RULES_PER_FAMILY, N_PORTS,
+    Key4, Key6, LimitValue, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_HITS, MAP_LIMIT4,
+    MAP_LIMIT6, MAP_PORTS, MAP_STATE, MAX_LIMIT_RULES, MAX_RULES_PER_FAMILY, N_PORTS,
     PORT_HIT_BASE, PORT_TCP, PORT_UDP, RuleValue, STATE_ACTIVE_SLOT, STATE_COUNT_V4,
     STATE_COUNT_V6, STATE_LIMITS, STATE_NEXT_ID, port_hit_id,
 };
@@ -117,6 +113,37 @@ type RuleIds = HashMap<(List, Cidr), u32>;
 enum TrieMap {
     V4(LpmTrie<MapData, Key4, RuleValue>),
     V6(LpmTrie<MapData, Key6, RuleValue>),
+    Limit4(LpmTrie<MapData, Key4, LimitValue>),
+    Limit6(LpmTrie<MapData, Key6, LimitValue>),
+}
+
+/// A trie entry's value: the rule id, and the limit of a limit rule.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    id: u32,
+    /// The entry's own prefix length, slot bits included.
+    prefix_len: u32,
+    limit: Option<LimitSpec>,
+}
+
+impl From<RuleValue> for Entry {
+    fn from(v: RuleValue) -> Self {
+        Entry {
+            id: v.id,
+            prefix_len: v.prefix_len,
+            limit: None,
+        }
+    }
+}
+
+impl From<LimitValue> for Entry {
+    fn from(v: LimitValue) -> Self {
+        Entry {
+            id: v.rule.id,
+            prefix_len: v.rule.prefix_len,
+            limit: Some(LimitSpec::from_kernel(&v.limit)),
+        }
+    }
 }
 
 /// One prefix-rule trie.
@@ -158,12 +185,14 @@ impl Trie {
     }
 
     /// The entry for exactly `cidr` in `slot`, if there is one.
-    fn get_exact(&self, slot: u32, cidr: &Cidr) -> Result<Option<RuleValue>, FwError> {
+    fn get_exact(&self, slot: u32, cidr: &Cidr) -> Result<Option<Entry>, FwError> {
         let plen = 8 + u32::from(cidr.len);
         let data = Self::key_bytes(slot, cidr);
-        let r = match &self.map {
-            TrieMap::V4(t) => t.get(&Key::new(plen, to_array(&data)), 0),
-            TrieMap::V6(t) => t.get(&Key::new(plen, to_array(&data)), 0),
+        let r: Result<Entry, MapError> = match &self.map {
+            TrieMap::V4(t) => t.get(&Key::new(plen, to_array(&data)), 0).map(Into::into),
+            TrieMap::V6(t) => t.get(&Key::new(plen, to_array(&data)), 0).map(Into::into),
+            TrieMap::Limit4(t) => t.get(&Key::new(plen, to_array(&data)), 0).map(Into::into),
+            TrieMap::Limit6(t) => t.get(&Key::new(plen, to_array(&data)), 0).map(Into::into),
         };
         match r {
             // The lookup returns the longest match no longer than `plen`;
@@ -182,16 +211,29 @@ impl Trie {
         }
     }
 
-    fn insert(&mut self, slot: u32, cidr: &Cidr, id: u32) -> Result<(), FwError> {
+    /// Adds `cidr` to `slot` as rule `id`, with its limit in a limit trie.
+    fn insert(
+        &mut self,
+        slot: u32,
+        cidr: &Cidr,
+        id: u32,
+        limit: Option<&LimitSpec>,
+    ) -> Result<(), FwError> {
         let plen = 8 + u32::from(cidr.len);
         let data = Self::key_bytes(slot, cidr);
-        let value = RuleValue {
+        let rule = RuleValue {
             id,
             prefix_len: plen,
         };
+        let limited = || LimitValue {
+            rule,
+            limit: limit.map(LimitSpec::kernel).unwrap_or_default(),
+        };
         let r = match &mut self.map {
-            TrieMap::V4(t) => t.insert(&Key::new(plen, to_array(&data)), value, 0),
-            TrieMap::V6(t) => t.insert(&Key::new(plen, to_array(&data)), value, 0),
+            TrieMap::V4(t) => t.insert(&Key::new(plen, to_array(&data)), rule, 0),
+            TrieMap::V6(t) => t.insert(&Key::new(plen, to_array(&data)), rule, 0),
+            TrieMap::Limit4(t) => t.insert(&Key::new(plen, to_array(&data)), limited(), 0),
+            TrieMap::Limit6(t) => t.insert(&Key::new(plen, to_array(&data)), limited(), 0),
         };
         r.map_err(|e| {
             if is_full(&e) {
@@ -211,6 +253,8 @@ impl Trie {
         let r = match &mut self.map {
             TrieMap::V4(t) => t.remove(&Key::new(plen, to_array(&data))),
             TrieMap::V6(t) => t.remove(&Key::new(plen, to_array(&data))),
+            TrieMap::Limit4(t) => t.remove(&Key::new(plen, to_array(&data))),
+            TrieMap::Limit6(t) => t.remove(&Key::new(plen, to_array(&data))),
         };
         match r {
             Ok(()) => Ok(()),
@@ -220,10 +264,10 @@ impl Trie {
     }
 
     /// Every entry of both slots: (slot, prefix, value).
-    fn entries(&self) -> Result<Vec<(u32, Cidr, RuleValue)>, FwError> {
+    fn entries(&self) -> Result<Vec<(u32, Cidr, Entry)>, FwError> {
         let what = || format!("read {}", self.name);
         let mut out = Vec::new();
-        let mut push = |plen: u32, data: &[u8], v: RuleValue| {
+        let mut push = |plen: u32, data: &[u8], v: Entry| {
             let len = plen.saturating_sub(8) as u8;
             if let Some(c) = Cidr::from_octets(&data[1..], len) {
                 out.push((u32::from(data[0]), c, v));
@@ -233,13 +277,25 @@ impl Trie {
             TrieMap::V4(t) => {
                 for e in t.iter() {
                     let (k, v) = e.map_err(map_err(what()))?;
-                    push(k.prefix_len(), &k.data(), v);
+                    push(k.prefix_len(), &k.data(), v.into());
                 }
             }
             TrieMap::V6(t) => {
                 for e in t.iter() {
                     let (k, v) = e.map_err(map_err(what()))?;
-                    push(k.prefix_len(), &k.data(), v);
+                    push(k.prefix_len(), &k.data(), v.into());
+                }
+            }
+            TrieMap::Limit4(t) => {
+                for e in t.iter() {
+                    let (k, v) = e.map_err(map_err(what()))?;
+                    push(k.prefix_len(), &k.data(), v.into());
+                }
+            }
+            TrieMap::Limit6(t) => {
+                for e in t.iter() {
+                    let (k, v) = e.map_err(map_err(what()))?;
+                    push(k.prefix_len(), &k.data(), v.into());
                 }
             }
         }
@@ -259,7 +315,6 @@ pub struct RuleMaps {
     tries: [Trie; 6],
     ports: Array<MapData, u32>,
     hits: PerCpuHashMap<MapData, u32, u64>,
-    limits: BpfHashMap<MapData, u32, Limit>,
 }
 
 /// Where a map comes from.
@@ -304,10 +359,11 @@ impl RuleMaps {
             T::try_from(src.map(name)?).map_err(map_err(format!("open {name}")))
         }
         let mut trie = |name: &'static str, list: List, v4: bool| -> Result<Trie, FwError> {
-            let map = if v4 {
-                TrieMap::V4(typed(&mut src, name)?)
-            } else {
-                TrieMap::V6(typed(&mut src, name)?)
+            let map = match (list, v4) {
+                (List::Src(_), true) => TrieMap::V4(typed(&mut src, name)?),
+                (List::Src(_), false) => TrieMap::V6(typed(&mut src, name)?),
+                (List::Limit, true) => TrieMap::Limit4(typed(&mut src, name)?),
+                (List::Limit, false) => TrieMap::Limit6(typed(&mut src, name)?),
             };
             Ok(Trie { name, list, map })
         };
@@ -325,7 +381,6 @@ impl RuleMaps {
             tries,
             ports: typed(&mut src, MAP_PORTS)?,
             hits: typed(&mut src, MAP_HITS)?,
-            limits: typed(&mut src, MAP_LIMITS)?,
         })
     }
 
@@ -363,48 +418,13 @@ impl RuleMaps {
         &mut self.tries[Self::trie_index(list, cidr.is_v4())]
     }
 
-    /// The limit stored under rule `id`, if any.
-    fn limit_of(&self, id: u32) -> Result<Option<LimitSpec>, FwError> {
-        match self.limits.get(&id, 0) {
-            Ok(l) => Ok(Some(LimitSpec::from_kernel(&l))),
-            Err(e) if not_found(&e) => Ok(None),
-            Err(e) => Err(map_err(format!("lookup in {MAP_LIMITS}"))(e)),
-        }
-    }
-
-    fn set_limit(&mut self, id: u32, spec: &LimitSpec) -> Result<(), FwError> {
-        self.limits.insert(id, spec.kernel(), 0).map_err(|e| {
-            if is_full(&e) {
-                FwError::Full {
-                    map: MAP_LIMITS,
-                    limit: MAX_LIMIT_RULES,
-                }
-            } else {
-                map_err(format!("insert into {MAP_LIMITS}"))(e)
-            }
-        })
-    }
-
-    /// Removes the limits no limit-trie entry of either slot points to,
-    /// and stores how many are left in `FW_STATE[STATE_LIMITS]`.
+    /// Stores how many limits both slots hold in `FW_STATE[STATE_LIMITS]`.
     fn sync_limits(&mut self) -> Result<(), FwError> {
-        let mut used = HashSet::new();
+        let mut n = 0;
         for t in self.tries.iter().filter(|t| t.list == List::Limit) {
-            used.extend(t.entries()?.into_iter().map(|(_, _, v)| v.id));
+            n += t.entries()?.len();
         }
-        let ids: Vec<u32> = self
-            .limits
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(format!("read {MAP_LIMITS}")))?;
-        for id in ids.iter().filter(|id| !used.contains(id)) {
-            match self.limits.remove(id) {
-                Ok(()) => {}
-                Err(e) if not_found(&e) => {}
-                Err(e) => return Err(map_err(format!("delete from {MAP_LIMITS}"))(e)),
-            }
-        }
-        self.state_set(STATE_LIMITS, used.len() as u32)
+        self.state_set(STATE_LIMITS, n as u32)
     }
 
     fn ports_ops(&self) -> MapFdOps {
@@ -467,12 +487,10 @@ impl RuleMaps {
                 if s != slot {
                     continue;
                 }
-                match t.list {
-                    List::Src(l) => set.add(Rule::Src(l, cidr)),
-                    List::Limit => match self.limit_of(v.id)? {
-                        Some(spec) => set.add(Rule::Limit(cidr, spec)),
-                        None => continue,
-                    },
+                match (t.list, v.limit) {
+                    (List::Src(l), _) => set.add(Rule::Src(l, cidr)),
+                    (List::Limit, Some(spec)) => set.add(Rule::Limit(cidr, spec)),
+                    (List::Limit, None) => continue,
                 }
                 ids.insert((t.list, cidr), v.id);
             }
@@ -597,7 +615,7 @@ impl RuleMaps {
                 }
                 Edit::Add(Rule::Limit(c, spec)) => {
                     match self.trie(List::Limit, &c).get_exact(slot, &c)? {
-                        Some(v) if self.limit_of(v.id)? == Some(spec) => report.unchanged += 1,
+                        Some(v) if v.limit == Some(spec) => report.unchanged += 1,
                         // A changed limit is a new rule (new id, fresh buckets).
                         Some(v) => {
                             removes.push((List::Limit, c, v.id));
@@ -695,12 +713,8 @@ impl RuleMaps {
             if id >= PORT_HIT_BASE {
                 return Err(FwError::IdsExhausted);
             }
-            // Ids are never reused, so a fresh id has no counter yet. A
-            // limit is in place before the trie entry points to it.
-            if let Some(spec) = spec {
-                self.set_limit(id, spec)?;
-            }
-            self.trie_mut(*l, c).insert(slot, c, id)?;
+            // Ids are never reused, so a fresh id has no counter yet.
+            self.trie_mut(*l, c).insert(slot, c, id, spec.as_ref())?;
             id += 1;
             self.state_set(STATE_NEXT_ID, id)?;
             if is_src(l) {
@@ -762,6 +776,7 @@ impl RuleMaps {
         // Read both slots; anything already in the new slot is left over
         // from an interrupted load.
         let mut old_ids = RuleIds::new();
+        let mut old_limits = HashMap::new();
         for t in &mut self.tries {
             let entries = t.entries()?;
             for (s, c, v) in entries {
@@ -769,6 +784,9 @@ impl RuleMaps {
                     t.remove(new, &c)?;
                 } else {
                     old_ids.insert((t.list, c), v.id);
+                    if let Some(spec) = v.limit {
+                        old_limits.insert(c, spec);
+                    }
                 }
             }
         }
@@ -778,7 +796,7 @@ impl RuleMaps {
         let built = self.build_slot(
             new,
             set,
-            &old_ids,
+            (&old_ids, &old_limits),
             &ports[new_base..new_base + N_PORTS as usize],
         );
         let kept = match built {
@@ -823,7 +841,7 @@ impl RuleMaps {
         &mut self,
         slot: u32,
         set: &RuleSet,
-        old_ids: &RuleIds,
+        (old_ids, old_limits): (&RuleIds, &HashMap<Cidr, LimitSpec>),
         slot_ports: &[u32],
     ) -> Result<HashSet<u32>, FwError> {
         let mut kept = HashSet::new();
@@ -841,13 +859,13 @@ impl RuleMaps {
                         id - 1
                     }
                 };
-                self.trie_mut(list, c).insert(slot, c, rule_id)?;
+                self.trie_mut(list, c).insert(slot, c, rule_id, None)?;
             }
         }
         for (c, spec) in &set.limits {
             // An unchanged limit keeps its id, its buckets and its hits.
             let old = match old_ids.get(&(List::Limit, *c)) {
-                Some(&old) if self.limit_of(old)? == Some(*spec) => Some(old),
+                Some(&old) if old_limits.get(c) == Some(spec) => Some(old),
                 _ => None,
             };
             let rule_id = match old {
@@ -856,20 +874,19 @@ impl RuleMaps {
                     old
                 }
                 None => {
-                    self.set_limit(id, spec)?;
                     id += 1;
                     id - 1
                 }
             };
-            self.trie_mut(List::Limit, c).insert(slot, c, rule_id)?;
+            self.trie_mut(List::Limit, c)
+                .insert(slot, c, rule_id, Some(spec))?;
         }
         if id >= PORT_HIT_BASE {
             return Err(FwError::IdsExhausted);
         }
         self.state_set(STATE_NEXT_ID, id)?;
         if !set.limits.is_empty() {
-            let n = self.limits.keys().count() as u32;
-            self.state_set(STATE_LIMITS, n)?;
+            self.sync_limits()?;
         }
         for (port, (&was, &now)) in slot_ports.iter().zip(&set.ports).enumerate() {
             if was != now {

@@ -15,8 +15,7 @@
 //! | `FW_ALLOW4`, `FW_BLOCK4`, `FW_ALLOW6`, `FW_BLOCK6` | source-rule LPM tries |
 //! | `FW_PORTS`    | destination-port bits, every port 0-65535             |
 //! | `FW_HITS`     | per-CPU rule hit counters                             |
-//! | `FW_LIMIT4`, `FW_LIMIT6` | rate-limit LPM tries                       |
-//! | `FW_LIMITS`   | each rate limit's rate and burst, by rule id          |
+//! | `FW_LIMIT4`, `FW_LIMIT6` | rate-limit LPM tries (prefix → rule id, rate, burst) |
 //! | `FW_BUCKETS`  | token buckets (LRU), per source or prefix             |
 //!
 //! Rules are edited by any later invocation through these pins, with no
@@ -54,9 +53,9 @@ use aya::{
 use kscope_common::fw::{
     Counter, FW_CONFIG_VERSION, FwConfig, GLOBAL_DEFAULT_DROP, LIMIT_TABLE_DEFAULT,
     LIMIT_TABLE_MAX, LIMIT_TABLE_MIN, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_BUCKETS,
-    MAP_CONFIG, MAP_HITS, MAP_LIMIT4, MAP_LIMIT6, MAP_LIMITS, MAP_PORTS, MAP_PROGS, MAP_REASONS,
-    MAP_STATE, MODE_NATIVE, MODE_SKB, N_REASON_COUNTERS, POLICY_DROP, POLICY_PASS, PROG_FW_IPV4,
-    PROG_FW_IPV6, PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6,
+    MAP_CONFIG, MAP_HITS, MAP_LIMIT4, MAP_LIMIT6, MAP_PORTS, MAP_PROGS, MAP_REASONS, MAP_STATE,
+    MODE_NATIVE, MODE_SKB, N_REASON_COUNTERS, POLICY_DROP, POLICY_PASS, PROG_FW_IPV4, PROG_FW_IPV6,
+    PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -71,7 +70,7 @@ static FW_XDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 const PIN_LINK: &str = "link";
 
 /// Every map `attach` pins.
-const PINNED_MAPS: [&str; 14] = [
+const PINNED_MAPS: [&str; 13] = [
     MAP_REASONS,
     MAP_CONFIG,
     MAP_PROGS,
@@ -84,7 +83,6 @@ const PINNED_MAPS: [&str; 14] = [
     MAP_HITS,
     MAP_LIMIT4,
     MAP_LIMIT6,
-    MAP_LIMITS,
     MAP_BUCKETS,
 ];
 
