@@ -133,6 +133,15 @@ impl Fw {
             .unwrap_or((0, 0))
     }
 
+    /// This interface's line of `fw status --json`.
+    fn status(&self) -> serde_json::Value {
+        let status = kscope_ok(None, &["fw", "status", "--json"]);
+        stats_json(&status)
+            .into_iter()
+            .find(|s| s["iface"] == self.lab.iface_b.as_str())
+            .expect("fw status lists the interface")
+    }
+
     /// Hit count of each rule, from `fw rules --json`.
     fn hits(&self) -> HashMap<String, u64> {
         self.fw("rules", &["--json"])
@@ -379,11 +388,7 @@ fn assert_rate(what: &str, passed: u64, burst: u64, pps: u64, f: &Flood) {
 #[test]
 fn rate_limits_pass_the_burst_then_the_rate_per_source_and_per_prefix() {
     let mut fw = Fw::new("limit", &["--limit-table", "1024"]);
-    let status = kscope_ok(None, &["fw", "status", "--json"]);
-    let mine = stats_json(&status)
-        .into_iter()
-        .find(|s| s["iface"] == fw.lab.iface_b.as_str())
-        .expect("fw status lists the interface");
+    let mine = fw.status();
     assert_eq!(mine["limit_table"], 1024, "{mine}");
     // (pps, burst) pairs; each flood offers 200 frames per 50 ms batch,
     // 4,000 pps, far above either rate.
@@ -554,11 +559,7 @@ fn a_syn_limit_caps_new_connections_and_leaves_an_established_one_alone() {
 #[test]
 fn default_drop_passes_only_allow_listed_sources() {
     let mut fw = Fw::new("defdrop", &["--default", "drop"]);
-    let status = kscope_ok(None, &["fw", "status", "--json"]);
-    let mine = stats_json(&status)
-        .into_iter()
-        .find(|s| s["iface"] == fw.lab.iface_b.as_str())
-        .expect("status lists the interface");
+    let mine = fw.status();
     assert_eq!(mine["default_policy"], "drop", "{mine}");
     fw.fw("allow", &["198.51.100.0/28", "2001:db8:1::7"]);
     let sources = [

@@ -265,41 +265,31 @@ impl Trie {
 
     /// Every entry of both slots: (slot, prefix, value).
     fn entries(&self) -> Result<Vec<(u32, Cidr, Entry)>, FwError> {
-        let what = || format!("read {}", self.name);
         let mut out = Vec::new();
-        let mut push = |plen: u32, data: &[u8], v: Entry| {
-            let len = plen.saturating_sub(8) as u8;
-            if let Some(c) = Cidr::from_octets(&data[1..], len) {
-                out.push((u32::from(data[0]), c, v));
-            }
-        };
         match &self.map {
-            TrieMap::V4(t) => {
-                for e in t.iter() {
-                    let (k, v) = e.map_err(map_err(what()))?;
-                    push(k.prefix_len(), &k.data(), v.into());
-                }
-            }
-            TrieMap::V6(t) => {
-                for e in t.iter() {
-                    let (k, v) = e.map_err(map_err(what()))?;
-                    push(k.prefix_len(), &k.data(), v.into());
-                }
-            }
-            TrieMap::Limit4(t) => {
-                for e in t.iter() {
-                    let (k, v) = e.map_err(map_err(what()))?;
-                    push(k.prefix_len(), &k.data(), v.into());
-                }
-            }
-            TrieMap::Limit6(t) => {
-                for e in t.iter() {
-                    let (k, v) = e.map_err(map_err(what()))?;
-                    push(k.prefix_len(), &k.data(), v.into());
-                }
-            }
+            TrieMap::V4(t) => self.collect(t, &mut out)?,
+            TrieMap::V6(t) => self.collect(t, &mut out)?,
+            TrieMap::Limit4(t) => self.collect(t, &mut out)?,
+            TrieMap::Limit6(t) => self.collect(t, &mut out)?,
         }
         Ok(out)
+    }
+
+    /// Appends every entry of `trie` to `out` (see [`Self::entries`]).
+    fn collect<const N: usize, V: aya::Pod + Into<Entry>>(
+        &self,
+        trie: &LpmTrie<MapData, [u8; N], V>,
+        out: &mut Vec<(u32, Cidr, Entry)>,
+    ) -> Result<(), FwError> {
+        for e in trie.iter() {
+            let (k, v) = e.map_err(map_err(format!("read {}", self.name)))?;
+            let data = k.data();
+            let len = k.prefix_len().saturating_sub(8) as u8;
+            if let Some(c) = Cidr::from_octets(&data[1..], len) {
+                out.push((u32::from(data[0]), c, v.into()));
+            }
+        }
+        Ok(())
     }
 }
 
