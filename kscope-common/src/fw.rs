@@ -37,6 +37,39 @@ pub const MAP_LIMIT6: &str = "FW_LIMIT6";
 /// LRU hash of token buckets: key [`BucketKey`], value `u64` (see
 /// [`Limit`]). Its size is set at attach (`--limit-table`).
 pub const MAP_BUCKETS: &str = "FW_BUCKETS";
+/// LRU per-CPU hash of [`SourceStats`] by [`SourceKey`]: `fw top`'s
+/// per-source counters, kept only when the programs' [`GLOBAL_TRACK_SOURCES`]
+/// is set at attach (`--track-sources N`, which also sizes it).
+pub const MAP_SOURCES: &str = "FW_SOURCES";
+/// Load-time global (`u32`): non-zero when the programs count per source.
+pub const GLOBAL_TRACK_SOURCES: &str = "TRACK_SOURCES";
+/// Largest `--track-sources`.
+pub const TRACK_SOURCES_MAX: u32 = 1 << 22;
+
+/// Key of [`MAP_SOURCES`]: the IP family (4 or 6) and the source address
+/// (an IPv4 address in the first 4 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    pub family: u32,
+    pub addr: [u8; 16],
+}
+
+/// One CPU's counts for one source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets dropped, for any reason (rate-limited ones included).
+    pub dropped: u64,
+    pub rate_limited: u64,
+    /// The rule id (or [`port_hit_id`]) the source's last packet matched;
+    /// 0 for none.
+    pub rule: u32,
+    pub _pad: u32,
+}
+
 /// Per-CPU hash of rule hit counts (`u64` packets) keyed by rule id
 /// ([`RuleValue::id`]) or [`port_hit_id`].
 pub const MAP_HITS: &str = "FW_HITS";
@@ -410,7 +443,8 @@ pub struct FwConfig {
     pub attached_at_unix_ns: u64,
     /// Entries of [`MAP_BUCKETS`], fixed at attach.
     pub limit_table: u32,
-    pub _pad: u32,
+    /// Entries of [`MAP_SOURCES`], 0 when sources are not tracked.
+    pub track_sources: u32,
 }
 
 /// Current value of [`FwConfig::version`].
@@ -426,6 +460,10 @@ mod pod {
     unsafe impl aya::Pod for super::RuleValue {}
     // SAFETY: two u64 then four u32 (the last explicit padding): no implicit padding.
     unsafe impl aya::Pod for super::Limit {}
+    // SAFETY: four u64 then two u32: no implicit padding.
+    unsafe impl aya::Pod for super::SourceStats {}
+    // SAFETY: a u32 then 16 bytes, size 20, alignment 4: no padding.
+    unsafe impl aya::Pod for super::SourceKey {}
     // SAFETY: a RuleValue (8 bytes) then a Limit (32, alignment 8): no padding.
     unsafe impl aya::Pod for super::LimitValue {}
     // SAFETY: a u32 then 16 bytes, size 20, alignment 4: no padding.

@@ -25,7 +25,7 @@ use aya::{
 };
 use kscope::{
     firewall::{
-        Policy, load_pipeline,
+        Policy, Sizes, load_pipeline, load_pipeline_sized,
         maps::RuleMaps,
         rules::{Cidr, LimitSpec, Per, Rule, RuleSet},
         xdp_program,
@@ -384,8 +384,8 @@ fn limiter_rows(frames: &[(&str, Vec<u8>)], floor_ns: &[f64], repeat: u32) -> an
         ("over a limit", limited(1, 1)?, 1),
     ];
     println!(
-        "\nRate limiter, per packet (BPF_PROG_TEST_RUN, repeat {repeat}; one limit per family \
-         covering the frame's source):\n"
+        "\nRate limiter and source tracking, per packet (BPF_PROG_TEST_RUN, repeat {repeat}; one \
+         limit per family covering the frame's source):\n"
     );
     println!("| frame | case | floor ns | kscope ns | kscope / floor | added ns |");
     println!("|---|---|---:|---:|---:|---:|");
@@ -403,6 +403,20 @@ fn limiter_rows(frames: &[(&str, Vec<u8>)], floor_ns: &[f64], repeat: u32) -> an
                 k - base[i]
             );
         }
+    }
+    // Source tracking (`fw top`): no rules, one source, its entry hot.
+    let sizes = Sizes {
+        track_sources: 65_536,
+        ..Sizes::default()
+    };
+    let mut tracked = load_pipeline_sized(Policy::Pass, sizes)?;
+    for (i, ((name, f), fl)) in frames.iter().zip(floor_ns).enumerate() {
+        let k = ns_per_packet(xdp_program(&mut tracked, PROG_FW_XDP)?, f, repeat, 2)?;
+        println!(
+            "| {name} | sources tracked, no limit | {fl:.0} | {k:.0} | {:.2} | {:+.0} |",
+            k / fl,
+            k - base[i]
+        );
     }
     Ok(())
 }

@@ -212,6 +212,11 @@ pub enum FwCommand {
         #[arg(long, value_name = "N", default_value_t = kscope_common::fw::LIMIT_TABLE_DEFAULT,
               value_parser = parse_limit_table)]
         limit_table: u32,
+        /// Count packets per source address for `fw top`, in an LRU table of
+        /// N sources (0, the default, counts nothing; see the README for the
+        /// cost).
+        #[arg(long, value_name = "N", default_value_t = 0, value_parser = parse_track_sources)]
+        track_sources: u32,
     },
     /// Block source prefixes (IPv4 or IPv6 CIDRs; a bare address is one
     /// host) and/or destination ports.
@@ -228,6 +233,9 @@ pub enum FwCommand {
     Limit(LimitArgs),
     /// Remove the rate limits of source prefixes.
     Unlimit(CidrArgs),
+    /// The heaviest sources by packets or bytes per second, with their
+    /// verdicts and the rule they matched (needs attach --track-sources).
+    Top(FwTopArgs),
     /// List every rule with its hit count (summed over CPUs).
     Rules {
         #[command(flatten)]
@@ -385,6 +393,33 @@ impl CidrArgs {
             .map(|&c| Edit::Remove(Rule::Limit(c, any)))
             .collect()
     }
+}
+
+#[derive(Debug, Args)]
+pub struct FwTopArgs {
+    #[command(flatten)]
+    pub iface: IfaceArg,
+    /// How many sources to show.
+    #[arg(short = 'n', value_name = "N", default_value_t = 20)]
+    pub n: usize,
+    /// Sort by packets or bytes per second over the interval, or by the
+    /// totals since each source was first seen.
+    #[arg(long, value_enum, default_value_t = crate::firewall::top::By::Pps)]
+    pub by: crate::firewall::top::By,
+    /// Print the table again every SECS seconds (at least 0.1) until Ctrl-C;
+    /// without it, one table over one second.
+    #[arg(long, value_name = "SECS", value_parser = parse_watch, allow_hyphen_values = true)]
+    pub watch: Option<Duration>,
+    /// One JSON object per source per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_track_sources(s: &str) -> Result<u32, String> {
+    let n: u64 = s
+        .parse()
+        .map_err(|_| format!("not a whole number: {s:?}"))?;
+    crate::firewall::check_track_sources(n)
 }
 
 fn parse_limit_table(s: &str) -> Result<u32, String> {
@@ -584,14 +619,30 @@ mod tests {
             mode,
             default_policy,
             limit_table,
+            track_sources,
         }) = cli.command
         else {
             panic!("wrong command");
         };
         assert_eq!(
-            (iface.as_str(), mode, default_policy, limit_table),
-            ("eth0", Mode::Auto, Policy::Pass, 65_536)
+            (
+                iface.as_str(),
+                mode,
+                default_policy,
+                limit_table,
+                track_sources
+            ),
+            ("eth0", Mode::Auto, Policy::Pass, 65_536, 0)
         );
+        for (n, ok) in [
+            ("0", true),
+            ("4194304", true),
+            ("4194305", false),
+            ("x", false),
+        ] {
+            let r = parse(&["fw", "attach", "eth0", "--track-sources", n]);
+            assert_eq!(r.is_ok(), ok, "--track-sources {n}");
+        }
         for (size, ok) in [
             ("1024", true),
             ("16777216", true),

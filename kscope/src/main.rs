@@ -147,12 +147,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             mode,
             default_policy,
             limit_table,
-        }) => fw::attach(&iface, mode, default_policy, limit_table)?,
+            track_sources,
+        }) => fw::attach(
+            &iface,
+            mode,
+            default_policy,
+            kscope::firewall::Sizes {
+                limit_table,
+                track_sources,
+            },
+        )?,
         Command::Fw(FwCommand::Block(a)) => fw::edit(a.iface.iface.as_deref(), &a.edits(true))?,
         Command::Fw(FwCommand::Unblock(a)) => fw::edit(a.iface.iface.as_deref(), &a.edits(false))?,
         Command::Fw(FwCommand::Allow(a)) => fw::edit(a.iface.iface.as_deref(), &a.edits(true))?,
         Command::Fw(FwCommand::Disallow(a)) => fw::edit(a.iface.iface.as_deref(), &a.edits(false))?,
         Command::Fw(FwCommand::Limit(a)) => fw::edit(a.iface.iface.as_deref(), &a.edits()?)?,
+        Command::Fw(FwCommand::Top(a)) => kscope::firewall::top::top(
+            a.iface.iface.as_deref(),
+            a.n,
+            a.by,
+            a.watch.unwrap_or(std::time::Duration::from_secs(1)),
+            a.watch.is_some(),
+            Format::json(a.json || (a.watch.is_some() && !io::stdout().is_terminal())),
+            stdout(),
+        )?,
         Command::Fw(FwCommand::Unlimit(a)) => {
             fw::edit(a.iface.iface.as_deref(), &a.unlimit_edits())?
         }

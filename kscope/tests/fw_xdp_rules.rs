@@ -557,6 +557,93 @@ fn a_syn_limit_caps_new_connections_and_leaves_an_established_one_alone() {
 }
 
 #[test]
+fn fw_top_counts_ten_thousand_sources_exactly_and_ranks_them() {
+    let mut fw = Fw::new("top", &["--track-sources", "16384"]);
+    assert_eq!(fw.status()["track_sources"], 16384);
+    fw.fw("block", &["2001:db8:5::/48"]);
+    fw.fw("limit", &["2001:db8:6::/48", "--pps", "1", "--burst", "3"]);
+    // 10,000 IPv6 sources send one frame each; eight of them send more,
+    // 8 × 40 down to 1 × 40 frames, so the order of the top is known.
+    let heavy: Vec<String> = (1..=8).map(|i| format!("2001:db8:4::{i:x}")).collect();
+    let mut sent: HashMap<IpAddr, u64> = HashMap::new();
+    let mut frames = Vec::new();
+    for i in 0..10_000u32 {
+        let src = ip(&format!("2001:db8:1:{:x}::{:x}", i / 1000, i % 1000 + 1));
+        frames.push(lab_frame(src, L4::Udp(9), fw.seq));
+        fw.seq += 1;
+        sent.insert(src, 1);
+    }
+    for (i, h) in heavy.iter().enumerate() {
+        for _ in 0..40 * (8 - i as u64) {
+            frames.push(lab_frame(ip(h), L4::Udp(9), fw.seq));
+            fw.seq += 1;
+            *sent.entry(ip(h)).or_default() += 1;
+        }
+    }
+    // A blocked source and a limited one show their verdicts and rules.
+    for (src, n) in [("2001:db8:5::1", 30u64), ("2001:db8:6::1", 30)] {
+        for _ in 0..n {
+            frames.push(lab_frame(ip(src), L4::Udp(9), fw.seq));
+            fw.seq += 1;
+        }
+        sent.insert(ip(src), n);
+    }
+    fw.lab.inject(&frames).expect("inject frames");
+    fw.delivered();
+    let out = fw.fw("top", &["-n", "20000", "--by", "packets", "--json"]);
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let mut seen: HashMap<IpAddr, u64> = HashMap::new();
+    for r in &rows {
+        seen.insert(
+            ip(r["source"].as_str().expect("source")),
+            r["packets"].as_u64().expect("packets"),
+        );
+    }
+    // Every source sent, with exactly what it sent (the lab's own traffic
+    // may add sources; none of ours may be missing or off by one).
+    for (src, n) in &sent {
+        assert_eq!(seen.get(src), Some(n), "{src}");
+    }
+    let order: Vec<&str> = rows[..8]
+        .iter()
+        .map(|r| r["source"].as_str().expect("source"))
+        .collect();
+    assert_eq!(order, heavy, "the heaviest first, in order");
+    let row = |src: &str| {
+        rows.iter()
+            .find(|r| r["source"] == src)
+            .unwrap_or_else(|| panic!("{src} missing"))
+    };
+    let b = row("2001:db8:5::1");
+    assert_eq!(
+        (b["dropped"].as_u64(), b["passed"].as_u64()),
+        (Some(30), Some(0))
+    );
+    assert_eq!(b["rule"], "block 2001:db8:5::/48");
+    let l = row("2001:db8:6::1");
+    let limited = l["rate_limited"].as_u64().expect("rate_limited");
+    assert!((20..=27).contains(&limited), "burst 3 of 30 at 1 pps: {l}");
+    assert_eq!(l["dropped"].as_u64(), Some(limited));
+    assert_eq!(
+        l["rule"],
+        "limit 2001:db8:6::/48 --pps 1 --burst 3 --per source"
+    );
+    assert_eq!(row(&heavy[0])["rule"], "-");
+    fw.detach();
+}
+
+#[test]
+fn fw_top_without_source_tracking_says_how_to_turn_it_on() {
+    let fw = Fw::new("notop", &[]);
+    let out = kscope(None, &["fw", "top", "--iface", &fw.lab.iface_b]);
+    assert_fails(&out, 1, &["does not count sources", "--track-sources"]);
+    fw.detach();
+}
+
+#[test]
 fn default_drop_passes_only_allow_listed_sources() {
     let mut fw = Fw::new("defdrop", &["--default", "drop"]);
     let mine = fw.status();

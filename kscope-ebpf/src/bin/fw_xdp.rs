@@ -91,17 +91,21 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
     helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, lpm_trie::Key},
+    maps::{
+        Array, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, ProgramArray,
+        lpm_trie::Key,
+    },
     programs::XdpContext,
 };
 use kscope_common::fw::{
-    BucketKey, Counter, Family, FwConfig, GLOBAL_DEFAULT_DROP, HITS_MAX_ENTRIES, Key4, Key6,
-    LIMIT_CLOCK_SCALE, LIMIT_MAX_ENTRIES, LIMIT_PER_PREFIX, LIMIT_SYN, LIMIT_TABLE_DEFAULT,
-    LimitValue, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_BUCKETS, MAP_CONFIG, MAP_HITS,
-    MAP_LIMIT4, MAP_LIMIT6, MAP_PORTS, MAP_PROGS, MAP_REASONS, MAP_STATE, N_REASON_COUNTERS,
-    PORT_TCP, PORT_UDP, PORTS_MAX_ENTRIES, PROG_FW_IPV4, PROG_FW_IPV6, PROG_FW_XDP,
-    PROG_INDEX_IPV4, PROG_INDEX_IPV6, Reason, RuleValue, STATE_ACTIVE_SLOT, STATE_LIMITS,
-    STATE_MAX_ENTRIES, TRIE_MAX_ENTRIES, port_hit_id, port_index, reason_index,
+    BucketKey, Counter, Family, FwConfig, GLOBAL_DEFAULT_DROP, GLOBAL_TRACK_SOURCES,
+    HITS_MAX_ENTRIES, Key4, Key6, LIMIT_CLOCK_SCALE, LIMIT_MAX_ENTRIES, LIMIT_PER_PREFIX,
+    LIMIT_SYN, LIMIT_TABLE_DEFAULT, LimitValue, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6,
+    MAP_BUCKETS, MAP_CONFIG, MAP_HITS, MAP_LIMIT4, MAP_LIMIT6, MAP_PORTS, MAP_PROGS, MAP_REASONS,
+    MAP_SOURCES, MAP_STATE, N_REASON_COUNTERS, PORT_TCP, PORT_UDP, PORTS_MAX_ENTRIES, PROG_FW_IPV4,
+    PROG_FW_IPV6, PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6, Reason, RuleValue,
+    STATE_ACTIVE_SLOT, STATE_LIMITS, STATE_MAX_ENTRIES, SourceKey, SourceStats, TRIE_MAX_ENTRIES,
+    port_hit_id, port_index, reason_index,
 };
 use kscope_ebpf::{
     add_atomic, assert_symbol_name,
@@ -142,6 +146,16 @@ static FW_LIMIT6: LpmTrie<Key6, LimitValue> = LpmTrie::with_max_entries(LIMIT_MA
 static FW_BUCKETS: LruHashMap<BucketKey, u64> =
     LruHashMap::with_max_entries(LIMIT_TABLE_DEFAULT, 0);
 
+/// Per-source counters for `fw top`; user space sizes it at load.
+#[map]
+static FW_SOURCES: LruPerCpuHashMap<SourceKey, SourceStats> =
+    LruPerCpuHashMap::with_max_entries(1, 0);
+
+/// Non-zero when the programs count per source (`--track-sources`). Fixed
+/// at load time, so without it the verifier drops the counting code.
+#[unsafe(no_mangle)]
+static TRACK_SOURCES: u32 = 0;
+
 /// Hit counters, allocated on a rule's first hit.
 #[map]
 static FW_HITS: PerCpuHashMap<u32, u64> =
@@ -168,6 +182,8 @@ assert_symbol_name!(FW_LIMIT4, MAP_LIMIT4);
 assert_symbol_name!(FW_LIMIT6, MAP_LIMIT6);
 assert_symbol_name!(FW_BUCKETS, MAP_BUCKETS);
 assert_symbol_name!(DEFAULT_DROP, GLOBAL_DEFAULT_DROP);
+assert_symbol_name!(FW_SOURCES, MAP_SOURCES);
+assert_symbol_name!(TRACK_SOURCES, GLOBAL_TRACK_SOURCES);
 assert_symbol_name!(fw_xdp, PROG_FW_XDP);
 assert_symbol_name!(fw_ipv4, PROG_FW_IPV4);
 assert_symbol_name!(fw_ipv6, PROG_FW_IPV6);
@@ -196,23 +212,69 @@ fn try_fw_xdp(ctx: &XdpContext) -> Option<u32> {
     Some(finish(ctx, family, Reason::Unfiltered))
 }
 
+/// What the filter learnt about a packet for `fw top`: its source (family
+/// 0 until the address was read) and the rule it matched (0: none).
+#[derive(Default)]
+struct Seen {
+    source: SourceKey,
+    rule: u32,
+}
+
 #[xdp]
 pub fn fw_ipv4(ctx: XdpContext) -> u32 {
+    let mut seen = Seen::default();
     // A packet whose headers do not parse is dropped (fail closed).
-    let reason = filter_ipv4(&ctx).unwrap_or(Reason::ParseError);
+    let reason = filter_ipv4(&ctx, &mut seen).unwrap_or(Reason::ParseError);
+    track(&ctx, &seen, reason);
     finish(&ctx, Family::Ipv4, reason)
 }
 
 #[xdp]
 pub fn fw_ipv6(ctx: XdpContext) -> u32 {
+    let mut seen = Seen::default();
     // A packet whose headers do not parse is dropped (fail closed).
-    let reason = filter_ipv6(&ctx).unwrap_or(Reason::ParseError);
+    let reason = filter_ipv6(&ctx, &mut seen).unwrap_or(Reason::ParseError);
+    track(&ctx, &seen, reason);
     finish(&ctx, Family::Ipv6, reason)
+}
+
+/// Counts the packet under its source, when sources are tracked and the
+/// source was read.
+#[inline(always)]
+fn track(ctx: &XdpContext, seen: &Seen, reason: Reason) {
+    // SAFETY: a plain read of a load-time global (see `default_verdict`).
+    if unsafe { core::ptr::read_volatile(&TRACK_SOURCES) } == 0 || seen.source.family == 0 {
+        return;
+    }
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let dropped = u64::from(reason.action() as u32 == xdp_action::XDP_DROP);
+    let limited = u64::from(reason as u32 == Reason::RateLimited as u32);
+    if let Some(s) = FW_SOURCES.get_ptr_mut(seen.source) {
+        // SAFETY: this CPU's value; XDP programs on one CPU do not preempt
+        // each other.
+        unsafe {
+            (*s).packets += 1;
+            (*s).bytes += len;
+            (*s).dropped += dropped;
+            (*s).rate_limited += limited;
+            (*s).rule = seen.rule;
+        }
+        return;
+    }
+    let first = SourceStats {
+        packets: 1,
+        bytes: len,
+        dropped,
+        rate_limited: limited,
+        rule: seen.rule,
+        _pad: 0,
+    };
+    let _ = FW_SOURCES.insert(seen.source, first, 0);
 }
 
 /// `None` means a parse error.
 #[inline(always)]
-fn filter_ipv4(ctx: &XdpContext) -> Option<Reason> {
+fn filter_ipv4(ctx: &XdpContext, seen: &mut Seen) -> Option<Reason> {
     let (_, l3) = net::l3_proto(ctx)?;
     let ip = ptr_at::<[u8; net::IPV4_HLEN]>(ctx, l3)?;
     // SAFETY: `ptr_at` checked that the whole fixed header is in the packet.
@@ -230,7 +292,9 @@ fn filter_ipv4(ctx: &XdpContext) -> Option<Reason> {
 
     let (slot, limits) = state();
     let key = Key::new(8 + 32, [slot as u8, ip[12], ip[13], ip[14], ip[15]]);
-    if let Some(r) = source_verdict(&FW_ALLOW4, &FW_BLOCK4, &key) {
+    seen.source.family = 4;
+    seen.source.addr[..4].copy_from_slice(&ip[12..16]);
+    if let Some(r) = source_verdict(&FW_ALLOW4, &FW_BLOCK4, &key, seen) {
         return Some(r);
     }
     // Only the first fragment has a layer-4 header.
@@ -244,7 +308,7 @@ fn filter_ipv4(ctx: &XdpContext) -> Option<Reason> {
     if limits {
         let mut addr = [0u8; 16];
         addr[..4].copy_from_slice(&ip[12..16]);
-        if over_limit(&FW_LIMIT4, &key, &addr, syn) {
+        if over_limit(&FW_LIMIT4, &key, &addr, syn, seen) {
             return Some(Reason::RateLimited);
         }
     }
@@ -252,8 +316,8 @@ fn filter_ipv4(ctx: &XdpContext) -> Option<Reason> {
         return Some(default_verdict());
     }
     match proto {
-        net::IPPROTO_TCP => port_verdict(ctx, l4, slot, false),
-        net::IPPROTO_UDP => port_verdict(ctx, l4, slot, true),
+        net::IPPROTO_TCP => port_verdict(ctx, l4, slot, false, seen),
+        net::IPPROTO_UDP => port_verdict(ctx, l4, slot, true, seen),
         _ => Some(default_verdict()),
     }
 }
@@ -283,7 +347,7 @@ fn l4_check(ctx: &XdpContext, proto: u8, l4: usize) -> Option<bool> {
 
 /// `None` means a parse error.
 #[inline(always)]
-fn filter_ipv6(ctx: &XdpContext) -> Option<Reason> {
+fn filter_ipv6(ctx: &XdpContext, seen: &mut Seen) -> Option<Reason> {
     let (_, l3) = net::l3_proto(ctx)?;
     let ip = ptr_at::<[u8; net::IPV6_HLEN]>(ctx, l3)?;
     // SAFETY: `ptr_at` checked that the whole fixed header is in the packet.
@@ -296,7 +360,9 @@ fn filter_ipv6(ctx: &XdpContext) -> Option<Reason> {
     data[0] = slot as u8;
     data[1..].copy_from_slice(&ip[8..24]);
     let key = Key::new(8 + 128, data);
-    if let Some(r) = source_verdict(&FW_ALLOW6, &FW_BLOCK6, &key) {
+    seen.source.family = 6;
+    seen.source.addr.copy_from_slice(&ip[8..24]);
+    if let Some(r) = source_verdict(&FW_ALLOW6, &FW_BLOCK6, &key, seen) {
         return Some(r);
     }
 
@@ -345,7 +411,7 @@ fn filter_ipv6(ctx: &XdpContext) -> Option<Reason> {
     if limits {
         let mut addr = [0u8; 16];
         addr.copy_from_slice(&ip[8..24]);
-        if over_limit(&FW_LIMIT6, &key, &addr, syn) {
+        if over_limit(&FW_LIMIT6, &key, &addr, syn, seen) {
             return Some(Reason::RateLimited);
         }
     }
@@ -353,8 +419,8 @@ fn filter_ipv6(ctx: &XdpContext) -> Option<Reason> {
         return Some(default_verdict());
     }
     match next {
-        net::IPPROTO_TCP => port_verdict(ctx, off, slot, false),
-        net::IPPROTO_UDP => port_verdict(ctx, off, slot, true),
+        net::IPPROTO_TCP => port_verdict(ctx, off, slot, false, seen),
+        net::IPPROTO_UDP => port_verdict(ctx, off, slot, true, seen),
         net::IPPROTO_ICMPV6 => {
             let icmp = ptr_at::<[u8; net::ICMP_MIN_HLEN]>(ctx, off)?;
             // SAFETY: `ptr_at` checked the ICMPv6 type, code and checksum.
@@ -380,7 +446,13 @@ fn state() -> (u32, bool) {
 /// is over its rate (see the module doc for the bucket and its atomics).
 /// Counts the drop as the rule's hit.
 #[inline(always)]
-fn over_limit<K>(trie: &LpmTrie<K, LimitValue>, key: &Key<K>, addr: &[u8; 16], syn: bool) -> bool {
+fn over_limit<K>(
+    trie: &LpmTrie<K, LimitValue>,
+    key: &Key<K>,
+    addr: &[u8; 16],
+    syn: bool,
+    seen: &mut Seen,
+) -> bool {
     let Some(v) = trie.get(key) else {
         return false;
     };
@@ -417,11 +489,11 @@ fn over_limit<K>(trie: &LpmTrie<K, LimitValue>, key: &Key<K>, addr: &[u8; 16], s
     unsafe {
         // One atomic add: the packet's cost, plus the move up to now for a
         // bucket that has been idle.
-        let seen = core::ptr::read_volatile(v);
-        add_atomic(v, now.saturating_sub(seen) + limit.cost);
+        let clock = core::ptr::read_volatile(v);
+        add_atomic(v, now.saturating_sub(clock) + limit.cost);
         if core::ptr::read_volatile(v) > now.saturating_add(limit.tolerance) {
             add_atomic(v, limit.cost.wrapping_neg());
-            hit(id);
+            hit(id, seen);
             return true;
         }
     }
@@ -433,13 +505,14 @@ fn source_verdict<K>(
     allow: &LpmTrie<K, RuleValue>,
     block: &LpmTrie<K, RuleValue>,
     key: &Key<K>,
+    seen: &mut Seen,
 ) -> Option<Reason> {
     if let Some(v) = allow.get(key) {
-        hit(v.id);
+        hit(v.id, seen);
         return Some(Reason::Allowed);
     }
     if let Some(v) = block.get(key) {
-        hit(v.id);
+        hit(v.id, seen);
         return Some(Reason::BlockedSrc);
     }
     None
@@ -448,14 +521,20 @@ fn source_verdict<K>(
 /// Checks the destination port of the TCP (`udp == false`) or UDP header
 /// at `l4`, which [`l4_check`] found whole.
 #[inline(always)]
-fn port_verdict(ctx: &XdpContext, l4: usize, slot: u32, udp: bool) -> Option<Reason> {
+fn port_verdict(
+    ctx: &XdpContext,
+    l4: usize,
+    slot: u32,
+    udp: bool,
+    seen: &mut Seen,
+) -> Option<Reason> {
     let bit = if udp { PORT_UDP } else { PORT_TCP };
     let port = net::read_be16(ctx, l4 + 2)?;
     let blocked = FW_PORTS
         .get(port_index(slot, port))
         .is_some_and(|bits| bits & bit != 0);
     if blocked {
-        hit(port_hit_id(udp, port));
+        hit(port_hit_id(udp, port), seen);
         return Some(Reason::BlockedDstPort);
     }
     Some(default_verdict())
@@ -472,9 +551,10 @@ fn default_verdict() -> Reason {
     }
 }
 
-/// Counts a hit on rule (or port counter) `id`.
+/// Counts a hit on rule (or port counter) `id`, the rule `seen` names.
 #[inline(always)]
-fn hit(id: u32) {
+fn hit(id: u32, seen: &mut Seen) {
+    seen.rule = id;
     if let Some(h) = FW_HITS.get_ptr_mut(id) {
         // SAFETY: this CPU's value; XDP programs on one CPU do not preempt
         // each other.

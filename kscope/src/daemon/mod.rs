@@ -185,7 +185,11 @@ impl Daemon {
         let mut attached = Vec::new();
         let fw = (|| -> anyhow::Result<()> {
             for i in &plan.attach {
-                let a = firewall::attach_sized(&i.name, i.mode, i.default, i.limit_table)?;
+                let sizes = firewall::Sizes {
+                    limit_table: i.limit_table,
+                    ..firewall::Sizes::default()
+                };
+                let a = firewall::attach_sized(&i.name, i.mode, i.default, sizes)?;
                 tracing::info!(
                     "firewall attached to {} ({} mode, default {}, program id {})",
                     a.iface,

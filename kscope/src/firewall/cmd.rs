@@ -26,8 +26,8 @@ use crate::{
 ///
 /// # Errors
 /// As [`super::attach_sized`].
-pub fn attach(iface: &str, mode: Mode, policy: Policy, limit_table: u32) -> Result<(), FwError> {
-    let a = super::attach_sized(iface, mode, policy, limit_table)?;
+pub fn attach(iface: &str, mode: Mode, policy: Policy, sizes: super::Sizes) -> Result<(), FwError> {
+    let a = super::attach_sized(iface, mode, policy, sizes)?;
     tracing::info!(
         "attached {} to {} ({} mode, default {}, program id {}); pinned under {}",
         kscope_common::fw::PROG_FW_XDP,
@@ -156,6 +156,7 @@ pub fn status(format: Format, w: impl Write) -> Result<(), FwError> {
         Column::right("PROG ID", "prog_id", 8),
         Column::right("LINK ID", "link_id", 8),
         Column::right("BUCKETS", "limit_table", 9),
+        Column::right("SOURCES", "track_sources", 9),
         Column::left("ATTACHED AT", "attached_at", 20),
         Column::json("attached_at_unix"),
         Column::json("attached"),
@@ -173,6 +174,7 @@ pub fn status(format: Format, w: impl Write) -> Result<(), FwError> {
                 r.u64(s.prog_id.into())?;
                 r.u64(s.link_id.into())?;
                 r.u64(s.limit_table.into())?;
+                r.u64(s.track_sources.into())?;
                 r.str(&s.attached_at)?;
                 r.u64(s.attached_at_unix)?;
                 r.bool(s.attached)?;

@@ -17,6 +17,7 @@
 //! | `FW_HITS`     | per-CPU rule hit counters                             |
 //! | `FW_LIMIT4`, `FW_LIMIT6` | rate-limit LPM tries (prefix → rule id, rate, burst) |
 //! | `FW_BUCKETS`  | token buckets (LRU), per source or prefix             |
+//! | `FW_SOURCES`  | per-source counters for `fw top` (LRU, per-CPU)       |
 //!
 //! Rules are edited by any later invocation through these pins, with no
 //! reload; writers take an exclusive `flock` on the interface's pin
@@ -37,6 +38,7 @@ pub(crate) mod counters;
 pub mod maps;
 pub mod reference;
 pub mod rules;
+pub mod top;
 
 use std::{
     fs, io,
@@ -51,11 +53,12 @@ use aya::{
     programs::{Xdp, XdpMode, links::FdLink},
 };
 use kscope_common::fw::{
-    Counter, FW_CONFIG_VERSION, FwConfig, GLOBAL_DEFAULT_DROP, LIMIT_TABLE_DEFAULT,
-    LIMIT_TABLE_MAX, LIMIT_TABLE_MIN, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_BUCKETS,
-    MAP_CONFIG, MAP_HITS, MAP_LIMIT4, MAP_LIMIT6, MAP_PORTS, MAP_PROGS, MAP_REASONS, MAP_STATE,
-    MODE_NATIVE, MODE_SKB, N_REASON_COUNTERS, POLICY_DROP, POLICY_PASS, PROG_FW_IPV4, PROG_FW_IPV6,
-    PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6,
+    Counter, FW_CONFIG_VERSION, FwConfig, GLOBAL_DEFAULT_DROP, GLOBAL_TRACK_SOURCES,
+    LIMIT_TABLE_DEFAULT, LIMIT_TABLE_MAX, LIMIT_TABLE_MIN, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4,
+    MAP_BLOCK6, MAP_BUCKETS, MAP_CONFIG, MAP_HITS, MAP_LIMIT4, MAP_LIMIT6, MAP_PORTS, MAP_PROGS,
+    MAP_REASONS, MAP_SOURCES, MAP_STATE, MODE_NATIVE, MODE_SKB, N_REASON_COUNTERS, POLICY_DROP,
+    POLICY_PASS, PROG_FW_IPV4, PROG_FW_IPV6, PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6,
+    TRACK_SOURCES_MAX,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -70,7 +73,7 @@ static FW_XDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 const PIN_LINK: &str = "link";
 
 /// Every map `attach` pins.
-const PINNED_MAPS: [&str; 13] = [
+const PINNED_MAPS: [&str; 14] = [
     MAP_REASONS,
     MAP_CONFIG,
     MAP_PROGS,
@@ -84,7 +87,39 @@ const PINNED_MAPS: [&str; 13] = [
     MAP_LIMIT4,
     MAP_LIMIT6,
     MAP_BUCKETS,
+    MAP_SOURCES,
 ];
+
+/// Sizes of the tables fixed at load: the rate limiter's buckets and the
+/// per-source counters of `fw top` (0: sources are not counted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    pub limit_table: u32,
+    pub track_sources: u32,
+}
+
+impl Default for Sizes {
+    fn default() -> Self {
+        Sizes {
+            limit_table: LIMIT_TABLE_DEFAULT,
+            track_sources: 0,
+        }
+    }
+}
+
+/// Checks a `--track-sources` size: 0 (off) to [`TRACK_SOURCES_MAX`].
+///
+/// # Errors
+/// The one-line reason, for the CLI and the daemon's config.
+pub fn check_track_sources(n: u64) -> Result<u32, String> {
+    if n <= u64::from(TRACK_SOURCES_MAX) {
+        Ok(n as u32)
+    } else {
+        Err(format!(
+            "at most {TRACK_SOURCES_MAX} sources can be tracked (0 turns tracking off), not {n}"
+        ))
+    }
+}
 
 /// Checks a `--limit-table` size: [`LIMIT_TABLE_MIN`] to
 /// [`LIMIT_TABLE_MAX`] buckets.
@@ -203,9 +238,14 @@ pub enum FwError {
         #[source]
         source: io::Error,
     },
-    /// A `--limit-table` size out of range.
+    /// A `--limit-table` or `--track-sources` size out of range.
     #[error("{0}")]
     LimitTable(String),
+    /// `fw top` on an interface attached without `--track-sources`.
+    #[error(
+        "kscope does not count sources on {0}: attach with --track-sources N (fw detach, then fw attach)"
+    )]
+    NotTracking(String),
     /// Every rule id was handed out (ids are never reused).
     #[error("cannot allocate a rule id: rule ids exhausted; detach and attach again")]
     IdsExhausted,
@@ -317,20 +357,22 @@ impl Policy {
 /// loaded, [`FwError::Program`] with the verifier log when a program is
 /// rejected.
 pub fn load_pipeline(policy: Policy) -> Result<Ebpf, FwError> {
-    load_pipeline_sized(policy, LIMIT_TABLE_DEFAULT)
+    load_pipeline_sized(policy, Sizes::default())
 }
 
-/// [`load_pipeline`] with `limit_table` token buckets (see
-/// [`check_limit_table`]).
+/// [`load_pipeline`] with the tables sized as `sizes` says.
 ///
 /// # Errors
 /// As [`load_pipeline`].
-pub fn load_pipeline_sized(policy: Policy, limit_table: u32) -> Result<Ebpf, FwError> {
+pub fn load_pipeline_sized(policy: Policy, sizes: Sizes) -> Result<Ebpf, FwError> {
     let drop = policy.raw();
+    let track = u32::from(sizes.track_sources > 0);
     // No CO-RE relocations: no need for aya to parse the kernel's BTF.
     let mut ebpf = sys::loader_without_kernel_btf()
         .override_global(GLOBAL_DEFAULT_DROP, &drop, true)
-        .map_max_entries(MAP_BUCKETS, limit_table)
+        .override_global(GLOBAL_TRACK_SOURCES, &track, true)
+        .map_max_entries(MAP_BUCKETS, sizes.limit_table)
+        .map_max_entries(MAP_SOURCES, sizes.track_sources.max(1))
         .load(FW_XDP_OBJ)
         .map_err(|e| match e {
             // aya's message for this one repeats its source's; keep the
@@ -451,21 +493,21 @@ fn mode_name(mode: u32) -> &'static str {
 /// another program already attached, native mode unsupported, verifier
 /// rejection, or a bpffs failure.
 pub fn attach(iface: &str, mode: Mode, policy: Policy) -> Result<Attached, FwError> {
-    attach_sized(iface, mode, policy, LIMIT_TABLE_DEFAULT)
+    attach_sized(iface, mode, policy, Sizes::default())
 }
 
-/// [`attach`] with `limit_table` token buckets for the rate limiter.
+/// [`attach`] with the tables sized as `sizes` says.
 ///
 /// # Errors
-/// As [`attach`], and [`FwError::LimitTable`] when the size is out of
-/// range.
+/// As [`attach`], and [`FwError::LimitTable`] when a size is out of range.
 pub fn attach_sized(
     iface: &str,
     mode: Mode,
     policy: Policy,
-    limit_table: u32,
+    sizes: Sizes,
 ) -> Result<Attached, FwError> {
-    check_limit_table(u64::from(limit_table)).map_err(FwError::LimitTable)?;
+    check_limit_table(u64::from(sizes.limit_table)).map_err(FwError::LimitTable)?;
+    check_track_sources(u64::from(sizes.track_sources)).map_err(FwError::LimitTable)?;
     sys::validate_ifname(iface)?;
     sys::require_caps("kscope fw attach", &[Cap::Bpf, Cap::NetAdmin])?;
     let ifindex = sys::if_nametoindex(iface)?;
@@ -482,7 +524,7 @@ pub fn attach_sized(
         });
     }
 
-    let mut ebpf = load_pipeline_sized(policy, limit_table)?;
+    let mut ebpf = load_pipeline_sized(policy, sizes)?;
     let prog = xdp_program(&mut ebpf, PROG_FW_XDP)?;
 
     let (link_id, mode_used) = match mode {
@@ -513,8 +555,8 @@ pub fn attach_sized(
         mode: mode_used,
         default_policy: policy.raw(),
         attached_at_unix_ns: sys::unix_now_ns(),
-        limit_table,
-        _pad: 0,
+        limit_table: sizes.limit_table,
+        track_sources: sizes.track_sources,
     };
     write_config(&mut ebpf, config)?;
     pin_all(&mut ebpf, link, iface, &dir)?;
@@ -685,6 +727,8 @@ pub(crate) struct Status {
     pub(crate) attached: bool,
     /// Token buckets the rate limiter holds.
     pub(crate) limit_table: u32,
+    /// Sources `fw top` can count (0: off).
+    pub(crate) track_sources: u32,
 }
 
 /// Interfaces kscope is attached to, in name order.
@@ -748,6 +792,7 @@ pub(crate) fn status_of(iface: &str) -> Result<Status, FwError> {
         // The kernel clears a link's ifindex when its device goes away.
         attached: link.xdp_ifindex != 0,
         limit_table: config.limit_table,
+        track_sources: config.track_sources,
     })
 }
 
