@@ -865,6 +865,20 @@ fn rows(table: &str) -> impl Iterator<Item = Vec<&str>> {
         .filter(|f| !f.is_empty())
 }
 
+/// The header and the rows of `pid` of a tracer's table, whose PID is
+/// column `col`: another process of the same name (a second demo running
+/// at the same time) is not this demo's child.
+fn rows_of(table: &str, col: usize, pid: &str) -> String {
+    let mut out = String::new();
+    for (i, l) in table.lines().enumerate() {
+        if i == 0 || l.split_whitespace().nth(col) == Some(pid) {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// Step 4: three tracers watch a child that does known things.
 fn step_trace<W: Write>(d: &mut Demo<'_, W>, lab: &Lab, dir: &Path) -> anyhow::Result<()> {
     d.step("trace exec, open and connect")?;
@@ -899,6 +913,9 @@ fn step_trace<W: Write>(d: &mut Demo<'_, W>, lab: &Lab, dir: &Path) -> anyhow::R
     ))?;
     let dir_arg = dir.to_string_lossy().into_owned();
     let mut act = Kid::spawn(child_cmd(dir, Some(&lab.b), &["act", &dir_arg])?)?;
+    let act_pid = act.pid().to_string();
+    // The PID column of each tracer's table.
+    let pid_col = |what: &str| usize::from(what == "exec");
     let status = act.finish(None, READY_TIMEOUT, &d.stop)?;
     if !status.success() {
         bail!(
@@ -957,7 +974,7 @@ fn step_trace<W: Write>(d: &mut Demo<'_, W>, lab: &Lab, dir: &Path) -> anyhow::R
     loop {
         let all_in = tracers.iter().all(|(what, kid)| {
             kid.as_ref().is_none_or(|k| {
-                let out = k.stdout();
+                let out = rows_of(&k.stdout(), pid_col(what), &act_pid);
                 wants(what)
                     .iter()
                     .all(|(_, n, f)| rows(&out).filter(|r| f(r)).count() as u64 >= *n)
@@ -972,8 +989,10 @@ fn step_trace<W: Write>(d: &mut Demo<'_, W>, lab: &Lab, dir: &Path) -> anyhow::R
     for (what, kid) in &mut tracers {
         let Some(kid) = kid else { continue };
         let status = kid.finish(Some(libc::SIGINT), READY_TIMEOUT, &d.stop)?;
-        let out = kid.stdout();
-        d.say(format!("kscope trace {what} -n {CHILD_COMM} printed:"))?;
+        let out = rows_of(&kid.stdout(), pid_col(what), &act_pid);
+        d.say(format!(
+            "kscope trace {what} -n {CHILD_COMM} printed (the rows of pid {act_pid}):"
+        ))?;
         d.show(&out)?;
         if let Some(summary) = kid.stderr().iter().rev().find(|l| l.contains("events")) {
             d.show(summary)?;
