@@ -891,6 +891,11 @@ fn step_trace<W: Write>(d: &mut Demo<'_, W>, lab: &Lab, dir: &Path) -> anyhow::R
         match kid.wait_ready("(ready)", &d.stop) {
             Ok(line) => {
                 d.show(&line)?;
+                if what == "connect" && line.contains("tracepoint") {
+                    d.say(
+                        "degraded on this kernel: neither kprobes nor fentry attach here (see `kscope doctor`), so trace connect uses its tracepoint fallback: it sees the connect, not its return value (RET n/a)",
+                    )?;
+                }
                 for l in kid.stderr() {
                     if l.contains("WARN") {
                         d.show(&l)?;
