@@ -7,8 +7,8 @@
 //! fish completions (`kscope completions`), and the systemd unit with
 //! ExecStart pointing at the installed binary, /usr/bin/kscope (the
 //! repository's unit keeps /usr/local/bin, where a hand install puts it).
-//! cargo-deb (pinned, installed by setup under `target/tools/cargo-deb`)
-//! then packs them as `[package.metadata.deb]` in kscope/Cargo.toml says.
+//! cargo-deb (pinned, installed by setup into cargo's bin directory) then
+//! packs them as `[package.metadata.deb]` in kscope/Cargo.toml says.
 
 use std::{
     fs,
@@ -20,11 +20,10 @@ use anyhow::{Context as _, bail};
 
 use crate::{cargo, sh};
 
-/// The cargo-deb release setup installs.
+/// The cargo-deb release setup installs, with `cargo install` into
+/// cargo's own bin directory, as bpf-linker: once per machine, not once
+/// per clone (CI runs in a fresh clone; building cargo-deb takes minutes).
 pub const CARGO_DEB_VERSION: &str = "3.8.0";
-/// Where setup installs it (`cargo install --root`), relative to the
-/// workspace root.
-const CARGO_DEB_ROOT: &str = "target/tools/cargo-deb";
 /// Generated package files, relative to the workspace root; the paths in
 /// `[package.metadata.deb]` point here.
 const STAGING: &str = "target/dist/deb";
@@ -34,12 +33,21 @@ pub const PROFILE: &str = "dist";
 const UNIT_BINARY: &str = "/usr/local/bin/kscope";
 const PACKAGE_BINARY: &str = "/usr/bin/kscope";
 
+/// cargo-deb in cargo's bin directory (`$CARGO_HOME/bin`, by default
+/// `~/.cargo/bin`), else wherever PATH has it.
 fn cargo_deb_bin() -> PathBuf {
-    Path::new(CARGO_DEB_ROOT).join("bin/cargo-deb")
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
+    cargo_home
+        .map(|h| h.join("bin/cargo-deb"))
+        .filter(|p| p.is_file())
+        .or_else(|| crate::setup::which("cargo-deb"))
+        .unwrap_or_else(|| PathBuf::from("cargo-deb"))
 }
 
 /// Installs cargo-deb unless the pinned version is already there. Building
-/// it takes minutes on two cores, once per machine (target/ is kept).
+/// it takes minutes on two cores, once per machine.
 pub fn install_cargo_deb() -> anyhow::Result<()> {
     let have = Command::new(cargo_deb_bin())
         .arg("--version")
@@ -57,8 +65,6 @@ pub fn install_cargo_deb() -> anyhow::Result<()> {
         CARGO_DEB_VERSION,
         "--locked",
         "--force",
-        "--root",
-        CARGO_DEB_ROOT,
     ]))
 }
 

@@ -7,7 +7,8 @@
 //! - the Debian packages the tests use;
 //! - the Python tools the packaging tests validate with, in a virtual
 //!   environment under `target/tools/python`;
-//! - cargo-deb 3.8.0 for `cargo xtask dist`, under `target/tools/cargo-deb`;
+//! - cargo-deb 3.8.0 for `cargo xtask dist`, into cargo's bin directory
+//!   (like bpf-linker: once per machine, not per clone);
 //! - bpffs and tracefs, mounted if they are not.
 //!
 //! `--build-only` stops after bpf-linker: enough to build kscope, and all a
