@@ -38,8 +38,11 @@ pub enum Command {
     /// Keep the firewall and aggregate tracers running and serve their
     /// counters as Prometheus metrics (see packaging/kscope.toml).
     Daemon(DaemonArgs),
-    /// Show the packet counter at work in a private pair of network
-    /// namespaces, then tear everything down.
+    /// Show every capability at work, step by step, in a private pair of
+    /// network namespaces: the packet counter, firewall rules, the
+    /// tracers, the profiler and the daemon's metrics. Each step ends with
+    /// a check; exits 1 if any fails. Removes everything it made, also on
+    /// Ctrl-C.
     Demo,
     /// Check what kscope can do here: each capability works, is degraded
     /// (and what is lost) or is unavailable (why, and the fix). Loads and
@@ -49,6 +52,20 @@ pub enum Command {
         /// One JSON object per check, one per line.
         #[arg(long)]
         json: bool,
+    },
+    /// Print a shell completion script to stdout, e.g.
+    /// `kscope completions bash > /etc/bash_completion.d/kscope`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages into DIR: kscope.1 and one page per verb
+    /// (kscope-fw.1, kscope-fw-block.1, ...).
+    Man {
+        /// The directory to write them to (created if missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
     },
 }
 
@@ -505,6 +522,46 @@ pub struct ProfileArgs {
     #[arg(long, value_name = "N", default_value_t = kscope_common::profile::DEFAULT_STACK_ENTRIES,
           value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
     pub(crate) stack_storage: u32,
+}
+
+/// `kscope completions SHELL`: the completion script for `shell`.
+///
+/// # Errors
+/// A failed write.
+pub fn completions(
+    shell: clap_complete::Shell,
+    w: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    use clap::CommandFactory as _;
+    let mut cmd = Cli::command();
+    // clap_complete panics on a failed write; render into memory first.
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "kscope", &mut buf);
+    w.write_all(&buf)?;
+    w.flush()
+}
+
+/// `kscope man DIR`: writes kscope.1 and one page per verb (hidden ones
+/// left out) into `dir`, creating it; returns the pages' paths, sorted.
+///
+/// # Errors
+/// The directory cannot be created or a page written.
+pub fn man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    use clap::CommandFactory as _;
+    std::fs::create_dir_all(dir)?;
+    clap_mangen::generate_to(Cli::command(), dir)?;
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                (n == "kscope.1" || n.starts_with("kscope-")) && n.ends_with(".1")
+            })
+        })
+        .collect();
+    pages.sort();
+    Ok(pages)
 }
 
 /// Parses `-d`: a positive number of seconds, at most a day.

@@ -16,6 +16,17 @@ use kscope::{
 };
 
 fn main() -> ExitCode {
+    // The demo's own children: an internal entry point, not a verb (so no
+    // help, completions or manual page shows it).
+    if let Some(task) = demo::ChildTask::from_args(std::env::args()) {
+        return match demo::child(task) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return clap_exit(&e),
@@ -189,6 +200,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo => {
             let stop = kscope::sys::stop_on_signals().context("installing signal handlers")?;
             demo::run(&mut stdout(), stop)?
+        }
+        Command::Completions { shell } => kscope::cli::completions(shell, &mut stdout())?,
+        Command::Man { dir } => {
+            let pages = kscope::cli::man_pages(&dir)
+                .with_context(|| format!("writing the manual pages to {}", dir.display()))?;
+            tracing::info!("wrote {} manual pages to {}", pages.len(), dir.display());
         }
         Command::Doctor { json } => return Ok(kscope::doctor::run(Format::json(json), stdout())?),
     }

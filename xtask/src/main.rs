@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod cpio;
+mod dist;
 mod setup;
 mod vm;
 
@@ -57,6 +58,9 @@ enum Task {
     },
     /// Build kscope and run `kscope demo`.
     Demo,
+    /// Build the release binary and a Debian package of it (cargo-deb),
+    /// with the manual pages, completions, the systemd unit and the config.
+    Dist,
     /// Benchmarks against kscope's peers; prints a table for the README.
     #[command(subcommand)]
     Bench(bench::Target),
@@ -97,6 +101,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             args,
         } => test(&root, !vm, !host, kernel.as_deref(), only.as_deref(), &args),
         Task::Demo => demo(),
+        Task::Dist => dist::run().map(drop),
         Task::Bench(target) => bench::run(target),
         Task::BenchWorkload { .. } => Ok(()),
     }
@@ -145,7 +150,11 @@ fn test(
     let mut outcomes = Vec::new();
     if host {
         lint()?;
-        outcomes.push(host_tests(extra)?);
+        // The package test (kscope/tests/deb.rs) installs this .deb.
+        let dist_start = Instant::now();
+        let deb = dist::run()?;
+        eprintln!("xtask: dist built in {:.0?}", dist_start.elapsed());
+        outcomes.push(host_tests(extra, &deb)?);
     }
     if vms {
         outcomes.extend(vm::run(root, kernel, only)?);
@@ -210,7 +219,7 @@ fn lint() -> anyhow::Result<()> {
 
 /// Runs `cargo test` on the host, echoing its output, and tallies results
 /// the same way as in the VMs (a `KSCOPE-SKIP` line marks a skipped test).
-fn host_tests(extra: &[String]) -> anyhow::Result<vm::Outcome> {
+fn host_tests(extra: &[String], deb: &Path) -> anyhow::Result<vm::Outcome> {
     let start = Instant::now();
     // Unit tests need no root; the integration tests (kscope/tests) need
     // root and a kernel that loads XDP programs, which CI machines have.
@@ -224,6 +233,7 @@ fn host_tests(extra: &[String]) -> anyhow::Result<vm::Outcome> {
         _ => format!("prometheus,go,{}", setup::VALIDATORS),
     };
     cmd.env("KSCOPE_REQUIRE", require);
+    cmd.env("KSCOPE_DEB", std::path::absolute(deb)?);
     eprintln!("xtask: $ {}", show(&cmd));
     let lines = vm::run_and_echo(&mut cmd, "host")?;
     let mut o = vm::tally(&lines.lines, "host");

