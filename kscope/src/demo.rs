@@ -779,9 +779,10 @@ fn step_block<W: Write>(d: &mut Demo<'_, W>, lab: &Lab, obs: &mut Observer) -> a
 }
 
 /// Step 3: a destination port rule drops the UDP packets and lets the
-/// pings through.
+/// pings through; then a rate limit on the sender lets its burst through
+/// and drops the rest.
 fn step_port<W: Write>(d: &mut Demo<'_, W>, lab: &Lab, obs: &mut Observer) -> anyhow::Result<()> {
-    d.step("a port rule")?;
+    d.step("a port rule and a rate limit")?;
     let iface = lab.iface_b.clone();
     let port = format!("{UDP_PORT}/udp");
     d.run(&["fw", "block", "--iface", &iface, "--port", &port])?;
@@ -820,6 +821,41 @@ fn step_port<W: Write>(d: &mut Demo<'_, W>, lab: &Lab, obs: &mut Observer) -> an
         arrived,
     )?;
     d.run(&["fw", "unblock", "--iface", &iface, "--port", &port])?;
+
+    // A rate limit on the sender: a burst of 5 per address, then 1 packet
+    // a second. What does not arrive must be exactly what was limited.
+    let (a4, a6) = (ADDR4_A.to_string(), ADDR6_A.to_string());
+    let burst = 5;
+    d.run(&[
+        "fw", "limit", "--iface", &iface, &a4, &a6, "--pps", "1", "--burst", "5",
+    ])?;
+    obs.drain()?;
+    let before_seen = obs.seen;
+    let before = reasons(&iface)?;
+    let sent = send(d, lab)?;
+    let want = sent.ipv4_packets + sent.ipv6_packets;
+    let limited = |r: &_| reason_packets(r, Reason::RateLimited);
+    // Every packet is judged once: arrived or limited.
+    let mut arrived = 0;
+    let mut dropped = 0;
+    wait_count(&d.stop, want, || {
+        obs.drain()?;
+        arrived = marked(&obs.seen) - marked(&before_seen);
+        dropped = limited(&reasons(&iface)?) - limited(&before);
+        Ok(arrived + dropped)
+    })?;
+    d.run(&["fw", "rules", "--iface", &iface])?;
+    d.check(
+        "packets rate-limited, against sent minus arrived (the observer's count)",
+        want - arrived,
+        dropped,
+    )?;
+    d.check(
+        "of the burst of 5 per address, arrived (at least)",
+        2 * burst,
+        arrived.min(2 * burst),
+    )?;
+    d.run(&["fw", "unlimit", "--iface", &iface, &a4, &a6])?;
     Ok(())
 }
 
