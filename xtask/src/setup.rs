@@ -54,6 +54,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // program gcc builds without frame pointers
     ("binutils", "readelf"),
     ("gcc", "gcc"),
+    // the `kscope top` screen test drives it as a person would
+    ("tmux", "tmux"),
 ];
 
 /// PyPI packages the packaging tests (kscope/tests/packaging.rs) validate
