@@ -13,6 +13,16 @@
 //! id until that fd changes; telling the two apart would cost an fdinfo
 //! read per fd per scan.)
 //!
+//! Reading every fd of every process is most of a refresh's cost (a
+//! readlinkat per fd, a getdents per process). Since Linux 6.2 the size
+//! of /proc/PID/fd is the number of fds open (fs/proc/fd.c,
+//! proc_fd_getattr()), so a process whose fd directory has the same inode
+//! (the same process) and the same size as at the last read is taken as
+//! unchanged and not read again; each process is still read in full at
+//! least every [`REREAD_EVERY`] scans (staggered by pid), which bounds how
+//! long a program swapped in for another fd between two scans goes
+//! unseen. Older kernels report size 0: every process is read every scan.
+//!
 //! Processes whose fds this process may not read (no CAP_SYS_PTRACE, or
 //! another user's) and processes that exit during a scan are left out:
 //! losing a holder is better than failing the view.
@@ -24,15 +34,23 @@ use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
+/// Each process's fds are read in full at least once in this many scans.
+pub(crate) const REREAD_EVERY: u64 = 8;
+
 /// Where a program or link fd points (fs/anon_inodes.c names).
 const BPF_PROG_LINK: &[u8] = b"anon_inode:bpf-prog";
 const BPF_LINK_LINK: &[u8] = b"anon_inode:bpf_link";
 
-/// One process that holds BPF programs.
+/// One process, and the programs it holds.
 #[derive(Debug, Default)]
 struct PidFds {
     /// (fd, program id) for each fd that holds a program.
     fds: Vec<(u32, u32)>,
+    /// /proc/PID/fd's inode and size (its open fds, Linux 6.2+; 0 before)
+    /// when its fds were last read.
+    fingerprint: (u64, i64),
+    /// The scan that last read its fds.
+    read_at: u64,
     /// The process's name (/proc/PID/comm, without the newline).
     comm: Vec<u8>,
     /// The scan that last saw this process.
@@ -44,6 +62,8 @@ struct PidFds {
 #[derive(Debug)]
 pub(crate) struct Holders {
     proc_dir: OwnedFd,
+    /// Read every process's fds at least every this many scans.
+    reread_every: u64,
     dents: Vec<u8>,
     fd_dents: Vec<u8>,
     path: Vec<u8>,
@@ -185,6 +205,7 @@ impl Holders {
         )?;
         Ok(Self {
             proc_dir,
+            reread_every: REREAD_EVERY,
             dents: Vec::new(),
             fd_dents: Vec::new(),
             path: Vec::with_capacity(64),
@@ -219,6 +240,33 @@ impl Holders {
         let mut fds: Vec<u32> = Vec::new();
         for &pid in &pids {
             let p = fmt_u32(&mut itoa, pid);
+            // SAFETY: statx is plain old data; all-zero is valid.
+            let mut st: libc::statx = unsafe { std::mem::zeroed() };
+            // SAFETY: the path is NUL-terminated; `st` is a valid
+            // out-pointer.
+            let rc = unsafe {
+                libc::statx(
+                    root,
+                    cstr_path(&mut self.path, &[p, b"/fd"]),
+                    0,
+                    libc::STATX_INO | libc::STATX_SIZE,
+                    &mut st,
+                )
+            };
+            if rc != 0 {
+                continue;
+            }
+            let fingerprint = (st.stx_ino, st.stx_size as i64);
+            if let Some(e) = self.pids.get_mut(&pid) {
+                let due = (scan + u64::from(pid)).is_multiple_of(self.reread_every);
+                if fingerprint.1 > 0 && e.fingerprint == fingerprint && !due {
+                    e.seen = scan;
+                    if !e.fds.is_empty() {
+                        read_comm(root, &mut self.path, &mut self.file, p, &mut e.comm);
+                    }
+                    continue;
+                }
+            }
             let fd_dir = match open_at(
                 root,
                 cstr_path(&mut self.path, &[p, b"/fd"]),
@@ -255,15 +303,14 @@ impl Holders {
                 }
             });
             drop(fd_dir);
-            if fds.is_empty() {
-                if let Some(e) = self.pids.get_mut(&pid) {
-                    e.fds.clear();
-                    e.seen = scan;
-                }
-                continue;
-            }
             let entry = self.pids.entry(pid).or_default();
             entry.seen = scan;
+            entry.read_at = scan;
+            entry.fingerprint = fingerprint;
+            if fds.is_empty() {
+                entry.fds.clear();
+                continue;
+            }
             let old = std::mem::take(&mut entry.fds);
             let mut new = Vec::with_capacity(fds.len());
             for &fd in &fds {
@@ -291,30 +338,39 @@ impl Holders {
             }
             new.sort_unstable();
             entry.fds = new;
-            let path = cstr_path(&mut self.path, &[p, b"/comm"]);
-            if read_at(root, path, &mut self.file).is_ok() {
-                let comm = self.file.strip_suffix(b"\n").unwrap_or(&self.file);
-                if entry.comm != comm {
-                    entry.comm.clear();
-                    entry.comm.extend_from_slice(comm);
-                }
-            }
+            read_comm(root, &mut self.path, &mut self.file, p, &mut entry.comm);
         }
         self.found = pids;
-        self.pids.retain(|_, e| e.seen == scan && !e.fds.is_empty());
+        self.pids.retain(|_, e| e.seen == scan);
         Ok(())
     }
 
     /// The name of `pid`, if the last scan found it holding programs.
     pub(crate) fn comm(&self, pid: u32) -> Option<&[u8]> {
-        self.pids.get(&pid).map(|e| e.comm.as_slice())
+        self.pids
+            .get(&pid)
+            .filter(|e| !e.fds.is_empty())
+            .map(|e| e.comm.as_slice())
     }
 
     /// The processes the last scan found holding programs, in no order.
     pub(crate) fn holders(&self) -> impl Iterator<Item = Holder<'_>> + '_ {
         self.pids
             .iter()
+            .filter(|(_, e)| !e.fds.is_empty())
             .map(|(&pid, e)| Holder { pid, fds: &e.fds })
+    }
+}
+
+/// Reads /proc/PID/comm (`p` is the pid in decimal) into `comm`.
+fn read_comm(root: i32, path: &mut Vec<u8>, file: &mut Vec<u8>, p: &[u8], comm: &mut Vec<u8>) {
+    let path = cstr_path(path, &[p, b"/comm"]);
+    if read_at(root, path, file).is_ok() {
+        let c = file.strip_suffix(b"\n").unwrap_or(file);
+        if comm != c {
+            comm.clear();
+            comm.extend_from_slice(c);
+        }
     }
 }
 
@@ -391,6 +447,7 @@ mod tests {
         fs::create_dir_all(dir.path().join("self")).expect("self");
         let root = CString::new(dir.path().as_os_str().as_bytes()).expect("path");
         let mut h = Holders::at(&root).expect("open tree");
+        h.reread_every = 1;
         h.scan(|_| true).expect("scan");
         assert_eq!(held(&h), vec![(42, "loader".to_owned(), vec![7, 9])]);
     }
@@ -406,6 +463,7 @@ mod tests {
         );
         let root = CString::new(dir.path().as_os_str().as_bytes()).expect("path");
         let mut h = Holders::at(&root).expect("open tree");
+        h.reread_every = 1;
         h.scan(|_| true).expect("scan");
         // fd 3 now holds program 8 instead.
         fs::write(
@@ -419,6 +477,39 @@ mod tests {
         fs::remove_file(dir.path().join("42/fd/3")).expect("close");
         h.scan(|_| true).expect("scan");
         assert!(held(&h).is_empty());
+    }
+
+    #[test]
+    fn an_unchanged_fd_directory_is_not_read_again_until_its_turn() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        proc_tree(
+            dir.path(),
+            41,
+            "loader",
+            &[(3, "anon_inode:bpf-prog", Some(7))],
+        );
+        let root = CString::new(dir.path().as_os_str().as_bytes()).expect("path");
+        let mut h = Holders::at(&root).expect("open tree");
+        h.reread_every = 3;
+        h.scan(|_| true).expect("scan 1");
+        // fd 3 now holds program 8, but the directory did not change: the
+        // next scan (2: (2 + 41) % 3 != 0, not pid 41's turn) keeps what it knew.
+        fs::write(dir.path().join("41/fdinfo/3"), "prog_id:\t8\n").expect("fdinfo");
+        h.scan(|id| id != 7).expect("scan 2");
+        assert_eq!(held(&h), vec![(41, "loader".to_owned(), vec![7])]);
+        // Within three scans it is pid 41's turn to be read in full.
+        let mut turns = 0;
+        while held(&h) != vec![(41, "loader".to_owned(), vec![8])] {
+            h.scan(|id| id != 7).expect("scan");
+            turns += 1;
+            assert!(turns <= 3, "never read again");
+        }
+        // A new fd changes the directory: read at the next scan.
+        std::os::unix::fs::symlink("anon_inode:bpf_link", dir.path().join("41/fd/5"))
+            .expect("link");
+        fs::write(dir.path().join("41/fdinfo/5"), "prog_id:\t9\n").expect("fdinfo");
+        h.scan(|_| true).expect("scan");
+        assert_eq!(held(&h), vec![(41, "loader".to_owned(), vec![8, 9])]);
     }
 
     #[test]
