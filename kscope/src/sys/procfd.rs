@@ -504,12 +504,16 @@ mod tests {
             turns += 1;
             assert!(turns <= 3, "never read again");
         }
-        // A new fd changes the directory: read at the next scan.
-        std::os::unix::fs::symlink("anon_inode:bpf_link", dir.path().join("41/fd/5"))
-            .expect("link");
+        // Another process under the same pid (a new fd directory, another
+        // inode): read at the next scan, whoever's turn it is.
+        let fd_dir = dir.path().join("41/fd");
+        let keep = dir.path().join("41/fd-old");
+        fs::rename(&fd_dir, &keep).expect("rename");
+        fs::create_dir(&fd_dir).expect("fd dir");
+        std::os::unix::fs::symlink("anon_inode:bpf_link", fd_dir.join("5")).expect("link");
         fs::write(dir.path().join("41/fdinfo/5"), "prog_id:\t9\n").expect("fdinfo");
         h.scan(|_| true).expect("scan");
-        assert_eq!(held(&h), vec![(41, "loader".to_owned(), vec![8, 9])]);
+        assert_eq!(held(&h), vec![(41, "loader".to_owned(), vec![9])]);
     }
 
     #[test]
