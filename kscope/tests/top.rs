@@ -245,6 +245,8 @@ fn stats_are_on_only_while_top_runs_and_the_sysctl_is_left_as_found() {
 /// Runs `tmux ARGS` on the test's own server.
 fn tmux(sock: &str, args: &[&str]) -> String {
     let out = Command::new("tmux")
+        .env("TMUX_TMPDIR", std::env::temp_dir())
+        .env("TERM", "xterm")
         .arg("-L")
         .arg(sock)
         .args(args)
@@ -324,6 +326,7 @@ fn screen_shows_rows_sorts_and_q_restores_the_shell() {
     impl Drop for Kill {
         fn drop(&mut self) {
             let _ = Command::new("tmux")
+                .env("TMUX_TMPDIR", std::env::temp_dir())
                 .args(["-L", &self.0, "kill-server"])
                 .status();
         }
@@ -359,6 +362,18 @@ fn screen_shows_rows_sorts_and_q_restores_the_shell() {
     eprintln!("by id {by_id:?}, by name {by_name:?}");
 
     tmux(&sock, &["send-keys", "-t", "t", "q"]);
+    // Type only once it is gone, or it would read the keys itself.
+    let shell: u32 = tmux(&sock, &["display", "-p", "-t", "t", "#{pane_pid}"])
+        .trim()
+        .parse()
+        .expect("pane pid");
+    let start = Instant::now();
+    while std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+        .is_ok_and(|c| !c.trim().is_empty())
+    {
+        assert!(start.elapsed() < Duration::from_secs(60), "q did not quit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     tmux(
         &sock,
         &["send-keys", "-t", "t", "echo back-$((40+2))", "Enter"],
@@ -381,6 +396,52 @@ fn screen_shows_rows_sorts_and_q_restores_the_shell() {
         ],
     );
     screen_until(&sock, "stty's report", |s| s.contains("icanon+echo+"));
+
+    // SIGTERM restores the terminal too.
+    tmux(&sock, &["send-keys", "-t", "t", "clear", "Enter"]);
+    tmux(&sock, &["send-keys", "-t", "t", &cmd, "Enter"]);
+    screen_until(&sock, "top again", |s| s.contains("% of a CPU in all"));
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+        .expect("the shell's children");
+    let top: i32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("kscope top under the shell");
+    // SAFETY: kill(2) on the kscope this test started.
+    assert_eq!(unsafe { libc::kill(top, libc::SIGTERM) }, 0);
+    // Type only once it is gone, or it would read the keys itself.
+    let start = Instant::now();
+    while std::fs::read_to_string(format!("/proc/{top}/stat")).is_ok_and(|st| !st.contains(") Z "))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "kscope top ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tmux(
+        &sock,
+        &["send-keys", "-t", "t", "echo term-$((40+3))", "Enter"],
+    );
+    let screen = screen_until(&sock, "the shell after SIGTERM", |s| s.contains("term-43"));
+    assert!(
+        !screen.contains("% of a CPU in all"),
+        "the alternate screen is still up after SIGTERM:\n{screen}"
+    );
+    tmux(
+        &sock,
+        &[
+            "send-keys",
+            "-t",
+            "t",
+            "stty -a | tr ' ' '\\n' | grep -x -e icanon -e echo | tr '\\n' + ; echo",
+            "Enter",
+        ],
+    );
+    screen_until(&sock, "stty's report after SIGTERM", |s| {
+        s.matches("icanon+echo+").count() >= 1 && s.contains("term-43")
+    });
     kscope_ok(None, &["fw", "detach", &lab.iface_b]);
 }
 

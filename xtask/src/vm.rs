@@ -71,7 +71,8 @@ pub const MATRIX: &[Kernel] = &[
 const MODULES: &[&str] = &["veth"];
 
 /// Host tools the tests run, copied with their shared libraries.
-const HOST_TOOLS: &[&str] = &["ip", "bpftool", "setpriv", "unshare"];
+/// tmux drives `kscope top`'s screen as a person would.
+const HOST_TOOLS: &[&str] = &["ip", "bpftool", "setpriv", "unshare", "tmux"];
 
 /// How often a VM is booted when the guest kernel dies before kscope's init
 /// even starts. Under TCG (no KVM here), Debian's 6.12 kernel sometimes
