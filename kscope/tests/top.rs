@@ -59,6 +59,25 @@ fn stats_fds(pid: u32) -> usize {
         .count()
 }
 
+/// Every process holding a BPF statistics fd.
+fn stats_holders() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("list /proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|t| t == Path::new("anon_inode:bpf-stats"))
+                })
+        })
+        .collect()
+}
+
 /// A `kscope top --json` child whose stdout is read line by line.
 struct Top {
     tracer: Tracer,
@@ -233,7 +252,15 @@ fn stats_are_on_only_while_top_runs_and_the_sysctl_is_left_as_found() {
         let before = runs();
         opens();
         let after = runs();
-        if initial == "0" {
+        let others = stats_holders();
+        if initial == "0" && !others.is_empty() {
+            // Statistics are machine-wide: another process (a daemon, a
+            // test of another checkout) holds them on, so whether top's
+            // went off cannot be seen from the counts.
+            eprintln!(
+                "note: pids {others:?} hold BPF statistics on; not checking that they went off"
+            );
+        } else if initial == "0" {
             assert_eq!(before, after, "stats still on after top exited");
         } else {
             assert!(after >= before + 200, "the sysctl's stats went off");
@@ -253,6 +280,12 @@ fn tmux(sock: &str, args: &[&str]) -> String {
         .stdin(Stdio::null())
         .output()
         .expect("run tmux");
+    assert!(
+        out.status.success(),
+        "tmux {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
