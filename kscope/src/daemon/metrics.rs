@@ -741,6 +741,48 @@ mod tests {
         assert_eq!(s.other, c(3, 0));
     }
 
+    #[test]
+    fn program_series_are_bounded_and_other_never_goes_down() {
+        use crate::top::{Collector, test_prog};
+        let mut s = ProgSeries {
+            collector: Some(Collector::with_progs(vec![
+                test_prog(1, 100, 10, 4096),
+                test_prog(2, 200, 20, 0),
+                test_prog(3, 300, 30, 8192),
+            ])),
+            ..ProgSeries::default()
+        };
+        let ids = |rows: &[ProgRow]| rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+        let rows = s.rows(2);
+        assert_eq!(ids(&rows), ["1", "2", OTHER]);
+        let other = rows.last().expect("other");
+        assert_eq!(
+            (other.run_time_ns, other.run_count, other.map_bytes),
+            (300, 30, 8192)
+        );
+        assert_eq!(rows[0].labels()[3], ("comm", ""));
+        // Program 1 unloads and 4 arrives: 4 takes the free series, 3 stays
+        // in [other], which adds 3's increment only.
+        s.collector = Some(Collector::with_progs(vec![
+            test_prog(2, 250, 25, 0),
+            test_prog(3, 350, 31, 8192),
+            test_prog(4, 5, 1, 0),
+        ]));
+        let rows = s.rows(2);
+        assert_eq!(ids(&rows), ["2", "4", OTHER]);
+        let other = rows.last().expect("other");
+        assert_eq!((other.run_time_ns, other.run_count), (350, 31));
+        // 3 unloads: [other] keeps what it counted.
+        s.collector = Some(Collector::with_progs(vec![test_prog(2, 260, 26, 0)]));
+        let rows = s.rows(2);
+        assert_eq!(ids(&rows), ["2", OTHER]);
+        let other = rows.last().expect("other");
+        assert_eq!(
+            (other.run_time_ns, other.run_count, other.map_bytes),
+            (350, 31, 0)
+        );
+    }
+
     /// Fixed counts in place of a kernel counter: this test is about the
     /// rendering; tests/daemon.rs checks the kernel's counts.
     struct Fixed(crate::trace::Metric, Vec<(Vec<String>, Counts)>, u64);

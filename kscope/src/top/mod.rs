@@ -406,6 +406,48 @@ impl Collector {
     }
 }
 
+#[cfg(test)]
+impl Collector {
+    /// A collector that holds `progs` as if a refresh had seen them.
+    pub(crate) fn with_progs(progs: Vec<Prog>) -> Self {
+        let mut c = Self {
+            progs: HashMap::new(),
+            order: Vec::new(),
+            maps: HashMap::new(),
+            holders: None,
+            map_ids: Vec::new(),
+            refresh: 1,
+            last: None,
+            dt_ns: 0,
+        };
+        for p in progs {
+            c.order.push(p.id);
+            c.progs.insert(p.id, p);
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+/// A program with these totals, for tests.
+pub(crate) fn test_prog(id: u32, run_time_ns: u64, run_count: u64, map_bytes: u64) -> Prog {
+    Prog {
+        id,
+        type_name: "xdp",
+        name: format!("p{id}"),
+        map_ids: Vec::new(),
+        map_bytes,
+        run_time_ns,
+        run_count,
+        runs_per_sec: 0.0,
+        avg_ns: 0,
+        cpu_pct: 0.0,
+        pids: Vec::new(),
+        history: VecDeque::new(),
+        seen: 1,
+    }
+}
+
 /// The memory of map `id`: its fdinfo `memlock`, else its shape, else 0.
 fn map_bytes(id: u32) -> u64 {
     let Ok(fd) = bpf::map_fd_by_id(id) else {
