@@ -1210,6 +1210,7 @@ const FAMILIES: &[&str] = &[
     "kscope_trace_connects_total",
     "kscope_bpf_program_run_time_seconds_total",
     "kscope_bpf_program_run_count_total",
+    "kscope_bpf_program_map_bytes",
     "kscope_daemon_reloads_total",
     "kscope_daemon_config_last_reload_successful",
     "kscope_daemon_scrape_errors_total",
