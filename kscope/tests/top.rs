@@ -431,7 +431,6 @@ fn screen_shows_rows_sorts_and_q_restores_the_shell() {
     screen_until(&sock, "stty's report", |s| s.contains("icanon+echo+"));
 
     // SIGTERM restores the terminal too.
-    tmux(&sock, &["send-keys", "-t", "t", "clear", "Enter"]);
     tmux(&sock, &["send-keys", "-t", "t", &cmd, "Enter"]);
     screen_until(&sock, "top again", |s| s.contains("% of a CPU in all"));
     let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
