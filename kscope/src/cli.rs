@@ -35,6 +35,11 @@ pub enum Command {
     /// Sample on-CPU stacks (kernel and user) with a perf_event program and
     /// show the hottest functions, folded stacks or a flame graph.
     Profile(ProfileArgs),
+    /// Every BPF program on the machine with what it costs (runs per
+    /// second, ns per run, share of a CPU, map memory, holders): a live
+    /// screen on a terminal, JSON lines otherwise. Statistics are on only
+    /// while it runs.
+    Top(TopArgs),
     /// Keep the firewall and aggregate tracers running and serve their
     /// counters as Prometheus metrics (see packaging/kscope.toml).
     Daemon(DaemonArgs),
@@ -67,6 +72,27 @@ pub enum Command {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Seconds between refreshes (at least 0.1).
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_watch, allow_hyphen_values = true)]
+    pub interval: Duration,
+    /// Order of the rows: cpu, runs, avg, mem (most first), id, name.
+    #[arg(long, value_name = "KEY", value_enum, default_value = "cpu")]
+    pub sort: crate::top::SortKey,
+    /// Only programs whose name, type or holder's process name contains
+    /// TEXT (case-insensitive).
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub filter: String,
+    /// One JSON object per program per interval, one per line (also when
+    /// stdout is not a terminal).
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after SECS seconds; otherwise q, Ctrl-C or SIGTERM stop it.
+    #[arg(short = 'd', long = "duration", value_name = "SECS", value_parser = parse_interval, allow_hyphen_values = true)]
+    pub duration: Option<Duration>,
 }
 
 #[derive(Debug, Args)]

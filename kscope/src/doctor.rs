@@ -217,6 +217,7 @@ fn collect(stop: &AtomicBool) -> io::Result<Vec<Check>> {
     interrupted(stop)?;
     checks.extend(profile());
     interrupted(stop)?;
+    checks.push(top_stats(caps));
     checks.push(daemon_metrics());
     checks.push(daemon_counters(stop)?);
     checks.push(daemon_firewall(fw_ok, sys::bpffs_mounted(), caps));
@@ -236,9 +237,45 @@ const FEATURES: &[&str] = &[
     "profile perf event",
     "profile kernel stacks",
     "profile user stacks",
+    "top stats",
     "daemon tracer counters",
     "daemon firewall",
 ];
+
+/// `kscope top` and the daemon's program metrics: statistics through
+/// BPF_ENABLE_STATS (5.8+) and the program list, as `top` takes them.
+fn top_stats(caps: u64) -> Check {
+    const NAME: &str = "top stats";
+    if !sys::missing_caps(caps, &[Cap::SysAdmin]).is_empty() {
+        return Check::unavailable(
+            NAME,
+            "listing programs and BPF_ENABLE_STATS need CAP_SYS_ADMIN, which this process lacks",
+            ROOT_FIX,
+        );
+    }
+    let stats = match crate::top::StatsGuard::enable() {
+        Ok(s) => s,
+        Err(e @ crate::top::TopError::StatsUnsupported { .. }) => {
+            return Check::unavailable(NAME, e.to_string(), "use Linux 5.8 or later");
+        }
+        Err(e) => return Check::unavailable(NAME, Chain(&e).to_string(), "see the detail"),
+    };
+    let listed = crate::top::Collector::new(true).and_then(|mut c| {
+        c.refresh()?;
+        Ok(c.len())
+    });
+    drop(stats);
+    match listed {
+        Ok(n) => Check::works(
+            NAME,
+            format!(
+                "BPF_ENABLE_STATS through an fd, held only while kscope top or the daemon runs \
+                 (kernel.bpf_stats_enabled is left as found); {n} programs listed"
+            ),
+        ),
+        Err(e) => Check::unavailable(NAME, Chain(&e).to_string(), "see the detail"),
+    }
+}
 
 /// The daemon's HTTP endpoint: nothing kernel-side to check.
 fn daemon_metrics() -> Check {

@@ -17,4 +17,5 @@ pub mod output;
 pub mod probe_check;
 pub mod profile;
 pub mod sys;
+pub mod top;
 pub mod trace;

@@ -12,6 +12,7 @@ use kscope::{
     output::Format,
     profile::ProfileError,
     sys::SysError,
+    top::TopError,
     trace::TraceError,
 };
 
@@ -98,6 +99,8 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
                 .is_some_and(FwError::is_broken_pipe)
             || c.downcast_ref::<ProfileError>()
                 .is_some_and(ProfileError::is_broken_pipe)
+            || c.downcast_ref::<TopError>()
+                .is_some_and(TopError::is_broken_pipe)
     })
 }
 
@@ -123,6 +126,13 @@ fn hint(e: &anyhow::Error) -> Option<String> {
             TraceError::Sys(SysError::MissingCapabilities { .. }) => "run kscope as root".into(),
             TraceError::Sys(SysError::TracefsUnavailable { .. })
             | TraceError::Unsupported { .. } => DOCTOR.into(),
+            _ => return None,
+        });
+    }
+    if let Some(t) = e.chain().find_map(|c| c.downcast_ref::<TopError>()) {
+        return Some(match t {
+            TopError::Sys(SysError::MissingCapabilities { .. }) => "run kscope as root".into(),
+            TopError::StatsUnsupported { .. } => DOCTOR.into(),
             _ => return None,
         });
     }
@@ -196,6 +206,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Trace(t) => trace::run(t, stdout())?,
         Command::Hist(h) => kscope::trace::hist::run(h, stdout())?,
         Command::Profile(args) => profile::run(&args, stdout())?,
+        Command::Top(a) => kscope::top::cmd::run(&a)?,
         Command::Daemon(a) => kscope::daemon::run(&a.config)?,
         Command::Demo => {
             let stop = kscope::sys::stop_on_signals().context("installing signal handlers")?;

@@ -446,6 +446,17 @@ fn prometheus_scrapes_exactly_the_packets_sent() {
         "fw_xdp ran {runs:?} times for {} packets",
         sent.ipv4_packets
     );
+    // The same collector as `kscope top`: the pinned fw_xdp has no
+    // holder (comm=""), and its maps' memory is reported.
+    let bytes = prom_query(
+        &lab.b,
+        prom_addr,
+        &format!("kscope_bpf_program_map_bytes{{id=\"{prog}\",comm=\"\"}}"),
+    );
+    assert!(
+        bytes.is_some_and(|b| b > 0.0),
+        "fw_xdp's map memory: {bytes:?}"
+    );
     let (status, _, stderr) = daemon.stop(libc::SIGTERM);
     assert!(status.success(), "daemon exit {status}:\n{stderr}");
     // SIGTERM leaves the firewall attached by default.
@@ -1199,6 +1210,7 @@ const FAMILIES: &[&str] = &[
     "kscope_trace_connects_total",
     "kscope_bpf_program_run_time_seconds_total",
     "kscope_bpf_program_run_count_total",
+    "kscope_bpf_program_map_bytes",
     "kscope_daemon_reloads_total",
     "kscope_daemon_config_last_reload_successful",
     "kscope_daemon_scrape_errors_total",

@@ -250,6 +250,7 @@ fn report_matches_the_kernel_and_leaves_nothing_behind() {
         "profile perf event",
         "profile kernel stacks",
         "profile user stacks",
+        "top stats",
         "daemon metrics",
         "daemon tracer counters",
         "daemon firewall",

@@ -63,6 +63,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("groff-base", "groff"),
     // the package test checks the .deb with lintian
     ("lintian", "lintian"),
+    // the `kscope top` screen test drives it as a person would
+    ("tmux", "tmux"),
 ];
 
 /// PyPI packages the packaging tests (kscope/tests/packaging.rs) validate

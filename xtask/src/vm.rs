@@ -71,7 +71,11 @@ pub const MATRIX: &[Kernel] = &[
 const MODULES: &[&str] = &["veth"];
 
 /// Host tools the tests run, copied with their shared libraries.
-const HOST_TOOLS: &[&str] = &["ip", "bpftool", "setpriv", "unshare"];
+/// tmux drives `kscope top`'s screen as a person would.
+const HOST_TOOLS: &[&str] = &["ip", "bpftool", "setpriv", "unshare", "tmux"];
+
+/// glibc's C.UTF-8 locale, copied whole for tmux.
+const LOCALE_DIR: &str = "/usr/lib/locale/C.utf8";
 
 /// How often a VM is booted when the guest kernel dies before kscope's init
 /// even starts. Under TCG (no KVM here), Debian's 6.12 kernel sometimes
@@ -398,6 +402,22 @@ fn host_tools(
                 .filter(|p| p.starts_with('/'));
             if let Some(lib) = lib {
                 files.insert(PathBuf::from(lib));
+            }
+        }
+    }
+    // tmux refuses to start without a UTF-8 locale ("need UTF-8 locale
+    // (LC_CTYPE)"); glibc's C.UTF-8 comes from these files (libc-bin).
+    let locale = Path::new(LOCALE_DIR);
+    if locale.is_dir() {
+        let mut stack = vec![locale.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for e in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+                let path = e?.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    files.insert(path);
+                }
             }
         }
     }

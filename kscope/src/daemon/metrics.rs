@@ -21,8 +21,9 @@
 //! | `kscope_trace_open_errors_total` | counter | comm |
 //! | `kscope_trace_execs_total` | counter | comm, result |
 //! | `kscope_trace_connects_total` | counter | daddr, dport, result |
-//! | `kscope_bpf_program_run_time_seconds_total` | counter | id, name, type |
-//! | `kscope_bpf_program_run_count_total` | counter | id, name, type |
+//! | `kscope_bpf_program_run_time_seconds_total` | counter | id, name, type, comm (`[trace] max_series` programs, then `[other]`) |
+//! | `kscope_bpf_program_run_count_total` | counter | id, name, type, comm |
+//! | `kscope_bpf_program_map_bytes` | gauge | id, name, type, comm |
 //! | `kscope_daemon_reloads_total` | counter | result |
 //! | `kscope_daemon_config_last_reload_successful` | gauge | |
 //! | `kscope_daemon_scrape_errors_total` | counter | |
@@ -51,6 +52,7 @@ use crate::{
         maps::{HitCounts, RuleMaps},
     },
     sys::Chain,
+    top::Collector,
     trace::runner::Counting,
 };
 
@@ -193,6 +195,106 @@ pub(crate) struct Shared {
     rule_series: Mutex<HashMap<String, RuleSeries>>,
     /// `[firewall] max_rule_series`.
     max_rule_series: AtomicU64,
+    /// The program collector and its series; only scrapes take this lock.
+    prog_series: Mutex<ProgSeries>,
+    /// `[trace] max_series`, which bounds the program series too.
+    max_prog_series: AtomicU64,
+}
+
+/// One program series of a scrape.
+#[derive(Debug)]
+struct ProgRow {
+    id: String,
+    name: String,
+    type_name: &'static str,
+    comm: String,
+    run_time_ns: u64,
+    run_count: u64,
+    map_bytes: u64,
+}
+
+impl ProgRow {
+    fn labels(&self) -> [(&'static str, &str); 4] {
+        [
+            ("id", &self.id),
+            ("name", &self.name),
+            ("type", self.type_name),
+            ("comm", &self.comm),
+        ]
+    }
+}
+
+/// The programs' series: the first `max_series` programs seen keep a
+/// series of their own while they stay loaded; the runs and run time of
+/// the others add up under `[other]`, which never goes down (it is summed
+/// from each program's increments).
+#[derive(Debug, Default)]
+struct ProgSeries {
+    collector: Option<Collector>,
+    own: HashSet<u32>,
+    /// Programs counted in `[other]`: their totals at the last scrape.
+    others: HashMap<u32, (u64, u64)>,
+    other_time_ns: u64,
+    other_count: u64,
+}
+
+impl ProgSeries {
+    fn rows(&mut self, max: usize) -> Vec<ProgRow> {
+        let mut rows = Vec::new();
+        let Some(c) = self.collector.as_ref() else {
+            return rows;
+        };
+        self.own.retain(|id| c.progs().any(|p| p.id == *id));
+        let mut other_bytes = 0u64;
+        let mut still = HashMap::with_capacity(self.others.len());
+        for p in c.progs() {
+            if !self.own.contains(&p.id) && !self.others.contains_key(&p.id) && self.own.len() < max
+            {
+                self.own.insert(p.id);
+            }
+            if self.own.contains(&p.id) {
+                let mut comms: Vec<String> = p
+                    .pids
+                    .iter()
+                    .map(|&pid| String::from_utf8_lossy(c.comm(pid)).into_owned())
+                    .collect();
+                comms.sort_unstable();
+                comms.dedup();
+                rows.push(ProgRow {
+                    id: p.id.to_string(),
+                    name: p.name.clone(),
+                    type_name: p.type_name,
+                    comm: comms.join(","),
+                    run_time_ns: p.run_time_ns,
+                    run_count: p.run_count,
+                    map_bytes: p.map_bytes,
+                });
+            } else {
+                let (t0, c0) = self.others.get(&p.id).copied().unwrap_or((0, 0));
+                self.other_time_ns = self
+                    .other_time_ns
+                    .wrapping_add(p.run_time_ns.saturating_sub(t0));
+                self.other_count = self
+                    .other_count
+                    .wrapping_add(p.run_count.saturating_sub(c0));
+                still.insert(p.id, (p.run_time_ns, p.run_count));
+                other_bytes = other_bytes.saturating_add(p.map_bytes);
+            }
+        }
+        self.others = still;
+        if !self.others.is_empty() || self.other_count > 0 {
+            rows.push(ProgRow {
+                id: OTHER.into(),
+                name: OTHER.into(),
+                type_name: OTHER,
+                comm: OTHER.into(),
+                run_time_ns: self.other_time_ns,
+                run_count: self.other_count,
+                map_bytes: other_bytes,
+            });
+        }
+        rows
+    }
 }
 
 impl Shared {
@@ -200,12 +302,22 @@ impl Shared {
         let s = Self::default();
         s.lock().last_reload_ok = true;
         s.set_max_rule_series(super::config::DEFAULT_MAX_RULE_SERIES);
+        s.set_max_prog_series(1000);
         Arc::new(s)
     }
 
     /// Sets `[firewall] max_rule_series` (see [`RuleSeries::set_max`]).
     pub(crate) fn set_max_rule_series(&self, max: usize) {
         self.max_rule_series.store(max as u64, Ordering::Relaxed);
+    }
+
+    /// Sets `[trace] max_series`, which also bounds the program series.
+    pub(crate) fn set_max_prog_series(&self, max: usize) {
+        self.max_prog_series.store(max as u64, Ordering::Relaxed);
+    }
+
+    fn max_prog_series(&self) -> usize {
+        usize::try_from(self.max_prog_series.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
     }
 
     fn max_rule_series(&self) -> usize {
@@ -282,14 +394,6 @@ fn counter_f64(m: &mut FamilyWriter<'_>, labels: &[(&str, &str)], v: f64) -> fmt
 fn gauge(m: &mut FamilyWriter<'_>, labels: &[(&str, &str)], v: i64) -> fmt::Result {
     m.sample(labels, Value::Signed(v));
     Ok(())
-}
-
-/// A program type as bpftool names it: `BPF_PROG_TYPE_XDP` → `xdp`.
-fn prog_type_name(t: impl fmt::Debug) -> String {
-    let raw = format!("{t:?}");
-    raw.strip_prefix("BPF_PROG_TYPE_")
-        .unwrap_or(&raw)
-        .to_ascii_lowercase()
 }
 
 impl KscopeCollector {
@@ -486,48 +590,56 @@ impl KscopeCollector {
         Ok(())
     }
 
-    /// Every BPF program on the system, as bpftop lists them.
+    /// Every BPF program on the system, as `kscope top` lists them (the
+    /// same collector), each labelled with the processes holding it.
     fn programs(&self, out: &mut Out) -> fmt::Result {
-        let mut progs = Vec::new();
-        for p in aya::programs::loaded_programs() {
-            match p {
-                Ok(info) => progs.push((
-                    info.id().to_string(),
-                    info.name_as_str().unwrap_or("").to_owned(),
-                    prog_type_name(info.program_type()),
-                    info.run_time().as_secs_f64(),
-                    info.run_count(),
-                )),
-                // A program unloaded between listing and reading it.
-                Err(_) => continue,
+        let max = self.0.max_prog_series();
+        let mut guard = self.0.prog_series.lock().unwrap_or_else(|p| p.into_inner());
+        let series = &mut *guard;
+        if series.collector.is_none() {
+            match Collector::new(true) {
+                Ok(c) => series.collector = Some(c),
+                Err(e) => {
+                    self.0.scrape_error("listing BPF programs", &e);
+                    return Ok(());
+                }
             }
         }
-        let labels = |p: &(String, String, String, f64, u64)| {
-            [
-                ("id", p.0.clone()),
-                ("name", p.1.clone()),
-                ("type", p.2.clone()),
-            ]
+        let Some(c) = series.collector.as_mut() else {
+            return Ok(());
         };
+        if let Err(e) = c.refresh() {
+            self.0.scrape_error("listing BPF programs", &e);
+            return Ok(());
+        }
+        let rows = series.rows(max);
         let mut m = out.family(
             "kscope_bpf_program_run_time_seconds",
             "Time each BPF program ran since stats were enabled (BPF_ENABLE_STATS).",
             MetricType::Counter,
         )?;
-        for p in &progs {
-            let l = labels(p);
-            let l = l.each_ref().map(|(k, v)| (*k, v.as_str()));
-            counter_f64(&mut m, &l, p.3)?;
+        for r in &rows {
+            counter_f64(&mut m, &r.labels(), r.run_time_ns as f64 / 1e9)?;
         }
         let mut m = out.family(
             "kscope_bpf_program_run_count",
             "Runs of each BPF program since stats were enabled (BPF_ENABLE_STATS).",
             MetricType::Counter,
         )?;
-        for p in &progs {
-            let l = labels(p);
-            let l = l.each_ref().map(|(k, v)| (*k, v.as_str()));
-            counter(&mut m, &l, p.4)?;
+        for r in &rows {
+            counter(&mut m, &r.labels(), r.run_count)?;
+        }
+        let mut m = out.family(
+            "kscope_bpf_program_map_bytes",
+            "Memory of the maps each BPF program uses (each map's memlock).",
+            MetricType::Gauge,
+        )?;
+        for r in &rows {
+            gauge(
+                &mut m,
+                &r.labels(),
+                i64::try_from(r.map_bytes).unwrap_or(i64::MAX),
+            )?;
         }
         Ok(())
     }
@@ -630,15 +742,45 @@ mod tests {
     }
 
     #[test]
-    fn program_types_are_named_as_bpftool_does() {
-        #[derive(Debug)]
-        #[expect(non_camel_case_types, reason = "mimics the kernel's enum")]
-        enum T {
-            BPF_PROG_TYPE_XDP,
-            Odd,
-        }
-        assert_eq!(prog_type_name(T::BPF_PROG_TYPE_XDP), "xdp");
-        assert_eq!(prog_type_name(T::Odd), "odd");
+    fn program_series_are_bounded_and_other_never_goes_down() {
+        use crate::top::{Collector, test_prog};
+        let mut s = ProgSeries {
+            collector: Some(Collector::with_progs(vec![
+                test_prog(1, 100, 10, 4096),
+                test_prog(2, 200, 20, 0),
+                test_prog(3, 300, 30, 8192),
+            ])),
+            ..ProgSeries::default()
+        };
+        let ids = |rows: &[ProgRow]| rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+        let rows = s.rows(2);
+        assert_eq!(ids(&rows), ["1", "2", OTHER]);
+        let other = rows.last().expect("other");
+        assert_eq!(
+            (other.run_time_ns, other.run_count, other.map_bytes),
+            (300, 30, 8192)
+        );
+        assert_eq!(rows[0].labels()[3], ("comm", ""));
+        // Program 1 unloads and 4 arrives: 4 takes the free series, 3 stays
+        // in [other], which adds 3's increment only.
+        s.collector = Some(Collector::with_progs(vec![
+            test_prog(2, 250, 25, 0),
+            test_prog(3, 350, 31, 8192),
+            test_prog(4, 5, 1, 0),
+        ]));
+        let rows = s.rows(2);
+        assert_eq!(ids(&rows), ["2", "4", OTHER]);
+        let other = rows.last().expect("other");
+        assert_eq!((other.run_time_ns, other.run_count), (350, 31));
+        // 3 unloads: [other] keeps what it counted.
+        s.collector = Some(Collector::with_progs(vec![test_prog(2, 260, 26, 0)]));
+        let rows = s.rows(2);
+        assert_eq!(ids(&rows), ["2", OTHER]);
+        let other = rows.last().expect("other");
+        assert_eq!(
+            (other.run_time_ns, other.run_count, other.map_bytes),
+            (350, 31, 0)
+        );
     }
 
     /// Fixed counts in place of a kernel counter: this test is about the

@@ -244,6 +244,7 @@ impl Daemon {
         }
         self.shared.set_max_rule_series(c.firewall.max_rule_series);
         self.tracers.max_series(c.trace.max_series, &self.shared);
+        self.shared.set_max_prog_series(c.trace.max_series);
         self.loaded = new;
         release_freed_memory();
         Ok(())

@@ -24,6 +24,9 @@ const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 /// The kernel's internal "operation not supported" (include/linux/errno.h),
 /// which leaks to user space from some map types.
 const ENOTSUPP: i32 = 524;
@@ -160,6 +163,239 @@ pub(crate) fn prog_stats(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<ProgStat
         run_cnt: info.0[25],
         recursion_misses: info.0[26],
     })
+}
+
+/// The `*_GET_NEXT_ID` / `*_GET_FD_BY_ID` part of `union bpf_attr`.
+#[repr(C, align(8))]
+#[derive(Default)]
+struct IdAttr {
+    /// `start_id`, `prog_id` or `map_id`.
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
+    /// `fd_by_id_token_fd` (6.x); spelt out so the padding is zero, which
+    /// the kernel checks.
+    _token_fd: u32,
+}
+
+/// `struct bpf_prog_info` (include/uapi/linux/bpf.h) up to
+/// `recursion_misses`, with the fields [`prog_info`] reads named.
+#[repr(C, align(8))]
+struct ProgInfoRaw {
+    type_: u32,
+    id: u32,
+    _tag_to_load_time: [u64; 5],
+    _created_by_uid: u32,
+    nr_map_ids: u32,
+    map_ids: u64,
+    name: [u8; 16],
+    /// `ifindex` to `prog_tags`: nothing kscope reads.
+    _middle: [u64; 14],
+    run_time_ns: u64,
+    run_cnt: u64,
+    recursion_misses: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<ProgInfoRaw>() == 216);
+const _: () = assert!(std::mem::offset_of!(ProgInfoRaw, run_time_ns) == 192);
+const _: () = assert!(std::mem::offset_of!(ProgInfoRaw, name) == 64);
+
+/// What [`prog_info`] reports about a program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ProgInfo {
+    pub(crate) id: u32,
+    /// `enum bpf_prog_type`.
+    pub(crate) type_: u32,
+    /// The name given at load, NUL-padded (at most 15 bytes).
+    pub(crate) name: [u8; 16],
+    pub(crate) stats: ProgStats,
+    /// How many maps the program uses (all of them, even when the buffer
+    /// passed to [`prog_info`] held fewer).
+    pub(crate) nr_map_ids: u32,
+}
+
+/// The id of the first BPF program with an id above `after`, or `None`
+/// past the last.
+///
+/// Minimum kernel: 4.13. Needs CAP_SYS_ADMIN.
+///
+/// # Errors
+/// bpf()'s (EPERM without the capability).
+pub(crate) fn prog_next_id(after: u32) -> io::Result<Option<u32>> {
+    let mut attr = IdAttr {
+        id: after,
+        ..Default::default()
+    };
+    match sys_bpf(BPF_PROG_GET_NEXT_ID, &mut attr) {
+        Ok(_) => Ok(Some(attr.next_id)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn fd_by_id(cmd: libc::c_long, id: u32) -> io::Result<OwnedFd> {
+    let mut attr = IdAttr {
+        id,
+        ..Default::default()
+    };
+    let fd = sys_bpf(cmd, &mut attr)?;
+    let fd = i32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A new fd for the program `id`.
+///
+/// Minimum kernel: 4.13. Needs CAP_SYS_ADMIN.
+///
+/// # Errors
+/// ENOENT once the program is gone; EPERM without the capability.
+pub(crate) fn prog_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    fd_by_id(BPF_PROG_GET_FD_BY_ID, id)
+}
+
+/// A new fd for the map `id`.
+///
+/// Minimum kernel: 4.13. Needs CAP_SYS_ADMIN.
+///
+/// # Errors
+/// ENOENT once the map is gone; EPERM without the capability.
+pub(crate) fn map_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    fd_by_id(BPF_MAP_GET_FD_BY_ID, id)
+}
+
+/// The program `fd`'s id, type, name and run statistics. With `map_ids`,
+/// also the ids of the maps it uses, written into it (grown as needed;
+/// its old contents are dropped); without, the kernel copies none.
+///
+/// Minimum kernel: 4.13; run statistics 5.1 (0 before).
+///
+/// # Errors
+/// BPF_OBJ_GET_INFO_BY_FD failing (not a program fd).
+pub(crate) fn prog_info(
+    fd: std::os::fd::BorrowedFd<'_>,
+    mut map_ids: Option<&mut Vec<u32>>,
+) -> io::Result<ProgInfo> {
+    let bpf_fd =
+        u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    loop {
+        // SAFETY: all-zero is a valid ProgInfoRaw (integers and arrays).
+        let mut info: ProgInfoRaw = unsafe { std::mem::zeroed() };
+        let cap = match map_ids.as_deref_mut() {
+            Some(ids) => {
+                ids.clear();
+                info.nr_map_ids = u32::try_from(ids.capacity()).unwrap_or(u32::MAX);
+                info.map_ids = ids.as_mut_ptr() as u64;
+                info.nr_map_ids
+            }
+            None => 0,
+        };
+        let mut attr = InfoByFdAttr {
+            bpf_fd,
+            info_len: std::mem::size_of::<ProgInfoRaw>() as u32,
+            info: (&raw mut info) as u64,
+        };
+        sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        if let Some(ids) = map_ids.as_deref_mut() {
+            if info.nr_map_ids > cap {
+                // Too small: grow and ask again.
+                ids.reserve(info.nr_map_ids as usize);
+                continue;
+            }
+            // SAFETY: the kernel wrote nr_map_ids (<= capacity) u32s at
+            // the start of the buffer.
+            unsafe { ids.set_len(info.nr_map_ids as usize) };
+        }
+        return Ok(ProgInfo {
+            id: info.id,
+            type_: info.type_,
+            name: info.name,
+            stats: ProgStats {
+                run_time_ns: info.run_time_ns,
+                run_cnt: info.run_cnt,
+                recursion_misses: info.recursion_misses,
+            },
+            nr_map_ids: info.nr_map_ids,
+        });
+    }
+}
+
+/// The leading fields of `struct bpf_map_info`.
+#[repr(C, align(8))]
+#[derive(Default)]
+struct MapInfoRaw {
+    type_: u32,
+    id: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// What [`map_info`] reports about a map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MapInfo {
+    pub(crate) id: u32,
+    pub(crate) type_: u32,
+    pub(crate) key_size: u32,
+    pub(crate) value_size: u32,
+    pub(crate) max_entries: u32,
+}
+
+impl MapInfo {
+    /// A lower bound on the map's memory from its shape alone (keys and
+    /// values of every entry), for kernels whose fdinfo has no `memlock`.
+    pub(crate) fn estimate_bytes(&self) -> u64 {
+        (u64::from(self.key_size) + u64::from(self.value_size)) * u64::from(self.max_entries)
+    }
+}
+
+/// The map `fd`'s `struct bpf_map_info` (its leading fields).
+///
+/// Minimum kernel: 4.13.
+///
+/// # Errors
+/// BPF_OBJ_GET_INFO_BY_FD failing (not a map fd).
+pub(crate) fn map_info(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<MapInfo> {
+    let mut info = MapInfoRaw::default();
+    let mut attr = InfoByFdAttr {
+        bpf_fd: u32::try_from(fd.as_raw_fd())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?,
+        info_len: std::mem::size_of::<MapInfoRaw>() as u32,
+        info: (&raw mut info) as u64,
+    };
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(MapInfo {
+        id: info.id,
+        type_: info.type_,
+        key_size: info.key_size,
+        value_size: info.value_size,
+        max_entries: info.max_entries,
+    })
+}
+
+/// The `memlock:` figure (bytes the kernel accounts to a BPF map) of a
+/// map's /proc/PID/fdinfo text.
+pub fn parse_fdinfo_memlock(fdinfo: &[u8]) -> Option<u64> {
+    fdinfo
+        .split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"memlock:"))
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Bytes the kernel accounts to the BPF map behind `fd` (its `memlock` in
+/// /proc/self/fdinfo): on 6.4 and later what the map really allocated, on
+/// earlier kernels an estimate from its shape. `None` when fdinfo has no
+/// such line.
+///
+/// Minimum kernel: 4.10.
+///
+/// # Errors
+/// fdinfo unreadable.
+pub fn map_memlock(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<Option<u64>> {
+    let text = std::fs::read(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    Ok(parse_fdinfo_memlock(&text))
 }
 
 /// The `BPF_MAP_*_ELEM` part of `union bpf_attr`.

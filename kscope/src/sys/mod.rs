@@ -17,6 +17,7 @@ use thiserror::Error;
 pub mod bpf;
 pub(crate) mod btf;
 pub(crate) mod netlink;
+pub(crate) mod procfd;
 
 /// Where kscope expects the BPF filesystem.
 pub(crate) const BPFFS: &str = "/sys/fs/bpf";

@@ -1,6 +1,6 @@
 //! `cargo xtask bench TARGET`: benchmarks that compare kscope with its
 //! peers. Not tests: they print a table to paste into the README. `profile`
-//! is a submodule with its own arguments; `fw`, `trace` and `daemon` run as examples
+//! is a submodule with its own arguments; `fw`, `trace`, `top` and `daemon` run as examples
 //! of the kscope crate (they use its library directly).
 
 use std::{
@@ -25,6 +25,10 @@ pub enum Target {
     /// `kscope trace open` against bpftrace (and BCC where it runs):
     /// startup, peak RSS, overhead per openat, loss-free throughput.
     Trace,
+    /// `kscope top` with 200 programs loaded: one refresh, peak RSS and CPU
+    /// per second of watching, next to `bpftool prog show` (bpftop is not
+    /// on crates.io).
+    Top,
     /// `kscope daemon`: scrape time and size (a small rule set and 1M
     /// rules), scrapes/s and /healthz latency under 200 scrapers.
     Daemon,
@@ -37,6 +41,7 @@ pub fn run(target: Target) -> anyhow::Result<()> {
         Target::Fw => example("fw_bench"),
         Target::Trace => example("trace_bench"),
         Target::Daemon => example("daemon_bench"),
+        Target::Top => example("top_bench"),
     }
 }
 
