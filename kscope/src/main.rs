@@ -189,6 +189,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             a.by,
             a.watch.unwrap_or(std::time::Duration::from_secs(1)),
             a.watch.is_some(),
+            !a.json && io::stdout().is_terminal(),
             Format::json(a.json || (a.watch.is_some() && !io::stdout().is_terminal())),
             stdout(),
         )?,

@@ -635,6 +635,81 @@ fn fw_top_counts_ten_thousand_sources_exactly_and_ranks_them() {
     fw.detach();
 }
 
+/// As a person would: `fw top --watch` in a shell under tmux shows the
+/// sources, `s` changes the sort, `q` gives the shell back.
+#[test]
+fn fw_top_watch_on_a_terminal_is_a_live_screen_and_q_restores_the_shell() {
+    if find_in_path("tmux").is_none() {
+        skip(
+            "tmux",
+            "tmux is not installed (cargo xtask setup installs it)",
+        );
+        return;
+    }
+    let mut fw = Fw::new("fwtopscr", &["--track-sources", "1024"]);
+    fw.send(&["198.51.100.30", "2001:db8:9::30"], L4::Udp(9), 20);
+    fw.delivered();
+    let sock = format!("kscope-fwtop-{}", std::process::id());
+    tmux(
+        &sock,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "-x",
+            "200",
+            "-y",
+            "30",
+            "sh",
+        ],
+    );
+    struct Kill(String);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("tmux")
+                .env("TMUX_TMPDIR", std::env::temp_dir())
+                .args(["-L", &self.0, "kill-server"])
+                .status();
+        }
+    }
+    let _kill = Kill(sock.clone());
+    let cmd = format!(
+        "{} fw top --iface {} --watch 0.3",
+        kscope_bin().display(),
+        fw.lab.iface_b
+    );
+    tmux(&sock, &["send-keys", "-t", "t", &cmd, "Enter"]);
+    let screen = screen_until(&sock, "both sources", |s| {
+        s.contains("sources, every") && s.contains("198.51.100.30") && s.contains("2001:db8:9::30")
+    });
+    assert!(screen.contains("sort: pps"), "{screen}");
+    tmux(&sock, &["send-keys", "-t", "t", "s"]);
+    screen_until(&sock, "sort: bps", |s| s.contains("sort: bps"));
+    tmux(&sock, &["send-keys", "-t", "t", "q"]);
+    let shell: u32 = tmux(&sock, &["display", "-p", "-t", "t", "#{pane_pid}"])
+        .trim()
+        .parse()
+        .expect("pane pid");
+    let start = Instant::now();
+    while std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+        .is_ok_and(|c| !c.trim().is_empty())
+    {
+        assert!(start.elapsed() < Duration::from_secs(60), "q did not quit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tmux(
+        &sock,
+        &["send-keys", "-t", "t", "echo back-$((40+2))", "Enter"],
+    );
+    let screen = screen_until(&sock, "the shell", |s| s.contains("back-42"));
+    assert!(
+        !screen.contains("sources, every"),
+        "the alternate screen is still up:\n{screen}"
+    );
+    fw.detach();
+}
+
 #[test]
 fn fw_top_without_source_tracking_says_how_to_turn_it_on() {
     let fw = Fw::new("notop", &[]);

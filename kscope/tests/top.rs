@@ -9,7 +9,7 @@ mod common;
 use std::{
     io::{BufRead as _, BufReader},
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -267,41 +267,6 @@ fn stats_are_on_only_while_top_runs_and_the_sysctl_is_left_as_found() {
         }
     }
     set_sysctl(&found);
-}
-
-/// Runs `tmux ARGS` on the test's own server.
-fn tmux(sock: &str, args: &[&str]) -> String {
-    let out = Command::new("tmux")
-        .env("TMUX_TMPDIR", std::env::temp_dir())
-        .env("TERM", "xterm")
-        .arg("-L")
-        .arg(sock)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run tmux");
-    assert!(
-        out.status.success(),
-        "tmux {args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn screen_until(sock: &str, what: &str, mut ok: impl FnMut(&str) -> bool) -> String {
-    let start = Instant::now();
-    loop {
-        let screen = tmux(sock, &["capture-pane", "-p", "-t", "t"]);
-        if ok(&screen) {
-            return screen;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "{what} never showed; the screen:\n{screen}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The ids of the table rows whose name starts with `fw_`, top to bottom.

@@ -16,7 +16,7 @@ use std::{
 };
 
 use aya::maps::MapData;
-use kscope_common::fw::{MAP_SOURCES, PORT_HIT_BASE, SourceKey, SourceStats, port_hit_id};
+use kscope_common::fw::{MAP_SOURCES, SourceKey, SourceStats, port_hit_id};
 
 use super::{
     FwError,
@@ -178,18 +178,62 @@ fn rule_names(rules: &[(Rule, HitKey)]) -> HashMap<u32, String> {
     out
 }
 
+/// Reads the source table and ranks it against the previous read.
+struct Sampler {
+    map: MapData,
+    maps: super::maps::RuleMaps,
+    names: (super::maps::Generation, HashMap<u32, String>),
+    before: HashMap<IpAddr, Totals>,
+    at: Instant,
+    n: usize,
+}
+
+impl Sampler {
+    /// The heaviest `n` sources since the last call, with the text of the
+    /// rule each last matched.
+    fn sample(&mut self, by: By) -> Result<Vec<(Talker, String)>, FwError> {
+        let now = read(&self.map)?;
+        let secs = self.at.elapsed().as_secs_f64();
+        self.at = Instant::now();
+        let generation = self.maps.generation()?;
+        if generation != self.names.0 {
+            self.names = (generation, rule_names(&self.maps.rules_with_keys()?));
+        }
+        let rows = rank(&self.before, &now, secs, by, self.n);
+        self.before = now;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let rule = match r.now.rule {
+                    0 => "-".to_owned(),
+                    id => self
+                        .names
+                        .1
+                        .get(&id)
+                        .cloned()
+                        .unwrap_or_else(|| "(removed rule)".to_owned()),
+                };
+                (r, rule)
+            })
+            .collect())
+    }
+}
+
 /// `kscope fw top`: samples the sources of `iface` over `interval` and
 /// prints the heaviest `n`; with `watch`, again every interval until
-/// SIGINT or SIGTERM.
+/// SIGINT or SIGTERM, as a live screen when `screen` (stdout a terminal,
+/// no `--json`).
 ///
 /// # Errors
 /// kscope not attached, sources not tracked, a map read, or the output.
+#[expect(clippy::too_many_arguments, reason = "one per command-line option")]
 pub fn top(
     iface: Option<&str>,
     n: usize,
     by: By,
     interval: Duration,
     watch: bool,
+    screen: bool,
     format: Format,
     mut w: impl Write,
 ) -> Result<(), FwError> {
@@ -205,9 +249,19 @@ pub fn top(
     } else {
         std::sync::Arc::new(AtomicBool::new(false))
     };
-    let mut before = read(&map)?;
-    let mut at = Instant::now();
-    let mut names = (maps.generation()?, rule_names(&maps.rules_with_keys()?));
+    let names = (maps.generation()?, rule_names(&maps.rules_with_keys()?));
+    let mut s = Sampler {
+        before: read(&map)?,
+        map,
+        maps,
+        names,
+        at: Instant::now(),
+        n,
+    };
+    if watch && screen {
+        return screen::run(&iface, interval, by, &stop, |by| s.sample(by));
+    }
+    let mut at = s.at;
     loop {
         let deadline = at + interval;
         while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
@@ -216,16 +270,9 @@ pub fn top(
         if stop.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let now = read(&map)?;
-        let secs = at.elapsed().as_secs_f64();
         at = Instant::now();
-        let generation = maps.generation()?;
-        if generation != names.0 {
-            names = (generation, rule_names(&maps.rules_with_keys()?));
-        }
-        let rows = rank(&before, &now, secs, by, n);
-        write_rows(&mut w, format, &iface, &rows, &names.1).map_err(FwError::Output)?;
-        before = now;
+        let rows = s.sample(by)?;
+        write_rows(&mut w, format, &iface, &rows).map_err(FwError::Output)?;
         if !watch {
             return Ok(());
         }
@@ -236,8 +283,7 @@ fn write_rows(
     w: &mut impl Write,
     format: Format,
     iface: &str,
-    rows: &[Talker],
-    names: &HashMap<u32, String>,
+    rows: &[(Talker, String)],
 ) -> io::Result<()> {
     let cols = vec![
         Column::json("ts_unix_ns"),
@@ -255,14 +301,7 @@ fn write_rows(
     let ts = sys::unix_now_ns();
     let mut out = Output::new(w, format, cols);
     out.header()?;
-    for r in rows {
-        let rule = match r.now.rule {
-            0 => "-",
-            id if id >= PORT_HIT_BASE || names.contains_key(&id) => {
-                names.get(&id).map_or("-", String::as_str)
-            }
-            _ => "(removed rule)",
-        };
+    for (r, rule) in rows {
         out.row(|row| {
             row.u64(ts)?;
             row.str(iface)?;
@@ -278,6 +317,140 @@ fn write_rows(
         })?;
     }
     out.flush()
+}
+
+/// The live screen of `fw top --watch` on a terminal.
+mod screen {
+    use std::{
+        io,
+        sync::atomic::{AtomicBool, Ordering},
+        time::{Duration, Instant},
+    };
+
+    use ratatui::{
+        Terminal,
+        backend::CrosstermBackend,
+        crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
+        layout::{Constraint, Layout},
+        style::{Modifier, Style},
+        widgets::{Paragraph, Row, Table},
+    };
+
+    use super::{By, FwError, Talker};
+    use crate::top::screen::TermGuard;
+
+    const SORTS: [By; 4] = [By::Pps, By::Bps, By::Packets, By::Bytes];
+
+    fn name(by: By) -> &'static str {
+        match by {
+            By::Pps => "pps",
+            By::Bps => "bps",
+            By::Packets => "packets",
+            By::Bytes => "bytes",
+        }
+    }
+
+    fn draw(
+        f: &mut ratatui::Frame<'_>,
+        iface: &str,
+        by: By,
+        every: Duration,
+        rows: &[(Talker, String)],
+    ) {
+        let [head, body] =
+            Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(f.area());
+        f.render_widget(
+            Paragraph::new(format!(
+                "kscope fw top - {iface}, {} sources, every {}s, sort: {} (s: next sort, q: quit)",
+                rows.len(),
+                every.as_secs_f64(),
+                name(by)
+            )),
+            head,
+        );
+        let header = Row::new([
+            "SOURCE", "PPS", "BPS", "PACKETS", "BYTES", "PASSED", "DROPPED", "LIMITED", "RULE",
+        ])
+        .style(Style::default().add_modifier(Modifier::REVERSED));
+        let lines = rows.iter().map(|(r, rule)| {
+            Row::new([
+                r.source.to_string(),
+                format!("{:.1}", r.pps),
+                format!("{:.0}", r.bps),
+                r.now.packets.to_string(),
+                r.now.bytes.to_string(),
+                r.now.packets.saturating_sub(r.now.dropped).to_string(),
+                r.now.dropped.to_string(),
+                r.now.rate_limited.to_string(),
+                rule.clone(),
+            ])
+        });
+        let widths = [
+            Constraint::Length(39),
+            Constraint::Length(10),
+            Constraint::Length(12),
+            Constraint::Length(12),
+            Constraint::Length(14),
+            Constraint::Length(12),
+            Constraint::Length(12),
+            Constraint::Length(12),
+            Constraint::Min(10),
+        ];
+        f.render_widget(Table::new(lines, widths).header(header), body);
+    }
+
+    /// Runs the screen until `q`, Esc, Ctrl-C or SIGTERM (`stop`); `sample`
+    /// gives the rows for a sort key each interval.
+    pub(super) fn run(
+        iface: &str,
+        every: Duration,
+        mut by: By,
+        stop: &AtomicBool,
+        mut sample: impl FnMut(By) -> Result<Vec<(Talker, String)>, FwError>,
+    ) -> Result<(), FwError> {
+        let guard = TermGuard::enter().map_err(FwError::Output)?;
+        let mut term =
+            Terminal::new(CrosstermBackend::new(io::stdout())).map_err(FwError::Output)?;
+        let mut rows = Vec::new();
+        let mut next = Instant::now() + every;
+        let redraw = |term: &mut Terminal<_>, by, rows: &[(Talker, String)]| {
+            term.draw(|f| draw(f, iface, by, every, rows))
+                .map(|_| ())
+                .map_err(FwError::Output)
+        };
+        redraw(&mut term, by, &rows)?;
+        while !stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if now >= next {
+                rows = sample(by)?;
+                redraw(&mut term, by, &rows)?;
+                next = now + every;
+                continue;
+            }
+            if !event::poll((next - now).min(Duration::from_millis(100)))
+                .map_err(FwError::Output)?
+            {
+                continue;
+            }
+            if let Event::Key(k) = event::read().map_err(FwError::Output)?
+                && k.kind != KeyEventKind::Release
+            {
+                match k.code {
+                    KeyCode::Char('q') | KeyCode::Esc => break,
+                    KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => break,
+                    KeyCode::Char('s') => {
+                        let i = SORTS.iter().position(|s| *s == by).unwrap_or(0);
+                        by = SORTS[(i + 1) % SORTS.len()];
+                        redraw(&mut term, by, &rows)?;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        drop(term);
+        drop(guard);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

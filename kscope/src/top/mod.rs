@@ -23,7 +23,7 @@
 
 pub mod cmd;
 mod json;
-mod screen;
+pub(crate) mod screen;
 
 use std::{
     collections::{HashMap, VecDeque},

@@ -37,11 +37,12 @@ fn restore() {
     let _ = execute!(io::stdout(), LeaveAlternateScreen, cursor::Show);
 }
 
-/// The terminal in raw mode on the alternate screen while this lives.
-struct TermGuard;
+/// The terminal in raw mode on the alternate screen while this lives
+/// (`kscope top` and `kscope fw top --watch`).
+pub(crate) struct TermGuard;
 
 impl TermGuard {
-    fn enter() -> io::Result<Self> {
+    pub(crate) fn enter() -> io::Result<Self> {
         terminal::enable_raw_mode()?;
         let guard = TermGuard;
         execute!(io::stdout(), EnterAlternateScreen, cursor::Hide)?;

@@ -421,3 +421,40 @@ pub fn gettid() -> u32 {
     // SAFETY: gettid has no preconditions.
     unsafe { libc::gettid() as u32 }
 }
+
+/// Runs `tmux ARGS` on the test's own server `sock` (screen tests drive
+/// kscope in a shell under tmux, as a person would).
+pub fn tmux(sock: &str, args: &[&str]) -> String {
+    let out = Command::new("tmux")
+        .env("TMUX_TMPDIR", std::env::temp_dir())
+        .env("TERM", "xterm")
+        .arg("-L")
+        .arg(sock)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run tmux");
+    assert!(
+        out.status.success(),
+        "tmux {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Captures session `t`'s pane until `ok` holds (at most 90 s).
+pub fn screen_until(sock: &str, what: &str, mut ok: impl FnMut(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let screen = tmux(sock, &["capture-pane", "-p", "-t", "t"]);
+        if ok(&screen) {
+            return screen;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "{what} never showed; the screen:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
