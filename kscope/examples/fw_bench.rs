@@ -28,13 +28,14 @@ use kscope::{
         Policy, Sizes, load_pipeline, load_pipeline_sized,
         maps::RuleMaps,
         rules::{Cidr, LimitSpec, Per, Rule, RuleSet},
+        top::By,
         xdp_program,
     },
     sys::bpf::{MapFdOps, ReadMethod, dump_map},
 };
 use kscope_common::fw::{
-    MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_HITS, MAP_PORTS, PROG_BENCH_XDP,
-    PROG_FW_XDP,
+    MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_HITS, MAP_PORTS, MAP_SOURCES,
+    PROG_BENCH_XDP, PROG_FW_XDP, SourceKey, SourceStats,
 };
 use kscope_lab::{
     frame::{self, L4},
@@ -254,9 +255,10 @@ fn main() -> anyhow::Result<()> {
         .map(|(_, f)| ns_per_packet(floor, f, repeat, pass))
         .collect::<Result<_, _>>()?;
 
-    // `KSCOPE_BENCH_ONLY=limiter`: only the rate limiter's rows.
+    // `KSCOPE_BENCH_ONLY=limiter`: only the rate limiter's rows and fw top.
     if std::env::var("KSCOPE_BENCH_ONLY").as_deref() == Ok("limiter") {
-        return limiter_rows(&frames[..2], &floor_ns, repeat);
+        limiter_rows(&frames[..2], &floor_ns, repeat)?;
+        return top_refresh();
     }
     let mut ks = load_pipeline(Policy::Pass)?;
     // RuleMaps takes the maps out of the object: keep a descriptor of each
@@ -311,6 +313,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     limiter_rows(&frames[..2], &floor_ns, repeat)?;
+    top_refresh()?;
     // Memory with 1M rules per family, as the kernel accounts it.
     let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
     let ks_mem: Vec<String> = rule_map_fds
@@ -418,6 +421,54 @@ fn limiter_rows(frames: &[(&str, Vec<u8>)], floor_ns: &[f64], repeat: u32) -> an
             k - base[i]
         );
     }
+    Ok(())
+}
+
+/// `fw top`'s refresh with 100,000 sources tracked: one batch read of the
+/// per-CPU table and the ranking, as each refresh does.
+fn top_refresh() -> anyhow::Result<()> {
+    const SOURCES: u32 = 100_000;
+    let sizes = Sizes {
+        track_sources: 131_072,
+        ..Sizes::default()
+    };
+    let mut ks = load_pipeline_sized(Policy::Pass, sizes)?;
+    let map = ks.take_map(MAP_SOURCES).context(MAP_SOURCES)?;
+    let mut table: PerCpuHashMap<MapData, SourceKey, SourceStats> = PerCpuHashMap::try_from(map)?;
+    let cpus = nr_cpus()?;
+    for i in 0..SOURCES {
+        let mut key = SourceKey {
+            family: 6,
+            addr: [0; 16],
+        };
+        key.addr[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        key.addr[12..].copy_from_slice(&i.to_be_bytes());
+        let v = SourceStats {
+            packets: u64::from(i % 977) + 1,
+            bytes: 100 * (u64::from(i % 977) + 1),
+            ..SourceStats::default()
+        };
+        table.insert(key, PerCpuValues::try_from(vec![v; cpus])?, 0)?;
+    }
+    let data: &MapData = table.map();
+    let mut best = Duration::MAX;
+    let mut before = kscope::firewall::top::read(data)?;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let now = kscope::firewall::top::read(data)?;
+        let rows = kscope::firewall::top::rank(&before, &now, 1.0, By::Pps, 20);
+        best = best.min(start.elapsed());
+        ensure!(
+            now.len() == SOURCES as usize && rows.len() == 20,
+            "read {} sources",
+            now.len()
+        );
+        before = now;
+    }
+    println!(
+        "\n`fw top` refresh with {SOURCES} sources tracked ({cpus} CPUs): {best:.1?} \
+         (a batch read of the per-CPU table and the ranking; best of 5)."
+    );
     Ok(())
 }
 

@@ -43,27 +43,27 @@ pub enum By {
 
 /// One source's counts, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Totals {
-    pub(crate) packets: u64,
-    pub(crate) bytes: u64,
-    pub(crate) dropped: u64,
-    pub(crate) rate_limited: u64,
+pub struct Totals {
+    pub packets: u64,
+    pub bytes: u64,
+    pub dropped: u64,
+    pub rate_limited: u64,
     /// The rule the source's last packet matched (the CPU that saw the
     /// most packets decides when CPUs disagree); 0 for none.
-    pub(crate) rule: u32,
+    pub rule: u32,
 }
 
 /// A row of `fw top`.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Talker {
-    pub(crate) source: IpAddr,
-    pub(crate) now: Totals,
-    pub(crate) pps: f64,
-    pub(crate) bps: f64,
+pub struct Talker {
+    pub source: IpAddr,
+    pub now: Totals,
+    pub pps: f64,
+    pub bps: f64,
 }
 
 /// Sums one source's per-CPU values.
-pub(crate) fn sum(per_cpu: &[SourceStats]) -> Totals {
+fn sum(per_cpu: &[SourceStats]) -> Totals {
     let mut t = Totals::default();
     let mut busiest = 0;
     for s in per_cpu {
@@ -89,8 +89,11 @@ fn address(k: &SourceKey) -> Option<IpAddr> {
     }
 }
 
-/// Reads the source table pinned for `iface`.
-fn read(map: &MapData) -> Result<HashMap<IpAddr, Totals>, FwError> {
+/// Reads a source table (`FW_SOURCES`) in batches, summed over CPUs.
+///
+/// # Errors
+/// A failed map read, or an unknown number of CPUs.
+pub fn read(map: &MapData) -> Result<HashMap<IpAddr, Totals>, FwError> {
     let cpus = super::nr_cpus()?;
     let (ks, vs) = (size_of::<SourceKey>(), size_of::<SourceStats>());
     let ops = sys::bpf::MapFdOps::new(map.fd().as_fd(), ks, vs, cpus);
@@ -118,7 +121,7 @@ fn read(map: &MapData) -> Result<HashMap<IpAddr, Totals>, FwError> {
 
 /// The heaviest `n` sources by `by`, with rates from `before` to `now`
 /// over `secs` seconds.
-pub(crate) fn rank(
+pub fn rank(
     before: &HashMap<IpAddr, Totals>,
     now: &HashMap<IpAddr, Totals>,
     secs: f64,
