@@ -24,6 +24,13 @@ pub const MAP_NEW_PIDS: &str = "PROFILE_NEW_PIDS";
 
 /// Load-time global (`u32`): 1 to sample only processes in [`MAP_PIDS`].
 pub const GLOBAL_FILTER_PIDS: &str = "PROFILE_FILTER_PIDS";
+/// One-slot `BPF_MAP_TYPE_CGROUP_ARRAY`: the cgroup v2 directory of
+/// `--cgroup`, set by user space after the load, when
+/// [`GLOBAL_FILTER_CGROUP`] is set.
+pub const MAP_CGROUP: &str = "PROFILE_CGROUP";
+/// Load-time global (`u32`): 1 to sample only tasks in the cgroup of
+/// [`MAP_CGROUP`] or below it (bpf_current_task_under_cgroup).
+pub const GLOBAL_FILTER_CGROUP: &str = "PROFILE_FILTER_CGROUP";
 /// Load-time global (`u32`): 1 to keep samples of the idle task (pid 0).
 pub const GLOBAL_INCLUDE_IDLE: &str = "PROFILE_INCLUDE_IDLE";
 /// Load-time global (`u32`): which stacks to take, [`STACKS_KERNEL`] and/or

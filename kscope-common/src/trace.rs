@@ -15,6 +15,13 @@ pub const GLOBAL_UID_ON: &str = "FILTER_UID_ON";
 /// Substring of the process name, NUL-padded; `FILTER_COMM_LEN` = 0 means none.
 pub const GLOBAL_COMM: &str = "FILTER_COMM";
 pub const GLOBAL_COMM_LEN: &str = "FILTER_COMM_LEN";
+/// One-slot `BPF_MAP_TYPE_CGROUP_ARRAY`: the cgroup v2 directory of
+/// `--cgroup`, set by user space after the load. Tasks in it or in any
+/// cgroup below it pass (bpf_current_task_under_cgroup, Linux 4.9+: it
+/// covers descendants on every kernel kscope runs on, 5.10 included).
+pub const MAP_CGROUP: &str = "TRACE_CGROUP";
+/// Load-time global: 1 = only tasks under the cgroup in `TRACE_CGROUP`.
+pub const GLOBAL_CGROUP_ON: &str = "FILTER_CGROUP_ON";
 /// Wake the consumer once this many bytes wait in the ring buffer; below
 /// that, events are submitted without a wakeup and the consumer's timer
 /// (a few milliseconds) picks them up. One wakeup per event is what makes
@@ -91,6 +98,9 @@ pub struct OpenEvent {
     pub ts_ns: u64,
     /// The syscall's return value: a file descriptor, or -errno.
     pub ret: i64,
+    /// The task's cgroup v2 id (bpf_get_current_cgroup_id): the inode
+    /// number of its cgroup directory.
+    pub cgroup_id: u64,
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
@@ -118,7 +128,7 @@ pub struct OpenPending {
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: #[repr(C)], integers and byte arrays only, no implicit padding
-    // (8 + 8 + 4*4 + 16 + 2*4 = 56 bytes, 8-aligned).
+    // (3*8 + 4*4 + 16 + 2*4 = 64 bytes, 8-aligned).
     unsafe impl aya::Pod for super::OpenEvent {}
     // SAFETY: #[repr(C)], two u64s.
     unsafe impl aya::Pod for super::Counts {}
@@ -202,6 +212,8 @@ pub struct ConnectEvent {
     /// From the call to its return (probes), or from SYN_SENT to the next
     /// state (tracepoint).
     pub latency_ns: u64,
+    /// The connecting task's cgroup v2 id.
+    pub cgroup_id: u64,
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
@@ -227,6 +239,8 @@ pub struct ConnectStart {
     pub ts_ns: u64,
     /// The struct sock pointer.
     pub sk: u64,
+    /// The connecting task's cgroup v2 id.
+    pub cgroup_id: u64,
     pub family: u16,
     pub dport: u16,
     pub pid: u32,
@@ -259,7 +273,7 @@ pub struct ConnectKey {
 #[cfg(feature = "user")]
 mod connect_pod {
     // SAFETY: #[repr(C)], integers and byte arrays, padding explicit
-    // (8+8+5*4+4*2+16+16+16+4 = 96 bytes).
+    // (3*8+5*4+4*2+16+16+16+4 = 104 bytes).
     unsafe impl aya::Pod for super::ConnectEvent {}
 }
 
@@ -298,6 +312,8 @@ pub const ARG_LEN: usize = 256;
 #[derive(Clone, Copy)]
 pub struct ExecEvent {
     pub ts_ns: u64,
+    /// The task's cgroup v2 id.
+    pub cgroup_id: u64,
     pub pid: u32,
     pub ppid: u32,
     pub uid: u32,

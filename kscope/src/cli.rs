@@ -127,6 +127,10 @@ pub struct TaskFilters {
     /// Only processes whose name contains COMM (at most 15 bytes).
     #[arg(short = 'n', long = "name", value_name = "COMM")]
     pub(crate) comm: Option<String>,
+    /// Only tasks in this cgroup v2 directory or in a cgroup below it
+    /// (e.g. /sys/fs/cgroup/system.slice/docker-ID.scope).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub(crate) cgroup: Option<std::path::PathBuf>,
 }
 
 impl TaskFilters {
@@ -136,6 +140,7 @@ impl TaskFilters {
             tid: self.tid,
             uid: self.uid,
             comm: self.comm.clone(),
+            cgroup: self.cgroup.clone(),
         }
     }
 }
@@ -349,6 +354,10 @@ pub struct ProfileArgs {
     #[arg(short = 'p', long = "pid", value_name = "PID", value_delimiter = ',',
           value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) pids: Vec<u32>,
+    /// Sample only tasks in this cgroup v2 directory or in a cgroup below
+    /// it.
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub(crate) cgroup: Option<PathBuf>,
     /// Stop after SECS seconds (default: at Ctrl-C or SIGTERM).
     #[arg(short = 'd', long, value_name = "SECS", value_parser = parse_duration,
           allow_hyphen_values = true)]

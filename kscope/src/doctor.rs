@@ -679,6 +679,7 @@ fn profile() -> Vec<Check> {
         frequency: max.clamp(1, 997),
         cpu: None,
         pids: vec![std::process::id()],
+        cgroup: None,
         include_idle: false,
         sides: Sides {
             kernel: true,

@@ -355,6 +355,8 @@ mount -t tmpfs tmpfs /tmp
 mount -t bpf bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug
+# The cgroup v2 hierarchy, for the --cgroup tests (as on most machines).
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
 while read m; do insmod "/lib/modules/$m" || echo "KSCOPE-WARN insmod $m failed"; done </lib/modules/load.list
 ip link set lo up
 read up _ </proc/uptime

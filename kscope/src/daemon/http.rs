@@ -383,6 +383,7 @@ async fn profile(ctx: &Ctx, query: &str) -> Response<Full<Bytes>> {
         frequency: req.hz,
         cpu: None,
         pids: req.pids.clone(),
+        cgroup: None,
         include_idle: false,
         sides: Sides {
             kernel: true,

@@ -23,6 +23,7 @@ pub fn run(args: &ProfileArgs, mut w: impl Write) -> Result<(), ProfileError> {
         frequency: args.frequency,
         cpu: args.cpu,
         pids: args.pids.clone(),
+        cgroup: args.cgroup.clone(),
         include_idle: args.include_idle,
         sides: Sides {
             kernel: !args.user_only,

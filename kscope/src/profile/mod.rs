@@ -41,9 +41,10 @@ use aya::{
     },
 };
 use kscope_common::profile::{
-    GLOBAL_FILTER_PIDS, GLOBAL_INCLUDE_IDLE, GLOBAL_STACKS, LostReason, MAP_COUNTS, MAP_NEW_PIDS,
-    MAP_PIDS, MAP_STACKS, MAP_STATS, N_STATS, PIDS_ENTRIES, PROG_PROFILE_PERF, SLOT_COUNTS_FULL,
-    SLOT_IDLE, SLOT_SAMPLES, STACKS_KERNEL, STACKS_USER, Side, StackKey, lost_slot,
+    GLOBAL_FILTER_CGROUP, GLOBAL_FILTER_PIDS, GLOBAL_INCLUDE_IDLE, GLOBAL_STACKS, LostReason,
+    MAP_CGROUP, MAP_COUNTS, MAP_NEW_PIDS, MAP_PIDS, MAP_STACKS, MAP_STATS, N_STATS, PIDS_ENTRIES,
+    PROG_PROFILE_PERF, SLOT_COUNTS_FULL, SLOT_IDLE, SLOT_SAMPLES, STACKS_KERNEL, STACKS_USER, Side,
+    StackKey, lost_slot,
 };
 use thiserror::Error;
 
@@ -113,6 +114,9 @@ pub enum ProfileError {
         #[source]
         source: std::io::Error,
     },
+    /// `--cgroup`'s directory is missing or not a cgroup v2 directory.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
     /// Writing the report to the verb's output failed (a closed pipe among
     /// others: see [`ProfileError::is_broken_pipe`]).
     #[error(transparent)]
@@ -140,6 +144,8 @@ pub(crate) struct Options {
     pub(crate) cpu: Option<u32>,
     /// Only these processes; system-wide when empty.
     pub(crate) pids: Vec<u32>,
+    /// Only tasks in this cgroup v2 directory or below it.
+    pub(crate) cgroup: Option<std::path::PathBuf>,
     /// Keep idle-task samples.
     pub(crate) include_idle: bool,
     pub(crate) sides: Sides,
@@ -227,17 +233,24 @@ impl Sampler {
                 max,
             });
         }
+        let cgroup = opts
+            .cgroup
+            .as_deref()
+            .map(crate::cgroup::CgroupDir::open)
+            .transpose()?;
         if let Err(e) = sys::raise_memlock_rlimit() {
             tracing::debug!("raising RLIMIT_MEMLOCK: {e}");
         }
 
         let filter = u32::from(!opts.pids.is_empty());
+        let filter_cgroup = u32::from(cgroup.is_some());
         let idle = u32::from(opts.include_idle);
         let stacks = if opts.sides.kernel { STACKS_KERNEL } else { 0 }
             | if opts.sides.user { STACKS_USER } else { 0 };
         // No CO-RE relocations: no need for aya to parse the kernel's BTF.
         let mut ebpf = crate::sys::loader_without_kernel_btf()
             .override_global(GLOBAL_FILTER_PIDS, &filter, true)
+            .override_global(GLOBAL_FILTER_CGROUP, &filter_cgroup, true)
             .override_global(GLOBAL_INCLUDE_IDLE, &idle, true)
             .override_global(GLOBAL_STACKS, &stacks, true)
             .map_max_entries(MAP_STACKS, opts.stack_storage)
@@ -252,6 +265,14 @@ impl Sampler {
             for &pid in &opts.pids {
                 pids.insert(pid, 1, 0).map_err(map_err(MAP_PIDS))?;
             }
+        }
+        if let Some(dir) = &cgroup {
+            let mut slot: aya::maps::CgroupArray<&mut MapData> = ebpf
+                .map_mut(MAP_CGROUP)
+                .ok_or(ProfileError::Missing(MAP_CGROUP))?
+                .try_into()
+                .map_err(map_err(MAP_CGROUP))?;
+            slot.set(0, dir.fd(), 0).map_err(map_err(MAP_CGROUP))?;
         }
         let prog: &mut PerfEvent = ebpf
             .program_mut(PROG_PROFILE_PERF)
