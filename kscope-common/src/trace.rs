@@ -488,3 +488,107 @@ pub const SYSCALL_NR_MAX: u32 = 1024;
 /// records, from their format files.
 pub const GLOBAL_OFF_ENTER_ID: &str = "OFF_ENTER_ID";
 pub const GLOBAL_OFF_EXIT_ID: &str = "OFF_EXIT_ID";
+
+// ---- hist_block ----
+
+/// block:block_rq_issue: stamps the request, keyed by (device, sector).
+pub const PROG_BLOCK_ISSUE: &str = "hist_block_issue";
+/// block:block_rq_complete: adds the time since its issue under
+/// [`BlockKey`].
+pub const PROG_BLOCK_COMPLETE: &str = "hist_block_complete";
+/// Hash, [`BlockReq`] to [`BlockStart`]: requests issued, not completed.
+pub const MAP_BLOCK_START: &str = "BLOCK_START";
+/// Load-time global: `[u32; BO_N]`, byte offsets in the tracepoints'
+/// records, from their format files; 0 = unknown (the programs then do
+/// nothing).
+pub const GLOBAL_BLOCK_OFFSETS: &str = "BLOCK_OFFSETS";
+/// Indexes into `BLOCK_OFFSETS`.
+pub const BO_ISSUE_DEV: usize = 0;
+pub const BO_ISSUE_SECTOR: usize = 1;
+pub const BO_ISSUE_RWBS: usize = 2;
+pub const BO_DONE_DEV: usize = 3;
+pub const BO_DONE_SECTOR: usize = 4;
+pub const BO_N: usize = 5;
+/// Histograms `hist block` can hold: (device, operation) pairs.
+pub const BLOCK_HIST_MAX: u32 = 1024;
+
+/// [`BlockKey::op`]: a read.
+pub const BLOCK_OP_READ: u32 = 0;
+/// [`BlockKey::op`]: a write.
+pub const BLOCK_OP_WRITE: u32 = 1;
+/// [`BlockKey::op`]: anything else (discard, flush, ...).
+pub const BLOCK_OP_OTHER: u32 = 2;
+
+/// `hist block`'s key: the device (the kernel's dev_t: major << 20 |
+/// minor) and the operation (`BLOCK_OP_*`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    pub dev: u32,
+    pub op: u32,
+}
+
+/// A request in flight: its device and first sector.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BlockReq {
+    pub dev: u32,
+    pub _pad: u32,
+    pub sector: u64,
+}
+
+/// What the issue handler keeps for the completion.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BlockStart {
+    pub ts_ns: u64,
+    /// `BLOCK_OP_*`, from the issue's rwbs.
+    pub op: u32,
+    pub _pad: u32,
+}
+
+/// The operation of a request from its `rwbs` text (blk_fill_rwbs() in
+/// kernel/trace/blktrace.c: an optional `F` for a preflush, then `W`,
+/// `R`, `D`, `F` or `N`, then flag letters).
+#[inline(always)]
+pub const fn block_op(rwbs: &[u8; 8]) -> u32 {
+    let c = if rwbs[0] == b'F' && matches!(rwbs[1], b'W' | b'R' | b'D' | b'N') {
+        rwbs[1]
+    } else {
+        rwbs[0]
+    };
+    match c {
+        b'R' => BLOCK_OP_READ,
+        b'W' => BLOCK_OP_WRITE,
+        _ => BLOCK_OP_OTHER,
+    }
+}
+
+#[cfg(feature = "user")]
+mod block_pod {
+    // SAFETY: #[repr(C)], two u32s.
+    unsafe impl aya::Pod for super::BlockKey {}
+}
+
+#[cfg(test)]
+mod block_tests {
+    use super::*;
+
+    #[test]
+    fn rwbs_names_the_operation() {
+        let op = |s: &[u8]| {
+            let mut b = [0u8; 8];
+            b[..s.len()].copy_from_slice(s);
+            block_op(&b)
+        };
+        assert_eq!(op(b"R"), BLOCK_OP_READ);
+        assert_eq!(op(b"RA"), BLOCK_OP_READ);
+        assert_eq!(op(b"WS"), BLOCK_OP_WRITE);
+        assert_eq!(op(b"FWFS"), BLOCK_OP_WRITE);
+        assert_eq!(op(b"FR"), BLOCK_OP_READ);
+        assert_eq!(op(b"F"), BLOCK_OP_OTHER);
+        assert_eq!(op(b"D"), BLOCK_OP_OTHER);
+        assert_eq!(op(b"N"), BLOCK_OP_OTHER);
+        assert_eq!(op(b""), BLOCK_OP_OTHER);
+    }
+}

@@ -100,6 +100,9 @@ pub enum HistCommand {
     Runq(HistCommon),
     /// System call latency, one histogram per system call.
     Syscall(HistSyscallArgs),
+    /// Block I/O latency, one histogram per device and operation (read,
+    /// write, other), from issue to completion.
+    Block(HistCommon),
 }
 
 #[derive(Debug, Args)]

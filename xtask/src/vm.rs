@@ -7,7 +7,7 @@
 //! download and unpack it (cached under target/vm/), build an initramfs from
 //! busybox-static, the statically linked test binaries, the host's iproute2,
 //! bpftool and util-linux tools with their libraries, and the modules the
-//! tests need (veth) from the same package; boot it with qemu (TCG: KVM does
+//! tests need (veth, loop) from the same package; boot it with qemu (TCG: KVM does
 //! not work here), run every integration test binary, and read the results
 //! back from the serial console.
 //!
@@ -68,7 +68,7 @@ pub const MATRIX: &[Kernel] = &[
 
 /// Modules the tests need, loaded in the guest if the kernel builds them as
 /// modules (dependencies are resolved from each module's .modinfo).
-const MODULES: &[&str] = &["veth"];
+const MODULES: &[&str] = &["veth", "loop"];
 
 /// Host tools the tests run, copied with their shared libraries.
 const HOST_TOOLS: &[&str] = &["ip", "bpftool", "setpriv", "unshare"];

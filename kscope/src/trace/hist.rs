@@ -23,7 +23,7 @@ use std::{
 
 use kscope_common::trace::Hist;
 
-use super::{Filters, Stop, Summary, TraceError, Tracer, runq, syscall};
+use super::{Filters, Stop, Summary, TraceError, Tracer, block, runq, syscall};
 use crate::{
     cli::{HistCommand, HistCommon},
     output::{Align, Column, Format, Output, Row},
@@ -304,6 +304,13 @@ pub fn run(cmd: HistCommand, w: impl Write) -> Result<(), TraceError> {
             (
                 "runq",
                 rt.block_on(super::runner::run_hist::<runq::Runq, _>(&(), &run, out)),
+            )
+        }
+        HistCommand::Block(c) => {
+            let run = hist_run(&c);
+            (
+                "block",
+                rt.block_on(super::runner::run_hist::<block::Block, _>(&(), &run, out)),
             )
         }
         HistCommand::Syscall(a) => {

@@ -25,6 +25,7 @@
 //! BPF program was running on that CPU (`recursion_misses`, Linux 5.12+)
 //! are counted and reported on stderr as they happen and in the summary.
 
+pub(crate) mod block;
 pub mod cmd;
 pub(crate) mod connect;
 pub(crate) mod exec;
