@@ -389,8 +389,12 @@ pub struct ProfileArgs {
     pub(crate) kernel_only: bool,
     /// Keep samples of the idle task (pid 0), shown as [idle]. Not with
     /// -p: the idle task is no process of those.
-    #[arg(short = 'I', long, conflicts_with = "pids")]
+    #[arg(short = 'I', long, conflicts_with_all = ["pids", "off_cpu"])]
     pub(crate) include_idle: bool,
+    /// Off-CPU time by stack instead of on-CPU samples: how long threads
+    /// were blocked or waiting, in microseconds, from sched:sched_switch.
+    #[arg(long, conflicts_with_all = ["frequency", "cpu"])]
+    pub(crate) off_cpu: bool,
     /// Show progress on stderr even when it is not a terminal.
     #[arg(long)]
     pub(crate) progress: bool,

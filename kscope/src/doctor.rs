@@ -686,6 +686,7 @@ fn profile() -> Vec<Check> {
             user: true,
         },
         stack_storage: 1024,
+        off_cpu: false,
     };
     let mut sampler = match Sampler::start(&opts) {
         Ok(s) => s,
@@ -708,7 +709,8 @@ fn profile() -> Vec<Check> {
     drop(sampler);
     let perf = match event {
         Event::Cycles => Check::works(names[0], "hardware CPU cycles counter"),
-        Event::CpuClock => Check::degraded(
+        // The doctor samples on-CPU only.
+        Event::CpuClock | Event::OffCpu => Check::degraded(
             names[0],
             "no hardware cycle counter: sampling on the cpu-clock software event (timer-based, \
              skewed where interrupts are disabled)",
