@@ -25,6 +25,10 @@ pub enum Target {
     /// `kscope trace open` against bpftrace (and BCC where it runs):
     /// startup, peak RSS, overhead per openat, loss-free throughput.
     Trace,
+    /// `kscope hist runq|syscall` against bpftrace, libbpf-tools and BCC:
+    /// added ns per context switch and per system call, peak RSS, and the
+    /// cgroup filter's cost per event.
+    Hist,
     /// `kscope daemon`: scrape time and size (a small rule set and 1M
     /// rules), scrapes/s and /healthz latency under 200 scrapers.
     Daemon,
@@ -37,6 +41,7 @@ pub fn run(target: Target) -> anyhow::Result<()> {
         Target::Fw => example("fw_bench"),
         Target::Trace => example("trace_bench"),
         Target::Daemon => example("daemon_bench"),
+        Target::Hist => example("hist_bench"),
     }
 }
 
