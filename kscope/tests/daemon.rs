@@ -1647,3 +1647,112 @@ fn rule_hit_series_are_bounded_and_never_go_down() {
     assert!(status.success(), "daemon exit {status}:\n{stderr}");
     kscope_ok(None, &["fw", "detach", b]);
 }
+
+/// `[hist] syscall`: Prometheus reads the daemon's syscall histogram, and
+/// `histogram_quantile` puts the median of a workload's pselect6(2) calls
+/// (each a 3 ms timeout, so at least 3 ms in the kernel) in the right
+/// bucket: no lower than 2^21 ns (2.1 ms, the bucket of 3 ms), no higher
+/// than the top of the bucket of the median the workload measured itself
+/// (the kernel's time is within the caller's).
+#[test]
+fn prometheus_reads_the_syscall_histogram() {
+    require_root();
+    let Some(prometheus) = find_in_path("prometheus") else {
+        skip(
+            "prometheus",
+            "no prometheus binary in PATH (`cargo xtask setup` installs Debian's on the host)",
+        );
+        return;
+    };
+    let (lab, dir) = lab_and_dir("hist");
+    let cfg = dir.write(
+        "kscope.toml",
+        &format!("[metrics]\nlisten = \"{METRICS}\"\n\n[hist]\nsyscall = true\n"),
+    );
+    let daemon = start_daemon(&lab, &cfg);
+    let prom_addr = "127.0.0.1:9090";
+    let prom_cfg = dir.write(
+        "prometheus.yml",
+        &format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: kscope\n    static_configs:\n      - targets: ['{METRICS}']\n"
+        ),
+    );
+    let log = fs::File::create(dir.0.join("prometheus.log")).expect("log file");
+    let _prom = Killed(
+        lab.b
+            .command(&prometheus)
+            .arg(format!("--config.file={}", prom_cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.0.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={prom_addr}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus"),
+    );
+    let prom_log = || fs::read_to_string(dir.0.join("prometheus.log")).unwrap_or_default();
+    let start = Instant::now();
+    while !matches!(http_get(&lab.b, prom_addr, "/-/ready"), Ok((200, _))) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "prometheus not ready:\n{}",
+            prom_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    const CALLS: usize = 60;
+    let mut took: Vec<Duration> = (0..CALLS)
+        .map(|_| {
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 3_000_000,
+            };
+            let t = Instant::now();
+            // SAFETY: no descriptor sets, a valid timeout, no signal mask.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_pselect6,
+                    0,
+                    std::ptr::null_mut::<libc::fd_set>(),
+                    std::ptr::null_mut::<libc::fd_set>(),
+                    std::ptr::null_mut::<libc::fd_set>(),
+                    &raw const ts,
+                    std::ptr::null::<libc::c_void>(),
+                )
+            };
+            assert_eq!(r, 0, "pselect6: {}", std::io::Error::last_os_error());
+            t.elapsed()
+        })
+        .collect();
+    took.sort();
+    let median_ns = took[CALLS / 2].as_nanos() as u64;
+    // The top of the log2 bucket holding the workload's own median.
+    let top = (1u64 << (64 - median_ns.leading_zeros())) as f64 / 1e9;
+    let count_q = "kscope_hist_syscall_latency_seconds_count{syscall=\"pselect6\"}";
+    let p50_q =
+        "histogram_quantile(0.5, kscope_hist_syscall_latency_seconds_bucket{syscall=\"pselect6\"})";
+    let start = Instant::now();
+    let p50 = loop {
+        let n = prom_query(&lab.b, prom_addr, count_q);
+        if n.is_some_and(|n| n >= CALLS as f64)
+            && let Some(p) = prom_query(&lab.b, prom_addr, p50_q)
+        {
+            break p;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "Prometheus never saw {CALLS} pselect6 calls ({n:?}); prometheus log:\n{}",
+            prom_log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("p50 {p50} s; the workload's median {median_ns} ns, its bucket's top {top} s");
+    assert!(
+        (2_097_152e-9..=top).contains(&p50),
+        "histogram_quantile(0.5) = {p50} s, want 2.097 ms to {top} s"
+    );
+    let (status, _, stderr) = daemon.stop(libc::SIGTERM);
+    assert!(status.success(), "daemon exit {status}:\n{stderr}");
+}

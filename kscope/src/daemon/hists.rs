@@ -1,0 +1,239 @@
+//! The daemon's latency histograms (`[hist]`): `kscope hist`'s tracers in
+//! histogram mode, read at scrape time and served as Prometheus
+//! histograms. Label sets beyond `[trace] max_series` are summed under
+//! `[other]`, first come first kept, so every series only grows.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
+
+use kscope_common::trace::{BlockKey, HIST_SLOTS, Hist, SyscallKey};
+
+use super::{config::HistConfig, metrics::Shared};
+use crate::trace::{
+    self, Filters, TraceError,
+    block::{self, Block},
+    runner::Histograms,
+    runq::Runq,
+    syscall::{self, Syscall},
+};
+
+/// Label value that sums the label sets over `max_series`.
+const OTHER: &str = "[other]";
+
+/// A running histogram tracer, read as label sets.
+pub(crate) trait HistReading: Send {
+    /// Running totals per label set (in [`HistDef::labels`] order).
+    ///
+    /// # Errors
+    /// A failed map read.
+    fn read(&self) -> Result<Vec<(Vec<String>, Hist)>, TraceError>;
+}
+
+struct Source<T: trace::Tracer> {
+    h: Histograms<T>,
+    labels: fn(&T::Key) -> Vec<String>,
+}
+
+impl<T: trace::Tracer> HistReading for Source<T>
+where
+    Histograms<T>: Send,
+{
+    fn read(&self) -> Result<Vec<(Vec<String>, Hist)>, TraceError> {
+        Ok(self
+            .h
+            .read()?
+            .into_iter()
+            .map(|(k, h)| ((self.labels)(&k), h))
+            .collect())
+    }
+}
+
+/// One histogram the daemon can keep.
+pub(crate) struct HistDef {
+    /// `[hist]` key.
+    pub(crate) name: &'static str,
+    /// Prometheus family.
+    pub(crate) metric: &'static str,
+    pub(crate) help: &'static str,
+    pub(crate) labels: &'static [&'static str],
+    start: fn() -> Result<Box<dyn HistReading>, TraceError>,
+}
+
+fn start<T: trace::Tracer>(
+    opts: &T::Opts,
+    labels: fn(&T::Key) -> Vec<String>,
+) -> Result<Box<dyn HistReading>, TraceError>
+where
+    Histograms<T>: Send,
+{
+    let h = Histograms::<T>::attach(opts, &Filters::default())?;
+    Ok(Box::new(Source { h, labels }))
+}
+
+fn syscall_labels(k: &SyscallKey) -> Vec<String> {
+    vec![syscall::name(k.nr).map_or_else(|| k.nr.to_string(), str::to_owned)]
+}
+
+fn block_labels(k: &BlockKey) -> Vec<String> {
+    let (maj, min) = block::major_minor(k.dev);
+    vec![
+        block::device_name(k.dev).unwrap_or_else(|| format!("{maj}:{min}")),
+        block::op_name(k.op).to_owned(),
+    ]
+}
+
+/// Every histogram, in exposition order.
+pub(crate) const HISTS: &[HistDef] = &[
+    HistDef {
+        name: "runq",
+        metric: "kscope_hist_runq_latency_seconds",
+        help: "Run queue latency: from a task's wakeup to its running.",
+        labels: &[],
+        start: || start::<Runq>(&(), |_| Vec::new()),
+    },
+    HistDef {
+        name: "syscall",
+        metric: "kscope_hist_syscall_latency_seconds",
+        help: "System call latency, by system call.",
+        labels: &["syscall"],
+        start: || start::<Syscall>(&syscall::SyscallOpts::default(), syscall_labels),
+    },
+    HistDef {
+        name: "block",
+        metric: "kscope_hist_block_latency_seconds",
+        help: "Block I/O latency from issue to completion, by device and operation.",
+        labels: &["device", "op"],
+        start: || start::<Block>(&(), block_labels),
+    },
+];
+
+/// A running histogram and the label sets it exports.
+pub(crate) struct HistSlot {
+    src: Box<dyn HistReading>,
+    kept: HashSet<Vec<String>>,
+    max: usize,
+}
+
+impl std::fmt::Debug for HistSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HistSlot")
+            .field("kept", &self.kept.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HistSlot {
+    pub(crate) fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    /// The histograms per kept label set, the others summed under
+    /// [`OTHER`] (every label).
+    ///
+    /// # Errors
+    /// A failed map read.
+    pub(crate) fn scrape(
+        &mut self,
+        n_labels: usize,
+    ) -> Result<Vec<(Vec<String>, Hist)>, TraceError> {
+        let mut rows = self.src.read()?;
+        // Largest first, so a new scrape keeps the busiest sets.
+        rows.sort_by(|a, b| b.1.count.cmp(&a.1.count).then_with(|| a.0.cmp(&b.0)));
+        let mut out: HashMap<Vec<String>, Hist> = HashMap::new();
+        for (labels, h) in rows {
+            let key = if self.kept.contains(&labels) {
+                labels
+            } else if self.kept.len() < self.max {
+                self.kept.insert(labels.clone());
+                labels
+            } else {
+                vec![OTHER.to_owned(); n_labels]
+            };
+            trace::hist::add(out.entry(key).or_default(), &h);
+        }
+        let mut v: Vec<_> = out.into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(v)
+    }
+}
+
+/// Starts the histograms `cfg` asks for that are not running. Returns
+/// the names started.
+///
+/// # Errors
+/// A histogram that cannot start; those started by this call are stopped.
+pub(crate) fn start_missing(
+    cfg: &HistConfig,
+    max_series: usize,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<Vec<&'static str>> {
+    let mut started = Vec::new();
+    for d in HISTS {
+        let running = shared.lock().hists.contains_key(d.name);
+        if cfg.wants(d.name) && !running {
+            if started.is_empty() {
+                trace::preflight("kscope daemon")?;
+            }
+            match (d.start)() {
+                Ok(src) => {
+                    let slot = HistSlot {
+                        src,
+                        kept: HashSet::new(),
+                        max: max_series,
+                    };
+                    shared
+                        .lock()
+                        .hists
+                        .insert(d.name, Arc::new(Mutex::new(slot)));
+                    started.push(d.name);
+                }
+                Err(e) => {
+                    let mut s = shared.lock();
+                    for n in &started {
+                        s.hists.remove(n);
+                    }
+                    return Err(
+                        anyhow::Error::new(e).context(format!("starting the {} histogram", d.name))
+                    );
+                }
+            }
+        }
+    }
+    Ok(started)
+}
+
+/// Stops the histograms `cfg` no longer asks for, and applies
+/// `max_series` to the others.
+pub(crate) fn settle(cfg: &HistConfig, max_series: usize, shared: &Shared) {
+    let mut s = shared.lock();
+    s.hists.retain(|name, _| cfg.wants(name));
+    for slot in s.hists.values() {
+        slot.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_max(max_series);
+    }
+}
+
+/// Stops the named histograms (a reload that failed after starting them).
+pub(crate) fn stop(names: &[&'static str], shared: &Shared) {
+    let mut s = shared.lock();
+    for n in names {
+        s.hists.remove(n);
+    }
+}
+
+/// Bucket `i`'s upper bound in seconds, as `le`: its latencies are below
+/// 2^(i+1) ns.
+pub(crate) fn le_seconds(i: usize) -> f64 {
+    (1u128 << (i + 1)) as f64 / 1e9
+}
+
+/// The first and last bucket that get an `le` of their own: 1.024 µs to
+/// 68.7 s; lower buckets fold into the first, higher ones only into
+/// `+Inf`. One fixed set for every series, as histogram_quantile wants.
+pub(crate) const LE_FIRST: usize = 9;
+pub(crate) const LE_LAST: usize = 35;
+
+const _: () = assert!(LE_LAST < HIST_SLOTS);
