@@ -420,11 +420,17 @@ pub const fn hist_slot(ns: u64) -> usize {
     r
 }
 
-/// `hist runq`'s key: one histogram (the field is always 0).
+/// Load-time global of every histogram tracer: 1 = key the histograms by
+/// the task's cgroup too (the `cgroup_id` of their keys; 0 otherwise), for
+/// the daemon's `cgroup` label.
+pub const GLOBAL_HIST_BY_CGROUP: &str = "HIST_BY_CGROUP";
+
+/// `hist runq`'s key: one histogram (per cgroup with `HIST_BY_CGROUP`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RunqKey {
-    pub zero: u32,
+    pub zero: u64,
+    pub cgroup_id: u64,
 }
 
 /// `hist syscall`'s key: the system call's number (raw_syscalls `id`).
@@ -432,15 +438,17 @@ pub struct RunqKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SyscallKey {
     pub nr: u32,
+    pub _pad: u32,
+    pub cgroup_id: u64,
 }
 
 #[cfg(feature = "user")]
 mod hist_pod {
     // SAFETY: #[repr(C)], u64s only.
     unsafe impl aya::Pod for super::Hist {}
-    // SAFETY: #[repr(C)], one u32.
+    // SAFETY: #[repr(C)], two u64s.
     unsafe impl aya::Pod for super::RunqKey {}
-    // SAFETY: #[repr(C)], one u32.
+    // SAFETY: #[repr(C)], integers, padding explicit (4 + 4 + 8).
     unsafe impl aya::Pod for super::SyscallKey {}
 }
 
@@ -526,6 +534,8 @@ pub const BLOCK_OP_OTHER: u32 = 2;
 pub struct BlockKey {
     pub dev: u32,
     pub op: u32,
+    /// The issuing task's cgroup with `HIST_BY_CGROUP`, else 0.
+    pub cgroup_id: u64,
 }
 
 /// A request in flight: its device and first sector.
@@ -545,6 +555,8 @@ pub struct BlockStart {
     /// `BLOCK_OP_*`, from the issue's rwbs.
     pub op: u32,
     pub _pad: u32,
+    /// As `BlockKey::cgroup_id`, taken at issue.
+    pub cgroup_id: u64,
 }
 
 /// The operation of a request from its `rwbs` text (blk_fill_rwbs() in
@@ -566,7 +578,7 @@ pub const fn block_op(rwbs: &[u8; 8]) -> u32 {
 
 #[cfg(feature = "user")]
 mod block_pod {
-    // SAFETY: #[repr(C)], two u32s.
+    // SAFETY: #[repr(C)], two u32s and a u64.
     unsafe impl aya::Pod for super::BlockKey {}
 }
 

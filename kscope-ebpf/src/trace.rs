@@ -118,6 +118,20 @@ macro_rules! tracer_common {
         static TRACE_HIST: aya_ebpf::maps::PerCpuHashMap<$key, kscope_common::trace::Hist> =
             aya_ebpf::maps::PerCpuHashMap::with_max_entries($hist_max, $hist_flags);
 
+        #[unsafe(no_mangle)]
+        static HIST_BY_CGROUP: u32 = 0;
+
+        /// The cgroup id for a histogram key: the task's with
+        /// `HIST_BY_CGROUP`, else 0.
+        #[inline(always)]
+        fn hist_cgroup() -> u64 {
+            if global!(HIST_BY_CGROUP) != 0 {
+                current_cgroup_id()
+            } else {
+                0
+            }
+        }
+
         /// A zeroed histogram, never written: where a new key starts.
         #[aya_ebpf::macros::map]
         static TRACE_HIST_ZERO: aya_ebpf::maps::Array<kscope_common::trace::Hist> =
@@ -176,6 +190,7 @@ macro_rules! tracer_common {
 
         $crate::assert_symbol_name!(TRACE_HIST, kscope_common::trace::MAP_HIST);
         $crate::assert_symbol_name!(TRACE_HIST_ZERO, kscope_common::trace::MAP_HIST_ZERO);
+        $crate::assert_symbol_name!(HIST_BY_CGROUP, kscope_common::trace::GLOBAL_HIST_BY_CGROUP);
     };
     ($ring_bytes:expr, $key:ty) => {
         #[aya_ebpf::macros::map]

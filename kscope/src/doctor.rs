@@ -562,6 +562,7 @@ fn tracer<T: Tracer>(note: &str) -> Check {
                 filters: &filters,
                 mode: Mode::Events,
                 ring_bytes: None,
+                hist_by_cgroup: false,
             },
         )
     });

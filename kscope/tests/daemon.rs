@@ -1648,12 +1648,68 @@ fn rule_hit_series_are_bounded_and_never_go_down() {
     kscope_ok(None, &["fw", "detach", b]);
 }
 
-/// `[hist] syscall`: Prometheus reads the daemon's syscall histogram, and
-/// `histogram_quantile` puts the median of a workload's pselect6(2) calls
-/// (each a 3 ms timeout, so at least 3 ms in the kernel) in the right
-/// bucket: no lower than 2^21 ns (2.1 ms, the bucket of 3 ms), no higher
-/// than the top of the bucket of the median the workload measured itself
-/// (the kernel's time is within the caller's).
+/// Set to a cgroup directory, this variable makes the test binary the
+/// workload of the histogram test: it moves itself there, makes
+/// [`HIST_CALLS`] pselect6(2) calls with a 3 ms timeout, and prints the
+/// median it measured.
+const HIST_WORKLOAD: &str = "KSCOPE_TEST_DAEMON_HIST_CGROUP";
+const HIST_CALLS: usize = 60;
+
+#[test]
+#[ignore = "helper process of the histogram test"]
+fn daemon_hist_workload_helper() {
+    let dir = std::env::var(HIST_WORKLOAD).expect("run by the histogram test only");
+    fs::write(
+        Path::new(&dir).join("cgroup.procs"),
+        std::process::id().to_string(),
+    )
+    .expect("move into the test cgroup");
+    let mut took: Vec<Duration> = (0..HIST_CALLS)
+        .map(|_| {
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 3_000_000,
+            };
+            let t = Instant::now();
+            // SAFETY: no descriptor sets, a valid timeout, no signal mask.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_pselect6,
+                    0,
+                    std::ptr::null_mut::<libc::fd_set>(),
+                    std::ptr::null_mut::<libc::fd_set>(),
+                    std::ptr::null_mut::<libc::fd_set>(),
+                    &raw const ts,
+                    std::ptr::null::<libc::c_void>(),
+                )
+            };
+            assert_eq!(r, 0, "pselect6: {}", std::io::Error::last_os_error());
+            t.elapsed()
+        })
+        .collect();
+    took.sort();
+    println!("median_ns={}", took[HIST_CALLS / 2].as_nanos());
+}
+
+/// The cgroup v2 mount, from /proc/self/mountinfo.
+fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        Some(std::path::PathBuf::from(left.split_whitespace().nth(4)?))
+    })
+}
+
+/// `[hist] syscall` with `cgroup = true`: Prometheus reads the daemon's
+/// syscall histogram. The series of a workload's cgroup counts exactly its
+/// pselect6(2) calls, and `histogram_quantile` puts their median (each a
+/// 3 ms timeout, so at least 3 ms in the kernel) in the right bucket: no
+/// lower than 2^21 ns (2.1 ms, the bucket of 3 ms), no higher than the top
+/// of the bucket of the median the workload measured itself (the kernel's
+/// time is within the caller's).
 #[test]
 fn prometheus_reads_the_syscall_histogram() {
     require_root();
@@ -1664,10 +1720,27 @@ fn prometheus_reads_the_syscall_histogram() {
         );
         return;
     };
+    let Some(mount) = cgroup2_mount() else {
+        skip("cgroup2", "no cgroup v2 hierarchy is mounted");
+        return;
+    };
+    let cg_name = format!("kscope-test-hist-{}", std::process::id());
+    let cg = mount.join(&cg_name);
+    fs::create_dir(&cg).expect("create the test cgroup");
+    struct RemoveCgroup(std::path::PathBuf);
+    impl Drop for RemoveCgroup {
+        fn drop(&mut self) {
+            let start = Instant::now();
+            while fs::remove_dir(&self.0).is_err() && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let _cg = RemoveCgroup(cg.clone());
     let (lab, dir) = lab_and_dir("hist");
     let cfg = dir.write(
         "kscope.toml",
-        &format!("[metrics]\nlisten = \"{METRICS}\"\n\n[hist]\nsyscall = true\n"),
+        &format!("[metrics]\nlisten = \"{METRICS}\"\n\n[hist]\nsyscall = true\ncgroup = true\n"),
     );
     let daemon = start_daemon(&lab, &cfg);
     let prom_addr = "127.0.0.1:9090";
@@ -1702,53 +1775,47 @@ fn prometheus_reads_the_syscall_histogram() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    const CALLS: usize = 60;
-    let mut took: Vec<Duration> = (0..CALLS)
-        .map(|_| {
-            let ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 3_000_000,
-            };
-            let t = Instant::now();
-            // SAFETY: no descriptor sets, a valid timeout, no signal mask.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_pselect6,
-                    0,
-                    std::ptr::null_mut::<libc::fd_set>(),
-                    std::ptr::null_mut::<libc::fd_set>(),
-                    std::ptr::null_mut::<libc::fd_set>(),
-                    &raw const ts,
-                    std::ptr::null::<libc::c_void>(),
-                )
-            };
-            assert_eq!(r, 0, "pselect6: {}", std::io::Error::last_os_error());
-            t.elapsed()
-        })
-        .collect();
-    took.sort();
-    let median_ns = took[CALLS / 2].as_nanos() as u64;
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "daemon_hist_workload_helper",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HIST_WORKLOAD, &cg)
+        .output()
+        .expect("run the workload");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "workload: {text}");
+    let median_ns: u64 = text
+        .lines()
+        .find_map(|l| l.split_once("median_ns=").map(|(_, v)| v))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no median in {text}"));
     // The top of the log2 bucket holding the workload's own median.
     let top = (1u64 << (64 - median_ns.leading_zeros())) as f64 / 1e9;
-    let count_q = "kscope_hist_syscall_latency_seconds_count{syscall=\"pselect6\"}";
+    let series = format!("syscall=\"pselect6\",cgroup=\"/{cg_name}\"");
+    let count_q = format!("kscope_hist_syscall_latency_seconds_count{{{series}}}");
     let p50_q =
-        "histogram_quantile(0.5, kscope_hist_syscall_latency_seconds_bucket{syscall=\"pselect6\"})";
+        format!("histogram_quantile(0.5, kscope_hist_syscall_latency_seconds_bucket{{{series}}})");
     let start = Instant::now();
-    let p50 = loop {
-        let n = prom_query(&lab.b, prom_addr, count_q);
-        if n.is_some_and(|n| n >= CALLS as f64)
-            && let Some(p) = prom_query(&lab.b, prom_addr, p50_q)
+    let (n, p50) = loop {
+        let n = prom_query(&lab.b, prom_addr, &count_q);
+        if n.is_some_and(|n| n >= HIST_CALLS as f64)
+            && let Some(p) = prom_query(&lab.b, prom_addr, &p50_q)
         {
-            break p;
+            break (n, p);
         }
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "Prometheus never saw {CALLS} pselect6 calls ({n:?}); prometheus log:\n{}",
+            "Prometheus never saw {HIST_CALLS} pselect6 calls in the cgroup ({n:?}); prometheus log:\n{}",
             prom_log()
         );
         std::thread::sleep(Duration::from_millis(500));
     };
     eprintln!("p50 {p50} s; the workload's median {median_ns} ns, its bucket's top {top} s");
+    assert_eq!(n, Some(HIST_CALLS as f64), "the cgroup's pselect6 calls");
     assert!(
         (2_097_152e-9..=top).contains(&p50),
         "histogram_quantile(0.5) = {p50} s, want 2.097 ms to {top} s"

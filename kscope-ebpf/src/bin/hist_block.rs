@@ -88,6 +88,7 @@ pub fn hist_block_issue(ctx: TracePointContext) -> u32 {
         ts_ns: now_ns(),
         op: block_op(&rwbs),
         _pad: 0,
+        cgroup_id: hist_cgroup(),
     };
     if BLOCK_START.insert(req, start, 0).is_err() {
         count_lost();
@@ -109,6 +110,7 @@ pub fn hist_block_complete(ctx: TracePointContext) -> u32 {
     let key = BlockKey {
         dev: req.dev,
         op: start.op,
+        cgroup_id: start.cgroup_id,
     };
     hist_add(&key, now_ns().saturating_sub(start.ts_ns));
     0

@@ -89,6 +89,10 @@ pub(crate) struct HistConfig {
     /// (`kscope_hist_block_latency_seconds`).
     #[serde(default)]
     pub(crate) block: bool,
+    /// A `cgroup` label too: the task's cgroup v2 path (a cgroup gone by
+    /// the scrape is summed under `[other]`).
+    #[serde(default)]
+    pub(crate) cgroup: bool,
 }
 
 impl HistConfig {

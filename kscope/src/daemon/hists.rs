@@ -8,7 +8,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use kscope_common::trace::{BlockKey, HIST_SLOTS, Hist, SyscallKey};
+use kscope_common::trace::{BlockKey, HIST_SLOTS, Hist, RunqKey, SyscallKey};
 
 use super::{config::HistConfig, metrics::Shared};
 use crate::trace::{
@@ -33,7 +33,9 @@ pub(crate) trait HistReading: Send {
 
 struct Source<T: trace::Tracer> {
     h: Histograms<T>,
-    labels: fn(&T::Key) -> Vec<String>,
+    /// The key's labels and its cgroup id.
+    labels: fn(&T::Key) -> (Vec<String>, u64),
+    by_cgroup: bool,
 }
 
 impl<T: trace::Tracer> HistReading for Source<T>
@@ -45,7 +47,17 @@ where
             .h
             .read()?
             .into_iter()
-            .map(|(k, h)| ((self.labels)(&k), h))
+            .map(|(k, h)| {
+                let (mut labels, cgroup_id) = (self.labels)(&k);
+                if self.by_cgroup {
+                    // A cgroup gone by now never gets a series of its own.
+                    labels.push(
+                        crate::cgroup::name(cgroup_id)
+                            .map_or_else(|| OTHER.to_owned(), |n| n.path.clone()),
+                    );
+                }
+                (labels, h)
+            })
             .collect())
     }
 }
@@ -58,30 +70,45 @@ pub(crate) struct HistDef {
     pub(crate) metric: &'static str,
     pub(crate) help: &'static str,
     pub(crate) labels: &'static [&'static str],
-    start: fn() -> Result<Box<dyn HistReading>, TraceError>,
+    start: fn(bool) -> Result<Box<dyn HistReading>, TraceError>,
 }
 
 fn start<T: trace::Tracer>(
     opts: &T::Opts,
-    labels: fn(&T::Key) -> Vec<String>,
+    labels: fn(&T::Key) -> (Vec<String>, u64),
+    by_cgroup: bool,
 ) -> Result<Box<dyn HistReading>, TraceError>
 where
     Histograms<T>: Send,
 {
-    let h = Histograms::<T>::attach(opts, &Filters::default())?;
-    Ok(Box::new(Source { h, labels }))
+    let h = Histograms::<T>::attach(opts, &Filters::default(), by_cgroup)?;
+    Ok(Box::new(Source {
+        h,
+        labels,
+        by_cgroup,
+    }))
 }
 
-fn syscall_labels(k: &SyscallKey) -> Vec<String> {
-    vec![syscall::name(k.nr).map_or_else(|| k.nr.to_string(), str::to_owned)]
+fn runq_labels(k: &RunqKey) -> (Vec<String>, u64) {
+    (Vec::new(), k.cgroup_id)
 }
 
-fn block_labels(k: &BlockKey) -> Vec<String> {
+fn syscall_labels(k: &SyscallKey) -> (Vec<String>, u64) {
+    (
+        vec![syscall::name(k.nr).map_or_else(|| k.nr.to_string(), str::to_owned)],
+        k.cgroup_id,
+    )
+}
+
+fn block_labels(k: &BlockKey) -> (Vec<String>, u64) {
     let (maj, min) = block::major_minor(k.dev);
-    vec![
-        block::device_name(k.dev).unwrap_or_else(|| format!("{maj}:{min}")),
-        block::op_name(k.op).to_owned(),
-    ]
+    (
+        vec![
+            block::device_name(k.dev).unwrap_or_else(|| format!("{maj}:{min}")),
+            block::op_name(k.op).to_owned(),
+        ],
+        k.cgroup_id,
+    )
 }
 
 /// Every histogram, in exposition order.
@@ -91,27 +118,29 @@ pub(crate) const HISTS: &[HistDef] = &[
         metric: "kscope_hist_runq_latency_seconds",
         help: "Run queue latency: from a task's wakeup to its running.",
         labels: &[],
-        start: || start::<Runq>(&(), |_| Vec::new()),
+        start: |c| start::<Runq>(&(), runq_labels, c),
     },
     HistDef {
         name: "syscall",
         metric: "kscope_hist_syscall_latency_seconds",
         help: "System call latency, by system call.",
         labels: &["syscall"],
-        start: || start::<Syscall>(&syscall::SyscallOpts::default(), syscall_labels),
+        start: |c| start::<Syscall>(&syscall::SyscallOpts::default(), syscall_labels, c),
     },
     HistDef {
         name: "block",
         metric: "kscope_hist_block_latency_seconds",
         help: "Block I/O latency from issue to completion, by device and operation.",
         labels: &["device", "op"],
-        start: || start::<Block>(&(), block_labels),
+        start: |c| start::<Block>(&(), block_labels, c),
     },
 ];
 
 /// A running histogram and the label sets it exports.
 pub(crate) struct HistSlot {
     src: Box<dyn HistReading>,
+    /// Whether its label sets end in `cgroup`.
+    pub(crate) by_cgroup: bool,
     kept: HashSet<Vec<String>>,
     max: usize,
 }
@@ -171,15 +200,27 @@ pub(crate) fn start_missing(
 ) -> anyhow::Result<Vec<&'static str>> {
     let mut started = Vec::new();
     for d in HISTS {
-        let running = shared.lock().hists.contains_key(d.name);
+        let running = {
+            let mut s = shared.lock();
+            // A changed `cgroup` setting needs a new object: stop it.
+            let same = s
+                .hists
+                .get(d.name)
+                .map(|slot| slot.lock().unwrap_or_else(|p| p.into_inner()).by_cgroup == cfg.cgroup);
+            if same == Some(false) {
+                s.hists.remove(d.name);
+            }
+            same == Some(true)
+        };
         if cfg.wants(d.name) && !running {
             if started.is_empty() {
                 trace::preflight("kscope daemon")?;
             }
-            match (d.start)() {
+            match (d.start)(cfg.cgroup) {
                 Ok(src) => {
                     let slot = HistSlot {
                         src,
+                        by_cgroup: cfg.cgroup,
                         kept: HashSet::new(),
                         max: max_series,
                     };

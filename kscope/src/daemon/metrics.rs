@@ -423,10 +423,17 @@ impl KscopeCollector {
             let slot = self.0.lock().hists.get(d.name).cloned();
             let mut m = out.family(d.metric, d.help, MetricType::Histogram)?;
             let Some(slot) = slot else { continue };
-            let rows = {
+            let (rows, by_cgroup) = {
                 let mut g = slot.lock().unwrap_or_else(|p| p.into_inner());
-                g.scrape(d.labels.len())
+                let by_cgroup = g.by_cgroup;
+                (g.scrape(d.labels.len() + usize::from(by_cgroup)), by_cgroup)
             };
+            let names: Vec<&str> = d
+                .labels
+                .iter()
+                .copied()
+                .chain(by_cgroup.then_some("cgroup"))
+                .collect();
             let rows = match rows {
                 Ok(r) => r,
                 Err(e) => {
@@ -438,8 +445,7 @@ impl KscopeCollector {
                 .map(|i| format!("{:?}", le_seconds(i)))
                 .collect();
             for (values, h) in &rows {
-                let mut labels: Vec<(&str, &str)> = d
-                    .labels
+                let mut labels: Vec<(&str, &str)> = names
                     .iter()
                     .copied()
                     .zip(values.iter().map(String::as_str))

@@ -417,8 +417,20 @@ mod tests {
 
     fn render(format: Format, elapsed: Option<f64>) -> String {
         let rows = [
-            (SyscallKey { nr: 35 }, hist(&[2_150_000; 7])),
-            (SyscallKey { nr: 39 }, hist(&[300, 600, 700])),
+            (
+                SyscallKey {
+                    nr: 35,
+                    ..SyscallKey::default()
+                },
+                hist(&[2_150_000; 7]),
+            ),
+            (
+                SyscallKey {
+                    nr: 39,
+                    ..SyscallKey::default()
+                },
+                hist(&[300, 600, 700]),
+            ),
         ];
         let stamp = Stamp {
             unix_ns: 1_700_000_000_000_000_000,

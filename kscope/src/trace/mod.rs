@@ -46,9 +46,9 @@ use std::{
 
 use aya::Ebpf;
 use kscope_common::trace::{
-    Counts, GLOBAL_CGROUP_ON, GLOBAL_COMM, GLOBAL_COMM_LEN, GLOBAL_COUNT_MODE, GLOBAL_PID,
-    GLOBAL_TID, GLOBAL_UID, GLOBAL_UID_ON, GLOBAL_WAKEUP_BYTES, MAP_CGROUP, MAP_COUNTS, MAP_EVENTS,
-    MAP_HIST,
+    Counts, GLOBAL_CGROUP_ON, GLOBAL_COMM, GLOBAL_COMM_LEN, GLOBAL_COUNT_MODE,
+    GLOBAL_HIST_BY_CGROUP, GLOBAL_PID, GLOBAL_TID, GLOBAL_UID, GLOBAL_UID_ON, GLOBAL_WAKEUP_BYTES,
+    MAP_CGROUP, MAP_COUNTS, MAP_EVENTS, MAP_HIST,
 };
 use thiserror::Error;
 
@@ -391,6 +391,9 @@ pub struct Load<'a> {
     /// Ring buffer bytes (a power of two, at least a page); `None` keeps
     /// the tracer's default.
     pub(crate) ring_bytes: Option<u32>,
+    /// Histogram mode: key the histograms by cgroup too
+    /// (`HIST_BY_CGROUP`; objects without histograms ignore it).
+    pub(crate) hist_by_cgroup: bool,
 }
 
 impl Load<'_> {
@@ -429,6 +432,7 @@ impl Load<'_> {
             (GLOBAL_COUNT_MODE, u32::from(count)),
             (GLOBAL_CGROUP_ON, u32::from(cgroup.is_some())),
         ];
+        let by_cgroup = u32::from(hist && self.hist_by_cgroup);
         let page = u32::try_from(sys::page_size()).unwrap_or(4096);
         let mut wakeup = WAKEUP_BYTES;
         // The tracers read kernel structs through offsets they look up
@@ -443,7 +447,9 @@ impl Load<'_> {
         for (name, bytes) in extra {
             loader.override_global(name, *bytes, true);
         }
-        if !hist {
+        if hist {
+            loader.override_global(GLOBAL_HIST_BY_CGROUP, &by_cgroup, true);
+        } else {
             // The histograms are not used (objects without them ignore it).
             loader.map_max_entries(MAP_HIST, 1);
         }
