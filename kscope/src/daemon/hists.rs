@@ -278,3 +278,75 @@ pub(crate) const LE_FIRST: usize = 9;
 pub(crate) const LE_LAST: usize = 35;
 
 const _: () = assert!(LE_LAST < HIST_SLOTS);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Label sets with a count each, read as given.
+    struct Fake(Vec<(Vec<String>, u64)>);
+
+    impl HistReading for Fake {
+        fn read(&self) -> Result<Vec<(Vec<String>, Hist)>, TraceError> {
+            Ok(self
+                .0
+                .iter()
+                .map(|(l, n)| {
+                    let mut h = Hist::default();
+                    h.slots[21] = *n;
+                    h.count = *n;
+                    h.sum_ns = *n * 3_000_000;
+                    (l.clone(), h)
+                })
+                .collect())
+        }
+    }
+
+    fn slot(rows: &[(&str, u64)], max: usize) -> HistSlot {
+        HistSlot {
+            src: Box::new(Fake(
+                rows.iter()
+                    .map(|(l, n)| (vec![(*l).to_owned()], *n))
+                    .collect(),
+            )),
+            by_cgroup: false,
+            kept: HashSet::new(),
+            max,
+        }
+    }
+
+    fn counts(rows: &[(Vec<String>, Hist)]) -> Vec<(String, u64)> {
+        rows.iter().map(|(l, h)| (l.join(","), h.count)).collect()
+    }
+
+    #[test]
+    fn label_sets_past_max_series_are_summed_under_other_busiest_kept() {
+        let mut s = slot(&[("a", 1), ("b", 7), ("c", 5), ("d", 2)], 2);
+        let rows = s.scrape(1).expect("scrape");
+        assert_eq!(
+            counts(&rows),
+            [("[other]".into(), 3), ("b".into(), 7), ("c".into(), 5)]
+        );
+        // Kept sets stay kept when others grow past them: series only grow.
+        s.src = Box::new(Fake(vec![
+            (vec!["a".into()], 100),
+            (vec!["b".into()], 7),
+            (vec!["c".into()], 5),
+        ]));
+        let rows = s.scrape(1).expect("scrape");
+        assert_eq!(
+            counts(&rows),
+            [("[other]".into(), 100), ("b".into(), 7), ("c".into(), 5)]
+        );
+        // Buckets and sums are summed too.
+        let other = &rows[0].1;
+        assert_eq!((other.slots[21], other.sum_ns), (100, 300_000_000));
+    }
+
+    #[test]
+    fn le_bounds_are_the_log2_bucket_tops_in_seconds() {
+        assert_eq!(le_seconds(LE_FIRST), 1.024e-6);
+        assert_eq!(le_seconds(21), 0.004194304);
+        assert_eq!(le_seconds(LE_LAST), 68.719476736);
+    }
+}
