@@ -24,6 +24,13 @@ pub const MAP_NEW_PIDS: &str = "PROFILE_NEW_PIDS";
 
 /// Load-time global (`u32`): 1 to sample only processes in [`MAP_PIDS`].
 pub const GLOBAL_FILTER_PIDS: &str = "PROFILE_FILTER_PIDS";
+/// One-slot `BPF_MAP_TYPE_CGROUP_ARRAY`: the cgroup v2 directory of
+/// `--cgroup`, set by user space after the load, when
+/// [`GLOBAL_FILTER_CGROUP`] is set.
+pub const MAP_CGROUP: &str = "PROFILE_CGROUP";
+/// Load-time global (`u32`): 1 to sample only tasks in the cgroup of
+/// [`MAP_CGROUP`] or below it (bpf_current_task_under_cgroup).
+pub const GLOBAL_FILTER_CGROUP: &str = "PROFILE_FILTER_CGROUP";
 /// Load-time global (`u32`): 1 to keep samples of the idle task (pid 0).
 pub const GLOBAL_INCLUDE_IDLE: &str = "PROFILE_INCLUDE_IDLE";
 /// Load-time global (`u32`): which stacks to take, [`STACKS_KERNEL`] and/or
@@ -148,4 +155,39 @@ mod pod {
     // SAFETY: #[repr(C)], integers and a byte array only, 28 bytes with no
     // padding (every field is 4-byte aligned or a byte array).
     unsafe impl aya::Pod for super::StackKey {}
+}
+
+// ---- profile_offcpu (`kscope profile --off-cpu`) ----
+//
+// The same maps and globals as `profile_perf` (so user space reads either
+// object the same way), except that `PROFILE_COUNTS` holds microseconds
+// blocked instead of samples, plus the two below.
+
+/// Name of the sched:sched_switch program.
+pub const PROG_PROFILE_OFFCPU: &str = "profile_offcpu";
+/// Hash, thread id to [`OffCpuStart`]: threads switched out and not yet
+/// back. Shared by all CPUs (a thread often wakes on another CPU than the
+/// one it left), not per-CPU.
+pub const MAP_OFFCPU_START: &str = "PROFILE_OFFCPU_START";
+/// Load-time global (`u32`): byte offset of `next_pid` in sched_switch's
+/// record, from its format file; 0 = unknown (the program does nothing).
+pub const GLOBAL_OFF_NEXT_PID: &str = "PROFILE_OFF_NEXT_PID";
+/// Threads [`MAP_OFFCPU_START`] holds.
+pub const OFFCPU_START_ENTRIES: u32 = 65_536;
+
+/// A switched-out thread: when it left the CPU and the stacks it left
+/// from (taken then: the thread is `current` only at the switch-out).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OffCpuStart {
+    pub ts_ns: u64,
+    pub key: StackKey,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod offcpu_pod {
+    // SAFETY: #[repr(C)], integers and a byte array, padding explicit
+    // (8 + 28 + 4 = 40 bytes, 8-aligned).
+    unsafe impl aya::Pod for super::OffCpuStart {}
 }

@@ -15,6 +15,13 @@ pub const GLOBAL_UID_ON: &str = "FILTER_UID_ON";
 /// Substring of the process name, NUL-padded; `FILTER_COMM_LEN` = 0 means none.
 pub const GLOBAL_COMM: &str = "FILTER_COMM";
 pub const GLOBAL_COMM_LEN: &str = "FILTER_COMM_LEN";
+/// One-slot `BPF_MAP_TYPE_CGROUP_ARRAY`: the cgroup v2 directory of
+/// `--cgroup`, set by user space after the load. Tasks in it or in any
+/// cgroup below it pass (bpf_current_task_under_cgroup, Linux 4.9+: it
+/// covers descendants on every kernel kscope runs on, 5.10 included).
+pub const MAP_CGROUP: &str = "TRACE_CGROUP";
+/// Load-time global: 1 = only tasks under the cgroup in `TRACE_CGROUP`.
+pub const GLOBAL_CGROUP_ON: &str = "FILTER_CGROUP_ON";
 /// Wake the consumer once this many bytes wait in the ring buffer; below
 /// that, events are submitted without a wakeup and the consumer's timer
 /// (a few milliseconds) picks them up. One wakeup per event is what makes
@@ -91,6 +98,9 @@ pub struct OpenEvent {
     pub ts_ns: u64,
     /// The syscall's return value: a file descriptor, or -errno.
     pub ret: i64,
+    /// The task's cgroup v2 id (bpf_get_current_cgroup_id): the inode
+    /// number of its cgroup directory.
+    pub cgroup_id: u64,
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
@@ -118,7 +128,7 @@ pub struct OpenPending {
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: #[repr(C)], integers and byte arrays only, no implicit padding
-    // (8 + 8 + 4*4 + 16 + 2*4 = 56 bytes, 8-aligned).
+    // (3*8 + 4*4 + 16 + 2*4 = 64 bytes, 8-aligned).
     unsafe impl aya::Pod for super::OpenEvent {}
     // SAFETY: #[repr(C)], two u64s.
     unsafe impl aya::Pod for super::Counts {}
@@ -202,6 +212,8 @@ pub struct ConnectEvent {
     /// From the call to its return (probes), or from SYN_SENT to the next
     /// state (tracepoint).
     pub latency_ns: u64,
+    /// The connecting task's cgroup v2 id.
+    pub cgroup_id: u64,
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
@@ -227,6 +239,8 @@ pub struct ConnectStart {
     pub ts_ns: u64,
     /// The struct sock pointer.
     pub sk: u64,
+    /// The connecting task's cgroup v2 id.
+    pub cgroup_id: u64,
     pub family: u16,
     pub dport: u16,
     pub pid: u32,
@@ -259,7 +273,7 @@ pub struct ConnectKey {
 #[cfg(feature = "user")]
 mod connect_pod {
     // SAFETY: #[repr(C)], integers and byte arrays, padding explicit
-    // (8+8+5*4+4*2+16+16+16+4 = 96 bytes).
+    // (3*8+5*4+4*2+16+16+16+4 = 104 bytes).
     unsafe impl aya::Pod for super::ConnectEvent {}
 }
 
@@ -298,6 +312,8 @@ pub const ARG_LEN: usize = 256;
 #[derive(Clone, Copy)]
 pub struct ExecEvent {
     pub ts_ns: u64,
+    /// The task's cgroup v2 id.
+    pub cgroup_id: u64,
     pub pid: u32,
     pub ppid: u32,
     pub uid: u32,
@@ -404,11 +420,17 @@ pub const fn hist_slot(ns: u64) -> usize {
     r
 }
 
-/// `hist runq`'s key: one histogram (the field is always 0).
+/// Load-time global of every histogram tracer: 1 = key the histograms by
+/// the task's cgroup too (the `cgroup_id` of their keys; 0 otherwise), for
+/// the daemon's `cgroup` label.
+pub const GLOBAL_HIST_BY_CGROUP: &str = "HIST_BY_CGROUP";
+
+/// `hist runq`'s key: one histogram (per cgroup with `HIST_BY_CGROUP`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RunqKey {
-    pub zero: u32,
+    pub zero: u64,
+    pub cgroup_id: u64,
 }
 
 /// `hist syscall`'s key: the system call's number (raw_syscalls `id`).
@@ -416,15 +438,17 @@ pub struct RunqKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SyscallKey {
     pub nr: u32,
+    pub _pad: u32,
+    pub cgroup_id: u64,
 }
 
 #[cfg(feature = "user")]
 mod hist_pod {
     // SAFETY: #[repr(C)], u64s only.
     unsafe impl aya::Pod for super::Hist {}
-    // SAFETY: #[repr(C)], one u32.
+    // SAFETY: #[repr(C)], two u64s.
     unsafe impl aya::Pod for super::RunqKey {}
-    // SAFETY: #[repr(C)], one u32.
+    // SAFETY: #[repr(C)], integers, padding explicit (4 + 4 + 8).
     unsafe impl aya::Pod for super::SyscallKey {}
 }
 
@@ -472,3 +496,111 @@ pub const SYSCALL_NR_MAX: u32 = 1024;
 /// records, from their format files.
 pub const GLOBAL_OFF_ENTER_ID: &str = "OFF_ENTER_ID";
 pub const GLOBAL_OFF_EXIT_ID: &str = "OFF_EXIT_ID";
+
+// ---- hist_block ----
+
+/// block:block_rq_issue: stamps the request, keyed by (device, sector).
+pub const PROG_BLOCK_ISSUE: &str = "hist_block_issue";
+/// block:block_rq_complete: adds the time since its issue under
+/// [`BlockKey`].
+pub const PROG_BLOCK_COMPLETE: &str = "hist_block_complete";
+/// Hash, [`BlockReq`] to [`BlockStart`]: requests issued, not completed.
+pub const MAP_BLOCK_START: &str = "BLOCK_START";
+/// Load-time global: `[u32; BO_N]`, byte offsets in the tracepoints'
+/// records, from their format files; 0 = unknown (the programs then do
+/// nothing).
+pub const GLOBAL_BLOCK_OFFSETS: &str = "BLOCK_OFFSETS";
+/// Indexes into `BLOCK_OFFSETS`.
+pub const BO_ISSUE_DEV: usize = 0;
+pub const BO_ISSUE_SECTOR: usize = 1;
+pub const BO_ISSUE_RWBS: usize = 2;
+pub const BO_DONE_DEV: usize = 3;
+pub const BO_DONE_SECTOR: usize = 4;
+pub const BO_N: usize = 5;
+/// Histograms `hist block` can hold: (device, operation) pairs.
+pub const BLOCK_HIST_MAX: u32 = 1024;
+
+/// [`BlockKey::op`]: a read.
+pub const BLOCK_OP_READ: u32 = 0;
+/// [`BlockKey::op`]: a write.
+pub const BLOCK_OP_WRITE: u32 = 1;
+/// [`BlockKey::op`]: anything else (discard, flush, ...).
+pub const BLOCK_OP_OTHER: u32 = 2;
+
+/// `hist block`'s key: the device (the kernel's dev_t: major << 20 |
+/// minor) and the operation (`BLOCK_OP_*`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    pub dev: u32,
+    pub op: u32,
+    /// The issuing task's cgroup with `HIST_BY_CGROUP`, else 0.
+    pub cgroup_id: u64,
+}
+
+/// A request in flight: its device and first sector.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BlockReq {
+    pub dev: u32,
+    pub _pad: u32,
+    pub sector: u64,
+}
+
+/// What the issue handler keeps for the completion.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BlockStart {
+    pub ts_ns: u64,
+    /// `BLOCK_OP_*`, from the issue's rwbs.
+    pub op: u32,
+    pub _pad: u32,
+    /// As `BlockKey::cgroup_id`, taken at issue.
+    pub cgroup_id: u64,
+}
+
+/// The operation of a request from its `rwbs` text (blk_fill_rwbs() in
+/// kernel/trace/blktrace.c: an optional `F` for a preflush, then `W`,
+/// `R`, `D`, `F` or `N`, then flag letters).
+#[inline(always)]
+pub const fn block_op(rwbs: &[u8; 8]) -> u32 {
+    let c = if rwbs[0] == b'F' && matches!(rwbs[1], b'W' | b'R' | b'D' | b'N') {
+        rwbs[1]
+    } else {
+        rwbs[0]
+    };
+    match c {
+        b'R' => BLOCK_OP_READ,
+        b'W' => BLOCK_OP_WRITE,
+        _ => BLOCK_OP_OTHER,
+    }
+}
+
+#[cfg(feature = "user")]
+mod block_pod {
+    // SAFETY: #[repr(C)], two u32s and a u64.
+    unsafe impl aya::Pod for super::BlockKey {}
+}
+
+#[cfg(test)]
+mod block_tests {
+    use super::*;
+
+    #[test]
+    fn rwbs_names_the_operation() {
+        let op = |s: &[u8]| {
+            let mut b = [0u8; 8];
+            b[..s.len()].copy_from_slice(s);
+            block_op(&b)
+        };
+        assert_eq!(op(b"R"), BLOCK_OP_READ);
+        assert_eq!(op(b"RA"), BLOCK_OP_READ);
+        assert_eq!(op(b"WS"), BLOCK_OP_WRITE);
+        assert_eq!(op(b"FWFS"), BLOCK_OP_WRITE);
+        assert_eq!(op(b"FR"), BLOCK_OP_READ);
+        assert_eq!(op(b"F"), BLOCK_OP_OTHER);
+        assert_eq!(op(b"D"), BLOCK_OP_OTHER);
+        assert_eq!(op(b"N"), BLOCK_OP_OTHER);
+        assert_eq!(op(b""), BLOCK_OP_OTHER);
+    }
+}

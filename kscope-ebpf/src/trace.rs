@@ -92,7 +92,9 @@ pub fn comm_contains(comm: &[u8; 16], pat: &[u8; 16], len: usize) -> bool {
 /// Defines, in a tracer binary, the ring buffer `TRACE_EVENTS`, the
 /// `TRACE_LOST` counter, the filter globals, count mode's `TRACE_COUNTS`
 /// (keyed by `$key`), `TRACE_UNCOUNTED` and `COUNT_MODE`, and:
-/// - `passes_filters() -> bool`: this task passes pid, tid, uid and comm;
+/// - `passes_filters() -> bool`: this task passes pid, tid, uid, comm and
+///   cgroup (`TRACE_CGROUP`, `FILTER_CGROUP_ON`);
+/// - `current_cgroup_id() -> u64`: the task's cgroup v2 id;
 /// - `submit_flags() -> u64`: wakeup flag for the record about to be
 ///   submitted (wake the consumer only once `WAKEUP_BYTES` are waiting);
 /// - `count_lost()`: the ring buffer was full;
@@ -115,6 +117,20 @@ macro_rules! tracer_common {
         #[aya_ebpf::macros::map]
         static TRACE_HIST: aya_ebpf::maps::PerCpuHashMap<$key, kscope_common::trace::Hist> =
             aya_ebpf::maps::PerCpuHashMap::with_max_entries($hist_max, $hist_flags);
+
+        #[unsafe(no_mangle)]
+        static HIST_BY_CGROUP: u32 = 0;
+
+        /// The cgroup id for a histogram key: the task's with
+        /// `HIST_BY_CGROUP`, else 0.
+        #[inline(always)]
+        fn hist_cgroup() -> u64 {
+            if global!(HIST_BY_CGROUP) != 0 {
+                current_cgroup_id()
+            } else {
+                0
+            }
+        }
 
         /// A zeroed histogram, never written: where a new key starts.
         #[aya_ebpf::macros::map]
@@ -174,6 +190,7 @@ macro_rules! tracer_common {
 
         $crate::assert_symbol_name!(TRACE_HIST, kscope_common::trace::MAP_HIST);
         $crate::assert_symbol_name!(TRACE_HIST_ZERO, kscope_common::trace::MAP_HIST_ZERO);
+        $crate::assert_symbol_name!(HIST_BY_CGROUP, kscope_common::trace::GLOBAL_HIST_BY_CGROUP);
     };
     ($ring_bytes:expr, $key:ty) => {
         #[aya_ebpf::macros::map]
@@ -197,7 +214,14 @@ macro_rules! tracer_common {
         #[unsafe(no_mangle)]
         static FILTER_COMM_LEN: u32 = 0;
         #[unsafe(no_mangle)]
+        static FILTER_CGROUP_ON: u32 = 0;
+        #[unsafe(no_mangle)]
         static WAKEUP_BYTES: u64 = 0;
+
+        /// `--cgroup`'s directory, in slot 0 (set by user space).
+        #[aya_ebpf::macros::map]
+        static TRACE_CGROUP: aya_ebpf::maps::CgroupArray =
+            aya_ebpf::maps::CgroupArray::with_max_entries(1, 0);
         #[unsafe(no_mangle)]
         static COUNT_MODE: u32 = 0;
 
@@ -255,7 +279,21 @@ macro_rules! tracer_common {
                     return false;
                 }
             }
+            // Last: the costliest check, and the rarest filter. An empty
+            // slot (an error) passes nothing.
+            if global!(FILTER_CGROUP_ON) != 0
+                && TRACE_CGROUP.current_task_under_cgroup(0) != Ok(true)
+            {
+                return false;
+            }
             true
+        }
+
+        /// The current task's cgroup v2 id (Linux 4.18+).
+        #[inline(always)]
+        fn current_cgroup_id() -> u64 {
+            // SAFETY: the helper has no preconditions.
+            unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() }
         }
 
         #[inline(always)]
@@ -342,5 +380,7 @@ macro_rules! tracer_common {
         $crate::assert_symbol_name!(FILTER_COMM, kscope_common::trace::GLOBAL_COMM);
         $crate::assert_symbol_name!(FILTER_COMM_LEN, kscope_common::trace::GLOBAL_COMM_LEN);
         $crate::assert_symbol_name!(WAKEUP_BYTES, kscope_common::trace::GLOBAL_WAKEUP_BYTES);
+        $crate::assert_symbol_name!(FILTER_CGROUP_ON, kscope_common::trace::GLOBAL_CGROUP_ON);
+        $crate::assert_symbol_name!(TRACE_CGROUP, kscope_common::trace::MAP_CGROUP);
     };
 }

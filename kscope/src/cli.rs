@@ -143,6 +143,9 @@ pub enum HistCommand {
     Runq(HistCommon),
     /// System call latency, one histogram per system call.
     Syscall(HistSyscallArgs),
+    /// Block I/O latency, one histogram per device and operation (read,
+    /// write, other), from issue to completion.
+    Block(HistCommon),
 }
 
 #[derive(Debug, Args)]
@@ -170,6 +173,10 @@ pub struct TaskFilters {
     /// Only processes whose name contains COMM (at most 15 bytes).
     #[arg(short = 'n', long = "name", value_name = "COMM")]
     pub(crate) comm: Option<String>,
+    /// Only tasks in this cgroup v2 directory or in a cgroup below it
+    /// (e.g. /sys/fs/cgroup/system.slice/docker-ID.scope).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub(crate) cgroup: Option<std::path::PathBuf>,
 }
 
 impl TaskFilters {
@@ -179,6 +186,7 @@ impl TaskFilters {
             tid: self.tid,
             uid: self.uid,
             comm: self.comm.clone(),
+            cgroup: self.cgroup.clone(),
         }
     }
 }
@@ -510,6 +518,10 @@ pub struct ProfileArgs {
     #[arg(short = 'p', long = "pid", value_name = "PID", value_delimiter = ',',
           value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) pids: Vec<u32>,
+    /// Sample only tasks in this cgroup v2 directory or in a cgroup below
+    /// it.
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub(crate) cgroup: Option<PathBuf>,
     /// Stop after SECS seconds (default: at Ctrl-C or SIGTERM).
     #[arg(short = 'd', long, value_name = "SECS", value_parser = parse_duration,
           allow_hyphen_values = true)]
@@ -538,8 +550,12 @@ pub struct ProfileArgs {
     pub(crate) kernel_only: bool,
     /// Keep samples of the idle task (pid 0), shown as [idle]. Not with
     /// -p: the idle task is no process of those.
-    #[arg(short = 'I', long, conflicts_with = "pids")]
+    #[arg(short = 'I', long, conflicts_with_all = ["pids", "off_cpu"])]
     pub(crate) include_idle: bool,
+    /// Off-CPU time by stack instead of on-CPU samples: how long threads
+    /// were blocked or waiting, in microseconds, from sched:sched_switch.
+    #[arg(long, conflicts_with_all = ["frequency", "cpu"])]
+    pub(crate) off_cpu: bool,
     /// Show progress on stderr even when it is not a terminal.
     #[arg(long)]
     pub(crate) progress: bool,

@@ -599,6 +599,7 @@ fn tracer<T: Tracer>(note: &str) -> Check {
                 filters: &filters,
                 mode: Mode::Events,
                 ring_bytes: None,
+                hist_by_cgroup: false,
             },
         )
     });
@@ -716,12 +717,14 @@ fn profile() -> Vec<Check> {
         frequency: max.clamp(1, 997),
         cpu: None,
         pids: vec![std::process::id()],
+        cgroup: None,
         include_idle: false,
         sides: Sides {
             kernel: true,
             user: true,
         },
         stack_storage: 1024,
+        off_cpu: false,
     };
     let mut sampler = match Sampler::start(&opts) {
         Ok(s) => s,
@@ -744,7 +747,8 @@ fn profile() -> Vec<Check> {
     drop(sampler);
     let perf = match event {
         Event::Cycles => Check::works(names[0], "hardware CPU cycles counter"),
-        Event::CpuClock => Check::degraded(
+        // The doctor samples on-CPU only.
+        Event::CpuClock | Event::OffCpu => Check::degraded(
             names[0],
             "no hardware cycle counter: sampling on the cpu-clock software event (timer-based, \
              skewed where interrupts are disabled)",

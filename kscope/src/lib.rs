@@ -8,6 +8,7 @@
 //! test targets it would flag every helper in tests/common.)
 #![warn(unreachable_pub)]
 
+pub mod cgroup;
 pub mod cli;
 pub mod daemon;
 pub mod demo;

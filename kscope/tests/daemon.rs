@@ -1659,3 +1659,179 @@ fn rule_hit_series_are_bounded_and_never_go_down() {
     assert!(status.success(), "daemon exit {status}:\n{stderr}");
     kscope_ok(None, &["fw", "detach", b]);
 }
+
+/// Set to a cgroup directory, this variable makes the test binary the
+/// workload of the histogram test: it moves itself there, makes
+/// [`HIST_CALLS`] pselect6(2) calls with a 3 ms timeout, and prints the
+/// median it measured.
+const HIST_WORKLOAD: &str = "KSCOPE_TEST_DAEMON_HIST_CGROUP";
+const HIST_CALLS: usize = 60;
+
+#[test]
+#[ignore = "helper process of the histogram test"]
+fn daemon_hist_workload_helper() {
+    let dir = std::env::var(HIST_WORKLOAD).expect("run by the histogram test only");
+    fs::write(
+        Path::new(&dir).join("cgroup.procs"),
+        std::process::id().to_string(),
+    )
+    .expect("move into the test cgroup");
+    let mut took: Vec<Duration> = (0..HIST_CALLS)
+        .map(|_| {
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 3_000_000,
+            };
+            let t = Instant::now();
+            // SAFETY: no descriptor sets, a valid timeout, no signal mask.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_pselect6,
+                    0,
+                    std::ptr::null_mut::<libc::fd_set>(),
+                    std::ptr::null_mut::<libc::fd_set>(),
+                    std::ptr::null_mut::<libc::fd_set>(),
+                    &raw const ts,
+                    std::ptr::null::<libc::c_void>(),
+                )
+            };
+            assert_eq!(r, 0, "pselect6: {}", std::io::Error::last_os_error());
+            t.elapsed()
+        })
+        .collect();
+    took.sort();
+    println!("median_ns={}", took[HIST_CALLS / 2].as_nanos());
+}
+
+/// The cgroup v2 mount, from /proc/self/mountinfo.
+fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        Some(std::path::PathBuf::from(left.split_whitespace().nth(4)?))
+    })
+}
+
+/// `[hist] syscall` with `cgroup = true`: Prometheus reads the daemon's
+/// syscall histogram. The series of a workload's cgroup counts exactly its
+/// pselect6(2) calls, and `histogram_quantile` puts their median (each a
+/// 3 ms timeout, so at least 3 ms in the kernel) in the right bucket: no
+/// lower than 2^21 ns (2.1 ms, the bucket of 3 ms), no higher than the top
+/// of the bucket of the median the workload measured itself (the kernel's
+/// time is within the caller's).
+#[test]
+fn prometheus_reads_the_syscall_histogram() {
+    require_root();
+    let Some(prometheus) = find_in_path("prometheus") else {
+        skip(
+            "prometheus",
+            "no prometheus binary in PATH (`cargo xtask setup` installs Debian's on the host)",
+        );
+        return;
+    };
+    let Some(mount) = cgroup2_mount() else {
+        skip("cgroup2", "no cgroup v2 hierarchy is mounted");
+        return;
+    };
+    let cg_name = format!("kscope-test-hist-{}", std::process::id());
+    let cg = mount.join(&cg_name);
+    fs::create_dir(&cg).expect("create the test cgroup");
+    struct RemoveCgroup(std::path::PathBuf);
+    impl Drop for RemoveCgroup {
+        fn drop(&mut self) {
+            let start = Instant::now();
+            while fs::remove_dir(&self.0).is_err() && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let _cg = RemoveCgroup(cg.clone());
+    let (lab, dir) = lab_and_dir("hist");
+    let cfg = dir.write(
+        "kscope.toml",
+        &format!("[metrics]\nlisten = \"{METRICS}\"\n\n[hist]\nsyscall = true\ncgroup = true\n"),
+    );
+    let daemon = start_daemon(&lab, &cfg);
+    let prom_addr = "127.0.0.1:9090";
+    let prom_cfg = dir.write(
+        "prometheus.yml",
+        &format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: kscope\n    static_configs:\n      - targets: ['{METRICS}']\n"
+        ),
+    );
+    let log = fs::File::create(dir.0.join("prometheus.log")).expect("log file");
+    let _prom = Killed(
+        lab.b
+            .command(&prometheus)
+            .arg(format!("--config.file={}", prom_cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.0.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={prom_addr}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus"),
+    );
+    let prom_log = || fs::read_to_string(dir.0.join("prometheus.log")).unwrap_or_default();
+    let start = Instant::now();
+    while !matches!(http_get(&lab.b, prom_addr, "/-/ready"), Ok((200, _))) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "prometheus not ready:\n{}",
+            prom_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "daemon_hist_workload_helper",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HIST_WORKLOAD, &cg)
+        .output()
+        .expect("run the workload");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "workload: {text}");
+    let median_ns: u64 = text
+        .lines()
+        .find_map(|l| l.split_once("median_ns=").map(|(_, v)| v))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no median in {text}"));
+    // The top of the log2 bucket holding the workload's own median.
+    let top = (1u64 << (64 - median_ns.leading_zeros())) as f64 / 1e9;
+    let series = format!("syscall=\"pselect6\",cgroup=\"/{cg_name}\"");
+    let count_q = format!("kscope_hist_syscall_latency_seconds_count{{{series}}}");
+    let p50_q =
+        format!("histogram_quantile(0.5, kscope_hist_syscall_latency_seconds_bucket{{{series}}})");
+    let start = Instant::now();
+    let (n, p50) = loop {
+        let n = prom_query(&lab.b, prom_addr, &count_q);
+        if n.is_some_and(|n| n >= HIST_CALLS as f64)
+            && let Some(p) = prom_query(&lab.b, prom_addr, &p50_q)
+        {
+            break (n, p);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "Prometheus never saw {HIST_CALLS} pselect6 calls in the cgroup ({n:?}); prometheus log:\n{}",
+            prom_log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("p50 {p50} s; the workload's median {median_ns} ns, its bucket's top {top} s");
+    assert_eq!(n, Some(HIST_CALLS as f64), "the cgroup's pselect6 calls");
+    assert!(
+        (2_097_152e-9..=top).contains(&p50),
+        "histogram_quantile(0.5) = {p50} s, want 2.097 ms to {top} s"
+    );
+    let (status, _, stderr) = daemon.stop(libc::SIGTERM);
+    assert!(status.success(), "daemon exit {status}:\n{stderr}");
+}

@@ -401,3 +401,171 @@ fn unknown_syscall_names_are_refused() {
     let out = kscope(None, &["hist", "syscall", "nosuchcall", "-d", "1"]);
     assert_fails(&out, 1, &["nosuchcall"]);
 }
+
+/// A loop device over a file in /tmp, set up with the loop ioctls (no
+/// losetup needed); detached, and the file removed, on drop.
+struct LoopDev {
+    dev: std::fs::File,
+    path: std::path::PathBuf,
+    backing: std::path::PathBuf,
+}
+
+/// include/uapi/linux/loop.h.
+const LOOP_SET_FD: libc::c_ulong = 0x4C00;
+const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+
+impl LoopDev {
+    /// `None` when the kernel has no loop driver.
+    fn new(bytes: u64) -> Option<LoopDev> {
+        use std::os::fd::AsRawFd as _;
+        let ctl = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/loop-control")
+            .ok()?;
+        let backing = std::env::temp_dir().join(format!("kscope-hist-loop-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&backing)
+            .expect("create the backing file");
+        file.set_len(bytes).expect("size the backing file");
+        // Another process may take the free device between the two calls:
+        // then ask again.
+        for _ in 0..20 {
+            // SAFETY: an ioctl without arguments on loop-control.
+            let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) };
+            assert!(
+                n >= 0,
+                "LOOP_CTL_GET_FREE: {}",
+                std::io::Error::last_os_error()
+            );
+            let path = std::path::PathBuf::from(format!("/dev/loop{n}"));
+            let mut dev = None;
+            for _ in 0..100 {
+                if let Ok(f) = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                {
+                    dev = Some(f);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let dev = dev.unwrap_or_else(|| panic!("{} never appeared", path.display()));
+            // SAFETY: LOOP_SET_FD takes the backing file's descriptor.
+            if unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_FD, file.as_raw_fd()) } == 0 {
+                return Some(LoopDev { dev, path, backing });
+            }
+            let e = std::io::Error::last_os_error();
+            assert_eq!(e.raw_os_error(), Some(libc::EBUSY), "LOOP_SET_FD: {e}");
+        }
+        panic!("no free loop device after 20 tries");
+    }
+
+    /// The device's name as the kernel gives it (`loop3`).
+    fn name(&self) -> String {
+        self.path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: LOOP_CLR_FD on our own loop device, no argument.
+        if unsafe { libc::ioctl(self.dev.as_raw_fd(), LOOP_CLR_FD, 0) } != 0 {
+            eprintln!(
+                "cannot detach {}: {}",
+                self.path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        let _ = std::fs::remove_file(&self.backing);
+    }
+}
+
+/// `hist block`: N direct 4 KiB writes and M direct reads of a loop device
+/// by this process are N write and M read latencies of that device, each
+/// in its own histogram (dd oflag=direct's I/O, one request per call).
+/// No task filter: the filters apply to the task that issues a request,
+/// and on 5.10 the loop device's writes are issued from a kernel worker.
+/// The device is new and only this test uses it; udev's probe of it, where
+/// udev runs, is over before the tracer starts.
+#[test]
+fn block_counts_equal_the_requests_issued() {
+    use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
+    require_root();
+    const WRITES: u64 = 64;
+    const READS: u64 = 23;
+    const BLOCK: usize = 4096;
+    let Some(lo) = LoopDev::new(1 << 20) else {
+        skip("loop", "no /dev/loop-control (no loop driver)");
+        return;
+    };
+    let name = lo.name();
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&lo.path)
+        .expect("open the loop device with O_DIRECT");
+    // O_DIRECT wants an aligned buffer.
+    let layout = std::alloc::Layout::from_size_align(BLOCK, BLOCK).expect("layout");
+    // SAFETY: a non-zero size; freed below with the same layout.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    assert!(!ptr.is_null());
+    // SAFETY: BLOCK bytes just allocated, used only here.
+    let buf = unsafe { std::slice::from_raw_parts_mut(ptr, BLOCK) };
+    if let Some(udevadm) = find_in_path("udevadm") {
+        let _ = Command::new(udevadm).args(["settle", "-t", "10"]).status();
+    }
+    let tracer = Tracer::start(&["hist", "block", "--json"], true, READY);
+    let ids = tracer.prog_ids();
+    for i in 0..WRITES {
+        buf[0] = i as u8;
+        dev.write_all_at(buf, i * BLOCK as u64)
+            .expect("direct write");
+    }
+    for i in 0..READS {
+        dev.read_exact_at(buf, i * BLOCK as u64)
+            .expect("direct read");
+    }
+    // Direct I/O returns after its completion: every latency is in.
+    let (status, out, err) = tracer.stop(libc::SIGINT);
+    // SAFETY: allocated above with this layout.
+    unsafe { std::alloc::dealloc(ptr, layout) };
+    drop(dev);
+    drop(lo);
+    assert!(status.success(), "{status}: {err}");
+    assert_progs_gone(&ids);
+    let objs = objects(&out);
+    let count = |op: &str| {
+        objs.iter()
+            .filter(|o| o["device"] == name.as_str() && o["op"] == op)
+            .map(|o| o["count"].as_u64().expect("count"))
+            .sum::<u64>()
+    };
+    eprintln!(
+        "block: {name}: {} writes, {} reads",
+        count("write"),
+        count("read")
+    );
+    assert_eq!(count("write"), WRITES, "{out}");
+    assert_eq!(count("read"), READS, "{out}");
+    for o in objs.iter().filter(|o| o["device"] == name.as_str()) {
+        let in_buckets: u64 = buckets(o).iter().map(|(_, c)| c).sum();
+        assert_eq!(Some(in_buckets), o["count"].as_u64(), "{o}");
+        assert!(
+            o["dev"].as_str().is_some_and(|d| d.starts_with("7:")),
+            "{o}"
+        );
+    }
+}

@@ -1061,3 +1061,68 @@ fn kernel_frames_are_marked_in_folded_and_coloured_apart_in_svg() {
         assert!(!orange(*fill), "user frame {name} is orange too: {fill:?}");
     }
 }
+
+/// `--off-cpu`: a thread that sleeps 100 ms 20 times shows about 2 s (in
+/// microseconds) under its sleep stack: within 10% of the sleeps as the
+/// thread measured them itself (each from before the call to after its
+/// return, which bounds the time off the CPU from above), and no less than
+/// the 2 s asked for less 10%. The weights are time, not counts.
+#[test]
+fn off_cpu_time_of_a_sleeping_thread_is_its_sleep() {
+    require_root();
+    const SLEEPS: u32 = 20;
+    const NAME: &str = "kscope-offcpu";
+    let me = std::process::id().to_string();
+    let t = Tracer::start_until(
+        None,
+        &["profile", "--off-cpu", "--json", "--progress", "-p", &me],
+        &[],
+        true,
+        Duration::from_secs(120),
+        "sampling:",
+    );
+    let sleeper = std::thread::Builder::new()
+        .name(NAME.into())
+        .spawn(|| {
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 100_000_000,
+            };
+            let mut total = Duration::ZERO;
+            for _ in 0..SLEEPS {
+                let start = Instant::now();
+                // SAFETY: a valid timespec, and no remainder wanted.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_nanosleep,
+                        &raw const ts,
+                        std::ptr::null_mut::<libc::timespec>(),
+                    )
+                };
+                total += start.elapsed();
+                assert_eq!(r, 0);
+            }
+            total
+        })
+        .expect("spawn the sleeper");
+    let measured = sleeper.join().expect("sleeper");
+    let (status, out, err) = t.stop(libc::SIGINT);
+    assert!(status.success(), "{status}: {err}");
+    let report: Value = serde_json::from_str(&out).expect("one JSON report");
+    assert_eq!(report["event"], "off-cpu", "{err}");
+    assert_eq!(report["unit"], "microseconds");
+    let slept_us: u64 = stacks(&report)
+        .iter()
+        .filter(|s| s["comm"] == NAME)
+        .filter(|s| frames(s, "kernel").iter().any(|f| f.contains("nanosleep")))
+        .map(count)
+        .sum();
+    let measured_us = measured.as_micros() as u64;
+    let asked_us = u64::from(SLEEPS) * 100_000;
+    eprintln!("off-cpu: {slept_us} us under the sleep stack; the thread measured {measured_us} us");
+    assert!(
+        slept_us <= measured_us && slept_us * 10 >= measured_us * 9,
+        "{slept_us} us off the CPU, the thread slept {measured_us} us:\n{out}"
+    );
+    assert!(slept_us * 10 >= asked_us * 9, "{slept_us} us < 90% of 2 s");
+}

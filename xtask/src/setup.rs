@@ -44,6 +44,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // `bench trace` also with BCC
     ("bpftrace", "bpftrace"),
     ("bpfcc-tools", "opensnoop-bpfcc"),
+    // `cargo xtask bench hist` compares with libbpf-tools' runqlat and
+    // runs `perf bench sched pipe`
+    ("libbpf-tools", "/usr/sbin/runqlat"),
+    ("linux-perf", "perf"),
     // `cargo xtask bench fw` compares with xdp-filter
     ("xdp-tools", "xdp-filter"),
     // the daemon's end-to-end test has a real Prometheus scrape it

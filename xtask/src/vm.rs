@@ -7,7 +7,7 @@
 //! download and unpack it (cached under target/vm/), build an initramfs from
 //! busybox-static, the statically linked test binaries, the host's iproute2,
 //! bpftool and util-linux tools with their libraries, and the modules the
-//! tests need (veth) from the same package; boot it with qemu (TCG: KVM does
+//! tests need (veth, loop) from the same package; boot it with qemu (TCG: KVM does
 //! not work here), run every integration test binary, and read the results
 //! back from the serial console.
 //!
@@ -68,7 +68,7 @@ pub const MATRIX: &[Kernel] = &[
 
 /// Modules the tests need, loaded in the guest if the kernel builds them as
 /// modules (dependencies are resolved from each module's .modinfo).
-const MODULES: &[&str] = &["veth"];
+const MODULES: &[&str] = &["veth", "loop"];
 
 /// Host tools the tests run, copied with their shared libraries.
 /// tmux drives `kscope top`'s screen as a person would.
@@ -359,6 +359,8 @@ mount -t tmpfs tmpfs /tmp
 mount -t bpf bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug
+# The cgroup v2 hierarchy, for the --cgroup tests (as on most machines).
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
 while read m; do insmod "/lib/modules/$m" || echo "KSCOPE-WARN insmod $m failed"; done </lib/modules/load.list
 ip link set lo up
 read up _ </proc/uptime

@@ -123,7 +123,11 @@ pub fn hist_runq_switch(ctx: TracePointContext) -> u32 {
         // SAFETY: a live entry, read before it is removed.
         let (has, wait) = unsafe { ((*p).has_wait, (*p).wait_ns) };
         if has != 0 && passes_filters() {
-            hist_add(&RunqKey { zero: 0 }, wait);
+            let key = RunqKey {
+                zero: 0,
+                cgroup_id: hist_cgroup(),
+            };
+            hist_add(&key, wait);
         }
         let _ = RUNQ_PENDING.remove(prev);
     }

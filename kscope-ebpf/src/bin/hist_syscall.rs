@@ -98,7 +98,12 @@ pub fn hist_syscall_exit(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let ns = now_ns().saturating_sub(start);
-    hist_add(&SyscallKey { nr }, ns);
+    let key = SyscallKey {
+        nr,
+        _pad: 0,
+        cgroup_id: hist_cgroup(),
+    };
+    hist_add(&key, ns);
     0
 }
 

@@ -20,14 +20,15 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::{map, perf_event},
-    maps::{HashMap, PerCpuArray, StackTrace},
+    maps::{CgroupArray, HashMap, PerCpuArray, StackTrace},
     programs::{PerfEventContext, tracing::StackIdContext as _},
 };
 use kscope_common::profile::{
-    COUNTS_ENTRIES, DEFAULT_STACK_ENTRIES, EFAULT, GLOBAL_FILTER_PIDS, GLOBAL_INCLUDE_IDLE,
-    GLOBAL_STACKS, LostReason, MAP_COUNTS, MAP_NEW_PIDS, MAP_PIDS, MAP_STACKS, MAP_STATS, N_STATS,
-    NEW_PIDS_ENTRIES, PIDS_ENTRIES, PROG_PROFILE_PERF, SLOT_COUNTS_FULL, SLOT_IDLE, SLOT_SAMPLES,
-    STACK_ABSENT, STACKS_KERNEL, STACKS_USER, Side, StackKey, lost_slot,
+    COUNTS_ENTRIES, DEFAULT_STACK_ENTRIES, EFAULT, GLOBAL_FILTER_CGROUP, GLOBAL_FILTER_PIDS,
+    GLOBAL_INCLUDE_IDLE, GLOBAL_STACKS, LostReason, MAP_CGROUP, MAP_COUNTS, MAP_NEW_PIDS, MAP_PIDS,
+    MAP_STACKS, MAP_STATS, N_STATS, NEW_PIDS_ENTRIES, PIDS_ENTRIES, PROG_PROFILE_PERF,
+    SLOT_COUNTS_FULL, SLOT_IDLE, SLOT_SAMPLES, STACK_ABSENT, STACKS_KERNEL, STACKS_USER, Side,
+    StackKey, lost_slot,
 };
 use kscope_ebpf::assert_symbol_name;
 
@@ -50,9 +51,15 @@ static PROFILE_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(PIDS_ENTRIES, 
 #[map]
 static PROFILE_NEW_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(NEW_PIDS_ENTRIES, 0);
 
+/// `--cgroup`'s directory, in slot 0 (set by user space).
+#[map]
+static PROFILE_CGROUP: CgroupArray = CgroupArray::with_max_entries(1, 0);
+
 /// Load-time settings (see kscope_common::profile::GLOBAL_*).
 #[unsafe(no_mangle)]
 static PROFILE_FILTER_PIDS: u32 = 0;
+#[unsafe(no_mangle)]
+static PROFILE_FILTER_CGROUP: u32 = 0;
 #[unsafe(no_mangle)]
 static PROFILE_INCLUDE_IDLE: u32 = 0;
 #[unsafe(no_mangle)]
@@ -66,6 +73,8 @@ assert_symbol_name!(PROFILE_STATS, MAP_STATS);
 assert_symbol_name!(PROFILE_PIDS, MAP_PIDS);
 assert_symbol_name!(PROFILE_NEW_PIDS, MAP_NEW_PIDS);
 assert_symbol_name!(PROFILE_FILTER_PIDS, GLOBAL_FILTER_PIDS);
+assert_symbol_name!(PROFILE_CGROUP, MAP_CGROUP);
+assert_symbol_name!(PROFILE_FILTER_CGROUP, GLOBAL_FILTER_CGROUP);
 assert_symbol_name!(PROFILE_INCLUDE_IDLE, GLOBAL_INCLUDE_IDLE);
 assert_symbol_name!(PROFILE_STACKS_WANTED, GLOBAL_STACKS);
 assert_symbol_name!(profile_perf, PROG_PROFILE_PERF);
@@ -92,6 +101,13 @@ fn sample(ctx: &PerfEventContext) {
     // task's included (pid 0 is never in the map), are not this profile's,
     // not even as a count of idle samples left out.
     if setting(&PROFILE_FILTER_PIDS) != 0 && PROFILE_PIDS.get_ptr(tgid).is_none() {
+        return;
+    }
+    // The same for `--cgroup` (the idle task is in the root cgroup only,
+    // so a child cgroup leaves it out too). An empty slot passes nothing.
+    if setting(&PROFILE_FILTER_CGROUP) != 0
+        && PROFILE_CGROUP.current_task_under_cgroup(0) != Ok(true)
+    {
         return;
     }
     // Thread id 0 is the per-CPU idle task (swapper/N).

@@ -120,6 +120,7 @@ fn current(ts_ns: u64, sk: u64, family: u16, dport: u16, daddr: [u8; 16]) -> Con
     ConnectStart {
         ts_ns,
         sk,
+        cgroup_id: current_cgroup_id(),
         family,
         dport,
         pid: (pid_tgid >> 32) as u32,
@@ -213,6 +214,7 @@ fn emit(s: &ConnectStart, ret: i32, has_ret: u32, sport: u16, saddr: [u8; 16]) {
     entry.write(ConnectEvent {
         ts_ns: now,
         latency_ns: now.saturating_sub(s.ts_ns),
+        cgroup_id: s.cgroup_id,
         pid: s.pid,
         tid: s.tid,
         uid: s.uid,

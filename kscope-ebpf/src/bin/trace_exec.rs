@@ -100,6 +100,7 @@ fn enter(argv: u64) -> u32 {
         (*e).pid = (pid_tgid >> 32) as u32;
         (*e).ppid = ppid();
         (*e).uid = bpf_get_current_uid_gid() as u32;
+        (*e).cgroup_id = current_cgroup_id();
         (*e).ret = 0;
         (*e).argc = 0;
         (*e).args_len = 0;

@@ -126,6 +126,7 @@ fn exit(ret: i64) -> u32 {
         (*p).ev.pid = (pid_tgid >> 32) as u32;
         (*p).ev.tid = tid;
         (*p).ev.uid = bpf_get_current_uid_gid() as u32;
+        (*p).ev.cgroup_id = current_cgroup_id();
         (*p).ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
         // The mask keeps the size provably within the value for the
         // verifier; path_len is below PATH_MAX already.

@@ -68,6 +68,43 @@ pub struct Config {
     pub(crate) trace: TraceConfig,
     #[serde(default)]
     pub(crate) profile: ProfileConfig,
+    #[serde(default)]
+    pub(crate) hist: HistConfig,
+}
+
+/// `[hist]`: which latency histograms the daemon keeps (in the kernel, as
+/// `kscope hist` does) and serves as Prometheus histograms. Their label
+/// sets are bounded by `[trace] max_series`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HistConfig {
+    /// Run queue latency (`kscope_hist_runq_latency_seconds`).
+    #[serde(default)]
+    pub(crate) runq: bool,
+    /// System call latency by syscall
+    /// (`kscope_hist_syscall_latency_seconds`).
+    #[serde(default)]
+    pub(crate) syscall: bool,
+    /// Block I/O latency by device and operation
+    /// (`kscope_hist_block_latency_seconds`).
+    #[serde(default)]
+    pub(crate) block: bool,
+    /// A `cgroup` label too: the task's cgroup v2 path (a cgroup gone by
+    /// the scrape is summed under `[other]`).
+    #[serde(default)]
+    pub(crate) cgroup: bool,
+}
+
+impl HistConfig {
+    /// Whether histogram `name` (`runq`, `syscall`, `block`) is on.
+    pub(crate) fn wants(&self, name: &str) -> bool {
+        match name {
+            "runq" => self.runq,
+            "syscall" => self.syscall,
+            "block" => self.block,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

@@ -123,6 +123,9 @@ fn parse_q(v: &str) -> Option<u32> {
 pub(crate) enum MetricType {
     Counter,
     Gauge,
+    /// Samples `NAME_bucket{le=…}` (cumulative), `NAME_sum`, `NAME_count`,
+    /// written with [`FamilyWriter::suffixed`].
+    Histogram,
 }
 
 /// A sample value.
@@ -159,12 +162,13 @@ impl Exposition {
     pub(crate) fn family(&mut self, name: &str, help: &str, kind: MetricType) -> FamilyWriter<'_> {
         let sample_name = match kind {
             MetricType::Counter => format!("{name}_total"),
-            MetricType::Gauge => name.to_owned(),
+            MetricType::Gauge | MetricType::Histogram => name.to_owned(),
         };
         let (meta_name, type_name) = match (self.format, kind) {
             (Format::OpenMetrics, MetricType::Counter) => (name, "counter"),
             (Format::Text, MetricType::Counter) => (sample_name.as_str(), "counter"),
             (_, MetricType::Gauge) => (name, "gauge"),
+            (_, MetricType::Histogram) => (name, "histogram"),
         };
         let t = &mut self.text;
         t.push_str("# HELP ");
@@ -195,8 +199,15 @@ impl FamilyWriter<'_> {
     /// One sample with `labels` (names are the daemon's own constants;
     /// values come from anywhere and are escaped).
     pub(crate) fn sample(&mut self, labels: &[(&str, &str)], value: Value) {
+        self.suffixed("", labels, value);
+    }
+
+    /// One sample named the family's name plus `suffix` (a histogram's
+    /// `_bucket`, `_sum`, `_count`).
+    pub(crate) fn suffixed(&mut self, suffix: &str, labels: &[(&str, &str)], value: Value) {
         let t = &mut *self.text;
         t.push_str(&self.sample_name);
+        t.push_str(suffix);
         if !labels.is_empty() {
             t.push('{');
             for (i, (k, v)) in labels.iter().enumerate() {

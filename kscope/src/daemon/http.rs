@@ -383,12 +383,14 @@ async fn profile(ctx: &Ctx, query: &str) -> Response<Full<Bytes>> {
         frequency: req.hz,
         cpu: None,
         pids: req.pids.clone(),
+        cgroup: None,
         include_idle: false,
         sides: Sides {
             kernel: true,
             user: true,
         },
         stack_storage: kscope_common::profile::DEFAULT_STACK_ENTRIES,
+        off_cpu: false,
     };
     let stop = ctx.stop.clone();
     let seconds = req.seconds;
@@ -400,7 +402,9 @@ async fn profile(ctx: &Ctx, query: &str) -> Response<Full<Bytes>> {
         let mut body = Vec::new();
         match format {
             ProfileFormat::Folded => report::write_folded(&mut body, &r.stacks),
-            ProfileFormat::Svg => report::write_svg(&mut body, &r.stacks, "kscope daemon profile"),
+            ProfileFormat::Svg => {
+                report::write_svg(&mut body, &r.stacks, "kscope daemon profile", "samples")
+            }
             ProfileFormat::Json => serde_json::to_writer(&mut body, &r).map_err(Into::into),
             ProfileFormat::Pprof => profile::pprof::write(&mut body, &r),
         }

@@ -21,6 +21,9 @@
 //! | `kscope_trace_open_errors_total` | counter | comm |
 //! | `kscope_trace_execs_total` | counter | comm, result |
 //! | `kscope_trace_connects_total` | counter | daddr, dport, result |
+//! | `kscope_hist_runq_latency_seconds` | histogram | |
+//! | `kscope_hist_syscall_latency_seconds` | histogram | syscall |
+//! | `kscope_hist_block_latency_seconds` | histogram | device, op |
 //! | `kscope_bpf_program_run_time_seconds_total` | counter | id, name, type, comm (`[trace] max_series` programs, then `[other]`) |
 //! | `kscope_bpf_program_run_count_total` | counter | id, name, type, comm |
 //! | `kscope_bpf_program_map_bytes` | gauge | id, name, type, comm |
@@ -172,6 +175,9 @@ pub(crate) struct State {
     /// Running tracers by name, each behind a lock of its own so that
     /// reading one's kernel maps does not hold this state's lock.
     pub(crate) tracers: BTreeMap<&'static str, Arc<Mutex<TracerSlot>>>,
+    /// Running latency histograms by `[hist]` name, each behind its own
+    /// lock as the tracers are.
+    pub(crate) hists: BTreeMap<&'static str, Arc<Mutex<super::hists::HistSlot>>>,
     pub(crate) bpf_stats: bool,
     pub(crate) reloads_ok: u64,
     pub(crate) reloads_failed: u64,
@@ -415,6 +421,7 @@ impl KscopeCollector {
         // shape of the family helpers.
         let _ = self.firewall(&mut out, &ifaces);
         let _ = self.tracers(&mut out);
+        let _ = self.hists(&mut out);
         if bpf_stats {
             let _ = self.programs(&mut out);
         }
@@ -507,6 +514,59 @@ impl KscopeCollector {
         )?;
         for (iface, r) in &rules {
             gauge(&mut m, &[("iface", iface)], r.rules as i64)?;
+        }
+        Ok(())
+    }
+
+    /// Every `[hist]` family (empty when off), as Prometheus histograms:
+    /// cumulative `_bucket`s at the log2 bounds (`le` in seconds, from
+    /// 1.024 µs to 68.7 s, and `+Inf`), `_sum` and `_count`.
+    fn hists(&self, out: &mut Out) -> fmt::Result {
+        use super::hists::{HISTS, LE_FIRST, LE_LAST, le_seconds};
+        for d in HISTS {
+            let slot = self.0.lock().hists.get(d.name).cloned();
+            let mut m = out.family(d.metric, d.help, MetricType::Histogram)?;
+            let Some(slot) = slot else { continue };
+            let (rows, by_cgroup) = {
+                let mut g = slot.lock().unwrap_or_else(|p| p.into_inner());
+                let by_cgroup = g.by_cgroup;
+                (g.scrape(d.labels.len() + usize::from(by_cgroup)), by_cgroup)
+            };
+            let names: Vec<&str> = d
+                .labels
+                .iter()
+                .copied()
+                .chain(by_cgroup.then_some("cgroup"))
+                .collect();
+            let rows = match rows {
+                Ok(r) => r,
+                Err(e) => {
+                    self.0.scrape_error(&format!("{} histogram", d.name), &e);
+                    continue;
+                }
+            };
+            let les: Vec<String> = (LE_FIRST..=LE_LAST)
+                .map(|i| format!("{:?}", le_seconds(i)))
+                .collect();
+            for (values, h) in &rows {
+                let mut labels: Vec<(&str, &str)> = names
+                    .iter()
+                    .copied()
+                    .zip(values.iter().map(String::as_str))
+                    .collect();
+                let mut cum: u64 = h.slots[..LE_FIRST].iter().sum();
+                for (i, le) in (LE_FIRST..=LE_LAST).zip(&les) {
+                    cum += h.slots[i];
+                    labels.push(("le", le));
+                    m.suffixed("_bucket", &labels, Value::Int(cum));
+                    labels.pop();
+                }
+                labels.push(("le", "+Inf"));
+                m.suffixed("_bucket", &labels, Value::Int(h.count));
+                labels.pop();
+                m.suffixed("_sum", &labels, Value::Float(h.sum_ns as f64 / 1e9));
+                m.suffixed("_count", &labels, Value::Int(h.count));
+            }
         }
         Ok(())
     }

@@ -16,6 +16,7 @@
 
 pub mod config;
 mod expo;
+mod hists;
 mod http;
 mod metrics;
 mod rule_hits;
@@ -181,6 +182,13 @@ impl Daemon {
         // 2. Tracers that should run and do not yet: started first, as they
         //    are the likeliest to fail and the easiest to take back.
         let started = self.tracers.start_missing(&c.trace, &self.shared)?;
+        let started_hists = match hists::start_missing(&c.hist, c.trace.max_series, &self.shared) {
+            Ok(h) => h,
+            Err(e) => {
+                self.tracers.stop(&started, &self.shared);
+                return Err(e);
+            }
+        };
         // 3. Firewall: attach new interfaces, then swap rule sets.
         let mut attached = Vec::new();
         let fw = (|| -> anyhow::Result<()> {
@@ -218,6 +226,7 @@ impl Daemon {
                 }
             }
             self.tracers.stop(&started, &self.shared);
+            hists::stop(&started_hists, &self.shared);
             return Err(e);
         }
         self.attached_here.extend(attached);
@@ -231,6 +240,7 @@ impl Daemon {
             self.attached_here.remove(iface);
         }
         self.tracers.stop_unwanted(&c.trace, &self.shared);
+        hists::settle(&c.hist, c.trace.max_series, &self.shared);
         self.set_bpf_stats(c.metrics.bpf_stats);
         {
             let mut s = self.shared.lock();

@@ -23,12 +23,14 @@ pub fn run(args: &ProfileArgs, mut w: impl Write) -> Result<(), ProfileError> {
         frequency: args.frequency,
         cpu: args.cpu,
         pids: args.pids.clone(),
+        cgroup: args.cgroup.clone(),
         include_idle: args.include_idle,
         sides: Sides {
             kernel: !args.user_only,
             user: !args.kernel_only,
         },
         stack_storage: args.stack_storage,
+        off_cpu: args.off_cpu,
     };
     let stop = crate::sys::stop_on_signals().map_err(ProfileError::Signals)?;
     let tty = io::stderr().is_terminal();
@@ -57,7 +59,11 @@ pub fn run(args: &ProfileArgs, mut w: impl Write) -> Result<(), ProfileError> {
     }
     if let Some(path) = &args.svg {
         write_file(path, |w| {
-            report::write_svg(w, &report.stacks, "kscope profile")
+            if opts.off_cpu {
+                report::write_svg(w, &report.stacks, "kscope profile --off-cpu", "us")
+            } else {
+                report::write_svg(w, &report.stacks, "kscope profile", "samples")
+            }
         })?;
     }
     if let Some(path) = &args.pprof {

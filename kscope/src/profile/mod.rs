@@ -33,16 +33,18 @@ use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, StackTraceMap},
     programs::{
-        PerfEvent,
+        PerfEvent, TracePoint,
         perf_event::{
             HardwareEvent, PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy,
             SoftwareEvent,
         },
+        trace_point::TracePointLinkId,
     },
 };
 use kscope_common::profile::{
-    GLOBAL_FILTER_PIDS, GLOBAL_INCLUDE_IDLE, GLOBAL_STACKS, LostReason, MAP_COUNTS, MAP_NEW_PIDS,
-    MAP_PIDS, MAP_STACKS, MAP_STATS, N_STATS, PIDS_ENTRIES, PROG_PROFILE_PERF, SLOT_COUNTS_FULL,
+    GLOBAL_FILTER_CGROUP, GLOBAL_FILTER_PIDS, GLOBAL_INCLUDE_IDLE, GLOBAL_OFF_NEXT_PID,
+    GLOBAL_STACKS, LostReason, MAP_CGROUP, MAP_COUNTS, MAP_NEW_PIDS, MAP_PIDS, MAP_STACKS,
+    MAP_STATS, N_STATS, PIDS_ENTRIES, PROG_PROFILE_OFFCPU, PROG_PROFILE_PERF, SLOT_COUNTS_FULL,
     SLOT_IDLE, SLOT_SAMPLES, STACKS_KERNEL, STACKS_USER, Side, StackKey, lost_slot,
 };
 use thiserror::Error;
@@ -50,6 +52,13 @@ use thiserror::Error;
 use crate::sys::{self, Cap, SysError};
 pub(crate) use report::{Lost, Report};
 use symbolize::{RawProfile, Sides};
+
+/// [`Report::event`] of an off-CPU profile.
+pub(crate) const OFF_CPU_EVENT: &str = "off-cpu";
+
+/// The compiled `profile_offcpu` kernel object.
+static PROFILE_OFFCPU_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profile_offcpu"));
 
 /// The compiled `profile_perf` kernel object.
 static PROFILE_PERF_OBJ: &[u8] =
@@ -113,6 +122,12 @@ pub enum ProfileError {
         #[source]
         source: std::io::Error,
     },
+    /// `--cgroup`'s directory is missing or not a cgroup v2 directory.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    /// `--off-cpu` cannot run here (sched:sched_switch's format).
+    #[error("off-CPU profiling: {0}")]
+    OffCpu(String),
     /// Writing the report to the verb's output failed (a closed pipe among
     /// others: see [`ProfileError::is_broken_pipe`]).
     #[error(transparent)]
@@ -140,11 +155,16 @@ pub(crate) struct Options {
     pub(crate) cpu: Option<u32>,
     /// Only these processes; system-wide when empty.
     pub(crate) pids: Vec<u32>,
+    /// Only tasks in this cgroup v2 directory or below it.
+    pub(crate) cgroup: Option<std::path::PathBuf>,
     /// Keep idle-task samples.
     pub(crate) include_idle: bool,
     pub(crate) sides: Sides,
     /// Distinct stacks the stack map can hold.
     pub(crate) stack_storage: u32,
+    /// Off-CPU time by stack (sched:sched_switch) instead of on-CPU
+    /// samples: `frequency`, `cpu` and `include_idle` do not apply.
+    pub(crate) off_cpu: bool,
 }
 
 /// The event samples are taken on.
@@ -154,6 +174,8 @@ pub(crate) enum Event {
     Cycles,
     /// PERF_COUNT_SW_CPU_CLOCK.
     CpuClock,
+    /// sched:sched_switch, for off-CPU time.
+    OffCpu,
 }
 
 impl Event {
@@ -161,13 +183,15 @@ impl Event {
         match self {
             Event::Cycles => "cycles",
             Event::CpuClock => "cpu-clock",
+            Event::OffCpu => OFF_CPU_EVENT,
         }
     }
 
     fn config(self) -> PerfEventConfig {
         match self {
             Event::Cycles => PerfEventConfig::Hardware(HardwareEvent::CpuCycles),
-            Event::CpuClock => PerfEventConfig::Software(SoftwareEvent::CpuClock),
+            // Never attached as a perf event.
+            Event::CpuClock | Event::OffCpu => PerfEventConfig::Software(SoftwareEvent::CpuClock),
         }
     }
 }
@@ -177,6 +201,8 @@ impl Event {
 pub(crate) struct Sampler {
     ebpf: Ebpf,
     links: Vec<PerfEventLinkId>,
+    /// Off-CPU mode's one attachment.
+    switch_link: Option<TracePointLinkId>,
     pub(crate) event: Event,
     pub(crate) cpus: Vec<u32>,
     pub(crate) prog_id: u32,
@@ -220,6 +246,7 @@ impl Sampler {
             });
         }
         if let Ok(max) = sys::perf_max_sample_rate()
+            && !opts.off_cpu
             && opts.frequency > max
         {
             return Err(ProfileError::FrequencyTooHigh {
@@ -227,22 +254,39 @@ impl Sampler {
                 max,
             });
         }
+        let cgroup = opts
+            .cgroup
+            .as_deref()
+            .map(crate::cgroup::CgroupDir::open)
+            .transpose()?;
         if let Err(e) = sys::raise_memlock_rlimit() {
             tracing::debug!("raising RLIMIT_MEMLOCK: {e}");
         }
 
         let filter = u32::from(!opts.pids.is_empty());
+        let filter_cgroup = u32::from(cgroup.is_some());
         let idle = u32::from(opts.include_idle);
         let stacks = if opts.sides.kernel { STACKS_KERNEL } else { 0 }
             | if opts.sides.user { STACKS_USER } else { 0 };
         // No CO-RE relocations: no need for aya to parse the kernel's BTF.
-        let mut ebpf = crate::sys::loader_without_kernel_btf()
+        let mut loader = crate::sys::loader_without_kernel_btf();
+        loader
             .override_global(GLOBAL_FILTER_PIDS, &filter, true)
-            .override_global(GLOBAL_INCLUDE_IDLE, &idle, true)
+            .override_global(GLOBAL_FILTER_CGROUP, &filter_cgroup, true)
             .override_global(GLOBAL_STACKS, &stacks, true)
-            .map_max_entries(MAP_STACKS, opts.stack_storage)
-            .load(PROFILE_PERF_OBJ)
-            .map_err(ProfileError::Load)?;
+            .map_max_entries(MAP_STACKS, opts.stack_storage);
+        let next_pid_off;
+        let obj = if opts.off_cpu {
+            sys::ensure_tracefs()?;
+            next_pid_off = crate::trace::runq::sched_offset("sched_switch", "next_pid")
+                .map_err(|e| ProfileError::OffCpu(e.to_string()))?;
+            loader.override_global(GLOBAL_OFF_NEXT_PID, &next_pid_off, true);
+            PROFILE_OFFCPU_OBJ
+        } else {
+            loader.override_global(GLOBAL_INCLUDE_IDLE, &idle, true);
+            PROFILE_PERF_OBJ
+        };
+        let mut ebpf = loader.load(obj).map_err(ProfileError::Load)?;
         if !opts.pids.is_empty() {
             let mut pids: BpfHashMap<&mut MapData, u32, u8> = BpfHashMap::try_from(
                 ebpf.map_mut(MAP_PIDS)
@@ -252,6 +296,34 @@ impl Sampler {
             for &pid in &opts.pids {
                 pids.insert(pid, 1, 0).map_err(map_err(MAP_PIDS))?;
             }
+        }
+        if let Some(dir) = &cgroup {
+            let mut slot: aya::maps::CgroupArray<&mut MapData> = ebpf
+                .map_mut(MAP_CGROUP)
+                .ok_or(ProfileError::Missing(MAP_CGROUP))?
+                .try_into()
+                .map_err(map_err(MAP_CGROUP))?;
+            slot.set(0, dir.fd(), 0).map_err(map_err(MAP_CGROUP))?;
+        }
+        if opts.off_cpu {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(PROG_PROFILE_OFFCPU)
+                .ok_or(ProfileError::Missing(PROG_PROFILE_OFFCPU))?
+                .try_into()
+                .map_err(ProfileError::Program)?;
+            prog.load().map_err(ProfileError::Program)?;
+            let prog_id = prog.info().map(|i| i.id()).unwrap_or(0);
+            let link = prog
+                .attach("sched", "sched_switch")
+                .map_err(ProfileError::Program)?;
+            return Ok(Self {
+                ebpf,
+                links: Vec::new(),
+                switch_link: Some(link),
+                event: Event::OffCpu,
+                cpus,
+                prog_id,
+            });
         }
         let prog: &mut PerfEvent = ebpf
             .program_mut(PROG_PROFILE_PERF)
@@ -276,6 +348,7 @@ impl Sampler {
         Ok(Self {
             ebpf,
             links,
+            switch_link: None,
             event,
             cpus,
             prog_id,
@@ -322,6 +395,13 @@ impl Sampler {
     /// Stops sampling: detaches every perf event, so the counts read next
     /// are final.
     pub(crate) fn stop(&mut self) {
+        if let Some(link) = self.switch_link.take()
+            && let Some(prog) = self.ebpf.program_mut(PROG_PROFILE_OFFCPU)
+            && let Ok(prog) = <&mut TracePoint>::try_from(prog)
+            && let Err(e) = prog.detach(link)
+        {
+            tracing::warn!("detaching sched_switch: {e}");
+        }
         let Some(prog) = self.ebpf.program_mut(PROG_PROFILE_PERF) else {
             return;
         };
@@ -484,6 +564,11 @@ pub(crate) fn run(
     };
     Ok(Report {
         event: sampler.event.name(),
+        unit: if opts.off_cpu {
+            "microseconds"
+        } else {
+            "samples"
+        },
         frequency_hz: opts.frequency,
         cpus: sampler.cpus.clone(),
         pids: opts.pids.clone(),

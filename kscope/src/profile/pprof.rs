@@ -307,16 +307,27 @@ impl Builder {
 fn build(r: &Report, start_unix_ns: i64) -> proto::Profile {
     let mut b = Builder::default();
     b.string("");
-    let period_ns = 1_000_000_000 / i64::try_from(r.frequency_hz.max(1)).unwrap_or(i64::MAX);
+    let off_cpu = r.event == super::OFF_CPU_EVENT;
+    // Off the CPU, a count is a microsecond.
+    let period_ns = if off_cpu {
+        1000
+    } else {
+        1_000_000_000 / i64::try_from(r.frequency_hz.max(1)).unwrap_or(i64::MAX)
+    };
     let value_type = |b: &mut Builder, t: &str, u: &str| proto::ValueType {
         r#type: b.string(t),
         unit: b.string(u),
     };
+    let (count_type, time_type) = if off_cpu {
+        (("blocked", "microseconds"), ("off_cpu", "nanoseconds"))
+    } else {
+        (("samples", "count"), ("cpu", "nanoseconds"))
+    };
     b.p.sample_type = vec![
-        value_type(&mut b, "samples", "count"),
-        value_type(&mut b, "cpu", "nanoseconds"),
+        value_type(&mut b, count_type.0, count_type.1),
+        value_type(&mut b, time_type.0, time_type.1),
     ];
-    b.p.period_type = Some(value_type(&mut b, "cpu", "nanoseconds"));
+    b.p.period_type = Some(value_type(&mut b, time_type.0, time_type.1));
     b.p.period = period_ns;
     b.p.time_nanos = start_unix_ns;
     b.p.duration_nanos = (r.duration_secs * 1e9) as i64;
@@ -354,6 +365,7 @@ mod tests {
     fn report(stacks: Vec<Stack>) -> Report {
         Report {
             event: "cpu-clock",
+            unit: "samples",
             frequency_hz: 100,
             cpus: vec![0, 1],
             pids: vec![],

@@ -144,7 +144,12 @@ pub(crate) fn write_folded(w: &mut impl Write, stacks: &[Stack]) -> io::Result<(
 /// native names no other meaning ("java" paints C names that start with a
 /// capital green, as Java classes). Colours follow the names (`hash`), so
 /// a function keeps its colour from one graph to the next.
-pub(crate) fn write_svg(w: &mut impl Write, stacks: &[Stack], title: &str) -> io::Result<()> {
+pub(crate) fn write_svg(
+    w: &mut impl Write,
+    stacks: &[Stack],
+    title: &str,
+    count_name: &str,
+) -> io::Result<()> {
     use inferno::flamegraph::color::{MultiPalette, Palette};
     let lines: Vec<String> = folded(stacks)
         .into_iter()
@@ -152,7 +157,7 @@ pub(crate) fn write_svg(w: &mut impl Write, stacks: &[Stack], title: &str) -> io
         .collect();
     let mut opts = inferno::flamegraph::Options::default();
     opts.title = title.to_owned();
-    opts.count_name = "samples".to_owned();
+    opts.count_name = count_name.to_owned();
     opts.colors = Palette::Multi(MultiPalette::Js);
     opts.hash = true;
     inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), w)
@@ -256,8 +261,11 @@ impl Lost {
 /// Everything `--json` prints: one JSON document.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Report {
-    /// `cycles` or `cpu-clock`.
+    /// `cycles` or `cpu-clock`; `off-cpu` for an off-CPU profile.
     pub(crate) event: &'static str,
+    /// What a stack's `count` (and `samples`) counts: `samples`, or
+    /// `microseconds` off the CPU.
+    pub(crate) unit: &'static str,
     pub(crate) frequency_hz: u64,
     pub(crate) cpus: Vec<u32>,
     /// The `-p` processes; empty when system-wide.
@@ -282,15 +290,22 @@ pub(crate) struct Report {
 /// The one-line summary printed on stderr when sampling ends.
 pub(crate) fn summary(r: &Report) -> String {
     let lost = r.lost_kernel_stacks.total() + r.lost_user_stacks.total();
-    let mut s = format!(
-        "{} samples in {:.1}s ({} at {} Hz on {} CPU{})",
-        r.samples,
-        r.duration_secs,
-        r.event,
-        r.frequency_hz,
-        r.cpus.len(),
-        if r.cpus.len() == 1 { "" } else { "s" }
-    );
+    let mut s = if r.event == super::OFF_CPU_EVENT {
+        format!(
+            "{} us off the CPU in {:.1}s (sched:sched_switch)",
+            r.samples, r.duration_secs
+        )
+    } else {
+        format!(
+            "{} samples in {:.1}s ({} at {} Hz on {} CPU{})",
+            r.samples,
+            r.duration_secs,
+            r.event,
+            r.frequency_hz,
+            r.cpus.len(),
+            if r.cpus.len() == 1 { "" } else { "s" }
+        )
+    };
     if r.idle_samples > 0 {
         s += &format!(
             ", {} idle samples not shown (-I shows them)",
@@ -425,6 +440,7 @@ mod tests {
     fn json_report_round_trips_with_stacks_and_losses() {
         let r = Report {
             event: "cpu-clock",
+            unit: "samples",
             frequency_hz: 49,
             cpus: vec![0, 1],
             pids: vec![],
@@ -521,7 +537,7 @@ mod tests {
     #[test]
     fn svg_is_rendered_from_the_folded_stacks() {
         let mut out = Vec::new();
-        write_svg(&mut out, &sample_stacks(), "test").expect("render");
+        write_svg(&mut out, &sample_stacks(), "test", "samples").expect("render");
         let frames = svg_frames(&String::from_utf8(out).expect("utf8"));
         let titles: Vec<&str> = frames.iter().map(|(t, _)| t.as_str()).collect();
         assert!(
@@ -553,7 +569,7 @@ mod tests {
             stack("app", &["main", "app::work", "hot"], &[], 5),
         ];
         let mut out = Vec::new();
-        write_svg(&mut out, &stacks, "test").expect("render");
+        write_svg(&mut out, &stacks, "test", "samples").expect("render");
         let frames = svg_frames(&String::from_utf8(out).expect("utf8"));
         let colour = |name: &str| {
             frames
@@ -570,7 +586,7 @@ mod tests {
         }
         // Colours follow names: the same graph renders the same.
         let mut again = Vec::new();
-        write_svg(&mut again, &stacks, "test").expect("render");
+        write_svg(&mut again, &stacks, "test", "samples").expect("render");
         assert_eq!(svg_frames(&String::from_utf8(again).expect("utf8")), frames);
     }
 }

@@ -165,6 +165,30 @@ fn fs_magic(path: &Path) -> io::Result<i64> {
     Ok(st.f_type)
 }
 
+/// The filesystem type (statfs `f_type`) of an open file.
+///
+/// # Errors
+/// fstatfs(2) failing.
+pub(crate) fn fd_fs_magic(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<i64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: statfs is plain old data; all-zero is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open for the call and `st` a valid out-pointer.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type)
+}
+
+/// Where this process sees the cgroup v2 hierarchy mounted (the first
+/// `cgroup2` line of /proc/self/mountinfo): `/sys/fs/cgroup` on most
+/// machines, `/sys/fs/cgroup/unified` in hybrid mode. `None` when it is not
+/// mounted.
+pub(crate) fn cgroup2_mount() -> Option<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    crate::cgroup::parse_cgroup2_mount(&text)
+}
+
 fn mount(fstype: &str, target: &Path) -> io::Result<()> {
     let src = CString::new(fstype).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let tgt = CString::new(target.as_os_str().as_bytes())

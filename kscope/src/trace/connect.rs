@@ -404,9 +404,10 @@ impl Tracer for Connect {
         })
     }
 
-    /// Table: `PID COMM FAM SADDR SPORT DADDR DPORT RET LAT(ms)`; RET is
-    /// `n/a` where the probe cannot see it. JSON: `ts_unix_ns`, `pid`,
-    /// `tid`, `uid`, `comm`, `family` ("ipv4"/"ipv6"), `saddr`, `sport`,
+    /// Table: `PID COMM CGROUP FAM SADDR SPORT DADDR DPORT RET LAT(ms)`;
+    /// RET is `n/a` where the probe cannot see it. JSON: `ts_unix_ns`,
+    /// `pid`, `tid`, `uid`, `comm`, `cgroup_id`, `cgroup`, `container_id`,
+    /// `family` ("ipv4"/"ipv6"), `saddr`, `sport`,
     /// `daddr`, `dport`, `ret` (null where the probe cannot see it),
     /// `errno_name`, `latency_ns`, `probe` ("kprobe", "fentry" or
     /// "tracepoint").
@@ -417,6 +418,9 @@ impl Tracer for Connect {
             Column::json("tid"),
             Column::json("uid"),
             Column::left("COMM", "comm", 16),
+        ]);
+        cols.extend(super::cgroup_columns());
+        cols.extend([
             Column::table("FAM", 4, Align::Left),
             Column::json("family"),
             Column::left("SADDR", "saddr", 39),
@@ -444,6 +448,7 @@ impl Tracer for Connect {
         r.u64(ev.tid.into())?;
         r.u64(ev.uid.into())?;
         r.text(format::cstr(&ev.comm))?;
+        super::write_cgroup(r, ev.cgroup_id)?;
         let v6 = i32::from(ev.family) == libc::AF_INET6;
         r.str(if v6 { "6" } else { "4" })?;
         r.str(family_name(ev.family))?;
@@ -542,6 +547,8 @@ format:
         let mut ev = ConnectEvent {
             ts_ns: 0,
             latency_ns: 1_500_000,
+            // No cgroup has it: shown as the number.
+            cgroup_id: u64::MAX,
             pid: 7,
             tid: 8,
             uid: 0,
@@ -599,6 +606,8 @@ format:
             [
                 "7",
                 "curl",
+                // The cgroup: no cgroup has this id, so the number.
+                "18446744073709551615",
                 "4",
                 "127.0.0.1",
                 "40000",
@@ -608,7 +617,13 @@ format:
                 "1.500"
             ]
         );
-        assert_eq!(rows[1][7], "ENETUNREACH");
+        assert_eq!(rows[1][8], "ENETUNREACH");
+        let v = &json_lines(&render::events::<Connect>(&[&a], Format::Json, false))[0];
+        assert_eq!(v["cgroup_id"], u64::MAX);
+        assert_eq!(
+            (&v["cgroup"], &v["container_id"]),
+            (&serde_json::Value::Null, &serde_json::Value::Null)
+        );
     }
 
     #[test]

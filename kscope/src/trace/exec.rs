@@ -141,9 +141,10 @@ impl Tracer for Exec {
         })
     }
 
-    /// Table: `PCOMM PID PPID RET ARGS` (arguments joined by spaces; `...`
-    /// right after an argument cut short, and ` ...` at the end when some
-    /// were left out). JSON: `ts_unix_ns`, `pid`, `ppid`, `uid`, `comm`,
+    /// Table: `PCOMM PID PPID CGROUP RET ARGS` (arguments joined by
+    /// spaces; `...` right after an argument cut short, and ` ...` at the
+    /// end when some were left out). JSON: `ts_unix_ns`, `pid`, `ppid`,
+    /// `uid`, `comm`, `cgroup_id`, `cgroup`, `container_id`,
     /// `ret` (0 or -errno), `errno_name`, `args` (array of strings),
     /// `args_truncated` (true when any argument was cut short or left out),
     /// `args_cut` (indexes in `args` of the ones cut short).
@@ -155,6 +156,7 @@ impl Tracer for Exec {
             Column::left("PPID", "ppid", 7),
             Column::json("uid"),
         ]);
+        cols.extend(super::cgroup_columns());
         cols.extend(super::ret_columns());
         cols.extend([
             Column::left("ARGS", "args", 0),
@@ -175,6 +177,7 @@ impl Tracer for Exec {
         r.u64(ev.pid.into())?;
         r.u64(ev.ppid.into())?;
         r.u64(ev.uid.into())?;
+        super::write_cgroup(r, ev.cgroup_id)?;
         super::write_ret(r, Some(ev.ret))?;
         r.list(args(ev), |i| arg_cut(ev, i), ev.truncated != 0)?;
         r.bool(args_truncated(ev))?;
@@ -283,7 +286,7 @@ mod tests {
             .expect("row")
             .split_whitespace()
             .collect();
-        assert_eq!(words, ["sh", "10", "1", "ENOENT", "ls", "-l", "..."]);
+        assert_eq!(words, ["sh", "10", "1", "0", "ENOENT", "ls", "-l", "..."]);
         let ev = event_with(&["ls"], false);
         let text = render::events::<Exec>(&[&ev], Format::Table, false);
         assert!(

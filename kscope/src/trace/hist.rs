@@ -23,7 +23,7 @@ use std::{
 
 use kscope_common::trace::Hist;
 
-use super::{Filters, Stop, Summary, TraceError, Tracer, runq, syscall};
+use super::{Filters, Stop, Summary, TraceError, Tracer, block, runq, syscall};
 use crate::{
     cli::{HistCommand, HistCommon},
     output::{Align, Column, Format, Output, Row},
@@ -306,6 +306,13 @@ pub fn run(cmd: HistCommand, w: impl Write) -> Result<(), TraceError> {
                 rt.block_on(super::runner::run_hist::<runq::Runq, _>(&(), &run, out)),
             )
         }
+        HistCommand::Block(c) => {
+            let run = hist_run(&c);
+            (
+                "block",
+                rt.block_on(super::runner::run_hist::<block::Block, _>(&(), &run, out)),
+            )
+        }
         HistCommand::Syscall(a) => {
             let opts = syscall::SyscallOpts {
                 nrs: syscall::resolve(&a.names)?,
@@ -410,8 +417,20 @@ mod tests {
 
     fn render(format: Format, elapsed: Option<f64>) -> String {
         let rows = [
-            (SyscallKey { nr: 35 }, hist(&[2_150_000; 7])),
-            (SyscallKey { nr: 39 }, hist(&[300, 600, 700])),
+            (
+                SyscallKey {
+                    nr: 35,
+                    ..SyscallKey::default()
+                },
+                hist(&[2_150_000; 7]),
+            ),
+            (
+                SyscallKey {
+                    nr: 39,
+                    ..SyscallKey::default()
+                },
+                hist(&[300, 600, 700]),
+            ),
         ];
         let stamp = Stamp {
             unix_ns: 1_700_000_000_000_000_000,

@@ -25,6 +25,7 @@
 //! BPF program was running on that CPU (`recursion_misses`, Linux 5.12+)
 //! are counted and reported on stderr as they happen and in the summary.
 
+pub(crate) mod block;
 pub mod cmd;
 pub(crate) mod connect;
 pub(crate) mod exec;
@@ -45,8 +46,9 @@ use std::{
 
 use aya::Ebpf;
 use kscope_common::trace::{
-    Counts, GLOBAL_COMM, GLOBAL_COMM_LEN, GLOBAL_COUNT_MODE, GLOBAL_PID, GLOBAL_TID, GLOBAL_UID,
-    GLOBAL_UID_ON, GLOBAL_WAKEUP_BYTES, MAP_COUNTS, MAP_EVENTS, MAP_HIST,
+    Counts, GLOBAL_CGROUP_ON, GLOBAL_COMM, GLOBAL_COMM_LEN, GLOBAL_COUNT_MODE,
+    GLOBAL_HIST_BY_CGROUP, GLOBAL_PID, GLOBAL_TID, GLOBAL_UID, GLOBAL_UID_ON, GLOBAL_WAKEUP_BYTES,
+    MAP_CGROUP, MAP_COUNTS, MAP_EVENTS, MAP_HIST,
 };
 use thiserror::Error;
 
@@ -99,6 +101,9 @@ pub enum TraceError {
     /// A filter or option value is unusable.
     #[error("invalid filter: {0}")]
     BadFilter(String),
+    /// `--cgroup`'s directory is missing or not a cgroup v2 directory.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
     /// Reading events or writing output failed.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -125,6 +130,8 @@ pub struct Filters {
     pub uid: Option<u32>,
     /// Substring of the process name (at most 15 bytes, as comm is).
     pub comm: Option<String>,
+    /// Only tasks in this cgroup v2 directory or below it.
+    pub cgroup: Option<std::path::PathBuf>,
 }
 
 impl Filters {
@@ -259,6 +266,47 @@ fn write_time<W: Write>(r: &mut Row<'_, W>, cx: &EventCx, ts_ns: u64) -> io::Res
     r.u64(cx.clock.unix_ns(ts_ns))
 }
 
+/// The task's cgroup: CGROUP (a table: the short container id where the
+/// cgroup's path names one, else the path under the cgroup2 mount, else
+/// the id of a cgroup gone since), `cgroup_id`, `cgroup` (the path, null
+/// when unknown) and `container_id` (null when none; JSON).
+/// [`write_cgroup`] writes them.
+fn cgroup_columns() -> [Column; 4] {
+    [
+        Column::table("CGROUP", 24, crate::output::Align::Left),
+        Column::json("cgroup_id"),
+        Column::json("cgroup"),
+        Column::json("container_id"),
+    ]
+}
+
+/// Writes [`cgroup_columns`]' cells for cgroup `id`.
+fn write_cgroup<W: Write>(r: &mut Row<'_, W>, id: u64) -> io::Result<()> {
+    let name = crate::cgroup::name(id);
+    // The table's cell (JSON skips it).
+    match &name {
+        Some(n) => match &n.container_id {
+            Some(c) => r.str(c.get(..12).unwrap_or(c))?,
+            None => r.text(n.path.as_bytes())?,
+        },
+        None => r.u64(id)?,
+    }
+    r.u64(id)?;
+    match &name {
+        Some(n) => {
+            r.text(n.path.as_bytes())?;
+            match &n.container_id {
+                Some(c) => r.str(c),
+                None => r.null(),
+            }
+        }
+        None => {
+            r.null()?;
+            r.null()
+        }
+    }
+}
+
 /// A call's result: RET (a table: the errno's name, else the number; `n/a`
 /// where the probe cannot see it), `ret` and `errno_name` (JSON; null
 /// where unknown, `errno_name` null for a success). [`write_ret`] writes
@@ -343,6 +391,9 @@ pub struct Load<'a> {
     /// Ring buffer bytes (a power of two, at least a page); `None` keeps
     /// the tracer's default.
     pub(crate) ring_bytes: Option<u32>,
+    /// Histogram mode: key the histograms by cgroup too
+    /// (`HIST_BY_CGROUP`; objects without histograms ignore it).
+    pub(crate) hist_by_cgroup: bool,
 }
 
 impl Load<'_> {
@@ -362,6 +413,13 @@ impl Load<'_> {
     ) -> Result<Ebpf, TraceError> {
         self.filters.validate()?;
         let (comm, comm_len) = self.filters.comm_bytes()?;
+        // Opened (and checked) before anything is loaded.
+        let cgroup = self
+            .filters
+            .cgroup
+            .as_deref()
+            .map(crate::cgroup::CgroupDir::open)
+            .transpose()?;
         let count = matches!(self.mode, Mode::Count { .. });
         let hist = self.mode == Mode::Hist;
         let f = self.filters;
@@ -372,7 +430,9 @@ impl Load<'_> {
             (GLOBAL_UID_ON, u32::from(f.uid.is_some())),
             (GLOBAL_COMM_LEN, comm_len),
             (GLOBAL_COUNT_MODE, u32::from(count)),
+            (GLOBAL_CGROUP_ON, u32::from(cgroup.is_some())),
         ];
+        let by_cgroup = u32::from(hist && self.hist_by_cgroup);
         let page = u32::try_from(sys::page_size()).unwrap_or(4096);
         let mut wakeup = WAKEUP_BYTES;
         // The tracers read kernel structs through offsets they look up
@@ -387,7 +447,9 @@ impl Load<'_> {
         for (name, bytes) in extra {
             loader.override_global(name, *bytes, true);
         }
-        if !hist {
+        if hist {
+            loader.override_global(GLOBAL_HIST_BY_CGROUP, &by_cgroup, true);
+        } else {
             // The histograms are not used (objects without them ignore it).
             loader.map_max_entries(MAP_HIST, 1);
         }
@@ -411,7 +473,7 @@ impl Load<'_> {
         loader
             .override_global(GLOBAL_COMM, &comm, true)
             .override_global(GLOBAL_WAKEUP_BYTES, &wakeup, true);
-        loader.load(obj).map_err(|source| {
+        let mut ebpf = loader.load(obj).map_err(|source| {
             // Kernels before 5.8 have no BPF_MAP_TYPE_RINGBUF; say that
             // rather than the map creation's EINVAL.
             if matches!(
@@ -428,8 +490,34 @@ impl Load<'_> {
                     source,
                 }
             }
-        })
+        })?;
+        if let Some(dir) = &cgroup {
+            // Before any program is attached: no event passes unfiltered.
+            set_cgroup(&mut ebpf, MAP_CGROUP, dir)?;
+        }
+        Ok(ebpf)
     }
+}
+
+/// Puts `dir` in slot 0 of the object's one-slot cgroup array `map`.
+///
+/// # Errors
+/// The map missing, or the kernel refusing the directory.
+pub(crate) fn set_cgroup(
+    ebpf: &mut Ebpf,
+    map: &'static str,
+    dir: &crate::cgroup::CgroupDir,
+) -> Result<(), TraceError> {
+    let missing = || TraceError::Map {
+        map,
+        source: aya::maps::MapError::InvalidName { name: map.into() },
+    };
+    let mut array: aya::maps::CgroupArray<_> = ebpf
+        .map_mut(map)
+        .ok_or_else(missing)?
+        .try_into()
+        .map_err(TraceError::map(map))?;
+    array.set(0, dir.fd(), 0).map_err(TraceError::map(map))
 }
 
 /// Checks a `--buffer-size` value: a power of two of at least a page, at

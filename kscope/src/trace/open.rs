@@ -73,9 +73,9 @@ impl Tracer for Open {
         })
     }
 
-    /// Table: `PID TID UID COMM FD ERR FLAGS PATH` (FD is `-1` and ERR the
-    /// errno's name for a failed open). JSON: `ts_unix_ns`, `pid`, `tid`,
-    /// `uid`, `comm`, `fd` (null when the open failed), `errno` and
+    /// Table: `PID TID UID COMM CGROUP FD ERR FLAGS PATH` (FD is `-1` and
+    /// ERR the errno's name for a failed open). JSON: `ts_unix_ns`, `pid`,
+    /// `tid`, `uid`, `comm`, `cgroup_id`, `cgroup`, `container_id`, `fd` (null when the open failed), `errno` and
     /// `errno_name` (null when it succeeded), `flags` (the number),
     /// `flags_str`, `path` and `path_truncated`; `comm_b64`, `path_b64`
     /// when those are not UTF-8 (see `output`).
@@ -86,6 +86,9 @@ impl Tracer for Open {
             Column::left("TID", "tid", 7),
             Column::left("UID", "uid", 6),
             Column::left("COMM", "comm", 16),
+        ]);
+        cols.extend(super::cgroup_columns());
+        cols.extend([
             Column::right("FD", "fd", 4).none("-1"),
             Column::table("ERR", 12, Align::Left),
             Column::json("errno"),
@@ -112,6 +115,7 @@ impl Tracer for Open {
         r.u64(ev.tid.into())?;
         r.u64(ev.uid.into())?;
         r.text(format::cstr(&ev.comm))?;
+        super::write_cgroup(r, ev.cgroup_id)?;
         if ev.ret >= 0 {
             r.i64(ev.ret)?;
             r.str("-")?;
@@ -179,6 +183,8 @@ mod tests {
         let mut ev = OpenEvent {
             ts_ns: 0,
             ret,
+            // No cgroup has it: shown as the number.
+            cgroup_id: u64::MAX,
             pid: 42,
             tid: 43,
             uid: 1000,

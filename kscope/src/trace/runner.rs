@@ -88,6 +88,7 @@ pub(crate) async fn run<T: Tracer, W: Write>(
         filters: &run.filters,
         mode: Mode::Events,
         ring_bytes: run.ring_bytes,
+        hist_by_cgroup: false,
     };
     let mut attached = T::attach(opts, &load)?;
     tracing::info!("tracing {} (ready); Ctrl-C to stop", attached.what);
@@ -378,6 +379,7 @@ impl<T: Tracer> Counter<T> {
             filters,
             mode: Mode::Count { by_task },
             ring_bytes: None,
+            hist_by_cgroup: false,
         };
         let mut attached = T::attach(opts, &load)?;
         let ebpf = &mut attached.ebpf;
@@ -547,13 +549,18 @@ impl<T: Tracer> Histograms<T> {
     ///
     /// # Errors
     /// As [`Counter::start`].
-    pub(crate) fn attach(opts: &T::Opts, filters: &Filters) -> Result<Self, TraceError> {
+    pub(crate) fn attach(
+        opts: &T::Opts,
+        filters: &Filters,
+        by_cgroup: bool,
+    ) -> Result<Self, TraceError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| TraceError::Io(e))?;
         let load = Load {
             tracer: T::NAME,
             filters,
             mode: Mode::Hist,
             ring_bytes: None,
+            hist_by_cgroup: by_cgroup,
         };
         let mut attached = T::attach(opts, &load)?;
         let ebpf = &mut attached.ebpf;
@@ -623,7 +630,7 @@ pub(crate) async fn run_hist<T: Tracer, W: Write>(
 ) -> Result<(Summary, Stop), TraceError> {
     super::preflight(&format!("kscope hist {}", T::NAME))?;
     let mut signals = Signals::catch()?;
-    let hists = Histograms::<T>::attach(opts, &run.filters)?;
+    let hists = Histograms::<T>::attach(opts, &run.filters, false)?;
     let start = Instant::now();
     let deadline = run.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = run.interval.map(|i| {

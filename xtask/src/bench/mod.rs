@@ -29,6 +29,10 @@ pub enum Target {
     /// per second of watching, next to `bpftool prog show` (bpftop is not
     /// on crates.io).
     Top,
+    /// `kscope hist runq|syscall` against bpftrace, libbpf-tools and BCC:
+    /// added ns per context switch and per system call, peak RSS, and the
+    /// cgroup filter's cost per event.
+    Hist,
     /// `kscope daemon`: scrape time and size (a small rule set and 1M
     /// rules), scrapes/s and /healthz latency under 200 scrapers.
     Daemon,
@@ -42,6 +46,7 @@ pub fn run(target: Target) -> anyhow::Result<()> {
         Target::Trace => example("trace_bench"),
         Target::Daemon => example("daemon_bench"),
         Target::Top => example("top_bench"),
+        Target::Hist => example("hist_bench"),
     }
 }
 
