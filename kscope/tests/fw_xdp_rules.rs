@@ -649,31 +649,8 @@ fn fw_top_watch_on_a_terminal_is_a_live_screen_and_q_restores_the_shell() {
     let mut fw = Fw::new("fwtopscr", &["--track-sources", "1024"]);
     fw.send(&["198.51.100.30", "2001:db8:9::30"], L4::Udp(9), 20);
     fw.delivered();
-    let sock = format!("kscope-fwtop-{}", std::process::id());
-    tmux(
-        &sock,
-        &[
-            "new-session",
-            "-d",
-            "-s",
-            "t",
-            "-x",
-            "200",
-            "-y",
-            "30",
-            "sh",
-        ],
-    );
-    struct Kill(String);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("tmux")
-                .env("TMUX_TMPDIR", std::env::temp_dir())
-                .args(["-L", &self.0, "kill-server"])
-                .status();
-        }
-    }
-    let _kill = Kill(sock.clone());
+    let t = TmuxSession::start("fwtop", 200, 30);
+    let sock = t.0.clone();
     let cmd = format!(
         "{} fw top --iface {} --watch 0.3",
         kscope_bin().display(),
@@ -686,23 +663,7 @@ fn fw_top_watch_on_a_terminal_is_a_live_screen_and_q_restores_the_shell() {
     assert!(screen.contains("sort: pps"), "{screen}");
     tmux(&sock, &["send-keys", "-t", "t", "s"]);
     screen_until(&sock, "sort: bps", |s| s.contains("sort: bps"));
-    tmux(&sock, &["send-keys", "-t", "t", "q"]);
-    let shell: u32 = tmux(&sock, &["display", "-p", "-t", "t", "#{pane_pid}"])
-        .trim()
-        .parse()
-        .expect("pane pid");
-    let start = Instant::now();
-    while std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
-        .is_ok_and(|c| !c.trim().is_empty())
-    {
-        assert!(start.elapsed() < Duration::from_secs(60), "q did not quit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    tmux(
-        &sock,
-        &["send-keys", "-t", "t", "echo back-$((40+2))", "Enter"],
-    );
-    let screen = screen_until(&sock, "the shell", |s| s.contains("back-42"));
+    let screen = t.quit_to_shell();
     assert!(
         !screen.contains("sources, every"),
         "the alternate screen is still up:\n{screen}"

@@ -304,32 +304,9 @@ fn screen_shows_rows_sorts_and_q_restores_the_shell() {
         Some(&lab.b),
         &["fw", "attach", lab.iface_b.as_str(), "--mode", "skb"],
     );
-    let sock = format!("kscope-top-{}", std::process::id());
+    let t = TmuxSession::start("top", 160, 40);
+    let sock = t.0.clone();
     let bin = kscope_bin();
-    tmux(
-        &sock,
-        &[
-            "new-session",
-            "-d",
-            "-s",
-            "t",
-            "-x",
-            "160",
-            "-y",
-            "40",
-            "sh",
-        ],
-    );
-    struct Kill(String);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = Command::new("tmux")
-                .env("TMUX_TMPDIR", std::env::temp_dir())
-                .args(["-L", &self.0, "kill-server"])
-                .status();
-        }
-    }
-    let _kill = Kill(sock.clone());
     let cmd = format!("{} top --interval 0.3 --filter fw_", bin.display());
     tmux(&sock, &["send-keys", "-t", "t", &cmd, "Enter"]);
     let screen = screen_until(&sock, "the firewall's three programs", |s| {
@@ -359,24 +336,8 @@ fn screen_shows_rows_sorts_and_q_restores_the_shell() {
     );
     eprintln!("by id {by_id:?}, by name {by_name:?}");
 
-    tmux(&sock, &["send-keys", "-t", "t", "q"]);
-    // Type only once it is gone, or it would read the keys itself.
-    let shell: u32 = tmux(&sock, &["display", "-p", "-t", "t", "#{pane_pid}"])
-        .trim()
-        .parse()
-        .expect("pane pid");
-    let start = Instant::now();
-    while std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
-        .is_ok_and(|c| !c.trim().is_empty())
-    {
-        assert!(start.elapsed() < Duration::from_secs(60), "q did not quit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    tmux(
-        &sock,
-        &["send-keys", "-t", "t", "echo back-$((40+2))", "Enter"],
-    );
-    let screen = screen_until(&sock, "the shell", |s| s.contains("back-42"));
+    let screen = t.quit_to_shell();
+    let shell = t.shell();
     assert!(
         !screen.contains("% of a CPU in all"),
         "the alternate screen is still up:\n{screen}"

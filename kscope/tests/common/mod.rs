@@ -458,3 +458,62 @@ pub fn screen_until(sock: &str, what: &str, mut ok: impl FnMut(&str) -> bool) ->
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A tmux server of the test's own (`-L sock`) with one session `t`, 160 or
+/// more columns wide, running `sh`; killed when dropped.
+pub struct TmuxSession(pub String);
+
+impl TmuxSession {
+    pub fn start(tag: &str, width: u32, height: u32) -> TmuxSession {
+        let sock = format!("kscope-{tag}-{}", std::process::id());
+        let (w, h) = (width.to_string(), height.to_string());
+        tmux(
+            &sock,
+            &["new-session", "-d", "-s", "t", "-x", &w, "-y", &h, "sh"],
+        );
+        TmuxSession(sock)
+    }
+
+    /// Types `keys` into the session.
+    pub fn keys(&self, keys: &str) {
+        tmux(&self.0, &["send-keys", "-t", "t", keys]);
+    }
+
+    /// The shell's pid.
+    pub fn shell(&self) -> u32 {
+        tmux(&self.0, &["display", "-p", "-t", "t", "#{pane_pid}"])
+            .trim()
+            .parse()
+            .expect("pane pid")
+    }
+
+    /// Quits the full-screen program with `q` and waits until the shell has
+    /// no child left; then the shell echoes `back-42` and the screen that
+    /// shows it is returned (typing earlier would feed the keys to the
+    /// program).
+    pub fn quit_to_shell(&self) -> String {
+        self.keys("q");
+        let shell = self.shell();
+        let start = Instant::now();
+        while std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+            .is_ok_and(|c| !c.trim().is_empty())
+        {
+            assert!(start.elapsed() < Duration::from_secs(60), "q did not quit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tmux(
+            &self.0,
+            &["send-keys", "-t", "t", "echo back-$((40+2))", "Enter"],
+        );
+        screen_until(&self.0, "the shell", |s| s.contains("back-42"))
+    }
+}
+
+impl Drop for TmuxSession {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .env("TMUX_TMPDIR", std::env::temp_dir())
+            .args(["-L", &self.0, "kill-server"])
+            .status();
+    }
+}
