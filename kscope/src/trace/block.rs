@@ -104,11 +104,7 @@ impl Tracer for Block {
             (PROG_BLOCK_COMPLETE, "block_rq_complete"),
             (PROG_BLOCK_ISSUE, "block_rq_issue"),
         ] {
-            let p: &mut aya::programs::TracePoint = super::program(&mut ebpf, prog)?
-                .try_into()
-                .map_err(TraceError::program(prog))?;
-            p.load().map_err(TraceError::program(prog))?;
-            p.attach("block", tp).map_err(TraceError::program(prog))?;
+            super::attach_tracepoint(&mut ebpf, prog, "block", tp)?;
         }
         Ok(Attached {
             ebpf,

@@ -88,14 +88,7 @@ fn attach_process_exec(ebpf: &mut Ebpf, old_pid_off: Option<u32>) -> Result<(), 
         );
         return Ok(());
     }
-    let prog = PROG_EXEC_PROCESS_EXEC;
-    let p: &mut aya::programs::TracePoint = super::program(ebpf, prog)?
-        .try_into()
-        .map_err(TraceError::program(prog))?;
-    p.load().map_err(TraceError::program(prog))?;
-    p.attach("sched", "sched_process_exec")
-        .map_err(TraceError::program(prog))?;
-    Ok(())
+    super::attach_tracepoint(ebpf, PROG_EXEC_PROCESS_EXEC, "sched", "sched_process_exec")
 }
 
 impl Tracer for Exec {

@@ -570,16 +570,27 @@ fn attach_syscalls(
             continue;
         }
         for (prog, tp) in progs {
-            let p: &mut aya::programs::TracePoint = program(ebpf, prog)?
-                .try_into()
-                .map_err(TraceError::program(prog))?;
-            p.load().map_err(TraceError::program(prog))?;
-            p.attach("syscalls", tp)
-                .map_err(TraceError::program(prog))?;
+            attach_tracepoint(ebpf, prog, "syscalls", tp)?;
         }
         attached.push(format!("{syscall}(2)"));
     }
     Ok(attached)
+}
+
+/// Loads the tracepoint program `prog` and attaches it to `category:name`.
+pub(crate) fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    prog: &'static str,
+    category: &str,
+    name: &str,
+) -> Result<(), TraceError> {
+    let p: &mut aya::programs::TracePoint = program(ebpf, prog)?
+        .try_into()
+        .map_err(TraceError::program(prog))?;
+    p.load().map_err(TraceError::program(prog))?;
+    p.attach(category, name)
+        .map_err(TraceError::program(prog))?;
+    Ok(())
 }
 
 /// The object's program `prog`.

@@ -82,11 +82,7 @@ impl Tracer for Runq {
             (PROG_RUNQ_WAKEUP, "sched_wakeup"),
             (PROG_RUNQ_WAKEUP_NEW, "sched_wakeup_new"),
         ] {
-            let p: &mut aya::programs::TracePoint = super::program(&mut ebpf, prog)?
-                .try_into()
-                .map_err(TraceError::program(prog))?;
-            p.load().map_err(TraceError::program(prog))?;
-            p.attach("sched", tp).map_err(TraceError::program(prog))?;
+            super::attach_tracepoint(&mut ebpf, prog, "sched", tp)?;
         }
         Ok(Attached {
             ebpf,

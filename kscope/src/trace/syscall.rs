@@ -142,12 +142,7 @@ impl Tracer for Syscall {
             (PROG_SYSCALL_EXIT, "sys_exit"),
             (PROG_SYSCALL_ENTER, "sys_enter"),
         ] {
-            let p: &mut aya::programs::TracePoint = super::program(&mut ebpf, prog)?
-                .try_into()
-                .map_err(TraceError::program(prog))?;
-            p.load().map_err(TraceError::program(prog))?;
-            p.attach("raw_syscalls", tp)
-                .map_err(TraceError::program(prog))?;
+            super::attach_tracepoint(&mut ebpf, prog, "raw_syscalls", tp)?;
         }
         let what = if opts.nrs.is_empty() {
             "system call".to_owned()
