@@ -763,12 +763,7 @@ fn soak_with_traffic_and_rule_churn_keeps_memory_bounded_and_loses_no_metrics() 
         // Execs and refused connects for the tracers.
         s.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
-                let st = Command::new(&exe)
-                    .args(["--list", "--exact", "no_such_test"])
-                    .stdout(Stdio::null())
-                    .status()
-                    .expect("run the soak program");
-                assert!(st.success());
+                assert!(run_copy(&exe).success(), "run the soak program");
                 execs.fetch_add(1, Ordering::Relaxed);
                 let refused = lab.b.run(|| TcpStream::connect(closed)).expect("setns");
                 assert!(refused.is_err(), "{closed} accepted a connection");
@@ -1225,6 +1220,29 @@ const EVIL_EXE: &str = "ex\\ec\"q";
 /// label and start a series of its own, and a program whose file name
 /// holds a backslash and a quote, leave the exposition promtool-clean,
 /// with their names as label values and no series but the daemon's.
+/// Runs a copy of this test binary (which then lists no tests and exits).
+/// A child that another test thread forks while the copy is still open
+/// for writing holds that fd until it execs, and an exec of the copy in
+/// that window fails with ETXTBSY (the close-on-exec race of any
+/// multithreaded program that writes a file and runs it): it is tried
+/// again, since nothing ran.
+fn run_copy(exe: &std::path::Path) -> std::process::ExitStatus {
+    let mut tries = 0;
+    loop {
+        match Command::new(exe)
+            .args(["--list", "--exact", "no_such_test"])
+            .stdout(Stdio::null())
+            .status()
+        {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r.unwrap_or_else(|e| panic!("exec {}: {e}", exe.display())),
+        }
+    }
+}
+
 #[test]
 fn hostile_comms_and_file_names_cannot_inject_series() {
     require_root();
@@ -1247,12 +1265,7 @@ fn hostile_comms_and_file_names_cannot_inject_series() {
     // VMs /bin/true is busybox, which would not know its new name).
     let exe = dir.0.join(EVIL_EXE);
     fs::copy(std::env::current_exe().expect("current exe"), &exe).expect("copy the test binary");
-    let st = Command::new(&exe)
-        .args(["--list", "--exact", "no_such_test"])
-        .stdout(Stdio::null())
-        .status()
-        .expect("exec the oddly named file");
-    assert!(st.success());
+    assert!(run_copy(&exe).success(), "exec the oddly named file");
 
     let start = Instant::now();
     let text = loop {
