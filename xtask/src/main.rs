@@ -224,7 +224,9 @@ fn host_tests(extra: &[String], deb: &Path) -> anyhow::Result<vm::Outcome> {
     // Unit tests need no root; the integration tests (kscope/tests) need
     // root and a kernel that loads XDP programs, which CI machines have.
     let mut cmd = cargo();
-    cmd.arg("test").args(extra);
+    // Every test binary runs even when one fails, so one run reports every
+    // failure (cargo test stops at the first failing binary otherwise).
+    cmd.args(["test", "--no-fail-fast"]).args(extra);
     // Setup has installed Prometheus, Go (its pprof reads kscope's) and the
     // packaging tests' validators on the host, so none of the tests that
     // use them may skip here (they do in the VMs).
