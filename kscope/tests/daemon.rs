@@ -55,6 +55,61 @@ impl Drop for Scratch {
 }
 
 /// A child process killed on drop (Prometheus).
+/// Where the tests' Prometheus listens, in the lab's `b` namespace.
+const PROM_ADDR: &str = "127.0.0.1:9090";
+
+/// A real Prometheus in the lab's `b` namespace, scraping the daemon every
+/// second; killed when dropped.
+struct Prometheus {
+    _child: Killed,
+    log: std::path::PathBuf,
+}
+
+impl Prometheus {
+    /// Starts `prometheus` with its config, data and log under `dir` and
+    /// waits (at most 120 s) until it answers `/-/ready`.
+    fn start(lab: &FwLab, dir: &Scratch, prometheus: &std::path::Path) -> Prometheus {
+        let prom_cfg = dir.write(
+            "prometheus.yml",
+            &format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: kscope\n    static_configs:\n      - targets: ['{METRICS}']\n"
+            ),
+        );
+        let log = dir.0.join("prometheus.log");
+        let out = fs::File::create(&log).expect("log file");
+        let child = Killed(
+            lab.b
+                .command(prometheus)
+                .arg(format!("--config.file={}", prom_cfg.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.0.join("tsdb").display()
+                ))
+                .arg(format!("--web.listen-address={PROM_ADDR}"))
+                .stdout(Stdio::null())
+                .stderr(out)
+                .spawn()
+                .expect("start prometheus"),
+        );
+        let p = Prometheus { _child: child, log };
+        let start = Instant::now();
+        while !matches!(http_get(&lab.b, PROM_ADDR, "/-/ready"), Ok((200, _))) {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "prometheus not ready:\n{}",
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        p
+    }
+
+    /// What Prometheus has logged so far.
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -331,38 +386,8 @@ fn prometheus_scrapes_exactly_the_packets_sent() {
     let cfg = dir.write("kscope.toml", &config(&lab.iface_b, ""));
     let daemon = start_daemon(&lab, &cfg);
 
-    let prom_addr = "127.0.0.1:9090";
-    let prom_cfg = dir.write(
-        "prometheus.yml",
-        &format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: kscope\n    static_configs:\n      - targets: ['{METRICS}']\n"
-        ),
-    );
-    let log = fs::File::create(dir.0.join("prometheus.log")).expect("log file");
-    let _prom = Killed(
-        lab.b
-            .command(&prometheus)
-            .arg(format!("--config.file={}", prom_cfg.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.0.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address={prom_addr}"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start prometheus"),
-    );
-    let prom_log = || fs::read_to_string(dir.0.join("prometheus.log")).unwrap_or_default();
-    let start = Instant::now();
-    while !matches!(http_get(&lab.b, prom_addr, "/-/ready"), Ok((200, _))) {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "prometheus not ready:\n{}",
-            prom_log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let prom = Prometheus::start(&lab, &dir, &prometheus);
+    let (prom_addr, prom_log) = (PROM_ADDR, || prom.log());
 
     let (udp, ping) = (37, 11);
     let sent = lab
@@ -1768,38 +1793,8 @@ fn prometheus_reads_the_syscall_histogram() {
         &format!("[metrics]\nlisten = \"{METRICS}\"\n\n[hist]\nsyscall = true\ncgroup = true\n"),
     );
     let daemon = start_daemon(&lab, &cfg);
-    let prom_addr = "127.0.0.1:9090";
-    let prom_cfg = dir.write(
-        "prometheus.yml",
-        &format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: kscope\n    static_configs:\n      - targets: ['{METRICS}']\n"
-        ),
-    );
-    let log = fs::File::create(dir.0.join("prometheus.log")).expect("log file");
-    let _prom = Killed(
-        lab.b
-            .command(&prometheus)
-            .arg(format!("--config.file={}", prom_cfg.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.0.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address={prom_addr}"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start prometheus"),
-    );
-    let prom_log = || fs::read_to_string(dir.0.join("prometheus.log")).unwrap_or_default();
-    let start = Instant::now();
-    while !matches!(http_get(&lab.b, prom_addr, "/-/ready"), Ok((200, _))) {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "prometheus not ready:\n{}",
-            prom_log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let prom = Prometheus::start(&lab, &dir, &prometheus);
+    let (prom_addr, prom_log) = (PROM_ADDR, || prom.log());
     let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--exact",
