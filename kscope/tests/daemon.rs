@@ -772,8 +772,15 @@ fn soak_with_traffic_and_rule_churn_keeps_memory_bounded_and_loses_no_metrics() 
     std::thread::scope(|s| {
         s.spawn(|| sender(&lab, &mixed, &stop, &sent4));
         std::thread::Builder::new()
-            .name(opener.into())
             .spawn_scoped(s, || {
+                // Renamed only after its first allocation: the C library
+                // opens files once per process on the first malloc of a
+                // new thread (glibc 2.31 reads the online CPUs when it
+                // sizes its arenas), and whichever thread gets there
+                // first is a race this count must not depend on.
+                let warm = vec![0u8; 64];
+                drop(std::hint::black_box(warm));
+                rename_this_thread(opener);
                 while !stop.load(Ordering::Relaxed) {
                     for path in [&cfg, &missing, &missing] {
                         if fs::File::open(path).is_err() {
@@ -1268,6 +1275,15 @@ fn run_copy(exe: &std::path::Path) -> std::process::ExitStatus {
     }
 }
 
+/// Sets the calling thread's comm, the name the tracers count it under.
+fn rename_this_thread(name: &str) {
+    let name = std::ffi::CString::new(name).expect("no NUL");
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16
+    // bytes (longer is truncated) and renames this thread only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    assert_eq!(rc, 0, "prctl: {}", std::io::Error::last_os_error());
+}
+
 #[test]
 fn hostile_comms_and_file_names_cannot_inject_series() {
     require_root();
@@ -1275,11 +1291,7 @@ fn hostile_comms_and_file_names_cannot_inject_series() {
     let (lab, dir, daemon) = lab_with_daemon("inject", "", "\n[trace]\nopen = true\nexec = true\n");
     let target = dir.write("opened", "x");
     std::thread::spawn(move || {
-        let name = std::ffi::CString::new(EVIL_COMM).expect("no NUL");
-        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16
-        // bytes (longer is truncated) and renames this thread only.
-        let rc = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
-        assert_eq!(rc, 0, "prctl: {}", std::io::Error::last_os_error());
+        rename_this_thread(EVIL_COMM);
         for _ in 0..3 {
             fs::File::open(&target).expect("open as the renamed thread");
         }
