@@ -17,8 +17,8 @@
 //!   in the loop's time is far below the machine's noise, so the cost is
 //!   read from the kernel's own accounting instead
 //!   (`kernel.bpf_stats_enabled`, as `bpftool prog show` prints it): the
-//!   enter program's run time per run, with and without the filter,
-//!   alternated [`RUNS`] times.
+//!   enter program's run time per run, with and without the filter, both
+//!   attached at once over the same loop (see [`cgroup_cost`]).
 //!
 //! Each figure is the median of several runs; the machine is shared, so
 //! the load average is printed with the table.
@@ -364,53 +364,113 @@ fn print(title: &str, unit: &str, rows: &[Row]) {
     }
 }
 
-/// (run_time_ns, run_cnt) of the loaded programs whose name starts with
-/// `prefix` (names are cut at 15 bytes), from `bpftool -j prog show`.
-fn prog_stats(prefix: &str) -> anyhow::Result<(u64, u64)> {
+/// (run_time_ns, run_cnt) by program id of the loaded programs whose name
+/// starts with `prefix` (names are cut at 15 bytes), from `bpftool -j prog
+/// show`.
+fn progs(prefix: &str) -> anyhow::Result<std::collections::BTreeMap<u64, (u64, u64)>> {
     let out = Command::new("bpftool")
         .args(["-j", "prog", "show"])
         .output()
         .context("running bpftool")?;
     let progs: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let mut sum = (0, 0);
+    let mut by_id = std::collections::BTreeMap::new();
     for p in progs.as_array().context("bpftool's list")? {
         if p["name"].as_str().is_some_and(|n| n.starts_with(prefix)) {
-            sum.0 += p["run_time_ns"].as_u64().unwrap_or(0);
-            sum.1 += p["run_cnt"].as_u64().unwrap_or(0);
+            by_id.insert(
+                p["id"].as_u64().unwrap_or(0),
+                (
+                    p["run_time_ns"].as_u64().unwrap_or(0),
+                    p["run_cnt"].as_u64().unwrap_or(0),
+                ),
+            );
         }
     }
-    Ok(sum)
+    Ok(by_id)
 }
 
-/// The enter program's ns per run without and with `--cgroup` (medians),
-/// over a getpid loop each, with BPF run-time statistics on.
-fn cgroup_cost(bin: &str, cg_dir: &str) -> anyhow::Result<(f64, f64)> {
+/// The enter program's ns per run without and with `--cgroup`, and the
+/// filter's cost (medians), with BPF run-time statistics on.
+///
+/// The two are measured side by side: both tools run at once, so both
+/// programs run on every getpid of the same loop, one right after the
+/// other, under the same load, caches and frequency. Measured one after
+/// the other instead, the machine's drift between two loops was larger
+/// than the filter. The program attached first costs about 90 ns more per
+/// run than the second here (whichever it is), so the order alternates and
+/// each cost is taken over a pair of runs, one in each order: the mean of
+/// the two differences, where the order's share cancels.
+fn cgroup_cost(bin: &str, cg_dir: &str) -> anyhow::Result<(f64, f64, f64)> {
     const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    const PROG: &str = "hist_syscall_en";
     let before = std::fs::read_to_string(STATS)?;
     std::fs::write(STATS, "1")?;
-    let once = |args: &[&str]| -> anyhow::Result<f64> {
+    let plain: &[&str] = &["hist", "syscall", "getpid"];
+    let filtered: &[&str] = &["hist", "syscall", "getpid", "--cgroup", cg_dir];
+    // Starts `args` and returns it with the id of the program it loaded.
+    let launch = |args: &[&str]| -> anyhow::Result<(Tool, u64)> {
+        let old = progs(PROG)?;
         let tool = start(&mut kscope(bin, args), "(ready)")?;
-        let (t0, c0) = prog_stats("hist_syscall_en")?;
-        getpid_ns();
-        let (t1, c1) = prog_stats("hist_syscall_en")?;
-        stop(tool);
-        if c1 <= c0 {
-            bail!("the enter program did not run");
-        }
-        Ok((t1 - t0) as f64 / (c1 - c0) as f64)
+        let new = progs(PROG)?
+            .into_keys()
+            .find(|id| !old.contains_key(id))
+            .context("no new enter program")?;
+        Ok((tool, new))
     };
-    let mut without = Vec::new();
-    let mut with = Vec::new();
+    // (without, with) ns per run, both at once, `filtered_first` or not.
+    let side_by_side = |filtered_first: bool| -> anyhow::Result<(f64, f64)> {
+        let order = if filtered_first {
+            [filtered, plain]
+        } else {
+            [plain, filtered]
+        };
+        let (a, id_a) = launch(order[0])?;
+        let (b, id_b) = launch(order[1])?;
+        let t0 = progs(PROG)?;
+        getpid_ns();
+        let t1 = progs(PROG)?;
+        stop(a);
+        stop(b);
+        let per_run = |id: u64| -> anyhow::Result<f64> {
+            let (r0, c0) = *t0.get(&id).context("program gone")?;
+            let (r1, c1) = *t1.get(&id).context("program gone")?;
+            if c1 <= c0 {
+                bail!("the enter program did not run");
+            }
+            Ok((r1 - r0) as f64 / (c1 - c0) as f64)
+        };
+        let (ns_a, ns_b) = (per_run(id_a)?, per_run(id_b)?);
+        Ok(if filtered_first {
+            (ns_b, ns_a)
+        } else {
+            (ns_a, ns_b)
+        })
+    };
+    let (mut without, mut with, mut cost) = (Vec::new(), Vec::new(), Vec::new());
     let result = (|| -> anyhow::Result<()> {
         for _ in 0..RUNS {
-            without.push(once(&["hist", "syscall", "getpid"])?);
-            with.push(once(&["hist", "syscall", "getpid", "--cgroup", cg_dir])?);
+            let (p1, f1) = side_by_side(false)?;
+            let (p2, f2) = side_by_side(true)?;
+            eprintln!(
+                "cgroup filter: {p1:.1} ns without first, {f1:.1} with second; {f2:.1} with first, {p2:.1} without second"
+            );
+            without.extend([p1, p2]);
+            with.extend([f1, f2]);
+            cost.push((f1 - p1 + f2 - p2) / 2.0);
         }
         Ok(())
     })();
     let _ = std::fs::write(STATS, before.trim());
     result?;
-    Ok((median(without), median(with)))
+    Ok((median(without), median(with), median(cost)))
+}
+
+fn print_cgroup_cost(cost: anyhow::Result<(f64, f64, f64)>) {
+    match cost {
+        Ok((without, with, diff)) => println!(
+            "\ncgroup filter: {diff:.1} ns per event (hist_syscall_enter's run time per run, both attached at once, median of {RUNS} pairs of runs in both orders: {without:.1} ns without --cgroup, {with:.1} ns with, medians of all)"
+        ),
+        Err(e) => println!("\ncgroup filter: not measured: {e:#}"),
+    }
 }
 
 const RUNQ_BT: &str = "tracepoint:sched:sched_wakeup, tracepoint:sched:sched_wakeup_new { @qtime[args->pid] = nsecs; } \
@@ -433,6 +493,15 @@ fn main() -> anyhow::Result<()> {
 fn bench() -> anyhow::Result<()> {
     let bin = std::env::var("KSCOPE_BIN").unwrap_or_else(|_| "target/release/kscope".into());
     let load_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    // `KSCOPE_BENCH_ONLY=cgroup`: only the cgroup filter's cost.
+    if std::env::var("KSCOPE_BENCH_ONLY").as_deref() == Ok("cgroup") {
+        let cg = BenchCgroup::enter()?;
+        let cg_dir = cg.dir.to_str().context("cgroup path")?.to_owned();
+        let cost = cgroup_cost(&bin, &cg_dir);
+        drop(cg);
+        print_cgroup_cost(cost);
+        return Ok(());
+    }
 
     // runq under perf bench sched pipe.
     let base = pipe_median()?;
@@ -516,13 +585,7 @@ fn bench() -> anyhow::Result<()> {
         "\ngetpid loop of {GETPIDS}, {RUNS} runs each (median), against a baseline taken before each tool (first: {base_getpid:.1} ns per call)"
     );
     print("syscall latency: added ns per getpid", "ns/call", &syscall);
-    match cgroup_cost {
-        Ok((without, with)) => println!(
-            "\ncgroup filter: {:.1} ns per event (hist_syscall_enter's run time per run, median of {RUNS}: {without:.1} ns without --cgroup, {with:.1} ns with)",
-            with - without
-        ),
-        Err(e) => println!("\ncgroup filter: not measured: {e:#}"),
-    }
+    print_cgroup_cost(cgroup_cost);
     println!(
         "\nload average before: {}; after: {}",
         load_start.trim(),
