@@ -61,6 +61,9 @@ pub const STACK_ABSENT: i32 = i32::MIN;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StackKey {
+    /// The task's cgroup v2 id (bpf_get_current_cgroup_id): the inode
+    /// number of its cgroup directory.
+    pub cgroup_id: u64,
     /// Process id (tgid); 0 for the idle task.
     pub pid: u32,
     /// Id in [`MAP_STACKS`], [`STACK_ABSENT`], or `-errno`.
@@ -69,6 +72,9 @@ pub struct StackKey {
     pub user_stack_id: i32,
     /// The sampled thread's name, NUL-padded.
     pub comm: [u8; 16],
+    /// Zero: the key's bytes are its identity in the hash, so the tail
+    /// that aligns it to 8 is a field, never uninitialized padding.
+    pub _pad: u32,
 }
 
 /// [`MAP_STATS`] slot: samples counted (after the pid and idle filters).
@@ -152,10 +158,14 @@ pub const N_STATS: u32 = SLOT_LOST_BASE + 2 * N_REASONS;
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: #[repr(C)], integers and a byte array only, 28 bytes with no
-    // padding (every field is 4-byte aligned or a byte array).
+    // SAFETY: #[repr(C)], integers and a byte array only, 40 bytes with no
+    // padding (see the size check below; the tail is `_pad`).
     unsafe impl aya::Pod for super::StackKey {}
 }
+
+// The layout the kernel and user space share: no implicit padding.
+const _: () = assert!(core::mem::size_of::<StackKey>() == 8 + 4 * 3 + 16 + 4);
+const _: () = assert!(core::mem::size_of::<OffCpuStart>() == 8 + 40);
 
 // ---- profile_offcpu (`kscope profile --off-cpu`) ----
 //
@@ -182,12 +192,11 @@ pub const OFFCPU_START_ENTRIES: u32 = 65_536;
 pub struct OffCpuStart {
     pub ts_ns: u64,
     pub key: StackKey,
-    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]
 mod offcpu_pod {
     // SAFETY: #[repr(C)], integers and a byte array, padding explicit
-    // (8 + 28 + 4 = 40 bytes, 8-aligned).
+    // (8 + 40 = 48 bytes, 8-aligned).
     unsafe impl aya::Pod for super::OffCpuStart {}
 }

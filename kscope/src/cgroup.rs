@@ -199,6 +199,41 @@ pub fn name(id: u64) -> Option<Arc<CgroupName>> {
     names.get_or_insert_with(Names::default).get(id)
 }
 
+/// Names the cgroup process `pid` is in now, so that its id keeps its name
+/// after the cgroup is removed (a short-lived container's). Reads the v2
+/// line of /proc/PID/cgroup; a process gone, or no cgroup2 mount visible,
+/// names nothing.
+pub fn remember_pid(pid: u32) {
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return;
+    };
+    let Some(rel) = proc_cgroup_v2(&text) else {
+        return;
+    };
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    let names = names.get_or_insert_with(Names::default);
+    if names.mount.is_none() {
+        names.mount = sys::cgroup2_mount();
+    }
+    let Some(mount) = &names.mount else {
+        return;
+    };
+    let Ok(m) = fs::metadata(mount.join(rel.trim_start_matches('/'))) else {
+        return;
+    };
+    if !names.by_id.contains_key(&m.ino()) {
+        names.insert(m.ino(), rel.to_owned());
+    }
+}
+
+/// The cgroup v2 path in a /proc/PID/cgroup text: its `0::PATH` line
+/// (cgroups(7)); `None` without one.
+fn proc_cgroup_v2(text: &str) -> Option<&str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .filter(|p| p.starts_with('/'))
+}
+
 /// The container id a cgroup path names, from its last component that
 /// names one: systemd's `docker-ID.scope`, `cri-containerd-ID.scope`,
 /// `crio-ID.scope`, `libpod-ID.scope`, or cgroupfs's bare `ID` (under
@@ -262,6 +297,18 @@ mod tests {
     use super::*;
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn the_v2_line_of_proc_cgroup_names_the_path() {
+        let hybrid =
+            "12:memory:/user.slice\n1:name=systemd:/init.scope\n0::/system.slice/x.service\n";
+        assert_eq!(proc_cgroup_v2(hybrid), Some("/system.slice/x.service"));
+        assert_eq!(proc_cgroup_v2("0::/\n"), Some("/"));
+        // cgroup v1 only, or garbage.
+        assert_eq!(proc_cgroup_v2("4:cpu:/a\n"), None);
+        assert_eq!(proc_cgroup_v2("0::relative\n"), None);
+        assert_eq!(proc_cgroup_v2(""), None);
+    }
 
     #[test]
     fn container_ids_come_from_runtime_scopes_and_cgroupfs_paths() {

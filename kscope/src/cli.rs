@@ -207,6 +207,11 @@ pub struct HistCommon {
     /// One JSON object per histogram, one per line.
     #[arg(long)]
     pub(crate) json: bool,
+    /// One histogram per cgroup too: each names its cgroup (CGROUP, the
+    /// container id where the path names one; `cgroup_id`, `cgroup` and
+    /// `container_id` in JSON).
+    #[arg(long)]
+    pub(crate) per_cgroup: bool,
 }
 
 /// Filters and output options every tracer takes.

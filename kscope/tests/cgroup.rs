@@ -92,6 +92,19 @@ fn cgroup2_mount() -> Option<PathBuf> {
     })
 }
 
+/// The id (directory inode) of the cgroup this process is in, from
+/// /proc/self/cgroup's v2 line.
+fn own_cgroup_id(mount: &Path) -> u64 {
+    let text = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line");
+    std::fs::metadata(mount.join(rel.trim_start_matches('/')))
+        .expect("stat own cgroup")
+        .ino()
+}
+
 /// A cgroup this test made, removed (with the ones below it) on drop. Its
 /// processes must have exited by then.
 struct TestCgroup {
@@ -193,6 +206,8 @@ fn cgroup_filter_keeps_exactly_the_inside_workload_in_every_tool() {
     let mut w_in = spawn_workload(Some(&sub), &m_in, port_in, SLEEPS_IN);
     let mut w_out = spawn_workload(None, &m_out, port_out, SLEEPS_OUT);
     let (pid_in, pid_out) = (w_in.id(), w_out.id());
+    // The outside copy's cgroup: the one this test runs in.
+    let out_id = own_cgroup_id(&mount);
     // The inside copy is in its cgroup before any tracer starts.
     let start = Instant::now();
     while !std::fs::read_to_string(sub.join("cgroup.procs"))
@@ -232,6 +247,15 @@ fn cgroup_filter_keeps_exactly_the_inside_workload_in_every_tool() {
         (
             "runq",
             Tracer::start(&["hist", "runq", "--cgroup", f, "--json"], true, READY),
+        ),
+        // Unfiltered, split by cgroup: each copy in a histogram of its own.
+        (
+            "per-cgroup",
+            Tracer::start(
+                &["hist", "syscall", "nanosleep", "--per-cgroup", "--json"],
+                true,
+                READY,
+            ),
         ),
         (
             "profile",
@@ -321,6 +345,24 @@ fn cgroup_filter_keeps_exactly_the_inside_workload_in_every_tool() {
     let hists = objects(&outs["syscall"]);
     assert_eq!(hists.len(), 1, "one histogram:\n{}", outs["syscall"]);
     assert_eq!(hists[0]["count"], SLEEPS_IN, "{}", outs["syscall"]);
+    // hist syscall --per-cgroup: the inside copy's nanosleeps, exactly,
+    // under its cgroup's id and path; the outside copy's (and whatever
+    // else sleeps in this test's cgroup) under the test's own.
+    let per = objects(&outs["per-cgroup"]);
+    let of = |id: u64| per.iter().find(|o| o["cgroup_id"] == id);
+    let inside =
+        of(sub_id).unwrap_or_else(|| panic!("no histogram of {sub_id}:\n{}", outs["per-cgroup"]));
+    assert_eq!(inside["count"], SLEEPS_IN, "{inside}");
+    assert_eq!(
+        inside["cgroup"],
+        format!("/{tag}/inner").as_str(),
+        "{inside}"
+    );
+    assert!(inside["container_id"].is_null(), "{inside}");
+    let outside =
+        of(out_id).unwrap_or_else(|| panic!("no histogram of {out_id}:\n{}", outs["per-cgroup"]));
+    let n = outside["count"].as_u64().expect("count");
+    assert!(n >= u64::from(SLEEPS_OUT), "{n} sleeps outside: {outside}");
     // hist runq: the inside copy's waits, at most one per sleep and a few
     // for its start, its exec and its child; far from the outside's
     // SLEEPS_OUT. (A 1 ms sleep whose timer fires before the task is off
@@ -342,6 +384,11 @@ fn cgroup_filter_keeps_exactly_the_inside_workload_in_every_tool() {
     );
     for s in stacks {
         assert_ne!(s["pid"], pid_out, "a sample of the outside copy: {s}");
+        // Each stack names the cgroup of the task sampled.
+        if s["pid"] == pid_in {
+            assert_eq!(s["cgroup_id"], sub_id, "{s}");
+            assert_eq!(s["cgroup"], format!("/{tag}/inner").as_str(), "{s}");
+        }
     }
     drop(cg);
     assert!(!mount.join(&tag).exists(), "the test cgroup is gone");

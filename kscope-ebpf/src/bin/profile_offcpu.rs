@@ -18,7 +18,9 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+    },
     macros::{map, tracepoint},
     maps::{CgroupArray, HashMap, PerCpuArray, StackTrace},
     programs::{TracePointContext, tracing::StackIdContext as _},
@@ -113,10 +115,13 @@ fn switch_out(ctx: &TracePointContext) {
     }
     let wanted = setting(&PROFILE_STACKS_WANTED);
     let mut key = StackKey {
+        // SAFETY: a helper without arguments (Linux 4.18+).
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         pid: tgid,
         kernel_stack_id: STACK_ABSENT,
         user_stack_id: STACK_ABSENT,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        _pad: 0,
     };
     if wanted & STACKS_KERNEL != 0 {
         key.kernel_stack_id = match ctx.get_stackid(&PROFILE_STACKS, 0) {
@@ -142,7 +147,6 @@ fn switch_out(ctx: &TracePointContext) {
         // SAFETY: a helper without arguments or preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         key,
-        _pad: 0,
     };
     if PROFILE_OFFCPU_START.insert(tid, start, 0).is_err() {
         bump(SLOT_COUNTS_FULL);

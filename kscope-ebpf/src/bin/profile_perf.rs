@@ -18,7 +18,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::{map, perf_event},
     maps::{CgroupArray, HashMap, PerCpuArray, StackTrace},
     programs::{PerfEventContext, tracing::StackIdContext as _},
@@ -125,10 +125,13 @@ fn sample(ctx: &PerfEventContext) {
     let wanted = setting(&PROFILE_STACKS_WANTED);
 
     let mut key = StackKey {
+        // SAFETY: a helper without arguments (Linux 4.18+).
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         pid: tgid,
         kernel_stack_id: STACK_ABSENT,
         user_stack_id: STACK_ABSENT,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        _pad: 0,
     };
     if wanted & STACKS_KERNEL != 0 {
         key.kernel_stack_id = match ctx.get_stackid(&PROFILE_STACKS, 0) {

@@ -33,8 +33,8 @@ pub(crate) trait HistReading: Send {
 
 struct Source<T: trace::Tracer> {
     h: Histograms<T>,
-    /// The key's labels and its cgroup id.
-    labels: fn(&T::Key) -> (Vec<String>, u64),
+    /// The key's labels.
+    labels: fn(&T::Key) -> Vec<String>,
     by_cgroup: bool,
 }
 
@@ -48,8 +48,9 @@ where
             .read()?
             .into_iter()
             .map(|(k, h)| {
-                let (mut labels, cgroup_id) = (self.labels)(&k);
+                let mut labels = (self.labels)(&k);
                 if self.by_cgroup {
+                    let cgroup_id = T::hist_cgroup_id(&k);
                     // A cgroup gone by now never gets a series of its own.
                     labels.push(
                         crate::cgroup::name(cgroup_id)
@@ -75,7 +76,7 @@ pub(crate) struct HistDef {
 
 fn start<T: trace::Tracer>(
     opts: &T::Opts,
-    labels: fn(&T::Key) -> (Vec<String>, u64),
+    labels: fn(&T::Key) -> Vec<String>,
     by_cgroup: bool,
 ) -> Result<Box<dyn HistReading>, TraceError>
 where
@@ -89,26 +90,20 @@ where
     }))
 }
 
-fn runq_labels(k: &RunqKey) -> (Vec<String>, u64) {
-    (Vec::new(), k.cgroup_id)
+fn runq_labels(_k: &RunqKey) -> Vec<String> {
+    Vec::new()
 }
 
-fn syscall_labels(k: &SyscallKey) -> (Vec<String>, u64) {
-    (
-        vec![syscall::name(k.nr).map_or_else(|| k.nr.to_string(), str::to_owned)],
-        k.cgroup_id,
-    )
+fn syscall_labels(k: &SyscallKey) -> Vec<String> {
+    vec![syscall::name(k.nr).map_or_else(|| k.nr.to_string(), str::to_owned)]
 }
 
-fn block_labels(k: &BlockKey) -> (Vec<String>, u64) {
+fn block_labels(k: &BlockKey) -> Vec<String> {
     let (maj, min) = block::major_minor(k.dev);
-    (
-        vec![
-            block::device_name(k.dev).unwrap_or_else(|| format!("{maj}:{min}")),
-            block::op_name(k.op).to_owned(),
-        ],
-        k.cgroup_id,
-    )
+    vec![
+        block::device_name(k.dev).unwrap_or_else(|| format!("{maj}:{min}")),
+        block::op_name(k.op).to_owned(),
+    ]
 }
 
 /// Every histogram, in exposition order.

@@ -532,6 +532,7 @@ pub(crate) fn run(
         std::thread::sleep(nap);
         for pid in sampler.take_new_pids()? {
             procs.record(pid);
+            crate::cgroup::remember_pid(pid);
         }
         if let Some(p) = progress.as_mut()
             && last_progress.elapsed() >= Duration::from_millis(500)
@@ -545,6 +546,7 @@ pub(crate) fn run(
     // Processes that appeared in the last tick.
     for pid in sampler.take_new_pids()? {
         procs.record(pid);
+        crate::cgroup::remember_pid(pid);
     }
     let (raw, stats) = sampler.collect()?;
 

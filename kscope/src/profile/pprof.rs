@@ -5,7 +5,9 @@
 //! and no tool tries to symbolize again. Each process's file mappings are
 //! mappings of their own (processes map the same file at different
 //! addresses); kernel frames are in one `[kernel.kallsyms]` mapping.
-//! Samples carry the process as labels `pid` and `comm`.
+//! Samples carry the process as labels `pid` and `comm`, and its cgroup
+//! as `cgroup` (the path; the id when it was gone) and `container_id`
+//! (when the path names a container).
 
 use std::{
     collections::HashMap,
@@ -253,21 +255,43 @@ impl Builder {
         let count = i64::try_from(s.count).unwrap_or(i64::MAX);
         let (pid_key, comm_key) = (self.string("pid"), self.string("comm"));
         let comm = self.string(&s.comm);
+        let mut label = vec![
+            proto::Label {
+                key: pid_key,
+                num: i64::from(s.pid),
+                ..proto::Label::default()
+            },
+            proto::Label {
+                key: comm_key,
+                str: comm,
+                ..proto::Label::default()
+            },
+        ];
+        // The cgroup as its path (its id when it was gone before it could
+        // be named), and the container it names: the labels profile
+        // stores filter and group by.
+        if s.cgroup_id != 0 {
+            let key = self.string("cgroup");
+            let name = s.cgroup.clone().unwrap_or_else(|| s.cgroup_id.to_string());
+            let str = self.string(&name);
+            label.push(proto::Label {
+                key,
+                str,
+                ..proto::Label::default()
+            });
+        }
+        if let Some(c) = &s.container_id {
+            let (key, str) = (self.string("container_id"), self.string(c));
+            label.push(proto::Label {
+                key,
+                str,
+                ..proto::Label::default()
+            });
+        }
         self.p.sample.push(proto::Sample {
             location_id,
             value: vec![count, count.saturating_mul(period_ns)],
-            label: vec![
-                proto::Label {
-                    key: pid_key,
-                    num: i64::from(s.pid),
-                    ..proto::Label::default()
-                },
-                proto::Label {
-                    key: comm_key,
-                    str: comm,
-                    ..proto::Label::default()
-                },
-            ],
+            label,
         });
     }
 
@@ -393,8 +417,11 @@ mod tests {
         })
     }
 
+    const CONTAINER: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
     /// Two processes with the same library at different addresses, an
-    /// inlined chain, a kernel side and a placeholder.
+    /// inlined chain, a kernel side and a placeholder; one in a
+    /// container's cgroup, one in a cgroup gone since, one with none.
     fn stacks() -> Vec<Stack> {
         let mut user = Frames::default();
         user.push(0x1010, libc(0x1000), ["main".to_owned()]);
@@ -409,6 +436,9 @@ mod tests {
         let a = Stack {
             pid: 7,
             comm: "app".into(),
+            cgroup_id: 4242,
+            cgroup: Some(format!("/system.slice/docker-{CONTAINER}.scope")),
+            container_id: Some(CONTAINER.into()),
             user: user.names,
             kernel: kernel.names,
             count: 5,
@@ -430,6 +460,8 @@ mod tests {
         let c = Stack {
             pid: 9,
             comm: "c".into(),
+            // A cgroup gone before it was named.
+            cgroup_id: 77,
             user: placeholder.names,
             count: 1,
             user_sites: placeholder.sites,
@@ -495,6 +527,21 @@ mod tests {
             .map(|l| (st(l.key), st(l.str), l.num))
             .collect();
         assert_eq!(labels, [("pid", "", 8), ("comm", "other\"app", 0)]);
+        // The cgroup by path, and the container it names; by id when gone.
+        let labels = |i: usize| -> Vec<_> {
+            p.sample[i]
+                .label
+                .iter()
+                .skip(2)
+                .map(|l| (st(l.key), st(l.str)))
+                .collect()
+        };
+        let path = format!("/system.slice/docker-{CONTAINER}.scope");
+        assert_eq!(
+            labels(0),
+            [("cgroup", path.as_str()), ("container_id", CONTAINER)]
+        );
+        assert_eq!(labels(2), [("cgroup", "77")]);
     }
 
     #[test]

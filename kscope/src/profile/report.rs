@@ -67,6 +67,13 @@ pub(crate) struct Stack {
     pub(crate) pid: u32,
     /// Thread name (`[idle]` for the idle task).
     pub(crate) comm: String,
+    /// The sampled task's cgroup v2 id (its directory's inode number).
+    pub(crate) cgroup_id: u64,
+    /// That cgroup's path under the cgroup2 mount; `None` when it was
+    /// gone before kscope could name it.
+    pub(crate) cgroup: Option<String>,
+    /// The container id the cgroup's path names, if any.
+    pub(crate) container_id: Option<String>,
     /// User frames, from the outermost caller to the leaf.
     pub(crate) user: Vec<String>,
     /// Kernel frames, from the outermost caller (the syscall or interrupt

@@ -220,9 +220,13 @@ pub(crate) fn symbolize(raw: &RawProfile, procs: &mut ProcCache, sides: Sides) -
                     _ => user.push(0, None, ["[no stack]".to_owned()]),
                 }
             }
+            let cgroup = crate::cgroup::name(key.cgroup_id);
             Stack {
                 pid: key.pid,
                 comm: comm(key),
+                cgroup_id: key.cgroup_id,
+                cgroup: cgroup.as_ref().map(|c| c.path.clone()),
+                container_id: cgroup.and_then(|c| c.container_id.clone()),
                 user: user.names,
                 kernel: kernel.names,
                 count: *count,
@@ -276,6 +280,7 @@ mod tests {
             kernel_stack_id,
             user_stack_id,
             comm,
+            ..StackKey::default()
         }
     }
 

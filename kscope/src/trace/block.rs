@@ -142,6 +142,10 @@ impl Tracer for Block {
         Vec::new()
     }
 
+    fn hist_cgroup_id(key: &BlockKey) -> u64 {
+        key.cgroup_id
+    }
+
     /// Table: `DEVICE` (the name, else `MAJ:MIN`) and `OP`; JSON: `device`
     /// (the name, or null), `dev` (`MAJ:MIN`) and `op` (`read`, `write`,
     /// `other`).

@@ -162,11 +162,23 @@ pub(crate) fn write_hists<T: Tracer, W: Write>(
     mut w: W,
     format: Format,
     stamp: Stamp,
+    by_cgroup: bool,
     hists: &[(T::Key, Hist)],
 ) -> io::Result<()> {
+    // `--per-cgroup`: the cgroup's columns come first in the key's.
+    let key_columns = || {
+        let cgroup = by_cgroup.then(super::cgroup_columns);
+        cgroup.into_iter().flatten().chain(T::hist_key_columns())
+    };
+    let write_key = |key: &T::Key, r: &mut Row<'_, &mut W>| -> io::Result<()> {
+        if by_cgroup {
+            super::write_cgroup(r, T::hist_cgroup_id(key))?;
+        }
+        T::write_hist_key(key, r)
+    };
     if format == Format::Json {
         let mut cols = vec![Column::json("ts_unix_ns")];
-        cols.extend(T::hist_key_columns());
+        cols.extend(key_columns());
         cols.extend([
             Column::json("count"),
             Column::json("sum_ns"),
@@ -180,7 +192,7 @@ pub(crate) fn write_hists<T: Tracer, W: Write>(
         for (key, h) in hists {
             out.row(|r| {
                 r.u64(stamp.unix_ns)?;
-                T::write_hist_key(key, r)?;
+                write_key(key, r)?;
                 r.u64(total(h))?;
                 r.u64(h.sum_ns)?;
                 for q in QUANTILES {
@@ -199,7 +211,7 @@ pub(crate) fn write_hists<T: Tracer, W: Write>(
         if stamp.elapsed.is_some() {
             cols.push(Column::table("TIME(s)", 10, Align::Left));
         }
-        cols.extend(T::hist_key_columns());
+        cols.extend(key_columns());
         cols.extend([
             Column::right("COUNT", "", 10),
             Column::right("AVG", "", 10),
@@ -212,7 +224,7 @@ pub(crate) fn write_hists<T: Tracer, W: Write>(
             if let Some(t) = stamp.elapsed {
                 r.f64(t, 3)?;
             }
-            T::write_hist_key(key, r)?;
+            write_key(key, r)?;
             let n = total(h);
             r.u64(n)?;
             match h.sum_ns.checked_div(n) {
@@ -271,6 +283,8 @@ pub(crate) struct HistRun {
     /// Print what was added every this long, too.
     pub(crate) interval: Option<Duration>,
     pub(crate) format: Format,
+    /// One histogram per cgroup too (`--per-cgroup`).
+    pub(crate) by_cgroup: bool,
 }
 
 /// The end-of-run summary on stderr: `kscope hist WHAT: N latencies, M
@@ -340,6 +354,7 @@ fn hist_run(c: &HistCommon) -> HistRun {
         duration: c.duration,
         interval: c.interval,
         format: Format::json(c.json),
+        by_cgroup: c.per_cgroup,
     }
 }
 
@@ -416,10 +431,18 @@ mod tests {
     }
 
     fn render(format: Format, elapsed: Option<f64>) -> String {
+        render_by(format, elapsed, false)
+    }
+
+    /// A cgroup id no cgroup2 directory has: it names no path.
+    const GONE_CGROUP: u64 = u64::MAX - 1;
+
+    fn render_by(format: Format, elapsed: Option<f64>, by_cgroup: bool) -> String {
         let rows = [
             (
                 SyscallKey {
                     nr: 35,
+                    cgroup_id: GONE_CGROUP,
                     ..SyscallKey::default()
                 },
                 hist(&[2_150_000; 7]),
@@ -437,7 +460,7 @@ mod tests {
             elapsed,
         };
         let mut v = Vec::new();
-        write_hists::<syscall::Syscall, _>(&mut v, format, stamp, &rows).expect("write");
+        write_hists::<syscall::Syscall, _>(&mut v, format, stamp, by_cgroup, &rows).expect("write");
         String::from_utf8(v).expect("utf8")
     }
 
@@ -517,5 +540,23 @@ mod tests {
             v[1]["buckets"],
             serde_json::json!([{"le_ns": 511, "count": 1}, {"le_ns": 1023, "count": 2}])
         );
+    }
+
+    #[test]
+    fn per_cgroup_histograms_name_their_cgroup_first() {
+        let text = render_by(Format::Table, None, true);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("CGROUP "), "{text}");
+        assert!(lines[0].find("SYSCALL") > lines[0].find("CGROUP"), "{text}");
+        // A cgroup gone since shows as its id.
+        assert!(lines[1].starts_with(&GONE_CGROUP.to_string()), "{text}");
+        let v = json_lines(&render_by(Format::Json, None, true));
+        assert_eq!(v[0]["cgroup_id"], GONE_CGROUP, "{}", v[0]);
+        assert!(v[0]["cgroup"].is_null(), "{}", v[0]);
+        assert!(v[0]["container_id"].is_null(), "{}", v[0]);
+        assert_eq!(v[0]["syscall"], "nanosleep");
+        // Without --per-cgroup, no cgroup members at all.
+        let v = json_lines(&render(Format::Json, None));
+        assert!(v[0].get("cgroup_id").is_none(), "{}", v[0]);
     }
 }

@@ -246,6 +246,12 @@ pub trait Tracer: Sized + 'static {
     fn write_hist_key<W: Write>(_key: &Self::Key, _row: &mut Row<'_, W>) -> io::Result<()> {
         Ok(())
     }
+
+    /// The cgroup a histogram key holds when the kernel keys by cgroup
+    /// ([`Load::hist_by_cgroup`]); 0 otherwise.
+    fn hist_cgroup_id(_key: &Self::Key) -> u64 {
+        0
+    }
 }
 
 /// An event row's time columns: TIME(s), seconds since the start (a table
@@ -271,7 +277,7 @@ fn write_time<W: Write>(r: &mut Row<'_, W>, cx: &EventCx, ts_ns: u64) -> io::Res
 /// the id of a cgroup gone since), `cgroup_id`, `cgroup` (the path, null
 /// when unknown) and `container_id` (null when none; JSON).
 /// [`write_cgroup`] writes them.
-fn cgroup_columns() -> [Column; 4] {
+pub(crate) fn cgroup_columns() -> [Column; 4] {
     [
         Column::table("CGROUP", 24, crate::output::Align::Left),
         Column::json("cgroup_id"),
@@ -281,7 +287,7 @@ fn cgroup_columns() -> [Column; 4] {
 }
 
 /// Writes [`cgroup_columns`]' cells for cgroup `id`.
-fn write_cgroup<W: Write>(r: &mut Row<'_, W>, id: u64) -> io::Result<()> {
+pub(crate) fn write_cgroup<W: Write>(r: &mut Row<'_, W>, id: u64) -> io::Result<()> {
     let name = crate::cgroup::name(id);
     // The table's cell (JSON skips it).
     match &name {

@@ -630,7 +630,7 @@ pub(crate) async fn run_hist<T: Tracer, W: Write>(
 ) -> Result<(Summary, Stop), TraceError> {
     super::preflight(&format!("kscope hist {}", T::NAME))?;
     let mut signals = Signals::catch()?;
-    let hists = Histograms::<T>::attach(opts, &run.filters, false)?;
+    let hists = Histograms::<T>::attach(opts, &run.filters, run.by_cgroup)?;
     let start = Instant::now();
     let deadline = run.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = run.interval.map(|i| {
@@ -659,7 +659,7 @@ pub(crate) async fn run_hist<T: Tracer, W: Write>(
             unix_ns: crate::sys::unix_now_ns(),
             elapsed: run.interval.map(|_| start.elapsed().as_secs_f64()),
         };
-        hist::write_hists::<T, _>(&mut *w, run.format, stamp, &rows)?;
+        hist::write_hists::<T, _>(&mut *w, run.format, stamp, run.by_cgroup, &rows)?;
         prev.clone_from(cur);
         Ok(())
     };

@@ -115,4 +115,8 @@ impl Tracer for Runq {
     fn label_values(_key: &RunqKey) -> Vec<String> {
         Vec::new()
     }
+
+    fn hist_cgroup_id(key: &RunqKey) -> u64 {
+        key.cgroup_id
+    }
 }

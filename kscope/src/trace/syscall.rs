@@ -190,6 +190,10 @@ impl Tracer for Syscall {
         Vec::new()
     }
 
+    fn hist_cgroup_id(key: &SyscallKey) -> u64 {
+        key.cgroup_id
+    }
+
     /// Table: `SYSCALL` (the name, or the number when unknown); JSON:
     /// `syscall` (the name, or null) and `nr`.
     fn hist_key_columns() -> Vec<Column> {
