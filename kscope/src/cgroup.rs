@@ -82,7 +82,7 @@ impl CgroupDir {
             source,
         })?;
         if magic != CGROUP2_SUPER_MAGIC {
-            let hint = match sys::cgroup2_mount() {
+            let hint = match cgroup2_mount() {
                 Some(m) => format!("the cgroup v2 hierarchy is mounted at {}", m.display()),
                 None => "no cgroup v2 hierarchy is mounted".into(),
             };
@@ -147,7 +147,7 @@ impl Names {
         }
         self.walked = Some(Instant::now());
         if self.mount.is_none() {
-            self.mount = sys::cgroup2_mount();
+            self.mount = cgroup2_mount();
         }
         let mount = self.mount.clone()?;
         self.walk(&mount);
@@ -213,7 +213,7 @@ pub fn remember_pid(pid: u32) {
     let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
     let names = names.get_or_insert_with(Names::default);
     if names.mount.is_none() {
-        names.mount = sys::cgroup2_mount();
+        names.mount = cgroup2_mount();
     }
     let Some(mount) = &names.mount else {
         return;
@@ -255,10 +255,19 @@ pub fn container_id(path: &str) -> Option<&str> {
     })
 }
 
+/// Where this process sees the cgroup v2 hierarchy mounted (the first
+/// `cgroup2` line of /proc/self/mountinfo): `/sys/fs/cgroup` on most
+/// machines, `/sys/fs/cgroup/unified` in hybrid mode. `None` when it is not
+/// mounted.
+pub(crate) fn cgroup2_mount() -> Option<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    parse_cgroup2_mount(&text)
+}
+
 /// The mount point of the first `cgroup2` filesystem in a
 /// /proc/self/mountinfo text (proc(5): field 5 is the mount point, with
 /// spaces and other bytes escaped as `\ooo`; the type follows ` - `).
-pub(crate) fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
         if right.split_whitespace().next()? != "cgroup2" {

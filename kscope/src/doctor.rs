@@ -35,7 +35,7 @@ use crate::{
     output::{Align, Column, Format, Output},
     probe_check::{ProbeCheck, ProbeError, ProbeKind},
     sys::{self, Cap, Chain},
-    trace::{self, Filters, Load, Mode, TraceError, Tracer},
+    trace::{self, EventTracer, Filters, Load, Mode, TraceError},
 };
 
 /// A check's verdict.
@@ -588,7 +588,7 @@ fn trace_fix(e: &TraceError) -> String {
 
 /// Loads and attaches tracer `T` as `kscope trace` does (events through
 /// the ring buffer), then detaches. `note` names what is lost anyway.
-fn tracer<T: Tracer>(note: &str) -> Check {
+fn tracer<T: EventTracer>(note: &str) -> Check {
     let name = format!("trace {}", T::NAME);
     let filters = Filters::default();
     let attached = trace::preflight(&name).and_then(|()| {

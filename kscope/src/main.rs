@@ -205,7 +205,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fw(FwCommand::Status { json }) => fw::status(Format::json(json), stdout())?,
         Command::Fw(FwCommand::Stats(args)) => fw::stats(&args, stdout())?,
         Command::Trace(t) => trace::run(t, stdout())?,
-        Command::Hist(h) => kscope::trace::hist::run(h, stdout())?,
+        Command::Hist(h) => kscope::trace::cmd::run_hist(h, stdout())?,
         Command::Profile(args) => profile::run(&args, stdout())?,
         Command::Top(a) => kscope::top::cmd::run(&a)?,
         Command::Daemon(a) => kscope::daemon::run(&a.config)?,

@@ -31,14 +31,14 @@ pub(crate) trait HistReading: Send {
     fn read(&self) -> Result<Vec<(Vec<String>, Hist)>, TraceError>;
 }
 
-struct Source<T: trace::Tracer> {
+struct Source<T: trace::HistTracer> {
     h: Histograms<T>,
     /// The key's labels.
     labels: fn(&T::Key) -> Vec<String>,
     by_cgroup: bool,
 }
 
-impl<T: trace::Tracer> HistReading for Source<T>
+impl<T: trace::HistTracer> HistReading for Source<T>
 where
     Histograms<T>: Send,
 {
@@ -74,7 +74,7 @@ pub(crate) struct HistDef {
     start: fn(bool) -> Result<Box<dyn HistReading>, TraceError>,
 }
 
-fn start<T: trace::Tracer>(
+fn start<T: trace::HistTracer>(
     opts: &T::Opts,
     labels: fn(&T::Key) -> Vec<String>,
     by_cgroup: bool,

@@ -439,7 +439,7 @@ mod tests {
 
     impl crate::trace::runner::Counting for Flaky {
         fn metric(&self) -> crate::trace::Metric {
-            <crate::trace::exec::Exec as crate::trace::Tracer>::METRIC
+            <crate::trace::exec::Exec as crate::trace::EventTracer>::METRIC
         }
 
         fn scrape(&self) -> Result<crate::trace::runner::LabelledCounts, crate::trace::TraceError> {

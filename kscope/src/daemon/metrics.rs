@@ -859,7 +859,7 @@ mod tests {
 
     #[test]
     fn tracer_series_render_with_their_labels() {
-        use crate::trace::{Tracer as _, connect::Connect, exec::Exec};
+        use crate::trace::{EventTracer as _, connect::Connect, exec::Exec};
         let shared = Shared::new();
         {
             let mut s = shared.lock();

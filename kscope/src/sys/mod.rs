@@ -180,15 +180,6 @@ pub(crate) fn fd_fs_magic(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<i64> {
     Ok(st.f_type)
 }
 
-/// Where this process sees the cgroup v2 hierarchy mounted (the first
-/// `cgroup2` line of /proc/self/mountinfo): `/sys/fs/cgroup` on most
-/// machines, `/sys/fs/cgroup/unified` in hybrid mode. `None` when it is not
-/// mounted.
-pub(crate) fn cgroup2_mount() -> Option<PathBuf> {
-    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    crate::cgroup::parse_cgroup2_mount(&text)
-}
-
 fn mount(fstype: &str, target: &Path) -> io::Result<()> {
     let src = CString::new(fstype).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let tgt = CString::new(target.as_os_str().as_bytes())

@@ -35,7 +35,7 @@ pub fn run(args: &TopArgs) -> Result<(), TopError> {
         );
         json_lines(args, &mut c, &stop, end)
     } else {
-        screen::run(args, &mut c, &stop, end)
+        screen::run(&mut c, args.sort, &args.filter, args.interval, &stop, end)
     }
 }
 

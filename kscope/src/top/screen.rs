@@ -29,7 +29,6 @@ use ratatui::{
 };
 
 use super::{Collector, Prog, SortKey, TopError, view};
-use crate::cli::TopArgs;
 
 /// Puts the terminal back.
 fn restore() {
@@ -274,10 +273,13 @@ fn key(ui: &mut Ui, c: &Collector, code: KeyCode, mods: KeyModifiers) -> Key {
     Key::Redraw
 }
 
-/// Runs the screen until `q`, Ctrl-C, SIGTERM (`stop`) or `end`.
+/// Runs the screen, refreshed every `interval` and starting with `sort`
+/// and `filter`, until `q`, Ctrl-C, SIGTERM (`stop`) or `end`.
 pub(crate) fn run(
-    args: &TopArgs,
     c: &mut Collector,
+    sort: SortKey,
+    filter: &str,
+    interval: Duration,
     stop: &AtomicBool,
     end: Option<Instant>,
 ) -> Result<(), TopError> {
@@ -285,14 +287,14 @@ pub(crate) fn run(
     let mut term: Terminal<CrosstermBackend<Stdout>> =
         Terminal::new(CrosstermBackend::new(io::stdout()))?;
     let mut ui = Ui {
-        sort: args.sort,
-        filter: args.filter.clone(),
+        sort,
+        filter: filter.to_owned(),
         editing: false,
         selected: None,
         table: TableState::default(),
     };
-    term.draw(|f| draw(f, c, &mut ui, args.interval))?;
-    let mut next = Instant::now() + args.interval;
+    term.draw(|f| draw(f, c, &mut ui, interval))?;
+    let mut next = Instant::now() + interval;
     loop {
         if stop.load(Ordering::Relaxed) || end.is_some_and(|e| Instant::now() >= e) {
             break;
@@ -300,10 +302,10 @@ pub(crate) fn run(
         let now = Instant::now();
         if now >= next {
             c.refresh()?;
-            term.draw(|f| draw(f, c, &mut ui, args.interval))?;
-            next += args.interval;
+            term.draw(|f| draw(f, c, &mut ui, interval))?;
+            next += interval;
             if next < now {
-                next = now + args.interval;
+                next = now + interval;
             }
             continue;
         }
@@ -317,13 +319,13 @@ pub(crate) fn run(
                 match key(&mut ui, c, k.code, k.modifiers) {
                     Key::Quit => break,
                     Key::Redraw => {
-                        term.draw(|f| draw(f, c, &mut ui, args.interval))?;
+                        term.draw(|f| draw(f, c, &mut ui, interval))?;
                     }
                     Key::Nothing => {}
                 }
             }
             Event::Resize(..) => {
-                term.draw(|f| draw(f, c, &mut ui, args.interval))?;
+                term.draw(|f| draw(f, c, &mut ui, interval))?;
             }
             _ => {}
         }

@@ -15,11 +15,10 @@ use std::io::{self, Write};
 
 use kscope_common::trace::{
     BLOCK_OP_READ, BLOCK_OP_WRITE, BO_DONE_DEV, BO_DONE_SECTOR, BO_ISSUE_DEV, BO_ISSUE_RWBS,
-    BO_ISSUE_SECTOR, BO_N, BlockKey, Counts, GLOBAL_BLOCK_OFFSETS, PROG_BLOCK_COMPLETE,
-    PROG_BLOCK_ISSUE,
+    BO_ISSUE_SECTOR, BO_N, BlockKey, GLOBAL_BLOCK_OFFSETS, PROG_BLOCK_COMPLETE, PROG_BLOCK_ISSUE,
 };
 
-use super::{Attached, EventCx, Load, Metric, Mode, TraceError, Tracer, connect::parse_format};
+use super::{Attached, HistTracer, Load, Mode, TraceError, Tracer, connect::parse_format};
 use crate::output::{Column, Row};
 
 static HIST_BLOCK_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hist_block"));
@@ -71,23 +70,14 @@ pub(crate) fn device_name(dev: u32) -> Option<String> {
 
 impl Tracer for Block {
     const NAME: &'static str = "block";
-    const METRIC: Metric = Metric {
-        name: "kscope_hist_block",
-        help: "Block I/O latencies (histogram mode only).",
-        labels: &[],
-        errors: None,
-    };
+
     type Opts = ();
-    /// Never submitted: this tracer only aggregates.
-    type Event = BlockKey;
+
     type Key = BlockKey;
 
     fn attach(_opts: &(), load: &Load<'_>) -> Result<Attached, TraceError> {
-        if load.mode != Mode::Hist {
-            return Err(TraceError::BadFilter(
-                "block measures latency histograms only (kscope hist block)".into(),
-            ));
-        }
+        // Only the histogram runner loads a HistTracer.
+        debug_assert!(load.mode == Mode::Hist);
         let issue = offsets("block_rq_issue", &["dev", "sector", "rwbs"])?;
         let done = offsets("block_rq_complete", &["dev", "sector"])?;
         let mut off = [0u32; BO_N];
@@ -112,36 +102,9 @@ impl Tracer for Block {
             probe: "",
         })
     }
+}
 
-    fn event_columns(_timestamps: bool) -> Vec<Column> {
-        Vec::new()
-    }
-
-    fn write_event<W: Write>(
-        _ev: &BlockKey,
-        _tail: &[u8],
-        _cx: &EventCx,
-        _row: &mut Row<'_, W>,
-    ) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn count_columns() -> Vec<Column> {
-        Vec::new()
-    }
-
-    fn write_count<W: Write>(
-        _key: &BlockKey,
-        _c: &Counts,
-        _row: &mut Row<'_, W>,
-    ) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn label_values(_key: &BlockKey) -> Vec<String> {
-        Vec::new()
-    }
-
+impl HistTracer for Block {
     fn hist_cgroup_id(key: &BlockKey) -> u64 {
         key.cgroup_id
     }

@@ -42,7 +42,7 @@ use kscope_common::trace::{
     PROG_CONNECT_SYS_EXIT, SP_N, TP_FIELDS, TP_N,
 };
 
-use super::{Attached, EventCx, Load, Metric, Mode, TraceError, Tracer, format};
+use super::{Attached, EventCx, EventTracer, Load, Metric, Mode, TraceError, Tracer, format};
 use crate::{
     output::{Align, Column, Row},
     sys::btf::Btf,
@@ -376,14 +376,9 @@ fn choose(opts: &ConnectOpts, load: &Load<'_>) -> Result<(Ebpf, Probe), TraceErr
 
 impl Tracer for Connect {
     const NAME: &'static str = "connect";
-    const METRIC: Metric = Metric {
-        name: "kscope_trace_connects",
-        help: "TCP connects, by destination and result (unknown where the probe cannot see it).",
-        labels: &["daddr", "dport", "result"],
-        errors: None,
-    };
+
     type Opts = ConnectOpts;
-    type Event = ConnectEvent;
+
     type Key = ConnectKey;
 
     fn attach(opts: &ConnectOpts, load: &Load<'_>) -> Result<Attached, TraceError> {
@@ -403,6 +398,17 @@ impl Tracer for Connect {
             probe: probe.name(),
         })
     }
+}
+
+impl EventTracer for Connect {
+    const METRIC: Metric = Metric {
+        name: "kscope_trace_connects",
+        help: "TCP connects, by destination and result (unknown where the probe cannot see it).",
+        labels: &["daddr", "dport", "result"],
+        errors: None,
+    };
+
+    type Event = ConnectEvent;
 
     /// Table: `PID COMM CGROUP FAM SADDR SPORT DADDR DPORT RET LAT(ms)`;
     /// RET is `n/a` where the probe cannot see it. JSON: `ts_unix_ns`,

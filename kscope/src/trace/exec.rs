@@ -17,7 +17,7 @@ use kscope_common::trace::{
     PROG_EXEC_EXIT_EXECVE, PROG_EXEC_EXIT_EXECVEAT, PROG_EXEC_PROCESS_EXEC,
 };
 
-use super::{Attached, EventCx, Load, Metric, TraceError, Tracer, format};
+use super::{Attached, EventCx, EventTracer, Load, Metric, TraceError, Tracer, format};
 use crate::{
     output::{Column, Row},
     sys::btf::Btf,
@@ -93,14 +93,9 @@ fn attach_process_exec(ebpf: &mut Ebpf, old_pid_off: Option<u32>) -> Result<(), 
 
 impl Tracer for Exec {
     const NAME: &'static str = "exec";
-    const METRIC: Metric = Metric {
-        name: "kscope_trace_execs",
-        help: "execve(2) and execveat(2) calls, by new program name and result.",
-        labels: &["comm", "result"],
-        errors: None,
-    };
+
     type Opts = ExecOpts;
-    type Event = ExecEvent;
+
     type Key = ExecKey;
 
     fn attach(opts: &ExecOpts, load: &Load<'_>) -> Result<Attached, TraceError> {
@@ -133,6 +128,17 @@ impl Tracer for Exec {
             probe: "",
         })
     }
+}
+
+impl EventTracer for Exec {
+    const METRIC: Metric = Metric {
+        name: "kscope_trace_execs",
+        help: "execve(2) and execveat(2) calls, by new program name and result.",
+        labels: &["comm", "result"],
+        errors: None,
+    };
+
+    type Event = ExecEvent;
 
     /// Table: `PCOMM PID PPID CGROUP RET ARGS` (arguments joined by
     /// spaces; `...` right after an argument cut short, and ` ...` at the

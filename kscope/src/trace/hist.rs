@@ -1,7 +1,8 @@
 //! `kscope hist runq|syscall`: latency distributions, aggregated in the
 //! kernel.
 //!
-//! These are tracers like the others ([`Tracer`]), run by the same runner
+//! These are tracers like the others ([`Tracer`](super::Tracer), rendered as a
+//! [`HistTracer`](super::HistTracer)), run by the same runner
 //! in a third mode, [`Mode::Hist`](super::Mode): each program adds a
 //! latency to its key's log2 histogram ([`Hist`], `tracer_common!(..,
 //! hist)`) in a per-CPU hash with atomic adds, and nothing goes through the
@@ -23,11 +24,8 @@ use std::{
 
 use kscope_common::trace::Hist;
 
-use super::{Filters, Stop, Summary, TraceError, Tracer, block, runq, syscall};
-use crate::{
-    cli::{HistCommand, HistCommon},
-    output::{Align, Column, Format, Output, Row},
-};
+use super::{Filters, HistTracer};
+use crate::output::{Align, Column, Format, Output, Row};
 
 /// Width of the distribution's bars, in stars.
 const BAR_WIDTH: u64 = 40;
@@ -158,7 +156,7 @@ const QUANTILES: [f64; 3] = [0.50, 0.90, 0.99];
 ///
 /// # Errors
 /// Output errors.
-pub(crate) fn write_hists<T: Tracer, W: Write>(
+pub(crate) fn write_hists<T: HistTracer, W: Write>(
     mut w: W,
     format: Format,
     stamp: Stamp,
@@ -287,77 +285,6 @@ pub(crate) struct HistRun {
     pub(crate) by_cgroup: bool,
 }
 
-/// The end-of-run summary on stderr: `kscope hist WHAT: N latencies, M
-/// lost`.
-fn report(what: &str, s: &Summary) {
-    let mut err = io::stderr().lock();
-    let _ = writeln!(
-        err,
-        "kscope hist {what}: {} latencies, {} lost",
-        s.events, s.lost
-    );
-}
-
-/// `kscope hist runq|syscall`: measures until the duration ends or a
-/// signal arrives, printing the histograms at the end (and every
-/// `--interval`), then reports the totals on stderr.
-///
-/// # Errors
-/// As [`super::run`]: capabilities, tracefs, a missing kernel feature, a
-/// verifier rejection, a bad filter or syscall name, output errors (a
-/// broken pipe, which the binary treats as success).
-pub fn run(cmd: HistCommand, w: impl Write) -> Result<(), TraceError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(TraceError::Runtime)?;
-    let out = io::BufWriter::with_capacity(64 * 1024, w);
-    let (what, result) = match cmd {
-        HistCommand::Runq(c) => {
-            let run = hist_run(&c);
-            (
-                "runq",
-                rt.block_on(super::runner::run_hist::<runq::Runq, _>(&(), &run, out)),
-            )
-        }
-        HistCommand::Block(c) => {
-            let run = hist_run(&c);
-            (
-                "block",
-                rt.block_on(super::runner::run_hist::<block::Block, _>(&(), &run, out)),
-            )
-        }
-        HistCommand::Syscall(a) => {
-            let opts = syscall::SyscallOpts {
-                nrs: syscall::resolve(&a.names)?,
-            };
-            let run = hist_run(&a.common);
-            (
-                "syscall",
-                rt.block_on(super::runner::run_hist::<syscall::Syscall, _>(
-                    &opts, &run, out,
-                )),
-            )
-        }
-    };
-    let (summary, stop) = result?;
-    report(what, &summary);
-    if stop == Stop::OutputClosed {
-        return Err(io::Error::from(io::ErrorKind::BrokenPipe).into());
-    }
-    Ok(())
-}
-
-fn hist_run(c: &HistCommon) -> HistRun {
-    HistRun {
-        filters: c.filters.filters(),
-        duration: c.duration,
-        interval: c.interval,
-        format: Format::json(c.json),
-        by_cgroup: c.per_cgroup,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use kscope_common::trace::{HIST_SLOTS, SyscallKey, hist_slot};
@@ -460,7 +387,8 @@ mod tests {
             elapsed,
         };
         let mut v = Vec::new();
-        write_hists::<syscall::Syscall, _>(&mut v, format, stamp, by_cgroup, &rows).expect("write");
+        write_hists::<crate::trace::syscall::Syscall, _>(&mut v, format, stamp, by_cgroup, &rows)
+            .expect("write");
         String::from_utf8(v).expect("utf8")
     }
 

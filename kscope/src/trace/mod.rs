@@ -181,19 +181,19 @@ pub(crate) fn preflight(what: &str) -> Result<(), TraceError> {
     Ok(())
 }
 
-/// One tracer: its kernel object, how it attaches, and how its events and
-/// counts render. [`runner`] does the rest.
+/// One tracer: its kernel object and how it attaches. What it produces is
+/// the business of one of the two traits below: [`EventTracer`] (events
+/// through the ring buffer, or counts per key: `kscope trace NAME`) or
+/// [`HistTracer`] (latency histograms: `kscope hist NAME`). [`runner`]
+/// does the rest.
 pub trait Tracer: Sized + 'static {
-    /// `kscope trace NAME`, the daemon's config key and metric label.
+    /// `kscope trace NAME` or `kscope hist NAME`, the daemon's config key
+    /// and metric label.
     const NAME: &'static str;
-    /// The daemon's counter families for this tracer's counts.
-    const METRIC: Metric;
     /// Options beyond the [`Filters`] every tracer takes.
     type Opts: Clone + fmt::Debug + Default + Send + Sync + 'static;
-    /// One ring-buffer record's fixed part; a record may carry more bytes
-    /// after it (open's path), handed to [`Tracer::write_event`] as `tail`.
-    type Event: aya::Pod;
-    /// Count mode's key (kscope-common), as the kernel writes it.
+    /// The key of the kernel's table (kscope-common), as the kernel writes
+    /// it: a count's key, or a histogram's.
     type Key: aya::Pod + Eq + Hash + fmt::Debug + Send + Sync + 'static;
 
     /// Loads the object through `load` and attaches its programs, choosing
@@ -203,12 +203,23 @@ pub trait Tracer: Sized + 'static {
     /// A missing kernel feature ([`TraceError::Unsupported`]), a verifier
     /// rejection, a bad option.
     fn attach(opts: &Self::Opts, load: &Load<'_>) -> Result<Attached, TraceError>;
+}
+
+/// A tracer of events ([`Mode::Events`]) and counts ([`Mode::Count`]):
+/// how its records and keys render, and its daemon metrics.
+pub trait EventTracer: Tracer {
+    /// The daemon's counter families for this tracer's counts.
+    const METRIC: Metric;
+    /// One ring-buffer record's fixed part; a record may carry more bytes
+    /// after it (open's path), handed to [`EventTracer::write_event`] as
+    /// `tail`.
+    type Event: aya::Pod;
 
     /// The columns of an event row.
     fn event_columns(timestamps: bool) -> Vec<Column>;
 
-    /// Writes an event's cells, in [`Tracer::event_columns`] order. `tail`
-    /// is the rest of the record after `ev`.
+    /// Writes an event's cells, in [`EventTracer::event_columns`] order.
+    /// `tail` is the rest of the record after `ev`.
     ///
     /// # Errors
     /// Output errors.
@@ -222,7 +233,7 @@ pub trait Tracer: Sized + 'static {
     /// The columns of a count row.
     fn count_columns() -> Vec<Column>;
 
-    /// Writes a key's totals, in [`Tracer::count_columns`] order.
+    /// Writes a key's totals, in [`EventTracer::count_columns`] order.
     ///
     /// # Errors
     /// Output errors.
@@ -230,28 +241,25 @@ pub trait Tracer: Sized + 'static {
 
     /// The key's label values, in [`Metric::labels`] order.
     fn label_values(key: &Self::Key) -> Vec<String>;
+}
 
-    /// Histogram mode ([`Mode::Hist`], `kscope hist NAME`): the columns
-    /// that name a histogram's key, in its summary row and JSON object.
-    /// Tracers without histograms keep the default, none.
-    fn hist_key_columns() -> Vec<Column> {
-        Vec::new()
-    }
+/// A tracer of latencies ([`Mode::Hist`], `kscope hist NAME`): one log2
+/// histogram per key, and how a key renders.
+pub trait HistTracer: Tracer {
+    /// The columns that name a histogram's key, in its summary row and
+    /// JSON object (none when the tracer keeps one histogram).
+    fn hist_key_columns() -> Vec<Column>;
 
-    /// Writes a histogram key's cells, in [`Tracer::hist_key_columns`]
+    /// Writes a histogram key's cells, in [`HistTracer::hist_key_columns`]
     /// order.
     ///
     /// # Errors
     /// Output errors.
-    fn write_hist_key<W: Write>(_key: &Self::Key, _row: &mut Row<'_, W>) -> io::Result<()> {
-        Ok(())
-    }
+    fn write_hist_key<W: Write>(key: &Self::Key, row: &mut Row<'_, W>) -> io::Result<()>;
 
-    /// The cgroup a histogram key holds when the kernel keys by cgroup
+    /// The cgroup the key holds when the kernel keys by cgroup
     /// ([`Load::hist_by_cgroup`]); 0 otherwise.
-    fn hist_cgroup_id(_key: &Self::Key) -> u64 {
-        0
-    }
+    fn hist_cgroup_id(key: &Self::Key) -> u64;
 }
 
 /// An event row's time columns: TIME(s), seconds since the start (a table
@@ -731,12 +739,16 @@ pub(crate) mod render {
     use super::*;
     use crate::output::{Format, Output};
 
-    pub(crate) fn events<T: Tracer>(evs: &[&T::Event], format: Format, timestamps: bool) -> String {
+    pub(crate) fn events<T: EventTracer>(
+        evs: &[&T::Event],
+        format: Format,
+        timestamps: bool,
+    ) -> String {
         let tails: Vec<(&T::Event, &[u8])> = evs.iter().map(|e| (*e, &[][..])).collect();
         records::<T>(&tails, format, timestamps)
     }
 
-    pub(crate) fn records<T: Tracer>(
+    pub(crate) fn records<T: EventTracer>(
         evs: &[(&T::Event, &[u8])],
         format: Format,
         timestamps: bool,
@@ -754,7 +766,7 @@ pub(crate) mod render {
         String::from_utf8(std::mem::take(out.writer())).expect("utf8")
     }
 
-    pub(crate) fn counts<T: Tracer>(rows: &[(T::Key, Counts)], format: Format) -> String {
+    pub(crate) fn counts<T: EventTracer>(rows: &[(T::Key, Counts)], format: Format) -> String {
         let mut out = Output::new(Vec::new(), format, T::count_columns());
         out.header().expect("header");
         for (k, c) in rows {

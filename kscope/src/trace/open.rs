@@ -19,7 +19,7 @@ use kscope_common::trace::{
     PROG_OPEN_EXIT_OPENAT2,
 };
 
-use super::{Attached, EventCx, Load, Metric, Mode, TraceError, Tracer, format};
+use super::{Attached, EventCx, EventTracer, Load, Metric, Mode, TraceError, Tracer, format};
 use crate::output::{Align, Column, Row};
 
 static TRACE_OPEN_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/trace_open"));
@@ -45,14 +45,9 @@ pub struct OpenOpts {
 
 impl Tracer for Open {
     const NAME: &'static str = "open";
-    const METRIC: Metric = Metric {
-        name: "kscope_trace_opens",
-        help: "open(2), openat(2) and openat2(2) calls, by process name.",
-        labels: &["comm"],
-        errors: Some(("kscope_trace_open_errors", "Failed opens, by process name.")),
-    };
+
     type Opts = OpenOpts;
-    type Event = OpenEvent;
+
     type Key = OpenKey;
 
     fn attach(opts: &OpenOpts, load: &Load<'_>) -> Result<Attached, TraceError> {
@@ -72,6 +67,17 @@ impl Tracer for Open {
             probe: "",
         })
     }
+}
+
+impl EventTracer for Open {
+    const METRIC: Metric = Metric {
+        name: "kscope_trace_opens",
+        help: "open(2), openat(2) and openat2(2) calls, by process name.",
+        labels: &["comm"],
+        errors: Some(("kscope_trace_open_errors", "Failed opens, by process name.")),
+    };
+
+    type Event = OpenEvent;
 
     /// Table: `PID TID UID COMM CGROUP FD ERR FLAGS PATH` (FD is `-1` and
     /// ERR the errno's name for a failed open). JSON: `ts_unix_ns`, `pid`,

@@ -1,4 +1,4 @@
-//! The one runner every [`Tracer`] goes through: `kscope trace NAME` in
+//! The one runner every [`Tracer`](super::Tracer) goes through: `kscope trace NAME` in
 //! either mode, and the daemon's counters ([`Counter`]).
 //!
 //! Fallback policy: losing events is never silent. Ring-buffer overruns,
@@ -24,8 +24,8 @@ use kscope_common::trace::{
 use tokio::io::unix::AsyncFd;
 
 use super::{
-    EventCx, Filters, Load, Metric, Mode, POLL_INTERVAL, Signals, Stop, Summary, TraceError,
-    Tracer,
+    EventCx, EventTracer, Filters, HistTracer, Load, Metric, Mode, POLL_INTERVAL, Signals, Stop,
+    Summary, TraceError,
     format::Clock,
     hist::{self, HistRun},
 };
@@ -57,7 +57,7 @@ pub(crate) struct Run {
 /// # Errors
 /// Missing capabilities or tracefs, a missing kernel feature, a verifier
 /// rejection, a bad filter, or an output error.
-pub(crate) async fn run<T: Tracer, W: Write>(
+pub(crate) async fn run<T: EventTracer, W: Write>(
     opts: &T::Opts,
     run: &Run,
     w: W,
@@ -139,7 +139,7 @@ fn fault_consumer_panic() -> bool {
 
 /// Waits until `duration` passes or SIGINT or SIGTERM arrives, warning
 /// about lost events about once a second meanwhile.
-async fn wait_for_stop<T: Tracer>(
+async fn wait_for_stop<T: EventTracer>(
     signals: &mut Signals,
     duration: Option<Duration>,
     counter: &Counter<T>,
@@ -168,7 +168,7 @@ async fn wait_for_stop<T: Tracer>(
 
 /// Most events first; ties by failures, then by the key's bytes, so the
 /// order is stable.
-fn sort_counts<T: Tracer>(rows: &mut [(T::Key, Counts)]) {
+fn sort_counts<T: EventTracer>(rows: &mut [(T::Key, Counts)]) {
     rows.sort_by(|(ka, a), (kb, b)| {
         b.events
             .cmp(&a.events)
@@ -338,7 +338,7 @@ impl LostWarner {
 /// the maps.
 ///
 /// Minimum kernel: 5.8.
-pub struct Counter<T: Tracer> {
+pub struct Counter<T: EventTracer> {
     // Declared first, so it is dropped (and detached) first.
     ebpf: Ebpf,
     counts: PerCpuHashMap<MapData, T::Key, Counts>,
@@ -348,7 +348,7 @@ pub struct Counter<T: Tracer> {
     _tracer: PhantomData<fn() -> T>,
 }
 
-impl<T: Tracer> Counter<T> {
+impl<T: EventTracer> Counter<T> {
     /// Preflight, load `T` with `filters` in count mode, attach; logs
     /// readiness like the tracers. Keys leave the task out where `T` can
     /// (the daemon's way).
@@ -480,7 +480,7 @@ pub(crate) trait Counting: Send {
     fn scrape(&self) -> Result<LabelledCounts, TraceError>;
 }
 
-impl<T: Tracer> Counting for Counter<T> {
+impl<T: EventTracer> Counting for Counter<T> {
     fn metric(&self) -> Metric {
         T::METRIC
     }
@@ -498,9 +498,9 @@ impl<T: Tracer> Counting for Counter<T> {
 /// One tracer the daemon can run.
 #[derive(Clone, Copy)]
 pub(crate) struct Entry {
-    /// [`Tracer::NAME`]: the daemon's config key.
+    /// [`Tracer::NAME`](super::Tracer::NAME): the daemon's config key.
     pub(crate) name: &'static str,
-    /// [`Tracer::METRIC`].
+    /// [`EventTracer::METRIC`].
     pub(crate) metric: Metric,
     /// Starts its counter with the tracer's default options, keyed the
     /// daemon's way (no task in the key).
@@ -508,7 +508,7 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    const fn of<T: Tracer>() -> Self {
+    const fn of<T: EventTracer>() -> Self {
         Self {
             name: T::NAME,
             metric: T::METRIC,
@@ -517,7 +517,7 @@ impl Entry {
     }
 }
 
-fn start_counter<T: Tracer>(filters: &Filters) -> Result<Box<dyn Counting>, TraceError> {
+fn start_counter<T: EventTracer>(filters: &Filters) -> Result<Box<dyn Counting>, TraceError> {
     Ok(Box::new(Counter::<T>::start(&T::Opts::default(), filters)?))
 }
 
@@ -533,7 +533,7 @@ pub(crate) const TRACERS: &[Entry] = &[
 /// buffer.
 ///
 /// Owns the loaded object: dropping it detaches every program.
-pub(crate) struct Histograms<T: Tracer> {
+pub(crate) struct Histograms<T: HistTracer> {
     // Declared first, so it is dropped (and detached) first.
     ebpf: Ebpf,
     hists: PerCpuHashMap<MapData, T::Key, Hist>,
@@ -543,7 +543,7 @@ pub(crate) struct Histograms<T: Tracer> {
     _tracer: PhantomData<fn() -> T>,
 }
 
-impl<T: Tracer> Histograms<T> {
+impl<T: HistTracer> Histograms<T> {
     /// Loads `T` with `filters` in histogram mode and attaches it (after
     /// [`super::preflight`]).
     ///
@@ -623,7 +623,7 @@ impl<T: Tracer> Histograms<T> {
 ///
 /// # Errors
 /// As [`run`].
-pub(crate) async fn run_hist<T: Tracer, W: Write>(
+pub(crate) async fn run_hist<T: HistTracer, W: Write>(
     opts: &T::Opts,
     run: &HistRun,
     mut w: W,

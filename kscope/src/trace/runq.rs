@@ -14,11 +14,11 @@
 use std::io::{self, Write};
 
 use kscope_common::trace::{
-    Counts, GLOBAL_OFF_NEXT_PID, GLOBAL_OFF_WAKEUP_NEW_PID, GLOBAL_OFF_WAKEUP_PID,
-    PROG_RUNQ_SWITCH, PROG_RUNQ_WAKEUP, PROG_RUNQ_WAKEUP_NEW, RunqKey,
+    GLOBAL_OFF_NEXT_PID, GLOBAL_OFF_WAKEUP_NEW_PID, GLOBAL_OFF_WAKEUP_PID, PROG_RUNQ_SWITCH,
+    PROG_RUNQ_WAKEUP, PROG_RUNQ_WAKEUP_NEW, RunqKey,
 };
 
-use super::{Attached, EventCx, Load, Metric, Mode, TraceError, Tracer, connect::parse_format};
+use super::{Attached, HistTracer, Load, Mode, TraceError, Tracer, connect::parse_format};
 use crate::output::{Column, Row};
 
 static HIST_RUNQ_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hist_runq"));
@@ -46,23 +46,14 @@ pub(crate) fn sched_offset(event: &str, field: &str) -> Result<u32, TraceError> 
 
 impl Tracer for Runq {
     const NAME: &'static str = "runq";
-    const METRIC: Metric = Metric {
-        name: "kscope_hist_runq",
-        help: "Run queue latencies (histogram mode only).",
-        labels: &[],
-        errors: None,
-    };
+
     type Opts = ();
-    /// Never submitted: this tracer only aggregates.
-    type Event = RunqKey;
+
     type Key = RunqKey;
 
     fn attach(_opts: &(), load: &Load<'_>) -> Result<Attached, TraceError> {
-        if load.mode != Mode::Hist {
-            return Err(TraceError::BadFilter(
-                "runq measures latency histograms only (kscope hist runq)".into(),
-            ));
-        }
+        // Only the histogram runner loads a HistTracer.
+        debug_assert!(load.mode == Mode::Hist);
         let wake = sched_offset("sched_wakeup", "pid")?.to_ne_bytes();
         let wake_new = sched_offset("sched_wakeup_new", "pid")?.to_ne_bytes();
         let next = sched_offset("sched_switch", "next_pid")?.to_ne_bytes();
@@ -90,30 +81,16 @@ impl Tracer for Runq {
             probe: "",
         })
     }
+}
 
-    fn event_columns(_timestamps: bool) -> Vec<Column> {
+/// One histogram (per cgroup with `--per-cgroup`): no key columns.
+impl HistTracer for Runq {
+    fn hist_key_columns() -> Vec<Column> {
         Vec::new()
     }
 
-    fn write_event<W: Write>(
-        _ev: &RunqKey,
-        _tail: &[u8],
-        _cx: &EventCx,
-        _row: &mut Row<'_, W>,
-    ) -> io::Result<()> {
+    fn write_hist_key<W: Write>(_key: &RunqKey, _row: &mut Row<'_, W>) -> io::Result<()> {
         Ok(())
-    }
-
-    fn count_columns() -> Vec<Column> {
-        Vec::new()
-    }
-
-    fn write_count<W: Write>(_key: &RunqKey, _c: &Counts, _row: &mut Row<'_, W>) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn label_values(_key: &RunqKey) -> Vec<String> {
-        Vec::new()
     }
 
     fn hist_cgroup_id(key: &RunqKey) -> u64 {

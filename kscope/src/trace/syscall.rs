@@ -16,11 +16,11 @@ use std::io::{self, Write};
 
 use aya::maps::Array;
 use kscope_common::trace::{
-    Counts, GLOBAL_OFF_ENTER_ID, GLOBAL_OFF_EXIT_ID, GLOBAL_SYSCALL_FILTER_ON, MAP_SYSCALL_WANT,
+    GLOBAL_OFF_ENTER_ID, GLOBAL_OFF_EXIT_ID, GLOBAL_SYSCALL_FILTER_ON, MAP_SYSCALL_WANT,
     PROG_SYSCALL_ENTER, PROG_SYSCALL_EXIT, SYSCALL_NR_MAX, SyscallKey,
 };
 
-use super::{Attached, EventCx, Load, Metric, Mode, TraceError, Tracer, connect::parse_format};
+use super::{Attached, HistTracer, Load, Mode, TraceError, Tracer, connect::parse_format};
 use crate::output::{Column, Row};
 
 static HIST_SYSCALL_OBJ: &[u8] =
@@ -89,23 +89,14 @@ fn id_offset(event: &str) -> Result<u32, TraceError> {
 
 impl Tracer for Syscall {
     const NAME: &'static str = "syscall";
-    const METRIC: Metric = Metric {
-        name: "kscope_hist_syscall",
-        help: "System call latencies (histogram mode only).",
-        labels: &[],
-        errors: None,
-    };
+
     type Opts = SyscallOpts;
-    /// Never submitted: this tracer only aggregates.
-    type Event = SyscallKey;
+
     type Key = SyscallKey;
 
     fn attach(opts: &SyscallOpts, load: &Load<'_>) -> Result<Attached, TraceError> {
-        if load.mode != Mode::Hist {
-            return Err(TraceError::BadFilter(
-                "syscall measures latency histograms only (kscope hist syscall)".into(),
-            ));
-        }
+        // Only the histogram runner loads a HistTracer.
+        debug_assert!(load.mode == Mode::Hist);
         if let Some(nr) = opts.nrs.iter().find(|&&nr| nr >= SYSCALL_NR_MAX) {
             return Err(TraceError::BadFilter(format!(
                 "system call number {nr} is beyond the filter's {SYSCALL_NR_MAX}"
@@ -160,36 +151,9 @@ impl Tracer for Syscall {
             probe: "",
         })
     }
+}
 
-    fn event_columns(_timestamps: bool) -> Vec<Column> {
-        Vec::new()
-    }
-
-    fn write_event<W: Write>(
-        _ev: &SyscallKey,
-        _tail: &[u8],
-        _cx: &EventCx,
-        _row: &mut Row<'_, W>,
-    ) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn count_columns() -> Vec<Column> {
-        Vec::new()
-    }
-
-    fn write_count<W: Write>(
-        _key: &SyscallKey,
-        _c: &Counts,
-        _row: &mut Row<'_, W>,
-    ) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn label_values(_key: &SyscallKey) -> Vec<String> {
-        Vec::new()
-    }
-
+impl HistTracer for Syscall {
     fn hist_cgroup_id(key: &SyscallKey) -> u64 {
         key.cgroup_id
     }
