@@ -324,23 +324,17 @@ fn write_rows(
 
 /// The live screen of `fw top --watch` on a terminal.
 mod screen {
-    use std::{
-        io,
-        sync::atomic::{AtomicBool, Ordering},
-        time::{Duration, Instant},
-    };
+    use std::{io, sync::atomic::AtomicBool, time::Duration};
 
     use ratatui::{
-        Terminal,
-        backend::CrosstermBackend,
-        crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
+        crossterm::event::{KeyCode, KeyModifiers},
         layout::{Constraint, Layout},
         style::{Modifier, Style},
         widgets::{Paragraph, Row, Table},
     };
 
     use super::{By, FwError, Talker};
-    use crate::top::screen::TermGuard;
+    use crate::top::screen::{Key, Screen, live};
 
     const SORTS: [By; 4] = [By::Pps, By::Bps, By::Packets, By::Bytes];
 
@@ -402,57 +396,66 @@ mod screen {
         f.render_widget(Table::new(lines, widths).header(header), body);
     }
 
+    /// The screen over one interface's sources; `sample` gives the rows
+    /// for a sort key.
+    struct Talkers<'a, F> {
+        iface: &'a str,
+        every: Duration,
+        by: By,
+        rows: Vec<(Talker, String)>,
+        sample: F,
+    }
+
+    impl<F> Screen for Talkers<'_, F>
+    where
+        F: FnMut(By) -> Result<Vec<(Talker, String)>, FwError>,
+    {
+        type Error = FwError;
+
+        fn terminal_error(e: io::Error) -> FwError {
+            FwError::Output(e)
+        }
+
+        fn refresh(&mut self) -> Result<(), FwError> {
+            self.rows = (self.sample)(self.by)?;
+            Ok(())
+        }
+
+        fn draw(&mut self, f: &mut ratatui::Frame<'_>) {
+            draw(f, self.iface, self.by, self.every, &self.rows);
+        }
+
+        fn key(&mut self, code: KeyCode, mods: KeyModifiers) -> Key {
+            match code {
+                KeyCode::Char('q') | KeyCode::Esc => Key::Quit,
+                KeyCode::Char('c') if mods.contains(KeyModifiers::CONTROL) => Key::Quit,
+                KeyCode::Char('s') => {
+                    let i = SORTS.iter().position(|s| *s == self.by).unwrap_or(0);
+                    self.by = SORTS[(i + 1) % SORTS.len()];
+                    Key::Redraw
+                }
+                _ => Key::Nothing,
+            }
+        }
+    }
+
     /// Runs the screen until `q`, Esc, Ctrl-C or SIGTERM (`stop`); `sample`
     /// gives the rows for a sort key each interval.
     pub(super) fn run(
         iface: &str,
         every: Duration,
-        mut by: By,
+        by: By,
         stop: &AtomicBool,
-        mut sample: impl FnMut(By) -> Result<Vec<(Talker, String)>, FwError>,
+        sample: impl FnMut(By) -> Result<Vec<(Talker, String)>, FwError>,
     ) -> Result<(), FwError> {
-        let guard = TermGuard::enter().map_err(FwError::Output)?;
-        let mut term =
-            Terminal::new(CrosstermBackend::new(io::stdout())).map_err(FwError::Output)?;
-        let mut rows = Vec::new();
-        let mut next = Instant::now() + every;
-        let redraw = |term: &mut Terminal<_>, by, rows: &[(Talker, String)]| {
-            term.draw(|f| draw(f, iface, by, every, rows))
-                .map(|_| ())
-                .map_err(FwError::Output)
+        let mut screen = Talkers {
+            iface,
+            every,
+            by,
+            rows: Vec::new(),
+            sample,
         };
-        redraw(&mut term, by, &rows)?;
-        while !stop.load(Ordering::Relaxed) {
-            let now = Instant::now();
-            if now >= next {
-                rows = sample(by)?;
-                redraw(&mut term, by, &rows)?;
-                next = now + every;
-                continue;
-            }
-            if !event::poll((next - now).min(Duration::from_millis(100)))
-                .map_err(FwError::Output)?
-            {
-                continue;
-            }
-            if let Event::Key(k) = event::read().map_err(FwError::Output)?
-                && k.kind != KeyEventKind::Release
-            {
-                match k.code {
-                    KeyCode::Char('q') | KeyCode::Esc => break,
-                    KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => break,
-                    KeyCode::Char('s') => {
-                        let i = SORTS.iter().position(|s| *s == by).unwrap_or(0);
-                        by = SORTS[(i + 1) % SORTS.len()];
-                        redraw(&mut term, by, &rows)?;
-                    }
-                    _ => {}
-                }
-            }
-        }
-        drop(term);
-        drop(guard);
-        Ok(())
+        live(&mut screen, every, stop, None)
     }
 }
 

@@ -208,10 +208,86 @@ fn draw(f: &mut ratatui::Frame<'_>, c: &Collector, ui: &mut Ui, interval: Durati
 }
 
 /// What a key did.
-enum Key {
+pub(crate) enum Key {
     Quit,
     Redraw,
     Nothing,
+}
+
+/// A live full-screen view that [`live`] runs: `kscope top`, and `kscope
+/// fw top --watch`.
+pub(crate) trait Screen {
+    type Error;
+    /// A terminal error as this screen's.
+    fn terminal_error(e: io::Error) -> Self::Error;
+    /// Reads new numbers; called every interval.
+    ///
+    /// # Errors
+    /// The screen's own: a failed read.
+    fn refresh(&mut self) -> Result<(), Self::Error>;
+    /// Draws the whole screen (ratatui writes only what changed).
+    fn draw(&mut self, f: &mut ratatui::Frame<'_>);
+    /// Handles a key press.
+    fn key(&mut self, code: KeyCode, mods: KeyModifiers) -> Key;
+}
+
+/// Runs `screen` on the terminal: refreshed every `interval`, redrawn
+/// after every key it handles and every resize, until it quits, `stop` is
+/// set (SIGTERM) or `end` passes. The terminal is restored on every way
+/// out ([`TermGuard`]).
+///
+/// # Errors
+/// A terminal error, or one of `screen`'s refreshes.
+pub(crate) fn live<S: Screen>(
+    screen: &mut S,
+    interval: Duration,
+    stop: &AtomicBool,
+    end: Option<Instant>,
+) -> Result<(), S::Error> {
+    let guard = TermGuard::enter().map_err(S::terminal_error)?;
+    let mut term: Terminal<CrosstermBackend<Stdout>> =
+        Terminal::new(CrosstermBackend::new(io::stdout())).map_err(S::terminal_error)?;
+    let redraw = |term: &mut Terminal<CrosstermBackend<Stdout>>, screen: &mut S| {
+        term.draw(|f| screen.draw(f))
+            .map(drop)
+            .map_err(S::terminal_error)
+    };
+    redraw(&mut term, screen)?;
+    let mut next = Instant::now() + interval;
+    loop {
+        if stop.load(Ordering::Relaxed) || end.is_some_and(|e| Instant::now() >= e) {
+            break;
+        }
+        let now = Instant::now();
+        if now >= next {
+            screen.refresh()?;
+            redraw(&mut term, screen)?;
+            next += interval;
+            if next < now {
+                next = now + interval;
+            }
+            continue;
+        }
+        // Wake for a key, the next refresh, or a look at the stop flag.
+        let wait = (next - now).min(Duration::from_millis(100));
+        if !event::poll(wait).map_err(S::terminal_error)? {
+            continue;
+        }
+        match event::read().map_err(S::terminal_error)? {
+            Event::Key(k) if k.kind != KeyEventKind::Release => {
+                match screen.key(k.code, k.modifiers) {
+                    Key::Quit => break,
+                    Key::Redraw => redraw(&mut term, screen)?,
+                    Key::Nothing => {}
+                }
+            }
+            Event::Resize(..) => redraw(&mut term, screen)?,
+            _ => {}
+        }
+    }
+    drop(term);
+    drop(guard);
+    Ok(())
 }
 
 fn key(ui: &mut Ui, c: &Collector, code: KeyCode, mods: KeyModifiers) -> Key {
@@ -273,6 +349,33 @@ fn key(ui: &mut Ui, c: &Collector, code: KeyCode, mods: KeyModifiers) -> Key {
     Key::Redraw
 }
 
+/// `kscope top`'s screen over `c`.
+struct TopScreen<'a> {
+    c: &'a mut Collector,
+    ui: Ui,
+    interval: Duration,
+}
+
+impl Screen for TopScreen<'_> {
+    type Error = TopError;
+
+    fn terminal_error(e: io::Error) -> TopError {
+        e.into()
+    }
+
+    fn refresh(&mut self) -> Result<(), TopError> {
+        self.c.refresh()
+    }
+
+    fn draw(&mut self, f: &mut ratatui::Frame<'_>) {
+        draw(f, self.c, &mut self.ui, self.interval);
+    }
+
+    fn key(&mut self, code: KeyCode, mods: KeyModifiers) -> Key {
+        key(&mut self.ui, self.c, code, mods)
+    }
+}
+
 /// Runs the screen, refreshed every `interval` and starting with `sort`
 /// and `filter`, until `q`, Ctrl-C, SIGTERM (`stop`) or `end`.
 pub(crate) fn run(
@@ -283,56 +386,14 @@ pub(crate) fn run(
     stop: &AtomicBool,
     end: Option<Instant>,
 ) -> Result<(), TopError> {
-    let guard = TermGuard::enter()?;
-    let mut term: Terminal<CrosstermBackend<Stdout>> =
-        Terminal::new(CrosstermBackend::new(io::stdout()))?;
-    let mut ui = Ui {
+    let ui = Ui {
         sort,
         filter: filter.to_owned(),
         editing: false,
         selected: None,
         table: TableState::default(),
     };
-    term.draw(|f| draw(f, c, &mut ui, interval))?;
-    let mut next = Instant::now() + interval;
-    loop {
-        if stop.load(Ordering::Relaxed) || end.is_some_and(|e| Instant::now() >= e) {
-            break;
-        }
-        let now = Instant::now();
-        if now >= next {
-            c.refresh()?;
-            term.draw(|f| draw(f, c, &mut ui, interval))?;
-            next += interval;
-            if next < now {
-                next = now + interval;
-            }
-            continue;
-        }
-        // Wake for a key, the next refresh, or a look at the stop flag.
-        let wait = (next - now).min(Duration::from_millis(100));
-        if !event::poll(wait)? {
-            continue;
-        }
-        match event::read()? {
-            Event::Key(k) if k.kind != KeyEventKind::Release => {
-                match key(&mut ui, c, k.code, k.modifiers) {
-                    Key::Quit => break,
-                    Key::Redraw => {
-                        term.draw(|f| draw(f, c, &mut ui, interval))?;
-                    }
-                    Key::Nothing => {}
-                }
-            }
-            Event::Resize(..) => {
-                term.draw(|f| draw(f, c, &mut ui, interval))?;
-            }
-            _ => {}
-        }
-    }
-    drop(term);
-    drop(guard);
-    Ok(())
+    live(&mut TopScreen { c, ui, interval }, interval, stop, end)
 }
 
 #[cfg(test)]
