@@ -42,7 +42,7 @@ fn cargo_deb_bin() -> PathBuf {
     cargo_home
         .map(|h| h.join("bin/cargo-deb"))
         .filter(|p| p.is_file())
-        .or_else(|| crate::setup::which("cargo-deb"))
+        .or_else(|| crate::which("cargo-deb"))
         .unwrap_or_else(|| PathBuf::from("cargo-deb"))
 }
 

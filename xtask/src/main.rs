@@ -115,6 +115,16 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Runs a command, echoing it, and fails if it fails.
+/// Where `cmd` is on the PATH, or in /usr/sbin or /sbin (where Debian
+/// puts bpftool and friends, off a user's PATH).
+pub fn which(cmd: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
+}
+
 pub fn sh(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("xtask: $ {}", show(cmd));
     let status = cmd

@@ -192,7 +192,7 @@ fn debian_packages() -> anyhow::Result<()> {
             if probe.starts_with('/') {
                 !std::path::Path::new(probe).exists()
             } else {
-                which(probe).is_none()
+                crate::which(probe).is_none()
             }
         })
         .map(|(pkg, _)| *pkg)
@@ -243,14 +243,6 @@ fn python_tools() -> anyhow::Result<()> {
             "--disable-pip-version-check",
         ])
         .args(&want))
-}
-
-pub fn which(cmd: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .map(|d| d.join(cmd))
-        .find(|p| p.is_file())
 }
 
 fn mounts() -> anyhow::Result<()> {

@@ -4,13 +4,13 @@
 //! `[other]`, first come first kept, so every series only grows.
 
 use std::{
-    collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
 use kscope_common::trace::{BlockKey, HIST_SLOTS, Hist, RunqKey, SyscallKey};
 
-use super::{config::HistConfig, metrics::Shared};
+use super::config::HistConfig;
 use crate::trace::{
     self, Filters, TraceError,
     block::{self, Block},
@@ -131,6 +131,23 @@ pub(crate) const HISTS: &[HistDef] = &[
     },
 ];
 
+/// The running histograms by `[hist]` name, each behind a lock of its
+/// own (as the tracers are), so that reading one's kernel maps holds no
+/// other lock.
+#[derive(Debug, Default)]
+pub(crate) struct HistSlots(Mutex<BTreeMap<&'static str, Arc<Mutex<HistSlot>>>>);
+
+impl HistSlots {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<&'static str, Arc<Mutex<HistSlot>>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The histogram `name`, if running.
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Mutex<HistSlot>>> {
+        self.lock().get(name).cloned()
+    }
+}
+
 /// A running histogram and the label sets it exports.
 pub(crate) struct HistSlot {
     src: Box<dyn HistReading>,
@@ -191,19 +208,18 @@ impl HistSlot {
 pub(crate) fn start_missing(
     cfg: &HistConfig,
     max_series: usize,
-    shared: &Arc<Shared>,
+    slots: &HistSlots,
 ) -> anyhow::Result<Vec<&'static str>> {
     let mut started = Vec::new();
     for d in HISTS {
         let running = {
-            let mut s = shared.lock();
+            let mut s = slots.lock();
             // A changed `cgroup` setting needs a new object: stop it.
             let same = s
-                .hists
                 .get(d.name)
                 .map(|slot| slot.lock().unwrap_or_else(|p| p.into_inner()).by_cgroup == cfg.cgroup);
             if same == Some(false) {
-                s.hists.remove(d.name);
+                s.remove(d.name);
             }
             same == Some(true)
         };
@@ -219,16 +235,13 @@ pub(crate) fn start_missing(
                         kept: HashSet::new(),
                         max: max_series,
                     };
-                    shared
-                        .lock()
-                        .hists
-                        .insert(d.name, Arc::new(Mutex::new(slot)));
+                    slots.lock().insert(d.name, Arc::new(Mutex::new(slot)));
                     started.push(d.name);
                 }
                 Err(e) => {
-                    let mut s = shared.lock();
+                    let mut s = slots.lock();
                     for n in &started {
-                        s.hists.remove(n);
+                        s.remove(n);
                     }
                     return Err(
                         anyhow::Error::new(e).context(format!("starting the {} histogram", d.name))
@@ -242,10 +255,10 @@ pub(crate) fn start_missing(
 
 /// Stops the histograms `cfg` no longer asks for, and applies
 /// `max_series` to the others.
-pub(crate) fn settle(cfg: &HistConfig, max_series: usize, shared: &Shared) {
-    let mut s = shared.lock();
-    s.hists.retain(|name, _| cfg.wants(name));
-    for slot in s.hists.values() {
+pub(crate) fn settle(cfg: &HistConfig, max_series: usize, slots: &HistSlots) {
+    let mut s = slots.lock();
+    s.retain(|name, _| cfg.wants(name));
+    for slot in s.values() {
         slot.lock()
             .unwrap_or_else(|p| p.into_inner())
             .set_max(max_series);
@@ -253,10 +266,10 @@ pub(crate) fn settle(cfg: &HistConfig, max_series: usize, shared: &Shared) {
 }
 
 /// Stops the named histograms (a reload that failed after starting them).
-pub(crate) fn stop(names: &[&'static str], shared: &Shared) {
-    let mut s = shared.lock();
+pub(crate) fn stop(names: &[&'static str], slots: &HistSlots) {
+    let mut s = slots.lock();
     for n in names {
-        s.hists.remove(n);
+        s.remove(n);
     }
 }
 

@@ -175,9 +175,6 @@ pub(crate) struct State {
     /// Running tracers by name, each behind a lock of its own so that
     /// reading one's kernel maps does not hold this state's lock.
     pub(crate) tracers: BTreeMap<&'static str, Arc<Mutex<TracerSlot>>>,
-    /// Running latency histograms by `[hist]` name, each behind its own
-    /// lock as the tracers are.
-    pub(crate) hists: BTreeMap<&'static str, Arc<Mutex<super::hists::HistSlot>>>,
     pub(crate) bpf_stats: bool,
     pub(crate) reloads_ok: u64,
     pub(crate) reloads_failed: u64,
@@ -205,6 +202,8 @@ pub(crate) struct Shared {
     prog_series: Mutex<ProgSeries>,
     /// `[trace] max_series`, which bounds the program series too.
     max_prog_series: AtomicU64,
+    /// The running latency histograms, behind a lock of their own.
+    pub(crate) hists: super::hists::HistSlots,
 }
 
 /// One program series of a scrape.
@@ -524,7 +523,7 @@ impl KscopeCollector {
     fn hists(&self, out: &mut Out) -> fmt::Result {
         use super::hists::{HISTS, LE_FIRST, LE_LAST, le_seconds};
         for d in HISTS {
-            let slot = self.0.lock().hists.get(d.name).cloned();
+            let slot = self.0.hists.get(d.name);
             let mut m = out.family(d.metric, d.help, MetricType::Histogram)?;
             let Some(slot) = slot else { continue };
             let (rows, by_cgroup) = {

@@ -182,13 +182,14 @@ impl Daemon {
         // 2. Tracers that should run and do not yet: started first, as they
         //    are the likeliest to fail and the easiest to take back.
         let started = self.tracers.start_missing(&c.trace, &self.shared)?;
-        let started_hists = match hists::start_missing(&c.hist, c.trace.max_series, &self.shared) {
-            Ok(h) => h,
-            Err(e) => {
-                self.tracers.stop(&started, &self.shared);
-                return Err(e);
-            }
-        };
+        let started_hists =
+            match hists::start_missing(&c.hist, c.trace.max_series, &self.shared.hists) {
+                Ok(h) => h,
+                Err(e) => {
+                    self.tracers.stop(&started, &self.shared);
+                    return Err(e);
+                }
+            };
         // 3. Firewall: attach new interfaces, then swap rule sets.
         let mut attached = Vec::new();
         let fw = (|| -> anyhow::Result<()> {
@@ -226,7 +227,7 @@ impl Daemon {
                 }
             }
             self.tracers.stop(&started, &self.shared);
-            hists::stop(&started_hists, &self.shared);
+            hists::stop(&started_hists, &self.shared.hists);
             return Err(e);
         }
         self.attached_here.extend(attached);
@@ -240,7 +241,7 @@ impl Daemon {
             self.attached_here.remove(iface);
         }
         self.tracers.stop_unwanted(&c.trace, &self.shared);
-        hists::settle(&c.hist, c.trace.max_series, &self.shared);
+        hists::settle(&c.hist, c.trace.max_series, &self.shared.hists);
         self.set_bpf_stats(c.metrics.bpf_stats);
         {
             let mut s = self.shared.lock();

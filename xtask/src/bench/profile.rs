@@ -237,7 +237,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bail!("--reps and --secs must be positive");
     }
     let kscope = super::release_kscope()?;
-    if crate::setup::which("bpftrace").is_none() {
+    if crate::which("bpftrace").is_none() {
         bail!("bpftrace is not installed (cargo xtask setup installs it)");
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
