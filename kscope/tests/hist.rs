@@ -351,13 +351,22 @@ fn runq_counts_the_wakeups_of_a_thread() {
     // switch, and no wakeup either.
     assert!(want > u64::from(K) / 2, "the thread slept: {want}");
     let tolerance = want * 2 / 100;
-    eprintln!(
-        "runq: kscope counted {got} wakeups, the thread {want}; {}",
-        err.lines().last().unwrap_or("")
-    );
+    let summary = err.lines().last().unwrap_or("");
+    eprintln!("runq: kscope counted {got} wakeups, the thread {want}; {summary}");
+    // Waits the kernel skipped are reported as lost, never silent: runs
+    // of the program on a CPU where another BPF program was running (a
+    // ring buffer's wakeup inside another tool's program fires
+    // sched_wakeup there). Those are counted before any filter, so they
+    // may be other threads' too: they widen the bound below, never the one
+    // above. With nothing lost, the count must match as it is.
+    let lost: u64 = summary
+        .strip_suffix(" lost")
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no loss count in {summary:?}"));
     assert!(
-        got.abs_diff(want) <= tolerance,
-        "runq counted {got} wakeups, the thread {want} (tolerance {tolerance}): {o}"
+        got <= want + tolerance && got + lost + tolerance >= want,
+        "runq counted {got} wakeups ({lost} lost), the thread {want} (tolerance {tolerance}): {o}"
     );
     let in_buckets: u64 = buckets(o).iter().map(|(_, c)| c).sum();
     assert_eq!(in_buckets, got, "{o}");
