@@ -159,11 +159,12 @@ impl Workload {
 
     /// Starts `cmd` and waits for it to print [`READY`].
     fn spawn(mut cmd: Command, what: &str) -> Self {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start the workload {what}: {e}"));
+        Self::try_spawn(&mut cmd, what).unwrap_or_else(|e| panic!("start the workload {what}: {e}"))
+    }
+
+    /// [`Workload::spawn`], with the error of a failed start.
+    fn try_spawn(cmd: &mut Command, what: &str) -> std::io::Result<Self> {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
         let stdout = child.stdout.take().expect("workload stdout");
         let mut lines = BufReader::new(stdout).lines();
         loop {
@@ -174,7 +175,7 @@ impl Workload {
                 other => panic!("workload {what} did not start: {other:?}"),
             }
         }
-        Self { child }
+        Ok(Self { child })
     }
 
     fn pid(&self) -> u32 {
@@ -1125,4 +1126,226 @@ fn off_cpu_time_of_a_sleeping_thread_is_its_sleep() {
         "{slept_us} us off the CPU, the thread slept {measured_us} us:\n{out}"
     );
     assert!(slept_us * 10 >= asked_us * 9, "{slept_us} us < 90% of 2 s");
+}
+
+// ---- DWARF unwinding: workloads built without frame pointers ----
+//
+// tests/fixtures/unwind_tree.{c,rs}, built by kscope's build script and
+// embedded here (the VMs have no compiler). Each burns CPU in a designed
+// call tree: main -> a -> leaf_a1, leaf_a2 and main -> b -> (own loop),
+// leaf_b, one unit of work each.
+
+/// A fixture's bytes, or empty where the build could not make it.
+const UNWIND_C: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fixtures/unwind_c"));
+const UNWIND_C_NODEBUG: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/fixtures/unwind_c_nodebug"));
+const UNWIND_C_STRIPPED: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/fixtures/unwind_c_stripped"));
+const UNWIND_RUST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fixtures/unwind_rust"));
+
+/// The designed shares, in percent: (function, inclusive, exclusive).
+const TREE_DESIGN: [(&str, f64, f64); 6] = [
+    ("main", 100.0, 0.0),
+    ("a", 50.0, 0.0),
+    ("b", 50.0, 25.0),
+    ("leaf_a1", 25.0, 25.0),
+    ("leaf_a2", 25.0, 25.0),
+    ("leaf_b", 25.0, 25.0),
+];
+
+/// Samples each profile of a fixture needs: a share of 25% is then
+/// measured to within a point (one standard deviation: 0.8).
+const UNWIND_SAMPLES: u64 = 3000;
+
+/// Starts fixture `name` (with `args`) from a scratch copy, or skips
+/// loudly and returns `None` where it could not be built.
+fn start_fixture(name: &str, bytes: &[u8], args: &[&str]) -> Option<Compiled> {
+    if bytes.is_empty() {
+        skip("cc", &format!("the fixture {name} could not be built"));
+        return None;
+    }
+    let exe = scratch(name);
+    std::fs::write(&exe, bytes).expect("write the fixture");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut cmd = Command::new(&exe);
+    cmd.args(args);
+    // ETXTBSY: another test thread's fork can hold the write fd until it
+    // execs; retry briefly.
+    let workload = retry_etxtbsy(|| Workload::try_spawn(&mut cmd, name));
+    Some(Compiled { workload, exe })
+}
+
+fn retry_etxtbsy(mut f: impl FnMut() -> std::io::Result<Workload>) -> Workload {
+    for _ in 0..50 {
+        match f() {
+            Ok(w) => return w,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("start the fixture: {e}"),
+        }
+    }
+    panic!("the fixture stayed busy (ETXTBSY)")
+}
+
+/// A frame's function name without its Rust path (`unwind_tree::a` is
+/// `a`).
+fn base_name(frame: &str) -> &str {
+    frame.rsplit("::").next().unwrap_or(frame)
+}
+
+/// What a profile of a designed tree measured.
+#[derive(Debug)]
+struct Shares {
+    total: u64,
+    /// Percent of samples whose user stack reaches `main`.
+    complete: f64,
+    /// Percent of samples per function: on the stack, and as the leaf.
+    inclusive: std::collections::HashMap<String, f64>,
+    exclusive: std::collections::HashMap<String, f64>,
+    /// The most user frames of any stack.
+    deepest: usize,
+}
+
+fn shares(report: &Value) -> Shares {
+    let mut total = 0;
+    let mut complete = 0;
+    let mut deepest = 0;
+    let mut incl: std::collections::HashMap<String, u64> = Default::default();
+    let mut excl: std::collections::HashMap<String, u64> = Default::default();
+    for s in stacks(report) {
+        let n = count(s);
+        let user = frames(s, "user");
+        total += n;
+        deepest = deepest.max(user.len());
+        let names: std::collections::BTreeSet<&str> = user.iter().map(|f| base_name(f)).collect();
+        if names.contains("main") {
+            complete += n;
+        }
+        for f in names {
+            *incl.entry(f.to_owned()).or_default() += n;
+        }
+        if let Some(leaf) = user.last() {
+            *excl.entry(base_name(leaf).to_owned()).or_default() += n;
+        }
+    }
+    let pct = |n: u64| 100.0 * n as f64 / total.max(1) as f64;
+    Shares {
+        total,
+        complete: pct(complete),
+        inclusive: incl.into_iter().map(|(k, v)| (k, pct(v))).collect(),
+        exclusive: excl.into_iter().map(|(k, v)| (k, pct(v))).collect(),
+        deepest,
+    }
+}
+
+/// Profiles fixture `name` with `extra` options until [`UNWIND_SAMPLES`]
+/// samples; returns the report and what it measured.
+fn profile_fixture(
+    name: &str,
+    bytes: &[u8],
+    args: &[&str],
+    extra: &[&str],
+) -> Option<(Value, Shares)> {
+    let fixture = start_fixture(name, bytes, args)?;
+    let pid = fixture.workload.pid().to_string();
+    let mut all = vec!["-p", pid.as_str(), "-F", FREQ, "-U"];
+    all.extend_from_slice(extra);
+    let (report, _) = profile_until(&all, UNWIND_SAMPLES);
+    let s = shares(&report);
+    note(&format!(
+        "{name} {args:?} {extra:?}: {:.1}% of {} user stacks reach main; unwind: {}",
+        s.complete, s.total, report["unwind"]
+    ));
+    Some((report, s))
+}
+
+/// Asserts the tree's stacks are whole and its shares the design's.
+fn assert_designed_tree(name: &str, bytes: &[u8]) {
+    require_root();
+    let Some((report, s)) = profile_fixture(name, bytes, &[], &[]) else {
+        return;
+    };
+    assert!(
+        s.complete >= 95.0,
+        "{name}: {:.1}% of stacks reach main, want at least 95%: {:#}",
+        s.complete,
+        report["stacks"]
+    );
+    for (f, incl, excl) in TREE_DESIGN {
+        let got_incl = s.inclusive.get(f).copied().unwrap_or(0.0);
+        let got_excl = s.exclusive.get(f).copied().unwrap_or(0.0);
+        note(&format!(
+            "{name}: {f} inclusive {got_incl:.1}% (designed {incl}%), exclusive {got_excl:.1}% (designed {excl}%)"
+        ));
+        assert!(
+            (got_incl - incl).abs() <= 3.0 && (got_excl - excl).abs() <= 3.0,
+            "{name}: {f} is {got_incl:.1}% inclusive and {got_excl:.1}% exclusive, designed {incl}% and {excl}%: {s:?}"
+        );
+    }
+    let unwind = &report["unwind"];
+    let bytes = unwind["table_peak_bytes"].as_u64().expect("table bytes");
+    assert!(
+        unwind["objects"].as_u64().expect("objects") >= 2 && bytes > 0,
+        "the executable's and libc's tables: {unwind}"
+    );
+    assert!(bytes <= 64 << 20, "tables over 64 MiB: {unwind}");
+}
+
+#[test]
+fn c_without_frame_pointers_unwinds_to_main_with_designed_shares() {
+    assert_designed_tree("unwind_c", UNWIND_C);
+}
+
+#[test]
+fn c_without_frame_pointers_or_debug_info_unwinds_to_main() {
+    assert_designed_tree("unwind_c_nodebug", UNWIND_C_NODEBUG);
+}
+
+#[test]
+fn stripped_c_without_frame_pointers_unwinds_to_main() {
+    assert_designed_tree("unwind_c_stripped", UNWIND_C_STRIPPED);
+}
+
+#[test]
+fn rust_release_build_unwinds_to_main_with_designed_shares() {
+    assert_designed_tree("unwind_rust", UNWIND_RUST);
+}
+
+#[test]
+fn no_dwarf_walks_by_frame_pointer_and_loses_the_callers() {
+    require_root();
+    let Some((report, s)) = profile_fixture("unwind_c_fp_only", UNWIND_C, &[], &["--no-dwarf"])
+    else {
+        return;
+    };
+    // Without frame pointers, the kernel's walk stops after the leaf.
+    assert!(
+        s.complete < 50.0,
+        "{:.1}% of stacks reach main without the unwinder: {:#}",
+        s.complete,
+        report["stacks"]
+    );
+    assert!(report["unwind"].is_null(), "{}", report["unwind"]);
+}
+
+#[test]
+fn deep_recursion_unwinds_whole() {
+    require_root();
+    let Some((report, s)) = profile_fixture("unwind_c_deep", UNWIND_C, &["deep"], &[]) else {
+        return;
+    };
+    // 111 `deep` frames, leaf_deep, main, and libc's start.
+    assert!(
+        s.deepest >= 113,
+        "deepest stack {} frames: {s:?}",
+        s.deepest
+    );
+    assert!(
+        s.complete >= 95.0,
+        "{:.1}% of deep stacks reach main: {:#}",
+        s.complete,
+        report["stacks"]
+    );
 }
