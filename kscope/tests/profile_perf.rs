@@ -325,7 +325,11 @@ impl Compiled {
 impl Drop for Compiled {
     fn drop(&mut self) {
         // The process is killed after this, by the Workload's own drop.
-        let _ = std::fs::remove_file(&self.exe);
+        let _ = if self.exe.is_dir() {
+            std::fs::remove_dir_all(&self.exe)
+        } else {
+            std::fs::remove_file(&self.exe)
+        };
     }
 }
 
@@ -1143,6 +1147,39 @@ const UNWIND_C_STRIPPED: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/fixtures/unwind_c_stripped"));
 const UNWIND_RUST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fixtures/unwind_rust"));
 
+/// unwind_mixed.c's executable and library, by which is without frame
+/// pointers.
+const MIXED_LIB_NOFP: [&[u8]; 2] = [
+    include_bytes!(concat!(
+        env!("OUT_DIR"),
+        "/fixtures/mixed_lib_nofp/unwind_mixed"
+    )),
+    include_bytes!(concat!(
+        env!("OUT_DIR"),
+        "/fixtures/mixed_lib_nofp/libunwind_mixed.so"
+    )),
+];
+const MIXED_EXE_NOFP: [&[u8]; 2] = [
+    include_bytes!(concat!(
+        env!("OUT_DIR"),
+        "/fixtures/mixed_exe_nofp/unwind_mixed"
+    )),
+    include_bytes!(concat!(
+        env!("OUT_DIR"),
+        "/fixtures/mixed_exe_nofp/libunwind_mixed.so"
+    )),
+];
+
+/// unwind_mixed.c's design.
+const MIXED_DESIGN: [(&str, f64, f64); 6] = [
+    ("main", 100.0, 0.0),
+    ("exe_mid", 100.0, 0.0),
+    ("lib_outer", 100.0, 0.0),
+    ("exe_callback", 50.0, 0.0),
+    ("lib_leaf", 50.0, 50.0),
+    ("lib_spin", 50.0, 50.0),
+];
+
 /// The designed shares, in percent: (function, inclusive, exclusive).
 const TREE_DESIGN: [(&str, f64, f64); 6] = [
     ("main", 100.0, 0.0),
@@ -1158,22 +1195,28 @@ const TREE_DESIGN: [(&str, f64, f64); 6] = [
 const UNWIND_SAMPLES: u64 = 3000;
 
 /// Starts fixture `name` (with `args`) from a scratch copy, or skips
-/// loudly and returns `None` where it could not be built.
-fn start_fixture(name: &str, bytes: &[u8], args: &[&str]) -> Option<Compiled> {
-    if bytes.is_empty() {
+/// loudly and returns `None` where it could not be built. `lib`: the
+/// shared library it loads from its own directory.
+fn start_fixture(name: &str, bytes: &[u8], args: &[&str], lib: Option<&[u8]>) -> Option<Compiled> {
+    if bytes.is_empty() || lib.is_some_and(<[u8]>::is_empty) {
         skip("cc", &format!("the fixture {name} could not be built"));
         return None;
     }
-    let exe = scratch(name);
-    std::fs::write(&exe, bytes).expect("write the fixture");
     use std::os::unix::fs::PermissionsExt as _;
+    let dir = scratch(name);
+    std::fs::create_dir_all(&dir).expect("fixture directory");
+    let exe = dir.join(name);
+    std::fs::write(&exe, bytes).expect("write the fixture");
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    if let Some(lib) = lib {
+        std::fs::write(dir.join("libunwind_mixed.so"), lib).expect("write the library");
+    }
     let mut cmd = Command::new(&exe);
     cmd.args(args);
     // ETXTBSY: another test thread's fork can hold the write fd until it
     // execs; retry briefly.
     let workload = retry_etxtbsy(|| Workload::try_spawn(&mut cmd, name));
-    Some(Compiled { workload, exe })
+    Some(Compiled { workload, exe: dir })
 }
 
 fn retry_etxtbsy(mut f: impl FnMut() -> std::io::Result<Workload>) -> Workload {
@@ -1199,7 +1242,8 @@ fn base_name(frame: &str) -> &str {
 #[derive(Debug)]
 struct Shares {
     total: u64,
-    /// Percent of samples whose user stack reaches `main`.
+    /// Percent of samples whose user stack is whole: from `_start`
+    /// through `main`.
     complete: f64,
     /// Percent of samples per function: on the stack, and as the leaf.
     inclusive: std::collections::HashMap<String, f64>,
@@ -1220,7 +1264,11 @@ fn shares(report: &Value) -> Shares {
         total += n;
         deepest = deepest.max(user.len());
         let names: std::collections::BTreeSet<&str> = user.iter().map(|f| base_name(f)).collect();
-        if names.contains("main") {
+        // Whole: from the outermost frame (the walk's end, where the
+        // return address is undefined) through main. A frame-pointer walk
+        // through code without frame pointers can land on main by chance,
+        // but not on _start as well.
+        if names.contains("main") && user.first().is_some_and(|f| f == "_start") {
             complete += n;
         }
         for f in names {
@@ -1247,15 +1295,22 @@ fn profile_fixture(
     bytes: &[u8],
     args: &[&str],
     extra: &[&str],
+    lib: Option<&[u8]>,
 ) -> Option<(Value, Shares)> {
-    let fixture = start_fixture(name, bytes, args)?;
+    // One fixture at a time: two designed workloads sharing the CPUs
+    // measure each other's scheduling as much as their own shares.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let fixture = start_fixture(name, bytes, args, lib)?;
     let pid = fixture.workload.pid().to_string();
     let mut all = vec!["-p", pid.as_str(), "-F", FREQ, "-U"];
     all.extend_from_slice(extra);
     let (report, _) = profile_until(&all, UNWIND_SAMPLES);
     let s = shares(&report);
     note(&format!(
-        "{name} {args:?} {extra:?}: {:.1}% of {} user stacks reach main; unwind: {}",
+        "{name} {args:?} {extra:?}: {:.1}% of {} user stacks whole (_start to main); unwind: {}",
         s.complete, s.total, report["unwind"]
     ));
     Some((report, s))
@@ -1263,17 +1318,23 @@ fn profile_fixture(
 
 /// Asserts the tree's stacks are whole and its shares the design's.
 fn assert_designed_tree(name: &str, bytes: &[u8]) {
+    assert_designed(name, bytes, None, &TREE_DESIGN);
+}
+
+/// Asserts the stacks of fixture `name` are whole and its shares are
+/// `design`'s.
+fn assert_designed(name: &str, bytes: &[u8], lib: Option<&[u8]>, design: &[(&str, f64, f64)]) {
     require_root();
-    let Some((report, s)) = profile_fixture(name, bytes, &[], &[]) else {
+    let Some((report, s)) = profile_fixture(name, bytes, &[], &[], lib) else {
         return;
     };
     assert!(
         s.complete >= 95.0,
-        "{name}: {:.1}% of stacks reach main, want at least 95%: {:#}",
+        "{name}: {:.1}% of stacks are whole (_start to main), want at least 95%: {:#}",
         s.complete,
         report["stacks"]
     );
-    for (f, incl, excl) in TREE_DESIGN {
+    for &(f, incl, excl) in design {
         let got_incl = s.inclusive.get(f).copied().unwrap_or(0.0);
         let got_excl = s.exclusive.get(f).copied().unwrap_or(0.0);
         note(&format!(
@@ -1314,16 +1375,29 @@ fn rust_release_build_unwinds_to_main_with_designed_shares() {
 }
 
 #[test]
+fn library_without_frame_pointers_under_an_executable_with_them_unwinds_whole() {
+    let [exe, lib] = MIXED_LIB_NOFP;
+    assert_designed("unwind_mixed_lib_nofp", exe, Some(lib), &MIXED_DESIGN);
+}
+
+#[test]
+fn executable_without_frame_pointers_over_a_library_with_them_unwinds_whole() {
+    let [exe, lib] = MIXED_EXE_NOFP;
+    assert_designed("unwind_mixed_exe_nofp", exe, Some(lib), &MIXED_DESIGN);
+}
+
+#[test]
 fn no_dwarf_walks_by_frame_pointer_and_loses_the_callers() {
     require_root();
-    let Some((report, s)) = profile_fixture("unwind_c_fp_only", UNWIND_C, &[], &["--no-dwarf"])
+    let Some((report, s)) =
+        profile_fixture("unwind_c_fp_only", UNWIND_C, &[], &["--no-dwarf"], None)
     else {
         return;
     };
     // Without frame pointers, the kernel's walk stops after the leaf.
     assert!(
         s.complete < 50.0,
-        "{:.1}% of stacks reach main without the unwinder: {:#}",
+        "{:.1}% of stacks are whole without the unwinder: {:#}",
         s.complete,
         report["stacks"]
     );
@@ -1333,7 +1407,7 @@ fn no_dwarf_walks_by_frame_pointer_and_loses_the_callers() {
 #[test]
 fn deep_recursion_unwinds_whole() {
     require_root();
-    let Some((report, s)) = profile_fixture("unwind_c_deep", UNWIND_C, &["deep"], &[]) else {
+    let Some((report, s)) = profile_fixture("unwind_c_deep", UNWIND_C, &["deep"], &[], None) else {
         return;
     };
     // 111 `deep` frames, leaf_deep, main, and libc's start.
@@ -1344,7 +1418,7 @@ fn deep_recursion_unwinds_whole() {
     );
     assert!(
         s.complete >= 95.0,
-        "{:.1}% of deep stacks reach main: {:#}",
+        "{:.1}% of deep stacks are whole: {:#}",
         s.complete,
         report["stacks"]
     );

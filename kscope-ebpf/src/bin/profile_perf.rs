@@ -15,10 +15,15 @@
 //! `profile_unwind`, which walks up to `FRAMES_PER_CALL` frames a run and
 //! tail-calls itself until the outermost frame. Where no table covers an
 //! address, it takes a frame-pointer step, so stacks that mix code with
-//! and without frame pointers unwind whole. A sample taken in kernel mode
-//! keeps `bpf_get_stackid`'s user stack: its user registers are in the
-//! task's pt_regs, which only `bpf_task_pt_regs` (5.15+) reaches, and
-//! kscope runs on 5.10 too.
+//! and without frame pointers unwind whole.
+//!
+//! A sample taken in kernel mode (a system call, a page fault, an
+//! interrupt's own work) needs the user registers saved on kernel entry.
+//! `bpf_task_pt_regs` finds them from 5.15 only; kscope runs on 5.10, so
+//! `user_regs_of_kernel_sample` finds them where the kernel puts them: at
+//! the top of the task's kernel stack, whose base the interrupted kernel
+//! `rsp` gives (see there). Where that fails, the user stack is
+//! `bpf_get_stackid`'s, by frame pointer.
 #![no_std]
 #![no_main]
 // The BPF target has no compare-and-swap, so core's atomics offer no
@@ -30,7 +35,9 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
+    },
     macros::{map, perf_event},
     maps::{Array, CgroupArray, HashMap, PerCpuArray, ProgramArray, StackTrace},
     programs::{PerfEventContext, tracing::StackIdContext as _},
@@ -186,24 +193,31 @@ fn sample(ctx: &PerfEventContext) {
         };
     }
     if wanted & STACKS_USER != 0 {
-        if user_mode
-            && setting(&PROFILE_DWARF) != 0
+        if setting(&PROFILE_DWARF) != 0
             && PROFILE_UNWIND_PROCS.get_ptr(tgid).is_some()
             && let Some(st) = PROFILE_UNWIND_STATE.get_ptr_mut(0)
         {
-            // SAFETY: this CPU's slot (no nesting, see `bump`); the
-            // registers are the interrupted user mode's.
-            unsafe {
-                let regs = &(*ctx.ctx).regs;
-                (*st).ip = regs.rip;
-                (*st).sp = regs.rsp;
-                (*st).bp = regs.rbp;
-                (*st).len = 0;
-                (*st).key = key;
-                PROFILE_UNWIND_PROGS.tail_call(ctx, 0);
+            // SAFETY: perf_event programs may read their context's
+            // registers.
+            let regs = unsafe { &(*ctx.ctx).regs };
+            let user = if user_mode {
+                Some((regs.rip, regs.rsp, regs.rbp))
+            } else {
+                user_regs_of_kernel_sample(regs.rsp)
+            };
+            if let Some((ip, sp, bp)) = user {
+                // SAFETY: this CPU's slot (no nesting, see `bump`).
+                unsafe {
+                    (*st).ip = ip;
+                    (*st).sp = sp;
+                    (*st).bp = bp;
+                    (*st).len = 0;
+                    (*st).key = key;
+                    PROFILE_UNWIND_PROGS.tail_call(ctx, 0);
+                }
             }
-            // The tail call failed (no program in the slot): frame
-            // pointers, as without tables.
+            // No user registers, or the tail call failed (no program in
+            // the slot): frame pointers, as without tables.
         }
         key.user_stack_id = match ctx.get_stackid(&PROFILE_STACKS, BPF_F_USER_STACK) {
             Ok(id) => id as i32,
@@ -219,6 +233,51 @@ fn sample(ctx: &PerfEventContext) {
     }
 
     count(&key);
+}
+
+/// `struct pt_regs` of arch/x86/include/asm/ptrace.h: 21 registers, of
+/// which the walk needs rbp (5th) and, from the 17th on, rip, cs,
+/// eflags, rsp and ss.
+const PT_REGS_SIZE: u64 = 21 * 8;
+const PT_REGS_BP: u64 = 4 * 8;
+const PT_REGS_IP: u64 = 16 * 8;
+/// x86-64's THREAD_SIZE (arch/x86/include/asm/page_64_types.h), without
+/// KASAN, which doubles it.
+const THREAD_SIZE: u64 = 16 * 1024;
+/// `__USER_CS` and `__USER_DS` (arch/x86/include/asm/segment.h): a 64-bit
+/// user task's segments as entry code saves them.
+const USER_CS: u64 = 0x33;
+const USER_DS: u64 = 0x2b;
+
+/// The user registers (rip, rsp, rbp) of the current task, for a sample
+/// that interrupted the kernel: the entry code saved them in the pt_regs
+/// at the top of the task's kernel stack (task_pt_regs() in
+/// arch/x86/include/asm/processor.h). That stack is THREAD_SIZE bytes,
+/// THREAD_SIZE-aligned (THREAD_ALIGN, kernel/fork.c), so the interrupted
+/// kernel `rsp` gives its top; with FRED (6.9+) 16 bytes of padding
+/// (TOP_OF_KERNEL_STACK_PADDING) sit above the pt_regs. The guess is
+/// checked: the saved segments must be user mode's and rip a user
+/// address. A sample on another stack (an IRQ or exception stack) or a
+/// kernel built with KASAN fails the check: `None`, and the caller keeps
+/// frame pointers.
+#[inline(always)]
+fn user_regs_of_kernel_sample(kernel_sp: u64) -> Option<(u64, u64, u64)> {
+    let top = (kernel_sp & !(THREAD_SIZE - 1)).wrapping_add(THREAD_SIZE);
+    for padding in [0u64, 16] {
+        let regs = top.wrapping_sub(PT_REGS_SIZE + padding);
+        // SAFETY: the helper checks the address; a fault is an error.
+        let Ok(tail) = (unsafe { bpf_probe_read_kernel((regs + PT_REGS_IP) as *const [u64; 5]) })
+        else {
+            continue;
+        };
+        let [ip, cs, _flags, sp, ss] = tail;
+        if cs == USER_CS && ss == USER_DS && (ip as i64) > 0 {
+            // SAFETY: as above.
+            let bp = unsafe { bpf_probe_read_kernel((regs + PT_REGS_BP) as *const u64) }.ok()?;
+            return Some((ip, sp, bp));
+        }
+    }
+    None
 }
 
 /// Counts one sample under `key`.

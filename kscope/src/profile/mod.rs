@@ -388,17 +388,22 @@ impl Sampler {
             unwinder: dwarf.then(|| unwind::Unwinder::new(opts.unwind_rows)),
         };
         for &pid in &opts.pids {
-            sampler.add_unwind_process(pid)?;
+            sampler.add_unwind_process(pid);
         }
         Ok(sampler)
     }
 
-    /// Loads (or refreshes) the unwind tables of process `pid`.
-    fn add_unwind_process(&mut self, pid: u32) -> Result<(), ProfileError> {
-        if let Some(u) = self.unwinder.as_mut() {
-            u.add_process(&mut self.ebpf, pid)?;
+    /// Loads (or refreshes) the unwind tables of process `pid`. A failure
+    /// (the process table full, among others) costs that process its
+    /// tables, not the profile: its stacks are walked by frame pointer.
+    fn add_unwind_process(&mut self, pid: u32) {
+        if let Some(u) = self.unwinder.as_mut()
+            && let Err(e) = u.add_process(&mut self.ebpf, pid)
+        {
+            tracing::warn!(
+                "unwind tables for process {pid}: {e:#}; its user stacks are walked by frame pointer"
+            );
         }
-        Ok(())
     }
 
     /// Releases the tables of processes that exited.
@@ -666,7 +671,7 @@ pub(crate) fn run(
             procs.record(pid);
             // A new process's tables, or a process whose mappings changed
             // (dlopen, exec): it has new stacks.
-            sampler.add_unwind_process(pid)?;
+            sampler.add_unwind_process(pid);
         }
         sampler.reap_unwind_processes()?;
         if let Some(p) = progress.as_mut()

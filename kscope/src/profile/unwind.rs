@@ -231,8 +231,12 @@ impl Unwinder {
                 .ok_or(ProfileError::Missing(MAP_UNWIND_PROCS))?,
         )
         .map_err(map_err(MAP_UNWIND_PROCS))?;
-        map.insert(pid, entry, 0)
-            .map_err(map_err(MAP_UNWIND_PROCS))?;
+        if let Err(e) = map.insert(pid, entry, 0) {
+            // The process table is full (PIDS_ENTRIES): the files keep
+            // no reference from this process.
+            self.unref(&lines);
+            return Err(map_err(MAP_UNWIND_PROCS)(e));
+        }
         if let Some(old) = self.procs.insert(pid, lines) {
             self.unref(&old);
         } else {
