@@ -358,6 +358,13 @@ impl Sampler {
             );
             dwarf = false;
         }
+        // The -p processes' tables before the first sample.
+        let mut unwinder = dwarf.then(|| unwind::Unwinder::new(opts.unwind_rows));
+        if let Some(u) = unwinder.as_mut() {
+            for &pid in &opts.pids {
+                add_unwind_process(u, &mut ebpf, pid);
+            }
+        }
         let prog: &mut PerfEvent = ebpf
             .program_mut(PROG_PROFILE_PERF)
             .ok_or(ProfileError::Missing(PROG_PROFILE_PERF))?
@@ -378,31 +385,21 @@ impl Sampler {
             }
             Err(e) => return Err(e),
         };
-        let mut sampler = Self {
+        Ok(Self {
             ebpf,
             links,
             switch_link: None,
             event,
             cpus,
             prog_id,
-            unwinder: dwarf.then(|| unwind::Unwinder::new(opts.unwind_rows)),
-        };
-        for &pid in &opts.pids {
-            sampler.add_unwind_process(pid);
-        }
-        Ok(sampler)
+            unwinder,
+        })
     }
 
-    /// Loads (or refreshes) the unwind tables of process `pid`. A failure
-    /// (the process table full, among others) costs that process its
-    /// tables, not the profile: its stacks are walked by frame pointer.
+    /// Loads (or refreshes) the unwind tables of process `pid`.
     fn add_unwind_process(&mut self, pid: u32) {
-        if let Some(u) = self.unwinder.as_mut()
-            && let Err(e) = u.add_process(&mut self.ebpf, pid)
-        {
-            tracing::warn!(
-                "unwind tables for process {pid}: {e:#}; its user stacks are walked by frame pointer"
-            );
+        if let Some(u) = self.unwinder.as_mut() {
+            add_unwind_process(u, &mut self.ebpf, pid);
         }
     }
 
@@ -557,6 +554,17 @@ impl Sampler {
             }
         }
         Ok((RawProfile { counts, stacks }, self.stats()?))
+    }
+}
+
+/// Loads (or refreshes) the unwind tables of process `pid`. A failure
+/// (the process table full, among others) costs that process its tables,
+/// not the profile: its stacks are walked by frame pointer.
+fn add_unwind_process(u: &mut unwind::Unwinder, ebpf: &mut Ebpf, pid: u32) {
+    if let Err(e) = u.add_process(ebpf, pid) {
+        tracing::warn!(
+            "unwind tables for process {pid}: {e:#}; its user stacks are walked by frame pointer"
+        );
     }
 }
 
