@@ -218,6 +218,9 @@ pub const MAP_UNWIND_PROGS: &str = "PROFILE_UNWIND_PROGS";
 pub const MAP_USTACKS: &str = "PROFILE_USTACKS";
 /// Load-time global (`u32`): 1 to unwind with tables (off: `--no-dwarf`).
 pub const GLOBAL_DWARF: &str = "PROFILE_DWARF";
+/// Load-time global (`u32`): byte offset of `stack` in `struct
+/// task_struct`, from the kernel's BTF; 0 = unknown.
+pub const GLOBAL_TASK_STACK_OFF: &str = "PROFILE_TASK_STACK_OFF";
 
 /// Frames of a stack walked with tables, at most.
 pub const MAX_FRAMES: usize = 128;

@@ -21,9 +21,10 @@
 //! interrupt's own work) needs the user registers saved on kernel entry.
 //! `bpf_task_pt_regs` finds them from 5.15 only; kscope runs on 5.10, so
 //! `user_regs_of_kernel_sample` finds them where the kernel puts them: at
-//! the top of the task's kernel stack, whose base the interrupted kernel
-//! `rsp` gives (see there). Where that fails, the user stack is
-//! `bpf_get_stackid`'s, by frame pointer.
+//! the top of the task's kernel stack, whose base is `task->stack` (its
+//! offset from the kernel's BTF) or else the interrupted kernel `rsp`
+//! (see there). Where that fails, the user stack is `bpf_get_stackid`'s,
+//! by frame pointer.
 #![no_std]
 #![no_main]
 // The BPF target has no compare-and-swap, so core's atomics offer no
@@ -36,7 +37,8 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_probe_read_kernel, bpf_probe_read_user,
     },
     macros::{map, perf_event},
     maps::{Array, CgroupArray, HashMap, PerCpuArray, ProgramArray, StackTrace},
@@ -45,14 +47,14 @@ use aya_ebpf::{
 use kscope_common::profile::{
     BSEARCH_STEPS, CFA_END, CFA_NO_INFO, CFA_PLT, CFA_RBP, CFA_RSP, COUNTS_ENTRIES,
     DEFAULT_STACK_ENTRIES, DWARF_STACK_ID_BASE, EEXIST, EFAULT, FRAMES_PER_CALL, GLOBAL_DWARF,
-    GLOBAL_FILTER_CGROUP, GLOBAL_FILTER_PIDS, GLOBAL_INCLUDE_IDLE, GLOBAL_STACKS, LostReason,
-    MAP_CGROUP, MAP_COUNTS, MAP_NEW_PIDS, MAP_PIDS, MAP_STACKS, MAP_STATS, MAP_UNWIND_PROCS,
-    MAP_UNWIND_PROGS, MAP_UNWIND_ROWS, MAP_UNWIND_STATE, MAP_USTACKS, MAX_FRAMES, MAX_MAPPINGS,
-    N_PROFILE_STATS, NEW_PIDS_ENTRIES, PIDS_ENTRIES, PROG_PROFILE_PERF, PROG_PROFILE_UNWIND,
-    ProcUnwind, RBP_AT_CFA, RBP_UNCHANGED, SLOT_COUNTS_FULL, SLOT_DWARF_FP_STEPS,
-    SLOT_DWARF_STOPPED, SLOT_DWARF_TRUNCATED, SLOT_DWARF_WALKS, SLOT_IDLE, SLOT_SAMPLES,
-    STACK_ABSENT, STACKS_KERNEL, STACKS_USER, Side, StackKey, UnwindRow, UnwindState, UserStack,
-    lost_slot,
+    GLOBAL_FILTER_CGROUP, GLOBAL_FILTER_PIDS, GLOBAL_INCLUDE_IDLE, GLOBAL_STACKS,
+    GLOBAL_TASK_STACK_OFF, LostReason, MAP_CGROUP, MAP_COUNTS, MAP_NEW_PIDS, MAP_PIDS, MAP_STACKS,
+    MAP_STATS, MAP_UNWIND_PROCS, MAP_UNWIND_PROGS, MAP_UNWIND_ROWS, MAP_UNWIND_STATE, MAP_USTACKS,
+    MAX_FRAMES, MAX_MAPPINGS, N_PROFILE_STATS, NEW_PIDS_ENTRIES, PIDS_ENTRIES, PROG_PROFILE_PERF,
+    PROG_PROFILE_UNWIND, ProcUnwind, RBP_AT_CFA, RBP_UNCHANGED, SLOT_COUNTS_FULL,
+    SLOT_DWARF_FP_STEPS, SLOT_DWARF_STOPPED, SLOT_DWARF_TRUNCATED, SLOT_DWARF_WALKS, SLOT_IDLE,
+    SLOT_SAMPLES, STACK_ABSENT, STACKS_KERNEL, STACKS_USER, Side, StackKey, UnwindRow, UnwindState,
+    UserStack, lost_slot,
 };
 use kscope_ebpf::assert_symbol_name;
 
@@ -100,6 +102,8 @@ static PROFILE_USTACKS: HashMap<u32, UserStack> = HashMap::with_max_entries(1, 0
 #[unsafe(no_mangle)]
 static PROFILE_DWARF: u32 = 0;
 #[unsafe(no_mangle)]
+static PROFILE_TASK_STACK_OFF: u32 = 0;
+#[unsafe(no_mangle)]
 static PROFILE_FILTER_PIDS: u32 = 0;
 #[unsafe(no_mangle)]
 static PROFILE_FILTER_CGROUP: u32 = 0;
@@ -128,6 +132,7 @@ assert_symbol_name!(PROFILE_UNWIND_STATE, MAP_UNWIND_STATE);
 assert_symbol_name!(PROFILE_UNWIND_PROGS, MAP_UNWIND_PROGS);
 assert_symbol_name!(PROFILE_USTACKS, MAP_USTACKS);
 assert_symbol_name!(PROFILE_DWARF, GLOBAL_DWARF);
+assert_symbol_name!(PROFILE_TASK_STACK_OFF, GLOBAL_TASK_STACK_OFF);
 
 #[inline(always)]
 fn setting(global: &'static u32) -> u32 {
@@ -252,17 +257,28 @@ const USER_DS: u64 = 0x2b;
 /// The user registers (rip, rsp, rbp) of the current task, for a sample
 /// that interrupted the kernel: the entry code saved them in the pt_regs
 /// at the top of the task's kernel stack (task_pt_regs() in
-/// arch/x86/include/asm/processor.h). That stack is THREAD_SIZE bytes,
-/// THREAD_SIZE-aligned (THREAD_ALIGN, kernel/fork.c), so the interrupted
-/// kernel `rsp` gives its top; with FRED (6.9+) 16 bytes of padding
-/// (TOP_OF_KERNEL_STACK_PADDING) sit above the pt_regs. The guess is
-/// checked: the saved segments must be user mode's and rip a user
-/// address. A sample on another stack (an IRQ or exception stack) or a
-/// kernel built with KASAN fails the check: `None`, and the caller keeps
-/// frame pointers.
+/// arch/x86/include/asm/processor.h), THREAD_SIZE bytes above
+/// `task->stack`. Without that member's offset (no kernel BTF), the
+/// interrupted kernel `rsp` gives the stack's base, the stack being
+/// THREAD_SIZE-aligned (THREAD_ALIGN, kernel/fork.c), unless the sample
+/// interrupted an IRQ or exception stack. With FRED (6.9+), 16 bytes of
+/// padding (TOP_OF_KERNEL_STACK_PADDING) sit above the pt_regs. The
+/// result is checked: the saved segments must be user mode's and rip a
+/// user address; a kernel built with KASAN (32 KiB stacks) fails it.
+/// `None` and the caller keeps frame pointers.
 #[inline(always)]
 fn user_regs_of_kernel_sample(kernel_sp: u64) -> Option<(u64, u64, u64)> {
-    let top = (kernel_sp & !(THREAD_SIZE - 1)).wrapping_add(THREAD_SIZE);
+    let off = setting(&PROFILE_TASK_STACK_OFF);
+    let base = if off != 0 {
+        // SAFETY: the helper has no preconditions; the pointer is only
+        // read through bpf_probe_read_kernel.
+        let task = unsafe { bpf_get_current_task() };
+        // SAFETY: the helper checks the address; a fault is an error.
+        unsafe { bpf_probe_read_kernel((task + u64::from(off)) as *const u64) }.ok()?
+    } else {
+        kernel_sp & !(THREAD_SIZE - 1)
+    };
+    let top = base.wrapping_add(THREAD_SIZE);
     for padding in [0u64, 16] {
         let regs = top.wrapping_sub(PT_REGS_SIZE + padding);
         // SAFETY: the helper checks the address; a fault is an error.

@@ -47,11 +47,12 @@ use aya::{
 };
 use kscope_common::profile::{
     DWARF_STACK_ID_BASE, GLOBAL_DWARF, GLOBAL_FILTER_CGROUP, GLOBAL_FILTER_PIDS,
-    GLOBAL_INCLUDE_IDLE, GLOBAL_OFF_NEXT_PID, GLOBAL_STACKS, LostReason, MAP_CGROUP, MAP_COUNTS,
-    MAP_NEW_PIDS, MAP_PIDS, MAP_STACKS, MAP_STATS, MAP_UNWIND_PROGS, MAP_UNWIND_ROWS, MAP_USTACKS,
-    PIDS_ENTRIES, PROG_PROFILE_OFFCPU, PROG_PROFILE_PERF, PROG_PROFILE_UNWIND, SLOT_COUNTS_FULL,
-    SLOT_DWARF_FP_STEPS, SLOT_DWARF_STOPPED, SLOT_DWARF_TRUNCATED, SLOT_DWARF_WALKS, SLOT_IDLE,
-    SLOT_SAMPLES, STACKS_KERNEL, STACKS_USER, Side, StackKey, UserStack, lost_slot,
+    GLOBAL_INCLUDE_IDLE, GLOBAL_OFF_NEXT_PID, GLOBAL_STACKS, GLOBAL_TASK_STACK_OFF, LostReason,
+    MAP_CGROUP, MAP_COUNTS, MAP_NEW_PIDS, MAP_PIDS, MAP_STACKS, MAP_STATS, MAP_UNWIND_PROGS,
+    MAP_UNWIND_ROWS, MAP_USTACKS, PIDS_ENTRIES, PROG_PROFILE_OFFCPU, PROG_PROFILE_PERF,
+    PROG_PROFILE_UNWIND, SLOT_COUNTS_FULL, SLOT_DWARF_FP_STEPS, SLOT_DWARF_STOPPED,
+    SLOT_DWARF_TRUNCATED, SLOT_DWARF_WALKS, SLOT_IDLE, SLOT_SAMPLES, STACKS_KERNEL, STACKS_USER,
+    Side, StackKey, UserStack, lost_slot,
 };
 use thiserror::Error;
 
@@ -282,6 +283,18 @@ impl Sampler {
 
         let mut dwarf = opts.dwarf && !opts.off_cpu && opts.sides.user;
         let dwarf_on = u32::from(dwarf);
+        // Where a kernel-mode sample finds the user registers; without it
+        // (no kernel BTF) the walker guesses from the kernel stack pointer.
+        let task_stack_off = if dwarf {
+            crate::sys::btf::Btf::from_sys_fs(&["task_struct"])
+                .and_then(|b| b.member_offset("task_struct", "stack"))
+                .unwrap_or_else(|e| {
+                    tracing::debug!("task_struct.stack: {e}");
+                    0
+                })
+        } else {
+            0
+        };
         let filter = u32::from(!opts.pids.is_empty());
         let filter_cgroup = u32::from(cgroup.is_some());
         let idle = u32::from(opts.include_idle);
@@ -305,6 +318,7 @@ impl Sampler {
             loader
                 .override_global(GLOBAL_INCLUDE_IDLE, &idle, true)
                 .override_global(GLOBAL_DWARF, &dwarf_on, true)
+                .override_global(GLOBAL_TASK_STACK_OFF, &task_stack_off, true)
                 // Both preallocated: one entry each when off.
                 .map_max_entries(MAP_UNWIND_ROWS, if dwarf { opts.unwind_rows } else { 1 })
                 .map_max_entries(MAP_USTACKS, if dwarf { opts.stack_storage } else { 1 });
