@@ -334,29 +334,34 @@ pub fn profile_unwind(ctx: PerfEventContext) -> u32 {
         bump(SLOT_DWARF_WALKS);
     }
     // SAFETY: a map value read; user space replaces entries whole.
-    let Some(procs) = (unsafe { PROFILE_UNWIND_PROCS.get(st.key.pid) }) else {
-        // The process's tables went away since profile_perf looked.
-        finish(st);
-        return 0;
-    };
-    for _ in 0..FRAMES_PER_CALL {
-        match step(st, procs) {
-            Step::More => {}
-            Step::Done => {
-                finish(st);
-                return 0;
-            }
-            Step::Stopped => {
-                bump(SLOT_DWARF_STOPPED);
-                finish(st);
-                return 0;
+    // None: the process's tables went away since profile_perf looked.
+    let procs = unsafe { PROFILE_UNWIND_PROCS.get(st.key.pid) };
+    // One exit (one copy of `finish` for the verifier to check, not one
+    // per frame and outcome): `more` says whether to go on in another run.
+    let mut more = procs.is_some();
+    if let Some(procs) = procs {
+        for _ in 0..FRAMES_PER_CALL {
+            match step(st, procs) {
+                Step::More => {}
+                Step::Done => {
+                    more = false;
+                    break;
+                }
+                Step::Stopped => {
+                    bump(SLOT_DWARF_STOPPED);
+                    more = false;
+                    break;
+                }
             }
         }
     }
-    // SAFETY: the slot holds this program; on success this never returns.
-    unsafe { PROFILE_UNWIND_PROGS.tail_call(&ctx, 0) };
-    // The kernel's tail-call limit (33): keep what was walked.
-    bump(SLOT_DWARF_TRUNCATED);
+    if more {
+        // SAFETY: the slot holds this program; on success this never
+        // returns.
+        unsafe { PROFILE_UNWIND_PROGS.tail_call(&ctx, 0) };
+        // The kernel's tail-call limit (33): keep what was walked.
+        bump(SLOT_DWARF_TRUNCATED);
+    }
     finish(st);
     0
 }
@@ -514,25 +519,27 @@ fn finish(st: &mut UnwindState) {
     let id = DWARF_STACK_ID_BASE | (h as i32 & 0x3fff_ffff);
     let mut key = st.key;
     key.user_stack_id = id;
-    let stored = match PROFILE_USTACKS.get_ptr(id as u32) {
-        // SAFETY: a map value; ids are never removed while sampling.
-        Some(old) => same(unsafe { &*old }, &st.stack),
-        None => match PROFILE_USTACKS.insert(id as u32, &st.stack, u64::from(BPF_NOEXIST)) {
-            Ok(()) => true,
+    if PROFILE_USTACKS.get_ptr(id as u32).is_none() {
+        match PROFILE_USTACKS.insert(id as u32, &st.stack, u64::from(BPF_NOEXIST)) {
+            Ok(()) => {
+                count(&key);
+                return;
+            }
             // Another CPU stored it first: the same frames, or a
-            // collision.
-            Err(e) if e == -EEXIST => match PROFILE_USTACKS.get_ptr(id as u32) {
-                // SAFETY: as above.
-                Some(old) => same(unsafe { &*old }, &st.stack),
-                None => false,
-            },
+            // collision (compared below).
+            Err(e) if e == -EEXIST => {}
             Err(e) => {
                 bump(lost_slot(Side::User, LostReason::from_errno(e)));
                 key.user_stack_id = e;
                 count(&key);
                 return;
             }
-        },
+        }
+    }
+    let stored = match PROFILE_USTACKS.get_ptr(id as u32) {
+        // SAFETY: a map value; ids are never removed while sampling.
+        Some(old) => same(unsafe { &*old }, &st.stack),
+        None => false,
     };
     if !stored {
         bump(lost_slot(Side::User, LostReason::Collision));
