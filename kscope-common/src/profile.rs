@@ -200,3 +200,161 @@ mod offcpu_pod {
     // (8 + 40 = 48 bytes, 8-aligned).
     unsafe impl aya::Pod for super::OffCpuStart {}
 }
+
+// ---- DWARF unwinding of user stacks (`profile_unwind`) ----
+//
+// User space turns each mapped executable's and library's `.eh_frame` into
+// sorted rows (kscope-unwind) and stores them in one array shared by all
+// objects ([`MAP_UNWIND_ROWS`]); each process gets the list of its
+// executable mappings with where their rows are ([`MAP_UNWIND_PROCS`]).
+// `profile_perf` starts a walk for a user-mode sample of such a process
+// and tail-calls `profile_unwind`, which unwinds [`FRAMES_PER_CALL`]
+// frames per run and tail-calls itself until the walk ends (at most
+// [`MAX_FRAMES`] frames), then stores the stack in [`MAP_USTACKS`] under
+// an id at or above [`DWARF_STACK_ID_BASE`].
+
+/// Name of the tail-called unwinding program.
+pub const PROG_PROFILE_UNWIND: &str = "profile_unwind";
+/// `BPF_MAP_TYPE_ARRAY` of [`UnwindRow`], resized by the loader.
+pub const MAP_UNWIND_ROWS: &str = "PROFILE_UNWIND_ROWS";
+/// Hash, process id (tgid) to [`ProcUnwind`].
+pub const MAP_UNWIND_PROCS: &str = "PROFILE_UNWIND_PROCS";
+/// One-slot per-CPU array of [`UnwindState`]: the walk in progress.
+pub const MAP_UNWIND_STATE: &str = "PROFILE_UNWIND_STATE";
+/// One-slot program array holding `profile_unwind`.
+pub const MAP_UNWIND_PROGS: &str = "PROFILE_UNWIND_PROGS";
+/// Hash, stack id (from [`DWARF_STACK_ID_BASE`]) to [`UserStack`].
+pub const MAP_USTACKS: &str = "PROFILE_USTACKS";
+/// Load-time global (`u32`): 1 to unwind with tables (off: `--no-dwarf`).
+pub const GLOBAL_DWARF: &str = "PROFILE_DWARF";
+/// Load-time global (`u32`): byte offset of `stack` in `struct
+/// task_struct`, from the kernel's BTF; 0 = unknown.
+pub const GLOBAL_TASK_STACK_OFF: &str = "PROFILE_TASK_STACK_OFF";
+
+/// Frames of a stack walked with tables, at most.
+pub const MAX_FRAMES: usize = 128;
+/// Frames each run of `profile_unwind` walks before it tail-calls itself
+/// (16 runs for [`MAX_FRAMES`], well under the kernel's 33).
+pub const FRAMES_PER_CALL: u32 = 8;
+/// Executable mappings of one process the walker knows, at most.
+pub const MAX_MAPPINGS: usize = 24;
+/// Steps of the binary search for a row: one object's table holds at most
+/// `2^BSEARCH_STEPS` rows.
+pub const BSEARCH_STEPS: u32 = 22;
+/// Rows of one object's table, at most.
+pub const MAX_OBJECT_ROWS: u32 = 1 << BSEARCH_STEPS;
+/// User stack ids at or above this are in [`MAP_USTACKS`]; ids below are
+/// `bpf_get_stackid`'s (always below the stack map's size, at most 2^20).
+pub const DWARF_STACK_ID_BASE: i32 = 0x4000_0000;
+/// Default size of [`MAP_UNWIND_ROWS`], in rows of 16 bytes: 16 MiB.
+pub const DEFAULT_UNWIND_ROWS: u32 = 1 << 20;
+
+/// [`UnwindRow::cfa_kind`]: no unwind information here (frame pointer).
+pub const CFA_NO_INFO: u8 = 0;
+/// CFA = rsp + `cfa_offset`.
+pub const CFA_RSP: u8 = 1;
+/// CFA = rbp + `cfa_offset`.
+pub const CFA_RBP: u8 = 2;
+/// The PLT expression: rsp + 8, plus 8 when `(rip & 15) >= cfa_offset`.
+pub const CFA_PLT: u8 = 3;
+/// A rule the walker cannot follow: the walk stops.
+pub const CFA_UNSUPPORTED: u8 = 4;
+/// The outermost frame (return address undefined): the walk is complete.
+pub const CFA_END: u8 = 5;
+
+/// [`UnwindRow::rbp_kind`]: the caller's rbp is the current one.
+pub const RBP_UNCHANGED: u8 = 0;
+/// The caller's rbp is saved at CFA + `rbp_offset`.
+pub const RBP_AT_CFA: u8 = 1;
+/// The caller's rbp cannot be recovered (later rbp-based rules stop).
+pub const RBP_UNSUPPORTED: u8 = 2;
+
+/// One row of an unwind table: the rule from `pc` (a file virtual address)
+/// up to the next row's `pc`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindRow {
+    pub pc: u64,
+    pub cfa_offset: i32,
+    pub rbp_offset: i16,
+    pub cfa_kind: u8,
+    pub rbp_kind: u8,
+}
+
+/// One executable mapping of a process: addresses `[start, end)`, whose
+/// file virtual address is `address - bias`, and its object's rows
+/// `[table_start, table_start + table_len)` in [`MAP_UNWIND_ROWS`]
+/// (`table_len` 0: no table, frame pointers only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindMapping {
+    pub start: u64,
+    pub end: u64,
+    pub bias: u64,
+    pub table_start: u32,
+    pub table_len: u32,
+}
+
+/// Value of [`MAP_UNWIND_PROCS`]: the first `len` of `maps`, sorted by
+/// `start`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcUnwind {
+    pub len: u32,
+    pub _pad: u32,
+    pub maps: [UnwindMapping; MAX_MAPPINGS],
+}
+
+/// Value of [`MAP_USTACKS`]: return addresses, leaf first, the unused
+/// tail zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UserStack {
+    pub ips: [u64; MAX_FRAMES],
+}
+
+/// The walk in progress on a CPU (perf_event programs do not nest on a
+/// CPU, so one slot per CPU suffices).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UnwindState {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Frames in `stack` so far.
+    pub len: u32,
+    pub _pad: u32,
+    pub key: StackKey,
+    pub stack: UserStack,
+}
+
+// No implicit padding: 8-byte fields, and `StackKey` (40 bytes) ends
+// 8-aligned.
+const _: () = assert!(core::mem::size_of::<UnwindState>() == 8 * 3 + 4 * 2 + 40 + 8 * MAX_FRAMES);
+
+/// [`MAP_STATS`] slot: user stacks walked with unwind tables.
+pub const SLOT_DWARF_WALKS: u32 = N_STATS;
+/// [`MAP_STATS`] slot: frames stepped by frame pointer in such walks (no
+/// table covered the address).
+pub const SLOT_DWARF_FP_STEPS: u32 = N_STATS + 1;
+/// [`MAP_STATS`] slot: walks cut at [`MAX_FRAMES`].
+pub const SLOT_DWARF_TRUNCATED: u32 = N_STATS + 2;
+/// [`MAP_STATS`] slot: walks ended by a rule the walker cannot follow or
+/// a failed read before the outermost frame.
+pub const SLOT_DWARF_STOPPED: u32 = N_STATS + 3;
+/// Number of slots in the profiler's [`MAP_STATS`] (the lost-stack slots
+/// and the unwinder's).
+pub const N_PROFILE_STATS: u32 = N_STATS + 4;
+
+#[cfg(feature = "user")]
+mod unwind_pod {
+    // SAFETY: #[repr(C)] integers only, 8 + 4 + 2 + 1 + 1 = 16 bytes, no
+    // padding.
+    unsafe impl aya::Pod for super::UnwindRow {}
+    // SAFETY: #[repr(C)], integers only: 8 + 8 + 8 + 4 + 4 = 32 bytes.
+    unsafe impl aya::Pod for super::UnwindMapping {}
+    // SAFETY: #[repr(C)], two u32 then 8-aligned 32-byte entries.
+    unsafe impl aya::Pod for super::ProcUnwind {}
+    // SAFETY: #[repr(C)] array of u64.
+    unsafe impl aya::Pod for super::UserStack {}
+}

@@ -28,7 +28,7 @@ use gimli::{
     BaseAddresses, CfaRule, CieOrFde, DebugFrame, EhFrame, EndianSlice, LittleEndian, RegisterRule,
     UnwindContext, UnwindSection, X86_64,
 };
-use object::{Architecture, Object as _, ObjectSection as _};
+use object::{Architecture, Object as _, ObjectSection as _, ObjectSegment as _};
 
 /// How to compute the canonical frame address at a row's addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -123,6 +123,43 @@ pub enum Error {
     Architecture(Architecture),
     #[error("no .eh_frame or .debug_frame section: no unwind information")]
     NoFrameInfo,
+}
+
+/// A loadable segment (`PT_LOAD`): where its bytes are in the file and the
+/// virtual address they are loaded at. A walker needs it to turn an
+/// address of a mapping of the file into the file's virtual address:
+/// `vaddr = addr - map_start + map_offset - offset + address`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub offset: u64,
+    pub file_size: u64,
+    pub address: u64,
+    /// `PF_X`: code.
+    pub executable: bool,
+}
+
+/// The loadable segments of an ELF file's bytes.
+///
+/// # Errors
+/// The bytes are no ELF file.
+pub fn load_segments(data: &[u8]) -> Result<Vec<Segment>, Error> {
+    let file = object::File::parse(data)?;
+    Ok(file
+        .segments()
+        .map(|s| {
+            let (offset, file_size) = s.file_range();
+            let executable = matches!(
+                s.flags(),
+                object::SegmentFlags::Elf { p_flags } if p_flags & object::elf::PF_X != 0
+            );
+            Segment {
+                offset,
+                file_size,
+                address: s.address(),
+                executable,
+            }
+        })
+        .collect())
 }
 
 /// One FDE's rows, before they are merged into the table.

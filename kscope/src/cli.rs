@@ -569,6 +569,16 @@ pub struct ProfileArgs {
     #[arg(long, value_name = "N", default_value_t = kscope_common::profile::DEFAULT_STACK_ENTRIES,
           value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
     pub(crate) stack_storage: u32,
+    /// Walk user stacks by frame pointer only, without the unwind tables
+    /// built from .eh_frame (stacks of code built without frame pointers
+    /// then stop early).
+    #[arg(long, conflicts_with = "kernel_only")]
+    pub(crate) no_dwarf: bool,
+    /// Memory for unwind tables in the kernel, allocated whole at the
+    /// start; files that no longer fit are walked by frame pointer.
+    #[arg(long, value_name = "MIB", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) unwind_memory: u32,
 }
 
 /// `kscope completions SHELL`: the completion script for `shell`.

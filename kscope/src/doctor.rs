@@ -725,6 +725,9 @@ fn profile() -> Vec<Check> {
         },
         stack_storage: 1024,
         off_cpu: false,
+        // The check is of the sampler and the kernel's own stack walk.
+        dwarf: false,
+        unwind_rows: 1,
     };
     let mut sampler = match Sampler::start(&opts) {
         Ok(s) => s,

@@ -159,11 +159,12 @@ impl Workload {
 
     /// Starts `cmd` and waits for it to print [`READY`].
     fn spawn(mut cmd: Command, what: &str) -> Self {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start the workload {what}: {e}"));
+        Self::try_spawn(&mut cmd, what).unwrap_or_else(|e| panic!("start the workload {what}: {e}"))
+    }
+
+    /// [`Workload::spawn`], with the error of a failed start.
+    fn try_spawn(cmd: &mut Command, what: &str) -> std::io::Result<Self> {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
         let stdout = child.stdout.take().expect("workload stdout");
         let mut lines = BufReader::new(stdout).lines();
         loop {
@@ -174,7 +175,7 @@ impl Workload {
                 other => panic!("workload {what} did not start: {other:?}"),
             }
         }
-        Self { child }
+        Ok(Self { child })
     }
 
     fn pid(&self) -> u32 {
@@ -324,7 +325,11 @@ impl Compiled {
 impl Drop for Compiled {
     fn drop(&mut self) {
         // The process is killed after this, by the Workload's own drop.
-        let _ = std::fs::remove_file(&self.exe);
+        let _ = if self.exe.is_dir() {
+            std::fs::remove_dir_all(&self.exe)
+        } else {
+            std::fs::remove_file(&self.exe)
+        };
     }
 }
 
@@ -1125,4 +1130,296 @@ fn off_cpu_time_of_a_sleeping_thread_is_its_sleep() {
         "{slept_us} us off the CPU, the thread slept {measured_us} us:\n{out}"
     );
     assert!(slept_us * 10 >= asked_us * 9, "{slept_us} us < 90% of 2 s");
+}
+
+// ---- DWARF unwinding: workloads built without frame pointers ----
+//
+// tests/fixtures/unwind_tree.{c,rs}, built by kscope's build script and
+// embedded here (the VMs have no compiler). Each burns CPU in a designed
+// call tree: main -> a -> leaf_a1, leaf_a2 and main -> b -> (own loop),
+// leaf_b, one unit of work each.
+
+/// A fixture's bytes, or empty where the build could not make it.
+const UNWIND_C: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fixtures/unwind_c"));
+const UNWIND_C_NODEBUG: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/fixtures/unwind_c_nodebug"));
+const UNWIND_C_STRIPPED: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/fixtures/unwind_c_stripped"));
+const UNWIND_RUST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fixtures/unwind_rust"));
+
+/// unwind_mixed.c's executable and library, by which is without frame
+/// pointers.
+const MIXED_LIB_NOFP: [&[u8]; 2] = [
+    include_bytes!(concat!(
+        env!("OUT_DIR"),
+        "/fixtures/mixed_lib_nofp/unwind_mixed"
+    )),
+    include_bytes!(concat!(
+        env!("OUT_DIR"),
+        "/fixtures/mixed_lib_nofp/libunwind_mixed.so"
+    )),
+];
+const MIXED_EXE_NOFP: [&[u8]; 2] = [
+    include_bytes!(concat!(
+        env!("OUT_DIR"),
+        "/fixtures/mixed_exe_nofp/unwind_mixed"
+    )),
+    include_bytes!(concat!(
+        env!("OUT_DIR"),
+        "/fixtures/mixed_exe_nofp/libunwind_mixed.so"
+    )),
+];
+
+/// unwind_mixed.c's design.
+const MIXED_DESIGN: [(&str, f64, f64); 6] = [
+    ("main", 100.0, 0.0),
+    ("exe_mid", 100.0, 0.0),
+    ("lib_outer", 100.0, 0.0),
+    ("exe_callback", 50.0, 0.0),
+    ("lib_leaf", 50.0, 50.0),
+    ("lib_spin", 50.0, 50.0),
+];
+
+/// The designed shares, in percent: (function, inclusive, exclusive).
+const TREE_DESIGN: [(&str, f64, f64); 6] = [
+    ("main", 100.0, 0.0),
+    ("a", 50.0, 0.0),
+    ("b", 50.0, 25.0),
+    ("leaf_a1", 25.0, 25.0),
+    ("leaf_a2", 25.0, 25.0),
+    ("leaf_b", 25.0, 25.0),
+];
+
+/// Samples each profile of a fixture needs: a share of 25% is then
+/// measured to within a point (one standard deviation: 0.8).
+const UNWIND_SAMPLES: u64 = 3000;
+
+/// Starts fixture `name` (with `args`) from a scratch copy, or skips
+/// loudly and returns `None` where it could not be built. `lib`: the
+/// shared library it loads from its own directory.
+fn start_fixture(name: &str, bytes: &[u8], args: &[&str], lib: Option<&[u8]>) -> Option<Compiled> {
+    if bytes.is_empty() || lib.is_some_and(<[u8]>::is_empty) {
+        skip("cc", &format!("the fixture {name} could not be built"));
+        return None;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = scratch(name);
+    std::fs::create_dir_all(&dir).expect("fixture directory");
+    let exe = dir.join(name);
+    std::fs::write(&exe, bytes).expect("write the fixture");
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    if let Some(lib) = lib {
+        std::fs::write(dir.join("libunwind_mixed.so"), lib).expect("write the library");
+    }
+    let mut cmd = Command::new(&exe);
+    cmd.args(args);
+    // ETXTBSY: another test thread's fork can hold the write fd until it
+    // execs; retry briefly.
+    let workload = retry_etxtbsy(|| Workload::try_spawn(&mut cmd, name));
+    Some(Compiled { workload, exe: dir })
+}
+
+fn retry_etxtbsy(mut f: impl FnMut() -> std::io::Result<Workload>) -> Workload {
+    for _ in 0..50 {
+        match f() {
+            Ok(w) => return w,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("start the fixture: {e}"),
+        }
+    }
+    panic!("the fixture stayed busy (ETXTBSY)")
+}
+
+/// A frame's function name without its Rust path (`unwind_tree::a` is
+/// `a`).
+fn base_name(frame: &str) -> &str {
+    frame.rsplit("::").next().unwrap_or(frame)
+}
+
+/// What a profile of a designed tree measured.
+#[derive(Debug)]
+struct Shares {
+    total: u64,
+    /// Percent of samples whose user stack is whole: from `_start`
+    /// through `main`.
+    complete: f64,
+    /// Percent of samples per function: on the stack, and as the leaf.
+    inclusive: std::collections::HashMap<String, f64>,
+    exclusive: std::collections::HashMap<String, f64>,
+    /// The most user frames of any stack.
+    deepest: usize,
+}
+
+fn shares(report: &Value) -> Shares {
+    let mut total = 0;
+    let mut complete = 0;
+    let mut deepest = 0;
+    let mut incl: std::collections::HashMap<String, u64> = Default::default();
+    let mut excl: std::collections::HashMap<String, u64> = Default::default();
+    for s in stacks(report) {
+        let n = count(s);
+        let user = frames(s, "user");
+        total += n;
+        deepest = deepest.max(user.len());
+        let names: std::collections::BTreeSet<&str> = user.iter().map(|f| base_name(f)).collect();
+        // Whole: from the outermost frame (the walk's end, where the
+        // return address is undefined) through main. A frame-pointer walk
+        // through code without frame pointers can land on main by chance,
+        // but not on _start as well.
+        if names.contains("main") && user.first().is_some_and(|f| f == "_start") {
+            complete += n;
+        }
+        for f in names {
+            *incl.entry(f.to_owned()).or_default() += n;
+        }
+        if let Some(leaf) = user.last() {
+            *excl.entry(base_name(leaf).to_owned()).or_default() += n;
+        }
+    }
+    let pct = |n: u64| 100.0 * n as f64 / total.max(1) as f64;
+    Shares {
+        total,
+        complete: pct(complete),
+        inclusive: incl.into_iter().map(|(k, v)| (k, pct(v))).collect(),
+        exclusive: excl.into_iter().map(|(k, v)| (k, pct(v))).collect(),
+        deepest,
+    }
+}
+
+/// Profiles fixture `name` with `extra` options until [`UNWIND_SAMPLES`]
+/// samples; returns the report and what it measured.
+fn profile_fixture(
+    name: &str,
+    bytes: &[u8],
+    args: &[&str],
+    extra: &[&str],
+    lib: Option<&[u8]>,
+) -> Option<(Value, Shares)> {
+    // One fixture at a time: two designed workloads sharing the CPUs
+    // measure each other's scheduling as much as their own shares.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let fixture = start_fixture(name, bytes, args, lib)?;
+    let pid = fixture.workload.pid().to_string();
+    let mut all = vec!["-p", pid.as_str(), "-F", FREQ, "-U"];
+    all.extend_from_slice(extra);
+    let (report, _) = profile_until(&all, UNWIND_SAMPLES);
+    let s = shares(&report);
+    note(&format!(
+        "{name} {args:?} {extra:?}: {:.1}% of {} user stacks whole (_start to main); unwind: {}",
+        s.complete, s.total, report["unwind"]
+    ));
+    Some((report, s))
+}
+
+/// Asserts the tree's stacks are whole and its shares the design's.
+fn assert_designed_tree(name: &str, bytes: &[u8]) {
+    assert_designed(name, bytes, None, &TREE_DESIGN);
+}
+
+/// Asserts the stacks of fixture `name` are whole and its shares are
+/// `design`'s.
+fn assert_designed(name: &str, bytes: &[u8], lib: Option<&[u8]>, design: &[(&str, f64, f64)]) {
+    require_root();
+    let Some((report, s)) = profile_fixture(name, bytes, &[], &[], lib) else {
+        return;
+    };
+    assert!(
+        s.complete >= 95.0,
+        "{name}: {:.1}% of stacks are whole (_start to main), want at least 95%: {:#}",
+        s.complete,
+        report["stacks"]
+    );
+    for &(f, incl, excl) in design {
+        let got_incl = s.inclusive.get(f).copied().unwrap_or(0.0);
+        let got_excl = s.exclusive.get(f).copied().unwrap_or(0.0);
+        note(&format!(
+            "{name}: {f} inclusive {got_incl:.1}% (designed {incl}%), exclusive {got_excl:.1}% (designed {excl}%)"
+        ));
+        assert!(
+            (got_incl - incl).abs() <= 3.0 && (got_excl - excl).abs() <= 3.0,
+            "{name}: {f} is {got_incl:.1}% inclusive and {got_excl:.1}% exclusive, designed {incl}% and {excl}%: {s:?}"
+        );
+    }
+    let unwind = &report["unwind"];
+    let bytes = unwind["table_peak_bytes"].as_u64().expect("table bytes");
+    assert!(
+        unwind["objects"].as_u64().expect("objects") >= 2 && bytes > 0,
+        "the executable's and libc's tables: {unwind}"
+    );
+    assert!(bytes <= 64 << 20, "tables over 64 MiB: {unwind}");
+}
+
+#[test]
+fn c_without_frame_pointers_unwinds_to_main_with_designed_shares() {
+    assert_designed_tree("unwind_c", UNWIND_C);
+}
+
+#[test]
+fn c_without_frame_pointers_or_debug_info_unwinds_to_main() {
+    assert_designed_tree("unwind_c_nodebug", UNWIND_C_NODEBUG);
+}
+
+#[test]
+fn stripped_c_without_frame_pointers_unwinds_to_main() {
+    assert_designed_tree("unwind_c_stripped", UNWIND_C_STRIPPED);
+}
+
+#[test]
+fn rust_release_build_unwinds_to_main_with_designed_shares() {
+    assert_designed_tree("unwind_rust", UNWIND_RUST);
+}
+
+#[test]
+fn library_without_frame_pointers_under_an_executable_with_them_unwinds_whole() {
+    let [exe, lib] = MIXED_LIB_NOFP;
+    assert_designed("unwind_mixed_lib_nofp", exe, Some(lib), &MIXED_DESIGN);
+}
+
+#[test]
+fn executable_without_frame_pointers_over_a_library_with_them_unwinds_whole() {
+    let [exe, lib] = MIXED_EXE_NOFP;
+    assert_designed("unwind_mixed_exe_nofp", exe, Some(lib), &MIXED_DESIGN);
+}
+
+#[test]
+fn no_dwarf_walks_by_frame_pointer_and_loses_the_callers() {
+    require_root();
+    let Some((report, s)) =
+        profile_fixture("unwind_c_fp_only", UNWIND_C, &[], &["--no-dwarf"], None)
+    else {
+        return;
+    };
+    // Without frame pointers, the kernel's walk stops after the leaf.
+    assert!(
+        s.complete < 50.0,
+        "{:.1}% of stacks are whole without the unwinder: {:#}",
+        s.complete,
+        report["stacks"]
+    );
+    assert!(report["unwind"].is_null(), "{}", report["unwind"]);
+}
+
+#[test]
+fn deep_recursion_unwinds_whole() {
+    require_root();
+    let Some((report, s)) = profile_fixture("unwind_c_deep", UNWIND_C, &["deep"], &[], None) else {
+        return;
+    };
+    // 111 `deep` frames, leaf_deep, main, and libc's start.
+    assert!(
+        s.deepest >= 113,
+        "deepest stack {} frames: {s:?}",
+        s.deepest
+    );
+    assert!(
+        s.complete >= 95.0,
+        "{:.1}% of deep stacks are whole: {:#}",
+        s.complete,
+        report["stacks"]
+    );
 }

@@ -74,6 +74,10 @@ const MODULES: &[&str] = &["veth", "loop"];
 /// tmux drives `kscope top`'s screen as a person would.
 const HOST_TOOLS: &[&str] = &["ip", "bpftool", "setpriv", "unshare", "tmux"];
 
+/// Shared libraries the profiler tests' workloads load besides the host
+/// tools' (libgcc_s: a Rust program's unwinder), taken from the host.
+const HOST_LIBS: &[&str] = &["/lib/x86_64-linux-gnu/libgcc_s.so.1"];
+
 /// glibc's C.UTF-8 locale, copied whole for tmux.
 const LOCALE_DIR: &str = "/usr/lib/locale/C.utf8";
 
@@ -405,6 +409,12 @@ fn host_tools(
             if let Some(lib) = lib {
                 files.insert(PathBuf::from(lib));
             }
+        }
+    }
+    for lib in HOST_LIBS {
+        let path = Path::new(lib);
+        if path.exists() {
+            files.insert(path.to_path_buf());
         }
     }
     // tmux refuses to start without a UTF-8 locale ("need UTF-8 locale

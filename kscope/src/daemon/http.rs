@@ -391,6 +391,8 @@ async fn profile(ctx: &Ctx, query: &str) -> Response<Full<Bytes>> {
         },
         stack_storage: kscope_common::profile::DEFAULT_STACK_ENTRIES,
         off_cpu: false,
+        dwarf: true,
+        unwind_rows: kscope_common::profile::DEFAULT_UNWIND_ROWS,
     };
     let stop = ctx.stop.clone();
     let seconds = req.seconds;

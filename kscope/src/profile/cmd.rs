@@ -13,6 +13,12 @@ use std::{
 use super::{Options, ProfileError, Progress, report, symbolize::Sides};
 use crate::cli::ProfileArgs;
 
+/// Rows of `mib` MiB of unwind tables.
+pub(crate) fn unwind_rows(mib: u32) -> u32 {
+    let rows = (u64::from(mib) << 20) / size_of::<kscope_common::profile::UnwindRow>() as u64;
+    u32::try_from(rows).unwrap_or(u32::MAX)
+}
+
 /// `kscope profile`.
 ///
 /// # Errors
@@ -31,6 +37,8 @@ pub fn run(args: &ProfileArgs, mut w: impl Write) -> Result<(), ProfileError> {
         },
         stack_storage: args.stack_storage,
         off_cpu: args.off_cpu,
+        dwarf: !args.no_dwarf,
+        unwind_rows: unwind_rows(args.unwind_memory),
     };
     let stop = crate::sys::stop_on_signals().map_err(ProfileError::Signals)?;
     let tty = io::stderr().is_terminal();

@@ -12,6 +12,9 @@
 //!   cpu-clock software event instead, with a one-line notice.
 //! - Stacks that cannot be taken or resolved keep their samples (see
 //!   [`symbolize`]); losses are counted and reported.
+//! - The DWARF unwinder ([`unwind`]) cannot load (a kernel without
+//!   `bpf_probe_read_user`, before 5.5, or a verifier that refuses it):
+//!   a warning naming the cause, and user stacks by frame pointer.
 //!
 //! Minimum kernel: 4.9 (perf_event programs). Kernels before 5.11 charge
 //! BPF maps to RLIMIT_MEMLOCK, which kscope lifts.
@@ -22,6 +25,7 @@ pub(crate) mod pprof;
 mod procmaps;
 pub(crate) mod report;
 pub(crate) mod symbolize;
+mod unwind;
 
 use std::{
     collections::HashMap,
@@ -31,7 +35,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, StackTraceMap},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray, StackTraceMap},
     programs::{
         PerfEvent, TracePoint,
         perf_event::{
@@ -42,15 +46,18 @@ use aya::{
     },
 };
 use kscope_common::profile::{
-    GLOBAL_FILTER_CGROUP, GLOBAL_FILTER_PIDS, GLOBAL_INCLUDE_IDLE, GLOBAL_OFF_NEXT_PID,
-    GLOBAL_STACKS, LostReason, MAP_CGROUP, MAP_COUNTS, MAP_NEW_PIDS, MAP_PIDS, MAP_STACKS,
-    MAP_STATS, N_STATS, PIDS_ENTRIES, PROG_PROFILE_OFFCPU, PROG_PROFILE_PERF, SLOT_COUNTS_FULL,
-    SLOT_IDLE, SLOT_SAMPLES, STACKS_KERNEL, STACKS_USER, Side, StackKey, lost_slot,
+    DWARF_STACK_ID_BASE, GLOBAL_DWARF, GLOBAL_FILTER_CGROUP, GLOBAL_FILTER_PIDS,
+    GLOBAL_INCLUDE_IDLE, GLOBAL_OFF_NEXT_PID, GLOBAL_STACKS, GLOBAL_TASK_STACK_OFF, LostReason,
+    MAP_CGROUP, MAP_COUNTS, MAP_NEW_PIDS, MAP_PIDS, MAP_STACKS, MAP_STATS, MAP_UNWIND_PROGS,
+    MAP_UNWIND_ROWS, MAP_USTACKS, PIDS_ENTRIES, PROG_PROFILE_OFFCPU, PROG_PROFILE_PERF,
+    PROG_PROFILE_UNWIND, SLOT_COUNTS_FULL, SLOT_DWARF_FP_STEPS, SLOT_DWARF_STOPPED,
+    SLOT_DWARF_TRUNCATED, SLOT_DWARF_WALKS, SLOT_IDLE, SLOT_SAMPLES, STACKS_KERNEL, STACKS_USER,
+    Side, StackKey, UserStack, lost_slot,
 };
 use thiserror::Error;
 
 use crate::sys::{self, Cap, SysError};
-pub(crate) use report::{Lost, Report};
+pub(crate) use report::{Lost, Report, UnwindReport};
 use symbolize::{RawProfile, Sides};
 
 /// [`Report::event`] of an off-CPU profile.
@@ -105,6 +112,10 @@ pub enum ProfileError {
         #[source]
         source: aya::maps::MapError,
     },
+    /// The kernel lacks a feature (named) that a part of the profiler
+    /// needs.
+    #[error("the kernel lacks {0}")]
+    Feature(&'static str),
     /// Installing the SIGINT and SIGTERM handlers failed.
     #[error("installing signal handlers")]
     Signals(#[source] std::io::Error),
@@ -165,6 +176,11 @@ pub(crate) struct Options {
     /// Off-CPU time by stack (sched:sched_switch) instead of on-CPU
     /// samples: `frequency`, `cpu` and `include_idle` do not apply.
     pub(crate) off_cpu: bool,
+    /// Unwind user stacks with `.eh_frame` tables in the kernel (off:
+    /// frame pointers only).
+    pub(crate) dwarf: bool,
+    /// Rows the unwind tables can hold (16 bytes each).
+    pub(crate) unwind_rows: u32,
 }
 
 /// The event samples are taken on.
@@ -206,6 +222,8 @@ pub(crate) struct Sampler {
     pub(crate) event: Event,
     pub(crate) cpus: Vec<u32>,
     pub(crate) prog_id: u32,
+    /// The DWARF unwinder's tables; `None` when it is off.
+    unwinder: Option<unwind::Unwinder>,
 }
 
 fn render_cpus(cpus: &[u32]) -> String {
@@ -263,6 +281,20 @@ impl Sampler {
             tracing::debug!("raising RLIMIT_MEMLOCK: {e}");
         }
 
+        let mut dwarf = opts.dwarf && !opts.off_cpu && opts.sides.user;
+        let dwarf_on = u32::from(dwarf);
+        // Where a kernel-mode sample finds the user registers; without it
+        // (no kernel BTF) the walker guesses from the kernel stack pointer.
+        let task_stack_off = if dwarf {
+            crate::sys::btf::Btf::from_sys_fs(&["task_struct"])
+                .and_then(|b| b.member_offset("task_struct", "stack"))
+                .unwrap_or_else(|e| {
+                    tracing::debug!("task_struct.stack: {e}");
+                    0
+                })
+        } else {
+            0
+        };
         let filter = u32::from(!opts.pids.is_empty());
         let filter_cgroup = u32::from(cgroup.is_some());
         let idle = u32::from(opts.include_idle);
@@ -283,7 +315,13 @@ impl Sampler {
             loader.override_global(GLOBAL_OFF_NEXT_PID, &next_pid_off, true);
             PROFILE_OFFCPU_OBJ
         } else {
-            loader.override_global(GLOBAL_INCLUDE_IDLE, &idle, true);
+            loader
+                .override_global(GLOBAL_INCLUDE_IDLE, &idle, true)
+                .override_global(GLOBAL_DWARF, &dwarf_on, true)
+                .override_global(GLOBAL_TASK_STACK_OFF, &task_stack_off, true)
+                // Both preallocated: one entry each when off.
+                .map_max_entries(MAP_UNWIND_ROWS, if dwarf { opts.unwind_rows } else { 1 })
+                .map_max_entries(MAP_USTACKS, if dwarf { opts.stack_storage } else { 1 });
             PROFILE_PERF_OBJ
         };
         let mut ebpf = loader.load(obj).map_err(ProfileError::Load)?;
@@ -323,7 +361,23 @@ impl Sampler {
                 event: Event::OffCpu,
                 cpus,
                 prog_id,
+                unwinder: None,
             });
+        }
+        if dwarf && let Err(e) = load_unwinder(&mut ebpf) {
+            // profile_perf's tail call then finds no program and takes
+            // the frame-pointer stack, as with --no-dwarf.
+            tracing::warn!(
+                "DWARF unwinding is off: {e:#}; user stacks are walked by frame pointer only"
+            );
+            dwarf = false;
+        }
+        // The -p processes' tables before the first sample.
+        let mut unwinder = dwarf.then(|| unwind::Unwinder::new(opts.unwind_rows));
+        if let Some(u) = unwinder.as_mut() {
+            for &pid in &opts.pids {
+                add_unwind_process(u, &mut ebpf, pid);
+            }
         }
         let prog: &mut PerfEvent = ebpf
             .program_mut(PROG_PROFILE_PERF)
@@ -352,6 +406,44 @@ impl Sampler {
             event,
             cpus,
             prog_id,
+            unwinder,
+        })
+    }
+
+    /// Loads (or refreshes) the unwind tables of process `pid`.
+    fn add_unwind_process(&mut self, pid: u32) {
+        if let Some(u) = self.unwinder.as_mut() {
+            add_unwind_process(u, &mut self.ebpf, pid);
+        }
+    }
+
+    /// Releases the tables of processes that exited.
+    fn reap_unwind_processes(&mut self) -> Result<(), ProfileError> {
+        if let Some(u) = self.unwinder.as_mut() {
+            for pid in u.pids() {
+                if !sys::process_exists(pid) {
+                    u.remove_process(&mut self.ebpf, pid)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The unwinder's part of the report.
+    fn unwind_report(&self, stats: &[u64]) -> Option<UnwindReport> {
+        let u = self.unwinder.as_ref()?.stats;
+        let slot = |s: u32| stats.get(s as usize).copied().unwrap_or(0);
+        Some(UnwindReport {
+            table_capacity_bytes: u.capacity_bytes,
+            table_peak_bytes: u.peak_bytes,
+            objects: u.objects,
+            rows: u.rows,
+            objects_left_out: u.objects_left_out,
+            processes: u.processes,
+            walks: slot(SLOT_DWARF_WALKS),
+            frame_pointer_steps: slot(SLOT_DWARF_FP_STEPS),
+            truncated: slot(SLOT_DWARF_TRUNCATED),
+            stopped: slot(SLOT_DWARF_STOPPED),
         })
     }
 
@@ -362,7 +454,7 @@ impl Sampler {
                 .ok_or(ProfileError::Missing(MAP_STATS))?,
         )
         .map_err(map_err(MAP_STATS))?;
-        (0..N_STATS)
+        (0..arr.len())
             .map(|i| {
                 arr.get(&i, 0)
                     .map(|v| v.iter().sum())
@@ -435,9 +527,35 @@ impl Sampler {
         )
         .map_err(map_err(MAP_STACKS))?;
         let mut stacks = HashMap::new();
+        if self.unwinder.is_some() {
+            let ustacks: BpfHashMap<&MapData, u32, UserStack> = BpfHashMap::try_from(
+                self.ebpf
+                    .map(MAP_USTACKS)
+                    .ok_or(ProfileError::Missing(MAP_USTACKS))?,
+            )
+            .map_err(map_err(MAP_USTACKS))?;
+            for (key, _) in &counts {
+                let Ok(id) = u32::try_from(key.user_stack_id) else {
+                    continue;
+                };
+                if key.user_stack_id < DWARF_STACK_ID_BASE || stacks.contains_key(&id) {
+                    continue;
+                }
+                match ustacks.get(&id, 0) {
+                    Ok(st) => {
+                        let ips = st.ips.iter().copied().take_while(|&ip| ip != 0);
+                        stacks.insert(id, ips.collect());
+                    }
+                    Err(e) => tracing::debug!("stack {id}: {e}"),
+                }
+            }
+        }
         for (key, _) in &counts {
             for id in [key.kernel_stack_id, key.user_stack_id] {
                 let Ok(id) = u32::try_from(id) else { continue };
+                if id >= DWARF_STACK_ID_BASE as u32 {
+                    continue;
+                }
                 if stacks.contains_key(&id) {
                     continue;
                 }
@@ -451,6 +569,47 @@ impl Sampler {
         }
         Ok((RawProfile { counts, stacks }, self.stats()?))
     }
+}
+
+/// Loads (or refreshes) the unwind tables of process `pid`. A failure
+/// (the process table full, among others) costs that process its tables,
+/// not the profile: its stacks are walked by frame pointer.
+fn add_unwind_process(u: &mut unwind::Unwinder, ebpf: &mut Ebpf, pid: u32) {
+    if let Err(e) = u.add_process(ebpf, pid) {
+        tracing::warn!(
+            "unwind tables for process {pid}: {e:#}; its user stacks are walked by frame pointer"
+        );
+    }
+}
+
+/// Loads `profile_unwind` and puts it in the slot profile_perf tail-calls.
+fn load_unwinder(ebpf: &mut Ebpf) -> Result<(), ProfileError> {
+    let prog: &mut PerfEvent = ebpf
+        .program_mut(PROG_PROFILE_UNWIND)
+        .ok_or(ProfileError::Missing(PROG_PROFILE_UNWIND))?
+        .try_into()
+        .map_err(ProfileError::Program)?;
+    prog.load().map_err(|e| {
+        // Name the helper an old kernel lacks rather than the verifier's
+        // "unknown func" line alone.
+        if sys::parse_kernel_version(&sys::kernel_release()).is_some_and(|v| v < (5, 5)) {
+            ProfileError::Feature("bpf_probe_read_user (Linux 5.5)")
+        } else {
+            ProfileError::Program(e)
+        }
+    })?;
+    let fd = prog
+        .fd()
+        .map_err(ProfileError::Program)?
+        .try_clone()
+        .map_err(|e| ProfileError::Program(e.into()))?;
+    let mut progs: ProgramArray<&mut MapData> = ProgramArray::try_from(
+        ebpf.map_mut(MAP_UNWIND_PROGS)
+            .ok_or(ProfileError::Missing(MAP_UNWIND_PROGS))?,
+    )
+    .map_err(map_err(MAP_UNWIND_PROGS))?;
+    progs.set(0, &fd, 0).map_err(map_err(MAP_UNWIND_PROGS))?;
+    Ok(())
 }
 
 fn attach_all(
@@ -533,7 +692,11 @@ pub(crate) fn run(
         for pid in sampler.take_new_pids()? {
             procs.record(pid);
             crate::cgroup::remember_pid(pid);
+            // A new process's tables, or a process whose mappings changed
+            // (dlopen, exec): it has new stacks.
+            sampler.add_unwind_process(pid);
         }
+        sampler.reap_unwind_processes()?;
         if let Some(p) = progress.as_mut()
             && last_progress.elapsed() >= Duration::from_millis(500)
         {
@@ -583,6 +746,7 @@ pub(crate) fn run(
         symbolize_secs,
         prog_id: sampler.prog_id,
         start_unix_ns,
+        unwind: sampler.unwind_report(&stats),
         stacks,
     })
 }

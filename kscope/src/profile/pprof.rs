@@ -401,6 +401,7 @@ mod tests {
             lost_user_stacks: Lost::default(),
             symbolize_secs: 0.0,
             prog_id: 1,
+            unwind: None,
             start_unix_ns: 1,
             stacks,
         }

@@ -23,10 +23,10 @@ const MAX_OPEN_FILES: usize = 512;
 
 /// One line of /proc/PID/maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct MapLine {
+pub(crate) struct MapLine {
     pub(crate) start: u64,
     pub(crate) end: u64,
-    perms: String,
+    pub(crate) perms: String,
     pub(crate) offset: u64,
     pub(crate) dev: String,
     pub(crate) inode: u64,
@@ -43,7 +43,7 @@ impl MapLine {
 /// Parses /proc/PID/maps (fs/proc/task_mmu.c, show_map_vma()):
 /// `START-END PERMS OFFSET MAJ:MIN INODE [PATH]`, the path padded with
 /// spaces and possibly containing spaces itself. Bad lines are skipped.
-fn parse_maps(text: &str) -> Vec<MapLine> {
+pub(crate) fn parse_maps(text: &str) -> Vec<MapLine> {
     text.lines()
         .filter_map(|line| {
             let mut rest = line;

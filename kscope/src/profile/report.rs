@@ -291,7 +291,36 @@ pub(crate) struct Report {
     pub(crate) prog_id: u32,
     /// When sampling began, in nanoseconds since the Unix epoch.
     pub(crate) start_unix_ns: u64,
+    /// The DWARF unwinder's tables and walks; `None` when it was off
+    /// (`--no-dwarf`, off-CPU mode, or a kernel that cannot run it).
+    pub(crate) unwind: Option<UnwindReport>,
     pub(crate) stacks: Vec<Stack>,
+}
+
+/// The DWARF unwinder's part of [`Report`].
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub(crate) struct UnwindReport {
+    /// Bytes of the kernel's row array (allocated whole at the start).
+    pub(crate) table_capacity_bytes: u64,
+    /// The most bytes of rows in use at once.
+    pub(crate) table_peak_bytes: u64,
+    /// Files (executables, libraries) whose tables were built.
+    pub(crate) objects: u64,
+    /// Rows of those tables.
+    pub(crate) rows: u64,
+    /// Files left without a table because the row array was full.
+    pub(crate) objects_left_out: u64,
+    /// Processes given tables.
+    pub(crate) processes: u64,
+    /// User stacks walked with tables.
+    pub(crate) walks: u64,
+    /// Frames of those walks stepped by frame pointer (no table).
+    pub(crate) frame_pointer_steps: u64,
+    /// Walks cut at the frame limit.
+    pub(crate) truncated: u64,
+    /// Walks that stopped before the outermost frame (no rule, a failed
+    /// read).
+    pub(crate) stopped: u64,
 }
 
 /// The one-line summary printed on stderr when sampling ends.
@@ -330,6 +359,22 @@ pub(crate) fn summary(r: &Report) -> String {
             "; {lost} stacks lost ({}; {})",
             side("kernel", &r.lost_kernel_stacks),
             side("user", &r.lost_user_stacks)
+        );
+    }
+    if let Some(u) = &r.unwind {
+        s += &format!(
+            "; unwind tables: {} files, {} KiB of {} MiB{}",
+            u.objects,
+            u.table_peak_bytes.div_ceil(1024),
+            u.table_capacity_bytes >> 20,
+            if u.objects_left_out > 0 {
+                format!(
+                    " ({} files left out: full, see --unwind-memory)",
+                    u.objects_left_out
+                )
+            } else {
+                String::new()
+            }
         );
     }
     if r.counts_map_full > 0 {
@@ -461,6 +506,7 @@ mod tests {
             },
             lost_user_stacks: Lost::default(),
             symbolize_secs: 0.01,
+            unwind: None,
             start_unix_ns: 1_700_000_000_000_000_000,
             prog_id: 9,
             stacks: sample_stacks(),

@@ -24,6 +24,7 @@ const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
@@ -560,7 +561,32 @@ impl Dump {
 
 /// True for the errors a kernel gives when it has no batch lookup for this
 /// map type (or none at all).
-fn batch_unsupported(e: &io::Error) -> bool {
+/// Writes `count` entries with one BPF_MAP_UPDATE_BATCH call: `keys` and
+/// `values` hold them back to back. Minimum kernel: 5.6; before, or for a
+/// map type without batches, the error is one [`batch_unsupported`]
+/// accepts, and the caller writes entry by entry.
+///
+/// # Errors
+/// The kernel's, with the entries before the failing one written.
+pub(crate) fn map_update_batch(
+    fd: std::os::fd::BorrowedFd<'_>,
+    keys: &[u8],
+    values: &[u8],
+    count: u32,
+) -> io::Result<()> {
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count,
+        map_fd: fd.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    sys_bpf(BPF_MAP_UPDATE_BATCH, &mut attr).map(|_| ())
+}
+
+/// True when a batch operation failed because the kernel or the map type
+/// has none.
+pub(crate) fn batch_unsupported(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP | libc::ENOSYS)

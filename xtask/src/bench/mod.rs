@@ -13,6 +13,7 @@ use anyhow::{Context as _, bail};
 use clap::Subcommand;
 
 pub mod profile;
+mod unwind;
 
 #[derive(Subcommand)]
 pub enum Target {

@@ -41,6 +41,13 @@ pub struct Args {
     /// Seconds the workload takes with no profiler.
     #[arg(long, default_value_t = 3.0)]
     pub secs: f64,
+    /// Leave out the no-frame-pointer tables (completeness against
+    /// bpftrace and perf, and the unwinder's cost).
+    #[arg(long)]
+    pub skip_unwind: bool,
+    /// Only the no-frame-pointer tables.
+    #[arg(long, conflicts_with = "skip_unwind")]
+    pub unwind_only: bool,
 }
 
 /// bpftrace's equivalent of `kscope profile -F 99`.
@@ -237,6 +244,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bail!("--reps and --secs must be positive");
     }
     let kscope = super::release_kscope()?;
+    if args.unwind_only {
+        return super::unwind::run(&crate::workspace_root(), &kscope);
+    }
     if crate::which("bpftrace").is_none() {
         bail!("bpftrace is not installed (cargo xtask setup installs it)");
     }
@@ -329,5 +339,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             med(&r.samples, &|x| format!("{x:.0}")),
         );
     }
-    Ok(())
+    if args.skip_unwind {
+        return Ok(());
+    }
+    super::unwind::run(&crate::workspace_root(), &kscope)
 }
