@@ -214,15 +214,35 @@ pub const fn port_hit_id(udp: bool, port: u16) -> u32 {
     PORT_HIT_BASE + if udp { N_PORTS } else { 0 } + port as u32
 }
 
-/// Entries of [`MAP_STATE`].
+/// Entries of [`MAP_STATE`]. The active slot is bit 0 ([`SLOT_BIT`]) of
+/// this entry; the bits above it say which lists of the active slot may
+/// hold entries ([`HAS_ALLOW4`] ...), so a packet learns both from one
+/// read, and `fw load` switches set and flags in the same 4-byte write.
 pub const STATE_ACTIVE_SLOT: u32 = 0;
+/// The slot bit of `FW_STATE[STATE_ACTIVE_SLOT]`.
+pub const SLOT_BIT: u32 = 1;
+/// List bits of `FW_STATE[STATE_ACTIVE_SLOT]`: the programs skip the
+/// lookup of a list whose bit is clear (a lookup in an empty trie still
+/// costs a helper call, some 7 ns). User space sets a bit before it adds
+/// an entry to the list, and clears it only once the list is empty, so a
+/// bit may be set for an empty list but is never clear for a list with
+/// entries in the active slot.
+pub const HAS_ALLOW4: u32 = 1 << 1;
+pub const HAS_BLOCK4: u32 = 1 << 2;
+pub const HAS_ALLOW6: u32 = 1 << 3;
+pub const HAS_BLOCK6: u32 = 1 << 4;
+pub const HAS_LIMIT4: u32 = 1 << 5;
+pub const HAS_LIMIT6: u32 = 1 << 6;
+/// Some destination port is blocked (any protocol).
+pub const HAS_PORTS: u32 = 1 << 7;
 /// Next unused rule id (user space only).
 pub const STATE_NEXT_ID: u32 = 1;
 /// Rules in the active slot: IPv4 then IPv6 (user space only).
 pub const STATE_COUNT_V4: u32 = 2;
 pub const STATE_COUNT_V6: u32 = 3;
-/// Rate-limit rules in either slot: while it is zero the programs skip the
-/// limit tries (read per packet, with the active slot).
+/// Rate-limit rules in either slot. Programs attached by earlier builds
+/// skip the limit tries while it is zero (the current ones read
+/// [`HAS_LIMIT4`] and [`HAS_LIMIT6`]), so it is still kept up to date.
 pub const STATE_LIMITS: u32 = 4;
 pub const STATE_MAX_ENTRIES: u32 = 5;
 

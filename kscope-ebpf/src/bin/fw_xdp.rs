@@ -98,14 +98,15 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use kscope_common::fw::{
-    BucketKey, Counter, Family, FwConfig, GLOBAL_DEFAULT_DROP, GLOBAL_TRACK_SOURCES,
-    HITS_MAX_ENTRIES, Key4, Key6, LIMIT_CLOCK_SCALE, LIMIT_MAX_ENTRIES, LIMIT_PER_PREFIX,
-    LIMIT_SYN, LIMIT_TABLE_DEFAULT, LimitValue, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6,
-    MAP_BUCKETS, MAP_CONFIG, MAP_HITS, MAP_LIMIT4, MAP_LIMIT6, MAP_PORTS, MAP_PROGS, MAP_REASONS,
-    MAP_SOURCES, MAP_STATE, N_REASON_COUNTERS, PORT_TCP, PORT_UDP, PORTS_MAX_ENTRIES, PROG_FW_IPV4,
-    PROG_FW_IPV6, PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6, Reason, RuleValue,
-    STATE_ACTIVE_SLOT, STATE_LIMITS, STATE_MAX_ENTRIES, SourceKey, SourceStats, TRIE_MAX_ENTRIES,
-    port_hit_id, port_index, reason_index,
+    BucketKey, Counter, Family, FwConfig, GLOBAL_DEFAULT_DROP, GLOBAL_TRACK_SOURCES, HAS_ALLOW4,
+    HAS_ALLOW6, HAS_BLOCK4, HAS_BLOCK6, HAS_LIMIT4, HAS_LIMIT6, HAS_PORTS, HITS_MAX_ENTRIES, Key4,
+    Key6, LIMIT_CLOCK_SCALE, LIMIT_MAX_ENTRIES, LIMIT_PER_PREFIX, LIMIT_SYN, LIMIT_TABLE_DEFAULT,
+    LimitValue, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_BUCKETS, MAP_CONFIG, MAP_HITS,
+    MAP_LIMIT4, MAP_LIMIT6, MAP_PORTS, MAP_PROGS, MAP_REASONS, MAP_SOURCES, MAP_STATE,
+    N_REASON_COUNTERS, PORT_TCP, PORT_UDP, PORTS_MAX_ENTRIES, PROG_FW_IPV4, PROG_FW_IPV6,
+    PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6, Reason, RuleValue, SLOT_BIT, STATE_ACTIVE_SLOT,
+    STATE_MAX_ENTRIES, SourceKey, SourceStats, TRIE_MAX_ENTRIES, port_hit_id, port_index,
+    reason_index,
 };
 use kscope_ebpf::{
     add_atomic, assert_symbol_name,
@@ -300,11 +301,13 @@ fn filter_ipv4(ctx: &XdpContext, seen: &mut Seen) -> Option<Reason> {
     let l4 = l3 + ihl;
     ptr_at::<u8>(ctx, l4 - 1)?;
 
-    let (slot, limits) = state();
+    let (slot, lists) = state();
     let key = Key::new(8 + 32, [slot as u8, ip[12], ip[13], ip[14], ip[15]]);
     seen.source.family = 4;
     seen.source.addr[..4].copy_from_slice(&ip[12..16]);
-    if let Some(r) = source_verdict(&FW_ALLOW4, &FW_BLOCK4, &key, seen) {
+    let tries = (&FW_ALLOW4, &FW_BLOCK4);
+    let bits = (lists & HAS_ALLOW4, lists & HAS_BLOCK4);
+    if let Some(r) = source_verdict(tries, bits, &key, seen) {
         return Some(r);
     }
     // Only the first fragment has a layer-4 header.
@@ -315,7 +318,7 @@ fn filter_ipv4(ctx: &XdpContext, seen: &mut Seen) -> Option<Reason> {
     } else {
         false
     };
-    if limits {
+    if lists & HAS_LIMIT4 != 0 {
         let mut addr = [0u8; 16];
         addr[..4].copy_from_slice(&ip[12..16]);
         if over_limit(&FW_LIMIT4, &key, &addr, syn, seen) {
@@ -326,8 +329,8 @@ fn filter_ipv4(ctx: &XdpContext, seen: &mut Seen) -> Option<Reason> {
         return Some(default_verdict());
     }
     match proto {
-        net::IPPROTO_TCP => port_verdict(ctx, l4, slot, false, seen),
-        net::IPPROTO_UDP => port_verdict(ctx, l4, slot, true, seen),
+        net::IPPROTO_TCP => port_verdict(ctx, l4, lists, false, seen),
+        net::IPPROTO_UDP => port_verdict(ctx, l4, lists, true, seen),
         _ => Some(default_verdict()),
     }
 }
@@ -365,14 +368,16 @@ fn filter_ipv6(ctx: &XdpContext, seen: &mut Seen) -> Option<Reason> {
     if ip[0] >> 4 != 6 {
         return None;
     }
-    let (slot, limits) = state();
+    let (slot, lists) = state();
     let mut data = [0u8; 17];
     data[0] = slot as u8;
     data[1..].copy_from_slice(&ip[8..24]);
     let key = Key::new(8 + 128, data);
     seen.source.family = 6;
     seen.source.addr.copy_from_slice(&ip[8..24]);
-    if let Some(r) = source_verdict(&FW_ALLOW6, &FW_BLOCK6, &key, seen) {
+    let tries = (&FW_ALLOW6, &FW_BLOCK6);
+    let bits = (lists & HAS_ALLOW6, lists & HAS_BLOCK6);
+    if let Some(r) = source_verdict(tries, bits, &key, seen) {
         return Some(r);
     }
 
@@ -418,7 +423,7 @@ fn filter_ipv6(ctx: &XdpContext, seen: &mut Seen) -> Option<Reason> {
     } else {
         false
     };
-    if limits {
+    if lists & HAS_LIMIT6 != 0 {
         let mut addr = [0u8; 16];
         addr.copy_from_slice(&ip[8..24]);
         if over_limit(&FW_LIMIT6, &key, &addr, syn, seen) {
@@ -429,8 +434,8 @@ fn filter_ipv6(ctx: &XdpContext, seen: &mut Seen) -> Option<Reason> {
         return Some(default_verdict());
     }
     match next {
-        net::IPPROTO_TCP => port_verdict(ctx, off, slot, false, seen),
-        net::IPPROTO_UDP => port_verdict(ctx, off, slot, true, seen),
+        net::IPPROTO_TCP => port_verdict(ctx, off, lists, false, seen),
+        net::IPPROTO_UDP => port_verdict(ctx, off, lists, true, seen),
         net::IPPROTO_ICMPV6 => {
             let icmp = ptr_at::<[u8; net::ICMP_MIN_HLEN]>(ctx, off)?;
             // SAFETY: `ptr_at` checked the ICMPv6 type, code and checksum.
@@ -444,12 +449,12 @@ fn filter_ipv6(ctx: &XdpContext, seen: &mut Seen) -> Option<Reason> {
     }
 }
 
-/// The active slot, and whether any rate-limit rule exists.
+/// The active slot, and the bits of the lists it may have entries in
+/// (`HAS_*`): one read of one word.
 #[inline(always)]
-fn state() -> (u32, bool) {
-    let slot = FW_STATE.get(STATE_ACTIVE_SLOT).map_or(0, |s| *s & 1);
-    let limits = FW_STATE.get(STATE_LIMITS).is_some_and(|n| *n != 0);
-    (slot, limits)
+fn state() -> (u32, u32) {
+    let word = FW_STATE.get(STATE_ACTIVE_SLOT).map_or(0, |s| *s);
+    (word & SLOT_BIT, word)
 }
 
 /// True when the longest limit rule covering the source says this packet
@@ -510,18 +515,24 @@ fn over_limit<K>(
     false
 }
 
+/// Looks the source up in the allow trie, then in the block trie, each
+/// only when its list bit (from `FW_STATE`) is non-zero in `has`.
 #[inline(always)]
 fn source_verdict<K>(
-    allow: &LpmTrie<K, RuleValue>,
-    block: &LpmTrie<K, RuleValue>,
+    (allow, block): (&LpmTrie<K, RuleValue>, &LpmTrie<K, RuleValue>),
+    has: (u32, u32),
     key: &Key<K>,
     seen: &mut Seen,
 ) -> Option<Reason> {
-    if let Some(v) = allow.get(key) {
+    if has.0 != 0
+        && let Some(v) = allow.get(key)
+    {
         hit(v.id, seen);
         return Some(Reason::Allowed);
     }
-    if let Some(v) = block.get(key) {
+    if has.1 != 0
+        && let Some(v) = block.get(key)
+    {
         hit(v.id, seen);
         return Some(Reason::BlockedSrc);
     }
@@ -534,10 +545,14 @@ fn source_verdict<K>(
 fn port_verdict(
     ctx: &XdpContext,
     l4: usize,
-    slot: u32,
+    lists: u32,
     udp: bool,
     seen: &mut Seen,
 ) -> Option<Reason> {
+    if lists & HAS_PORTS == 0 {
+        return Some(default_verdict());
+    }
+    let slot = lists & SLOT_BIT;
     let bit = if udp { PORT_UDP } else { PORT_TCP };
     let port = net::read_be16(ctx, l4 + 2)?;
     let blocked = FW_PORTS
