@@ -43,6 +43,10 @@ pub const MAP_BUCKETS: &str = "FW_BUCKETS";
 pub const MAP_SOURCES: &str = "FW_SOURCES";
 /// Load-time global (`u32`): non-zero when the programs count per source.
 pub const GLOBAL_TRACK_SOURCES: &str = "TRACK_SOURCES";
+/// Load-time global (`u32`): non-zero when the rate limiter reads the
+/// coarse clock (`bpf_ktime_get_coarse_ns`, Linux 5.11+) instead of
+/// `bpf_ktime_get_ns`.
+pub const GLOBAL_COARSE_CLOCK: &str = "COARSE_CLOCK";
 /// Largest `--track-sources`.
 pub const TRACK_SOURCES_MAX: u32 = 1 << 22;
 
@@ -179,6 +183,12 @@ pub struct LimitValue {
     /// The rule's id and prefix length, as in [`RuleValue`].
     pub rule: RuleValue,
     pub limit: Limit,
+    /// The bucket of a [`LIMIT_PER_PREFIX`] limit: its virtual clock
+    /// (see [`Limit`]; 0 is a full bucket), kept next to the limit so the
+    /// lookup that finds the limit finds the bucket too. Changed by the
+    /// programs with atomic adds; per-source limits keep theirs in
+    /// [`MAP_BUCKETS`].
+    pub clock: u64,
 }
 
 /// Key of a token bucket: the limit rule's id and the source address (all

@@ -400,8 +400,8 @@ fn main() -> anyhow::Result<()> {
 fn limiter_rows(frames: &[(&str, Vec<u8>)], floor_ns: &[f64], repeat: u32) -> anyhow::Result<()> {
     let mut ks = load_pipeline(Policy::Pass)?;
     let mut maps = RuleMaps::from_ebpf(&mut ks)?;
-    let limited = |pps: u64, burst: u64| -> anyhow::Result<RuleSet> {
-        let spec = LimitSpec::new(pps, Some(burst), Per::Source, false)?;
+    let limited = |pps: u64, burst: u64, per: Per| -> anyhow::Result<RuleSet> {
+        let spec = LimitSpec::new(pps, Some(burst), per, false)?;
         let mut set = RuleSet::default();
         for c in ["0.0.0.0/0", "::/0"] {
             set.add(Rule::Limit(c.parse()?, spec));
@@ -409,14 +409,30 @@ fn limiter_rows(frames: &[(&str, Vec<u8>)], floor_ns: &[f64], repeat: u32) -> an
         Ok(set)
     };
     let max_pps = u64::from(kscope_common::fw::LIMIT_MAX_PPS);
+    let (source, prefix) = (Per::Source, Per::Prefix);
     let cases = [
         ("no limit", RuleSet::default(), 2),
-        ("under a limit", limited(max_pps, u64::from(u32::MAX))?, 2),
-        ("over a limit", limited(1, 1)?, 1),
+        (
+            "under a limit",
+            limited(max_pps, u64::from(u32::MAX), source)?,
+            2,
+        ),
+        ("over a limit", limited(1, 1, source)?, 1),
+        (
+            "under a --per prefix limit",
+            limited(max_pps, u64::from(u32::MAX), prefix)?,
+            2,
+        ),
+        ("over a --per prefix limit", limited(1, 1, prefix)?, 1),
     ];
     println!(
         "\nRate limiter and source tracking, per packet (BPF_PROG_TEST_RUN, repeat {repeat}; one \
-         limit per family covering the frame's source):\n"
+         limit per family covering the frame's source; clock: {}):\n",
+        if kscope::firewall::coarse_clock() {
+            "bpf_ktime_get_coarse_ns"
+        } else {
+            "bpf_ktime_get_ns"
+        }
     );
     println!("| frame | case | floor ns | kscope ns | kscope / floor | added ns |");
     println!("|---|---|---:|---:|---:|---:|");

@@ -5,8 +5,10 @@
 //!
 //! Rate limits are modelled, not skipped: each bucket is the kernel's
 //! virtual clock (GCRA, `kscope_common::fw::Limit`), advanced with the
-//! CLOCK_MONOTONIC time (the kernel's `ktime_get_ns`) read just before and
-//! just after each test run. Where the verdict depends on exactly when in
+//! clock the programs read (CLOCK_MONOTONIC_COARSE, the kernel's
+//! `ktime_get_coarse_ns`, where `kscope::firewall::coarse_clock` says the
+//! loader chose it; CLOCK_MONOTONIC, `ktime_get_ns`, before 5.11) read
+//! just before and just after each test run. Where the verdict depends on exactly when in
 //! that window the program read the clock, the kernel's answer is taken
 //! and checked to be one of the two, and the model follows it.
 //!
@@ -158,14 +160,21 @@ fn rule_set(rng: &mut Rng) -> RuleSet {
     set
 }
 
-/// CLOCK_MONOTONIC, the kernel's `bpf_ktime_get_ns()`, in bucket units.
-fn ktime() -> u64 {
+/// The programs' clock in bucket units: CLOCK_MONOTONIC_COARSE (the
+/// kernel's `bpf_ktime_get_coarse_ns()`) when `coarse`, else
+/// CLOCK_MONOTONIC (`bpf_ktime_get_ns()`).
+fn ktime(coarse: bool) -> u64 {
+    let id = if coarse {
+        libc::CLOCK_MONOTONIC_COARSE
+    } else {
+        libc::CLOCK_MONOTONIC
+    };
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid timespec to write.
-    let r = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let r = unsafe { libc::clock_gettime(id, &mut ts) };
     assert_eq!(r, 0, "clock_gettime");
     (ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64) * LIMIT_CLOCK_SCALE
 }
@@ -455,6 +464,7 @@ fn kernel_programs_agree_with_the_reference_classifier_on_random_frames() {
         .unwrap_or(default_frames);
     eprintln!("differential test: seed {seed} ({total} frames); rerun with KSCOPE_SEED={seed}");
     let mut rng = Rng(seed);
+    let coarse = kscope::firewall::coarse_clock();
     let start = Instant::now();
     let mut tally: BTreeMap<&'static str, u64> = BTreeMap::new();
     let rounds = 24;
@@ -489,7 +499,7 @@ fn kernel_programs_agree_with_the_reference_classifier_on_random_frames() {
                 let f = frame(&mut rng);
                 let verdict = reference::judge(&f, &current, default_drop);
                 let family = verdict.family;
-                let t0 = ktime();
+                let t0 = ktime(coarse);
                 let got = xdp_program(&mut ebpf, PROG_FW_XDP)
                     .expect("fw_xdp")
                     .test_run(TestRunOptions {
@@ -497,7 +507,7 @@ fn kernel_programs_agree_with_the_reference_classifier_on_random_frames() {
                         ..TestRunOptions::default()
                     })
                     .unwrap_or_else(|e| panic!("seed {seed}: test run failed: {e}"));
-                let t1 = ktime();
+                let t1 = ktime(coarse);
                 let reason = match verdict.limit {
                     None => verdict.reason,
                     Some(l) => {

@@ -70,8 +70,12 @@
 //!   filter the inner packets.
 //!
 //! Rate limits are token buckets kept as a virtual clock (GCRA, see
-//! `kscope_common::fw::Limit`) in an LRU hash, one per source address or
-//! one per prefix. Every CPU may police the same bucket at once, so the
+//! `kscope_common::fw::Limit`): one per source address in an LRU hash, or
+//! one per prefix in the limit trie's value itself (no second lookup).
+//! "Now" is `bpf_ktime_get_coarse_ns` where the loader found it (5.11+;
+//! the time of the last tick, cheaper to read, so a bucket may pass up to
+//! one tick's worth of packets more over an interval) and
+//! `bpf_ktime_get_ns` before. Every CPU may police the same bucket at once, so the
 //! clock only moves by atomic adds (BPF_ATOMIC add, which 5.10 has; a
 //! compare-and-swap is 5.12+): a packet adds its cost, reads the clock back
 //! and, when that is past the tolerance, takes its cost out again and is
@@ -89,7 +93,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_map_lookup_elem},
     macros::{map, xdp},
     maps::{
         Array, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, ProgramArray,
@@ -98,15 +102,15 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use kscope_common::fw::{
-    BucketKey, Counter, Family, FwConfig, GLOBAL_DEFAULT_DROP, GLOBAL_TRACK_SOURCES, HAS_ALLOW4,
-    HAS_ALLOW6, HAS_BLOCK4, HAS_BLOCK6, HAS_LIMIT4, HAS_LIMIT6, HAS_PORTS, HITS_MAX_ENTRIES, Key4,
-    Key6, LIMIT_CLOCK_SCALE, LIMIT_MAX_ENTRIES, LIMIT_PER_PREFIX, LIMIT_SYN, LIMIT_TABLE_DEFAULT,
-    LimitValue, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_BUCKETS, MAP_CONFIG, MAP_HITS,
-    MAP_LIMIT4, MAP_LIMIT6, MAP_PORTS, MAP_PROGS, MAP_REASONS, MAP_SOURCES, MAP_STATE,
-    N_REASON_COUNTERS, PORT_TCP, PORT_UDP, PORTS_MAX_ENTRIES, PROG_FW_IPV4, PROG_FW_IPV6,
-    PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6, Reason, RuleValue, SLOT_BIT, STATE_ACTIVE_SLOT,
-    STATE_MAX_ENTRIES, SourceKey, SourceStats, TRIE_MAX_ENTRIES, port_hit_id, port_index,
-    reason_index,
+    BucketKey, Counter, Family, FwConfig, GLOBAL_COARSE_CLOCK, GLOBAL_DEFAULT_DROP,
+    GLOBAL_TRACK_SOURCES, HAS_ALLOW4, HAS_ALLOW6, HAS_BLOCK4, HAS_BLOCK6, HAS_LIMIT4, HAS_LIMIT6,
+    HAS_PORTS, HITS_MAX_ENTRIES, Key4, Key6, LIMIT_CLOCK_SCALE, LIMIT_MAX_ENTRIES,
+    LIMIT_PER_PREFIX, LIMIT_SYN, LIMIT_TABLE_DEFAULT, LimitValue, MAP_ALLOW4, MAP_ALLOW6,
+    MAP_BLOCK4, MAP_BLOCK6, MAP_BUCKETS, MAP_CONFIG, MAP_HITS, MAP_LIMIT4, MAP_LIMIT6, MAP_PORTS,
+    MAP_PROGS, MAP_REASONS, MAP_SOURCES, MAP_STATE, N_REASON_COUNTERS, PORT_TCP, PORT_UDP,
+    PORTS_MAX_ENTRIES, PROG_FW_IPV4, PROG_FW_IPV6, PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6,
+    Reason, RuleValue, SLOT_BIT, STATE_ACTIVE_SLOT, STATE_MAX_ENTRIES, SourceKey, SourceStats,
+    TRIE_MAX_ENTRIES, port_hit_id, port_index, reason_index,
 };
 use kscope_ebpf::{
     add_atomic, assert_symbol_name,
@@ -162,6 +166,10 @@ static TRACK_SOURCES: u32 = 0;
 static FW_HITS: PerCpuHashMap<u32, u64> =
     PerCpuHashMap::with_max_entries(HITS_MAX_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
+/// Non-zero when the rate limiter reads the coarse clock (see `clock`).
+#[unsafe(no_mangle)]
+static COARSE_CLOCK: u32 = 0;
+
 /// Non-zero when the default policy is drop. Fixed at load time by the
 /// loader (`override_global`), so the verifier prunes the other branch.
 #[unsafe(no_mangle)]
@@ -185,6 +193,7 @@ assert_symbol_name!(FW_BUCKETS, MAP_BUCKETS);
 assert_symbol_name!(DEFAULT_DROP, GLOBAL_DEFAULT_DROP);
 assert_symbol_name!(FW_SOURCES, MAP_SOURCES);
 assert_symbol_name!(TRACK_SOURCES, GLOBAL_TRACK_SOURCES);
+assert_symbol_name!(COARSE_CLOCK, GLOBAL_COARSE_CLOCK);
 assert_symbol_name!(fw_xdp, PROG_FW_XDP);
 assert_symbol_name!(fw_ipv4, PROG_FW_IPV4);
 assert_symbol_name!(fw_ipv6, PROG_FW_IPV6);
@@ -340,9 +349,12 @@ fn filter_ipv4(ctx: &XdpContext, seen: &mut Seen) -> Option<Reason> {
         false
     };
     if lists & HAS_LIMIT4 != 0 {
-        let mut addr = [0u8; 16];
-        addr[..4].copy_from_slice(&ip[12..16]);
-        if over_limit(&FW_LIMIT4, &key, &addr, syn, seen) {
+        #[rustfmt::skip]
+        let bucket = |id| BucketKey {
+            id,
+            addr: [ip[12], ip[13], ip[14], ip[15], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        };
+        if over_limit(&FW_LIMIT4, &key, bucket, syn, seen) {
             return Some(Reason::RateLimited);
         }
     }
@@ -449,9 +461,15 @@ fn filter_ipv6(ctx: &XdpContext, seen: &mut Seen) -> Option<Reason> {
         false
     };
     if lists & HAS_LIMIT6 != 0 {
-        let mut addr = [0u8; 16];
-        addr.copy_from_slice(&ip[8..24]);
-        if over_limit(&FW_LIMIT6, &key, &addr, syn, seen) {
+        #[rustfmt::skip]
+        let bucket = |id| BucketKey {
+            id,
+            addr: [
+                ip[8], ip[9], ip[10], ip[11], ip[12], ip[13], ip[14], ip[15],
+                ip[16], ip[17], ip[18], ip[19], ip[20], ip[21], ip[22], ip[23],
+            ],
+        };
+        if over_limit(&FW_LIMIT6, &key, bucket, syn, seen) {
             return Some(Reason::RateLimited);
         }
     }
@@ -484,60 +502,95 @@ fn state() -> (u32, u32) {
 
 /// True when the longest limit rule covering the source says this packet
 /// is over its rate (see the module doc for the bucket and its atomics).
-/// Counts the drop as the rule's hit.
+/// `bucket` makes the key of the source's bucket in `FW_BUCKETS` for a
+/// rule id; a per-prefix limit keeps its bucket in the trie's value and
+/// needs no second lookup. Counts the drop as the rule's hit.
 #[inline(always)]
 fn over_limit<K>(
     trie: &LpmTrie<K, LimitValue>,
     key: &Key<K>,
-    addr: &[u8; 16],
+    bucket: impl FnOnce(u32) -> BucketKey,
     syn: bool,
     seen: &mut Seen,
 ) -> bool {
-    let Some(v) = trie.get(key) else {
+    let Some(v) = lookup_mut(trie, key) else {
         return false;
     };
-    let (id, limit) = (v.rule.id, &v.limit);
+    // SAFETY: `v` points at the trie entry's value, which stays valid
+    // while the program runs (RCU); only `clock` is ever written by
+    // programs, with atomic adds.
+    let (id, limit) = unsafe { ((*v).rule.id, (*v).limit) };
     if limit.flags & LIMIT_SYN != 0 && !syn {
         return false;
     }
-    let bucket = BucketKey {
-        id,
-        addr: if limit.flags & LIMIT_PER_PREFIX != 0 {
-            [0; 16]
-        } else {
-            *addr
-        },
-    };
-    // SAFETY: a helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() }.wrapping_mul(LIMIT_CLOCK_SCALE);
-    let v = match FW_BUCKETS.get_ptr_mut(bucket) {
-        Some(v) => v,
-        None => {
-            // A new bucket starts full. Another CPU may create it first;
-            // then use that one.
-            let _ = FW_BUCKETS.insert(bucket, now, u64::from(BPF_NOEXIST));
-            match FW_BUCKETS.get_ptr_mut(bucket) {
-                Some(v) => v,
-                // Evicted at once by a flood of new buckets: let it pass
-                // rather than drop a source the table cannot hold.
-                None => return false,
+    let now = clock().wrapping_mul(LIMIT_CLOCK_SCALE);
+    let clock = if limit.flags & LIMIT_PER_PREFIX != 0 {
+        // SAFETY: as above; a pointer to a field of the live value.
+        unsafe { &raw mut (*v).clock }
+    } else {
+        let bucket = bucket(id);
+        match FW_BUCKETS.get_ptr_mut(bucket) {
+            Some(c) => c,
+            None => {
+                // A new bucket starts full. Another CPU may create it
+                // first; then use that one.
+                let _ = FW_BUCKETS.insert(bucket, now, u64::from(BPF_NOEXIST));
+                match FW_BUCKETS.get_ptr_mut(bucket) {
+                    Some(c) => c,
+                    // Evicted at once by a flood of new buckets: let it
+                    // pass rather than drop a source the table cannot hold.
+                    None => return false,
+                }
             }
         }
     };
-    // SAFETY: `v` is a live bucket value, only ever changed by atomic adds
+    // SAFETY: `clock` is a live bucket, only ever changed by atomic adds
     // while programs run (reads may be plain: they see whole values).
     unsafe {
         // One atomic add: the packet's cost, plus the move up to now for a
         // bucket that has been idle.
-        let clock = core::ptr::read_volatile(v);
-        add_atomic(v, now.saturating_sub(clock) + limit.cost);
-        if core::ptr::read_volatile(v) > now.saturating_add(limit.tolerance) {
-            add_atomic(v, limit.cost.wrapping_neg());
+        let c = core::ptr::read_volatile(clock);
+        add_atomic(clock, now.saturating_sub(c) + limit.cost);
+        if core::ptr::read_volatile(clock) > now.saturating_add(limit.tolerance) {
+            add_atomic(clock, limit.cost.wrapping_neg());
             hit(id, seen);
             return true;
         }
     }
     false
+}
+
+/// A writable pointer to the value `key` finds in `trie` (aya's `get`
+/// hands out a shared reference, which must not be written through).
+#[inline(always)]
+fn lookup_mut<K, V>(trie: &LpmTrie<K, V>, key: &Key<K>) -> Option<*mut V> {
+    // SAFETY: `LpmTrie` is `repr(transparent)` over its map definition,
+    // whose address is what the loader relocates into the map, as aya's
+    // own lookups pass it; the key is a whole `Key<K>` on the stack.
+    let p = unsafe {
+        bpf_map_lookup_elem(
+            core::ptr::from_ref(trie).cast_mut().cast(),
+            core::ptr::from_ref(key).cast(),
+        )
+    };
+    (!p.is_null()).then_some(p.cast())
+}
+
+/// The rate limiter's clock in ns: the coarse one (the time of the last
+/// tick, a few ns to read) where the loader found it, else the precise
+/// one (some 28 ns in a VM). Which one is fixed at load (`COARSE_CLOCK`),
+/// so on 5.10 the verifier removes the coarse call it would refuse.
+#[inline(always)]
+fn clock() -> u64 {
+    // SAFETY: a plain read of a load-time global (see `default_verdict`);
+    // both helpers have no preconditions.
+    unsafe {
+        if core::ptr::read_volatile(&COARSE_CLOCK) != 0 {
+            bpf_ktime_get_coarse_ns()
+        } else {
+            bpf_ktime_get_ns()
+        }
+    }
 }
 
 /// Looks the source up in the allow trie, then in the block trie, each

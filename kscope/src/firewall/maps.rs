@@ -131,6 +131,8 @@ struct Entry {
     /// The entry's own prefix length, slot bits included.
     prefix_len: u32,
     limit: Option<LimitSpec>,
+    /// A per-prefix limit's bucket (`LimitValue::clock`); 0 otherwise.
+    clock: u64,
 }
 
 impl From<RuleValue> for Entry {
@@ -139,6 +141,7 @@ impl From<RuleValue> for Entry {
             id: v.id,
             prefix_len: v.prefix_len,
             limit: None,
+            clock: 0,
         }
     }
 }
@@ -149,6 +152,7 @@ impl From<LimitValue> for Entry {
             id: v.rule.id,
             prefix_len: v.rule.prefix_len,
             limit: Some(LimitSpec::from_kernel(&v.limit)),
+            clock: v.clock,
         }
     }
 }
@@ -218,13 +222,15 @@ impl Trie {
         }
     }
 
-    /// Adds `cidr` to `slot` as rule `id`, with its limit in a limit trie.
+    /// Adds `cidr` to `slot` as rule `id`, with its limit and its
+    /// per-prefix bucket `clock` (0: full) in a limit trie.
     fn insert(
         &mut self,
         slot: u32,
         cidr: &Cidr,
         id: u32,
         limit: Option<&LimitSpec>,
+        clock: u64,
     ) -> Result<(), FwError> {
         let plen = 8 + u32::from(cidr.len);
         let data = Self::key_bytes(slot, cidr);
@@ -235,6 +241,7 @@ impl Trie {
         let limited = || LimitValue {
             rule,
             limit: limit.map(LimitSpec::kernel).unwrap_or_default(),
+            clock,
         };
         let r = match &mut self.map {
             TrieMap::V4(t) => t.insert(&Key::new(plen, to_array(&data)), rule, 0),
@@ -759,7 +766,7 @@ impl RuleMaps {
                 return Err(FwError::IdsExhausted);
             }
             // Ids are never reused, so a fresh id has no counter yet.
-            self.trie_mut(*l, c).insert(slot, c, id, spec.as_ref())?;
+            self.trie_mut(*l, c).insert(slot, c, id, spec.as_ref(), 0)?;
             id += 1;
             self.state_set(STATE_NEXT_ID, id)?;
             if is_src(l) {
@@ -913,7 +920,7 @@ impl RuleMaps {
                         id - 1
                     }
                 };
-                self.trie_mut(list, c).insert(slot, c, rule_id, None)?;
+                self.trie_mut(list, c).insert(slot, c, rule_id, None, 0)?;
             }
         }
         for (c, spec) in &set.limits {
@@ -922,18 +929,22 @@ impl RuleMaps {
                 Some(&old) if old_limits.get(c) == Some(spec) => Some(old),
                 _ => None,
             };
-            let rule_id = match old {
+            let (rule_id, clock) = match old {
                 Some(old) => {
                     kept.insert(old);
-                    old
+                    // A per-prefix bucket lives in the entry itself: carry
+                    // it over. Packets the old entry polices between this
+                    // read and the switch are not carried (a few at most).
+                    let active = self.trie(List::Limit, c).get_exact(1 - slot, c)?;
+                    (old, active.map_or(0, |e| e.clock))
                 }
                 None => {
                     id += 1;
-                    id - 1
+                    (id - 1, 0)
                 }
             };
             self.trie_mut(List::Limit, c)
-                .insert(slot, c, rule_id, Some(spec))?;
+                .insert(slot, c, rule_id, Some(spec), clock)?;
         }
         if id >= PORT_HIT_BASE {
             return Err(FwError::IdsExhausted);
