@@ -14,6 +14,8 @@ pub const PROG_FW_IPV4: &str = "fw_ipv4";
 pub const PROG_FW_IPV6: &str = "fw_ipv6";
 /// The benchmark's XDP_PASS-only floor program (`bench_xdp.rs`).
 pub const PROG_BENCH_XDP: &str = "bench_xdp";
+/// The live benchmark's XDP_DROP-only baseline (`bench_xdp.rs`).
+pub const PROG_BENCH_XDP_DROP: &str = "bench_xdp_drop";
 /// Per-CPU array of [`Counter`]s, indexed by [`reason_index`].
 pub const MAP_REASONS: &str = "FW_REASONS";
 /// Array of one [`FwConfig`], written by user space at attach.
