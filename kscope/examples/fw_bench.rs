@@ -173,7 +173,12 @@ struct XdpFilter {
 
 impl XdpFilter {
     fn load(max: u32) -> anyhow::Result<Self> {
-        let pin_dir = Path::new("/sys/fs/bpf").join(format!("kscope_bench_{}", std::process::id()));
+        // One directory per instance: xdp-filter's maps are pinned by
+        // name, and a second instance must not reuse the first one's.
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pin_dir =
+            Path::new("/sys/fs/bpf").join(format!("kscope_bench_{}_{seq}", std::process::id()));
         std::fs::create_dir_all(&pin_dir)?;
         let obj = std::fs::read(XDP_FILTER_OBJ)
             .with_context(|| format!("{XDP_FILTER_OBJ} (install xdp-tools: cargo xtask setup)"))?;
