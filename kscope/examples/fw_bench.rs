@@ -323,6 +323,14 @@ fn main() -> anyhow::Result<()> {
     let mut maps = RuleMaps::from_ebpf(&mut ks)?;
     let mut xf = XdpFilter::load(*COUNTS.last().unwrap_or(&1))?;
 
+    if stats_on() {
+        println!(
+            "Warning: kernel.bpf_stats_enabled was 1 when this run started (something else on the \
+             machine turned BPF statistics on): every program run below includes their two clock reads, \
+             floor included, so the ratios to the floor are not comparable with \
+             runs without them.\n"
+        );
+    }
     println!(
         "Per packet, BPF_PROG_TEST_RUN, repeat {repeat}; rules are exact source addresses (/32, /128) \
          in both families; the frames match no rule (every lookup runs, verdict pass). \
@@ -551,6 +559,12 @@ fn top_refresh() -> anyhow::Result<()> {
          (a batch read of the per-CPU table and the ranking; best of 5)."
     );
     Ok(())
+}
+
+/// True when BPF run-time statistics are on for every program (the
+/// sysctl, or another process holding BPF_ENABLE_STATS).
+fn stats_on() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
 }
 
 /// How long each program takes the flood in [`live_rows`].
