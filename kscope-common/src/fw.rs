@@ -16,6 +16,9 @@ pub const PROG_FW_IPV6: &str = "fw_ipv6";
 pub const PROG_BENCH_XDP: &str = "bench_xdp";
 /// The live benchmark's XDP_DROP-only baseline (`bench_xdp.rs`).
 pub const PROG_BENCH_XDP_DROP: &str = "bench_xdp_drop";
+/// Returns the low 32 bits of `jiffies_64` (`bench_xdp.rs`): the rate
+/// limiter's clock, for tests that model it.
+pub const PROG_BENCH_JIFFIES: &str = "bench_jiffies";
 /// Per-CPU array of [`Counter`]s, indexed by [`reason_index`].
 pub const MAP_REASONS: &str = "FW_REASONS";
 /// Array of one [`FwConfig`], written by user space at attach.
@@ -45,10 +48,11 @@ pub const MAP_BUCKETS: &str = "FW_BUCKETS";
 pub const MAP_SOURCES: &str = "FW_SOURCES";
 /// Load-time global (`u32`): non-zero when the programs count per source.
 pub const GLOBAL_TRACK_SOURCES: &str = "TRACK_SOURCES";
-/// Load-time global (`u32`): non-zero when the rate limiter reads the
-/// coarse clock (`bpf_ktime_get_coarse_ns`, Linux 5.11+) instead of
-/// `bpf_ktime_get_ns`.
-pub const GLOBAL_COARSE_CLOCK: &str = "COARSE_CLOCK";
+/// Load-time global (`u64`): nanoseconds per jiffy (the kernel's
+/// `TICK_NSEC`, which `clock_getres(CLOCK_MONOTONIC_COARSE)` reports). The
+/// rate limiter's clock is then `bpf_jiffies64() * JIFFY_NS`; 0 makes it
+/// read `bpf_ktime_get_ns` instead.
+pub const GLOBAL_JIFFY_NS: &str = "JIFFY_NS";
 /// Largest `--track-sources`.
 pub const TRACK_SOURCES_MAX: u32 = 1 << 22;
 

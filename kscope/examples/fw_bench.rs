@@ -473,8 +473,8 @@ fn limiter_rows(frames: &[(&str, Vec<u8>)], floor_ns: &[f64], repeat: u32) -> an
     println!(
         "\nRate limiter and source tracking, per packet (BPF_PROG_TEST_RUN, repeat {repeat}; one \
          limit per family covering the frame's source; clock: {}):\n",
-        if kscope::firewall::coarse_clock() {
-            "bpf_ktime_get_coarse_ns"
+        if kscope::firewall::jiffy_ns().is_some() {
+            "bpf_jiffies64"
         } else {
             "bpf_ktime_get_ns"
         }

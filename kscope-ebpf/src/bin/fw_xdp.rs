@@ -72,10 +72,11 @@
 //! Rate limits are token buckets kept as a virtual clock (GCRA, see
 //! `kscope_common::fw::Limit`): one per source address in an LRU hash, or
 //! one per prefix in the limit trie's value itself (no second lookup).
-//! "Now" is `bpf_ktime_get_coarse_ns` where the loader found it (5.11+;
-//! the time of the last tick, cheaper to read, so a bucket may pass up to
-//! one tick's worth of packets more over an interval) and
-//! `bpf_ktime_get_ns` before. Every CPU may police the same bucket at once, so the
+//! "Now" is jiffies times the tick's length in ns (`bpf_jiffies64`, which
+//! the verifier turns into a load; the loader sets the tick's length), so
+//! it moves once per tick and a bucket may pass up to one tick's worth of
+//! packets more over an interval than with a precise clock, which costs a
+//! helper call (`bpf_ktime_get_ns`, the fallback). Every CPU may police the same bucket at once, so the
 //! clock only moves by atomic adds (BPF_ATOMIC add, which 5.10 has; a
 //! compare-and-swap is 5.12+): a packet adds its cost, reads the clock back
 //! and, when that is past the tolerance, takes its cost out again and is
@@ -93,7 +94,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_map_lookup_elem},
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns, bpf_map_lookup_elem},
     macros::{map, xdp},
     maps::{
         Array, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, ProgramArray,
@@ -102,7 +103,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use kscope_common::fw::{
-    BucketKey, Counter, Family, FwConfig, GLOBAL_COARSE_CLOCK, GLOBAL_DEFAULT_DROP,
+    BucketKey, Counter, Family, FwConfig, GLOBAL_DEFAULT_DROP, GLOBAL_JIFFY_NS,
     GLOBAL_TRACK_SOURCES, HAS_ALLOW4, HAS_ALLOW6, HAS_BLOCK4, HAS_BLOCK6, HAS_LIMIT4, HAS_LIMIT6,
     HAS_PORTS, HITS_MAX_ENTRIES, Key4, Key6, LIMIT_CLOCK_SCALE, LIMIT_MAX_ENTRIES,
     LIMIT_PER_PREFIX, LIMIT_SYN, LIMIT_TABLE_DEFAULT, LimitValue, MAP_ALLOW4, MAP_ALLOW6,
@@ -166,9 +167,9 @@ static TRACK_SOURCES: u32 = 0;
 static FW_HITS: PerCpuHashMap<u32, u64> =
     PerCpuHashMap::with_max_entries(HITS_MAX_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
-/// Non-zero when the rate limiter reads the coarse clock (see `clock`).
+/// Nanoseconds per jiffy, set by the loader (see `clock`).
 #[unsafe(no_mangle)]
-static COARSE_CLOCK: u32 = 0;
+static JIFFY_NS: u64 = 0;
 
 /// Non-zero when the default policy is drop. Fixed at load time by the
 /// loader (`override_global`), so the verifier prunes the other branch.
@@ -193,7 +194,7 @@ assert_symbol_name!(FW_BUCKETS, MAP_BUCKETS);
 assert_symbol_name!(DEFAULT_DROP, GLOBAL_DEFAULT_DROP);
 assert_symbol_name!(FW_SOURCES, MAP_SOURCES);
 assert_symbol_name!(TRACK_SOURCES, GLOBAL_TRACK_SOURCES);
-assert_symbol_name!(COARSE_CLOCK, GLOBAL_COARSE_CLOCK);
+assert_symbol_name!(JIFFY_NS, GLOBAL_JIFFY_NS);
 assert_symbol_name!(fw_xdp, PROG_FW_XDP);
 assert_symbol_name!(fw_ipv4, PROG_FW_IPV4);
 assert_symbol_name!(fw_ipv6, PROG_FW_IPV6);
@@ -576,17 +577,19 @@ fn lookup_mut<K, V>(trie: &LpmTrie<K, V>, key: &Key<K>) -> Option<*mut V> {
     (!p.is_null()).then_some(p.cast())
 }
 
-/// The rate limiter's clock in ns: the coarse one (the time of the last
-/// tick, a few ns to read) where the loader found it, else the precise
-/// one (some 28 ns in a VM). Which one is fixed at load (`COARSE_CLOCK`),
-/// so on 5.10 the verifier removes the coarse call it would refuse.
+/// The rate limiter's clock in ns: jiffies times the tick's length
+/// (`JIFFY_NS`, from the loader). `bpf_jiffies64` becomes a plain load of
+/// `jiffies_64` on 64-bit JITs (kernel/bpf/verifier.c, since 5.5), about
+/// 1 ns, where `bpf_ktime_get_coarse_ns` took some 17 ns and
+/// `bpf_ktime_get_ns`, the fallback when the tick is unknown, some 34.
 #[inline(always)]
 fn clock() -> u64 {
     // SAFETY: a plain read of a load-time global (see `default_verdict`);
     // both helpers have no preconditions.
     unsafe {
-        if core::ptr::read_volatile(&COARSE_CLOCK) != 0 {
-            bpf_ktime_get_coarse_ns()
+        let tick = core::ptr::read_volatile(&JIFFY_NS);
+        if tick != 0 {
+            bpf_jiffies64().wrapping_mul(tick)
         } else {
             bpf_ktime_get_ns()
         }
