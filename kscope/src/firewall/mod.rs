@@ -30,7 +30,8 @@
 //! Minimum kernel: 5.9 (XDP through bpf_link, which is what makes the
 //! attachment outlive the process and be removable by unpinning). The
 //! programs themselves need LPM tries (4.11), bounded loops for the IPv6
-//! extension-header walk (5.3) and map batch reads are used from 5.6 with a
+//! extension-header walk (5.3), `bpf_jiffies64` for the rate limiter's
+//! clock (5.5) and map batch reads are used from 5.6 with a
 //! key-by-key fallback; all are older than 5.9.
 
 pub mod cmd;
