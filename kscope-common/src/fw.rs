@@ -14,6 +14,11 @@ pub const PROG_FW_IPV4: &str = "fw_ipv4";
 pub const PROG_FW_IPV6: &str = "fw_ipv6";
 /// The benchmark's XDP_PASS-only floor program (`bench_xdp.rs`).
 pub const PROG_BENCH_XDP: &str = "bench_xdp";
+/// The live benchmark's XDP_DROP-only baseline (`bench_xdp.rs`).
+pub const PROG_BENCH_XDP_DROP: &str = "bench_xdp_drop";
+/// Returns the low 32 bits of `jiffies_64` (`bench_xdp.rs`): the rate
+/// limiter's clock, for tests that model it.
+pub const PROG_BENCH_JIFFIES: &str = "bench_jiffies";
 /// Per-CPU array of [`Counter`]s, indexed by [`reason_index`].
 pub const MAP_REASONS: &str = "FW_REASONS";
 /// Array of one [`FwConfig`], written by user space at attach.
@@ -43,6 +48,11 @@ pub const MAP_BUCKETS: &str = "FW_BUCKETS";
 pub const MAP_SOURCES: &str = "FW_SOURCES";
 /// Load-time global (`u32`): non-zero when the programs count per source.
 pub const GLOBAL_TRACK_SOURCES: &str = "TRACK_SOURCES";
+/// Load-time global (`u64`): nanoseconds per jiffy (the kernel's
+/// `TICK_NSEC`, which `clock_getres(CLOCK_MONOTONIC_COARSE)` reports). The
+/// rate limiter's clock is then `bpf_jiffies64() * JIFFY_NS`; 0 makes it
+/// read `bpf_ktime_get_ns` instead.
+pub const GLOBAL_JIFFY_NS: &str = "JIFFY_NS";
 /// Largest `--track-sources`.
 pub const TRACK_SOURCES_MAX: u32 = 1 << 22;
 
@@ -179,6 +189,12 @@ pub struct LimitValue {
     /// The rule's id and prefix length, as in [`RuleValue`].
     pub rule: RuleValue,
     pub limit: Limit,
+    /// The bucket of a [`LIMIT_PER_PREFIX`] limit: its virtual clock
+    /// (see [`Limit`]; 0 is a full bucket), kept next to the limit so the
+    /// lookup that finds the limit finds the bucket too. Changed by the
+    /// programs with atomic adds; per-source limits keep theirs in
+    /// [`MAP_BUCKETS`].
+    pub clock: u64,
 }
 
 /// Key of a token bucket: the limit rule's id and the source address (all
@@ -214,15 +230,35 @@ pub const fn port_hit_id(udp: bool, port: u16) -> u32 {
     PORT_HIT_BASE + if udp { N_PORTS } else { 0 } + port as u32
 }
 
-/// Entries of [`MAP_STATE`].
+/// Entries of [`MAP_STATE`]. The active slot is bit 0 ([`SLOT_BIT`]) of
+/// this entry; the bits above it say which lists of the active slot may
+/// hold entries ([`HAS_ALLOW4`] ...), so a packet learns both from one
+/// read, and `fw load` switches set and flags in the same 4-byte write.
 pub const STATE_ACTIVE_SLOT: u32 = 0;
+/// The slot bit of `FW_STATE[STATE_ACTIVE_SLOT]`.
+pub const SLOT_BIT: u32 = 1;
+/// List bits of `FW_STATE[STATE_ACTIVE_SLOT]`: the programs skip the
+/// lookup of a list whose bit is clear (a lookup in an empty trie still
+/// costs a helper call, some 7 ns). User space sets a bit before it adds
+/// an entry to the list, and clears it only once the list is empty, so a
+/// bit may be set for an empty list but is never clear for a list with
+/// entries in the active slot.
+pub const HAS_ALLOW4: u32 = 1 << 1;
+pub const HAS_BLOCK4: u32 = 1 << 2;
+pub const HAS_ALLOW6: u32 = 1 << 3;
+pub const HAS_BLOCK6: u32 = 1 << 4;
+pub const HAS_LIMIT4: u32 = 1 << 5;
+pub const HAS_LIMIT6: u32 = 1 << 6;
+/// Some destination port is blocked (any protocol).
+pub const HAS_PORTS: u32 = 1 << 7;
 /// Next unused rule id (user space only).
 pub const STATE_NEXT_ID: u32 = 1;
 /// Rules in the active slot: IPv4 then IPv6 (user space only).
 pub const STATE_COUNT_V4: u32 = 2;
 pub const STATE_COUNT_V6: u32 = 3;
-/// Rate-limit rules in either slot: while it is zero the programs skip the
-/// limit tries (read per packet, with the active slot).
+/// Rate-limit rules in either slot. Programs attached by earlier builds
+/// skip the limit tries while it is zero (the current ones read
+/// [`HAS_LIMIT4`] and [`HAS_LIMIT6`]), so it is still kept up to date.
 pub const STATE_LIMITS: u32 = 4;
 pub const STATE_MAX_ENTRIES: u32 = 5;
 

@@ -320,6 +320,40 @@ impl Lab {
         })?
     }
 
+    /// Floods `b` with `frames` (sent in turn, as fast as one thread can
+    /// send on an AF_PACKET socket in `a`) for `secs` seconds; returns how
+    /// many frames went out. The same documentation-address rule as
+    /// [`Lab::inject`] applies. For benchmarks: nothing paces the sender.
+    pub fn flood(&self, frames: &[Vec<u8>], secs: f64) -> io::Result<u64> {
+        if frames.is_empty() {
+            return Ok(0);
+        }
+        for f in frames {
+            check_documentation_frame(f)?;
+        }
+        let lab_ns = self.a.path();
+        let iface = self.iface_a.clone();
+        self.a.run(move || -> io::Result<u64> {
+            check_generator_netns(&lab_ns)?;
+            let sock = PacketSocket::open(&iface, false)?;
+            let end = Instant::now() + Duration::from_secs_f64(secs);
+            let mut sent = 0u64;
+            while Instant::now() < end {
+                // Check the time every 256 frames, not every frame.
+                for _ in 0..256 {
+                    let f = &frames[sent as usize % frames.len()];
+                    match sock.send(f) {
+                        Ok(()) => sent += 1,
+                        // The veth queue is full: try again.
+                        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Ok(sent)
+        })?
+    }
+
     /// Sends `traffic` from `a` to `b` and returns what XDP on `b` should
     /// count for it, computed from header sizes.
     pub fn send(&self, traffic: &Traffic) -> io::Result<Sent> {

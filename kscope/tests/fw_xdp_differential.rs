@@ -5,8 +5,10 @@
 //!
 //! Rate limits are modelled, not skipped: each bucket is the kernel's
 //! virtual clock (GCRA, `kscope_common::fw::Limit`), advanced with the
-//! CLOCK_MONOTONIC time (the kernel's `ktime_get_ns`) read just before and
-//! just after each test run. Where the verdict depends on exactly when in
+//! clock the programs read (jiffies, read through the bench object's
+//! `bench_jiffies` program, times the tick `kscope::firewall::jiffy_ns`
+//! reports; CLOCK_MONOTONIC, `ktime_get_ns`, when there is no tick) read
+//! just before and just after each test run. Where the verdict depends on exactly when in
 //! that window the program read the clock, the kernel's answer is taken
 //! and checked to be one of the two, and the model follows it.
 //!
@@ -38,7 +40,7 @@ use kscope::firewall::{
 };
 use kscope_common::fw::{
     Counter, Family, LIMIT_CLOCK_SCALE, MAP_REASONS, MAX_IPV6_EXT_HDRS, MAX_VLAN_TAGS,
-    N_REASON_COUNTERS, PORT_TCP, PORT_UDP, PROG_FW_XDP, Reason, reason_index,
+    N_REASON_COUNTERS, PORT_TCP, PORT_UDP, PROG_BENCH_JIFFIES, PROG_FW_XDP, Reason, reason_index,
 };
 use kscope_lab::frame::*;
 
@@ -158,16 +160,66 @@ fn rule_set(rng: &mut Rng) -> RuleSet {
     set
 }
 
-/// CLOCK_MONOTONIC, the kernel's `bpf_ktime_get_ns()`, in bucket units.
-fn ktime() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write.
-    let r = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    assert_eq!(r, 0, "clock_gettime");
-    (ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64) * LIMIT_CLOCK_SCALE
+/// The bench object: its `bench_jiffies` program reads the programs'
+/// jiffies clock for the model.
+static BENCH_XDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_xdp"));
+
+/// The rate limiter's clock as the programs read it, in bucket units: with
+/// a tick (`kscope::firewall::jiffy_ns`), jiffies times the tick, the
+/// jiffies read by running `bench_jiffies` (their low 32 bits, extended
+/// here); without, CLOCK_MONOTONIC (the kernel's `bpf_ktime_get_ns()`).
+struct Clock {
+    jiffies: Option<(Ebpf, u64)>,
+    /// The last low 32 bits seen and the wraps counted so far.
+    last: u32,
+    high: u64,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        let jiffies = kscope::firewall::jiffy_ns().map(|tick| {
+            let mut obj = aya::EbpfLoader::new()
+                .load(BENCH_XDP_OBJ)
+                .expect("load the bench object");
+            xdp_program(&mut obj, PROG_BENCH_JIFFIES)
+                .expect("bench_jiffies")
+                .load()
+                .expect("load bench_jiffies");
+            (obj, tick)
+        });
+        Clock {
+            jiffies,
+            last: 0,
+            high: 0,
+        }
+    }
+
+    fn now(&mut self) -> u64 {
+        let Some((obj, tick)) = &mut self.jiffies else {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: `ts` is a valid timespec to write.
+            let r = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+            assert_eq!(r, 0, "clock_gettime");
+            return (ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64) * LIMIT_CLOCK_SCALE;
+        };
+        let tick = *tick;
+        let lo = xdp_program(obj, PROG_BENCH_JIFFIES)
+            .expect("bench_jiffies")
+            .test_run(TestRunOptions {
+                data_in: Some(&[0u8; 64]),
+                ..TestRunOptions::default()
+            })
+            .expect("run bench_jiffies")
+            .return_value;
+        if lo < self.last {
+            self.high += 1 << 32;
+        }
+        self.last = lo;
+        (self.high + u64::from(lo)) * tick * LIMIT_CLOCK_SCALE
+    }
 }
 
 /// One token bucket as the kernel keeps it: a virtual clock, known to lie
@@ -455,6 +507,7 @@ fn kernel_programs_agree_with_the_reference_classifier_on_random_frames() {
         .unwrap_or(default_frames);
     eprintln!("differential test: seed {seed} ({total} frames); rerun with KSCOPE_SEED={seed}");
     let mut rng = Rng(seed);
+    let mut clock = Clock::new();
     let start = Instant::now();
     let mut tally: BTreeMap<&'static str, u64> = BTreeMap::new();
     let rounds = 24;
@@ -489,7 +542,7 @@ fn kernel_programs_agree_with_the_reference_classifier_on_random_frames() {
                 let f = frame(&mut rng);
                 let verdict = reference::judge(&f, &current, default_drop);
                 let family = verdict.family;
-                let t0 = ktime();
+                let t0 = clock.now();
                 let got = xdp_program(&mut ebpf, PROG_FW_XDP)
                     .expect("fw_xdp")
                     .test_run(TestRunOptions {
@@ -497,7 +550,7 @@ fn kernel_programs_agree_with_the_reference_classifier_on_random_frames() {
                         ..TestRunOptions::default()
                     })
                     .unwrap_or_else(|e| panic!("seed {seed}: test run failed: {e}"));
-                let t1 = ktime();
+                let t1 = clock.now();
                 let reason = match verdict.limit {
                     None => verdict.reason,
                     Some(l) => {

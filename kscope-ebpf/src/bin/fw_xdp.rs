@@ -70,8 +70,13 @@
 //!   filter the inner packets.
 //!
 //! Rate limits are token buckets kept as a virtual clock (GCRA, see
-//! `kscope_common::fw::Limit`) in an LRU hash, one per source address or
-//! one per prefix. Every CPU may police the same bucket at once, so the
+//! `kscope_common::fw::Limit`): one per source address in an LRU hash, or
+//! one per prefix in the limit trie's value itself (no second lookup).
+//! "Now" is jiffies times the tick's length in ns (`bpf_jiffies64`, which
+//! the verifier turns into a load; the loader sets the tick's length), so
+//! it moves once per tick and a bucket may pass up to one tick's worth of
+//! packets more over an interval than with a precise clock, which costs a
+//! helper call (`bpf_ktime_get_ns`, the fallback). Every CPU may police the same bucket at once, so the
 //! clock only moves by atomic adds (BPF_ATOMIC add, which 5.10 has; a
 //! compare-and-swap is 5.12+): a packet adds its cost, reads the clock back
 //! and, when that is past the tolerance, takes its cost out again and is
@@ -89,7 +94,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns, bpf_map_lookup_elem},
     macros::{map, xdp},
     maps::{
         Array, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, ProgramArray,
@@ -98,14 +103,15 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use kscope_common::fw::{
-    BucketKey, Counter, Family, FwConfig, GLOBAL_DEFAULT_DROP, GLOBAL_TRACK_SOURCES,
-    HITS_MAX_ENTRIES, Key4, Key6, LIMIT_CLOCK_SCALE, LIMIT_MAX_ENTRIES, LIMIT_PER_PREFIX,
-    LIMIT_SYN, LIMIT_TABLE_DEFAULT, LimitValue, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6,
-    MAP_BUCKETS, MAP_CONFIG, MAP_HITS, MAP_LIMIT4, MAP_LIMIT6, MAP_PORTS, MAP_PROGS, MAP_REASONS,
-    MAP_SOURCES, MAP_STATE, N_REASON_COUNTERS, PORT_TCP, PORT_UDP, PORTS_MAX_ENTRIES, PROG_FW_IPV4,
-    PROG_FW_IPV6, PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6, Reason, RuleValue,
-    STATE_ACTIVE_SLOT, STATE_LIMITS, STATE_MAX_ENTRIES, SourceKey, SourceStats, TRIE_MAX_ENTRIES,
-    port_hit_id, port_index, reason_index,
+    BucketKey, Counter, Family, FwConfig, GLOBAL_DEFAULT_DROP, GLOBAL_JIFFY_NS,
+    GLOBAL_TRACK_SOURCES, HAS_ALLOW4, HAS_ALLOW6, HAS_BLOCK4, HAS_BLOCK6, HAS_LIMIT4, HAS_LIMIT6,
+    HAS_PORTS, HITS_MAX_ENTRIES, Key4, Key6, LIMIT_CLOCK_SCALE, LIMIT_MAX_ENTRIES,
+    LIMIT_PER_PREFIX, LIMIT_SYN, LIMIT_TABLE_DEFAULT, LimitValue, MAP_ALLOW4, MAP_ALLOW6,
+    MAP_BLOCK4, MAP_BLOCK6, MAP_BUCKETS, MAP_CONFIG, MAP_HITS, MAP_LIMIT4, MAP_LIMIT6, MAP_PORTS,
+    MAP_PROGS, MAP_REASONS, MAP_SOURCES, MAP_STATE, N_REASON_COUNTERS, PORT_TCP, PORT_UDP,
+    PORTS_MAX_ENTRIES, PROG_FW_IPV4, PROG_FW_IPV6, PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6,
+    Reason, RuleValue, SLOT_BIT, STATE_ACTIVE_SLOT, STATE_MAX_ENTRIES, SourceKey, SourceStats,
+    TRIE_MAX_ENTRIES, port_hit_id, port_index, reason_index,
 };
 use kscope_ebpf::{
     add_atomic, assert_symbol_name,
@@ -161,6 +167,10 @@ static TRACK_SOURCES: u32 = 0;
 static FW_HITS: PerCpuHashMap<u32, u64> =
     PerCpuHashMap::with_max_entries(HITS_MAX_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
+/// Nanoseconds per jiffy, set by the loader (see `clock`).
+#[unsafe(no_mangle)]
+static JIFFY_NS: u64 = 0;
+
 /// Non-zero when the default policy is drop. Fixed at load time by the
 /// loader (`override_global`), so the verifier prunes the other branch.
 #[unsafe(no_mangle)]
@@ -184,6 +194,7 @@ assert_symbol_name!(FW_BUCKETS, MAP_BUCKETS);
 assert_symbol_name!(DEFAULT_DROP, GLOBAL_DEFAULT_DROP);
 assert_symbol_name!(FW_SOURCES, MAP_SOURCES);
 assert_symbol_name!(TRACK_SOURCES, GLOBAL_TRACK_SOURCES);
+assert_symbol_name!(JIFFY_NS, GLOBAL_JIFFY_NS);
 assert_symbol_name!(fw_xdp, PROG_FW_XDP);
 assert_symbol_name!(fw_ipv4, PROG_FW_IPV4);
 assert_symbol_name!(fw_ipv6, PROG_FW_IPV6);
@@ -196,27 +207,41 @@ pub fn fw_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_fw_xdp(ctx: &XdpContext) -> Option<u32> {
-    let (family, index) = match net::l3_proto(ctx) {
-        Some((net::ETH_P_IP, _)) => (Family::Ipv4, PROG_INDEX_IPV4),
-        Some((net::ETH_P_IPV6, _)) => (Family::Ipv6, PROG_INDEX_IPV6),
+    // Each tail call has its own call site with a constant index: the
+    // verifier then lets the JIT patch in a direct jump (x86's
+    // `emit_bpf_tail_call_direct`) instead of an indirect one through a
+    // retpoline. A merged site with the index in a register costs some
+    // 10 ns a packet more where retpolines are on.
+    match net::l3_proto(ctx) {
+        Some((net::ETH_P_IP, _)) => {
+            // SAFETY: a successful tail call never returns; on failure (an
+            // empty slot) control comes back here and nothing has changed.
+            unsafe { FW_PROGS.tail_call(ctx, PROG_INDEX_IPV4) };
+            Some(finish(ctx, Family::Ipv4, Reason::Unfiltered))
+        }
+        Some((net::ETH_P_IPV6, _)) => {
+            // SAFETY: as above.
+            unsafe { FW_PROGS.tail_call(ctx, PROG_INDEX_IPV6) };
+            Some(finish(ctx, Family::Ipv6, Reason::Unfiltered))
+        }
         // More tags than the walk bound: Linux would strip them all and
         // could deliver IP (see the module doc), so fail closed.
         Some((proto, _)) if net::is_vlan(proto) => {
-            return Some(finish(ctx, Family::Other, Reason::ParseError));
+            Some(finish(ctx, Family::Other, Reason::ParseError))
         }
-        _ => return Some(finish(ctx, Family::Other, Reason::NotIp)),
-    };
-    // SAFETY: a successful tail call never returns; on failure (an empty
-    // slot) control comes back here and nothing has been changed.
-    unsafe { FW_PROGS.tail_call(ctx, index) };
-    Some(finish(ctx, family, Reason::Unfiltered))
+        _ => Some(finish(ctx, Family::Other, Reason::NotIp)),
+    }
 }
 
-/// What the filter learnt about a packet for `fw top`: its source (family
-/// 0 until the address was read) and the rule it matched (0: none).
+/// What the filter learnt about a packet for `fw top`: where its IP
+/// header starts (`family` 0 until the source was read) and the rule it
+/// matched (0: none). The source address itself is read again from the
+/// packet only when sources are tracked: copying 16 bytes aside for every
+/// packet cost IPv6 a few ns when nothing uses them.
 #[derive(Default)]
 struct Seen {
-    source: SourceKey,
+    family: u32,
+    l3: usize,
     rule: u32,
 }
 
@@ -243,13 +268,30 @@ pub fn fw_ipv6(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn track(ctx: &XdpContext, seen: &Seen, reason: Reason) {
     // SAFETY: a plain read of a load-time global (see `default_verdict`).
-    if unsafe { core::ptr::read_volatile(&TRACK_SOURCES) } == 0 || seen.source.family == 0 {
+    if unsafe { core::ptr::read_volatile(&TRACK_SOURCES) } == 0 || seen.family == 0 {
         return;
+    }
+    let mut source = SourceKey {
+        family: seen.family,
+        addr: [0; 16],
+    };
+    if seen.family == 4 {
+        let Some(a) = ptr_at::<[u8; 4]>(ctx, seen.l3 + 12) else {
+            return;
+        };
+        // SAFETY: `ptr_at` checked the four bytes.
+        source.addr[..4].copy_from_slice(unsafe { &*a });
+    } else {
+        let Some(a) = ptr_at::<[u8; 16]>(ctx, seen.l3 + 8) else {
+            return;
+        };
+        // SAFETY: `ptr_at` checked the sixteen bytes.
+        source.addr = unsafe { *a };
     }
     let len = (ctx.data_end() - ctx.data()) as u64;
     let dropped = u64::from(reason.action() as u32 == xdp_action::XDP_DROP);
     let limited = u64::from(reason as u32 == Reason::RateLimited as u32);
-    if let Some(s) = FW_SOURCES.get_ptr_mut(seen.source) {
+    if let Some(s) = FW_SOURCES.get_ptr_mut(source) {
         // SAFETY: this CPU's value; XDP programs on one CPU do not preempt
         // each other.
         unsafe {
@@ -269,7 +311,7 @@ fn track(ctx: &XdpContext, seen: &Seen, reason: Reason) {
         rule: seen.rule,
         _pad: 0,
     };
-    let _ = FW_SOURCES.insert(seen.source, first, 0);
+    let _ = FW_SOURCES.insert(source, first, 0);
 }
 
 /// `None` means a parse error.
@@ -290,11 +332,13 @@ fn filter_ipv4(ctx: &XdpContext, seen: &mut Seen) -> Option<Reason> {
     let l4 = l3 + ihl;
     ptr_at::<u8>(ctx, l4 - 1)?;
 
-    let (slot, limits) = state();
+    let (slot, lists) = state();
     let key = Key::new(8 + 32, [slot as u8, ip[12], ip[13], ip[14], ip[15]]);
-    seen.source.family = 4;
-    seen.source.addr[..4].copy_from_slice(&ip[12..16]);
-    if let Some(r) = source_verdict(&FW_ALLOW4, &FW_BLOCK4, &key, seen) {
+    seen.family = 4;
+    seen.l3 = l3;
+    let tries = (&FW_ALLOW4, &FW_BLOCK4);
+    let bits = (lists & HAS_ALLOW4, lists & HAS_BLOCK4);
+    if let Some(r) = source_verdict(tries, bits, &key, seen) {
         return Some(r);
     }
     // Only the first fragment has a layer-4 header.
@@ -305,10 +349,13 @@ fn filter_ipv4(ctx: &XdpContext, seen: &mut Seen) -> Option<Reason> {
     } else {
         false
     };
-    if limits {
-        let mut addr = [0u8; 16];
-        addr[..4].copy_from_slice(&ip[12..16]);
-        if over_limit(&FW_LIMIT4, &key, &addr, syn, seen) {
+    if lists & HAS_LIMIT4 != 0 {
+        #[rustfmt::skip]
+        let bucket = |id| BucketKey {
+            id,
+            addr: [ip[12], ip[13], ip[14], ip[15], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        };
+        if over_limit(&FW_LIMIT4, &key, bucket, syn, seen) {
             return Some(Reason::RateLimited);
         }
     }
@@ -316,8 +363,8 @@ fn filter_ipv4(ctx: &XdpContext, seen: &mut Seen) -> Option<Reason> {
         return Some(default_verdict());
     }
     match proto {
-        net::IPPROTO_TCP => port_verdict(ctx, l4, slot, false, seen),
-        net::IPPROTO_UDP => port_verdict(ctx, l4, slot, true, seen),
+        net::IPPROTO_TCP => port_verdict(ctx, l4, lists, false, seen),
+        net::IPPROTO_UDP => port_verdict(ctx, l4, lists, true, seen),
         _ => Some(default_verdict()),
     }
 }
@@ -355,14 +402,20 @@ fn filter_ipv6(ctx: &XdpContext, seen: &mut Seen) -> Option<Reason> {
     if ip[0] >> 4 != 6 {
         return None;
     }
-    let (slot, limits) = state();
-    let mut data = [0u8; 17];
-    data[0] = slot as u8;
-    data[1..].copy_from_slice(&ip[8..24]);
-    let key = Key::new(8 + 128, data);
-    seen.source.family = 6;
-    seen.source.addr.copy_from_slice(&ip[8..24]);
-    if let Some(r) = source_verdict(&FW_ALLOW6, &FW_BLOCK6, &key, seen) {
+    let (slot, lists) = state();
+    // Written out byte by byte: a copy through a zeroed temporary costs a
+    // memset call and a second copy.
+    #[rustfmt::skip]
+    let key = Key::new(8 + 128, [
+        slot as u8,
+        ip[8], ip[9], ip[10], ip[11], ip[12], ip[13], ip[14], ip[15],
+        ip[16], ip[17], ip[18], ip[19], ip[20], ip[21], ip[22], ip[23],
+    ]);
+    seen.family = 6;
+    seen.l3 = l3;
+    let tries = (&FW_ALLOW6, &FW_BLOCK6);
+    let bits = (lists & HAS_ALLOW6, lists & HAS_BLOCK6);
+    if let Some(r) = source_verdict(tries, bits, &key, seen) {
         return Some(r);
     }
 
@@ -408,10 +461,16 @@ fn filter_ipv6(ctx: &XdpContext, seen: &mut Seen) -> Option<Reason> {
     } else {
         false
     };
-    if limits {
-        let mut addr = [0u8; 16];
-        addr.copy_from_slice(&ip[8..24]);
-        if over_limit(&FW_LIMIT6, &key, &addr, syn, seen) {
+    if lists & HAS_LIMIT6 != 0 {
+        #[rustfmt::skip]
+        let bucket = |id| BucketKey {
+            id,
+            addr: [
+                ip[8], ip[9], ip[10], ip[11], ip[12], ip[13], ip[14], ip[15],
+                ip[16], ip[17], ip[18], ip[19], ip[20], ip[21], ip[22], ip[23],
+            ],
+        };
+        if over_limit(&FW_LIMIT6, &key, bucket, syn, seen) {
             return Some(Reason::RateLimited);
         }
     }
@@ -419,8 +478,8 @@ fn filter_ipv6(ctx: &XdpContext, seen: &mut Seen) -> Option<Reason> {
         return Some(default_verdict());
     }
     match next {
-        net::IPPROTO_TCP => port_verdict(ctx, off, slot, false, seen),
-        net::IPPROTO_UDP => port_verdict(ctx, off, slot, true, seen),
+        net::IPPROTO_TCP => port_verdict(ctx, off, lists, false, seen),
+        net::IPPROTO_UDP => port_verdict(ctx, off, lists, true, seen),
         net::IPPROTO_ICMPV6 => {
             let icmp = ptr_at::<[u8; net::ICMP_MIN_HLEN]>(ctx, off)?;
             // SAFETY: `ptr_at` checked the ICMPv6 type, code and checksum.
@@ -434,65 +493,67 @@ fn filter_ipv6(ctx: &XdpContext, seen: &mut Seen) -> Option<Reason> {
     }
 }
 
-/// The active slot, and whether any rate-limit rule exists.
+/// The active slot, and the bits of the lists it may have entries in
+/// (`HAS_*`): one read of one word.
 #[inline(always)]
-fn state() -> (u32, bool) {
-    let slot = FW_STATE.get(STATE_ACTIVE_SLOT).map_or(0, |s| *s & 1);
-    let limits = FW_STATE.get(STATE_LIMITS).is_some_and(|n| *n != 0);
-    (slot, limits)
+fn state() -> (u32, u32) {
+    let word = FW_STATE.get(STATE_ACTIVE_SLOT).map_or(0, |s| *s);
+    (word & SLOT_BIT, word)
 }
 
 /// True when the longest limit rule covering the source says this packet
 /// is over its rate (see the module doc for the bucket and its atomics).
-/// Counts the drop as the rule's hit.
+/// `bucket` makes the key of the source's bucket in `FW_BUCKETS` for a
+/// rule id; a per-prefix limit keeps its bucket in the trie's value and
+/// needs no second lookup. Counts the drop as the rule's hit.
 #[inline(always)]
 fn over_limit<K>(
     trie: &LpmTrie<K, LimitValue>,
     key: &Key<K>,
-    addr: &[u8; 16],
+    bucket: impl FnOnce(u32) -> BucketKey,
     syn: bool,
     seen: &mut Seen,
 ) -> bool {
-    let Some(v) = trie.get(key) else {
+    let Some(v) = lookup_mut(trie, key) else {
         return false;
     };
-    let (id, limit) = (v.rule.id, &v.limit);
+    // SAFETY: `v` points at the trie entry's value, which stays valid
+    // while the program runs (RCU); only `clock` is ever written by
+    // programs, with atomic adds.
+    let (id, limit) = unsafe { ((*v).rule.id, (*v).limit) };
     if limit.flags & LIMIT_SYN != 0 && !syn {
         return false;
     }
-    let bucket = BucketKey {
-        id,
-        addr: if limit.flags & LIMIT_PER_PREFIX != 0 {
-            [0; 16]
-        } else {
-            *addr
-        },
-    };
-    // SAFETY: a helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() }.wrapping_mul(LIMIT_CLOCK_SCALE);
-    let v = match FW_BUCKETS.get_ptr_mut(bucket) {
-        Some(v) => v,
-        None => {
-            // A new bucket starts full. Another CPU may create it first;
-            // then use that one.
-            let _ = FW_BUCKETS.insert(bucket, now, u64::from(BPF_NOEXIST));
-            match FW_BUCKETS.get_ptr_mut(bucket) {
-                Some(v) => v,
-                // Evicted at once by a flood of new buckets: let it pass
-                // rather than drop a source the table cannot hold.
-                None => return false,
+    let now = clock().wrapping_mul(LIMIT_CLOCK_SCALE);
+    let clock = if limit.flags & LIMIT_PER_PREFIX != 0 {
+        // SAFETY: as above; a pointer to a field of the live value.
+        unsafe { &raw mut (*v).clock }
+    } else {
+        let bucket = bucket(id);
+        match FW_BUCKETS.get_ptr_mut(bucket) {
+            Some(c) => c,
+            None => {
+                // A new bucket starts full. Another CPU may create it
+                // first; then use that one.
+                let _ = FW_BUCKETS.insert(bucket, now, u64::from(BPF_NOEXIST));
+                match FW_BUCKETS.get_ptr_mut(bucket) {
+                    Some(c) => c,
+                    // Evicted at once by a flood of new buckets: let it
+                    // pass rather than drop a source the table cannot hold.
+                    None => return false,
+                }
             }
         }
     };
-    // SAFETY: `v` is a live bucket value, only ever changed by atomic adds
+    // SAFETY: `clock` is a live bucket, only ever changed by atomic adds
     // while programs run (reads may be plain: they see whole values).
     unsafe {
         // One atomic add: the packet's cost, plus the move up to now for a
         // bucket that has been idle.
-        let clock = core::ptr::read_volatile(v);
-        add_atomic(v, now.saturating_sub(clock) + limit.cost);
-        if core::ptr::read_volatile(v) > now.saturating_add(limit.tolerance) {
-            add_atomic(v, limit.cost.wrapping_neg());
+        let c = core::ptr::read_volatile(clock);
+        add_atomic(clock, now.saturating_sub(c) + limit.cost);
+        if core::ptr::read_volatile(clock) > now.saturating_add(limit.tolerance) {
+            add_atomic(clock, limit.cost.wrapping_neg());
             hit(id, seen);
             return true;
         }
@@ -500,18 +561,59 @@ fn over_limit<K>(
     false
 }
 
+/// A writable pointer to the value `key` finds in `trie` (aya's `get`
+/// hands out a shared reference, which must not be written through).
+#[inline(always)]
+fn lookup_mut<K, V>(trie: &LpmTrie<K, V>, key: &Key<K>) -> Option<*mut V> {
+    // SAFETY: `LpmTrie` is `repr(transparent)` over its map definition,
+    // whose address is what the loader relocates into the map, as aya's
+    // own lookups pass it; the key is a whole `Key<K>` on the stack.
+    let p = unsafe {
+        bpf_map_lookup_elem(
+            core::ptr::from_ref(trie).cast_mut().cast(),
+            core::ptr::from_ref(key).cast(),
+        )
+    };
+    (!p.is_null()).then_some(p.cast())
+}
+
+/// The rate limiter's clock in ns: jiffies times the tick's length
+/// (`JIFFY_NS`, from the loader). `bpf_jiffies64` becomes a plain load of
+/// `jiffies_64` on 64-bit JITs (kernel/bpf/verifier.c, since 5.5), about
+/// 1 ns, where `bpf_ktime_get_coarse_ns` took some 17 ns and
+/// `bpf_ktime_get_ns`, the fallback when the tick is unknown, some 34.
+#[inline(always)]
+fn clock() -> u64 {
+    // SAFETY: a plain read of a load-time global (see `default_verdict`);
+    // both helpers have no preconditions.
+    unsafe {
+        let tick = core::ptr::read_volatile(&JIFFY_NS);
+        if tick != 0 {
+            bpf_jiffies64().wrapping_mul(tick)
+        } else {
+            bpf_ktime_get_ns()
+        }
+    }
+}
+
+/// Looks the source up in the allow trie, then in the block trie, each
+/// only when its list bit (from `FW_STATE`) is non-zero in `has`.
 #[inline(always)]
 fn source_verdict<K>(
-    allow: &LpmTrie<K, RuleValue>,
-    block: &LpmTrie<K, RuleValue>,
+    (allow, block): (&LpmTrie<K, RuleValue>, &LpmTrie<K, RuleValue>),
+    has: (u32, u32),
     key: &Key<K>,
     seen: &mut Seen,
 ) -> Option<Reason> {
-    if let Some(v) = allow.get(key) {
+    if has.0 != 0
+        && let Some(v) = allow.get(key)
+    {
         hit(v.id, seen);
         return Some(Reason::Allowed);
     }
-    if let Some(v) = block.get(key) {
+    if has.1 != 0
+        && let Some(v) = block.get(key)
+    {
         hit(v.id, seen);
         return Some(Reason::BlockedSrc);
     }
@@ -524,10 +626,14 @@ fn source_verdict<K>(
 fn port_verdict(
     ctx: &XdpContext,
     l4: usize,
-    slot: u32,
+    lists: u32,
     udp: bool,
     seen: &mut Seen,
 ) -> Option<Reason> {
+    if lists & HAS_PORTS == 0 {
+        return Some(default_verdict());
+    }
+    let slot = lists & SLOT_BIT;
     let bit = if udp { PORT_UDP } else { PORT_TCP };
     let port = net::read_be16(ctx, l4 + 2)?;
     let blocked = FW_PORTS

@@ -16,8 +16,14 @@
 //! A rate limit is an entry in a limit trie: the prefix, with the rule id
 //! and the limit in one value, so one lookup finds both and an entry
 //! changes whole. A changed limit gets a new id (and so fresh buckets).
-//! `FW_STATE[STATE_LIMITS]` counts the limits of both slots; while it is
-//! zero the programs skip the limit tries.
+//! `FW_STATE[STATE_LIMITS]` counts the limits of both slots.
+//!
+//! The word holding the active slot also has one bit per list (allow,
+//! block and limit tries of each family, the port bits) that may hold
+//! entries; the programs skip a list whose bit is clear. An edit sets the
+//! bit before it adds an entry and clears it once the list is empty, and
+//! `fw load` writes the new set's bits with the slot switch, so a packet
+//! never skips a list that could match it.
 //!
 //! Minimum kernel: 4.11 (LPM tries); batch reads from 5.6, key by key
 //! before (see [`crate::sys::bpf::dump_map`]).
@@ -34,10 +40,11 @@ use aya::{
     maps::{Array, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, lpm_trie::Key},
 };
 use kscope_common::fw::{
-    Key4, Key6, LimitValue, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_HITS, MAP_LIMIT4,
-    MAP_LIMIT6, MAP_PORTS, MAP_STATE, MAX_LIMIT_RULES, MAX_RULES_PER_FAMILY, N_PORTS,
-    PORT_HIT_BASE, PORT_TCP, PORT_UDP, RuleValue, STATE_ACTIVE_SLOT, STATE_COUNT_V4,
-    STATE_COUNT_V6, STATE_LIMITS, STATE_NEXT_ID, port_hit_id,
+    HAS_ALLOW4, HAS_ALLOW6, HAS_BLOCK4, HAS_BLOCK6, HAS_LIMIT4, HAS_LIMIT6, HAS_PORTS, Key4, Key6,
+    LimitValue, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_HITS, MAP_LIMIT4, MAP_LIMIT6,
+    MAP_PORTS, MAP_STATE, MAX_LIMIT_RULES, MAX_RULES_PER_FAMILY, N_PORTS, PORT_HIT_BASE, PORT_TCP,
+    PORT_UDP, RuleValue, SLOT_BIT, STATE_ACTIVE_SLOT, STATE_COUNT_V4, STATE_COUNT_V6, STATE_LIMITS,
+    STATE_NEXT_ID, port_hit_id,
 };
 
 use super::{
@@ -124,6 +131,8 @@ struct Entry {
     /// The entry's own prefix length, slot bits included.
     prefix_len: u32,
     limit: Option<LimitSpec>,
+    /// A per-prefix limit's bucket (`LimitValue::clock`); 0 otherwise.
+    clock: u64,
 }
 
 impl From<RuleValue> for Entry {
@@ -132,6 +141,7 @@ impl From<RuleValue> for Entry {
             id: v.id,
             prefix_len: v.prefix_len,
             limit: None,
+            clock: 0,
         }
     }
 }
@@ -142,6 +152,7 @@ impl From<LimitValue> for Entry {
             id: v.rule.id,
             prefix_len: v.rule.prefix_len,
             limit: Some(LimitSpec::from_kernel(&v.limit)),
+            clock: v.clock,
         }
     }
 }
@@ -211,13 +222,15 @@ impl Trie {
         }
     }
 
-    /// Adds `cidr` to `slot` as rule `id`, with its limit in a limit trie.
+    /// Adds `cidr` to `slot` as rule `id`, with its limit and its
+    /// per-prefix bucket `clock` (0: full) in a limit trie.
     fn insert(
         &mut self,
         slot: u32,
         cidr: &Cidr,
         id: u32,
         limit: Option<&LimitSpec>,
+        clock: u64,
     ) -> Result<(), FwError> {
         let plen = 8 + u32::from(cidr.len);
         let data = Self::key_bytes(slot, cidr);
@@ -228,6 +241,7 @@ impl Trie {
         let limited = || LimitValue {
             rule,
             limit: limit.map(LimitSpec::kernel).unwrap_or_default(),
+            clock,
         };
         let r = match &mut self.map {
             TrieMap::V4(t) => t.insert(&Key::new(plen, to_array(&data)), rule, 0),
@@ -260,6 +274,16 @@ impl Trie {
             Ok(()) => Ok(()),
             Err(e) if not_found(&e) => Ok(()),
             Err(e) => Err(map_err(format!("delete from {}", self.name))(e)),
+        }
+    }
+
+    /// True when neither slot has an entry (reads one key at most).
+    fn is_empty(&self) -> bool {
+        match &self.map {
+            TrieMap::V4(t) => t.keys().next().is_none(),
+            TrieMap::V6(t) => t.keys().next().is_none(),
+            TrieMap::Limit4(t) => t.keys().next().is_none(),
+            TrieMap::Limit6(t) => t.keys().next().is_none(),
         }
     }
 
@@ -386,7 +410,37 @@ impl RuleMaps {
 
     /// The slot packets are judged against.
     fn active_slot(&self) -> Result<u32, FwError> {
-        Ok(self.state_get(STATE_ACTIVE_SLOT)? & 1)
+        Ok(self.state_get(STATE_ACTIVE_SLOT)? & SLOT_BIT)
+    }
+
+    /// Sets list bits ([`list_bit`], [`HAS_PORTS`]) next to the active slot.
+    fn raise_lists(&mut self, bits: u32) -> Result<(), FwError> {
+        let word = self.state_get(STATE_ACTIVE_SLOT)?;
+        if word & bits != bits {
+            self.state_set(STATE_ACTIVE_SLOT, word | bits)?;
+        }
+        Ok(())
+    }
+
+    /// Clears the bits of the lists among `bits` that have no entry left
+    /// (in either slot: a leftover of an interrupted `fw load` keeps its
+    /// bit, which costs a lookup, never a verdict).
+    fn lower_empty_lists(&mut self, bits: u32, ports_empty: bool) -> Result<(), FwError> {
+        let mut clear = 0;
+        for (i, t) in self.tries.iter().enumerate() {
+            let bit = list_bit(i);
+            if bits & bit != 0 && t.is_empty() {
+                clear |= bit;
+            }
+        }
+        if bits & HAS_PORTS != 0 && ports_empty {
+            clear |= HAS_PORTS;
+        }
+        let word = self.state_get(STATE_ACTIVE_SLOT)?;
+        if word & clear != 0 {
+            self.state_set(STATE_ACTIVE_SLOT, word & !clear)?;
+        }
+        Ok(())
     }
 
     fn trie_index(list: List, v4: bool) -> usize {
@@ -690,6 +744,14 @@ impl RuleMaps {
         }
 
         // Apply: removals first (freeing room), then additions, then ports.
+        // A list's bit goes up before its first entry can be read.
+        let mut raise = adds.iter().fold(0, |b, (l, c, _)| {
+            b | list_bit(Self::trie_index(*l, c.is_v4()))
+        });
+        if new_ports.iter().any(|&b| b != 0) {
+            raise |= HAS_PORTS;
+        }
+        self.raise_lists(raise)?;
         for (l, c, id) in &removes {
             self.trie_mut(*l, c).remove(slot, c)?;
             self.forget_hits(*id)?;
@@ -704,7 +766,7 @@ impl RuleMaps {
                 return Err(FwError::IdsExhausted);
             }
             // Ids are never reused, so a fresh id has no counter yet.
-            self.trie_mut(*l, c).insert(slot, c, id, spec.as_ref())?;
+            self.trie_mut(*l, c).insert(slot, c, id, spec.as_ref(), 0)?;
             id += 1;
             self.state_set(STATE_NEXT_ID, id)?;
             if is_src(l) {
@@ -720,6 +782,7 @@ impl RuleMaps {
         if removes.iter().any(|(l, _, _)| !is_src(l)) {
             self.sync_limits()?;
         }
+        let ports_empty = ports.is_some() && new_ports.iter().all(|&b| b == 0);
         if let Some(old) = ports {
             for (port, (&was, &now)) in old.iter().zip(&new_ports).enumerate() {
                 if was != now {
@@ -730,6 +793,13 @@ impl RuleMaps {
             report.added += port_adds;
             report.removed += port_removes;
         }
+        let mut lower = removes.iter().fold(0, |b, (l, c, _)| {
+            b | list_bit(Self::trie_index(*l, c.is_v4()))
+        });
+        if port_removes > 0 {
+            lower |= HAS_PORTS;
+        }
+        self.lower_empty_lists(lower, ports_empty)?;
         if report.added + report.removed > 0 {
             self.advance_generation()?;
         }
@@ -799,8 +869,9 @@ impl RuleMaps {
             }
         };
 
-        // The switch: one 4-byte write, read once per packet.
-        self.state_set(STATE_ACTIVE_SLOT, new)?;
+        // The switch: one 4-byte write, read once per packet, with the
+        // new set's list bits.
+        self.state_set(STATE_ACTIVE_SLOT, new | lists_of(set))?;
         self.state_set(STATE_COUNT_V4, set.count(true) as u32)?;
         self.state_set(STATE_COUNT_V6, set.count(false) as u32)?;
 
@@ -849,7 +920,7 @@ impl RuleMaps {
                         id - 1
                     }
                 };
-                self.trie_mut(list, c).insert(slot, c, rule_id, None)?;
+                self.trie_mut(list, c).insert(slot, c, rule_id, None, 0)?;
             }
         }
         for (c, spec) in &set.limits {
@@ -858,18 +929,22 @@ impl RuleMaps {
                 Some(&old) if old_limits.get(c) == Some(spec) => Some(old),
                 _ => None,
             };
-            let rule_id = match old {
+            let (rule_id, clock) = match old {
                 Some(old) => {
                     kept.insert(old);
-                    old
+                    // A per-prefix bucket lives in the entry itself: carry
+                    // it over. Packets the old entry polices between this
+                    // read and the switch are not carried (a few at most).
+                    let active = self.trie(List::Limit, c).get_exact(1 - slot, c)?;
+                    (old, active.map_or(0, |e| e.clock))
                 }
                 None => {
                     id += 1;
-                    id - 1
+                    (id - 1, 0)
                 }
             };
             self.trie_mut(List::Limit, c)
-                .insert(slot, c, rule_id, Some(spec))?;
+                .insert(slot, c, rule_id, Some(spec), clock)?;
         }
         if id >= PORT_HIT_BASE {
             return Err(FwError::IdsExhausted);
@@ -904,6 +979,32 @@ impl RuleMaps {
         }
         Ok(())
     }
+}
+
+/// The `FW_STATE` bit of trie `index` ([`RuleMaps::trie_index`]: allow,
+/// block and limit tries of each family).
+fn list_bit(index: usize) -> u32 {
+    const BITS: [u32; 6] = [
+        HAS_ALLOW4, HAS_BLOCK4, HAS_ALLOW6, HAS_BLOCK6, HAS_LIMIT4, HAS_LIMIT6,
+    ];
+    BITS.get(index).copied().unwrap_or(0)
+}
+
+/// The list bits of a whole rule set: exactly its non-empty lists.
+fn lists_of(set: &RuleSet) -> u32 {
+    let mut bits = 0;
+    for (list, cidrs) in [(SrcList::Allow, &set.allow), (SrcList::Block, &set.block)] {
+        for c in cidrs {
+            bits |= list_bit(RuleMaps::trie_index(List::Src(list), c.is_v4()));
+        }
+    }
+    for c in set.limits.keys() {
+        bits |= list_bit(RuleMaps::trie_index(List::Limit, c.is_v4()));
+    }
+    if set.ports.iter().any(|&b| b != 0) {
+        bits |= HAS_PORTS;
+    }
+    bits
 }
 
 /// Hits of a port rule: the per-port counters of its range and protocols.
@@ -1005,5 +1106,35 @@ mod hit_count_tests {
             let spec = PortSpec { lo, hi, bits };
             assert_eq!(h.of(&p(lo, hi, bits)), port_hits(&spec, &by_id), "{spec:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod list_bit_tests {
+    use super::*;
+
+    #[test]
+    fn a_sets_list_bits_are_exactly_its_non_empty_lists() {
+        let mut set = RuleSet::default();
+        assert_eq!(lists_of(&set), 0);
+        set.allow.insert("10.0.0.0/8".parse().expect("cidr"));
+        set.block.insert("2001:db8::/32".parse().expect("cidr"));
+        set.limits.insert(
+            "192.0.2.0/24".parse().expect("cidr"),
+            LimitSpec::new(10, None, crate::firewall::rules::Per::Source, false).expect("limit"),
+        );
+        assert_eq!(lists_of(&set), HAS_ALLOW4 | HAS_BLOCK6 | HAS_LIMIT4);
+        set.ports[22] = PORT_TCP;
+        set.limits.insert(
+            "::/0".parse().expect("cidr"),
+            LimitSpec::new(10, None, crate::firewall::rules::Per::Prefix, true).expect("limit"),
+        );
+        set.block.insert("192.0.2.1/32".parse().expect("cidr"));
+        assert_eq!(
+            lists_of(&set),
+            HAS_ALLOW4 | HAS_BLOCK4 | HAS_BLOCK6 | HAS_LIMIT4 | HAS_LIMIT6 | HAS_PORTS
+        );
+        // No list bit is the slot bit.
+        assert_eq!(lists_of(&set) & SLOT_BIT, 0);
     }
 }

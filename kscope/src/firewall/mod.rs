@@ -30,7 +30,8 @@
 //! Minimum kernel: 5.9 (XDP through bpf_link, which is what makes the
 //! attachment outlive the process and be removable by unpinning). The
 //! programs themselves need LPM tries (4.11), bounded loops for the IPv6
-//! extension-header walk (5.3) and map batch reads are used from 5.6 with a
+//! extension-header walk (5.3), `bpf_jiffies64` for the rate limiter's
+//! clock (5.5) and map batch reads are used from 5.6 with a
 //! key-by-key fallback; all are older than 5.9.
 
 pub mod cmd;
@@ -53,12 +54,12 @@ use aya::{
     programs::{Xdp, XdpMode, links::FdLink},
 };
 use kscope_common::fw::{
-    Counter, FW_CONFIG_VERSION, FwConfig, GLOBAL_DEFAULT_DROP, GLOBAL_TRACK_SOURCES,
-    LIMIT_TABLE_DEFAULT, LIMIT_TABLE_MAX, LIMIT_TABLE_MIN, MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4,
-    MAP_BLOCK6, MAP_BUCKETS, MAP_CONFIG, MAP_HITS, MAP_LIMIT4, MAP_LIMIT6, MAP_PORTS, MAP_PROGS,
-    MAP_REASONS, MAP_SOURCES, MAP_STATE, MODE_NATIVE, MODE_SKB, N_REASON_COUNTERS, POLICY_DROP,
-    POLICY_PASS, PROG_FW_IPV4, PROG_FW_IPV6, PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6,
-    TRACK_SOURCES_MAX,
+    Counter, FW_CONFIG_VERSION, FwConfig, GLOBAL_DEFAULT_DROP, GLOBAL_JIFFY_NS,
+    GLOBAL_TRACK_SOURCES, LIMIT_TABLE_DEFAULT, LIMIT_TABLE_MAX, LIMIT_TABLE_MIN, MAP_ALLOW4,
+    MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_BUCKETS, MAP_CONFIG, MAP_HITS, MAP_LIMIT4, MAP_LIMIT6,
+    MAP_PORTS, MAP_PROGS, MAP_REASONS, MAP_SOURCES, MAP_STATE, MODE_NATIVE, MODE_SKB,
+    N_REASON_COUNTERS, POLICY_DROP, POLICY_PASS, PROG_FW_IPV4, PROG_FW_IPV6, PROG_FW_XDP,
+    PROG_INDEX_IPV4, PROG_INDEX_IPV6, TRACK_SOURCES_MAX,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -367,10 +368,12 @@ pub fn load_pipeline(policy: Policy) -> Result<Ebpf, FwError> {
 pub fn load_pipeline_sized(policy: Policy, sizes: Sizes) -> Result<Ebpf, FwError> {
     let drop = policy.raw();
     let track = u32::from(sizes.track_sources > 0);
+    let jiffy_ns = jiffy_ns().unwrap_or(0);
     // No CO-RE relocations: no need for aya to parse the kernel's BTF.
     let mut ebpf = sys::loader_without_kernel_btf()
         .override_global(GLOBAL_DEFAULT_DROP, &drop, true)
         .override_global(GLOBAL_TRACK_SOURCES, &track, true)
+        .override_global(GLOBAL_JIFFY_NS, &jiffy_ns, true)
         .map_max_entries(MAP_BUCKETS, sizes.limit_table)
         .map_max_entries(MAP_SOURCES, sizes.track_sources.max(1))
         .load(FW_XDP_OBJ)
@@ -409,6 +412,19 @@ pub fn load_pipeline_sized(policy: Policy, sizes: Sizes) -> Result<Ebpf, FwError
         })?;
     }
     Ok(ebpf)
+}
+
+/// The length of the kernel's tick in ns, when the rate limiter's clock is
+/// jiffies (`bpf_jiffies64() × tick`, about 1 ns a packet where
+/// `bpf_ktime_get_ns` costs some 34 in a VM); `None` when the tick cannot
+/// be learnt and the limiter reads `bpf_ktime_get_ns`. The price of the
+/// cheap clock: "now" moves once per tick (1-4 ms with HZ 1000-250), so
+/// within a tick packets pass until the bucket is spent and the rest wait
+/// for the next tick, and over any interval at most
+/// `burst + pps × (interval + one tick)` pass instead of
+/// `burst + pps × interval`.
+pub fn jiffy_ns() -> Option<u64> {
+    sys::tick_ns()
 }
 
 /// The XDP program `name` of a loaded object.

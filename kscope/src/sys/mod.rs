@@ -368,6 +368,22 @@ pub(crate) fn kernel_release() -> String {
     r.to_string_lossy().into_owned()
 }
 
+/// The kernel's tick in ns (`TICK_NSEC`, one jiffy): the resolution
+/// `clock_getres(CLOCK_MONOTONIC_COARSE)` reports. `None` when the call
+/// fails or the value is no tick length (HZ from 10 to 10,000).
+pub(crate) fn tick_ns() -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write.
+    if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) } != 0 {
+        return None;
+    }
+    let ns = u64::try_from(ts.tv_sec).ok()? * 1_000_000_000 + u64::try_from(ts.tv_nsec).ok()?;
+    (100_000..=100_000_000).contains(&ns).then_some(ns)
+}
+
 /// Major and minor of a kernel release ("6.1.0-18-amd64" is (6, 1)).
 pub(crate) fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
     let mut it = release.split(|c: char| !c.is_ascii_digit());

@@ -21,7 +21,9 @@ pub enum Target {
     /// bpftrace, symbolization time, peak RSS.
     Profile(profile::Args),
     /// XDP firewall: ns per packet against an XDP_PASS floor and
-    /// xdp-filter, rule load rate, batch against key-by-key reads.
+    /// xdp-filter, rule load rate, batch against key-by-key reads, and a
+    /// live veth flood (drops/s and ns per packet from BPF statistics).
+    /// `KSCOPE_BENCH_ONLY=pipeline|limiter|live` runs one part.
     Fw,
     /// `kscope trace open` against bpftrace (and BCC where it runs):
     /// startup, peak RSS, overhead per openat, loss-free throughput.
