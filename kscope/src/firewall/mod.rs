@@ -712,10 +712,16 @@ pub fn detach(iface: &str) -> Result<(), FwError> {
     if !dir.is_dir() {
         return Err(FwError::NotAttached(iface.to_owned()));
     }
-    // Unpinning the link detaches the program; it goes first so a failure
-    // afterwards leaves at worst some maps behind, never a running program.
+    // The link goes first, so a failure afterwards leaves at worst some
+    // maps behind, never a running program. It is detached explicitly:
+    // unpinning alone detaches only some time after `fw detach` returned
+    // (see detach_pinned_link). Where that fails (an interface gone
+    // already has nothing attached), unpinning still detaches, later.
     let link = dir.join(PIN_LINK);
     if link.exists() {
+        if let Err(e) = crate::sys::bpf::detach_pinned_link(&link) {
+            tracing::debug!("detaching {}: {e}; unpinning detaches it", link.display());
+        }
         fs::remove_file(&link).map_err(io_err("unpin", &link))?;
     }
     fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;

@@ -28,6 +28,7 @@ const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+const BPF_LINK_DETACH: libc::c_long = 34;
 /// The kernel's internal "operation not supported" (include/linux/errno.h),
 /// which leaks to user space from some map types.
 const ENOTSUPP: i32 = 524;
@@ -103,6 +104,28 @@ fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let fd = i32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
     // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The `link_detach` part of `union bpf_attr`.
+#[repr(C, align(8))]
+struct LinkDetachAttr {
+    link_fd: u32,
+}
+
+/// Detaches a pinned link's program now (BPF_LINK_DETACH). The link stays
+/// pinned, defunct. Unpinning alone detaches too, but later: the kernel
+/// drops an unpinned object's last reference after an RCU grace period,
+/// and puts a link from there on a work queue, so the program can still
+/// be attached when `rm` returns.
+///
+/// Minimum kernel: 5.9.
+pub(crate) fn detach_pinned_link(path: &Path) -> io::Result<()> {
+    let fd = obj_get(path)?;
+    let mut attr = LinkDetachAttr {
+        link_fd: u32::try_from(fd.as_raw_fd())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?,
+    };
+    sys_bpf(BPF_LINK_DETACH, &mut attr).map(drop)
 }
 
 /// Reads a pinned link's info.
