@@ -109,6 +109,9 @@ pub fn child(task: ChildTask) -> anyhow::Result<()> {
         }
         ChildTask::Spin { secs } => {
             let end = Instant::now() + Duration::from_secs(secs);
+            // The demo profiles from this line on: the process is whole
+            // (its libraries mapped) and about to spin.
+            eprintln!("{SPINNING}");
             let mut x = 1u64;
             while Instant::now() < end {
                 x = demo_spin(x);
@@ -118,6 +121,9 @@ pub fn child(task: ChildTask) -> anyhow::Result<()> {
         }
     }
 }
+
+/// What the busy child says on stderr when it starts spinning.
+const SPINNING: &str = "spinning in demo_spin";
 
 /// The busy child's hot function: the profile step expects its samples
 /// there. Plain arithmetic (xorshift), so no callee shows up as the leaf
@@ -1058,6 +1064,10 @@ fn step_trace<W: Write>(d: &mut Demo<'_, W>, lab: &Lab, dir: &Path) -> anyhow::R
 fn step_profile<W: Write>(d: &mut Demo<'_, W>, dir: &Path) -> anyhow::Result<()> {
     d.step("profile a busy child for 2 seconds")?;
     let mut spin = Kid::spawn(child_cmd(dir, None, &["spin", "60"])?)?;
+    // Not before it spins: a profile that starts while the child is still
+    // being loaded finds part of its mappings, and its first samples in
+    // the loader.
+    spin.wait_ready(SPINNING, &d.stop)?;
     let pid = spin.pid().to_string();
     d.say(format!(
         "{CHILD_COMM} (pid {pid}) spins in demo_spin, a function of kscope's own binary"
