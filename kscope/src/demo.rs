@@ -1079,8 +1079,23 @@ fn step_profile<W: Write>(d: &mut Demo<'_, W>, dir: &Path) -> anyhow::Result<()>
         folded.to_string_lossy().into_owned(),
     );
     let _ = std::fs::remove_file(&svg);
+    // Frame pointers only, for now: on the 5.10 test VM, a profile of
+    // this binary (4.5 MiB of unwind tables) with the DWARF unwinder got
+    // no sample at all in 2 s, an open bug; the fixtures' profiles there
+    // are whole. The child's hot function is the leaf either way.
     let res = d.run(&[
-        "profile", "-p", &pid, "-d", "2", "-n", "8", "--svg", &svg_s, "--folded", &folded_s,
+        "profile",
+        "-p",
+        &pid,
+        "-d",
+        "2",
+        "-n",
+        "8",
+        "--no-dwarf",
+        "--svg",
+        &svg_s,
+        "--folded",
+        &folded_s,
     ]);
     spin.finish(Some(libc::SIGTERM), Duration::from_secs(10), &d.stop)?;
     if let Err(e) = res {
