@@ -146,12 +146,17 @@ impl Names {
             return None;
         }
         self.walked = Some(Instant::now());
+        let mount = self.mount()?;
+        self.walk(&mount);
+        self.by_id.get(&id).cloned()
+    }
+
+    /// The cgroup2 mount, found on first use.
+    fn mount(&mut self) -> Option<PathBuf> {
         if self.mount.is_none() {
             self.mount = cgroup2_mount();
         }
-        let mount = self.mount.clone()?;
-        self.walk(&mount);
-        self.by_id.get(&id).cloned()
+        self.mount.clone()
     }
 
     /// Records every directory under `mount` (breadth first, at most
@@ -212,10 +217,7 @@ pub fn remember_pid(pid: u32) {
     };
     let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
     let names = names.get_or_insert_with(Names::default);
-    if names.mount.is_none() {
-        names.mount = cgroup2_mount();
-    }
-    let Some(mount) = &names.mount else {
+    let Some(mount) = names.mount() else {
         return;
     };
     let Ok(m) = fs::metadata(mount.join(rel.trim_start_matches('/'))) else {
