@@ -109,6 +109,9 @@ pub fn child(task: ChildTask) -> anyhow::Result<()> {
         }
         ChildTask::Spin { secs } => {
             let end = Instant::now() + Duration::from_secs(secs);
+            // The demo ends it; should the demo die first, so does this.
+            // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number only.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
             // The demo profiles from this line on: the process is whole
             // (its libraries mapped) and about to spin.
             eprintln!("{SPINNING}");
@@ -1063,7 +1066,10 @@ fn step_trace<W: Write>(d: &mut Demo<'_, W>, lab: &Lab, dir: &Path) -> anyhow::R
 /// Step 5: profile a busy child.
 fn step_profile<W: Write>(d: &mut Demo<'_, W>, dir: &Path) -> anyhow::Result<()> {
     d.step("profile a busy child for 2 seconds")?;
-    let mut spin = Kid::spawn(child_cmd(dir, None, &["spin", "60"])?)?;
+    // Until the demo ends it, with a bound far beyond the step: a profile
+    // of this binary builds its unwind tables first (4.5 MiB of them), and
+    // a debug build in an emulated test VM takes half a minute at that.
+    let mut spin = Kid::spawn(child_cmd(dir, None, &["spin", "600"])?)?;
     // Not before it spins: a profile that starts while the child is still
     // being loaded finds part of its mappings, and its first samples in
     // the loader.
@@ -1079,23 +1085,8 @@ fn step_profile<W: Write>(d: &mut Demo<'_, W>, dir: &Path) -> anyhow::Result<()>
         folded.to_string_lossy().into_owned(),
     );
     let _ = std::fs::remove_file(&svg);
-    // Frame pointers only, for now: on the 5.10 test VM, a profile of
-    // this binary (4.5 MiB of unwind tables) with the DWARF unwinder got
-    // no sample at all in 2 s, an open bug; the fixtures' profiles there
-    // are whole. The child's hot function is the leaf either way.
     let res = d.run(&[
-        "profile",
-        "-p",
-        &pid,
-        "-d",
-        "2",
-        "-n",
-        "8",
-        "--no-dwarf",
-        "--svg",
-        &svg_s,
-        "--folded",
-        &folded_s,
+        "profile", "-p", &pid, "-d", "2", "-n", "8", "--svg", &svg_s, "--folded", &folded_s,
     ]);
     spin.finish(Some(libc::SIGTERM), Duration::from_secs(10), &d.stop)?;
     if let Err(e) = res {
@@ -1106,6 +1097,7 @@ fn step_profile<W: Write>(d: &mut Demo<'_, W>, dir: &Path) -> anyhow::Result<()>
     let mut total = 0u64;
     let mut child = 0u64;
     let mut in_spin = 0u64;
+    let mut whole = 0u64;
     for line in text.lines() {
         let Some((stack, n)) = line.rsplit_once(' ') else {
             continue;
@@ -1118,6 +1110,9 @@ fn step_profile<W: Write>(d: &mut Demo<'_, W>, dir: &Path) -> anyhow::Result<()>
         }
         if frames.iter().skip(1).any(|f| f.ends_with("demo_spin")) {
             in_spin += n;
+        }
+        if frames.iter().skip(1).any(|f| *f == "main") {
+            whole += n;
         }
     }
     d.check_at_least("samples of the busy child", 1, child)?;
@@ -1132,6 +1127,13 @@ fn step_profile<W: Write>(d: &mut Demo<'_, W>, dir: &Path) -> anyhow::Result<()>
         "samples in demo_spin (at least half of the child's)",
         child.div_ceil(2).max(1),
         in_spin,
+    )?;
+    // kscope is built without frame pointers: these stacks are the DWARF
+    // unwinder's, and it aims at whole stacks for 95% of samples at least.
+    d.check_at_least(
+        "samples whose stack goes up to main (at least 95% of the child's)",
+        (child * 95).div_ceil(100).max(1),
+        whole,
     )?;
     let svg_ok = std::fs::read_to_string(&svg)
         .map(|s| s.contains("<svg") && s.contains("demo_spin"))
