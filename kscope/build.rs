@@ -37,6 +37,10 @@ fn build_fixtures() -> anyhow::Result<()> {
     let rs = src.join("unwind_tree.rs");
     println!("cargo:rerun-if-changed={}", c.display());
     println!("cargo:rerun-if-changed={}", rs.display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        src.join("unwind_spin.h").display()
+    );
     println!("cargo:rerun-if-env-changed=CC");
     let cc = env::var("CC").unwrap_or_else(|_| "cc".into());
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
