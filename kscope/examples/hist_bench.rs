@@ -18,7 +18,9 @@
 //!   read from the kernel's own accounting instead
 //!   (`kernel.bpf_stats_enabled`, as `bpftool prog show` prints it): the
 //!   enter program's run time per run, with and without the filter, both
-//!   attached at once over the same loop (see [`cgroup_cost`]).
+//!   attached at once over the same loop (see [`cgroup_cost`]); and again
+//!   with the loop's calls turned away, by the filter (an empty cgroup) and
+//!   by `-p 1`, where the programs are a few instructions each.
 //!
 //! Each figure is the median of several runs; the machine is shared, so
 //! the load average is printed with the table.
@@ -164,10 +166,11 @@ fn getpid_median() -> f64 {
     median((0..RUNS).map(|_| getpid_ns()).collect())
 }
 
-/// A fresh cgroup v2 directory this process moved itself into; moves back
-/// and removes it on drop.
+/// A fresh cgroup v2 directory this process moved itself into, and an
+/// empty one next to it; moves back and removes both on drop.
 struct BenchCgroup {
     dir: PathBuf,
+    empty: PathBuf,
     home: PathBuf,
 }
 
@@ -189,10 +192,13 @@ impl BenchCgroup {
             .context("no cgroup v2 line in /proc/self/cgroup")?;
         let home = mount.join(rel.trim_start_matches('/'));
         let dir = mount.join(format!("kscope-bench-{}", std::process::id()));
+        let empty = mount.join(format!("kscope-bench-{}-empty", std::process::id()));
         std::fs::create_dir(&dir)?;
+        let cg = BenchCgroup { dir, empty, home };
+        std::fs::create_dir(&cg.empty)?;
         // Every thread: writing the pid moves the whole process.
-        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())?;
-        Ok(BenchCgroup { dir, home })
+        std::fs::write(cg.dir.join("cgroup.procs"), std::process::id().to_string())?;
+        Ok(cg)
     }
 }
 
@@ -203,6 +209,7 @@ impl Drop for BenchCgroup {
             std::process::id().to_string(),
         );
         let _ = std::fs::remove_dir(&self.dir);
+        let _ = std::fs::remove_dir(&self.empty);
     }
 }
 
@@ -399,13 +406,18 @@ fn progs(prefix: &str) -> anyhow::Result<std::collections::BTreeMap<u64, (u64, u
 /// run than the second here (whichever it is), so the order alternates and
 /// each cost is taken over a pair of runs, one in each order: the mean of
 /// the two differences, where the order's share cancels.
-fn cgroup_cost(bin: &str, cg_dir: &str) -> anyhow::Result<(f64, f64, f64)> {
+///
+/// `plain` and `filtered` are the two tools' arguments: for the passing
+/// case, the same tool without and with `--cgroup` of the loop's cgroup;
+/// for the rejecting case, `-p 1` (the check before the cgroup's, which
+/// turns the loop's calls away at once) and `--cgroup` of an empty
+/// cgroup, so each program is a few instructions and the difference is
+/// the check alone, not a small part of a whole histogram update.
+fn cgroup_cost(bin: &str, plain: &[&str], filtered: &[&str]) -> anyhow::Result<(f64, f64, f64)> {
     const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
     const PROG: &str = "hist_syscall_en";
     let before = std::fs::read_to_string(STATS)?;
     std::fs::write(STATS, "1")?;
-    let plain: &[&str] = &["hist", "syscall", "getpid"];
-    let filtered: &[&str] = &["hist", "syscall", "getpid", "--cgroup", cg_dir];
     // Starts `args` and returns it with the id of the program it loaded.
     let launch = |args: &[&str]| -> anyhow::Result<(Tool, u64)> {
         let old = progs(PROG)?;
@@ -464,10 +476,29 @@ fn cgroup_cost(bin: &str, cg_dir: &str) -> anyhow::Result<(f64, f64, f64)> {
     Ok((median(without), median(with), median(cost)))
 }
 
-fn print_cgroup_cost(cost: anyhow::Result<(f64, f64, f64)>) {
+/// Both cases of the cgroup filter's cost (see [`cgroup_cost`]), in the
+/// cgroup `cg` the loop runs in.
+fn cgroup_costs(bin: &str, cg: &BenchCgroup) -> anyhow::Result<[(f64, f64, f64); 2]> {
+    let dir = cg.dir.to_str().context("cgroup path")?;
+    let empty = cg.empty.to_str().context("cgroup path")?;
+    let passing = cgroup_cost(
+        bin,
+        &["hist", "syscall", "getpid"],
+        &["hist", "syscall", "getpid", "--cgroup", dir],
+    )?;
+    let rejecting = cgroup_cost(
+        bin,
+        &["hist", "syscall", "getpid", "-p", "1"],
+        &["hist", "syscall", "getpid", "--cgroup", empty],
+    )?;
+    Ok([passing, rejecting])
+}
+
+fn print_cgroup_cost(cost: anyhow::Result<[(f64, f64, f64); 2]>) {
     match cost {
-        Ok((without, with, diff)) => println!(
-            "\ncgroup filter: {diff:.1} ns per event (hist_syscall_enter's run time per run, both attached at once, median of {RUNS} pairs of runs in both orders: {without:.1} ns without --cgroup, {with:.1} ns with, medians of all)"
+        Ok([(without, with, diff), (without_r, with_r, diff_r)]) => println!(
+            "\ncgroup filter, passing: {diff:.1} ns per event (hist_syscall_enter's run time per run, both attached at once, median of {RUNS} pairs of runs in both orders: {without:.1} ns without --cgroup, {with:.1} ns with, medians of all)\n\
+             cgroup filter, rejecting: {diff_r:.1} ns per event (the same, the loop's calls turned away: {without_r:.1} ns by -p 1, {with_r:.1} ns by --cgroup of an empty cgroup)"
         ),
         Err(e) => println!("\ncgroup filter: not measured: {e:#}"),
     }
@@ -496,8 +527,7 @@ fn bench() -> anyhow::Result<()> {
     // `KSCOPE_BENCH_ONLY=cgroup`: only the cgroup filter's cost.
     if std::env::var("KSCOPE_BENCH_ONLY").as_deref() == Ok("cgroup") {
         let cg = BenchCgroup::enter()?;
-        let cg_dir = cg.dir.to_str().context("cgroup path")?.to_owned();
-        let cost = cgroup_cost(&bin, &cg_dir);
+        let cost = cgroup_costs(&bin, &cg);
         drop(cg);
         print_cgroup_cost(cost);
         return Ok(());
@@ -574,7 +604,7 @@ fn bench() -> anyhow::Result<()> {
             &getpid,
         ),
     ];
-    let cgroup_cost = cgroup_cost(&bin, &cg_dir);
+    let cgroup_cost = cgroup_costs(&bin, &cg);
     drop(cg);
 
     println!(
