@@ -162,6 +162,26 @@ pub(crate) fn write_svg(
         .into_iter()
         .map(|(l, c)| format!("{l} {c}"))
         .collect();
+    if lines.is_empty() {
+        // inferno refuses a profile without stacks, but one is a fair
+        // outcome (the process slept, or exited at once): the picture
+        // says so instead of the command failing.
+        let xml = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        };
+        return write!(
+            w,
+            "<?xml version=\"1.0\" standalone=\"no\"?>\n\
+             <svg version=\"1.1\" width=\"1200\" height=\"66\" xmlns=\"http://www.w3.org/2000/svg\">\n\
+             <text x=\"600\" y=\"24\" font-size=\"17\" font-family=\"Verdana\" text-anchor=\"middle\">{}</text>\n\
+             <text x=\"600\" y=\"50\" font-size=\"12\" font-family=\"Verdana\" text-anchor=\"middle\">no {} in this profile</text>\n\
+             </svg>\n",
+            xml(title),
+            xml(count_name)
+        );
+    }
     let mut opts = inferno::flamegraph::Options::default();
     opts.title = title.to_owned();
     opts.count_name = count_name.to_owned();
@@ -585,6 +605,21 @@ mod tests {
     /// frames have 0 and its yellow ones 60).
     fn is_orange((r, g, b): (u8, u8, u8)) -> bool {
         b == 0 && r > g && (35..=65).contains(&(u32::from(g) * 100 / u32::from(r.max(1))))
+    }
+
+    #[test]
+    fn svg_of_a_profile_without_samples_says_so() {
+        let mut out = Vec::new();
+        write_svg(&mut out, &[], "a <b> & c", "samples").expect("render");
+        let svg = String::from_utf8(out).expect("utf8");
+        assert!(svg_frames(&svg).is_empty(), "{svg}");
+        let doc = roxmltree::Document::parse(&svg).expect("well-formed XML");
+        let texts: Vec<&str> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("text"))
+            .filter_map(|n| n.text())
+            .collect();
+        assert_eq!(texts, ["a <b> & c", "no samples in this profile"], "{svg}");
     }
 
     #[test]
