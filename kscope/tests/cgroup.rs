@@ -289,10 +289,14 @@ fn cgroup_filter_keeps_exactly_the_inside_workload_in_every_tool() {
     // then prints the rest and the totals.
     std::thread::sleep(Duration::from_millis(200));
     let mut outs = std::collections::HashMap::new();
+    // Their stderr too, for the failure messages: the hist tools' last
+    // line counts the events they lost.
+    let mut errs = std::collections::HashMap::new();
     for (name, t) in tracers {
         let (status, out, err) = t.stop(libc::SIGINT);
         assert!(status.success(), "{name}: {status}: {err}");
         outs.insert(name, out);
+        errs.insert(name, err);
     }
     drop((l_in, l_out));
 
@@ -344,7 +348,11 @@ fn cgroup_filter_keeps_exactly_the_inside_workload_in_every_tool() {
     // hist syscall: exactly the inside copy's nanosleeps.
     let hists = objects(&outs["syscall"]);
     assert_eq!(hists.len(), 1, "one histogram:\n{}", outs["syscall"]);
-    assert_eq!(hists[0]["count"], SLEEPS_IN, "{}", outs["syscall"]);
+    assert_eq!(
+        hists[0]["count"], SLEEPS_IN,
+        "{}{}",
+        outs["syscall"], errs["syscall"]
+    );
     // hist syscall --per-cgroup: the inside copy's nanosleeps, exactly,
     // under its cgroup's id and path; the outside copy's (and whatever
     // else sleeps in this test's cgroup) under the test's own.
@@ -352,7 +360,11 @@ fn cgroup_filter_keeps_exactly_the_inside_workload_in_every_tool() {
     let of = |id: u64| per.iter().find(|o| o["cgroup_id"] == id);
     let inside =
         of(sub_id).unwrap_or_else(|| panic!("no histogram of {sub_id}:\n{}", outs["per-cgroup"]));
-    assert_eq!(inside["count"], SLEEPS_IN, "{inside}");
+    assert_eq!(
+        inside["count"], SLEEPS_IN,
+        "{inside}\n{}",
+        errs["per-cgroup"]
+    );
     assert_eq!(
         inside["cgroup"],
         format!("/{tag}/inner").as_str(),
@@ -362,7 +374,11 @@ fn cgroup_filter_keeps_exactly_the_inside_workload_in_every_tool() {
     let outside =
         of(out_id).unwrap_or_else(|| panic!("no histogram of {out_id}:\n{}", outs["per-cgroup"]));
     let n = outside["count"].as_u64().expect("count");
-    assert!(n >= u64::from(SLEEPS_OUT), "{n} sleeps outside: {outside}");
+    assert!(
+        n >= u64::from(SLEEPS_OUT),
+        "{n} sleeps outside: {outside}\n{}",
+        errs["per-cgroup"]
+    );
     // hist runq: the inside copy's waits, at most one per sleep and a few
     // for its start, its exec and its child; far from the outside's
     // SLEEPS_OUT. (A 1 ms sleep whose timer fires before the task is off
