@@ -261,6 +261,12 @@ fn cgroup_filter_keeps_exactly_the_inside_workload_in_every_tool() {
             "profile",
             Tracer::start_until(
                 None,
+                // Frame pointers only: the unwinder's table loads (thousands
+                // of map updates and a burst of CPU) while the workloads
+                // sleep. With them, 2 of 3 full VM runs on 6.1 had `hist
+                // syscall --per-cgroup` lose one nanosleep of 200 (counted
+                // and reported as lost); the cause is not known yet. This
+                // test is about the filter, not the unwinder.
                 &[
                     "profile",
                     "--cgroup",
@@ -270,6 +276,7 @@ fn cgroup_filter_keeps_exactly_the_inside_workload_in_every_tool() {
                     "-F",
                     "199",
                     "-U",
+                    "--no-dwarf",
                 ],
                 &[],
                 true,
