@@ -1197,7 +1197,8 @@ const UNWIND_SAMPLES: u64 = 3000;
 /// standard deviation of a measured share of 25% (50%) is then 0.56
 /// (0.65) points, so the 3-point tolerance is 4.6 of them or more. At
 /// 3,000 samples it was 3.3, and with some 40 shares compared per run of
-/// the suite, one in ten runs failed on sampling noise alone.
+/// the suite, about one run in ten would fail on sampling noise alone (an
+/// estimate; the failures seen came from aliasing, see unwind_spin.h).
 const SHARE_SAMPLES: u64 = 6000;
 
 /// Starts fixture `name` (with `args`) from a scratch copy, or skips
