@@ -361,6 +361,15 @@ pub const MAP_HIST: &str = "TRACE_HIST";
 /// Array of one zeroed [`Hist`], never written: what a new key of
 /// `TRACE_HIST` starts from (a `Hist` is too big for the BPF stack).
 pub const MAP_HIST_ZERO: &str = "TRACE_HIST_ZERO";
+/// Hash (shared by the CPUs, preallocated), the tracer's key to [`Hist`]:
+/// where a latency goes whose key `TRACE_HIST` could not take, because the
+/// table is full or because the kernel had no memory ready for the new key
+/// (`TRACE_HIST` allocates keys as they come, in atomic context: Linux 5.10
+/// takes their per-CPU memory from a small reserve that a burst of new
+/// keys exhausts, later kernels from per-CPU caches that are refilled
+/// asynchronously). Inserting here allocates nothing. As many keys as
+/// `TRACE_HIST`; user space adds the two when it reads.
+pub const MAP_HIST_SPARE: &str = "TRACE_HIST_SPARE";
 /// Buckets of a [`Hist`]: bucket `i` holds latencies of `i` bits, i.e.
 /// from `2^i` to `2^(i+1) - 1` nanoseconds (bucket 0 also holds 0).
 pub const HIST_SLOTS: usize = 64;
@@ -492,6 +501,9 @@ pub const MAP_SYSCALL_WANT: &str = "SYSCALL_WANT";
 pub const GLOBAL_SYSCALL_FILTER_ON: &str = "SYSCALL_FILTER_ON";
 /// Entries of `SYSCALL_WANT`: syscall numbers below this can be filtered.
 pub const SYSCALL_NR_MAX: u32 = 1024;
+/// Histograms `kscope hist runq` keeps: one, or one per cgroup with
+/// `--per-cgroup` (and as many in the spare table, [`MAP_HIST_SPARE`]).
+pub const RUNQ_CGROUPS_MAX: u32 = 1024;
 /// Byte offsets of `id` in raw_syscalls:sys_enter's and sys_exit's
 /// records, from their format files.
 pub const GLOBAL_OFF_ENTER_ID: &str = "OFF_ENTER_ID";

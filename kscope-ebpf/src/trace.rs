@@ -5,6 +5,8 @@
 //! [`tracer_common!`] defines these in each tracer binary, so every kernel
 //! object carries its own maps and globals and none carries another's.
 
+use kscope_common::trace::Hist;
+
 /// Adds `n` to the `u64` at `p` with one atomic instruction (BPF_ATOMIC
 /// add, `lock xadd` on x86), so an update cannot be lost when two programs
 /// touch the same per-CPU slot on one CPU.
@@ -89,6 +91,61 @@ pub fn comm_contains(comm: &[u8; 16], pat: &[u8; 16], len: usize) -> bool {
     false
 }
 
+/// The two kinds of hash a histogram lives in: this CPU's copy in a
+/// per-CPU hash (`TRACE_HIST`), or the one copy in a shared hash
+/// (`TRACE_HIST_SPARE`).
+pub trait HistTable<K> {
+    /// The value of `key` (this CPU's, for a per-CPU hash).
+    fn get_ptr_mut(&self, key: &K) -> Option<*mut Hist>;
+    /// Adds `key` with `value`, with update `flags`.
+    ///
+    /// # Errors
+    /// The kernel's error, negative.
+    fn insert(&self, key: &K, value: &Hist, flags: u64) -> Result<(), i32>;
+}
+
+impl<K> HistTable<K> for aya_ebpf::maps::PerCpuHashMap<K, Hist> {
+    #[inline(always)]
+    fn get_ptr_mut(&self, key: &K) -> Option<*mut Hist> {
+        aya_ebpf::maps::PerCpuHashMap::get_ptr_mut(self, key)
+    }
+    #[inline(always)]
+    fn insert(&self, key: &K, value: &Hist, flags: u64) -> Result<(), i32> {
+        aya_ebpf::maps::PerCpuHashMap::insert(self, key, value, flags)
+    }
+}
+
+impl<K> HistTable<K> for aya_ebpf::maps::HashMap<K, Hist> {
+    #[inline(always)]
+    fn get_ptr_mut(&self, key: &K) -> Option<*mut Hist> {
+        aya_ebpf::maps::HashMap::get_ptr_mut(self, key)
+    }
+    #[inline(always)]
+    fn insert(&self, key: &K, value: &Hist, flags: u64) -> Result<(), i32> {
+        aya_ebpf::maps::HashMap::insert(self, key, value, flags)
+    }
+}
+
+/// Adds a latency of `ns` nanoseconds to the histogram at `h`.
+///
+/// # Safety
+/// `h` is a live map element (nothing deletes from the histogram tables
+/// while programs run) that is only updated atomically: the programs of
+/// one object may run nested or preempted on one CPU (`add_atomic` says
+/// when), and the spare table is shared by the CPUs.
+#[inline(always)]
+pub unsafe fn hist_bump(h: *mut Hist, ns: u64) {
+    // The mask keeps the index provably in bounds for the verifier;
+    // hist_slot is below 64 already.
+    let slot = kscope_common::trace::hist_slot(ns) & (kscope_common::trace::HIST_SLOTS - 1);
+    // SAFETY: the caller's promise.
+    unsafe {
+        add_atomic(&raw mut (*h).slots[slot], 1);
+        add_atomic(&raw mut (*h).count, 1);
+        add_atomic(&raw mut (*h).sum_ns, ns);
+    }
+}
+
 /// Defines, in a tracer binary, the ring buffer `TRACE_EVENTS`, the
 /// `TRACE_LOST` counter, the filter globals, count mode's `TRACE_COUNTS`
 /// (keyed by `$key`), `TRACE_UNCOUNTED` and `COUNT_MODE`, and:
@@ -137,59 +194,73 @@ macro_rules! tracer_common {
         static TRACE_HIST_ZERO: aya_ebpf::maps::Array<kscope_common::trace::Hist> =
             aya_ebpf::maps::Array::with_max_entries(1, 0);
 
-        /// Adds a latency of `ns` nanoseconds to `key`'s histogram.
+        /// Where a latency goes whose key `TRACE_HIST` could not take
+        /// (see kscope_common::trace::MAP_HIST_SPARE): preallocated, so an
+        /// insert never allocates; shared by the CPUs, whose adds are
+        /// atomic. As many keys as `TRACE_HIST` (user space shrinks it
+        /// where fewer can exist).
+        #[aya_ebpf::macros::map]
+        static TRACE_HIST_SPARE: aya_ebpf::maps::HashMap<$key, kscope_common::trace::Hist> =
+            aya_ebpf::maps::HashMap::with_max_entries($hist_max, 0);
+
+        /// Adds a latency of `ns` nanoseconds to `key`'s histogram: this
+        /// CPU's in `TRACE_HIST`, or the spare table's where the key is
+        /// there already; a new key goes to `TRACE_HIST`, else to the spare
+        /// table; else the latency is counted in `TRACE_UNCOUNTED`.
         #[inline(always)]
         fn hist_add(key: &$key, ns: u64) {
-            /// `EEXIST` from include/uapi/asm-generic/errno-base.h.
-            const EEXIST: i32 = 17;
-            if hist_add_to(key, ns) {
+            if let Some(h) = TRACE_HIST.get_ptr_mut(key) {
+                // SAFETY: a live element (see hist_bump).
+                unsafe { $crate::trace::hist_bump(h, ns) };
                 return;
             }
-            let Some(zero) = TRACE_HIST_ZERO.get(0) else {
+            // A key the spare table took stays there: looked up before an
+            // insert into TRACE_HIST is tried again (and fails again, or
+            // splits the key's counts between the tables, which user space
+            // would add up, but at the price of a failed allocation).
+            if let Some(h) = TRACE_HIST_SPARE.get_ptr_mut(key) {
+                // SAFETY: as above.
+                unsafe { $crate::trace::hist_bump(h, ns) };
                 return;
-            };
-            match TRACE_HIST.insert(key, zero, u64::from(aya_ebpf::bindings::BPF_NOEXIST)) {
-                // Another CPU may have added it since the lookup: either
-                // way the key is there now.
-                Ok(()) => {
-                    let _ = hist_add_to(key, ns);
-                }
-                Err(e) if e == -EEXIST && hist_add_to(key, ns) => {}
-                // The table is full: counted, not dropped.
-                Err(_) => {
-                    if let Some(n) = TRACE_UNCOUNTED.get_ptr_mut(0) {
-                        // SAFETY: this CPU's slot of a live array element,
-                        // only updated atomically (see count_lost).
-                        unsafe { $crate::trace::add_atomic(n, 1) };
-                    }
-                }
+            }
+            if hist_insert(&TRACE_HIST, key, ns) || hist_insert(&TRACE_HIST_SPARE, key, ns) {
+                return;
+            }
+            if let Some(n) = TRACE_UNCOUNTED.get_ptr_mut(0) {
+                // SAFETY: this CPU's slot of a live array element, only
+                // updated atomically (see count_lost).
+                unsafe { $crate::trace::add_atomic(n, 1) };
             }
         }
 
-        /// Adds `ns` to `key`'s histogram on this CPU; false if `key` has
-        /// none.
+        /// Adds `key` to `map` (either kind of hash) and `ns` to its
+        /// histogram; false if the key could not be added (the table is
+        /// full, or the kernel had no memory ready).
         #[inline(always)]
-        fn hist_add_to(key: &$key, ns: u64) -> bool {
-            let Some(h) = TRACE_HIST.get_ptr_mut(key) else {
+        fn hist_insert<M: $crate::trace::HistTable<$key>>(map: &M, key: &$key, ns: u64) -> bool {
+            /// `EEXIST` from include/uapi/asm-generic/errno-base.h.
+            const EEXIST: i32 = 17;
+            let Some(zero) = TRACE_HIST_ZERO.get(0) else {
                 return false;
             };
-            // The mask keeps the index provably in bounds for the verifier;
-            // hist_slot is below 64 already.
-            let slot = kscope_common::trace::hist_slot(ns) & (kscope_common::trace::HIST_SLOTS - 1);
-            // SAFETY: this CPU's slot of a live element (nothing deletes
-            // from the map while programs run), only updated atomically:
-            // the programs of one object may run nested or preempted on
-            // one CPU (`add_atomic` says when).
-            unsafe {
-                $crate::trace::add_atomic(&raw mut (*h).slots[slot], 1);
-                $crate::trace::add_atomic(&raw mut (*h).count, 1);
-                $crate::trace::add_atomic(&raw mut (*h).sum_ns, ns);
+            match map.insert(key, zero, u64::from(aya_ebpf::bindings::BPF_NOEXIST)) {
+                // Another CPU may have added it since the lookup: either
+                // way the key is there now.
+                Ok(()) => {}
+                Err(e) if e == -EEXIST => {}
+                Err(_) => return false,
             }
+            let Some(h) = map.get_ptr_mut(key) else {
+                return false;
+            };
+            // SAFETY: a live element (see hist_bump).
+            unsafe { $crate::trace::hist_bump(h, ns) };
             true
         }
 
         $crate::assert_symbol_name!(TRACE_HIST, kscope_common::trace::MAP_HIST);
         $crate::assert_symbol_name!(TRACE_HIST_ZERO, kscope_common::trace::MAP_HIST_ZERO);
+        $crate::assert_symbol_name!(TRACE_HIST_SPARE, kscope_common::trace::MAP_HIST_SPARE);
         $crate::assert_symbol_name!(HIST_BY_CGROUP, kscope_common::trace::GLOBAL_HIST_BY_CGROUP);
     };
     ($ring_bytes:expr, $key:ty) => {

@@ -241,6 +241,73 @@ fn syscall_latencies_of_a_child_land_in_their_buckets_exactly() {
     );
 }
 
+/// Not a test of its own: the helper process of the burst test (see
+/// [`syscall_burst`]).
+#[cfg(target_arch = "x86_64")]
+#[test]
+#[ignore = "helper process of the burst test"]
+fn syscall_burst_helper() {
+    syscall_burst();
+}
+
+/// The first call of each of some fifty system calls, back to back: each
+/// adds a new key to the kernel's table at once, on whichever CPU the
+/// child runs. Every one is counted, exactly once, and none is lost
+/// (a table that allocates its keys as they come may find no memory
+/// ready for a burst of them).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_burst_of_new_syscalls_is_counted_exactly() {
+    require_root();
+    for round in 0..5 {
+        let exe = std::env::current_exe().expect("test binary");
+        let mut child = Command::new(exe)
+            .args([
+                "syscall_burst_helper",
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env(SYSCALL_BURST, "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn the helper");
+        let pid = child.id().to_string();
+        let mut args = vec!["hist", "syscall"];
+        args.extend(BURST_CALLS.iter().map(|(name, _)| *name));
+        args.extend(["-p", &pid, "--json"]);
+        let tracer = Tracer::start(&args, true, READY);
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"go\n").expect("go");
+        drop(stdin);
+        assert!(child.wait().expect("wait").success());
+        let (status, out, err) = tracer.stop(libc::SIGINT);
+        assert!(status.success(), "{status}: {err}");
+        let mut seen: Vec<(String, u64)> = objects(&out)
+            .iter()
+            .map(|o| {
+                (
+                    o["syscall"].as_str().expect("syscall").to_owned(),
+                    o["count"].as_u64().expect("count"),
+                )
+            })
+            .collect();
+        seen.sort();
+        let mut want: Vec<(String, u64)> = BURST_CALLS
+            .iter()
+            .map(|(name, _)| ((*name).to_owned(), 1))
+            .collect();
+        want.sort();
+        assert_eq!(seen, want, "round {round}: {err}");
+        let n = BURST_CALLS.len();
+        assert!(
+            err.contains(&format!("kscope hist syscall: {n} latencies, 0 lost")),
+            "round {round}: {err}"
+        );
+    }
+}
+
 /// The table: a summary row and a bar per bucket, the fullest bar full.
 #[test]
 fn syscall_table_shows_bars() {

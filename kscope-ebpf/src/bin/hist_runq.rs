@@ -26,10 +26,13 @@ use aya_ebpf::{
 };
 use kscope_common::trace::{
     GLOBAL_OFF_NEXT_PID, GLOBAL_OFF_WAKEUP_NEW_PID, GLOBAL_OFF_WAKEUP_PID, MAP_RUNQ_PENDING,
-    PROG_RUNQ_SWITCH, PROG_RUNQ_WAKEUP, PROG_RUNQ_WAKEUP_NEW, RunqKey, RunqPending,
+    PROG_RUNQ_SWITCH, PROG_RUNQ_WAKEUP, PROG_RUNQ_WAKEUP_NEW, RUNQ_CGROUPS_MAX, RunqKey,
+    RunqPending,
 };
 
-kscope_ebpf::tracer_common!(1 << 12, RunqKey, hist(1, 0));
+// One key, or one per cgroup with `--per-cgroup`: allocated on first use
+// (BPF_F_NO_PREALLOC = 1), so one histogram costs what one key does.
+kscope_ebpf::tracer_common!(1 << 12, RunqKey, hist(RUNQ_CGROUPS_MAX, 1));
 
 #[unsafe(no_mangle)]
 static OFF_WAKEUP_PID: u32 = 0;

@@ -48,7 +48,7 @@ use aya::Ebpf;
 use kscope_common::trace::{
     Counts, GLOBAL_CGROUP_ON, GLOBAL_COMM, GLOBAL_COMM_LEN, GLOBAL_COUNT_MODE,
     GLOBAL_HIST_BY_CGROUP, GLOBAL_PID, GLOBAL_TID, GLOBAL_UID, GLOBAL_UID_ON, GLOBAL_WAKEUP_BYTES,
-    MAP_CGROUP, MAP_COUNTS, MAP_EVENTS, MAP_HIST,
+    MAP_CGROUP, MAP_COUNTS, MAP_EVENTS, MAP_HIST, MAP_HIST_SPARE,
 };
 use thiserror::Error;
 
@@ -466,6 +466,7 @@ impl Load<'_> {
         } else {
             // The histograms are not used (objects without them ignore it).
             loader.map_max_entries(MAP_HIST, 1);
+            loader.map_max_entries(MAP_HIST_SPARE, 1);
         }
         if count || hist {
             // The ring buffer stays empty: its minimum is a page.

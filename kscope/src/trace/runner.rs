@@ -19,7 +19,7 @@ use aya::{
     maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use kscope_common::trace::{
-    Counts, Hist, MAP_COUNTS, MAP_EVENTS, MAP_HIST, MAP_LOST, MAP_UNCOUNTED,
+    Counts, Hist, MAP_COUNTS, MAP_EVENTS, MAP_HIST, MAP_HIST_SPARE, MAP_LOST, MAP_UNCOUNTED,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -307,13 +307,27 @@ pub(crate) async fn consume(
 #[derive(Debug)]
 struct LostWarner {
     tracer: &'static str,
+    /// What was lost and where: "events lost (ring buffer ...".
+    what: &'static str,
     reported: u64,
 }
 
 impl LostWarner {
+    /// For the event and count modes.
     pub(crate) fn new(tracer: &'static str) -> Self {
         Self {
             tracer,
+            what: "events lost (ring buffer or count table full",
+            reported: 0,
+        }
+    }
+
+    /// For histogram mode.
+    pub(crate) fn hist(tracer: &'static str) -> Self {
+        Self {
+            tracer,
+            what: "latencies lost (pending or histogram tables full, or no kernel memory for a \
+                   new key",
             reported: 0,
         }
     }
@@ -321,10 +335,11 @@ impl LostWarner {
     pub(crate) fn tick(&mut self, s: &Summary) {
         if s.lost > self.reported {
             tracing::warn!(
-                "{} tracer: {} events lost (ring buffer or count table full, or the kernel \
-                 skipped the program while another BPF program ran on that CPU)",
+                "{} tracer: {} {}, or the kernel skipped the program while another BPF program \
+                 ran on that CPU)",
                 self.tracer,
-                s.lost - self.reported
+                s.lost - self.reported,
+                self.what,
             );
             self.reported = s.lost;
         }
@@ -537,6 +552,8 @@ pub(crate) struct Histograms<T: HistTracer> {
     // Declared first, so it is dropped (and detached) first.
     ebpf: Ebpf,
     hists: PerCpuHashMap<MapData, T::Key, Hist>,
+    /// Keys `hists` could not take (see `MAP_HIST_SPARE`).
+    spare: aya::maps::HashMap<MapData, T::Key, Hist>,
     uncounted: PerCpuArray<MapData, u64>,
     lost: PerCpuArray<MapData, u64>,
     cpus: usize,
@@ -565,6 +582,7 @@ impl<T: HistTracer> Histograms<T> {
         let mut attached = T::attach(opts, &load)?;
         let ebpf = &mut attached.ebpf;
         let hists = take(ebpf, MAP_HIST)?;
+        let spare = take(ebpf, MAP_HIST_SPARE)?;
         let uncounted = take(ebpf, MAP_UNCOUNTED)?;
         let lost = take(ebpf, MAP_LOST)?;
         tracing::info!(
@@ -574,6 +592,7 @@ impl<T: HistTracer> Histograms<T> {
         Ok(Self {
             ebpf: attached.ebpf,
             hists,
+            spare,
             uncounted,
             lost,
             cpus,
@@ -604,6 +623,18 @@ impl<T: HistTracer> Histograms<T> {
                 super::hist::add(&mut sum, &h);
             }
             by_key.insert(key, sum);
+        }
+        // The spare table: one copy per key, added to the key's CPUs.
+        let fd = aya::maps::IterableMap::map(&self.spare).fd().as_fd();
+        let ops = MapFdOps::new(fd, size_of::<T::Key>(), size, 1);
+        let (dump, _) = dump_map(&ops, None)?;
+        for i in 0..dump.len {
+            let (key, value) = dump.entry(&ops, i);
+            let (Some(key), Some(h)) = (super::decode::<T::Key>(key), super::decode::<Hist>(value))
+            else {
+                continue;
+            };
+            super::hist::add(by_key.entry(key).or_default(), &h);
         }
         Ok(by_key)
     }
@@ -638,7 +669,7 @@ pub(crate) async fn run_hist<T: HistTracer, W: Write>(
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
     });
-    let mut warner = LostWarner::new(T::NAME);
+    let mut warner = LostWarner::hist(T::NAME);
     let mut warn_tick = tokio::time::interval(Duration::from_secs(1));
     let mut prev: HashMap<T::Key, Hist> = HashMap::new();
     let mut print = |w: &mut W, cur: &HashMap<T::Key, Hist>| -> io::Result<()> {

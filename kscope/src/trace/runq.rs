@@ -14,8 +14,8 @@
 use std::io::{self, Write};
 
 use kscope_common::trace::{
-    GLOBAL_OFF_NEXT_PID, GLOBAL_OFF_WAKEUP_NEW_PID, GLOBAL_OFF_WAKEUP_PID, PROG_RUNQ_SWITCH,
-    PROG_RUNQ_WAKEUP, PROG_RUNQ_WAKEUP_NEW, RunqKey,
+    GLOBAL_OFF_NEXT_PID, GLOBAL_OFF_WAKEUP_NEW_PID, GLOBAL_OFF_WAKEUP_PID, MAP_HIST_SPARE,
+    PROG_RUNQ_SWITCH, PROG_RUNQ_WAKEUP, PROG_RUNQ_WAKEUP_NEW, RunqKey,
 };
 
 use super::{Attached, HistTracer, Load, Mode, TraceError, Tracer, connect::parse_format};
@@ -57,6 +57,13 @@ impl Tracer for Runq {
         let wake = sched_offset("sched_wakeup", "pid")?.to_ne_bytes();
         let wake_new = sched_offset("sched_wakeup_new", "pid")?.to_ne_bytes();
         let next = sched_offset("sched_switch", "next_pid")?.to_ne_bytes();
+        // One key without --per-cgroup: the spare table (preallocated)
+        // need hold no more.
+        let spare: &[(&str, u32)] = if load.hist_by_cgroup {
+            &[]
+        } else {
+            &[(MAP_HIST_SPARE, 1)]
+        };
         let mut ebpf = load.object(
             HIST_RUNQ_OBJ,
             &[
@@ -64,7 +71,7 @@ impl Tracer for Runq {
                 (GLOBAL_OFF_WAKEUP_NEW_PID, &wake_new[..]),
                 (GLOBAL_OFF_NEXT_PID, &next[..]),
             ],
-            &[],
+            spare,
         )?;
         // The switch first: a wakeup stamped before it is attached would
         // only wait for it.

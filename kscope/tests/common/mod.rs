@@ -517,3 +517,87 @@ impl Drop for TmuxSession {
             .status();
     }
 }
+
+/// Set (to anything), this variable makes a test binary the helper
+/// process of a burst test ([`syscall_burst`]).
+pub const SYSCALL_BURST: &str = "KSCOPE_TEST_SYSCALL_BURST";
+
+/// System calls that take a file descriptor first and fail at once with
+/// EBADF (or EINVAL, EFAULT) when it is -1, none of which a test process
+/// makes on its own: each is a histogram key of its own, new to the
+/// table at its first call.
+#[cfg(target_arch = "x86_64")]
+pub const BURST_CALLS: &[(&str, libc::c_long)] = &[
+    ("lseek", libc::SYS_lseek),
+    ("pread64", libc::SYS_pread64),
+    ("pwrite64", libc::SYS_pwrite64),
+    ("readv", libc::SYS_readv),
+    ("dup", libc::SYS_dup),
+    ("sendfile", libc::SYS_sendfile),
+    ("connect", libc::SYS_connect),
+    ("accept", libc::SYS_accept),
+    ("sendto", libc::SYS_sendto),
+    ("recvfrom", libc::SYS_recvfrom),
+    ("sendmsg", libc::SYS_sendmsg),
+    ("recvmsg", libc::SYS_recvmsg),
+    ("shutdown", libc::SYS_shutdown),
+    ("bind", libc::SYS_bind),
+    ("listen", libc::SYS_listen),
+    ("getsockname", libc::SYS_getsockname),
+    ("getpeername", libc::SYS_getpeername),
+    ("setsockopt", libc::SYS_setsockopt),
+    ("getsockopt", libc::SYS_getsockopt),
+    ("flock", libc::SYS_flock),
+    ("fsync", libc::SYS_fsync),
+    ("fdatasync", libc::SYS_fdatasync),
+    ("ftruncate", libc::SYS_ftruncate),
+    ("fchdir", libc::SYS_fchdir),
+    ("fchmod", libc::SYS_fchmod),
+    ("fchown", libc::SYS_fchown),
+    ("fstatfs", libc::SYS_fstatfs),
+    ("readahead", libc::SYS_readahead),
+    ("fsetxattr", libc::SYS_fsetxattr),
+    ("fgetxattr", libc::SYS_fgetxattr),
+    ("flistxattr", libc::SYS_flistxattr),
+    ("fremovexattr", libc::SYS_fremovexattr),
+    ("getdents64", libc::SYS_getdents64),
+    ("fadvise64", libc::SYS_fadvise64),
+    ("epoll_wait", libc::SYS_epoll_wait),
+    ("epoll_ctl", libc::SYS_epoll_ctl),
+    ("inotify_add_watch", libc::SYS_inotify_add_watch),
+    ("splice", libc::SYS_splice),
+    ("tee", libc::SYS_tee),
+    ("sync_file_range", libc::SYS_sync_file_range),
+    ("fallocate", libc::SYS_fallocate),
+    ("timerfd_settime", libc::SYS_timerfd_settime),
+    ("timerfd_gettime", libc::SYS_timerfd_gettime),
+    ("accept4", libc::SYS_accept4),
+    ("preadv", libc::SYS_preadv),
+    ("pwritev", libc::SYS_pwritev),
+    ("recvmmsg", libc::SYS_recvmmsg),
+    ("syncfs", libc::SYS_syncfs),
+    ("sendmmsg", libc::SYS_sendmmsg),
+    ("setns", libc::SYS_setns),
+    ("copy_file_range", libc::SYS_copy_file_range),
+];
+
+/// The body of a burst helper process: names its thread `kscope-burst`,
+/// waits for a line on stdin, then makes each of `BURST_CALLS` once, back
+/// to back.
+#[cfg(target_arch = "x86_64")]
+pub fn syscall_burst() {
+    assert!(
+        std::env::var_os(SYSCALL_BURST).is_some(),
+        "run by the burst tests only"
+    );
+    // The name the tests filter on (`-n`), for this thread's calls.
+    // SAFETY: a NUL-terminated name of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"kscope-burst".as_ptr()) };
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).expect("go");
+    for &(_, nr) in BURST_CALLS {
+        // SAFETY: each call is given fd -1 and null pointers, and fails
+        // before it touches anything.
+        unsafe { libc::syscall(nr, -1, 0, 0, 0, 0, 0) };
+    }
+}
