@@ -22,6 +22,38 @@ pub const GLOBAL_COMM_LEN: &str = "FILTER_COMM_LEN";
 pub const MAP_CGROUP: &str = "TRACE_CGROUP";
 /// Load-time global: 1 = only tasks under the cgroup in `TRACE_CGROUP`.
 pub const GLOBAL_CGROUP_ON: &str = "FILTER_CGROUP_ON";
+/// Load-time global: 1 = the cgroup verdict of the last task seen on each
+/// CPU is kept (`TRACE_CGROUP_SEEN`) and reused for that task's next event
+/// until a task changes cgroups or exits (`TRACE_CGROUP_GEN`). User space
+/// sets it when it can attach [`PROG_CGROUP_MOVED`] and
+/// [`PROG_TASK_EXITED`], which keep the generation.
+pub const GLOBAL_CGROUP_CACHE_ON: &str = "FILTER_CGROUP_CACHE_ON";
+/// Per-CPU array of one `u64`: the last cgroup verdict on this CPU,
+/// [`cgroup_seen`]'s word.
+pub const MAP_CGROUP_SEEN: &str = "TRACE_CGROUP_SEEN";
+/// Array of one `u64`: the generation of tasks' cgroups, bumped each time
+/// a task changes cgroups or exits. A verdict of an older generation is
+/// not reused.
+pub const MAP_CGROUP_GEN: &str = "TRACE_CGROUP_GEN";
+/// Bumps `TRACE_CGROUP_GEN` on `cgroup:cgroup_attach_task`, which the
+/// kernel emits once a task (or a process's threads) has moved.
+pub const PROG_CGROUP_MOVED: &str = "trace_cgroup_moved";
+/// Bumps `TRACE_CGROUP_GEN` on `sched:sched_process_exit`, before the
+/// exiting thread's id can be reused.
+pub const PROG_TASK_EXITED: &str = "trace_task_exited";
+
+/// Bits of the generation a cached verdict keeps.
+pub const CGROUP_GEN_BITS: u32 = 30;
+
+/// The word `TRACE_CGROUP_SEEN` holds for thread `tid`'s verdict `pass`
+/// computed at generation `gen`: the thread id, the generation's low 30
+/// bits, a valid bit (so that the zeroed word matches no thread), the
+/// verdict. One word, written and read whole, so no program can see half
+/// of another's.
+#[must_use]
+pub const fn cgroup_seen(tid: u32, generation: u64, pass: bool) -> u64 {
+    (tid as u64) << 32 | (generation & ((1 << CGROUP_GEN_BITS) - 1)) << 2 | 0b10 | pass as u64
+}
 /// Wake the consumer once this many bytes wait in the ring buffer; below
 /// that, events are submitted without a wakeup and the consumer's timer
 /// (a few milliseconds) picks them up. One wakeup per event is what makes

@@ -323,6 +323,74 @@ macro_rules! tracer_common {
             };
         }
 
+        #[unsafe(no_mangle)]
+        static FILTER_CGROUP_CACHE_ON: u32 = 0;
+        /// This CPU's last cgroup verdict (kscope_common::trace::cgroup_seen).
+        #[aya_ebpf::macros::map]
+        static TRACE_CGROUP_SEEN: aya_ebpf::maps::PerCpuArray<u64> =
+            aya_ebpf::maps::PerCpuArray::with_max_entries(1, 0);
+        /// The generation of tasks' cgroups (kscope_common::trace::MAP_CGROUP_GEN).
+        #[aya_ebpf::macros::map]
+        static TRACE_CGROUP_GEN: aya_ebpf::maps::Array<u64> =
+            aya_ebpf::maps::Array::with_max_entries(1, 0);
+
+        /// A task changed cgroups: no verdict cached before is reused.
+        #[aya_ebpf::macros::tracepoint(category = "cgroup", name = "cgroup_attach_task")]
+        pub fn trace_cgroup_moved(_ctx: aya_ebpf::programs::TracePointContext) -> u32 {
+            cgroup_gen_bump();
+            0
+        }
+
+        /// A thread exits, and its id may be reused: no verdict cached
+        /// before is reused.
+        #[aya_ebpf::macros::tracepoint(category = "sched", name = "sched_process_exit")]
+        pub fn trace_task_exited(_ctx: aya_ebpf::programs::TracePointContext) -> u32 {
+            cgroup_gen_bump();
+            0
+        }
+
+        #[inline(always)]
+        fn cgroup_gen_bump() {
+            if let Some(g) = TRACE_CGROUP_GEN.get_ptr_mut(0) {
+                // SAFETY: a live array element, only updated atomically.
+                unsafe { $crate::trace::add_atomic(g, 1) };
+            }
+        }
+
+        /// Whether the current task (thread `tid`) is under `--cgroup`'s
+        /// directory. The helper's walk costs some 8 ns; with the cache on,
+        /// the verdict of the last thread seen on this CPU is reused for
+        /// its next event unless any task changed cgroups or exited since
+        /// it was computed. The generation is read first: a move that
+        /// lands while the verdict is computed makes it older, never newer.
+        #[inline(always)]
+        fn in_cgroup(tid: u32) -> bool {
+            if global!(FILTER_CGROUP_CACHE_ON) == 0 {
+                return TRACE_CGROUP.current_task_under_cgroup(0) == Ok(true);
+            }
+            let (Some(g), Some(seen)) = (
+                TRACE_CGROUP_GEN.get_ptr(0),
+                TRACE_CGROUP_SEEN.get_ptr_mut(0),
+            ) else {
+                return TRACE_CGROUP.current_task_under_cgroup(0) == Ok(true);
+            };
+            // SAFETY: live array elements, read and written whole.
+            let generation = unsafe { core::ptr::read_volatile(g) };
+            let word = unsafe { core::ptr::read_volatile(seen) };
+            if word & !1 == kscope_common::trace::cgroup_seen(tid, generation, false) {
+                return word & 1 != 0;
+            }
+            let pass = TRACE_CGROUP.current_task_under_cgroup(0) == Ok(true);
+            // SAFETY: as above.
+            unsafe {
+                core::ptr::write_volatile(
+                    seen,
+                    kscope_common::trace::cgroup_seen(tid, generation, pass),
+                )
+            };
+            pass
+        }
+
         #[inline(always)]
         fn passes_filters() -> bool {
             let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
@@ -352,9 +420,7 @@ macro_rules! tracer_common {
             }
             // Last: the costliest check, and the rarest filter. An empty
             // slot (an error) passes nothing.
-            if global!(FILTER_CGROUP_ON) != 0
-                && TRACE_CGROUP.current_task_under_cgroup(0) != Ok(true)
-            {
+            if global!(FILTER_CGROUP_ON) != 0 && !in_cgroup(tid) {
                 return false;
             }
             true
@@ -453,5 +519,13 @@ macro_rules! tracer_common {
         $crate::assert_symbol_name!(WAKEUP_BYTES, kscope_common::trace::GLOBAL_WAKEUP_BYTES);
         $crate::assert_symbol_name!(FILTER_CGROUP_ON, kscope_common::trace::GLOBAL_CGROUP_ON);
         $crate::assert_symbol_name!(TRACE_CGROUP, kscope_common::trace::MAP_CGROUP);
+        $crate::assert_symbol_name!(
+            FILTER_CGROUP_CACHE_ON,
+            kscope_common::trace::GLOBAL_CGROUP_CACHE_ON
+        );
+        $crate::assert_symbol_name!(TRACE_CGROUP_SEEN, kscope_common::trace::MAP_CGROUP_SEEN);
+        $crate::assert_symbol_name!(TRACE_CGROUP_GEN, kscope_common::trace::MAP_CGROUP_GEN);
+        $crate::assert_symbol_name!(trace_cgroup_moved, kscope_common::trace::PROG_CGROUP_MOVED);
+        $crate::assert_symbol_name!(trace_task_exited, kscope_common::trace::PROG_TASK_EXITED);
     };
 }

@@ -92,17 +92,36 @@ fn cgroup2_mount() -> Option<PathBuf> {
     })
 }
 
-/// The id (directory inode) of the cgroup this process is in, from
+/// The directory of the cgroup this process is in, from
 /// /proc/self/cgroup's v2 line.
-fn own_cgroup_id(mount: &Path) -> u64 {
+fn own_cgroup_dir(mount: &Path) -> PathBuf {
     let text = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
     let rel = text
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
         .expect("a cgroup v2 line");
-    std::fs::metadata(mount.join(rel.trim_start_matches('/')))
+    mount.join(rel.trim_start_matches('/'))
+}
+
+/// The id (directory inode) of the cgroup this process is in.
+fn own_cgroup_id(mount: &Path) -> u64 {
+    std::fs::metadata(own_cgroup_dir(mount))
         .expect("stat own cgroup")
         .ino()
+}
+
+/// As root, with a cgroup v2 hierarchy: its mount, and a fresh cgroup
+/// named `kscope-test-KIND-PID` (also returned) at its top. None, the test
+/// skipped, without a hierarchy.
+fn test_cgroup(kind: &str) -> Option<(PathBuf, String, TestCgroup)> {
+    require_root();
+    let Some(mount) = cgroup2_mount() else {
+        skip("cgroup2", "no cgroup v2 hierarchy is mounted");
+        return None;
+    };
+    let tag = format!("kscope-test-{kind}-{}", std::process::id());
+    let cg = TestCgroup::new(&mount, &tag);
+    Some((mount, tag, cg))
 }
 
 /// A cgroup this test made, removed (with the ones below it) on drop. Its
@@ -181,13 +200,9 @@ fn objects(out: &str) -> Vec<serde_json::Value> {
 
 #[test]
 fn cgroup_filter_keeps_exactly_the_inside_workload_in_every_tool() {
-    require_root();
-    let Some(mount) = cgroup2_mount() else {
-        skip("cgroup2", "no cgroup v2 hierarchy is mounted");
+    let Some((mount, tag, mut cg)) = test_cgroup("cg") else {
         return;
     };
-    let tag = format!("kscope-test-cg-{}", std::process::id());
-    let mut cg = TestCgroup::new(&mount, &tag);
     // The inside copy runs one level below the filtered cgroup: the
     // filter covers descendants.
     let sub = cg.sub("inner");
@@ -463,9 +478,7 @@ fn syscall_burst_helper() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn more_keys_than_the_table_holds_are_all_counted() {
-    require_root();
-    let Some(mount) = cgroup2_mount() else {
-        skip("cgroup2", "no cgroup v2 hierarchy is mounted");
+    let Some((_, _, mut cg)) = test_cgroup("spill") else {
         return;
     };
     const CGROUPS: usize = 21;
@@ -474,8 +487,6 @@ fn more_keys_than_the_table_holds_are_all_counted() {
         keys > 1024 && keys <= 2 * 1024,
         "{keys} keys: more than the table, no more than the spare adds"
     );
-    let tag = format!("kscope-test-spill-{}", std::process::id());
-    let mut cg = TestCgroup::new(&mount, &tag);
     let exe = std::env::current_exe().expect("test binary");
     let mut helpers = Vec::new();
     for i in 0..CGROUPS {
@@ -534,6 +545,90 @@ exec "$2" --exact syscall_burst_helper --ignored --test-threads=1 >/dev/null"#,
     assert!(
         err.contains(&format!("kscope hist syscall: {keys} latencies, 0 lost")),
         "{err}"
+    );
+    drop(cg);
+}
+
+/// A task that moves into the filtered cgroup, out, and in again, between
+/// events that follow each other closely (one shell, on one CPU most of
+/// the time): each event is judged by where the task is when it happens,
+/// never by a verdict kept from before a move. The tracers keep each
+/// CPU's last verdict, and a move must make it old; the last move is
+/// followed by an exec, a container's first.
+#[test]
+fn a_task_is_judged_by_its_cgroup_after_each_move() {
+    let Some((mount, tag, cg)) = test_cgroup("move") else {
+        return;
+    };
+    let filter = cg.dir.to_str().expect("utf-8 path").to_owned();
+    let home = own_cgroup_dir(&mount);
+    let open = Tracer::start(
+        &["trace", "open", "--cgroup", &filter, "--json"],
+        true,
+        READY,
+    );
+    let exec = Tracer::start(
+        &["trace", "exec", "--cgroup", &filter, "--json"],
+        true,
+        READY,
+    );
+    const ROUNDS: usize = 5;
+    // Each round: an open outside, the move in, an open inside, the move
+    // back, an open outside; the shell's redirections are its own opens
+    // (of a builtin's, in the shell's process).
+    // Then the move in and an exec.
+    let mut script = String::new();
+    for r in 0..ROUNDS {
+        script.push_str(&format!(
+            r#"{{ true < /nonexistent/{tag}-out-a{r}; }} 2>/dev/null || true
+echo $$ > "$1/cgroup.procs" || exit 9
+{{ true < /nonexistent/{tag}-in{r}; }} 2>/dev/null || true
+echo $$ > "$2/cgroup.procs" || exit 9
+{{ true < /nonexistent/{tag}-out-b{r}; }} 2>/dev/null || true
+"#
+        ));
+    }
+    script.push_str(&format!(
+        "echo $$ > \"$1/cgroup.procs\" || exit 9\nexec sh -c : {tag}-exec\n"
+    ));
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .arg("sh")
+        .arg(&cg.dir)
+        .arg(&home)
+        .status()
+        .expect("sh");
+    assert!(st.success(), "the moving shell: {st}");
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, out, err) = open.stop(libc::SIGINT);
+    assert!(status.success(), "open: {status}: {err}");
+    let (status, exec_out, exec_err) = exec.stop(libc::SIGINT);
+    assert!(status.success(), "exec: {status}: {exec_err}");
+    let paths: Vec<String> = objects(&out)
+        .iter()
+        .filter_map(|o| o["path"].as_str().map(str::to_owned))
+        .collect();
+    for r in 0..ROUNDS {
+        let inside = format!("/nonexistent/{tag}-in{r}");
+        assert!(
+            paths.contains(&inside),
+            "round {r}: the open after the move in is missing:\n{out}"
+        );
+        for o in ["out-a", "out-b"] {
+            let outside = format!("/nonexistent/{tag}-{o}{r}");
+            assert!(
+                !paths.contains(&outside),
+                "round {r}: an open outside passed ({outside}):\n{out}"
+            );
+        }
+    }
+    let marker = format!("{tag}-exec");
+    assert!(
+        objects(&exec_out).iter().any(|o| o["args"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == marker.as_str()))),
+        "no exec with {marker}:\n{exec_out}"
     );
     drop(cg);
 }

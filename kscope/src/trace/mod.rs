@@ -46,9 +46,10 @@ use std::{
 
 use aya::Ebpf;
 use kscope_common::trace::{
-    Counts, GLOBAL_CGROUP_ON, GLOBAL_COMM, GLOBAL_COMM_LEN, GLOBAL_COUNT_MODE,
-    GLOBAL_HIST_BY_CGROUP, GLOBAL_PID, GLOBAL_TID, GLOBAL_UID, GLOBAL_UID_ON, GLOBAL_WAKEUP_BYTES,
-    MAP_CGROUP, MAP_COUNTS, MAP_EVENTS, MAP_HIST, MAP_HIST_SPARE,
+    Counts, GLOBAL_CGROUP_CACHE_ON, GLOBAL_CGROUP_ON, GLOBAL_COMM, GLOBAL_COMM_LEN,
+    GLOBAL_COUNT_MODE, GLOBAL_HIST_BY_CGROUP, GLOBAL_PID, GLOBAL_TID, GLOBAL_UID, GLOBAL_UID_ON,
+    GLOBAL_WAKEUP_BYTES, MAP_CGROUP, MAP_COUNTS, MAP_EVENTS, MAP_HIST, MAP_HIST_SPARE,
+    PROG_CGROUP_MOVED, PROG_TASK_EXITED,
 };
 use thiserror::Error;
 
@@ -437,6 +438,12 @@ impl Load<'_> {
         let count = matches!(self.mode, Mode::Count { .. });
         let hist = self.mode == Mode::Hist;
         let f = self.filters;
+        // The verdict cache needs both tracepoints that keep its
+        // generation; without them each event asks the kernel.
+        let cgroup_cache = cgroup.is_some()
+            && CGROUP_GEN_TRACEPOINTS
+                .iter()
+                .all(|(_, cat, name)| tracepoint_exists(cat, name));
         let globals = [
             (GLOBAL_PID, f.pid.unwrap_or(0)),
             (GLOBAL_TID, f.tid.unwrap_or(0)),
@@ -445,6 +452,7 @@ impl Load<'_> {
             (GLOBAL_COMM_LEN, comm_len),
             (GLOBAL_COUNT_MODE, u32::from(count)),
             (GLOBAL_CGROUP_ON, u32::from(cgroup.is_some())),
+            (GLOBAL_CGROUP_CACHE_ON, u32::from(cgroup_cache)),
         ];
         let by_cgroup = u32::from(hist && self.hist_by_cgroup);
         let page = u32::try_from(sys::page_size()).unwrap_or(4096);
@@ -507,11 +515,34 @@ impl Load<'_> {
             }
         })?;
         if let Some(dir) = &cgroup {
-            // Before any program is attached: no event passes unfiltered.
+            // Before any program is attached: no event passes unfiltered,
+            // and no verdict is cached before a move or an exit would
+            // make it old.
             set_cgroup(&mut ebpf, MAP_CGROUP, dir)?;
+            if cgroup_cache {
+                for &(prog, cat, name) in CGROUP_GEN_TRACEPOINTS {
+                    attach_tracepoint(&mut ebpf, prog, cat, name)?;
+                }
+            }
         }
         Ok(ebpf)
     }
+}
+
+/// The programs that keep the cgroup verdicts' generation, and their
+/// tracepoints (see `GLOBAL_CGROUP_CACHE_ON`).
+const CGROUP_GEN_TRACEPOINTS: &[(&str, &str, &str)] = &[
+    (PROG_CGROUP_MOVED, "cgroup", "cgroup_attach_task"),
+    (PROG_TASK_EXITED, "sched", "sched_process_exit"),
+];
+
+/// Whether tracefs has tracepoint `category:name`.
+fn tracepoint_exists(category: &str, name: &str) -> bool {
+    std::path::Path::new(sys::TRACEFS)
+        .join("events")
+        .join(category)
+        .join(name)
+        .exists()
 }
 
 /// Puts `dir` in slot 0 of the object's one-slot cgroup array `map`.
