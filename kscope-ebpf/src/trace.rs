@@ -361,8 +361,10 @@ macro_rules! tracer_common {
         /// directory. The helper's walk costs some 8 ns; with the cache on,
         /// the verdict of the last thread seen on this CPU is reused for
         /// its next event unless any task changed cgroups or exited since
-        /// it was computed. The generation is read first: a move that
-        /// lands while the verdict is computed makes it older, never newer.
+        /// it was computed. The generation is read first (x86-64 keeps
+        /// loads in order; a weaker architecture would need an acquire
+        /// here): a move that lands while the verdict is computed makes it
+        /// older, never newer.
         #[inline(always)]
         fn in_cgroup(tid: u32) -> bool {
             if global!(FILTER_CGROUP_CACHE_ON) == 0 {
