@@ -413,16 +413,24 @@ fn progs(prefix: &str) -> anyhow::Result<std::collections::BTreeMap<u64, (u64, u
 /// turns the loop's calls away at once) and `--cgroup` of an empty
 /// cgroup, so each program is a few instructions and the difference is
 /// the check alone, not a small part of a whole histogram update.
-fn cgroup_cost(bin: &str, plain: &[&str], filtered: &[&str]) -> anyhow::Result<(f64, f64, f64)> {
+///
+/// `prog` names the program timed (as the kernel keeps it, 15 bytes), and
+/// `workload` makes it run.
+fn cgroup_cost(
+    bin: &str,
+    prog: &str,
+    workload: &dyn Fn() -> anyhow::Result<()>,
+    plain: &[&str],
+    filtered: &[&str],
+) -> anyhow::Result<(f64, f64, f64)> {
     const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
-    const PROG: &str = "hist_syscall_en";
     let before = std::fs::read_to_string(STATS)?;
     std::fs::write(STATS, "1")?;
     // Starts `args` and returns it with the id of the program it loaded.
     let launch = |args: &[&str]| -> anyhow::Result<(Tool, u64)> {
-        let old = progs(PROG)?;
+        let old = progs(prog)?;
         let tool = start(&mut kscope(bin, args), "(ready)")?;
-        let new = progs(PROG)?
+        let new = progs(prog)?
             .into_keys()
             .find(|id| !old.contains_key(id))
             .context("no new enter program")?;
@@ -437,9 +445,9 @@ fn cgroup_cost(bin: &str, plain: &[&str], filtered: &[&str]) -> anyhow::Result<(
         };
         let (a, id_a) = launch(order[0])?;
         let (b, id_b) = launch(order[1])?;
-        let t0 = progs(PROG)?;
-        getpid_ns();
-        let t1 = progs(PROG)?;
+        let t0 = progs(prog)?;
+        workload()?;
+        let t1 = progs(prog)?;
         stop(a);
         stop(b);
         let per_run = |id: u64| -> anyhow::Result<f64> {
@@ -476,29 +484,67 @@ fn cgroup_cost(bin: &str, plain: &[&str], filtered: &[&str]) -> anyhow::Result<(
     Ok((median(without), median(with), median(cost)))
 }
 
-/// Both cases of the cgroup filter's cost (see [`cgroup_cost`]), in the
-/// cgroup `cg` the loop runs in.
-fn cgroup_costs(bin: &str, cg: &BenchCgroup) -> anyhow::Result<[(f64, f64, f64); 2]> {
+/// The cgroup filter's cost (see [`cgroup_cost`]), in the cgroup `cg` the
+/// workloads run in: a getpid loop's calls passing it and turned away,
+/// where each thread's verdict is reused from its CPU's last; and the run
+/// queue's switches of a pipe ping-pong pinned to one CPU, where the
+/// thread judged always differs from the last one judged there.
+fn cgroup_costs(bin: &str, cg: &BenchCgroup) -> anyhow::Result<[(f64, f64, f64); 3]> {
+    const SYSCALL_ENTER: &str = "hist_syscall_en";
+    const RUNQ_SWITCH: &str = "hist_runq_switc";
     let dir = cg.dir.to_str().context("cgroup path")?;
     let empty = cg.empty.to_str().context("cgroup path")?;
+    let getpids = || {
+        getpid_ns();
+        Ok(())
+    };
     let passing = cgroup_cost(
         bin,
+        SYSCALL_ENTER,
+        &getpids,
         &["hist", "syscall", "getpid"],
         &["hist", "syscall", "getpid", "--cgroup", dir],
     )?;
     let rejecting = cgroup_cost(
         bin,
+        SYSCALL_ENTER,
+        &getpids,
         &["hist", "syscall", "getpid", "-p", "1"],
         &["hist", "syscall", "getpid", "--cgroup", empty],
     )?;
-    Ok([passing, rejecting])
+    let ping_pong = || {
+        let st = Command::new("taskset")
+            .args([
+                "-c", "0", "perf", "bench", "sched", "pipe", "-l", PIPE_LOOPS,
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("running taskset -c 0 perf bench sched pipe")?;
+        anyhow::ensure!(st.success(), "perf bench sched pipe: {st}");
+        Ok(())
+    };
+    let switching = cgroup_cost(
+        bin,
+        RUNQ_SWITCH,
+        &ping_pong,
+        &["hist", "runq"],
+        &["hist", "runq", "--cgroup", dir],
+    )?;
+    Ok([passing, rejecting, switching])
 }
 
-fn print_cgroup_cost(cost: anyhow::Result<[(f64, f64, f64); 2]>) {
+fn print_cgroup_cost(cost: anyhow::Result<[(f64, f64, f64); 3]>) {
     match cost {
-        Ok([(without, with, diff), (without_r, with_r, diff_r)]) => println!(
+        Ok(
+            [
+                (without, with, diff),
+                (without_r, with_r, diff_r),
+                (without_s, with_s, diff_s),
+            ],
+        ) => println!(
             "\ncgroup filter, passing: {diff:.1} ns per event (hist_syscall_enter's run time per run, both attached at once, median of {RUNS} pairs of runs in both orders: {without:.1} ns without --cgroup, {with:.1} ns with, medians of all)\n\
-             cgroup filter, rejecting: {diff_r:.1} ns per event (the same, the loop's calls turned away: {without_r:.1} ns by -p 1, {with_r:.1} ns by --cgroup of an empty cgroup)"
+             cgroup filter, rejecting: {diff_r:.1} ns per event (the same, the loop's calls turned away: {without_r:.1} ns by -p 1, {with_r:.1} ns by --cgroup of an empty cgroup)\n\
+             cgroup filter, another thread each time: {diff_s:.1} ns per switch (hist_runq_switch's run time per run under a pipe ping-pong pinned to one CPU, inside the cgroup: {without_s:.1} ns without --cgroup, {with_s:.1} ns with)"
         ),
         Err(e) => println!("\ncgroup filter: not measured: {e:#}"),
     }
