@@ -29,11 +29,12 @@ pub enum Command {
     #[command(subcommand)]
     Trace(TraceCommand),
     /// Latency distributions, aggregated in the kernel as log2 histograms:
-    /// run queue latency, system call latency.
+    /// run queue latency, system call latency, block I/O latency.
     #[command(subcommand)]
     Hist(HistCommand),
-    /// Sample on-CPU stacks (kernel and user) with a perf_event program and
-    /// show the hottest functions, folded stacks or a flame graph.
+    /// Sample on-CPU stacks (kernel and user) with a perf_event program, or
+    /// weigh off-CPU stacks by the time blocked (`--off-cpu`), and show the
+    /// hottest functions, folded stacks or a flame graph.
     Profile(ProfileArgs),
     /// Every BPF program on the machine with what it costs (runs per
     /// second, ns per run, share of a CPU, map memory, holders): a live
