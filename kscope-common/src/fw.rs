@@ -42,6 +42,9 @@ pub const MAP_LIMIT6: &str = "FW_LIMIT6";
 /// LRU hash of token buckets: key [`BucketKey`], value `u64` (see
 /// [`Limit`]). Its size is set at attach (`--limit-table`).
 pub const MAP_BUCKETS: &str = "FW_BUCKETS";
+/// Per-CPU array of [`LEASE_SLOTS`] [`Lease`]s: tokens a CPU drew ahead
+/// from a per-source bucket of [`MAP_BUCKETS`] (see [`Lease`]).
+pub const MAP_LEASES: &str = "FW_LEASES";
 /// LRU per-CPU hash of [`SourceStats`] by [`SourceKey`]: `fw top`'s
 /// per-source counters, kept only when the programs' [`GLOBAL_TRACK_SOURCES`]
 /// is set at attach (`--track-sources N`, which also sizes it).
@@ -204,6 +207,57 @@ pub struct LimitValue {
 pub struct BucketKey {
     pub id: u32,
     pub addr: [u8; 16],
+}
+
+/// Tokens a CPU may hold drawn ahead from one per-source bucket, kept in
+/// its slot of [`MAP_LEASES`] (by a hash of the [`BucketKey`]). A packet
+/// whose source's lease on this CPU is of the current clock tick and not
+/// used up passes without the bucket's LRU lookup and atomic adds; any
+/// other draws [`lease_tokens`] tokens at once (as many as the bucket
+/// has, at least one to pass). Tokens are taken from the bucket before
+/// they are used, and a lease is used only in the tick it was drawn in, so
+/// the bound `burst + pps × elapsed` holds as without leases. What a lease
+/// has left is given back to its bucket when this CPU next draws for that
+/// source or gives the slot to another one; until then other CPUs see
+/// those tokens as spent (at most [`LEASE_MAX`] − 1 per CPU and source).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lease {
+    pub key: BucketKey,
+    /// Tokens left.
+    pub left: u32,
+    /// The clock (in [`LIMIT_CLOCK_SCALE`] units) when it was drawn.
+    pub now: u64,
+    /// [`Limit::cost`] of the limit it was drawn under, to give it back.
+    pub cost: u64,
+}
+
+/// Slots of [`MAP_LEASES`] per CPU.
+pub const LEASE_SLOTS: u32 = 64;
+/// Most tokens one draw takes for a lease.
+pub const LEASE_MAX: u32 = 8;
+
+/// Tokens one draw takes from a per-source bucket of `burst`: an eighth of
+/// the burst, at most [`LEASE_MAX`], so that what CPUs hold back stays a
+/// small part of it; 1 (no lease) below a burst of 16.
+pub const fn lease_tokens(burst: u32) -> u32 {
+    let k = burst / 8;
+    if k < 2 {
+        1
+    } else if k > LEASE_MAX {
+        LEASE_MAX
+    } else {
+        k
+    }
+}
+
+/// The [`MAP_LEASES`] slot of a bucket: a multiplicative hash of its words.
+#[inline(always)]
+pub fn lease_slot(key: &BucketKey) -> u32 {
+    let a = &key.addr;
+    let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    let x = w(0) ^ w(4) ^ w(8) ^ w(12) ^ key.id;
+    x.wrapping_mul(0x9e37_79b1) >> (32 - LEASE_SLOTS.trailing_zeros())
 }
 
 /// Number of ports (0 to 65535).
@@ -504,4 +558,35 @@ mod pod {
     unsafe impl aya::Pod for super::LimitValue {}
     // SAFETY: a u32 then 16 bytes, size 20, alignment 4: no padding.
     unsafe impl aya::Pod for super::BucketKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_an_eighth_of_the_burst_between_2_and_the_most() {
+        for (burst, want) in [(0, 1), (1, 1), (15, 1), (16, 2), (40, 5), (64, 8), (100, 8)] {
+            assert_eq!(lease_tokens(burst), want, "burst {burst}");
+        }
+        assert_eq!(lease_tokens(u32::MAX), LEASE_MAX);
+    }
+
+    #[test]
+    fn lease_slots_stay_in_the_map_and_spread_sources() {
+        let mut used = [false; LEASE_SLOTS as usize];
+        for i in 0..256u32 {
+            let mut key = BucketKey {
+                id: 7,
+                addr: [0; 16],
+            };
+            key.addr[..4].copy_from_slice(&[192, 0, 2, i as u8]);
+            let slot = lease_slot(&key);
+            assert!(slot < LEASE_SLOTS, "{slot}");
+            used[slot as usize] = true;
+        }
+        // 256 sources of one /24 land in more than half of the slots.
+        let n = used.iter().filter(|&&u| u).count();
+        assert!(n > LEASE_SLOTS as usize / 2, "{n} slots used");
+    }
 }

@@ -78,14 +78,20 @@
 //! packets more over an interval than with a precise clock, which costs a
 //! helper call (`bpf_ktime_get_ns`, the fallback). Every CPU may police the same bucket at once, so the
 //! clock only moves by atomic adds (BPF_ATOMIC add, which 5.10 has; a
-//! compare-and-swap is 5.12+): a packet adds its cost, reads the clock back
-//! and, when that is past the tolerance, takes its cost out again and is
-//! dropped. Each read sees at least this packet's own add, so concurrent
+//! compare-and-swap is 5.12+): a packet adds the cost of the tokens it
+//! draws, reads the clock back and, when that is past the tolerance, takes
+//! out again what does not fit; with nothing left it is dropped. Each read sees at least this packet's own add, so concurrent
 //! packets can only make each other look later, never earlier: the race
 //! can drop a packet that a serial order would have passed, but never
 //! pass more than `burst + pps × elapsed`. A bucket whose clock is behind
 //! now is moved up to now in the same add (two CPUs doing it at once move
 //! it too far, which again errs on the side of dropping).
+//!
+//! A per-source draw takes several tokens at once (`lease_tokens`) and
+//! keeps the rest in this CPU's slot of `FW_LEASES` (`Lease`): the
+//! source's next packets in the same tick pass from it without the LRU
+//! lookup. A lease of an older tick is given back in the next draw's add,
+//! a lease of another source when its slot is taken.
 //!
 //! The rule set lives in two slots (see `kscope_common::fw`): each packet
 //! reads the active slot once, so it is judged against one whole set.
@@ -105,13 +111,14 @@ use aya_ebpf::{
 use kscope_common::fw::{
     BucketKey, Counter, Family, FwConfig, GLOBAL_DEFAULT_DROP, GLOBAL_JIFFY_NS,
     GLOBAL_TRACK_SOURCES, HAS_ALLOW4, HAS_ALLOW6, HAS_BLOCK4, HAS_BLOCK6, HAS_LIMIT4, HAS_LIMIT6,
-    HAS_PORTS, HITS_MAX_ENTRIES, Key4, Key6, LIMIT_CLOCK_SCALE, LIMIT_MAX_ENTRIES,
-    LIMIT_PER_PREFIX, LIMIT_SYN, LIMIT_TABLE_DEFAULT, LimitValue, MAP_ALLOW4, MAP_ALLOW6,
-    MAP_BLOCK4, MAP_BLOCK6, MAP_BUCKETS, MAP_CONFIG, MAP_HITS, MAP_LIMIT4, MAP_LIMIT6, MAP_PORTS,
-    MAP_PROGS, MAP_REASONS, MAP_SOURCES, MAP_STATE, N_REASON_COUNTERS, PORT_TCP, PORT_UDP,
-    PORTS_MAX_ENTRIES, PROG_FW_IPV4, PROG_FW_IPV6, PROG_FW_XDP, PROG_INDEX_IPV4, PROG_INDEX_IPV6,
-    Reason, RuleValue, SLOT_BIT, STATE_ACTIVE_SLOT, STATE_MAX_ENTRIES, SourceKey, SourceStats,
-    TRIE_MAX_ENTRIES, port_hit_id, port_index, reason_index,
+    HAS_PORTS, HITS_MAX_ENTRIES, Key4, Key6, LEASE_SLOTS, LIMIT_CLOCK_SCALE, LIMIT_MAX_ENTRIES,
+    LIMIT_PER_PREFIX, LIMIT_SYN, LIMIT_TABLE_DEFAULT, Lease, Limit, LimitValue, MAP_ALLOW4,
+    MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6, MAP_BUCKETS, MAP_CONFIG, MAP_HITS, MAP_LEASES, MAP_LIMIT4,
+    MAP_LIMIT6, MAP_PORTS, MAP_PROGS, MAP_REASONS, MAP_SOURCES, MAP_STATE, N_REASON_COUNTERS,
+    PORT_TCP, PORT_UDP, PORTS_MAX_ENTRIES, PROG_FW_IPV4, PROG_FW_IPV6, PROG_FW_XDP,
+    PROG_INDEX_IPV4, PROG_INDEX_IPV6, Reason, RuleValue, SLOT_BIT, STATE_ACTIVE_SLOT,
+    STATE_MAX_ENTRIES, SourceKey, SourceStats, TRIE_MAX_ENTRIES, lease_slot, lease_tokens,
+    port_hit_id, port_index, reason_index,
 };
 use kscope_ebpf::{
     add_atomic, assert_symbol_name,
@@ -152,6 +159,10 @@ static FW_LIMIT6: LpmTrie<Key6, LimitValue> = LpmTrie::with_max_entries(LIMIT_MA
 static FW_BUCKETS: LruHashMap<BucketKey, u64> =
     LruHashMap::with_max_entries(LIMIT_TABLE_DEFAULT, 0);
 
+/// Tokens each CPU drew ahead from per-source buckets (see `Lease`).
+#[map]
+static FW_LEASES: PerCpuArray<Lease> = PerCpuArray::with_max_entries(LEASE_SLOTS, 0);
+
 /// Per-source counters for `fw top`; user space sizes it at load.
 #[map]
 static FW_SOURCES: LruPerCpuHashMap<SourceKey, SourceStats> =
@@ -191,6 +202,7 @@ assert_symbol_name!(FW_HITS, MAP_HITS);
 assert_symbol_name!(FW_LIMIT4, MAP_LIMIT4);
 assert_symbol_name!(FW_LIMIT6, MAP_LIMIT6);
 assert_symbol_name!(FW_BUCKETS, MAP_BUCKETS);
+assert_symbol_name!(FW_LEASES, MAP_LEASES);
 assert_symbol_name!(DEFAULT_DROP, GLOBAL_DEFAULT_DROP);
 assert_symbol_name!(FW_SOURCES, MAP_SOURCES);
 assert_symbol_name!(TRACK_SOURCES, GLOBAL_TRACK_SOURCES);
@@ -525,40 +537,122 @@ fn over_limit<K>(
         return false;
     }
     let now = clock().wrapping_mul(LIMIT_CLOCK_SCALE);
-    let clock = if limit.flags & LIMIT_PER_PREFIX != 0 {
-        // SAFETY: as above; a pointer to a field of the live value.
-        unsafe { &raw mut (*v).clock }
-    } else {
-        let bucket = bucket(id);
-        match FW_BUCKETS.get_ptr_mut(bucket) {
-            Some(c) => c,
-            None => {
-                // A new bucket starts full. Another CPU may create it
-                // first; then use that one.
-                let _ = FW_BUCKETS.insert(bucket, now, u64::from(BPF_NOEXIST));
-                match FW_BUCKETS.get_ptr_mut(bucket) {
-                    Some(c) => c,
-                    // Evicted at once by a flood of new buckets: let it
-                    // pass rather than drop a source the table cannot hold.
-                    None => return false,
+    if limit.flags & LIMIT_PER_PREFIX != 0 {
+        // SAFETY: as above; a pointer to a field of the live value, only
+        // ever changed by atomic adds while programs run.
+        let clock = unsafe { &raw mut (*v).clock };
+        let passed = draw(clock, now, 0, 1, &limit) != 0;
+        if !passed {
+            hit(id, seen);
+        }
+        return !passed;
+    }
+    let source = bucket(id);
+    let lease = FW_LEASES.get_ptr_mut(lease_slot(&source));
+    // Tokens this CPU drew ahead for this source in an earlier tick: they
+    // go back in the same add as the next draw.
+    let mut back = 0;
+    if let Some(l) = lease {
+        // SAFETY: this CPU's slot; XDP programs on one CPU do not preempt
+        // each other.
+        unsafe {
+            if (*l).left != 0 {
+                if (*l).key == source {
+                    if (*l).now == now {
+                        (*l).left -= 1;
+                        return false;
+                    }
+                    back = u64::from((*l).left);
+                } else {
+                    give_back(&*l);
                 }
+                (*l).left = 0;
+            }
+        }
+    }
+    let clock = match FW_BUCKETS.get_ptr_mut(source) {
+        Some(c) => c,
+        None => {
+            // A new bucket starts full. Another CPU may create it first;
+            // then use that one.
+            let _ = FW_BUCKETS.insert(source, now, u64::from(BPF_NOEXIST));
+            match FW_BUCKETS.get_ptr_mut(source) {
+                Some(c) => c,
+                // Evicted at once by a flood of new buckets: let it pass
+                // rather than drop a source the table cannot hold.
+                None => return false,
             }
         }
     };
-    // SAFETY: `clock` is a live bucket, only ever changed by atomic adds
-    // while programs run (reads may be plain: they see whole values).
-    unsafe {
-        // One atomic add: the packet's cost, plus the move up to now for a
-        // bucket that has been idle.
-        let c = core::ptr::read_volatile(clock);
-        add_atomic(clock, now.saturating_sub(c) + limit.cost);
-        if core::ptr::read_volatile(clock) > now.saturating_add(limit.tolerance) {
-            add_atomic(clock, limit.cost.wrapping_neg());
-            hit(id, seen);
-            return true;
+    let want = if lease.is_some() {
+        lease_tokens(limit.burst)
+    } else {
+        1
+    };
+    let got = draw(clock, now, back, want, &limit);
+    if got == 0 {
+        hit(id, seen);
+        return true;
+    }
+    if let Some(l) = lease
+        && got > 1
+    {
+        // SAFETY: as above.
+        unsafe {
+            *l = Lease {
+                key: source,
+                left: got - 1,
+                now,
+                cost: limit.cost,
+            };
         }
     }
     false
+}
+
+/// Takes up to `want` tokens from the bucket whose virtual clock is
+/// `clock` at `now`, after giving `back` tokens drawn earlier back, and
+/// returns how many it got (0: the packet is over the limit). See the
+/// module doc for the atomics; a bucket's clock behind `now` (idle, full)
+/// moves up to `now` first, so tokens given back never make it fuller
+/// than full.
+#[inline(always)]
+fn draw(clock: *mut u64, now: u64, back: u64, want: u32, limit: &Limit) -> u32 {
+    let cost = limit.cost;
+    // SAFETY: `clock` is a live bucket, only ever changed by atomic adds
+    // while programs run (reads may be plain: they see whole values).
+    unsafe {
+        // One atomic add: the tokens given back, the move up to now of a
+        // bucket that has been idle, and the tokens taken.
+        let c = core::ptr::read_volatile(clock);
+        let from = c.saturating_sub(back * cost).max(now);
+        add_atomic(
+            clock,
+            from.wrapping_sub(c).wrapping_add(u64::from(want) * cost),
+        );
+        let top = now.saturating_add(limit.tolerance);
+        let v = core::ptr::read_volatile(clock);
+        if v <= top {
+            return want;
+        }
+        // Over: give back what does not fit (all of it when not even one
+        // token does).
+        let mut over = 1;
+        while over < want && v.saturating_sub(u64::from(over) * cost) > top {
+            over += 1;
+        }
+        add_atomic(clock, (u64::from(over) * cost).wrapping_neg());
+        want - over
+    }
+}
+
+/// Gives a lease's tokens back to its bucket, if the bucket is still there.
+#[inline(always)]
+fn give_back(l: &Lease) {
+    if let Some(c) = FW_BUCKETS.get_ptr_mut(l.key) {
+        // SAFETY: a live bucket (see `draw`).
+        unsafe { add_atomic(c, (u64::from(l.left) * l.cost).wrapping_neg()) };
+    }
 }
 
 /// A writable pointer to the value `key` finds in `trie` (aya's `get`
