@@ -537,52 +537,43 @@ fn over_limit<K>(
         return false;
     }
     let now = clock().wrapping_mul(LIMIT_CLOCK_SCALE);
-    if limit.flags & LIMIT_PER_PREFIX != 0 {
+    // The bucket's clock, the tokens this CPU gives back to it, and for a
+    // per-source bucket the lease slot (with the source) that keeps what
+    // a draw takes ahead.
+    let (clock, back, lease) = if limit.flags & LIMIT_PER_PREFIX != 0 {
         // SAFETY: as above; a pointer to a field of the live value, only
         // ever changed by atomic adds while programs run.
-        let clock = unsafe { &raw mut (*v).clock };
-        let passed = draw(clock, now, 0, 1, &limit) != 0;
-        if !passed {
-            hit(id, seen);
-        }
-        return !passed;
-    }
-    let source = bucket(id);
-    let lease = FW_LEASES.get_ptr_mut(lease_slot(&source));
-    // Tokens this CPU drew ahead for this source in an earlier tick: they
-    // go back in the same add as the next draw.
-    let mut back = 0;
-    if let Some(l) = lease {
-        // SAFETY: this CPU's slot; XDP programs on one CPU do not preempt
-        // each other.
-        unsafe {
-            if (*l).left != 0 {
-                if (*l).key == source {
-                    if (*l).now == now {
-                        (*l).left -= 1;
-                        return false;
+        (unsafe { &raw mut (*v).clock }, 0, None)
+    } else {
+        let source = bucket(id);
+        let lease = FW_LEASES.get_ptr_mut(lease_slot(&source));
+        // Tokens this CPU drew ahead for this source in an earlier tick:
+        // they go back in the same add as the next draw.
+        let mut back = 0;
+        if let Some(l) = lease {
+            // SAFETY: this CPU's slot; XDP programs on one CPU do not
+            // preempt each other.
+            unsafe {
+                if (*l).left != 0 {
+                    if (*l).key == source {
+                        if (*l).now == now {
+                            (*l).left -= 1;
+                            return false;
+                        }
+                        back = u64::from((*l).left);
+                    } else {
+                        give_back(&*l);
                     }
-                    back = u64::from((*l).left);
-                } else {
-                    give_back(&*l);
+                    (*l).left = 0;
                 }
-                (*l).left = 0;
             }
         }
-    }
-    let clock = match FW_BUCKETS.get_ptr_mut(source) {
-        Some(c) => c,
-        None => {
-            // A new bucket starts full. Another CPU may create it first;
-            // then use that one.
-            let _ = FW_BUCKETS.insert(source, now, u64::from(BPF_NOEXIST));
-            match FW_BUCKETS.get_ptr_mut(source) {
-                Some(c) => c,
-                // Evicted at once by a flood of new buckets: let it pass
-                // rather than drop a source the table cannot hold.
-                None => return false,
-            }
-        }
+        let Some(clock) = source_bucket(source, now) else {
+            // Evicted at once by a flood of new buckets: let it pass
+            // rather than drop a source the table cannot hold.
+            return false;
+        };
+        (clock, back, lease.map(|l| (l, source)))
     };
     let want = if lease.is_some() {
         lease_tokens(limit.burst)
@@ -594,10 +585,10 @@ fn over_limit<K>(
         hit(id, seen);
         return true;
     }
-    if let Some(l) = lease
+    if let Some((l, source)) = lease
         && got > 1
     {
-        // SAFETY: as above.
+        // SAFETY: this CPU's slot, as above.
         unsafe {
             *l = Lease {
                 key: source,
@@ -608,6 +599,19 @@ fn over_limit<K>(
         }
     }
     false
+}
+
+/// The clock of `source`'s bucket in `FW_BUCKETS`, made full at `now` if
+/// it has none; `None` when a flood of new buckets evicted it at once.
+#[inline(always)]
+fn source_bucket(source: BucketKey, now: u64) -> Option<*mut u64> {
+    if let Some(c) = FW_BUCKETS.get_ptr_mut(source) {
+        return Some(c);
+    }
+    // A new bucket starts full. Another CPU may create it first; then use
+    // that one.
+    let _ = FW_BUCKETS.insert(source, now, u64::from(BPF_NOEXIST));
+    FW_BUCKETS.get_ptr_mut(source)
 }
 
 /// Takes up to `want` tokens from the bucket whose virtual clock is
